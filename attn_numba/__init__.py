@@ -1,0 +1,14 @@
+"""attn_numba: sliding-window, GQA, varlen attention forward in Numba CUDA.
+
+    >>> import numpy as np, attn_numba
+    >>> out = attn_numba.mha_fwd(q, k, v, causal=True, window_size=(128, 128))
+
+See :func:`mha_fwd` and :func:`mha_varlen_fwd` for the full specification.
+"""
+from .interface import choose_kernel, mha_fwd, mha_varlen_fwd, on_simulator
+from .kernels import available as available_kernels
+from .problem import normalize_window
+
+__version__ = "0.1.0"
+__all__ = ["mha_fwd", "mha_varlen_fwd", "normalize_window", "choose_kernel",
+           "available_kernels", "on_simulator", "__version__"]

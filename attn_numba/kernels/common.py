@@ -1,0 +1,28 @@
+"""Device functions and constants shared by every kernel."""
+import numpy as np
+from numba import cuda, types
+
+NEG_INF = np.float32(-np.inf)
+
+
+@cuda.jit(device=True, inline=True, cache=True)
+def key_range(i, seqlen_q, seqlen_k, left, right):
+    """Inclusive key range (lo, hi) seen by query row i; empty when hi < lo.
+
+    Row i sees key j iff i + sk - sq - left <= j <= i + sk - sq + right (-1 = unbounded),
+    clipped to [0, sk - 1]. Device twin of ``attn_numba.problem.key_range_host``.
+    """
+    shift = i + seqlen_k - seqlen_q
+    lo = 0
+    if left >= 0:
+        lo = max(0, shift - left)
+    hi = seqlen_k - 1
+    if right >= 0:
+        hi = min(seqlen_k - 1, shift + right)
+    return lo, hi
+
+
+def array_type(dtype, ndim, readonly=False):
+    """Numba type of a C-contiguous device array, for compile_ptx signatures."""
+    from numba import from_dtype
+    return types.Array(from_dtype(np.dtype(dtype)), ndim, "C", readonly=readonly)

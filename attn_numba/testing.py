@@ -1,0 +1,134 @@
+"""Test helpers that ship with the package: random inputs, the tolerance rule, poisoned outputs.
+
+Tolerance rule (FlashAttention's): a kernel's error against the float64 reference may be at
+most twice the error of a *low-precision reference* plus a small floor. The low-precision
+reference computes in float64 but rounds the probabilities P to the input dtype before P.V
+and rounds the output to the input dtype, which is exactly the rounding a correct fp32-
+accumulating kernel (including the tensor-core one, whose P.V runs in fp16) cannot avoid.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import interface
+from .reference import mha_fwd_ref, mha_varlen_fwd_ref
+
+#: absolute floor added to the tolerance, per dtype (outputs are O(1))
+ATOL_FLOOR = {np.dtype(np.float16): 2e-3, np.dtype(np.float32): 2e-5}
+#: lse tolerance: fp32 scores, so relative 1e-4 of |lse| plus a floor
+LSE_RTOL, LSE_ATOL = 1e-4, 1e-4
+
+
+@contextlib.contextmanager
+def poisoned_outputs():
+    """Within this block, every output the library allocates starts as NaN, so an element a
+    kernel forgets to write shows up as NaN instead of hiding as a plausible value."""
+    with interface._poison(True):
+        yield
+
+
+def random_qkv(rng, batch, seqlen_q, seqlen_k, num_heads, num_kv_heads, head_size,
+               dtype=np.float16, scale=1.0, varlen=False):
+    """Fresh random q, k, v (never zeros). Shapes as in ``mha_fwd`` (or varlen when
+    ``varlen`` is a pair of length lists)."""
+    dtype = np.dtype(dtype)
+    if varlen:
+        total_q, total_k = batch, seqlen_k  # callers pass totals
+        shapes = [(total_q, num_heads, head_size), (total_k, num_kv_heads, head_size),
+                  (total_k, num_kv_heads, head_size)]
+    else:
+        shapes = [(batch, seqlen_q, num_heads, head_size), (batch, seqlen_k, num_kv_heads, head_size),
+                  (batch, seqlen_k, num_kv_heads, head_size)]
+    return tuple((rng.standard_normal(s) * scale).astype(dtype) for s in shapes)
+
+
+def random_varlen(rng, seqlens_q, seqlens_k, num_heads, num_kv_heads, head_size,
+                  dtype=np.float16):
+    """Random varlen inputs and their cu_seqlens (int32) for the given per-sequence lengths."""
+    cu_q = np.concatenate([[0], np.cumsum(seqlens_q)]).astype(np.int32)
+    cu_k = np.concatenate([[0], np.cumsum(seqlens_k)]).astype(np.int32)
+    q, k, v = random_qkv(rng, int(cu_q[-1]), None, int(cu_k[-1]), num_heads, num_kv_heads,
+                         head_size, dtype, varlen=True)
+    return q, k, v, cu_q, cu_k
+
+
+def tolerance(out_ref, out_lowp, dtype):
+    """Allowed max abs error: 2x the low-precision reference's error plus a dtype floor."""
+    err_lowp = float(np.max(np.abs(out_lowp - out_ref), initial=0.0))
+    return 2.0 * err_lowp + ATOL_FLOOR[np.dtype(dtype)]
+
+
+@dataclass
+class Comparison:
+    max_err: float
+    tol: float
+    lse_max_err: float
+    lse_tol_ok: bool
+
+    @property
+    def ok(self):
+        return self.max_err <= self.tol and self.lse_tol_ok
+
+
+def compare(out, lse, out_ref, lse_ref, out_lowp, dtype):
+    """Compare a kernel's (out, lse) with the references; NaN anywhere fails."""
+    out = np.asarray(out, np.float64)
+    if not np.all(np.isfinite(out)):
+        return Comparison(float("nan"), 0.0, float("nan"), False)
+    tol = tolerance(out_ref, out_lowp, dtype)
+    err = float(np.max(np.abs(out - out_ref), initial=0.0))
+    lse = np.asarray(lse, np.float64)
+    same_inf = np.array_equal(np.isneginf(lse), np.isneginf(lse_ref)) and not np.any(np.isnan(lse))
+    fin = np.isfinite(lse_ref)
+    lse_err = float(np.max(np.abs(lse[fin] - lse_ref[fin]), initial=0.0))
+    lse_ok = same_inf and bool(np.all(
+        np.abs(lse[fin] - lse_ref[fin]) <= LSE_ATOL + LSE_RTOL * np.abs(lse_ref[fin])))
+    return Comparison(err, tol, lse_err, lse_ok)
+
+
+def _lowp(out64, dtype):
+    return out64.astype(dtype).astype(np.float64)
+
+
+def check_mha_fwd(q, k, v, kernel, **kw):
+    """Run ``mha_fwd`` with poisoned outputs and compare with the reference. Returns a
+    :class:`Comparison`; raises AssertionError with details if it fails."""
+    with poisoned_outputs():
+        out, lse = interface.mha_fwd(q, k, v, kernel=kernel, return_lse=True, **kw)
+    out, lse = _host(out), _host(lse)
+    rkw = {key: kw[key] for key in ("softmax_scale", "causal", "window_size") if key in kw}
+    ref, ref_lse = mha_fwd_ref(q, k, v, **rkw)
+    lowp, _ = mha_fwd_ref(q, k, v, p_dtype=q.dtype, **rkw)
+    c = compare(out, lse, ref, ref_lse, _lowp(lowp, q.dtype), q.dtype)
+    assert out.shape == q.shape and out.dtype == q.dtype, (out.shape, out.dtype)
+    assert c.ok, f"kernel={kernel} {kw}: {c}"
+    return c
+
+
+def check_mha_varlen_fwd(q, k, v, cu_q, cu_k, kernel, **kw):
+    """Varlen twin of :func:`check_mha_fwd`."""
+    with poisoned_outputs():
+        out, lse = interface.mha_varlen_fwd(q, k, v, cu_q, cu_k, kernel=kernel, return_lse=True, **kw)
+    out, lse = _host(out), _host(lse)
+    rkw = {key: kw[key] for key in ("softmax_scale", "causal", "window_size") if key in kw}
+    ref, ref_lse = mha_varlen_fwd_ref(q, k, v, cu_q, cu_k, **rkw)
+    lowp, _ = mha_varlen_fwd_ref(q, k, v, cu_q, cu_k, p_dtype=q.dtype, **rkw)
+    c = compare(out, lse, ref, ref_lse, _lowp(lowp, q.dtype), q.dtype)
+    assert out.shape == q.shape and out.dtype == q.dtype, (out.shape, out.dtype)
+    assert c.ok, f"kernel={kernel} {kw}: {c}"
+    return c
+
+
+def _host(x):
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "copy_to_host"):
+        return x.copy_to_host()
+    if hasattr(x, "cpu"):  # torch
+        return x.cpu().numpy()
+    if hasattr(x, "get"):  # cupy
+        return x.get()
+    return np.asarray(x)
