@@ -34,11 +34,27 @@ def on_simulator():
 
 # --------------------------------------------------------------------------- validation
 
+def _is_device_array(x):
+    """A Numba device array (real or simulated) or any __cuda_array_interface__ object."""
+    if hasattr(x, "__cuda_array_interface__"):
+        return True
+    is_da = getattr(cuda, "is_cuda_array", None)
+    if is_da is not None:
+        return bool(is_da(x))
+    return cuda.devicearray.is_cuda_ndarray(x)  # the simulator's FakeCUDAArray
+
+
+def _as_device(x):
+    """A Numba device-array view of a CUDA array (no copy)."""
+    as_da = getattr(cuda, "as_cuda_array", None)
+    return x if as_da is None or not hasattr(x, "__cuda_array_interface__") else as_da(x)
+
+
 def _kind(x, name):
     """'host' for NumPy arrays, 'device' for CUDA array-interface objects."""
     if isinstance(x, np.ndarray):
         return "host"
-    if hasattr(x, "__cuda_array_interface__") or cuda.is_cuda_array(x):
+    if _is_device_array(x):
         return "device"
     raise TypeError(
         f"{name} must be a NumPy array or a CUDA array (Numba, CuPy, PyTorch), "
@@ -46,8 +62,9 @@ def _kind(x, name):
 
 
 def _dtype_of(x):
-    return np.dtype(x.dtype) if not hasattr(x, "__cuda_array_interface__") or isinstance(
-        x, np.ndarray) else np.dtype(x.__cuda_array_interface__["typestr"])
+    if hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray):
+        return np.dtype(x.__cuda_array_interface__["typestr"])
+    return np.dtype(x.dtype)
 
 
 def _check_tensors(q, k, v, q_rank):
@@ -65,12 +82,13 @@ def _check_tensors(q, k, v, q_rank):
             raise TypeError(f"{name} dtype {_dtype_of(x)} does not match q dtype {dq}")
     if tuple(k.shape) != tuple(v.shape):
         raise ValueError(f"k shape {tuple(k.shape)} and v shape {tuple(v.shape)} must match")
-    head_size = int(q.shape[-1])
-    if int(k.shape[-1]) != head_size:
-        raise ValueError(f"k head_size {k.shape[-1]} does not match q head_size {head_size}")
+    qs, ks = tuple(q.shape), tuple(k.shape)  # the simulator's shapes reject negative indices
+    head_size = int(qs[-1])
+    if int(ks[-1]) != head_size:
+        raise ValueError(f"k head_size {ks[-1]} does not match q head_size {head_size}")
     if not 1 <= head_size <= MAX_HEAD_SIZE:
         raise ValueError(f"head_size must be in [1, {MAX_HEAD_SIZE}], got {head_size}")
-    num_heads, num_kv_heads = int(q.shape[-2]), int(k.shape[-2])
+    num_heads, num_kv_heads = int(qs[-2]), int(ks[-2])
     if num_heads < 1 or num_kv_heads < 1:
         raise ValueError(f"num_heads ({num_heads}) and num_kv_heads ({num_kv_heads}) must be >= 1")
     if num_heads % num_kv_heads:
@@ -102,12 +120,12 @@ def _host_cu_seqlens(cu, name, kind):
     """Validate a cu_seqlens argument and return a host int32 copy."""
     if isinstance(cu, np.ndarray):
         arr = cu
-    elif hasattr(cu, "__cuda_array_interface__"):
+    elif _is_device_array(cu):
         if kind != "device":
             raise TypeError(f"{name} is a CUDA array but q, k, v are NumPy arrays")
         if _dtype_of(cu) != np.int32:
             raise TypeError(f"{name} must be int32, got {_dtype_of(cu)}")
-        arr = cuda.as_cuda_array(cu).copy_to_host()
+        arr = _as_device(cu).copy_to_host()
     else:
         raise TypeError(f"{name} must be an int32 array, got {type(cu).__name__}")
     if arr.dtype != np.int32:
@@ -154,7 +172,7 @@ def choose_kernel(problem, kernel="auto"):
 def _to_device_contig(x, name, kind, stream):
     if kind == "host":
         return cuda.to_device(np.ascontiguousarray(x), stream=stream)
-    d = cuda.as_cuda_array(x)
+    d = _as_device(x)
     if not d.is_c_contiguous():
         raise ValueError(f"{name} must be C-contiguous on the device (call .contiguous() "
                          f"or cupy.ascontiguousarray first); got strides {d.strides}")

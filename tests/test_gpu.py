@@ -1,0 +1,102 @@
+"""GPU-only tests: the log's sizes, interop with CuPy/PyTorch, streams, compile-once.
+
+Skipped under the simulator (tests/conftest.py). On a GPU machine: ``python -m pytest``.
+"""
+import numpy as np
+import pytest
+
+import attn_numba
+from attn_numba import kernels
+from attn_numba.testing import check_mha_fwd, check_mha_varlen_fwd, random_qkv, random_varlen
+
+pytestmark = pytest.mark.gpu
+KERNELS = attn_numba.available_kernels()
+LOG_KW = dict(window_size=(128, 128))
+
+
+def _runs(kernel, dtype=np.float16):
+    return kernel != "flash_tc" or np.dtype(dtype) == np.float16
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("seq_len", [512, 8192])
+@pytest.mark.parametrize("causal", [False, True])
+def test_log_sizes(rng, kernel, seq_len, causal):
+    if kernel == "naive" and seq_len == 8192 and causal:
+        pytest.skip("one naive 8192 case is enough")
+    q, k, v = random_qkv(rng, 1, seq_len, seq_len, 32, 8, 128, np.float16)
+    check_mha_fwd(q, k, v, kernel, causal=causal, **LOG_KW)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("case", [
+    (2, 97, 1025, 8, 1, 128, (-1, -1), False),
+    (1, 1025, 97, 8, 8, 64, (-1, -1), True),
+    (3, 1, 1, 4, 1, 128, (0, 0), False),
+    (1, 1025, 1025, 8, 2, 256, (128, 0), False),
+    (1, 513, 700, 4, 4, 128, (0, 0), True),
+])
+def test_awkward_sizes(rng, kernel, case):
+    b, sq, sk, h, hkv, d, window, causal = case
+    q, k, v = random_qkv(rng, b, sq, sk, h, hkv, d, np.float16)
+    check_mha_fwd(q, k, v, kernel, causal=causal, window_size=window)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_varlen_with_empty_sequences(rng, kernel):
+    q, k, v, cu_q, cu_k = random_varlen(rng, [300, 0, 1025, 1, 64], [280, 17, 1025, 0, 700],
+                                        8, 2, 128, np.float16)
+    check_mha_varlen_fwd(q, k, v, cu_q, cu_k, kernel, causal=True, window_size=(128, 128))
+    check_mha_varlen_fwd(q, k, v, cu_q, cu_k, kernel)
+
+
+@pytest.mark.parametrize("kernel", [k for k in KERNELS if k != "flash_tc"])
+def test_fp32(rng, kernel):
+    q, k, v = random_qkv(rng, 1, 600, 600, 8, 2, 128, np.float32)
+    check_mha_fwd(q, k, v, kernel, causal=True, window_size=(128, 128))
+
+
+def test_compiles_once_per_specialization(rng):
+    from numba import cuda
+    q, k, v = (cuda.to_device(x) for x in random_qkv(rng, 1, 512, 512, 32, 8, 128, np.float16))
+    for kernel in KERNELS:
+        attn_numba.mha_fwd(q, k, v, kernel=kernel, **LOG_KW)
+    counts = {(n, f): len(fn.overloads) for n in KERNELS
+              for f, fn in getattr(kernels.get(n), "KERNEL_FUNCS", {}).items()}
+    for _ in range(3):
+        for kernel in KERNELS:
+            attn_numba.mha_fwd(q, k, v, kernel=kernel, **LOG_KW)
+    cuda.synchronize()
+    assert counts == {(n, f): len(fn.overloads) for n in KERNELS
+                      for f, fn in getattr(kernels.get(n), "KERNEL_FUNCS", {}).items()}
+
+
+def test_runs_on_the_callers_stream(rng):
+    from numba import cuda
+    q, k, v = random_qkv(rng, 1, 512, 512, 32, 8, 128, np.float16)
+    stream = cuda.stream()
+    dq, dk, dv = (cuda.to_device(x, stream=stream) for x in (q, k, v))
+    out = attn_numba.mha_fwd(dq, dk, dv, stream=stream, **LOG_KW)
+    host = out.copy_to_host(stream=stream)
+    stream.synchronize()
+    np.testing.assert_array_equal(host, attn_numba.mha_fwd(q, k, v, **LOG_KW))
+
+
+def test_torch_tensors_in_device_array_out(rng):
+    torch = pytest.importorskip("torch")
+    q, k, v = random_qkv(rng, 1, 512, 512, 32, 8, 128, np.float16)
+    tq, tk, tv = (torch.from_numpy(x).cuda() for x in (q, k, v))
+    out = attn_numba.mha_fwd(tq, tk, tv, **LOG_KW)
+    assert not isinstance(out, np.ndarray)
+    t_out = torch.as_tensor(out, device="cuda")  # zero-copy view through __cuda_array_interface__
+    assert t_out.data_ptr() == out.device_ctypes_pointer.value
+    np.testing.assert_array_equal(t_out.cpu().numpy(), attn_numba.mha_fwd(q, k, v, **LOG_KW))
+    with pytest.raises(ValueError, match="contiguous"):
+        attn_numba.mha_fwd(tq.transpose(1, 2), tk.transpose(1, 2), tv.transpose(1, 2))
+
+
+def test_cupy_arrays(rng):
+    cp = pytest.importorskip("cupy")
+    q, k, v = random_qkv(rng, 1, 512, 512, 32, 8, 128, np.float16)
+    out = attn_numba.mha_fwd(cp.asarray(q), cp.asarray(k), cp.asarray(v), **LOG_KW)
+    np.testing.assert_array_equal(cp.asarray(out).get(), attn_numba.mha_fwd(q, k, v, **LOG_KW))
