@@ -139,3 +139,33 @@ def test_public_names():
     # docstrings are the spec: the window formula and GQA mapping are written out
     assert "i + seqlen_k - seqlen_q - left" in mha_fwd.__doc__
     assert "h // (num_heads // num_kv_heads)" in mha_fwd.__doc__
+
+
+def test_strided_numpy_views_are_computed_right(rng):
+    from attn_numba.testing import check_mha_fwd
+    big_q, big_k, big_v = random_qkv(rng, 1, 10, 12, 8, 2, 16, np.float32)
+    q = big_q[:, ::2, ::2]          # non-contiguous: every other row and head
+    k = big_k[:, ::2]
+    v = big_v[:, ::2]
+    assert not q.flags.c_contiguous and not k.flags.c_contiguous
+    check_mha_fwd(q, k, v, "naive", window_size=(2, 1))
+
+
+def test_non_contiguous_device_arrays_are_refused(rng, no_launch):
+    from numba import cuda
+    q, k, v = random_qkv(rng, 1, 6, 6, 2, 1, 8, np.float32)
+    dq = cuda.to_device(np.ascontiguousarray(q.transpose(0, 2, 1, 3))).transpose((0, 2, 1, 3)) \
+        if hasattr(cuda.device_array(1), "transpose") else None
+    if dq is None or dq.is_c_contiguous():
+        pytest.skip("this numba cannot build a non-contiguous device view")
+    with pytest.raises(ValueError, match="q must be C-contiguous"):
+        mha_fwd(dq, cuda.to_device(k), cuda.to_device(v))
+
+
+def test_tensor_core_kernel_refused_on_simulator_or_fp32(rng, no_launch):
+    q, k, v = random_qkv(rng, 1, 6, 6, 2, 1, 16, np.float16)
+    if attn_numba.on_simulator() or "flash_tc" not in attn_numba.available_kernels():
+        with pytest.raises(ValueError, match="flash_tc"):
+            mha_fwd(q, k, v, kernel="flash_tc")
+    with pytest.raises(ValueError, match="flash_tc"):
+        mha_fwd(q.astype(np.float32), k.astype(np.float32), v.astype(np.float32), kernel="flash_tc")
