@@ -100,3 +100,24 @@ def test_cupy_arrays(rng):
     q, k, v = random_qkv(rng, 1, 512, 512, 32, 8, 128, np.float16)
     out = attn_numba.mha_fwd(cp.asarray(q), cp.asarray(k), cp.asarray(v), **LOG_KW)
     np.testing.assert_array_equal(cp.asarray(out).get(), attn_numba.mha_fwd(q, k, v, **LOG_KW))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_no_seqlen_squared_allocation(rng, kernel):
+    """At 8192 tokens the call allocates its outputs and little else (an S x S score matrix
+    per head would be 8.6 GB in fp32)."""
+    from numba import cuda
+    from attn_numba.problem import min_bytes
+    q, k, v = (cuda.to_device(x) for x in random_qkv(rng, 1, 8192, 8192, 32, 8, 128, np.float16))
+    attn_numba.mha_fwd(q, k, v, kernel=kernel, **LOG_KW)  # compile and warm up
+    cuda.synchronize()
+    ctx = cuda.current_context()
+    ctx.deallocations.clear()
+    free_before = ctx.get_memory_info().free
+    out, lse = attn_numba.mha_fwd(q, k, v, kernel=kernel, return_lse=True, **LOG_KW)
+    cuda.synchronize()
+    used = free_before - ctx.get_memory_info().free
+    outputs = out.nbytes + lse.nbytes
+    print(f"{kernel}: {used / 2**20:.1f} MiB allocated by the call, outputs {outputs / 2**20:.1f} MiB")
+    assert used < outputs + 64 * 2**20, (used, outputs)
+    assert min_bytes(8192, 8192, 32, 8, 128, 2) > 0

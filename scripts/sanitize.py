@@ -1,0 +1,49 @@
+"""Run every GPU kernel at a few awkward sizes and the log's smallest size, for compute-sanitizer.
+
+    compute-sanitizer --tool memcheck  --error-exitcode 1 python3 scripts/sanitize.py
+    compute-sanitizer --tool racecheck --error-exitcode 1 python3 scripts/sanitize.py --small
+    (likewise synccheck, initcheck)
+
+Each case is checked against the reference too, so a run that "passes" the sanitizer with a
+wrong answer still fails.
+"""
+import argparse
+import sys
+
+import numpy as np
+
+import attn_numba
+from attn_numba.testing import check_mha_fwd, check_mha_varlen_fwd, random_qkv, random_varlen
+
+CASES = [  # (batch, sq, sk, H, Hkv, D, window, causal)
+    (1, 97, 97, 4, 1, 128, (-1, -1), False),
+    (2, 1, 33, 4, 4, 64, (0, 0), True),
+    (1, 130, 61, 8, 2, 256, (16, 0), False),
+    (1, 512, 512, 32, 8, 128, (128, 128), False),
+    (1, 512, 512, 32, 8, 128, (128, 128), True),
+]
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--kernels", nargs="*", default=attn_numba.available_kernels())
+    p.add_argument("--small", action="store_true", help="skip the 512-token cases (racecheck is slow)")
+    a = p.parse_args()
+    rng = np.random.default_rng(1)
+    n = 0
+    for kernel in a.kernels:
+        for b, sq, sk, h, hkv, d, window, causal in CASES:
+            if a.small and sq >= 512:
+                continue
+            q, k, v = random_qkv(rng, b, sq, sk, h, hkv, d, np.float16)
+            check_mha_fwd(q, k, v, kernel, causal=causal, window_size=window)
+            n += 1
+        q, k, v, cu_q, cu_k = random_varlen(rng, [5, 0, 70, 1], [9, 3, 70, 0], 4, 2, 128, np.float16)
+        check_mha_varlen_fwd(q, k, v, cu_q, cu_k, kernel, causal=True, window_size=(8, 8))
+        n += 1
+    print(f"sanitize.py: {n} cases checked against the reference: {', '.join(a.kernels)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
