@@ -1,0 +1,412 @@
+"""v4: flash attention on the tensor cores: Q.K^T and P.V with mma.sync m16n8k16 (fp16 in,
+fp32 accumulate) through a thin CUDA C++ bridge, online softmax in fp32 registers.
+
+Numba has no tensor-core intrinsics; :mod:`attn_numba.kernels.mma_bridge` links three one-
+instruction wrappers (mma, fp32->fp16x2 packing, ex2.approx). All of the logic is here.
+
+Work decomposition (FlashAttention-2 style): a block of ``WARPS`` = 4 warps owns ``BLOCK_M`` =
+64 query rows of one (sequence, head); each warp owns 16 of them, as the M dimension of its
+mma tiles. The block walks the key tiles (``block_n`` keys each) that intersect its rows'
+band, staging K and V in shared memory:
+
+* K is stored row-major as fp16 pairs (uint32 words), rows padded by 4 words, so the B
+  fragment of Q.K^T (``B[k, n] = K[n, k]``, pairs along the head dimension) is one 32-bit
+  load per register, free of bank conflicts.
+* V is stored "pair-interleaved": word ``(p, d)`` holds ``(V[2p, d], V[2p+1, d])``, rows
+  padded by 8 words, so the B fragment of P.V (pairs along the key dimension) is also one
+  conflict-free 32-bit load. The interleave is done with integer ops while staging.
+* Q fragments stay in registers for the whole key loop; the S accumulator of Q.K^T is turned
+  into the A fragment of P.V in registers (the C layout of two n8 tiles is the A layout of
+  one k16 step), so P never touches shared memory.
+
+Masking: the tile loop covers only key tiles that intersect the block's band; a warp skips
+tiles outside its own 16 rows' band, and applies the per-element mask only on tiles that
+are not fully inside the band of all of its rows. Rows that see no key get out 0 and
+lse -inf. Scores are kept in base 2 (``scale * log2(e)`` folded in) for ex2.approx.
+
+Compiled per head size by an lru_cached factory. ``cache=True`` is impossible with linked
+foreign code in numba-cuda 0.30.4 (see mma_bridge), so each specialisation compiles once
+per process. fp16 only; not runnable on the simulator (foreign functions).
+"""
+import functools
+import math
+
+import numpy as np
+from numba import cuda, float32, int32, types, uint32
+
+from . import mma_bridge
+from .common import NEG_INF, array_type, key_range
+
+NAME = "flash_tc"
+
+#: query rows per block, warps per block (16 rows per warp), threads per block
+BLOCK_M = 64
+WARPS = 4
+THREADS = 32 * WARPS
+#: head sizes with a compiled specialisation, and the key-tile size each uses (256 uses a
+#: smaller tile so that the static shared memory stays under 48 KiB)
+HEAD_SIZES = (64, 128, 256)
+BLOCK_N = {64: 64, 128: 64, 256: 32}
+#: padding (in 32-bit words) of one shared-memory row of K and of pair-interleaved V
+K_PAD = 4
+V_PAD = 8
+
+LOG2E = np.float32(math.log2(math.e))
+LN2 = np.float32(math.log(2.0))
+ZERO = np.float32(0.0)
+ONE = np.float32(1.0)
+LO16 = np.uint32(0x0000FFFF)
+HI16 = np.uint32(0xFFFF0000)
+SIXTEEN = np.uint32(16)
+U0 = np.uint32(0)
+
+
+# --------------------------------------------------------------------------- fragment layout
+# Plain Python functions, used as-is by the NumPy emulation in tests/test_v4_fragments.py and
+# compiled as inline device functions for the kernel (the same source, not a twin).
+
+def a_frag_rc(lane, reg):
+    """(row, col) in the 16x16 A tile of the *first* fp16 of A register ``reg`` (0..3) of
+    ``lane``; the second fp16 is at (row, col + 1)."""
+    g = lane >> 2
+    t = lane & 3
+    return g + 8 * (reg & 1), 2 * t + 8 * (reg >> 1)
+
+
+def b_frag_kn(lane, reg):
+    """(k, n) in the 16x8 B tile of the first fp16 of B register ``reg`` (0..1) of ``lane``;
+    the second fp16 is at (k + 1, n)."""
+    g = lane >> 2
+    t = lane & 3
+    return 2 * t + 8 * reg, g
+
+
+def c_frag_rc(lane, reg):
+    """(row, col) in the 16x8 C/D tile of fp32 accumulator register ``reg`` (0..3) of ``lane``."""
+    g = lane >> 2
+    t = lane & 3
+    return g + 8 * (reg >> 1), 2 * t + (reg & 1)
+
+
+def p_from_s(kstep, reg):
+    """Which S accumulator registers form A register ``reg`` of P for P.V k-step ``kstep``.
+
+    Returns ``(ntile, creg)``: A register ``reg`` packs S n-tile ``ntile``'s registers ``creg``
+    (low half) and ``creg + 1`` (high half). Follows from a_frag_rc and c_frag_rc: k-step
+    ``kstep`` covers keys ``16*kstep .. 16*kstep+15``, i.e. S n-tiles ``2*kstep`` (A cols 0-7)
+    and ``2*kstep+1`` (A cols 8-15).
+    """
+    return 2 * kstep + (reg >> 1), 2 * (reg & 1)
+
+
+def interleave_v(x, y):
+    """Pair-interleave two fp16x2 words of consecutive keys: ``x = (V[2p, d], V[2p, d+1])``,
+    ``y = (V[2p+1, d], V[2p+1, d+1])`` -> ``((V[2p, d], V[2p+1, d]), (V[2p, d+1], V[2p+1, d+1]))``.
+    Arguments and results are uint32 (np.uint32 on the host)."""
+    return (x & LO16) | (y << SIXTEEN), (x >> SIXTEEN) | (y & HI16)
+
+
+def k_smem_word(n, w, k_stride):
+    """Shared-memory word of K's (key ``n`` of the tile, fp16 pair ``w`` of the head dim)."""
+    return n * k_stride + w
+
+
+def v_smem_word(p, d, v_stride):
+    """Shared-memory word holding (V[2p, d], V[2p+1, d]) of the tile (pair-interleaved V)."""
+    return p * v_stride + d
+
+
+_a_frag_rc = cuda.jit(device=True, inline=True, cache=True)(a_frag_rc)
+_b_frag_kn = cuda.jit(device=True, inline=True, cache=True)(b_frag_kn)
+_c_frag_rc = cuda.jit(device=True, inline=True, cache=True)(c_frag_rc)
+_p_from_s = cuda.jit(device=True, inline=True, cache=True)(p_from_s)
+_interleave_v = cuda.jit(device=True, inline=True, cache=True)(interleave_v)
+_k_smem_word = cuda.jit(device=True, inline=True, cache=True)(k_smem_word)
+_v_smem_word = cuda.jit(device=True, inline=True, cache=True)(v_smem_word)
+
+
+# --------------------------------------------------------------------------- the kernel
+
+@functools.lru_cache(maxsize=None)
+def build(head_size, block_n=None):
+    """The ``flash_tc`` kernel specialised for ``head_size`` (and key tile ``block_n``)."""
+    D = head_size
+    BN = BLOCK_N[D] if block_n is None else block_n
+    assert D % 16 == 0 and BN % 16 == 0
+    DW = D // 2                 # fp16 pairs (words) per head row
+    QK_STEPS = D // 16          # k-steps of Q.K^T
+    S_TILES = BN // 8           # n8 tiles of S per warp
+    PV_STEPS = BN // 16         # k-steps of P.V
+    O_TILES = D // 8            # n8 tiles of O per warp
+    K_STRIDE = DW + K_PAD
+    V_STRIDE = D + V_PAD
+    K_WORDS = BN * K_STRIDE
+    V_WORDS = (BN // 2) * V_STRIDE
+    K_LOADS = BN * DW // THREADS          # K words each thread stages per tile
+    V_LOADS = (BN // 2) * DW // THREADS   # V word pairs each thread stages per tile
+    assert BN * DW % THREADS == 0 and (BN // 2) * DW % THREADS == 0
+    QF_LEN = 4 * QK_STEPS       # registers of Q fragments per thread
+    ACC_LEN = 4 * O_TILES       # fp32 O accumulators per thread
+    S_LEN = 4 * S_TILES         # fp32 S accumulators per thread
+
+    mma = mma_bridge.mma_f16_16816
+    pack = mma_bridge.pack_f16x2
+    exp2 = mma_bridge.exp2_approx
+
+    @cuda.jit(launch_bounds=(THREADS,))
+    def flash_tc_kernel(q, k, v, out, lse, cu_q, cu_k, scale_log2, left, right, lse_batched):
+        """q, out: uint32 (total_q, H, D/2) views of fp16; k, v: uint32 (total_k, Hkv, D/2);
+        lse float32; scale_log2 = softmax_scale * log2(e)."""
+        tid = cuda.threadIdx.x
+        warp = tid >> 5
+        lane = tid & 31
+        g = lane >> 2
+        t = lane & 3
+        h = cuda.blockIdx.y
+        b = cuda.blockIdx.z
+        q0 = cu_q[b]
+        sq = cu_q[b + 1] - q0
+        row0 = cuda.blockIdx.x * BLOCK_M
+        if row0 >= sq:
+            return
+        k0 = cu_k[b]
+        sk = cu_k[b + 1] - k0
+        hk = h // (q.shape[1] // k.shape[1])
+
+        ks = cuda.shared.array(K_WORDS, uint32)
+        vs = cuda.shared.array(V_WORDS, uint32)
+
+        # the block's key band: lo and hi are non-decreasing in the row
+        blo, _ = key_range(row0, sq, sk, left, right)
+        _, bhi = key_range(min(row0 + BLOCK_M, sq) - 1, sq, sk, left, right)
+        # this warp's rows and band
+        wrow0 = row0 + 16 * warp
+        has_rows = wrow0 < sq
+        wlo_first, whi_first = key_range(wrow0, sq, sk, left, right)
+        wlo_last, whi_last = key_range(min(wrow0 + 15, sq - 1), sq, sk, left, right)
+        # the two rows this thread holds accumulators for (C registers 0,1 and 2,3)
+        row_a = wrow0 + g
+        row_b = row_a + 8
+        lo_a, hi_a = key_range(row_a, sq, sk, left, right)
+        lo_b, hi_b = key_range(row_b, sq, sk, left, right)
+
+        # Q fragments, in registers for the whole key loop (zero past the sequence)
+        qf = cuda.local.array(QF_LEN, uint32)
+        for kk in range(QK_STEPS):
+            for r in range(4):
+                rr, cc = _a_frag_rc(lane, r)
+                qf[4 * kk + r] = U0
+                if wrow0 + rr < sq:
+                    qf[4 * kk + r] = q[q0 + wrow0 + rr, h, 8 * kk + (cc >> 1)]
+
+        acc = cuda.local.array(ACC_LEN, float32)
+        for i in range(ACC_LEN):
+            acc[i] = ZERO
+        s = cuda.local.array(S_LEN, float32)
+        m_a = NEG_INF
+        m_b = NEG_INF
+        l_a = ZERO
+        l_b = ZERO
+
+        for n0 in range((blo // BN) * BN, bhi + 1, BN):
+            cuda.syncthreads()  # everyone is done with the previous tile
+            # stage K (row-major pairs) and V (pair-interleaved), zero past the sequence
+            for it in range(K_LOADS):
+                idx = it * THREADS + tid
+                n = idx // DW
+                w = idx - n * DW
+                val = U0
+                if n0 + n < sk:
+                    val = k[k0 + n0 + n, hk, w]
+                ks[_k_smem_word(n, w, K_STRIDE)] = val
+            for it in range(V_LOADS):
+                idx = it * THREADS + tid
+                p = idx // DW
+                w = idx - p * DW
+                key = n0 + 2 * p
+                x = U0
+                y = U0
+                if key < sk:
+                    x = v[k0 + key, hk, w]
+                if key + 1 < sk:
+                    y = v[k0 + key + 1, hk, w]
+                lo, hi = _interleave_v(x, y)
+                vs[_v_smem_word(p, 2 * w, V_STRIDE)] = uint32(lo)
+                vs[_v_smem_word(p, 2 * w + 1, V_STRIDE)] = uint32(hi)
+            cuda.syncthreads()
+
+            # skip tiles that miss all of this warp's rows (warp-uniform branch)
+            if has_rows and n0 <= whi_last and n0 + BN - 1 >= wlo_first:
+                # S = Q K^T (base-2 scaled)
+                for nt in range(S_TILES):
+                    c0 = ZERO
+                    c1 = ZERO
+                    c2 = ZERO
+                    c3 = ZERO
+                    for kk in range(QK_STEPS):
+                        kn0, nn0 = _b_frag_kn(lane, 0)
+                        kn1, nn1 = _b_frag_kn(lane, 1)
+                        b0 = ks[_k_smem_word(8 * nt + nn0, 8 * kk + (kn0 >> 1), K_STRIDE)]
+                        b1 = ks[_k_smem_word(8 * nt + nn1, 8 * kk + (kn1 >> 1), K_STRIDE)]
+                        c0, c1, c2, c3 = mma(qf[4 * kk], qf[4 * kk + 1], qf[4 * kk + 2],
+                                             qf[4 * kk + 3], b0, b1, c0, c1, c2, c3)
+                    s[4 * nt] = c0 * scale_log2
+                    s[4 * nt + 1] = c1 * scale_log2
+                    s[4 * nt + 2] = c2 * scale_log2
+                    s[4 * nt + 3] = c3 * scale_log2
+
+                # mask unless the tile lies inside the band of every row of the warp
+                if not (wlo_last <= n0 and n0 + BN - 1 <= whi_first):
+                    for nt in range(S_TILES):
+                        for r in range(4):
+                            rr, cc = _c_frag_rc(lane, r)
+                            col = n0 + 8 * nt + cc
+                            if rr < 8:
+                                if col < lo_a or col > hi_a:
+                                    s[4 * nt + r] = NEG_INF
+                            else:
+                                if col < lo_b or col > hi_b:
+                                    s[4 * nt + r] = NEG_INF
+
+                # online softmax; a row is held by the 4 lanes of a quad
+                mx_a = NEG_INF
+                mx_b = NEG_INF
+                for nt in range(S_TILES):
+                    mx_a = max(mx_a, max(s[4 * nt], s[4 * nt + 1]))
+                    mx_b = max(mx_b, max(s[4 * nt + 2], s[4 * nt + 3]))
+                mx_a = max(mx_a, cuda.shfl_xor_sync(0xFFFFFFFF, mx_a, 1))
+                mx_a = max(mx_a, cuda.shfl_xor_sync(0xFFFFFFFF, mx_a, 2))
+                mx_b = max(mx_b, cuda.shfl_xor_sync(0xFFFFFFFF, mx_b, 1))
+                mx_b = max(mx_b, cuda.shfl_xor_sync(0xFFFFFFFF, mx_b, 2))
+                new_a = max(m_a, mx_a)
+                new_b = max(m_b, mx_b)
+                # a row that has seen no key yet subtracts 0 (avoids -inf - -inf)
+                base_a = ZERO if new_a == NEG_INF else new_a
+                base_b = ZERO if new_b == NEG_INF else new_b
+                alpha_a = exp2(m_a - base_a)
+                alpha_b = exp2(m_b - base_b)
+                m_a = new_a
+                m_b = new_b
+                sum_a = ZERO
+                sum_b = ZERO
+                for nt in range(S_TILES):
+                    s[4 * nt] = exp2(s[4 * nt] - base_a)
+                    s[4 * nt + 1] = exp2(s[4 * nt + 1] - base_a)
+                    s[4 * nt + 2] = exp2(s[4 * nt + 2] - base_b)
+                    s[4 * nt + 3] = exp2(s[4 * nt + 3] - base_b)
+                    sum_a += s[4 * nt] + s[4 * nt + 1]
+                    sum_b += s[4 * nt + 2] + s[4 * nt + 3]
+                l_a = l_a * alpha_a + sum_a     # per-lane partial sums, reduced at the end
+                l_b = l_b * alpha_b + sum_b
+                for nt in range(O_TILES):
+                    acc[4 * nt] *= alpha_a
+                    acc[4 * nt + 1] *= alpha_a
+                    acc[4 * nt + 2] *= alpha_b
+                    acc[4 * nt + 3] *= alpha_b
+
+                # O += P V, P's A fragments packed straight from the S registers
+                for kk in range(PV_STEPS):
+                    t0, r0 = _p_from_s(kk, 0)
+                    t1, r1 = _p_from_s(kk, 1)
+                    t2, r2 = _p_from_s(kk, 2)
+                    t3, r3 = _p_from_s(kk, 3)
+                    a0 = pack(s[4 * t0 + r0], s[4 * t0 + r0 + 1])
+                    a1 = pack(s[4 * t1 + r1], s[4 * t1 + r1 + 1])
+                    a2 = pack(s[4 * t2 + r2], s[4 * t2 + r2 + 1])
+                    a3 = pack(s[4 * t3 + r3], s[4 * t3 + r3 + 1])
+                    kp0, np0 = _b_frag_kn(lane, 0)
+                    kp1, np1 = _b_frag_kn(lane, 1)
+                    for nt in range(O_TILES):
+                        b0 = vs[_v_smem_word(8 * kk + (kp0 >> 1), 8 * nt + np0, V_STRIDE)]
+                        b1 = vs[_v_smem_word(8 * kk + (kp1 >> 1), 8 * nt + np1, V_STRIDE)]
+                        d0, d1, d2, d3 = mma(a0, a1, a2, a3, b0, b1, acc[4 * nt],
+                                             acc[4 * nt + 1], acc[4 * nt + 2], acc[4 * nt + 3])
+                        acc[4 * nt] = d0
+                        acc[4 * nt + 1] = d1
+                        acc[4 * nt + 2] = d2
+                        acc[4 * nt + 3] = d3
+
+        # epilogue: full row sums, normalise, write fp16 pairs and lse
+        l_a += cuda.shfl_xor_sync(0xFFFFFFFF, l_a, 1)
+        l_a += cuda.shfl_xor_sync(0xFFFFFFFF, l_a, 2)
+        l_b += cuda.shfl_xor_sync(0xFFFFFFFF, l_b, 1)
+        l_b += cuda.shfl_xor_sync(0xFFFFFFFF, l_b, 2)
+        inv_a = ZERO
+        inv_b = ZERO
+        lse_a = NEG_INF
+        lse_b = NEG_INF
+        if l_a > ZERO:
+            inv_a = ONE / l_a
+            lse_a = m_a * LN2 + math.log(l_a)
+        if l_b > ZERO:
+            inv_b = ONE / l_b
+            lse_b = m_b * LN2 + math.log(l_b)
+        if row_a < sq:
+            for nt in range(O_TILES):
+                out[q0 + row_a, h, 4 * nt + t] = pack(acc[4 * nt] * inv_a,
+                                                      acc[4 * nt + 1] * inv_a)
+        if row_b < sq:
+            for nt in range(O_TILES):
+                out[q0 + row_b, h, 4 * nt + t] = pack(acc[4 * nt + 2] * inv_b,
+                                                      acc[4 * nt + 3] * inv_b)
+        if t == 0:
+            if row_a < sq:
+                if lse_batched:
+                    lse[b, h, row_a] = lse_a
+                else:
+                    lse[0, h, q0 + row_a] = lse_a
+            if row_b < sq:
+                if lse_batched:
+                    lse[b, h, row_b] = lse_b
+                else:
+                    lse[0, h, q0 + row_b] = lse_b
+
+    return flash_tc_kernel
+
+
+# --------------------------------------------------------------------------- module contract
+
+#: No module-level kernel: every kernel comes from ``build(head_size)``; see compile_targets.
+KERNEL_FUNCS = {}
+
+
+def _signature(head_size):
+    u3 = array_type(np.uint32, 3)
+    return (u3, u3, u3, u3, array_type(np.float32, 3), array_type(np.int32, 1),
+            array_type(np.int32, 1), types.float32, types.int32, types.int32, types.boolean)
+
+
+def compile_targets(head_size, dtype):
+    """``[(dispatcher, signature)]`` to compile with ``cuda.compile_ptx`` for this
+    specialisation (empty when it is not supported). The PTX holds ``call``s to the bridge
+    functions, which are linked (with LTO) only when the kernel is compiled for a GPU."""
+    if np.dtype(dtype) != np.float16 or head_size not in HEAD_SIZES:
+        return []
+    return [(build(head_size), _signature(head_size))]
+
+
+def ptx_signatures(head_size, dtype):
+    """Contract shim: the kernels are factory-built, so there is nothing in KERNEL_FUNCS to
+    sign; use :func:`compile_targets` instead."""
+    return {}
+
+
+def supports(problem):
+    if problem.on_simulator:
+        return "the CUDA simulator cannot run the tensor-core bridge (foreign functions)"
+    if np.dtype(problem.dtype) != np.float16:
+        return f"tensor-core kernel is fp16 only, got {np.dtype(problem.dtype)}"
+    if problem.head_size not in HEAD_SIZES:
+        return f"head_size {problem.head_size} not in {HEAD_SIZES}"
+    return None
+
+
+def launch(problem, q, k, v, out, lse, cu_q, cu_k, stream):
+    kernel = build(problem.head_size)
+    grid = ((max(problem.max_seqlen_q, 1) + BLOCK_M - 1) // BLOCK_M, problem.num_heads,
+            problem.batch)
+    kernel[grid, THREADS, stream](
+        q.view(np.uint32), k.view(np.uint32), v.view(np.uint32), out.view(np.uint32), lse,
+        cu_q, cu_k, np.float32(problem.softmax_scale * math.log2(math.e)),
+        np.int32(problem.window_left), np.int32(problem.window_right),
+        bool(problem.lse_batched))

@@ -1,0 +1,332 @@
+"""CPU tests of the tensor-core kernel v4 (flash_tc): fragment layout, a NumPy emulation of
+the kernel's tiled Q.K^T / online softmax / P.V built from the kernel's own index helpers,
+compile_ptx of the Numba part on this CPU, and supports().
+
+The mma itself is emulated by ``mma_bridge.mma_f16_16816_py``, which reassembles the
+matrices with the fragment layout written out from the PTX ISA (independently of the
+kernel's helpers), so an index helper that disagrees with the hardware layout makes the
+emulated attention wrong.
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from attn_numba.kernels import mma_bridge
+from attn_numba.kernels import v4_tensor_core as v4
+from attn_numba.problem import Problem, key_range_host
+from attn_numba.reference import mha_fwd_ref
+from attn_numba.testing import compare
+
+LANES = np.arange(32)
+
+
+# --------------------------------------------------------------------------- layout helpers
+
+def test_fragment_helpers_cover_tiles_once():
+    a = [(r, c + e) for lane in range(32) for reg in range(4)
+         for (r, c) in [v4.a_frag_rc(lane, reg)] for e in (0, 1)]
+    assert sorted(a) == [(r, c) for r in range(16) for c in range(16)]
+    b = [(kk + e, n) for lane in range(32) for reg in range(2)
+         for (kk, n) in [v4.b_frag_kn(lane, reg)] for e in (0, 1)]
+    assert sorted(b) == [(kk, n) for kk in range(16) for n in range(8)]
+    c = [v4.c_frag_rc(lane, reg) for lane in range(32) for reg in range(4)]
+    assert sorted(c) == [(r, n) for r in range(16) for n in range(8)]
+
+
+def test_fragment_helpers_match_ptx_examples():
+    # PTX ISA figures for m16n8k16 (f16 A/B, f32 C): lane 0 holds A[0,0:2], A[8,0:2],
+    # A[0,8:10], A[8,8:10]; lane 5 (group 1, thread 1) holds A[1,2:4] in a0.
+    assert [v4.a_frag_rc(0, r) for r in range(4)] == [(0, 0), (8, 0), (0, 8), (8, 8)]
+    assert v4.a_frag_rc(5, 0) == (1, 2)
+    assert v4.a_frag_rc(31, 3) == (15, 14)
+    assert [v4.b_frag_kn(5, r) for r in range(2)] == [(2, 1), (10, 1)]
+    assert [v4.c_frag_rc(6, r) for r in range(4)] == [(1, 4), (1, 5), (9, 4), (9, 5)]
+
+
+def test_p_from_s_maps_c_layout_to_a_layout():
+    """A register r of P for k-step kk must hold exactly the S values of the same (row, key)."""
+    for kk in range(4):
+        for lane in range(32):
+            for reg in range(4):
+                ar, ac = v4.a_frag_rc(lane, reg)        # row, key within the k-step
+                nt, creg = v4.p_from_s(kk, reg)
+                for e in (0, 1):
+                    cr, cc = v4.c_frag_rc(lane, creg + e)
+                    assert (cr, 8 * nt + cc) == (ar, 16 * kk + ac + e)
+
+
+def test_pack_and_interleave_round_trip(rng):
+    x = rng.standard_normal(4).astype(np.float16)
+    w0 = mma_bridge.pack_f16x2_py(x[0], x[1])
+    np.testing.assert_array_equal(mma_bridge.unpack_f16x2_py(w0), x[:2].astype(np.float32))
+    rows = rng.standard_normal((2, 2)).astype(np.float16)      # V[2p, d:d+2], V[2p+1, d:d+2]
+    xw, yw = rows.view(np.uint32)[:, 0]
+    lo, hi = v4.interleave_v(np.uint32(xw), np.uint32(yw))
+    np.testing.assert_array_equal(mma_bridge.unpack_f16x2_py(lo), rows[:, 0].astype(np.float32))
+    np.testing.assert_array_equal(mma_bridge.unpack_f16x2_py(hi), rows[:, 1].astype(np.float32))
+
+
+def test_mma_emulator_is_a_matmul(rng):
+    """The spec emulator, fed registers gathered with the kernel's helpers, computes A.B + C."""
+    A = rng.standard_normal((16, 16)).astype(np.float16)
+    B = rng.standard_normal((16, 8)).astype(np.float16)
+    C = rng.standard_normal((16, 8)).astype(np.float32)
+    a = np.zeros((32, 4), np.uint32)
+    b = np.zeros((32, 2), np.uint32)
+    c = np.zeros((32, 4), np.float32)
+    for lane in range(32):
+        for reg in range(4):
+            r, col = v4.a_frag_rc(lane, reg)
+            a[lane, reg] = mma_bridge.pack_f16x2_py(A[r, col], A[r, col + 1])
+            r, col = v4.c_frag_rc(lane, reg)
+            c[lane, reg] = C[r, col]
+        for reg in range(2):
+            kk, n = v4.b_frag_kn(lane, reg)
+            b[lane, reg] = mma_bridge.pack_f16x2_py(B[kk, n], B[kk + 1, n])
+    d = mma_bridge.mma_f16_16816_py(a, b, c)
+    want = A.astype(np.float32) @ B.astype(np.float32) + C
+    for lane in range(32):
+        for reg in range(4):
+            r, col = v4.c_frag_rc(lane, reg)
+            assert abs(d[lane, reg] - want[r, col]) < 1e-4
+
+
+# --------------------------------------------------------------------------- kernel emulation
+
+def _quad_reduce(x, op):
+    """Reduce a per-lane (32,) value over the 4 lanes of each quad (shfl_xor 1, 2)."""
+    return np.repeat(op(x.reshape(8, 4), axis=1), 4)
+
+
+def emulate_flash_tc(q, k, v, scale, left, right, head, kv_head, block_n):
+    """Mirror of ``v4.build(D, block_n)`` for one sequence and one head, in NumPy.
+
+    q: (sq, H, D) fp16, k/v: (sk, Hkv, D) fp16. Returns out (sq, D) float32 and lse (sq,).
+    Each block of BLOCK_M rows and each of its warps is emulated with per-lane register
+    arrays; shared memory is a flat uint32 array laid out by the kernel's helpers.
+    """
+    sq, sk, D = q.shape[0], k.shape[0], q.shape[2]
+    BN, DW = block_n, D // 2
+    K_STRIDE, V_STRIDE = DW + v4.K_PAD, D + v4.V_PAD
+    qw = np.ascontiguousarray(q[:, head]).view(np.uint32)        # (sq, DW)
+    kw = np.ascontiguousarray(k[:, kv_head]).view(np.uint32)
+    vw = np.ascontiguousarray(v[:, kv_head]).view(np.uint32)
+    scale_log2 = np.float32(scale * np.log2(np.e))
+    out = np.full((sq, D), np.nan, np.float32)
+    lse = np.full(sq, np.nan, np.float32)
+    kr = lambda i: key_range_host(i, sq, sk, left, right)  # noqa: E731
+    for row0 in range(0, sq, v4.BLOCK_M):
+        blo, bhi = kr(row0)[0], kr(min(row0 + v4.BLOCK_M, sq) - 1)[1]
+        tiles = list(range((blo // BN) * BN, bhi + 1, BN))
+        staged = []
+        for n0 in tiles:
+            ks = np.zeros(BN * K_STRIDE, np.uint32)
+            vs = np.zeros((BN // 2) * V_STRIDE, np.uint32)
+            for n in range(BN):
+                for w in range(DW):
+                    ks[v4.k_smem_word(n, w, K_STRIDE)] = kw[n0 + n, w] if n0 + n < sk else 0
+            for p in range(BN // 2):
+                for w in range(DW):
+                    key = n0 + 2 * p
+                    x = kw.dtype.type(vw[key, w] if key < sk else 0)
+                    y = kw.dtype.type(vw[key + 1, w] if key + 1 < sk else 0)
+                    lo, hi = v4.interleave_v(x, y)
+                    vs[v4.v_smem_word(p, 2 * w, V_STRIDE)] = lo
+                    vs[v4.v_smem_word(p, 2 * w + 1, V_STRIDE)] = hi
+            staged.append((n0, ks, vs))
+        for warp in range(v4.WARPS):
+            wrow0 = row0 + 16 * warp
+            if wrow0 >= sq:
+                continue
+            wlo_first, whi_first = kr(wrow0)
+            wlo_last, whi_last = kr(min(wrow0 + 15, sq - 1))
+            rows = np.stack([wrow0 + v4.c_frag_rc(lane, 0)[0] for lane in range(32)])
+            rng_a = np.array([kr(r) for r in rows])
+            rng_b = np.array([kr(r + 8) for r in rows])
+            qf = np.zeros((32, 4 * (D // 16)), np.uint32)
+            for lane in range(32):
+                for kk in range(D // 16):
+                    for r in range(4):
+                        rr, cc = v4.a_frag_rc(lane, r)
+                        if wrow0 + rr < sq:
+                            qf[lane, 4 * kk + r] = qw[wrow0 + rr, 8 * kk + (cc >> 1)]
+            acc = np.zeros((32, 4 * (D // 8)), np.float32)
+            m = np.full((32, 2), -np.inf, np.float32)
+            lsum = np.zeros((32, 2), np.float32)
+            for n0, ks, vs in staged:
+                if not (n0 <= whi_last and n0 + BN - 1 >= wlo_first):
+                    continue
+                s = np.zeros((32, 4 * (BN // 8)), np.float32)
+                for nt in range(BN // 8):
+                    c = np.zeros((32, 4), np.float32)
+                    for kk in range(D // 16):
+                        b = np.zeros((32, 2), np.uint32)
+                        for lane in range(32):
+                            for reg in range(2):
+                                kn, nn = v4.b_frag_kn(lane, reg)
+                                b[lane, reg] = ks[v4.k_smem_word(8 * nt + nn, 8 * kk + (kn >> 1),
+                                                                 K_STRIDE)]
+                        c = mma_bridge.mma_f16_16816_py(qf[:, 4 * kk:4 * kk + 4], b, c)
+                    s[:, 4 * nt:4 * nt + 4] = c * scale_log2
+                if not (wlo_last <= n0 and n0 + BN - 1 <= whi_first):
+                    for lane in range(32):
+                        for nt in range(BN // 8):
+                            for r in range(4):
+                                rr, cc = v4.c_frag_rc(lane, r)
+                                col = n0 + 8 * nt + cc
+                                lo, hi = (rng_a if rr < 8 else rng_b)[lane]
+                                if col < lo or col > hi:
+                                    s[lane, 4 * nt + r] = -np.inf
+                sa, sb = s.reshape(32, -1, 4)[:, :, 0:2], s.reshape(32, -1, 4)[:, :, 2:4]
+                mx = np.stack([_quad_reduce(sa.reshape(32, -1).max(1), np.max),
+                               _quad_reduce(sb.reshape(32, -1).max(1), np.max)], 1)
+                new = np.maximum(m, mx)
+                base = np.where(new == -np.inf, np.float32(0), new)
+                alpha = np.exp2(m - base)
+                m = new
+                p = s.reshape(32, -1, 2, 2) - base[:, None, :, None]
+                p = np.exp2(p).astype(np.float32)
+                lsum = lsum * alpha + p.sum(axis=(1, 3))
+                acc = (acc.reshape(32, -1, 2, 2) * alpha[:, None, :, None]).reshape(32, -1)
+                s = p.reshape(32, -1)
+                for kk in range(BN // 16):
+                    a = np.zeros((32, 4), np.uint32)
+                    for lane in range(32):
+                        for reg in range(4):
+                            nt, creg = v4.p_from_s(kk, reg)
+                            a[lane, reg] = mma_bridge.pack_f16x2_py(
+                                s[lane, 4 * nt + creg], s[lane, 4 * nt + creg + 1])
+                    for nt in range(D // 8):
+                        b = np.zeros((32, 2), np.uint32)
+                        for lane in range(32):
+                            for reg in range(2):
+                                kp, nn = v4.b_frag_kn(lane, reg)
+                                b[lane, reg] = vs[v4.v_smem_word(8 * kk + (kp >> 1), 8 * nt + nn,
+                                                                 V_STRIDE)]
+                        acc[:, 4 * nt:4 * nt + 4] = mma_bridge.mma_f16_16816_py(
+                            a, b, acc[:, 4 * nt:4 * nt + 4])
+            lsum = np.stack([_quad_reduce(lsum[:, 0], np.sum), _quad_reduce(lsum[:, 1], np.sum)], 1)
+            inv = np.where(lsum > 0, 1 / np.where(lsum > 0, lsum, 1), 0).astype(np.float32)
+            row_lse = np.where(lsum > 0, m * np.log(2) + np.log(np.where(lsum > 0, lsum, 1)),
+                               -np.inf)
+            for lane in range(32):
+                for reg in range(4):
+                    rr, cc = v4.c_frag_rc(lane, reg)
+                    for nt in range(D // 8):
+                        if wrow0 + rr < sq:
+                            val = acc[lane, 4 * nt + reg] * inv[lane, reg >> 1]
+                            out[wrow0 + rr, 8 * nt + cc] = np.float16(val)
+                            lse[wrow0 + rr] = row_lse[lane, reg >> 1]
+    return out, lse
+
+
+@pytest.mark.parametrize("sq,sk,window,head_size,block_n", [
+    (70, 70, (-1, -1), 32, 32),     # full attention, partial last tiles
+    (37, 83, (-1, 0), 32, 16),      # causal, sk > sq (bottom-right aligned)
+    (83, 29, (-1, 0), 16, 16),      # causal, sq > sk: leading rows see no key
+    (90, 90, (20, 5), 32, 32),      # sliding window: skipped and partial tiles
+    (66, 66, (0, 0), 16, 32),       # diagonal only
+])
+def test_emulated_flash_tc_matches_reference(rng, sq, sk, window, head_size, block_n):
+    H, Hkv = 4, 2
+    q = rng.standard_normal((1, sq, H, head_size)).astype(np.float16)
+    k = rng.standard_normal((1, sk, Hkv, head_size)).astype(np.float16)
+    v = rng.standard_normal((1, sk, Hkv, head_size)).astype(np.float16)
+    scale = 1 / np.sqrt(head_size)
+    head = 3                                 # GQA: query head 3 reads kv head 1
+    out, lse = emulate_flash_tc(q[0], k[0], v[0], scale, *window, head, head // (H // Hkv),
+                                block_n)
+    ref, ref_lse = mha_fwd_ref(q, k, v, window_size=window)
+    lowp, _ = mha_fwd_ref(q, k, v, window_size=window, p_dtype=np.float16)
+    lowp = lowp.astype(np.float16).astype(np.float64)
+    c = compare(out, lse, ref[0, :, head], ref_lse[0, head], lowp[0, :, head], np.float16)
+    assert c.ok, c
+    if window == (-1, 0) and sq > sk:
+        assert np.all(out[:sq - sk] == 0) and np.all(np.isneginf(lse[:sq - sk]))
+
+
+# --------------------------------------------------------------------------- compile on CPU
+
+_COMPILE_SCRIPT = textwrap.dedent("""
+    import json, re, sys
+    import numpy as np
+    from numba import cuda
+    from numba.cuda.cudadrv import nvrtc
+    from attn_numba.kernels import mma_bridge
+    from attn_numba.kernels import v4_tensor_core as v4
+    res = {}
+    for cc in [(8, 0), (9, 0)]:
+        nvrtc.compile(mma_bridge.MMA_SOURCE_TEXT, "mma_bridge.cu", cc, ltoir=True)
+        for d in v4.HEAD_SIZES:
+            (fn, sig), = v4.compile_targets(d, np.float16)
+            ptx, _ = cuda.compile_ptx(fn, sig, cc=cc)
+            depot = re.findall(r"__local_depot\\d+\\[(\\d+)\\]", ptx)
+            res[f"{cc[0]}{cc[1]}_{d}"] = dict(
+                target=f"sm_{cc[0]}{cc[1]}" in ptx,
+                externs=sorted(set(re.findall(r"\\.extern \\.func[^\\n]*\\) (\\w+)", ptx))),
+                mma_calls=len(re.findall(r"mma_f16_16816,", ptx)),
+                depot=max([int(x) for x in depot] or [0]))
+    assert v4.compile_targets(128, np.float32) == [] and v4.compile_targets(96, np.float16) == []
+    print(json.dumps(res))
+""")
+
+
+def test_compile_ptx_on_cpu():
+    """compile_ptx of every specialisation for sm_80 and sm_90, outside the simulator.
+
+    The PTX holds the Numba part only, with external calls to the bridge; the bridge source
+    itself is compiled by NVRTC (to LTO-IR, which needs no driver). The local depot must be
+    small: the Q/S/O register arrays were promoted to registers (only call results pass
+    through it, and those disappear once LTO inlines the bridge on the GPU).
+    """
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(res) == 2 * len(v4.HEAD_SIZES)
+    for key, r in res.items():
+        d = int(key.split("_")[1])
+        assert r["target"], key
+        assert r["externs"] == ["exp2_approx", "mma_f16_16816", "pack_f16x2"], (key, r)
+        bn = v4.BLOCK_N[d]
+        # Q.K^T + P.V mma calls per tile, fully unrolled: (BN/8)(D/16) + (BN/16)(D/8)
+        assert r["mma_calls"] == (bn // 8) * (d // 16) + (bn // 16) * (d // 8), (key, r)
+        assert r["depot"] <= 128, (key, r)
+
+
+# --------------------------------------------------------------------------- supports
+
+def _problem(**kw):
+    base = dict(batch=1, total_q=128, total_k=128, max_seqlen_q=128, max_seqlen_k=128,
+                num_heads=4, num_kv_heads=1, head_size=128, dtype=np.dtype(np.float16),
+                softmax_scale=0.1, window_left=-1, window_right=-1, causal=False,
+                lse_batched=True, on_simulator=False)
+    base.update(kw)
+    return Problem(**base)
+
+
+def test_supports():
+    assert v4.supports(_problem()) is None
+    for d in v4.HEAD_SIZES:
+        assert v4.supports(_problem(head_size=d)) is None
+    for bad in (dict(dtype=np.dtype(np.float32)), dict(head_size=96), dict(head_size=32),
+                dict(on_simulator=True)):
+        reason = v4.supports(_problem(**bad))
+        assert isinstance(reason, str) and reason, bad
+
+
+def test_interface_refuses_on_simulator(rng):
+    from attn_numba import interface
+    if not interface.on_simulator():
+        pytest.skip("only meaningful under the simulator")
+    q = rng.standard_normal((1, 8, 2, 64)).astype(np.float16)
+    with pytest.raises(ValueError, match="flash_tc"):
+        interface.mha_fwd(q, q, q, kernel="flash_tc")
