@@ -1,0 +1,284 @@
+"""``attn-numba explain``: parsing NVBench markdown logs and the overhead verdict.
+
+Synthetic logs come from :func:`make_log`, a small generator that writes NVBench's markdown
+format (device header, Log section, results table) for given per-row times; a few of its
+outputs are also committed under tests/data/ (regenerate with
+``python tests/test_explain.py --write-data``).
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from attn_numba import explain
+from attn_numba.problem import windowed_flops
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+
+HEADER = """# Devices
+
+## [0] `NVIDIA H100 80GB HBM3`
+* SM Version: 900 (PTX Version: 900)
+* Number of SMs: 132
+* SM Default Clock Rate: 1980 MHz
+* Global Memory: 80000 MiB Free / 81000 MiB Total
+* Global Memory Bus Peak: 3352 GB/sec (5120-bit DDR @2619MHz)
+* ECC Enabled: Yes
+
+"""
+
+
+def fmt_time(s):
+    """NVBench's duration format: 3 decimals in the largest unit that keeps the value >= 1."""
+    for unit, f in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if s >= f:
+            return f"{s / f:.3f} {unit}"
+    return f"{s / 1e-9:.3f} ns"
+
+
+def work_of(S, causal, H=32, D=128, left=128, right=128):
+    right = 0 if causal else right
+    return windowed_flops([S], [S], H, D, left, right)
+
+
+def make_log(times, seq_lens=(512, 1024, 2048, 4096, 8192), causals=(0, 1), samples=None,
+             noise="0.25%", batch_factor=0.9, warnings=(), log_unit="ms"):
+    """An NVBench markdown log of run_mha_fwd. ``times(S, causal) -> seconds`` per call."""
+    states = [(S, c) for c in causals for S in seq_lens]
+    n = len(states)
+    log, table = [], []
+    for i, (S, c) in enumerate(states, 1):
+        t = times(S, c)
+        ns = samples if samples is not None else max(1, min(1000, int(1.0 / t)))
+        axes = (f"num_seqs=1 seq_len={S} num_heads=32 num_kv_heads=8 head_size=128 "
+                f"window_left=128 window_right=128 causal={c}")
+        log.append(f"Run:  [{i}/{n}] run_mha_fwd [Device=0 {axes}]")
+        for w in warnings:
+            log.append(f"Warn: {w}")
+        gpu = t * 1e3 if log_unit == "ms" else t
+        unit = "ms" if log_unit == "ms" else "s"
+        log.append(f"Pass: Cold: {gpu:.6f}{unit} GPU, {gpu * 1.01:.6f}{unit} CPU, "
+                   f"{t * ns:.2f}s total GPU, {t * ns * 1.1:.2f}s total wall, {ns}x ")
+        log.append(f"Pass: Batch: {gpu * batch_factor:.6f}{unit} GPU, {t * ns:.2f}s total GPU, "
+                   f"{t * ns:.2f}s total wall, {ns * 3}x")
+        est = 2 * S * S * 32 * 128
+        table.append(
+            f"| 1 | {S} | 32 | 8 | 128 | 128 | 128 | {c} | {S * 32 * 128 * 2 / 2**20:.3f} MiB | "
+            f"{S * 8 * 256 / 2**20:.3f} MiB | {S * 8 * 256 / 2**20:.3f} MiB | "
+            f"{S * 32 * 256 / 2**20:.3f} MiB | {S} | {est} | {S // 50} | {ns}x | "
+            f"{fmt_time(t * 1.01)} | {noise} | {fmt_time(t)} | {noise} | {S / t / 1e3:.3f}K | "
+            f"{S * 80 * 256 / t / 1e9:.3f} GB/s | {S * 80 * 256 / t / 3.352e12:.2%} | {ns * 3}x | "
+            f"{fmt_time(t * batch_factor)} |")
+    head = ("| num_seqs | seq_len | num_heads | num_kv_heads | head_size | window_left | "
+            "window_right | causal | Q Tensor | K Tensor | V Tensor | Output | Tokens | "
+            "Est. FLOPS | Memory Usage | Samples | CPU Time | Noise | GPU Time | Noise | Elem/s | "
+            "GlobalMem BW | BWUtil | Samples | Batch GPU |")
+    sep = "|" + "---|" * 25
+    return (HEADER + "# Log\n\n```\n" + "\n".join(log) + "\n```\n\n# Benchmark Results\n\n"
+            "## run_mha_fwd\n\n### [0] NVIDIA H100 80GB HBM3\n\n" + "\n".join([head, sep] + table)
+            + "\n")
+
+
+def healthy(S, c):
+    """Time proportional to the windowed work (5 us launch cost on top)."""
+    return 5e-6 + work_of(S, c) / 2e12
+
+
+def flat(S, c):
+    return 5.0 + 0.3 * math.sin(S * (c + 1))
+
+
+def _write(tmp_path, text, name="log.md"):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+# --------------------------------------------------------------------------- the user's log
+
+def test_packaged_log_is_overhead_dominated():
+    res = explain.explain_log()
+    assert res["verdict"] == "overhead-dominated"
+    assert 3.0 <= res["fixed_overhead_s"] <= 8.0          # several seconds per call
+    assert res["work_exponent"] < 0.3
+    assert len(res["rows"]) == 10
+    r0 = res["rows"][0]
+    assert (r0["seq_len"], r0["causal"], r0["num_heads"], r0["num_kv_heads"]) == (512, 0, 32, 8)
+    assert r0["gpu_time_s"] == pytest.approx(5.502)
+    assert r0["batch_gpu_time_s"] == pytest.approx(7.564)
+    assert (r0["samples"], r0["batch_samples"]) == (3, 2)
+    assert math.isinf(r0["gpu_noise"])
+    assert r0["cold"]["gpu_time_s"] == pytest.approx(5.502139811)
+    assert r0["windowed_flops"] == work_of(512, 0)
+    assert r0["est_flops"] == 2 * 512 * 512 * 32 * 128
+    text = " ".join(res["explanations"])
+    for needle in ("inf%", "fewer than 5 samples", "min_samples", "BWUtil", "Est. FLOPS",
+                   "GPU time equals CPU time", "Roofline"):
+        assert needle in text, needle
+
+
+def test_device_header_parsed():
+    res = explain.explain_log()
+    d = res["device"]
+    assert d["name"] == "NVIDIA A30"
+    assert d["sm_version"] == 800 and d["num_sms"] == 56
+    assert d["bus_peak_Bps"] == pytest.approx(933e9)
+    assert d["clock_hz"] == pytest.approx(1.44e9)
+
+
+def test_warnings_parsed_and_attached_to_measurement():
+    res = explain.explain_log()
+    ws = res["rows"][0]["warnings"]
+    kinds = [(w["kind"], w["measurement"]) for w in ws]
+    assert kinds == [("noise_over_threshold", "cold"), ("min_samples", "cold"),
+                     ("min_samples", "batch")]
+    assert math.isinf(ws[0]["noise"]) and ws[0]["max_noise"] == pytest.approx(0.005)
+    assert (ws[1]["samples"], ws[1]["min_samples"]) == (3, 10)
+    assert ws[2]["samples"] == 2 and ws[2]["timeout_s"] == pytest.approx(15.13)
+
+
+@pytest.mark.parametrize("text,kind,fields", [
+    ("Current measurement timed out (3.21s) before accumulating enough samples to estimate "
+     "noise (2 < 5)", "noise_samples", {"samples": 2, "needed": 5}),
+    ("Current measurement timed out (3.21s) while over noise threshold (1.25% > 0.50%)",
+     "noise_over_threshold", {"noise": 0.0125}),
+    ("Current measurement timed out (3.21s) before accumulating min_time (0.20s < 0.50s)",
+     "min_time", {"time_s": 0.2, "min_time_s": 0.5}),
+    ("something new", "other", {}),
+])
+def test_parse_warning(text, kind, fields):
+    w = explain.parse_warning(text)
+    assert w["kind"] == kind
+    for k, v in fields.items():
+        assert w[k] == pytest.approx(v)
+
+
+@pytest.mark.parametrize("cell,value,kind", [
+    ("5.502 s", 5.502, "time"), ("10.250 ms", 10.25e-3, "time"), ("12.5 us", 12.5e-6, "time"),
+    ("800.000 ns", 800e-9, "time"), ("4.000 MiB", 4 * 2**20, "size"), ("2 KiB", 2048, "size"),
+    ("1.906 MB/s", 1.906e6, "rate_bytes"), ("2.5 TB/s", 2.5e12, "rate_bytes"),
+    ("0.35%", 0.0035, "percent"), ("3x", 3, "samples"), ("1.058K", 1058.0, "number"),
+    ("2.5M", 2.5e6, "number"), ("2147483648", 2147483648, "number"), ("93.055", 93.055, "number"),
+    ("", None, "empty"), ("n/a", "n/a", "text"),
+])
+def test_parse_value_units(cell, value, kind):
+    v, k = explain.parse_value(cell)
+    assert k == kind
+    assert v == pytest.approx(value) if isinstance(value, float) else v == value
+
+
+def test_parse_value_inf_percent():
+    v, k = explain.parse_value("inf%")
+    assert k == "percent" and math.isinf(v)
+
+
+# --------------------------------------------------------------------------- synthetic logs
+
+@pytest.mark.parametrize("log_unit", ["ms", "s"])
+def test_healthy_log_is_work_proportional(tmp_path, log_unit):
+    res = explain.explain_log(_write(tmp_path, make_log(healthy, log_unit=log_unit)))
+    assert res["verdict"] == "work-proportional"
+    assert res["work_exponent"] > 0.8
+    assert res["fixed_overhead_s"] < 0.5 * res["median_time_s"]
+    # times in the table were microseconds/milliseconds
+    assert all(r["gpu_time_s"] < 0.1 for r in res["rows"])
+    assert res["rows"][0]["cold"]["gpu_time_s"] == pytest.approx(healthy(512, 0), rel=1e-3)
+
+
+def test_flat_log_is_overhead_dominated(tmp_path):
+    res = explain.explain_log(_write(tmp_path, make_log(flat, samples=3, noise="inf%")))
+    assert res["verdict"] == "overhead-dominated"
+    assert 4.0 < res["fixed_overhead_s"] < 6.0
+
+
+def test_overhead_plus_small_work_is_overhead_dominated(tmp_path):
+    # a 2 s fixed cost plus a real kernel: still dominated by the fixed cost
+    res = explain.explain_log(_write(tmp_path, make_log(lambda S, c: 2.0 + healthy(S, c))))
+    assert res["verdict"] == "overhead-dominated"
+    assert res["fixed_overhead_s"] == pytest.approx(2.0, rel=0.01)
+
+
+def test_kernel_with_launch_overhead_small_sizes(tmp_path):
+    # latency-bound at small S, linear at large S: the exponent decides
+    res = explain.explain_log(_write(tmp_path, make_log(lambda S, c: 20e-6 + work_of(S, c) / 1e13)))
+    assert res["verdict"] == "work-proportional"
+
+
+def test_single_row_is_undetermined(tmp_path):
+    res = explain.explain_log(_write(tmp_path, make_log(healthy, seq_lens=(512,), causals=(0,))))
+    assert res["verdict"] == "undetermined"
+
+
+def test_committed_synthetic_logs():
+    expect = {"healthy_h100_us.log": "work-proportional",
+              "flat_overhead_new_nvbench.log": "overhead-dominated"}
+    for name, verdict in expect.items():
+        res = explain.explain_log(os.path.join(DATA, name))
+        assert res["verdict"] == verdict, name
+    res = explain.explain_log(os.path.join(DATA, "flat_overhead_new_nvbench.log"))
+    kinds = {w["kind"] for r in res["rows"] for w in r["warnings"]}
+    assert {"noise_samples", "min_samples"} <= kinds
+
+
+def test_summary_results_are_used(tmp_path):
+    rdir = tmp_path / "results" / "h100"
+    rdir.mkdir(parents=True)
+    recs = [{"kernel": "naive", "num_seqs": 1, "seq_len": S, "num_heads": 32, "num_kv_heads": 8,
+             "head_size": 128, "window_left": 128, "window_right": 128, "causal": 0,
+             "gpu_time_s": 1e-3 * S / 512} for S in (512, 8192)]
+    (rdir / "summary.json").write_text(json.dumps(
+        {"device": "NVIDIA H100", "date": "x", "versions": {}, "ceilings": {}, "records": recs}))
+    res = explain.explain_log(results_dir=str(tmp_path / "results"))
+    assert any("Committed results on NVIDIA H100" in e and "naive" in e
+               for e in res["explanations"])
+    # absent results directory: no crash, no such sentence
+    res = explain.explain_log(results_dir=str(tmp_path / "nothing"))
+    assert not any("Committed results" in e for e in res["explanations"])
+
+
+# --------------------------------------------------------------------------- CLI
+
+def test_cli_json_schema():
+    out = subprocess.run([sys.executable, "-m", "attn_numba.cli", "explain", "--json"],
+                         capture_output=True, text=True, check=True).stdout
+    d = json.loads(out)
+    for key in ("rows", "verdict", "fixed_overhead_s", "work_exponent", "explanations", "device"):
+        assert key in d
+    assert d["verdict"] == "overhead-dominated"
+    assert isinstance(d["explanations"], list) and all(isinstance(e, str) for e in d["explanations"])
+    for r in d["rows"]:
+        for key in ("seq_len", "causal", "num_heads", "head_size", "window_left", "window_right",
+                    "gpu_time_s", "batch_gpu_time_s", "samples"):
+            assert key in r
+
+
+def test_cli_text_and_path(tmp_path):
+    p = _write(tmp_path, make_log(healthy))
+    out = subprocess.run([sys.executable, "-m", "attn_numba.cli", "explain", p],
+                         capture_output=True, text=True, check=True).stdout
+    assert "verdict: work-proportional" in out
+
+
+def test_cli_missing_file(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "attn_numba.cli", "explain", str(tmp_path / "no.log")],
+                       capture_output=True, text=True)
+    assert r.returncode == 1
+
+
+def _write_data():
+    os.makedirs(DATA, exist_ok=True)
+    with open(os.path.join(DATA, "healthy_h100_us.log"), "w") as f:
+        f.write(make_log(healthy))
+    warns = ["Current measurement timed out (3.10s) before accumulating enough samples to "
+             "estimate noise (3 < 5)",
+             "Current measurement timed out (3.10s) before accumulating min_samples (3 < 10)"]
+    with open(os.path.join(DATA, "flat_overhead_new_nvbench.log"), "w") as f:
+        f.write(make_log(lambda S, c: 0.7 + 0.05 * math.cos(S + c), samples=3, noise="inf%",
+                         warnings=warns, seq_lens=(512, 2048, 8192), causals=(0,)))
+
+
+if __name__ == "__main__" and "--write-data" in sys.argv:
+    _write_data()
