@@ -263,7 +263,7 @@ _COMPILE_SCRIPT = textwrap.dedent("""
     for cc in [(8, 0), (9, 0)]:
         nvrtc.compile(mma_bridge.MMA_SOURCE_TEXT, "mma_bridge.cu", cc, ltoir=True)
         for d in v4.HEAD_SIZES:
-            (fn, sig), = v4.compile_targets(d, np.float16)
+            (_, fn, sig), = v4.compile_targets(d, np.float16)
             ptx, _ = cuda.compile_ptx(fn, sig, cc=cc)
             depot = re.findall(r"__local_depot\\d+\\[(\\d+)\\]", ptx)
             res[f"{cc[0]}{cc[1]}_{d}"] = dict(

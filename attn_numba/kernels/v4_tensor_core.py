@@ -377,12 +377,13 @@ def _signature(head_size):
 
 
 def compile_targets(head_size, dtype):
-    """``[(dispatcher, signature)]`` to compile with ``cuda.compile_ptx`` for this
-    specialisation (empty when it is not supported). The PTX holds ``call``s to the bridge
-    functions, which are linked (with LTO) only when the kernel is compiled for a GPU."""
+    """``[(label, python function, signature)]`` to compile with ``cuda.compile_ptx`` for
+    this specialisation (empty when it is not supported; see attn_numba.compile_check).
+    The PTX holds ``call``s to the bridge functions, which are linked (with LTO) only when
+    the kernel is compiled for a GPU."""
     if np.dtype(dtype) != np.float16 or head_size not in HEAD_SIZES:
         return []
-    return [(build(head_size), _signature(head_size))]
+    return [(f"flash_tc_kernel_d{head_size}", build(head_size).py_func, _signature(head_size))]
 
 
 def ptx_signatures(head_size, dtype):
