@@ -1,0 +1,332 @@
+"""Benchmark cases: inputs for a config, the check against the reference, a launch on a stream.
+
+One :class:`Case` per (kernel, config). ``case.check(stream)`` runs the call once (which also
+compiles and warms it up), copies the output back and compares a few blocks of query rows
+(first, middle and last; every head) with :func:`attn_numba.reference.mha_fwd_ref` under the
+FlashAttention tolerance rule of :mod:`attn_numba.testing`. ``case.launch(stream)`` enqueues one
+call and returns its output without synchronising. ``stream`` is a raw ``cudaStream_t`` address
+(what NVBench hands out) or ``None`` for the default stream (the simulator).
+
+Numba kernels are called through the public API, ``attn_numba.mha_fwd`` on device arrays with
+``stream=``. The PyTorch peers are ``flexattention`` (``torch.compile``'d ``flex_attention``
+with a sliding-window block mask, ``enable_gqa=True``) and ``sdpa``
+(``scaled_dot_product_attention`` with a dense boolean mask; K and V are repeated to the query
+heads once, outside the timed call, which lets PyTorch pick its memory-efficient kernel).
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import interface
+from ..reference import mha_fwd_ref
+from ..testing import compare, random_qkv, tolerance
+from .grid import DTYPE, PEERS
+
+#: rows per checked block; configs up to 3 blocks long are checked whole
+CHECK_BLOCK = 64
+#: the inputs' seed: every kernel of a config sees the same q, k, v
+SEED = 20240
+
+
+# --------------------------------------------------------------------------- reference on a row block
+
+def reference_rows(q, k, v, r0, r1, window_size, causal, softmax_scale=None, p_dtype=None):
+    """The float64 reference for query rows ``[r0, r1)`` only, exactly.
+
+    Row ``i`` sees key ``j`` iff ``i + sk - sq - left <= j <= i + sk - sq + right``. Calling
+    :func:`mha_fwd_ref` on ``q[:, r0:r1]`` and the keys ``[0, e)`` shifts every row's diagonal
+    by ``delta = (e - r1) - (sk - sq)``, so the sub-call uses the window
+    ``(left + delta, right - delta)``, with ``e`` just large enough for the block's last row.
+    Returns ``(out, lse)`` as :func:`mha_fwd_ref` does, for those rows.
+    """
+    sq, sk = q.shape[1], k.shape[1]
+    left, right = interface.normalize_window(tuple(window_size), bool(causal))
+    if right < 0:
+        e = sk
+    else:
+        e = max(0, min(sk, r1 + sk - sq + right))
+    delta = (e - r1) - (sk - sq)
+    sub_left = left + delta if left >= 0 else -1
+    sub_right = right - delta if right >= 0 else -1
+    if sub_left < -1 or sub_right < -1:  # block sees no key at all: let the full call decide
+        return mha_fwd_ref(q, k, v, softmax_scale=softmax_scale, causal=bool(causal),
+                           window_size=tuple(window_size), p_dtype=p_dtype)
+    out, lse = mha_fwd_ref(q[:, r0:r1], k[:, :e], v[:, :e], softmax_scale=softmax_scale,
+                           causal=False, window_size=(sub_left, sub_right), p_dtype=p_dtype)
+    return out, lse
+
+
+def check_blocks(seq_len, block=CHECK_BLOCK):
+    """Row blocks ``[(r0, r1), ...]`` to check: the whole sequence when short, else the
+    first, a middle and the last ``block`` rows (the window's clipped and interior rows)."""
+    if seq_len <= 3 * block:
+        return [(0, seq_len)]
+    mid = seq_len // 2 - block // 2
+    return [(0, block), (mid, mid + block), (seq_len - block, seq_len)]
+
+
+# --------------------------------------------------------------------------- inputs, cached per config
+
+@dataclass
+class Inputs:
+    cfg: object
+    q: np.ndarray
+    k: np.ndarray
+    v: np.ndarray
+    dq: object = None
+    dk: object = None
+    dv: object = None
+    refs: dict = field(default_factory=dict)
+
+    def reference(self):
+        """``{(r0, r1): (out64, lse64, out_lowp)}`` for the checked blocks (computed once)."""
+        if not self.refs:
+            left, right = self.cfg.window_left, self.cfg.window_right
+            for r0, r1 in check_blocks(self.cfg.seq_len):
+                kw = dict(window_size=(left, right), causal=bool(self.cfg.causal))
+                ref, lse = reference_rows(self.q, self.k, self.v, r0, r1, **kw)
+                low, _ = reference_rows(self.q, self.k, self.v, r0, r1, p_dtype=DTYPE, **kw)
+                self.refs[(r0, r1)] = (ref, lse, low.astype(DTYPE).astype(np.float64))
+        return self.refs
+
+
+_INPUTS_CACHE = {}
+
+
+def get_inputs(cfg):
+    """Random q, k, v for ``cfg`` (host and device), shared by every kernel of the config;
+    only the last config's inputs are kept."""
+    key = cfg.key()
+    if key not in _INPUTS_CACHE:
+        _INPUTS_CACHE.clear()
+        from numba import cuda
+        rng = np.random.default_rng([SEED, *key])
+        q, k, v = random_qkv(rng, cfg.num_seqs, cfg.seq_len, cfg.seq_len, cfg.num_heads,
+                             cfg.num_kv_heads, cfg.head_size, DTYPE)
+        inp = Inputs(cfg, q, k, v)
+        inp.dq, inp.dk, inp.dv = (cuda.to_device(x) for x in (q, k, v))
+        cuda.synchronize()
+        _INPUTS_CACHE[key] = inp
+    return _INPUTS_CACHE[key]
+
+
+# --------------------------------------------------------------------------- cases
+
+@dataclass
+class CheckResult:
+    ok: bool
+    max_err: float
+    tol: float
+    lse_ok: bool | None
+    rows_checked: int
+
+    def as_dict(self):
+        return {"ok": bool(self.ok), "max_err": float(self.max_err), "tol": float(self.tol),
+                "lse_ok": self.lse_ok, "rows_checked": int(self.rows_checked)}
+
+    def __str__(self):
+        lse = "" if self.lse_ok is None else f", lse {'ok' if self.lse_ok else 'WRONG'}"
+        return (f"{'ok' if self.ok else 'FAILED'}: max err {self.max_err:.2e} "
+                f"(tol {self.tol:.2e}{lse}) on {self.rows_checked} rows x all heads")
+
+
+def _compare_blocks(inp, out, lse):
+    """Compare host ``out`` (B, S, H, D) and ``lse`` (B, H, S) or None with the reference."""
+    ok, err, tol, lse_ok, rows = True, 0.0, float("inf"), None, 0
+    for (r0, r1), (ref, ref_lse, low) in inp.reference().items():
+        o = np.asarray(out[:, r0:r1], np.float64)
+        rows += r1 - r0
+        if lse is not None:
+            c = compare(o, lse[:, :, r0:r1], ref, ref_lse, low, DTYPE)
+            block_ok, block_err, block_tol = c.ok, c.max_err, c.tol
+            lse_ok = c.lse_tol_ok if lse_ok is None else (lse_ok and c.lse_tol_ok)
+        else:
+            block_tol = tolerance(ref, low, DTYPE)
+            finite = bool(np.all(np.isfinite(o)))
+            block_err = float(np.max(np.abs(o - ref), initial=0.0)) if finite else float("nan")
+            block_ok = finite and block_err <= block_tol
+        ok = ok and block_ok
+        err = block_err if not np.isfinite(block_err) else max(err, block_err)
+        tol = min(tol, block_tol)
+    return CheckResult(bool(ok), err, tol, lse_ok, rows)
+
+
+class Case:
+    """One kernel on one config. Subclasses define ``_call(stream, check)``."""
+
+    kind = "kernel"
+
+    def __init__(self, kernel, cfg):
+        self.kernel = kernel
+        self.cfg = cfg
+        self.inputs = get_inputs(cfg)
+        self.scale = 1.0 / float(np.sqrt(cfg.head_size))
+
+    def unsupported(self):
+        """Why this case cannot run (a string), or None."""
+        return None
+
+    def check(self, stream=None):
+        raise NotImplementedError
+
+    def launch(self, stream=None):
+        raise NotImplementedError
+
+
+class NumbaCase(Case):
+    """A kernel of this package, through ``attn_numba.mha_fwd`` on device arrays."""
+
+    def _stream(self, stream):
+        from numba import cuda
+        return cuda.default_stream() if stream is None else cuda.external_stream(stream)
+
+    def _kw(self):
+        c = self.cfg
+        return dict(window_size=(c.window_left, c.window_right), causal=bool(c.causal),
+                    kernel=self.kernel)
+
+    def unsupported(self):
+        from .. import kernels
+        if kernels.get(self.kernel) is None:
+            return f"kernel {self.kernel!r} is not in this build"
+        return None
+
+    def check(self, stream=None):
+        s = self._stream(stream)
+        i = self.inputs
+        with interface._poison(True):  # unwritten elements show up as NaN
+            out, lse = interface.mha_fwd(i.dq, i.dk, i.dv, return_lse=True, stream=s, **self._kw())
+        out_h, lse_h = out.copy_to_host(stream=s), lse.copy_to_host(stream=s)
+        s.synchronize()
+        return _compare_blocks(i, out_h, lse_h)
+
+    def launch(self, stream=None):
+        i = self.inputs
+        return interface.mha_fwd(i.dq, i.dk, i.dv, stream=self._stream(stream), **self._kw())
+
+
+class TorchCase(Case):
+    """A PyTorch peer; inputs are viewed from the Numba device arrays and laid out (B, H, S, D)
+    once, outside the timed call."""
+
+    kind = "peer"
+
+    def __init__(self, kernel, cfg):
+        super().__init__(kernel, cfg)
+        self._ready = False
+
+    def unsupported(self):
+        try:
+            import torch
+        except ImportError:
+            return "torch is not installed"
+        if not torch.cuda.is_available():
+            return "torch sees no CUDA device"
+        return None
+
+    def _setup(self):
+        if self._ready:
+            return
+        import torch
+        i, c = self.inputs, self.cfg
+        q, k, v = (torch.as_tensor(x, device="cuda") for x in (i.dq, i.dk, i.dv))
+        self.q = q.transpose(1, 2).contiguous()  # (B, H, S, D)
+        self.k = k.transpose(1, 2).contiguous()  # (B, Hkv, S, D)
+        self.v = v.transpose(1, 2).contiguous()
+        left, right = c.window
+        self._setup_peer(torch, c, left, right)
+        torch.cuda.synchronize()
+        self._ready = True
+
+    def _torch_stream(self, stream):
+        import torch
+        if stream is None:
+            return torch.cuda.current_stream()
+        return torch.cuda.ExternalStream(stream)
+
+    def launch(self, stream=None):
+        import torch
+        self._setup()
+        with torch.cuda.stream(self._torch_stream(stream)):
+            return self._call()
+
+    def check(self, stream=None):
+        import torch
+        self._setup()
+        ts = self._torch_stream(stream)
+        with torch.cuda.stream(ts):
+            out = self._call()
+        ts.synchronize()
+        out_h = out.transpose(1, 2).float().cpu().numpy()  # (B, S, H, D)
+        return _compare_blocks(self.inputs, out_h, None)
+
+
+def _window_mask_mod(sq, sk, left, right):
+    """FlexAttention ``mask_mod`` for the API's window (-1 = unbounded)."""
+    shift = sk - sq
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        rel = kv_idx - q_idx - shift  # key offset from the row's diagonal
+        ok = rel >= -left if left >= 0 else rel == rel
+        if right >= 0:
+            ok = ok & (rel <= right)
+        return ok
+
+    return mask_mod
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_flex():
+    import torch
+    from torch.nn.attention.flex_attention import flex_attention
+    for name in ("recompile_limit", "cache_size_limit"):  # one compile per (shape, mask)
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, 256)
+    return torch.compile(flex_attention, dynamic=False)
+
+
+class FlexCase(TorchCase):
+    def _setup_peer(self, torch, c, left, right):
+        from torch.nn.attention.flex_attention import create_block_mask
+        s = c.seq_len
+        self.block_mask = create_block_mask(_window_mask_mod(s, s, left, right), B=None, H=None,
+                                            Q_LEN=s, KV_LEN=s, device="cuda")
+        self.fn = _compiled_flex()
+
+    def _call(self):
+        return self.fn(self.q, self.k, self.v, block_mask=self.block_mask, scale=self.scale,
+                       enable_gqa=True)
+
+
+class SdpaCase(TorchCase):
+    def _setup_peer(self, torch, c, left, right):
+        s = c.seq_len
+        i = torch.arange(s, device="cuda")[:, None]
+        j = torch.arange(s, device="cuda")[None, :]
+        mask = torch.ones(s, s, dtype=torch.bool, device="cuda")
+        if left >= 0:
+            mask &= j >= i - left
+        if right >= 0:
+            mask &= j <= i + right
+        self.mask = mask
+        g = c.num_heads // c.num_kv_heads
+        self.k = self.k.repeat_interleave(g, dim=1).contiguous()
+        self.v = self.v.repeat_interleave(g, dim=1).contiguous()
+        self.sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def _call(self):
+        return self.sdpa(self.q, self.k, self.v, attn_mask=self.mask, scale=self.scale)
+
+
+def make_case(kernel, cfg):
+    """The :class:`Case` for ``kernel`` (a package kernel name or a peer) on ``cfg``."""
+    if kernel == "flexattention":
+        return FlexCase(kernel, cfg)
+    if kernel == "sdpa":
+        return SdpaCase(kernel, cfg)
+    if kernel in PEERS:
+        raise ValueError(f"unknown peer {kernel!r}")
+    return NumbaCase(kernel, cfg)

@@ -1,0 +1,151 @@
+"""The NVBench benchmark ``run_mha_fwd`` (cuda-bench), with the log's axes and summary columns.
+
+For each state (one kernel on one config) the benchmark function
+
+1. builds the :class:`~attn_numba.bench.cases.Case` (inputs shared by the kernels of a config);
+2. adds the log's summary columns (Q/K/V/Output sizes, Tokens as the element count,
+   ``Est. FLOPS`` = exact windowed FLOPs, ``Dense FLOPS (log)`` = the log's 2*S^2*H*D, Memory
+   Usage) and declares the minimum global-memory reads and writes, so NVBench's GlobalMem BW and
+   BWUtil are meaningful;
+3. runs the call once on NVBench's stream and checks it against the reference (this also
+   compiles and warms the kernel up); a wrong package kernel is skipped, not timed, and a peer
+   that misses the tolerance is timed and flagged in ``summary.json``;
+4. hands the launch to ``state.exec``.
+
+Numba kernels run with ``state.exec(..., timer=True)``: the launcher frees the previous call's
+buffers *before* ``timer.start()`` queues NVBench's blocking kernel, and defers frees while the
+stream is blocked, because ``cuMemFree`` synchronises the device and would deadlock against
+the blocking kernel. NVBench does not allow batched (hot) measurements with a manual timer, so
+these kernels get cold timings only (``batch_gpu_time_s`` is null). The PyTorch peers allocate
+from PyTorch's caching allocator, which never synchronises, and use the plain ``state.exec``
+(cold and batch).
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+from .cases import make_case
+from .grid import INT_AXES, Config, derived, fmt_mib, iter_configs
+
+BENCHMARK = "run_mha_fwd"
+
+
+class Progress:
+    """One line per state on stderr: position, elapsed time, a crude estimate of time left."""
+
+    def __init__(self, total, stream=sys.stderr):
+        self.total, self.done, self.t0, self.stream = total, 0, time.perf_counter(), stream
+
+    def start(self, kernel, cfg):
+        self.done += 1
+        el = time.perf_counter() - self.t0
+        left = el / (self.done - 1) * (self.total - self.done + 1) if self.done > 1 else None
+        eta = f", ~{left:4.0f} s left" if left is not None else ""
+        self.line = (f"[bench {self.done:3d}/{self.total} {el:5.0f} s{eta}] {kernel:<13} "
+                     f"S={cfg.seq_len:<5d} causal={cfg.causal}")
+        print(self.line + ": compile + check ...", file=self.stream, flush=True)
+
+    def note(self, msg):
+        print(self.line + ": " + msg, file=self.stream, flush=True)
+
+
+def _flush_numba_frees():
+    """Free Numba's pending deallocations now (the stream must not be blocked)."""
+    from numba import cuda
+    ctx = cuda.current_context()
+    for pending in (getattr(getattr(ctx, "memory_manager", None), "deallocations", None),
+                    getattr(ctx, "deallocations", None)):
+        if pending is not None:
+            pending.clear()
+
+
+def numba_launcher(case):
+    """A ``timer=True`` launcher for a Numba case (see the module docstring)."""
+    from numba import cuda
+
+    def launcher(launch, timer):
+        _flush_numba_frees()
+        ptr = launch.get_stream().addressof()
+        with cuda.defer_cleanup():
+            timer.start()
+            out = case.launch(ptr)
+            timer.stop()
+            del out
+
+    return launcher
+
+
+def torch_launcher(case):
+    def launcher(launch):
+        case.launch(launch.get_stream().addressof())
+
+    return launcher
+
+
+def add_columns(state, cfg):
+    """The log's summary columns and NVBench's element / byte counts for ``cfg``."""
+    d = derived(cfg)
+    state.add_summary("Q Tensor", fmt_mib(d["q_bytes"]))
+    state.add_summary("K Tensor", fmt_mib(d["k_bytes"]))
+    state.add_summary("V Tensor", fmt_mib(d["v_bytes"]))
+    state.add_summary("Output", fmt_mib(d["out_bytes"]))
+    state.add_element_count(d["tokens"], "Tokens")
+    state.add_summary("Est. FLOPS", int(d["flops"]))
+    state.add_summary("Dense FLOPS (log)", int(d["dense_flops"]))
+    state.add_summary("Memory Usage", fmt_mib(d["bytes"]))
+    state.add_global_memory_reads(d["q_bytes"] + d["k_bytes"] + d["v_bytes"])
+    state.add_global_memory_writes(d["out_bytes"])
+
+
+def register(kernels, grid, checks, progress):
+    """Register ``run_mha_fwd`` over ``kernels`` x ``grid``; check results go into ``checks``."""
+    import cuda.bench as bench
+
+    def run_mha_fwd(state):
+        kernel = state.get_string("Kernel")
+        cfg = Config(**{a: int(state.get_int64(a)) for a in INT_AXES})
+        progress.start(kernel, cfg)
+        try:
+            case = make_case(kernel, cfg)
+            why = case.unsupported()
+            if why:
+                progress.note("skipped: " + why)
+                state.skip(why)
+                return
+            add_columns(state, cfg)
+            res = case.check(state.get_stream().addressof())
+            checks[(kernel, cfg.key())] = res.as_dict()
+            progress.note(f"check {res}; timing")
+            if not res.ok and case.kind == "kernel":
+                state.skip(f"output check failed: {res}")
+                return
+            if case.kind == "kernel":
+                state.exec(numba_launcher(case), timer=True)
+            else:
+                state.exec(torch_launcher(case))
+        except Exception as exc:  # one broken case must not end the sweep
+            msg = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            progress.note("error, skipped: " + msg)
+            checks.setdefault((kernel, cfg.key()), None)
+            state.skip("error: " + msg)
+
+    b = bench.register(run_mha_fwd)
+    b.set_name(BENCHMARK)
+    b.add_string_axis("Kernel", list(kernels))
+    for a in INT_AXES:
+        b.add_int64_axis(a, [int(x) for x in grid[a]])
+    return b
+
+
+def run(kernels, grid, json_path, md_path, nvbench_args=()):
+    """Register and run the benchmark; NVBench prints its log and markdown table to stdout and
+    writes ``json_path`` and ``md_path``. Returns ``(checks, argv)``."""
+    import cuda.bench as bench
+    total = len(list(iter_configs(grid))) * len(kernels)
+    checks = {}
+    register(kernels, grid, checks, Progress(total))
+    argv = ["attn-numba-bench", "--devices", "0", "--json", str(json_path),
+            "--md", "stdout", "--md", str(md_path), *nvbench_args]
+    bench.run_all_benchmarks(argv)
+    return checks, argv
