@@ -103,8 +103,8 @@ def _quad_reduce(x, op):
     return np.repeat(op(x.reshape(8, 4), axis=1), 4)
 
 
-def emulate_flash_tc(q, k, v, scale, left, right, head, kv_head, block_n):
-    """Mirror of ``v4.build(D, block_n)`` for one sequence and one head, in NumPy.
+def emulate_flash_tc(q, k, v, scale, left, right, head, kv_head, block_n, heads=1):
+    """Mirror of ``v4.build(D, heads, block_n)`` for one sequence and one head, in NumPy.
 
     q: (sq, H, D) fp16, k/v: (sk, Hkv, D) fp16. Returns out (sq, D) float32 and lse (sq,).
     Each block of BLOCK_M rows and each of its warps is emulated with per-lane register
@@ -120,8 +120,9 @@ def emulate_flash_tc(q, k, v, scale, left, right, head, kv_head, block_n):
     out = np.full((sq, D), np.nan, np.float32)
     lse = np.full(sq, np.nan, np.float32)
     kr = lambda i: key_range_host(i, sq, sk, left, right)  # noqa: E731
-    for row0 in range(0, sq, v4.BLOCK_M):
-        blo, bhi = kr(row0)[0], kr(min(row0 + v4.BLOCK_M, sq) - 1)[1]
+    pb = v4.BLOCK_M // heads                                     # positions per block
+    for row0 in range(0, sq, pb):
+        blo, bhi = kr(row0)[0], kr(min(row0 + pb, sq) - 1)[1]
         tiles = list(range((blo // BN) * BN, bhi + 1, BN))
         staged = []
         for n0 in tiles:
@@ -140,7 +141,9 @@ def emulate_flash_tc(q, k, v, scale, left, right, head, kv_head, block_n):
                     vs[v4.v_smem_word(p, 2 * w + 1, V_STRIDE)] = hi
             staged.append((n0, ks, vs))
         for warp in range(v4.WARPS):
-            wrow0 = row0 + 16 * warp
+            if warp % heads != head % heads:                     # another head's warp
+                continue
+            wrow0 = row0 + 16 * (warp // heads)
             if wrow0 >= sq:
                 continue
             wlo_first, whi_first = kr(wrow0)
@@ -225,14 +228,15 @@ def emulate_flash_tc(q, k, v, scale, left, right, head, kv_head, block_n):
     return out, lse
 
 
-@pytest.mark.parametrize("sq,sk,window,head_size,block_n", [
-    (70, 70, (-1, -1), 32, 32),     # full attention, partial last tiles
-    (37, 83, (-1, 0), 32, 16),      # causal, sk > sq (bottom-right aligned)
-    (83, 29, (-1, 0), 16, 16),      # causal, sq > sk: leading rows see no key
-    (90, 90, (20, 5), 32, 32),      # sliding window: skipped and partial tiles
-    (66, 66, (0, 0), 16, 32),       # diagonal only
+@pytest.mark.parametrize("sq,sk,window,head_size,block_n,heads", [
+    (70, 70, (-1, -1), 32, 32, 1),     # full attention, partial last tiles
+    (37, 83, (-1, 0), 32, 16, 2),      # causal, sk > sq (bottom-right aligned)
+    (83, 29, (-1, 0), 16, 16, 1),      # causal, sq > sk: leading rows see no key
+    (90, 90, (20, 5), 32, 32, 1),      # sliding window: skipped and partial tiles
+    (90, 90, (20, 5), 32, 32, 2),      # the same with 2 heads per block (32 positions)
+    (66, 66, (0, 0), 16, 32, 2),       # diagonal only
 ])
-def test_emulated_flash_tc_matches_reference(rng, sq, sk, window, head_size, block_n):
+def test_emulated_flash_tc_matches_reference(rng, sq, sk, window, head_size, block_n, heads):
     H, Hkv = 4, 2
     q = rng.standard_normal((1, sq, H, head_size)).astype(np.float16)
     k = rng.standard_normal((1, sk, Hkv, head_size)).astype(np.float16)
@@ -240,7 +244,7 @@ def test_emulated_flash_tc_matches_reference(rng, sq, sk, window, head_size, blo
     scale = 1 / np.sqrt(head_size)
     head = 3                                 # GQA: query head 3 reads kv head 1
     out, lse = emulate_flash_tc(q[0], k[0], v[0], scale, *window, head, head // (H // Hkv),
-                                block_n)
+                                block_n, heads)
     ref, ref_lse = mha_fwd_ref(q, k, v, window_size=window)
     lowp, _ = mha_fwd_ref(q, k, v, window_size=window, p_dtype=np.float16)
     lowp = lowp.astype(np.float16).astype(np.float64)
@@ -262,11 +266,11 @@ _COMPILE_SCRIPT = textwrap.dedent("""
     res = {}
     for cc in [(8, 0), (9, 0)]:
         nvrtc.compile(mma_bridge.MMA_SOURCE_TEXT, "mma_bridge.cu", cc, ltoir=True)
-        for d in v4.HEAD_SIZES:
-            (_, fn, sig), = v4.compile_targets(d, np.float16)
+        targets = [(d, t) for d in v4.HEAD_SIZES for t in v4.compile_targets(d, np.float16)]
+        for d, (label, fn, sig) in targets:
             ptx, _ = cuda.compile_ptx(fn, sig, cc=cc)
             depot = re.findall(r"__local_depot\\d+\\[(\\d+)\\]", ptx)
-            res[f"{cc[0]}{cc[1]}_{d}"] = dict(
+            res[f"{cc[0]}{cc[1]}_{d}_{label}"] = dict(
                 target=f"sm_{cc[0]}{cc[1]}" in ptx,
                 externs=sorted(set(re.findall(r"\\.extern \\.func[^\\n]*\\) (\\w+)", ptx))),
                 mma_calls=len(re.findall(r"mma_f16_16816,", ptx)),
@@ -291,9 +295,9 @@ def test_compile_ptx_on_cpu():
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(res) == 2 * len(v4.HEAD_SIZES)
+    assert len(res) == 2 * 2 * len(v4.HEAD_SIZES)
     for key, r in res.items():
-        d = int(key.split("_")[1])
+        d = int(key.split("_")[1])  # key: "<cc>_<head size>_<label>"
         assert r["target"], key
         assert r["externs"] == ["exp2_approx", "mma_f16_16816", "pack_f16x2"], (key, r)
         bn = v4.BLOCK_N[d]

@@ -5,9 +5,11 @@ Numba has no tensor-core intrinsics; :mod:`attn_numba.kernels.mma_bridge` links 
 instruction wrappers (mma, fp32->fp16x2 packing, ex2.approx). All of the logic is here.
 
 Work decomposition (FlashAttention-2 style): a block of ``WARPS`` = 4 warps owns ``BLOCK_M`` =
-64 query rows of one (sequence, head); each warp owns 16 of them, as the M dimension of its
-mma tiles. The block walks the key tiles (``block_n`` keys each) that intersect its rows'
-band, staging K and V in shared memory:
+64 (query position, head) rows of one sequence; each warp owns 16 positions of one head, as
+the M dimension of its mma tiles. GQA: the block's warps cover ``HB`` heads of one group
+(4 when the group size allows, else 2 or 1) and ``64 / HB`` positions, so every K/V tile a
+block stages serves ``HB`` heads. The block walks the key tiles (``block_n`` keys each) that
+intersect its positions' band, staging K and V in shared memory:
 
 * K is stored row-major as fp16 pairs (uint32 words), rows padded by 4 words, so the B
   fragment of Q.K^T (``B[k, n] = K[n, k]``, pairs along the head dimension) is one 32-bit
@@ -127,12 +129,22 @@ _v_smem_word = cuda.jit(device=True, inline=True, cache=True)(v_smem_word)
 
 # --------------------------------------------------------------------------- the kernel
 
+def heads_per_block(group_size):
+    """Query heads of one GQA group that share a block (and its K/V tiles): 4, 2 or 1."""
+    for hb in (4, 2, 1):
+        if group_size % hb == 0:
+            return hb
+
+
 @functools.lru_cache(maxsize=None)
-def build(head_size, block_n=None):
-    """The ``flash_tc`` kernel specialised for ``head_size`` (and key tile ``block_n``)."""
+def build(head_size, heads=1, block_n=None):
+    """The ``flash_tc`` kernel specialised for ``head_size``, ``heads`` query heads per block
+    (of one GQA group; 1, 2 or 4) and key tile ``block_n``."""
     D = head_size
     BN = BLOCK_N[D] if block_n is None else block_n
-    assert D % 16 == 0 and BN % 16 == 0
+    HB = heads
+    PB = BLOCK_M // HB          # query positions per block (16 per warp, HB warps per position)
+    assert D % 16 == 0 and BN % 16 == 0 and WARPS % HB == 0
     DW = D // 2                 # fp16 pairs (words) per head row
     QK_STEPS = D // 16          # k-steps of Q.K^T
     S_TILES = BN // 8           # n8 tiles of S per warp
@@ -156,31 +168,33 @@ def build(head_size, block_n=None):
     @cuda.jit(launch_bounds=(THREADS,))
     def flash_tc_kernel(q, k, v, out, lse, cu_q, cu_k, scale_log2, left, right, lse_batched):
         """q, out: uint32 (total_q, H, D/2) views of fp16; k, v: uint32 (total_k, Hkv, D/2);
-        lse float32; scale_log2 = softmax_scale * log2(e)."""
+        lse float32; scale_log2 = softmax_scale * log2(e). Block (x, y, z) = (positions
+        x*PB.., heads y*HB.., sequence z); warp w takes head y*HB + w % HB and the 16
+        positions from x*PB + 16*(w // HB)."""
         tid = cuda.threadIdx.x
         warp = tid >> 5
         lane = tid & 31
         g = lane >> 2
         t = lane & 3
-        h = cuda.blockIdx.y
+        h = cuda.blockIdx.y * HB + warp % HB
         b = cuda.blockIdx.z
         q0 = cu_q[b]
         sq = cu_q[b + 1] - q0
-        row0 = cuda.blockIdx.x * BLOCK_M
+        row0 = cuda.blockIdx.x * PB
         if row0 >= sq:
             return
         k0 = cu_k[b]
         sk = cu_k[b + 1] - k0
-        hk = h // (q.shape[1] // k.shape[1])
+        hk = (cuda.blockIdx.y * HB) // (q.shape[1] // k.shape[1])
 
         ks = cuda.shared.array(K_WORDS, uint32)
         vs = cuda.shared.array(V_WORDS, uint32)
 
         # the block's key band: lo and hi are non-decreasing in the row
         blo, _ = key_range(row0, sq, sk, left, right)
-        _, bhi = key_range(min(row0 + BLOCK_M, sq) - 1, sq, sk, left, right)
+        _, bhi = key_range(min(row0 + PB, sq) - 1, sq, sk, left, right)
         # this warp's rows and band
-        wrow0 = row0 + 16 * warp
+        wrow0 = row0 + 16 * (warp // HB)
         has_rows = wrow0 < sq
         wlo_first, whi_first = key_range(wrow0, sq, sk, left, right)
         wlo_last, whi_last = key_range(min(wrow0 + 15, sq - 1), sq, sk, left, right)
@@ -376,14 +390,16 @@ def _signature(head_size):
             array_type(np.int32, 1), types.float32, types.int32, types.int32, types.boolean)
 
 
-def compile_targets(head_size, dtype):
+def compile_targets(head_size, dtype, heads=(1, 4)):
     """``[(label, python function, signature)]`` to compile with ``cuda.compile_ptx`` for
-    this specialisation (empty when it is not supported; see attn_numba.compile_check).
+    this specialisation, one per heads-per-block in ``heads`` (empty when it is not
+    supported; see attn_numba.compile_check).
     The PTX holds ``call``s to the bridge functions, which are linked (with LTO) only when
     the kernel is compiled for a GPU."""
     if np.dtype(dtype) != np.float16 or head_size not in HEAD_SIZES:
         return []
-    return [(f"flash_tc_kernel_d{head_size}", build(head_size).py_func, _signature(head_size))]
+    return [(f"flash_tc_kernel_d{head_size}_h{hb}", build(head_size, hb).py_func,
+             _signature(head_size)) for hb in heads]
 
 
 def ptx_signatures(head_size, dtype):
@@ -402,9 +418,11 @@ def supports(problem):
     return None
 
 
-def launch(problem, q, k, v, out, lse, cu_q, cu_k, stream):
-    kernel = build(problem.head_size)
-    grid = ((max(problem.max_seqlen_q, 1) + BLOCK_M - 1) // BLOCK_M, problem.num_heads,
+def launch(problem, q, k, v, out, lse, cu_q, cu_k, stream, heads=None):
+    hb = heads_per_block(problem.group_size) if heads is None else heads
+    kernel = build(problem.head_size, hb)
+    pb = BLOCK_M // hb
+    grid = ((max(problem.max_seqlen_q, 1) + pb - 1) // pb, problem.num_heads // hb,
             problem.batch)
     kernel[grid, THREADS, stream](
         q.view(np.uint32), k.view(np.uint32), v.view(np.uint32), out.view(np.uint32), lse,
