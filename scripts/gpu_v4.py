@@ -1,0 +1,464 @@
+"""GPU run for kernel v4 (flash_tc): build, correctness suite, mma.sync ceiling, timings
+against FlexAttention (and v3 "flash" when present), registers/spills/shared memory.
+
+    python scripts/gpu_v4.py --out $OUT/v4_dev.json [--skip-flex] [--quick]
+
+Every stage appends to the JSON written after it, so a run cut short still reports what it
+finished. Timing: CUDA events around one launch, with the stream held by a ~0.5 ms
+``torch.cuda._sleep`` before the start event so that host-side launch overhead (Numba's
+argument marshalling, torch.compile's guards) is not in the number; warm-up, median of
+``--reps``. Inputs stay resident (warm L2 at small sizes) for every kernel alike.
+"""
+import argparse
+import datetime
+import importlib.metadata as md
+import json
+import math
+import os
+import statistics
+import sys
+import time
+import traceback
+
+import numpy as np
+from numba import cuda, types
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from attn_numba import kernels  # noqa: E402
+from attn_numba.kernels import mma_bridge  # noqa: E402
+from attn_numba.kernels import v4_tensor_core as v4  # noqa: E402
+from attn_numba.problem import Problem, min_bytes, windowed_flops  # noqa: E402
+from attn_numba.testing import (check_mha_fwd, check_mha_varlen_fwd, random_qkv,  # noqa: E402
+                                random_varlen)
+
+RESULT = {}
+OUT_PATH = None
+
+
+def save():
+    if OUT_PATH:
+        with open(OUT_PATH, "w") as f:
+            json.dump(RESULT, f, indent=1, default=str)
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+def version(pkg):
+    try:
+        return md.version(pkg)
+    except md.PackageNotFoundError:
+        return None
+
+
+# --------------------------------------------------------------------------- bridge check
+
+@cuda.jit
+def _bridge_probe(a, b, c, d, packed, ex):
+    lane = cuda.threadIdx.x
+    r = mma_bridge.mma_f16_16816(a[lane, 0], a[lane, 1], a[lane, 2], a[lane, 3],
+                                 b[lane, 0], b[lane, 1], c[lane, 0], c[lane, 1], c[lane, 2],
+                                 c[lane, 3])
+    d[lane, 0] = r[0]
+    d[lane, 1] = r[1]
+    d[lane, 2] = r[2]
+    d[lane, 3] = r[3]
+    packed[lane] = mma_bridge.pack_f16x2(c[lane, 0], c[lane, 1])
+    ex[lane] = mma_bridge.exp2_approx(c[lane, 2])
+
+
+def check_bridge(rng):
+    a = rng.standard_normal((32, 8)).astype(np.float16).view(np.uint32)
+    b = rng.standard_normal((32, 4)).astype(np.float16).view(np.uint32)
+    c = rng.standard_normal((32, 4)).astype(np.float32)
+    c[0, 2] = -np.inf
+    d = cuda.device_array((32, 4), np.float32)
+    packed = cuda.device_array(32, np.uint32)
+    ex = cuda.device_array(32, np.float32)
+    _bridge_probe[1, 32](cuda.to_device(a), cuda.to_device(b), cuda.to_device(c), d, packed, ex)
+    want = mma_bridge.mma_f16_16816_py(a, b, c)
+    want_packed = np.array([mma_bridge.pack_f16x2_py(x, y) for x, y in c[:, :2]], np.uint32)
+    got_ex = ex.copy_to_host()
+    return dict(mma_max_err=float(np.max(np.abs(d.copy_to_host() - want))),
+                pack_exact=bool(np.array_equal(packed.copy_to_host(), want_packed)),
+                exp2_max_rel_err=float(np.max(np.abs(got_ex[1:] / np.exp2(c[1:, 2]) - 1))),
+                exp2_of_neg_inf=float(got_ex[0]))
+
+
+# --------------------------------------------------------------------------- mma ceiling
+
+PEAK_ITERS = 2048
+PEAK_CHAINS = 8
+
+
+@cuda.jit
+def _mma_peak(a, out):
+    lane = cuda.threadIdx.x & 31
+    a0 = a[lane, 0]
+    a1 = a[lane, 1]
+    a2 = a[lane, 2]
+    a3 = a[lane, 3]
+    acc = cuda.local.array(4 * PEAK_CHAINS, types.float32)
+    for i in range(4 * PEAK_CHAINS):
+        acc[i] = types.float32(0.0)
+    for _ in range(PEAK_ITERS):
+        for ch in range(PEAK_CHAINS):
+            d0, d1, d2, d3 = mma_bridge.mma_f16_16816(a0, a1, a2, a3, a0, a1, acc[4 * ch],
+                                                      acc[4 * ch + 1], acc[4 * ch + 2],
+                                                      acc[4 * ch + 3])
+            acc[4 * ch] = d0
+            acc[4 * ch + 1] = d1
+            acc[4 * ch + 2] = d2
+            acc[4 * ch + 3] = d3
+    s = types.float32(0.0)
+    for i in range(4 * PEAK_CHAINS):
+        s += acc[i]
+    out[cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x] = s
+
+
+def mma_ceiling(torch):
+    dev = cuda.get_current_device()
+    sms = dev.MULTIPROCESSOR_COUNT
+    blocks, threads = sms * 8, 256
+    a = cuda.to_device((np.random.default_rng(0).standard_normal((32, 8)) * 1e-3)
+                       .astype(np.float16).view(np.uint32))
+    out = cuda.device_array(blocks * threads, np.float32)
+    _mma_peak[blocks, threads](a, out)
+    cuda.synchronize()
+    times = []
+    for _ in range(5):
+        s, e = cuda.event(), cuda.event()
+        s.record()
+        _mma_peak[blocks, threads](a, out)
+        e.record()
+        e.synchronize()
+        times.append(cuda.event_elapsed_time(s, e) / 1e3)
+    t = statistics.median(times)
+    flops = blocks * (threads // 32) * PEAK_ITERS * PEAK_CHAINS * 2 * 16 * 8 * 16
+    return dict(tflops=flops / t / 1e12, time_s=t, blocks=blocks, threads=threads,
+                regs=_mma_peak.get_regs_per_thread(),
+                local_bytes=_mma_peak.get_local_mem_per_thread())
+
+
+# --------------------------------------------------------------------------- correctness
+
+def correctness_cases():
+    """(label, kind, args) for the suite; mha_fwd cases are (b, sq, sk, H, Hkv, D, window,
+    causal)."""
+    cases = []
+    groups = [(8, 8), (8, 2), (8, 1), (6, 3)]            # GQA group 1 / 4 / 8 / 2
+    windows = [((-1, -1), False), ((0, 0), False), ((37, 0), False), ((128, 128), False),
+               ((-1, -1), True), ((128, 128), True)]
+    shapes = [(1, 97, 97), (2, 97, 300), (1, 300, 97), (1, 1, 1), (3, 1, 1025), (1, 1025, 1)]
+    i = 0
+    for d in (64, 128, 256):
+        for (b, sq, sk) in shapes:
+            for w, causal in windows:
+                h, hkv = groups[i % 4]
+                i += 1
+                cases.append(("fwd", (b, sq, sk, h, hkv, d, w, causal)))
+        for w, causal in [((-1, -1), False), ((128, 128), False), ((128, 128), True),
+                          ((200, 0), False)]:
+            h, hkv = groups[i % 4]
+            i += 1
+            cases.append(("fwd", (1, 1025, 1025, h, hkv, d, w, causal)))
+    cases.append(("fwd", (1, 1025, 700, 8, 2, 128, (0, 0), True)))
+    cases.append(("fwd", (1, 700, 1025, 8, 2, 128, (-1, -1), True)))
+    for d in (64, 128, 256):
+        for w, causal in [((-1, -1), False), ((128, 128), True), ((16, 16), False)]:
+            cases.append(("varlen", (d, w, causal)))
+    return cases
+
+
+def run_case(rng, kind, args):
+    if kind == "fwd":
+        b, sq, sk, h, hkv, d, w, causal = args
+        q, k, v = random_qkv(rng, b, sq, sk, h, hkv, d, np.float16)
+        c = check_mha_fwd(q, k, v, "flash_tc", causal=causal, window_size=w)
+    else:
+        d, w, causal = args
+        q, k, v, cu_q, cu_k = random_varlen(rng, [300, 0, 97, 1, 64, 0], [280, 17, 0, 0, 700, 0],
+                                            8, 2, d, np.float16)
+        c = check_mha_varlen_fwd(q, k, v, cu_q, cu_k, "flash_tc", causal=causal, window_size=w)
+    return dict(max_err=c.max_err, tol=c.tol, lse_max_err=c.lse_max_err)
+
+
+def correctness(rng, quick):
+    rows = []
+    cases = correctness_cases()
+    if quick:
+        cases = cases[::4]
+    t0 = time.time()
+    for kind, args in cases:
+        row = dict(kind=kind, args=args)
+        try:
+            row.update(run_case(rng, kind, args), ok=True)
+        except AssertionError as exc:
+            row.update(ok=False, error=str(exc)[:600])
+        except Exception as exc:  # noqa: BLE001  (record and go on)
+            row.update(ok=False, error=f"{type(exc).__name__}: {exc}"[:600],
+                       trace=traceback.format_exc()[-1500:])
+        rows.append(row)
+        if not row["ok"]:
+            log("FAIL", kind, args, row.get("error", "")[:300])
+    log(f"correctness: {sum(r['ok'] for r in rows)}/{len(rows)} passed in {time.time()-t0:.0f}s")
+    return rows
+
+
+def diagnose(rng):
+    """Where does a failing small case go wrong (rows, heads, columns with errors)?"""
+    from attn_numba import interface
+    from attn_numba.reference import mha_fwd_ref
+    from attn_numba.testing import poisoned_outputs
+    out = {}
+    for w, causal in [((-1, -1), False), ((128, 128), True)]:
+        q, k, v = random_qkv(rng, 1, 150, 150, 8, 2, 128, np.float16)
+        with poisoned_outputs():
+            o, lse = interface.mha_fwd(q, k, v, kernel="flash_tc", return_lse=True,
+                                       causal=causal, window_size=w)
+        ref, ref_lse = mha_fwd_ref(q, k, v, causal=causal, window_size=w)
+        err = np.abs(o.astype(np.float64) - ref)[0]          # (S, H, D)
+        bad = np.argwhere(~(err <= 0.02))
+        out[str((w, causal))] = dict(
+            nan=int(np.isnan(o).sum()), bad=len(bad), first_bad=bad[:12].tolist(),
+            bad_rows=np.unique(bad[:, 0]).tolist()[:40], bad_heads=np.unique(bad[:, 1]).tolist(),
+            bad_cols=np.unique(bad[:, 2]).tolist()[:40],
+            lse_err=float(np.nanmax(np.abs(np.where(np.isfinite(ref_lse), lse - ref_lse, 0)))),
+            lse_nan=int(np.isnan(lse).sum()))
+    return out
+
+
+# --------------------------------------------------------------------------- resources
+
+def resources():
+    """Registers, local memory (spills + stack), static shared memory of each built kernel."""
+    rows = []
+    for d, hb in sorted(_seen):
+        kern = v4.build(d, hb)
+        for args in kern.overloads:
+            sig = types.void(*args)
+            rows.append(dict(head_size=d, heads_per_block=hb, block_n=v4.BLOCK_N[d],
+                             regs=kern.get_regs_per_thread(sig),
+                             local_bytes=kern.get_local_mem_per_thread(sig),
+                             shared_bytes=kern.get_shared_mem_per_block(sig),
+                             max_threads=kern.get_max_threads_per_block(sig)))
+    return rows
+
+
+#: (head_size, heads_per_block) specialisations this run may have built
+_seen = set()
+
+
+# --------------------------------------------------------------------------- timing
+
+def time_launch(torch, fn, reps, warm=3, sleep_cycles=1_000_000):
+    for _ in range(warm):
+        fn()
+    torch.cuda.synchronize()
+    evs = []
+    for _ in range(reps):
+        torch.cuda._sleep(sleep_cycles)
+        s = torch.cuda.Event(enable_timing=True)
+        e = torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        evs.append((s, e))
+    torch.cuda.synchronize()
+    times = [s.elapsed_time(e) / 1e3 for s, e in evs]
+    return statistics.median(times), times
+
+
+def host_overhead(torch, fn, n=50):
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    return (t1 - t0) / n
+
+
+def _time_row(torch, name, fn, base, reps):
+    row = dict(base, kernel=name)
+    try:
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        row["first_call_s"] = time.perf_counter() - t0
+        med, all_t = time_launch(torch, fn, reps)
+        row.update(time_s=med, times_s=all_t, tflops=base["windowed_flops"] / med / 1e12,
+                   host_s_per_launch=host_overhead(torch, fn),
+                   x_memory_floor=med / base["memory_floor_s_at_3TBps"])
+    except Exception as exc:  # noqa: BLE001
+        row.update(error=f"{type(exc).__name__}: {exc}"[:600])
+    log(f"S={base['seq_len']:5d} causal={base['causal']} {name:<12} "
+        + (f"{row['time_s']*1e3:8.4f} ms {row['tflops']:7.1f} TFLOP/s"
+           if "time_s" in row else row["error"][:300]))
+    return row
+
+
+def timings(torch, seq_lens, reps, skip_flex):
+    """The log's grid: 1 sequence, 32/8 heads, D=128, window (128,128), causal 0/1. Numba
+    kernels first (all sizes), then FlexAttention (its compiles are the slow part)."""
+    H, HKV, D, WIN = 32, 8, 128, 128
+    rows = []
+    dev = torch.device("cuda")
+    ts = torch.cuda.Stream()
+    torch.cuda.set_stream(ts)
+    nstream = cuda.external_stream(ts.cuda_stream)
+    v3 = kernels.get("flash")
+    configs = []
+    for S in seq_lens:
+        g = torch.Generator(device=dev).manual_seed(S)
+        q = torch.randn(S, H, D, device=dev, dtype=torch.float16, generator=g)
+        k = torch.randn(S, HKV, D, device=dev, dtype=torch.float16, generator=g)
+        v = torch.randn(S, HKV, D, device=dev, dtype=torch.float16, generator=g)
+        out = torch.empty_like(q)
+        lse = torch.empty(1, H, S, device=dev, dtype=torch.float32)
+        cu = torch.tensor([0, S], device=dev, dtype=torch.int32)
+        arrs = tuple(cuda.as_cuda_array(x) for x in (q, k, v, out, lse, cu))
+        for causal in (0, 1):
+            left, right = WIN, (0 if causal else WIN)
+            prob = Problem(batch=1, total_q=S, total_k=S, max_seqlen_q=S, max_seqlen_k=S,
+                           num_heads=H, num_kv_heads=HKV, head_size=D,
+                           dtype=np.dtype(np.float16), softmax_scale=1 / math.sqrt(D),
+                           window_left=left, window_right=right, causal=bool(causal),
+                           lse_batched=True, on_simulator=False)
+            nbytes = min_bytes(S, S, H, HKV, D, 2)
+            base = dict(seq_len=S, causal=causal, window=[left, right],
+                        windowed_flops=windowed_flops([S], [S], H, D, left, right),
+                        min_bytes=nbytes, memory_floor_s_at_3TBps=nbytes / 3.0e12)
+            configs.append((base, prob, (q, k, v, out), arrs))
+    for base, prob, _, (dq, dk, dv, dout, dlse, dcu) in configs:
+        for hb in (4, 1):
+            _seen.add((D, hb))
+            rows.append(_time_row(torch, f"flash_tc_h{hb}", lambda hb=hb: v4.launch(
+                prob, dq, dk, dv, dout, dlse, dcu, dcu, nstream, heads=hb), base, reps))
+        if v3 is not None:
+            rows.append(_time_row(torch, "flash_v3", lambda: v3.launch(
+                prob, dq, dk, dv, dout, dlse, dcu, dcu, nstream), base, reps))
+        RESULT["timings"] = rows
+        save()
+    if skip_flex:
+        return rows
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        flex = torch.compile(flex_attention, dynamic=False)
+    except Exception as exc:  # noqa: BLE001
+        RESULT["flex_error"] = f"{type(exc).__name__}: {exc}"
+        return rows
+    for base, prob, (q, k, v, out), (dq, dk, dv, dout, dlse, dcu) in configs:
+        S, (left, right) = base["seq_len"], base["window"]
+        try:
+            def mask_mod(b, h, qi, ki, left=left, right=right):
+                return (qi - ki <= left) & (ki - qi <= right)
+            bm = create_block_mask(mask_mod, None, None, S, S, device="cuda")
+            qf, kf, vf = (x.unsqueeze(0).transpose(1, 2).contiguous() for x in (q, k, v))
+
+            def run_flex():
+                return flex(qf, kf, vf, block_mask=bm, enable_gqa=True, scale=1 / math.sqrt(D))
+        except Exception as exc:  # noqa: BLE001
+            rows.append(dict(base, kernel="flex", error=f"{type(exc).__name__}: {exc}"[:600]))
+            continue
+        row = _time_row(torch, "flex", run_flex, base, reps)
+        if "time_s" in row:     # cross-check flash_tc against FlexAttention on these inputs
+            try:
+                v4.launch(prob, dq, dk, dv, dout, dlse, dcu, dcu, nstream, heads=4)
+                ref = run_flex().transpose(1, 2)[0]
+                torch.cuda.synchronize()
+                row["max_abs_diff_flash_tc_vs_flex"] = float((out.float() - ref.float())
+                                                             .abs().max())
+            except Exception as exc:  # noqa: BLE001
+                row["cross_check_error"] = str(exc)[:300]
+        rows.append(row)
+        RESULT["timings"] = rows
+        save()
+    torch.cuda.set_stream(torch.cuda.default_stream())
+    return rows
+
+
+# --------------------------------------------------------------------------- main
+
+def main():
+    global OUT_PATH
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "v4_dev.json"))
+    p.add_argument("--seq-lens", nargs="*", type=int, default=[512, 1024, 2048, 4096, 8192])
+    p.add_argument("--reps", type=int, default=30)
+    p.add_argument("--skip-flex", action="store_true")
+    p.add_argument("--quick", action="store_true", help="every 4th correctness case")
+    p.add_argument("--stages", default="bridge,correct,ceiling,time")
+    a = p.parse_args()
+    OUT_PATH = a.out
+    stages = a.stages.split(",")
+    import torch
+    dev = cuda.get_current_device()
+    name = dev.name.decode() if isinstance(dev.name, bytes) else dev.name
+    RESULT.update(device=name, cc=list(dev.compute_capability),
+                  date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                  versions=dict(python=sys.version.split()[0], numba=version("numba"),
+                                numba_cuda=version("numba-cuda"), numpy=np.__version__,
+                                torch=torch.__version__, triton=version("triton")),
+                  command=" ".join(sys.argv),
+                  timing_method=__doc__.split("Timing:")[1].strip())
+    rng = np.random.default_rng(2024)
+    if "bridge" in stages:
+        RESULT["bridge"] = check_bridge(rng)
+        log("bridge", RESULT["bridge"])
+        save()
+    if "correct" in stages:
+        t0 = time.time()
+        for d in v4.HEAD_SIZES:      # compile time of each specialisation (GQA 4 -> 4 heads)
+            q, k, v = random_qkv(rng, 1, 64, 64, 8, 2, d, np.float16)
+            t1 = time.time()
+            try:
+                check_mha_fwd(q, k, v, "flash_tc")
+            except Exception as exc:  # noqa: BLE001
+                log("first call", d, type(exc).__name__, str(exc)[:300])
+            RESULT.setdefault("first_call_s", {})[d] = time.time() - t1
+            _seen.add((d, 4))
+        for d in v4.HEAD_SIZES:
+            for hb in (1, 2):
+                _seen.add((d, hb))
+        log("first calls", RESULT["first_call_s"])
+        rows = correctness(rng, a.quick)
+        RESULT["correctness"] = dict(passed=sum(r["ok"] for r in rows), total=len(rows),
+                                     seconds=time.time() - t0, rows=rows)
+        if not all(r["ok"] for r in rows):
+            try:
+                RESULT["diagnosis"] = diagnose(rng)
+                log("diagnosis", json.dumps(RESULT["diagnosis"])[:3000])
+            except Exception as exc:  # noqa: BLE001
+                RESULT["diagnosis"] = f"{type(exc).__name__}: {exc}"
+        try:
+            RESULT["resources"] = resources()
+            log("resources", RESULT["resources"])
+        except Exception as exc:  # noqa: BLE001
+            RESULT["resources_error"] = traceback.format_exc()[-1500:]
+        save()
+    if "ceiling" in stages:
+        try:
+            RESULT["mma_ceiling"] = mma_ceiling(torch)
+        except Exception as exc:  # noqa: BLE001
+            RESULT["mma_ceiling"] = dict(error=traceback.format_exc()[-1500:])
+        log("mma ceiling", RESULT["mma_ceiling"])
+        save()
+    if "time" in stages:
+        timings(torch, a.seq_lens, a.reps, a.skip_flex)
+        try:
+            RESULT["resources"] = resources()
+        except Exception:  # noqa: BLE001
+            pass
+        ceil = RESULT.get("mma_ceiling", {}).get("tflops")
+        for r in RESULT.get("timings", []):
+            if ceil and "tflops" in r:
+                r["fraction_of_mma_ceiling"] = r["tflops"] / ceil
+        save()
+    log("done")
+
+
+if __name__ == "__main__":
+    main()
