@@ -231,8 +231,9 @@ def main(args):
         print(NO_GPU_MESSAGE.format(why=info), file=sys.stderr)
         return 2
     try:
-        import cuda.bench  # noqa: F401
-    except ImportError as exc:
+        import cuda.bench
+        cuda.bench.State  # loads the native extension matching cuda-bindings' CUDA major
+    except (ImportError, AttributeError) as exc:
         print(f"attn-numba bench: cuda-bench (NVBench's Python package) is not importable ({exc}); "
               "install it with `pip install -e .[gpu]`", file=sys.stderr)
         return 2

@@ -178,6 +178,9 @@ def merge(old_doc, new_doc):
     kept = [r for r in old_doc.get("records", []) if record_key(r) not in seen]
     out = dict(new_doc)
     out["records"] = kept + list(new_doc["records"])
+    runs = old_doc.get("nvbench_runs") or ([old_doc["nvbench"]] if old_doc.get("nvbench") else [])
+    if new_doc.get("nvbench"):
+        out["nvbench_runs"] = runs + [new_doc["nvbench"]]
     if "error" in (new_doc.get("ceilings") or {"error": 1}) and old_doc.get("ceilings"):
         out["ceilings"] = old_doc["ceilings"]
     return out

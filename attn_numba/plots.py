@@ -1,0 +1,324 @@
+"""``attn-numba plot``: PNG figures from committed ``summary.json`` results; no GPU needed.
+
+For every ``summary.json`` under ``--results`` (one figure set per results folder, file names
+prefixed with the folder name):
+
+* ``<set>_time_vs_seqlen.png``: NVBench cold GPU time against sequence length, log-log, one
+  line per kernel and peer, one panel per ``causal``, with the A30 log's times overlaid;
+* ``<set>_ceiling_fraction.png``: achieved fraction of the relevant ceiling measured in the same
+  run: CUDA-core kernels against the fp32 matmul rate (TF32 off), the tensor-core kernel and
+  the peers against the fp16 matmul rate, and every kernel's minimum-bytes bandwidth against
+  the copy bandwidth;
+* ``<set>_speedup_vs_naive.png``: time of ``naive`` divided by each kernel's time;
+* ``<set>_causal_vs_noncausal.png``: time(causal=1) / time(causal=0) per kernel, next to the
+  exact ratio of windowed work.
+
+Simulated summaries (``--simulate``) are left out unless ``--include-simulated``.
+"""
+from __future__ import annotations
+
+import re
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+LOG_DEFAULT = Path(__file__).resolve().parent / "data" / "nvbench_run_mha_fwd_a30.log"
+OTHER_AXES = ("num_seqs", "num_heads", "num_kv_heads", "head_size", "window_left", "window_right")
+#: draw order and colours: package kernels, then peers
+ORDER = ("naive", "tiled", "flash", "flash_tc", "flexattention", "sdpa")
+_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+
+def add_arguments(p):
+    p.add_argument("--results", default="results",
+                   help="a results folder (searched recursively for summary.json) or one file "
+                        "(default %(default)s)")
+    p.add_argument("--out", default="figures", help="folder for the PNGs (default %(default)s)")
+    p.add_argument("--log", default=str(LOG_DEFAULT),
+                   help="NVBench log whose times are overlaid (default: the packaged A30 log; "
+                        "'none' to leave it out)")
+    p.add_argument("--include-simulated", action="store_true",
+                   help="also plot summaries written by `attn-numba bench --simulate`")
+
+
+# --------------------------------------------------------------------------- the log's times
+
+def _parse_time(cell):
+    m = re.match(r"\s*([0-9.eE+-]+)\s*(s|ms|us|µs|ns)\s*$", cell)
+    return float(m.group(1)) * _UNITS[m.group(2)] if m else None
+
+
+def parse_log_times(path):
+    """``[{"seq_len", "causal", "gpu_time_s", "batch_gpu_time_s", "device"}]`` from an NVBench
+    markdown log. Uses :func:`attn_numba.explain.explain_log` when that module exists, else a
+    small parse of the results table."""
+    try:
+        from .explain import explain_log
+    except ImportError:
+        explain_log = None
+    if explain_log is not None:
+        try:
+            res = explain_log(str(path))
+            rows = [{"seq_len": int(r["seq_len"]), "causal": int(r.get("causal", 0)),
+                     "gpu_time_s": r.get("gpu_time_s"), "batch_gpu_time_s": r.get("batch_gpu_time_s"),
+                     "device": r.get("device") or (res.get("device") or {}).get("name")}
+                    for r in res["rows"] if r.get("seq_len") is not None]
+            if rows:
+                return rows
+        except Exception:  # fall back to the local parse
+            pass
+    return _parse_log_table(Path(path).read_text())
+
+
+def _parse_log_table(text):
+    device = None
+    m = re.search(r"^## \[\d+\] `([^`]+)`", text, re.M)
+    if m:
+        device = m.group(1)
+    rows, header = [], None
+    for line in text.splitlines():
+        if not line.startswith("|"):
+            header = None if not line.strip() else header
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if "seq_len" in cells:
+            header = cells
+            continue
+        if header is None or set(line) <= set("|-: "):
+            continue
+        row = dict(zip(header, cells))  # later duplicate names (Noise, Samples) win: fine here
+        gpu = next((_parse_time(c) for h, c in zip(header, cells) if h == "GPU Time"), None)
+        rows.append({"seq_len": int(row["seq_len"]), "causal": int(row.get("causal", 0)),
+                     "gpu_time_s": gpu, "batch_gpu_time_s": _parse_time(row.get("Batch GPU", "")),
+                     "device": device})
+    return rows
+
+
+# --------------------------------------------------------------------------- data selection
+
+def _common_slice(records):
+    """Records at the most common value of the axes other than seq_len and causal, so that
+    each line is a sequence-length sweep of one shape."""
+    if not records:
+        return records, {}
+    fixed = {}
+    for a in OTHER_AXES:
+        fixed[a] = Counter(r[a] for r in records).most_common(1)[0][0]
+    return [r for r in records if all(r[a] == fixed[a] for a in OTHER_AXES)], fixed
+
+
+def _kernels(records):
+    names = {r["kernel"] for r in records}
+    return [k for k in ORDER if k in names] + sorted(names - set(ORDER))
+
+
+def _series(records, kernel, causal, field="gpu_time_s"):
+    pts = sorted((r["seq_len"], r[field]) for r in records
+                 if r["kernel"] == kernel and r["causal"] == causal and r.get(field))
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _style(kernel):
+    import matplotlib.pyplot as plt
+    cyc = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    i = ORDER.index(kernel) if kernel in ORDER else len(ORDER) + hash(kernel) % 4
+    peer = kernel in ("flexattention", "sdpa")
+    return dict(color=cyc[i % len(cyc)], marker="s" if peer else "o",
+                linestyle=":" if peer else "-", label=kernel + (" (PyTorch)" if peer else ""))
+
+
+def _shape_text(fixed):
+    if not fixed:
+        return ""
+    return (f"{fixed['num_seqs']} seq, {fixed['num_heads']} heads / {fixed['num_kv_heads']} KV "
+            f"heads, D={fixed['head_size']}, window ({fixed['window_left']}, "
+            f"{fixed['window_right']}), fp16")
+
+
+# --------------------------------------------------------------------------- figures
+
+def fig_time(records, device, fixed, log_rows, path):
+    import matplotlib.pyplot as plt
+    causals = sorted({r["causal"] for r in records}) or [0]
+    fig, axes = plt.subplots(1, len(causals), figsize=(6.2 * len(causals), 4.6), squeeze=False)
+    log_dev = next((r["device"] for r in log_rows if r.get("device")), "log")
+    for ax, c in zip(axes[0], causals):
+        for k in _kernels(records):
+            x, y = _series(records, k, c)
+            if x:
+                ax.plot(x, y, **_style(k))
+        lx = sorted((r["seq_len"], r["gpu_time_s"]) for r in log_rows
+                    if r["causal"] == c and r.get("gpu_time_s"))
+        if lx:
+            ax.plot([p[0] for p in lx], [p[1] for p in lx], color="0.3", linestyle="--",
+                    marker="x", label=f"{log_dev}: the log (NVBench GPU Time)")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length (tokens)")
+        ax.set_ylabel("GPU time per call (s)")
+        ax.set_title(f"causal={c}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"run_mha_fwd on {device}: NVBench cold GPU time\n{_shape_text(fixed)}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def fig_ceiling(records, device, fixed, ceilings, path):
+    import matplotlib.pyplot as plt
+
+    from .bench.grid import ceiling_key
+    fig, axes = plt.subplots(1, 2, figsize=(12.4, 4.6))
+    ok = ceilings and "error" not in ceilings
+    if not ok:
+        why = (ceilings or {}).get("error", "no ceilings in summary.json")
+        for ax in axes:
+            ax.text(0.5, 0.5, f"ceilings not measured:\n{why}", ha="center", va="center",
+                    transform=ax.transAxes)
+            ax.set_axis_off()
+    else:
+        for k in _kernels(records):
+            ck = ceiling_key(k)
+            for c in sorted({r["causal"] for r in records}):
+                st = _style(k)
+                st["linestyle"] = "-" if c == 0 else "--"
+                st["label"] = f"{k}, causal={c} (vs {'fp16' if 'fp16' in ck else 'fp32'})"
+                x, y = _series(records, k, c, "tflops")
+                if x and ceilings.get(ck):
+                    axes[0].plot(x, [v / ceilings[ck] for v in y], **st)
+                x, y = _series(records, k, c, "gbps")
+                if x and ceilings.get("copy_gbps"):
+                    st["label"] = f"{k}, causal={c}"
+                    axes[1].plot(x, [v / ceilings["copy_gbps"] for v in y], **st)
+        axes[0].set_title(
+            f"compute: windowed TFLOP/s / ceiling\nfp32 matmul (TF32 off) "
+            f"{ceilings.get('fp32_matmul_tflops_no_tf32', float('nan')):.1f} TFLOP/s for CUDA-core "
+            f"kernels; fp16 matmul {ceilings.get('fp16_matmul_tflops', float('nan')):.0f} TFLOP/s "
+            "for flash_tc and peers", fontsize=9)
+        axes[1].set_title(f"memory: minimum bytes / time / copy bandwidth "
+                          f"({ceilings.get('copy_gbps', float('nan')):.0f} GB/s, read+write)",
+                          fontsize=9)
+        for ax, lab in zip(axes, ("fraction of compute ceiling", "fraction of copy bandwidth")):
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("sequence length (tokens)")
+            ax.set_ylabel(lab)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.suptitle(f"run_mha_fwd on {device}: achieved fraction of ceilings measured in the same run"
+                 f"\n{_shape_text(fixed)}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def fig_speedup(records, device, fixed, path):
+    import matplotlib.pyplot as plt
+    causals = sorted({r["causal"] for r in records}) or [0]
+    fig, axes = plt.subplots(1, len(causals), figsize=(6.2 * len(causals), 4.6), squeeze=False)
+    for ax, c in zip(axes[0], causals):
+        nx, ny = _series(records, "naive", c)
+        base = dict(zip(nx, ny))
+        drawn = False
+        for k in _kernels(records):
+            if k == "naive":
+                continue
+            x, y = _series(records, k, c)
+            pts = [(s, base[s] / t) for s, t in zip(x, y) if s in base]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], **_style(k))
+                drawn = True
+        if not drawn:
+            ax.text(0.5, 0.5, "needs naive and at least one other kernel\nat the same sizes",
+                    ha="center", va="center", transform=ax.transAxes)
+        ax.axhline(1.0, color="0.5", linewidth=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length (tokens)")
+        ax.set_ylabel("speedup over naive (time_naive / time)")
+        ax.set_title(f"causal={c}")
+        ax.grid(True, which="both", alpha=0.3)
+        if drawn:
+            ax.legend(fontsize=8)
+    fig.suptitle(f"run_mha_fwd on {device}: speedup over the naive kernel (NVBench cold GPU time)"
+                 f"\n{_shape_text(fixed)}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def fig_causal(records, device, fixed, path):
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    work = defaultdict(dict)
+    for r in records:
+        work[r["seq_len"]][r["causal"]] = r["flops"]
+    ws = sorted((s, w[1] / w[0]) for s, w in work.items() if 0 in w and 1 in w and w[0])
+    if ws:
+        ax.plot([p[0] for p in ws], [p[1] for p in ws], color="k", linestyle="--",
+                label="exact windowed work ratio")
+    for k in _kernels(records):
+        x0, y0 = _series(records, k, 0)
+        x1, y1 = _series(records, k, 1)
+        t0, t1 = dict(zip(x0, y0)), dict(zip(x1, y1))
+        pts = sorted((s, t1[s] / t0[s]) for s in t0 if s in t1)
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], **_style(k))
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("sequence length (tokens)")
+    ax.set_ylabel("time(causal=1) / time(causal=0)")
+    ax.set_ylim(0, max(1.5, ax.get_ylim()[1]))
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"run_mha_fwd on {device}: causal vs non-causal\n{_shape_text(fixed)}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_summary(doc, prefix, out_dir, log_rows):
+    """All figures of one summary; returns the written paths."""
+    records = [r for r in doc["records"] if r.get("gpu_time_s")]
+    records, fixed = _common_slice(records)
+    from .bench.grid import DEFAULT_GRID
+    if any(fixed.get(a) != DEFAULT_GRID[a][0] for a in OTHER_AXES):
+        log_rows = []  # the log's times are only comparable at the log's shape
+    device = doc.get("device", "unknown device") + (" (SIMULATED)" if doc.get("simulated") else "")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{prefix}_{n}.png" for n in
+             ("time_vs_seqlen", "ceiling_fraction", "speedup_vs_naive", "causal_vs_noncausal")]
+    fig_time(records, device, fixed, log_rows, paths[0])
+    fig_ceiling(records, device, fixed, doc.get("ceilings"), paths[1])
+    fig_speedup(records, device, fixed, paths[2])
+    fig_causal(records, device, fixed, paths[3])
+    return paths
+
+
+def plot_all(results, out_dir, log=str(LOG_DEFAULT), include_simulated=False):
+    """Figures for every summary under ``results``; returns ``[(summary_path, [png, ...])]``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from .bench import summary as S
+    log_rows = parse_log_times(log) if log and str(log).lower() != "none" else []
+    done = []
+    for path in S.find(results):
+        doc = S.load(path)
+        if doc.get("simulated") and not include_simulated:
+            continue
+        prefix = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.parent.name) or "results"
+        done.append((path, plot_summary(doc, prefix, out_dir, log_rows)))
+    return done
+
+
+def main(args):
+    done = plot_all(args.results, args.out, args.log, args.include_simulated)
+    if not done:
+        print(f"attn-numba plot: no summary.json of a GPU run under {args.results} (run "
+              f"`attn-numba bench` on a GPU first, or pass --include-simulated); nothing drawn",
+              file=sys.stderr)
+        return 1
+    for path, pngs in done:
+        print(f"attn-numba plot: {path} -> " + ", ".join(str(p) for p in pngs))
+    return 0
