@@ -24,8 +24,12 @@ DTYPES = (np.float16, np.float32)
 
 def targets(module, head_size, dtype):
     """(label, python function, signature) for every kernel of ``module`` at this spec."""
-    if hasattr(module, "compile_targets"):
-        return [(label, fn, sig) for label, fn, sig in module.compile_targets(head_size, dtype)]
+    if hasattr(module, "compile_targets"):  # factories: (fn, sig) or (label, fn, sig)
+        out = []
+        for t in module.compile_targets(head_size, dtype):
+            label, fn, sig = t if len(t) == 3 else (getattr(t[0], "__name__", "kernel"), *t)
+            out.append((label, getattr(fn, "py_func", fn), sig))
+        return out
     sigs = module.ptx_signatures(head_size, dtype)
     return [(name, getattr(fn, "py_func", fn), sigs[name])
             for name, fn in module.KERNEL_FUNCS.items() if name in sigs]
@@ -49,7 +53,7 @@ def compile_all(kernel_names=None, head_sizes=HEAD_SIZES, dtypes=DTYPES, ccs=CCS
                     continue
                 for label, fn, sig in tgts:
                     for cc in ccs:
-                        key = (name, label, str(sig), cc)
+                        key = (name, label, id(fn), str(sig), cc)
                         if key in seen:  # kernels not specialised on head_size compile once
                             continue
                         seen.add(key)

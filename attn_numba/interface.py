@@ -6,6 +6,7 @@ Every argument is validated here, before anything touches the GPU; kernels recei
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 
 import numpy as np
@@ -179,6 +180,23 @@ def _to_device_contig(x, name, kind, stream):
     return d
 
 
+@functools.lru_cache(maxsize=64)
+def _uniform_cu_seqlens(batch, seqlen, _context_handle):
+    """Device cu_seqlens for a batched call, built once per (batch, seqlen) and context, so a
+    hot loop of mha_fwd calls makes no host-to-device copy (which would synchronise)."""
+    return cuda.to_device((np.arange(batch + 1, dtype=np.int64) * seqlen).astype(np.int32))
+
+
+def _cu_to_device(cu, stream):
+    """cu: a host int32 array, a device array (used as is) or a (batch, seqlen) pair."""
+    if isinstance(cu, tuple):
+        ctx = cuda.current_context()
+        return _uniform_cu_seqlens(cu[0], cu[1], id(ctx))
+    if isinstance(cu, np.ndarray):
+        return cuda.to_device(cu, stream=stream)
+    return _as_device(cu)
+
+
 def _empty(shape, dtype, stream, fill=None):
     if _POISON_OUTPUTS or fill is not None:
         val = np.nan if fill is None else fill
@@ -204,8 +222,8 @@ def _run(problem, kernel, q, k, v, cu_q, cu_k, kind, stream):
     dq = _to_device_contig(q, "q", kind, stream)
     dk = _to_device_contig(k, "k", kind, stream)
     dv = _to_device_contig(v, "v", kind, stream)
-    dcu_q = cuda.to_device(cu_q, stream=stream)
-    dcu_k = cuda.to_device(cu_k, stream=stream)
+    dcu_q = _cu_to_device(cu_q, stream)
+    dcu_k = _cu_to_device(cu_k, stream)
     out = _empty(dq.shape, problem.dtype, stream)
     if problem.lse_batched:
         lse_shape = (problem.batch, problem.num_heads, problem.max_seqlen_q)
@@ -273,10 +291,7 @@ def mha_fwd(q, k, v, *, softmax_scale=None, causal=False, window_size=(-1, -1),
         num_heads=num_heads, num_kv_heads=num_kv_heads, head_size=head_size, dtype=dtype,
         softmax_scale=scale, window_left=left, window_right=right, causal=bool(causal),
         lse_batched=True, on_simulator=on_simulator())
-    cu_q = (np.arange(batch + 1, dtype=np.int64) * sq).astype(np.int32)
-    cu_k = (np.arange(batch + 1, dtype=np.int64) * sk).astype(np.int32)
-    if batch == 0:
-        cu_q = cu_k = np.zeros(1, np.int32)
+    cu_q, cu_k = (batch, sq), (batch, sk)  # uniform lengths: cached on the device
     _resolve_kernel(kernel, problem)  # refuse before any copy
     if kind == "host":
         q3 = np.ascontiguousarray(q).reshape(batch * sq, num_heads, head_size)
@@ -343,6 +358,11 @@ def mha_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, *, max_seqlen_q=None,
         softmax_scale=scale, window_left=left, window_right=right, causal=bool(causal),
         lse_batched=False, on_simulator=on_simulator())
     _resolve_kernel(kernel, problem)
+    # validated on the host; launch with the caller's own device arrays when they are usable
+    if _is_device_array(cu_seqlens_q) and _as_device(cu_seqlens_q).is_c_contiguous():
+        cu_q = cu_seqlens_q
+    if _is_device_array(cu_seqlens_k) and _as_device(cu_seqlens_k).is_c_contiguous():
+        cu_k = cu_seqlens_k
     out, lse, stream = _run(problem, kernel, q, k, v, cu_q, cu_k, kind, stream)
     return _finish(out, lse, kind, stream, return_lse, (total_q, num_heads, head_size),
                    lambda x: x.reshape(num_heads, total_q))
