@@ -260,11 +260,11 @@ def main(args):
     nv_args = ["--min-samples", str(args.min_samples), "--max-noise", f"{args.max_noise:g}",
                "--timeout", f"{args.timeout:g}", *shlex.split(args.nvbench_args)]
     t0 = time.perf_counter()
-    checks, argv = run(kernels, grid, json_path, md_path, nv_args)
+    checks, modes, argv = run(kernels, grid, json_path, md_path, nv_args)
     wall = time.perf_counter() - t0
     sys.stdout.flush()
 
-    records = S.records_from_nvbench(json_path, checks)
+    records = S.records_from_nvbench(json_path, checks, modes)
     import json
     nv_doc = json.loads(json_path.read_text())
     devices = nv_doc.get("devices") or []

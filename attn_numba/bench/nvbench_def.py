@@ -10,7 +10,10 @@ For each state (one kernel on one config) the benchmark function
 3. runs the call once on NVBench's stream and checks it against the reference (this also
    compiles and warms the kernel up); a wrong package kernel is skipped, not timed, and a peer
    that misses the tolerance is timed and flagged in ``summary.json``;
-4. hands the launch to ``state.exec``.
+4. probes once per kernel that a launch does not wait for the stream (see
+   :func:`launch_is_async`): a launcher that synchronises would deadlock against NVBench's
+   blocking kernel; such a kernel is measured with ``sync=True`` instead, and says so;
+5. hands the launch to ``state.exec``.
 
 Numba kernels run with ``state.exec(..., timer=True)``: the launcher frees the previous call's
 buffers *before* ``timer.start()`` queues NVBench's blocking kernel, and defers frees while the
@@ -22,6 +25,7 @@ from PyTorch's caching allocator, which never synchronises, and use the plain ``
 """
 from __future__ import annotations
 
+import functools
 import sys
 import time
 
@@ -60,8 +64,49 @@ def _flush_numba_frees():
             pending.clear()
 
 
+@functools.lru_cache(maxsize=None)
+def _busy_kernel():
+    """One thread running a dependent chain of ``n`` multiply-adds (~0.1-0.3 s for 1e8)."""
+    from numba import cuda, float32
+
+    @cuda.jit
+    def busy(out, n):
+        x = float32(out[0])
+        for _ in range(n):
+            x = x * float32(0.9999999) + float32(1e-7)
+        out[0] = x
+
+    return busy
+
+
+def launch_is_async(case, ptr, iters=100_000_000):
+    """Does ``case.launch`` return without waiting for the stream? NVBench's blocking kernel
+    holds the stream while the launcher runs, so a launcher that synchronises (a free, a staged
+    copy) would deadlock. Probe it safely: keep the stream busy with a finite kernel, time the
+    host call, then wait. Returns ``(is_async, call_s, busy_s)``."""
+    if ptr is None:  # no real stream (the simulator): nothing to probe
+        return True, None, None
+    import numpy as np
+    from numba import cuda
+    s = cuda.external_stream(ptr)
+    buf = cuda.to_device(np.ones(1, np.float32), stream=s)
+    _busy_kernel()[1, 1, s](buf, 1000)  # compile + load outside the probe
+    s.synchronize()
+    t0 = time.perf_counter()
+    _busy_kernel()[1, 1, s](buf, iters)
+    t1 = time.perf_counter()
+    out = case.launch(ptr)
+    t2 = time.perf_counter()
+    s.synchronize()
+    t3 = time.perf_counter()
+    del out
+    busy = t3 - t0
+    return (t2 - t1) < 0.5 * busy, t2 - t1, busy
+
+
 def numba_launcher(case):
-    """A ``timer=True`` launcher for a Numba case (see the module docstring)."""
+    """A ``timer=True`` launcher for a Numba case (see the module docstring); also used with
+    ``sync=True`` (no blocking kernel) when :func:`launch_is_async` finds the call waits."""
     from numba import cuda
 
     def launcher(launch, timer):
@@ -98,9 +143,11 @@ def add_columns(state, cfg):
     state.add_global_memory_writes(d["out_bytes"])
 
 
-def register(kernels, grid, checks, progress):
-    """Register ``run_mha_fwd`` over ``kernels`` x ``grid``; check results go into ``checks``."""
+def register(kernels, grid, checks, modes, progress):
+    """Register ``run_mha_fwd`` over ``kernels`` x ``grid``; check results go into ``checks``
+    and the measurement mode of each state into ``modes``."""
     import cuda.bench as bench
+    async_ok = {}
 
     def run_mha_fwd(state):
         kernel = state.get_string("Kernel")
@@ -114,16 +161,31 @@ def register(kernels, grid, checks, progress):
                 state.skip(why)
                 return
             add_columns(state, cfg)
-            res = case.check(state.get_stream().addressof())
+            ptr = state.get_stream().addressof()
+            res = case.check(ptr)
             checks[(kernel, cfg.key())] = res.as_dict()
-            progress.note(f"check {res}; timing")
             if not res.ok and case.kind == "kernel":
+                progress.note(f"check {res}; skipped")
                 state.skip(f"output check failed: {res}")
                 return
+            if kernel not in async_ok:  # once per kernel, on its first config
+                async_ok[kernel], call_s, busy_s = launch_is_async(case, ptr)
+                if call_s is not None:
+                    progress.note(
+                        f"launch returns in {call_s * 1e3:.2f} ms while the stream is busy for "
+                        f"{busy_s * 1e3:.0f} ms: " + (
+                            "asynchronous, NVBench's blocking kernel is safe" if async_ok[kernel]
+                            else "it WAITS for the stream; timing with sync=True (no blocking "
+                                 "kernel, GPU time includes host work)"))
+            blocking = async_ok[kernel]
+            mode = ("cold, blocking kernel" if blocking else "cold, sync") + (
+                ", manual timer" if case.kind == "kernel" else ", + batch" if blocking else "")
+            modes[(kernel, cfg.key())] = mode
+            progress.note(f"check {res}; timing ({mode})")
             if case.kind == "kernel":
-                state.exec(numba_launcher(case), timer=True)
+                state.exec(numba_launcher(case), timer=True, sync=not blocking)
             else:
-                state.exec(torch_launcher(case))
+                state.exec(torch_launcher(case), sync=not blocking)
         except Exception as exc:  # one broken case must not end the sweep
             msg = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
             progress.note("error, skipped: " + msg)
@@ -140,12 +202,12 @@ def register(kernels, grid, checks, progress):
 
 def run(kernels, grid, json_path, md_path, nvbench_args=()):
     """Register and run the benchmark; NVBench prints its log and markdown table to stdout and
-    writes ``json_path`` and ``md_path``. Returns ``(checks, argv)``."""
+    writes ``json_path`` and ``md_path``. Returns ``(checks, modes, argv)``."""
     import cuda.bench as bench
     total = len(list(iter_configs(grid))) * len(kernels)
-    checks = {}
-    register(kernels, grid, checks, Progress(total))
+    checks, modes = {}, {}
+    register(kernels, grid, checks, modes, Progress(total))
     argv = ["attn-numba-bench", "--devices", "0", "--json", str(json_path),
             "--md", "stdout", "--md", str(md_path), *nvbench_args]
     bench.run_all_benchmarks(argv)
-    return checks, argv
+    return checks, modes, argv

@@ -13,7 +13,8 @@ Schema (``SCHEMA_VERSION`` 1)::
                   "tflops": float|None,            # exact windowed FLOPs / gpu_time_s
                   "gbps": float|None,              # minimum bytes (Q,K,V read, O written) / gpu_time_s
                   "flops", "dense_flops", "bytes": int, "skipped": bool, "skip_reason": str|None,
-                  "check": {"ok", "max_err", "tol", "lse_ok", "rows_checked"} or None}]}
+                  "check": {"ok", "max_err", "tol", "lse_ok", "rows_checked"} or None,
+                  "exec_mode": how NVBench measured it (see attn_numba.bench.nvbench_def)}]}
 """
 from __future__ import annotations
 
@@ -109,10 +110,11 @@ def _num(v, kind):
     return None if v is None else kind(v)
 
 
-def records_from_nvbench(path, checks=None):
+def records_from_nvbench(path, checks=None, modes=None):
     """Records for every state of ``run_mha_fwd`` in an NVBench JSON file.
 
-    ``checks`` maps ``(kernel, cfg.key())`` to the correctness-check dict recorded during the run.
+    ``checks`` maps ``(kernel, cfg.key())`` to the correctness-check dict recorded during the run,
+    ``modes`` to how it was measured (``exec_mode``).
     """
     path = Path(path)
     try:
@@ -131,6 +133,7 @@ def records_from_nvbench(path, checks=None):
             samples=_num(vals["samples"], int), noise=_num(vals["noise"], float),
             skipped=skipped, skip_reason=reason,
             check=(checks or {}).get((kernel, cfg.key())),
+            exec_mode=(modes or {}).get((kernel, cfg.key())),
             cpu_time_s=_num(vals["cpu_time_s"], float),
             batch_samples=_num(vals["batch_samples"], int))
         records.append(rec)
