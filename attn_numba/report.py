@@ -1,0 +1,204 @@
+"""``attn-numba report``: the main job. Explain the log, measure (GPU) or reuse results, plot,
+and write a short markdown report of what was measured and on which device.
+
+Steps, each reported on stdout and in the report:
+
+1. diagnose the NVBench log with :func:`attn_numba.explain.explain_log` (skipped with a note if
+   that module is missing);
+2. when a CUDA GPU is usable (and ``--no-bench`` is not given), run ``attn-numba bench`` in a
+   subprocess into ``results/<device-slug>``; otherwise use the committed ``summary.json`` files
+   under ``--results``;
+3. draw the figures into ``--figures`` (:mod:`attn_numba.plots`);
+4. write ``<figures>/REPORT.md``: the diagnosis, one table per results file (device, date,
+   ceilings, times, rates, fractions of the ceilings, correctness checks), and the figures.
+
+Runs on a CPU-only machine (steps 1, 3 and 4).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .plots import LOG_DEFAULT, parse_log_times
+
+
+def add_arguments(p):
+    p.add_argument("--log", default=str(LOG_DEFAULT),
+                   help="NVBench log to explain (default: the packaged A30 log)")
+    p.add_argument("--results", default="results",
+                   help="results folder: read, and written by the benchmark (default %(default)s)")
+    p.add_argument("--figures", default="figures", help="figures folder (default %(default)s)")
+    p.add_argument("--report", default=None,
+                   help="report path (default <figures>/REPORT.md)")
+    p.add_argument("--no-bench", action="store_true",
+                   help="never run the benchmark, even with a GPU: use committed results")
+    p.add_argument("--quick", action="store_true", help="run the benchmark with --quick")
+
+
+def _say(steps, text):
+    print("attn-numba report: " + text, flush=True)
+    steps.append(text)
+
+
+def _explain(log, steps):
+    try:
+        from .explain import explain_log
+    except ImportError:
+        _say(steps, "attn_numba.explain is not in this build; the log was not diagnosed")
+        return None
+    try:
+        res = explain_log(log)
+    except Exception as exc:  # a broken log must not stop the report
+        _say(steps, f"explaining {log} failed: {type(exc).__name__}: {exc}")
+        return None
+    _say(steps, f"explained {log}: verdict {res.get('verdict')!r}")
+    return res
+
+
+def _bench(args, steps):
+    from .bench.cli import gpu_status
+    ok, info = gpu_status()
+    if not ok:
+        _say(steps, f"no CUDA GPU here ({info}); using the committed results under {args.results}")
+        return False
+    if args.no_bench:
+        _say(steps, f"GPU {info} present but --no-bench given; using committed results")
+        return False
+    from .bench.grid import device_slug
+    out = Path(args.results) / (device_slug(info) + ("-quick" if args.quick else ""))
+    cmd = [sys.executable, "-m", "attn_numba.cli", "bench", "--out", str(out)]
+    if args.quick:
+        cmd.append("--quick")
+    _say(steps, f"GPU {info}: running {' '.join(cmd[1:])}")
+    rc = subprocess.call(cmd, env=dict(os.environ))
+    _say(steps, f"benchmark exited with status {rc}; results in {out}")
+    return rc == 0
+
+
+def _fmt_t(s):
+    if s is None:
+        return "-"
+    for unit, f in (("s", 1), ("ms", 1e3), ("µs", 1e6)):
+        if s * f >= 1:
+            return f"{s * f:.3g} {unit}"
+    return f"{s * 1e9:.3g} ns"
+
+
+def _results_table(doc, log_rows):
+    from .bench.grid import DEFAULT_GRID, ceiling_key
+    ceil = doc.get("ceilings") or {}
+    log_t = {(r["seq_len"], r["causal"]): r["gpu_time_s"] for r in log_rows}
+    lines = ["| kernel | seq_len | causal | GPU time (cold) | batch GPU | TFLOP/s (windowed) "
+             "| % of compute ceiling | GB/s (min bytes) | % of copy BW | check | log time / this |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+    recs = sorted(doc["records"], key=lambda r: (r["kernel"], r["causal"], r["seq_len"]))
+    for r in recs:
+        if r.get("skipped") or not r.get("gpu_time_s"):
+            lines.append(f"| {r['kernel']} | {r['seq_len']} | {r['causal']} | skipped: "
+                         f"{(r.get('skip_reason') or '')[:80]} | | | | | | | |")
+            continue
+        ck = ceiling_key(r["kernel"])
+        frac = (f"{100 * r['tflops'] / ceil[ck]:.1f}% of {'fp16' if 'fp16' in ck else 'fp32'}"
+                if ceil.get(ck) else "-")
+        bw = f"{100 * r['gbps'] / ceil['copy_gbps']:.1f}%" if ceil.get("copy_gbps") else "-"
+        c = r.get("check")
+        chk = ("ok" if c["ok"] else "FAILED") + f" ({c['max_err']:.1e} ≤ {c['tol']:.1e})" \
+            if c and c["ok"] else ("FAILED" if c else "-")
+        at_log_shape = all(r[a] == DEFAULT_GRID[a][0] for a in
+                           ("num_seqs", "num_heads", "num_kv_heads", "head_size", "window_left",
+                            "window_right"))
+        lt = log_t.get((r["seq_len"], r["causal"])) if at_log_shape else None
+        ratio = f"{lt / r['gpu_time_s']:.3g}x" if lt else "-"
+        lines.append(
+            f"| {r['kernel']} | {r['seq_len']} | {r['causal']} | {_fmt_t(r['gpu_time_s'])} "
+            f"| {_fmt_t(r.get('batch_gpu_time_s'))} | {r['tflops']:.3g} | {frac} "
+            f"| {r['gbps']:.4g} | {bw} | {chk} | {ratio} |")
+    return lines
+
+
+def write_report(path, steps, explained, summaries, figures, log, log_rows):
+    from .bench.summary import now_iso
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    L = ["# attn_numba report", "",
+         f"Generated {now_iso()} by `attn-numba report`. Every number below is read from a file: "
+         f"the NVBench log `{Path(log).name}` or a `summary.json` written by `attn-numba bench` "
+         "(NVBench cold GPU time, ceilings measured in the same run); the device of each is named.",
+         "", "## What this run did", ""]
+    L += [f"{i}. {s}" for i, s in enumerate(steps, 1)]
+    L += ["", "## The log", ""]
+    if explained:
+        dev = (explained.get("device") or {}).get("name") or "the log's device"
+        L.append(f"Device in the log: **{dev}**. Verdict: **{explained.get('verdict')}** "
+                 f"(fixed overhead per call {_fmt_t(explained.get('fixed_overhead_s'))}, "
+                 f"work exponent {explained.get('work_exponent') or float('nan'):.2f}).")
+        L.append("")
+        for e in (explained.get("explanations") or [])[:6]:
+            L.append(f"- {e}")
+    else:
+        L.append("Not diagnosed (see above).")
+    L += ["", "## Measured results", ""]
+    if not summaries:
+        L.append("No `summary.json` found: nothing has been measured on a GPU yet "
+                 "(run `attn-numba bench` on a GPU machine).")
+    for spath, doc in summaries:
+        sim = " (SIMULATED, times meaningless)" if doc.get("simulated") else ""
+        L += [f"### {doc['device']}{sim}: `{spath}`", "",
+              f"Date {doc.get('date')}; versions: "
+              + ", ".join(f"{k} {v}" for k, v in (doc.get("versions") or {}).items()) + ".", ""]
+        ce = doc.get("ceilings") or {}
+        if "error" in ce or not ce:
+            L.append(f"Ceilings: not measured ({ce.get('error', 'absent')}).")
+        else:
+            L.append(f"Ceilings measured in the same run: copy {ce['copy_gbps']:.0f} GB/s "
+                     f"(read+write), fp16 matmul {ce['fp16_matmul_tflops']:.0f} TFLOP/s, fp32 "
+                     f"matmul (TF32 off) {ce['fp32_matmul_tflops_no_tf32']:.1f} TFLOP/s "
+                     f"({ce.get('method', '')}).")
+        modes = sorted({r.get("exec_mode") for r in doc["records"] if r.get("exec_mode")})
+        if modes:
+            L.append("NVBench measurement modes: " + "; ".join(modes) + ".")
+        L += [""] + _results_table(doc, log_rows) + [""]
+    L += ["", "## Figures", ""]
+    if not figures:
+        L.append("None drawn (no results).")
+    for spath, pngs in figures:
+        for p in pngs:
+            rel = os.path.relpath(p, path.parent)
+            L += [f"![{Path(p).stem}]({rel})", ""]
+    path.write_text("\n".join(L) + "\n")
+    return path
+
+
+def main(args):
+    import matplotlib
+    matplotlib.use("Agg")
+    from .bench import summary as S
+    from .plots import plot_all
+    steps = []
+    explained = _explain(args.log, steps)
+    _bench(args, steps)
+    summaries = []
+    for p in S.find(args.results):
+        try:
+            doc = S.load(p)
+        except ValueError as exc:
+            _say(steps, f"ignored {p}: {exc}")
+            continue
+        if not doc.get("simulated"):
+            summaries.append((p, doc))
+    _say(steps, f"found {len(summaries)} GPU result file(s) under {args.results}: "
+         + ", ".join(f"{p} ({d['device']})" for p, d in summaries) if summaries else
+         f"found no GPU results under {args.results}")
+    figures = plot_all(args.results, args.figures, args.log)
+    _say(steps, f"drew {sum(len(p) for _, p in figures)} figure(s) into {args.figures}")
+    log_rows = []
+    try:
+        log_rows = parse_log_times(args.log)
+    except Exception:
+        pass
+    report = Path(args.report or Path(args.figures) / "REPORT.md")
+    _say(steps, f"wrote {report}")
+    write_report(report, steps, explained, summaries, figures, args.log, log_rows)
+    return 0

@@ -1,0 +1,83 @@
+"""`attn-numba plot`: PNGs from a synthetic summary.json and from committed results; the log parse."""
+from pathlib import Path
+
+import pytest
+
+from attn_numba import plots
+from attn_numba.bench import grid as G, summary as S
+
+ROOT = Path(__file__).resolve().parents[1]
+LOG = ROOT / "attn_numba" / "data" / "nvbench_run_mha_fwd_a30.log"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def synthetic_summary(path, kernels=("naive", "flash", "sdpa"), with_ceilings=True):
+    recs = []
+    for n, k in enumerate(kernels):
+        for cfg in G.iter_configs(G.DEFAULT_GRID):
+            t = (1e-3 * cfg.seq_len / 512) / (n + 1) * (0.6 if cfg.causal else 1.0)
+            recs.append(S.make_record(k, cfg, gpu_time_s=t, samples=10, noise=0.01,
+                                      check={"ok": True, "max_err": 1e-3, "tol": 3e-3,
+                                             "lse_ok": None, "rows_checked": 192}))
+    recs.append(S.make_record("flexattention", G.Config(1, 512, 32, 8, 128, 128, 128, 0),
+                              skipped=True, skip_reason="torch is not installed"))
+    ceil = ({"copy_gbps": 3000.0, "fp16_matmul_tflops": 700.0, "fp32_matmul_tflops_no_tf32": 50.0}
+            if with_ceilings else {"error": "not measured"})
+    doc = {"device": "Synthetic GPU", "date": S.now_iso(), "simulated": False,
+           "versions": {}, "ceilings": ceil, "records": recs}
+    return S.write(path, doc)
+
+
+def _assert_pngs(paths):
+    assert len(paths) == 4
+    for p in paths:
+        data = Path(p).read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 5000, p
+
+
+@pytest.mark.parametrize("with_ceilings", [True, False])
+def test_plot_synthetic_summary(tmp_path, with_ceilings):
+    synthetic_summary(tmp_path / "res" / "synthetic-gpu" / "summary.json",
+                      with_ceilings=with_ceilings)
+    done = plots.plot_all(tmp_path / "res", tmp_path / "figs")
+    assert len(done) == 1
+    _assert_pngs(done[0][1])
+    assert all(Path(p).name.startswith("synthetic-gpu_") for p in done[0][1])
+
+
+def test_plot_cli_and_simulated_summaries(tmp_path):
+    from attn_numba import cli
+    path = synthetic_summary(tmp_path / "res" / "sim" / "summary.json")
+    doc = S.load(path)
+    doc["simulated"] = True
+    S.write(path, doc)
+    assert cli.main(["plot", "--results", str(tmp_path / "res"), "--out", str(tmp_path / "f")]) == 1
+    assert not list((tmp_path / "f").glob("*.png")) if (tmp_path / "f").exists() else True
+    assert cli.main(["plot", "--results", str(tmp_path / "res"), "--out", str(tmp_path / "f"),
+                     "--include-simulated"]) == 0
+    assert len(list((tmp_path / "f").glob("sim_*.png"))) == 4
+
+
+def test_plot_committed_results(tmp_path):
+    found = [p for p in S.find(ROOT / "results") if not S.load(p).get("simulated")]
+    if not found:
+        pytest.skip("no committed GPU results yet")
+    done = plots.plot_all(ROOT / "results", tmp_path)
+    assert len(done) == len(found)
+    for _, pngs in done:
+        _assert_pngs(pngs)
+
+
+def test_log_times_both_parsers():
+    text = LOG.read_text()
+    local = plots._parse_log_table(text)
+    assert len(local) == 10
+    by = {(r["seq_len"], r["causal"]): r for r in local}
+    assert by[(512, 0)]["gpu_time_s"] == pytest.approx(5.502)
+    assert by[(8192, 1)]["gpu_time_s"] == pytest.approx(6.387)
+    assert by[(8192, 1)]["batch_gpu_time_s"] == pytest.approx(6.026)
+    assert local[0]["device"] == "NVIDIA A30"
+    via = plots.parse_log_times(LOG)  # explain's parser when present
+    assert [(r["seq_len"], r["causal"]) for r in via] == [(r["seq_len"], r["causal"]) for r in local]
+    for a, b in zip(via, local):
+        assert a["gpu_time_s"] == pytest.approx(b["gpu_time_s"], rel=1e-3)

@@ -1,0 +1,40 @@
+"""`attn-numba report` on the CPU: explains the log, uses results, draws figures, writes REPORT.md."""
+import contextlib
+import io
+
+from attn_numba import cli, on_simulator
+from test_plots import synthetic_summary
+
+
+def run(argv):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = cli.main(argv)
+    return rc, out.getvalue()
+
+
+def test_report_with_results(tmp_path):
+    synthetic_summary(tmp_path / "results" / "synthetic-gpu" / "summary.json")
+    rc, out = run(["report", "--results", str(tmp_path / "results"),
+                   "--figures", str(tmp_path / "figures"), "--no-bench"])
+    assert rc == 0
+    report = (tmp_path / "figures" / "REPORT.md").read_text()
+    assert "Synthetic GPU" in report and "| naive | 512 | 0 |" in report
+    assert "![synthetic-gpu_time_vs_seqlen](synthetic-gpu_time_vs_seqlen.png)" in report
+    assert len(list((tmp_path / "figures").glob("*.png"))) == 4
+    assert "wrote" in out and "drew 4 figure(s)" in out
+    if on_simulator():
+        assert "no CUDA GPU here" in report
+    try:
+        import attn_numba.explain  # noqa: F401
+        assert "Verdict: **overhead-dominated**" in report  # the A30 log's diagnosis
+    except ImportError:
+        assert "not diagnosed" in report.lower() or "not in this build" in report
+
+
+def test_report_without_results(tmp_path):
+    rc, out = run(["report", "--results", str(tmp_path / "none"), "--figures",
+                   str(tmp_path / "f"), "--no-bench"])
+    assert rc == 0
+    report = (tmp_path / "f" / "REPORT.md").read_text()
+    assert "nothing has been measured on a GPU yet" in report
