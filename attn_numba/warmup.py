@@ -243,3 +243,75 @@ def compile_eager(kernel_names=("naive",), dtypes=(np.float16,), head_sizes=(128
                                 "head_size": int(d), "compile_or_load_s": t1 - t0,
                                 "bind_s": t2 - t1, "compiles": cc.count})
     return out
+
+
+# --------------------------------------------------------------------------- fast cache load
+
+def load_cached(disp, sig):
+    """Load ``disp``'s disk-cached kernel for ``sig`` *without* Numba's target-context refresh.
+
+    Measured on the H100 host (results/h100/pathology.json, cProfile of the first call): with a
+    warm disk cache almost all of the first call is ``BaseContext.refresh()``, which Numba's
+    ``Cache.load_overload`` runs before reading the cache: it installs every typing/lowering
+    registry and imports ``numba.cuda.np.arraymath``, whose BLAS check imports SciPy. A cached
+    kernel (a cubin) needs none of that to launch. This reads the cache entry directly and
+    registers the overload exactly as ``CUDADispatcher.compile`` does after a cache hit.
+
+    Relies on numba-cuda 0.30 internals (``_cache``, ``_index_key``, ``_cache_file``); returns
+    ``(kernel, how)`` with how in {"in-memory", "fast-cache", "compile"}: on any mismatch
+    (no CUDACache, launch-config-sensitive kernel, cache miss, internals changed) it falls
+    back to the public ``disp.compile(sig)``.
+    """
+    from numba.cuda.core import sigutils
+    argtypes, _ = sigutils.normalize_signature(tuple(sig))
+    kern = disp.overloads.get(argtypes)
+    if kern is not None:
+        return kern, "in-memory"
+    try:
+        from numba.cuda.dispatcher import CUDACache
+        cache = disp._cache
+        if (isinstance(cache, CUDACache) and cache._enabled
+                and not cache.is_launch_config_sensitive()
+                and not getattr(disp, "_launch_config_sensitive", False)):
+            data = cache._cache_file.load(cache._index_key(argtypes, disp.targetctx.codegen()))
+            if data is not None:
+                kern = cache._impl.rebuild(disp.targetctx, data)
+                if not getattr(kern, "launch_config_sensitive", False):
+                    disp._cache_hits[argtypes] += 1
+                    disp.add_overload(kern, argtypes)
+                    return kern, "fast-cache"
+    except Exception:  # noqa: BLE001 - internals changed: use the public path
+        pass
+    return disp.compile(argtypes), "compile"
+
+
+def fast_load(kernel_names=("naive",), dtypes=(np.float16,), head_sizes=(128,), bind=True):
+    """:func:`load_cached` (+ ``bind()``: module load) for every ``KERNEL_FUNCS`` entry and
+    ``ptx_signatures`` of the given kernels. Returns [{kernel, func, dtype, head_size, how,
+    load_s, bind_s}]. Empty on the simulator."""
+    if _on_simulator():
+        return []
+    out = []
+    for name in kernel_names:
+        mod = _kernels.get(name)
+        if mod is None:
+            continue
+        for dt in dtypes:
+            for d in head_sizes:
+                try:
+                    sigs = mod.ptx_signatures(d, np.dtype(dt))
+                except Exception:  # noqa: BLE001
+                    continue
+                for fname, sig in sigs.items():
+                    disp = mod.KERNEL_FUNCS.get(fname)
+                    if disp is None:
+                        continue
+                    t0 = time.perf_counter()
+                    kern, how = load_cached(disp, sig)
+                    t1 = time.perf_counter()
+                    if bind:
+                        kern.bind()
+                    out.append({"kernel": name, "func": fname, "dtype": np.dtype(dt).name,
+                                "head_size": int(d), "how": how, "load_s": t1 - t0,
+                                "bind_s": time.perf_counter() - t1})
+    return out

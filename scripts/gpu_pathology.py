@@ -34,7 +34,7 @@ raw = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="
 
 def save():
     raw["elapsed_s"] = time.perf_counter() - T0
-    with open(os.path.join(OUT, "pathology_raw.json"), "w") as f:
+    with open(os.path.join(OUT, RAW_NAME), "w") as f:
         json.dump(raw, f, indent=1)
 
 
@@ -84,7 +84,10 @@ def versions():
 
 raw["versions"] = versions()
 raw["device"] = raw["versions"].get("nvidia_smi", "").split(",")[0] or "NVIDIA H100"
-save()
+
+STAGE = os.environ.get("PATHOLOGY_STAGE", "1")
+RAW_NAME = "pathology_raw.json" if STAGE == "1" else f"pathology_raw{STAGE}.json"
+raw["stage"] = STAGE
 
 STEPS = [
     ("compile_times", MOD + ["compile-times"], 90),
@@ -95,6 +98,20 @@ STEPS = [
     ("first_call_warmup", MOD + ["first-call", "warmup"], 45),
     ("first_call_eager", MOD + ["first-call", "eager"], 45),
 ]
+if STAGE == "2":  # second device call: fast cache load, H1 without batch, H1 with cache=True
+    STEPS = [
+        ("first_call_coldcache", MOD + ["first-call", "baseline"], 45),
+        ("first_call_baseline", MOD + ["first-call", "baseline"], 45),
+        ("first_call_fast", MOD + ["first-call", "fast"], 45),
+        ("first_call_fast_2", MOD + ["first-call", "fast"], 45),
+        ("first_call_warmup", MOD + ["first-call", "warmup"], 45),
+    ]
+    NVB = [
+        ("H1_noblock_nobatch", ["--seq-lens", "512", "2048", "8192", "--timeout", "2"], 40),
+        ("H1_cached", ["--seq-lens", "512", "2048", "8192", "--timeout", "2"], 35),
+    ]
+    LAST = [("debug_build", MOD + ["debug-build"], 70)]
+save()
 for name, args, tmo in STEPS:
     if left() < 20:
         break
@@ -103,7 +120,7 @@ for name, args, tmo in STEPS:
                           "stderr_tail": r["stderr"][-3000:] if result_of(r) is None else ""}
     save()
 
-NVB = [
+NVB = NVB if STAGE == "2" else [
     ("H1_noblock", ["--seq-lens", "512", "2048", "8192", "--timeout", "2"], 45),
     ("H1_sync", ["--seq-lens", "512", "2048", "8192", "--timeout", "2"], 35),
     ("fixed", ["--seq-lens", "512", "1024", "2048", "4096", "8192", "--causal", "0", "1",
@@ -121,13 +138,14 @@ for variant, extra, tmo in NVB:
              if ln.startswith("PATHOLOGY exec ")]
     raw["nvbench"][variant] = {"rc": r["rc"], "wall_s": r["wall_s"], "log": r["stdout"],
                                "execs": execs, "stderr_tail": r["stderr"][-2500:]}
-    if variant in ("H1_noblock", "fixed", "H1_default"):
+    if variant in ("H1_noblock", "fixed", "H1_default", "H1_noblock_nobatch"):
         with open(os.path.join(OUT, f"nvbench_{variant}.md"), "w") as f:
             f.write(r["stdout"])
     save()
 
-for name, args, tmo in [("debug_build", MOD + ["debug-build"], 40),
-                        ("other_kernels", MOD + ["other-kernels"], 120)]:
+LAST = LAST if STAGE == "2" else [("debug_build", MOD + ["debug-build"], 40),
+                                  ("other_kernels", MOD + ["other-kernels"], 120)]
+for name, args, tmo in LAST:
     if left() < 15:
         raw["steps"][name] = {"skipped": "device-call budget"}
         continue

@@ -38,7 +38,8 @@ AXES = dict(num_seqs=1, num_heads=32, num_kv_heads=8, head_size=128, window_left
             window_right=128)
 #: blocking-kernel timeout for the default-exec variants (NVBench's default is 30 s)
 BLOCKING_TIMEOUT_S = 3.0
-VARIANTS = ("H1_sync", "H1_default", "H1_noblock", "H2_host_sync", "H2_host_default", "fixed")
+VARIANTS = ("H1_sync", "H1_default", "H1_noblock", "H1_noblock_nobatch", "H1_cached",
+            "H2_host_sync", "H2_host_default", "fixed")
 
 
 def _problem(S, causal, dtype=np.float16, **ax):
@@ -127,7 +128,9 @@ def make_benchmark(variant):
         if variant.startswith("H1"):
             def launcher(launch):
                 s = cuda.external_stream(launch.get_stream().addressof())
-                fresh = cuda.jit(v1_naive.naive_kernel.py_func)  # the pathology: JIT per call
+                # the pathology: a new dispatcher, hence a new JIT, on every call
+                # (H1_cached: the same with cache=True, so each call is a disk-cache load)
+                fresh = cuda.jit(cache=(variant == "H1_cached"))(v1_naive.naive_kernel.py_func)
                 fresh[grid, block, s](*args, *scal)
         elif variant.startswith("H2"):
             v1_naive.naive_kernel[grid, block](*[cuda.to_device(x) for x in host], *scal)
@@ -144,7 +147,7 @@ def make_benchmark(variant):
                 s = cuda.external_stream(launch.get_stream().addressof())
                 v1_naive.naive_kernel[grid, block, s](*args, *scal)
 
-        if variant in ("H1_noblock",):
+        if variant in ("H1_noblock", "H1_noblock_nobatch"):
             state.set_disable_blocking_kernel(True)
         if variant in ("H1_default", "H2_host_default"):
             # a launcher that synchronises deadlocks against the blocking kernel; bound it
@@ -153,7 +156,7 @@ def make_benchmark(variant):
             cuda.current_context().deallocations.clear()
         except AttributeError:
             pass
-        sync = variant.endswith("_sync")
+        sync = variant.endswith("_sync") or variant == "H1_cached"
         t0 = time.perf_counter()
         err = None
         guard = no_new_compiles("the timed launcher") if variant == "fixed" else count_compiles()
@@ -161,6 +164,8 @@ def make_benchmark(variant):
             with guard as cc:
                 if sync:
                     state.exec(launcher, sync=True)
+                elif variant.endswith("_nobatch"):
+                    state.exec(launcher, batched=False)
                 else:
                     state.exec(launcher)
         except Exception as exc:  # noqa: BLE001 - report, let NVBench go on
@@ -265,6 +270,11 @@ def first_call(mode, S=512, kernel="naive", profile_path=None):
         t = time.perf_counter()
         res["warmup"] = wu.warmup(kernels=(kernel,), dtypes=(np.float16,), head_sizes=(128,))
         res["warmup_s"] = time.perf_counter() - t
+    elif mode == "fast":
+        t = time.perf_counter()
+        res["context_s"] = wu.init_context()
+        res["fast"] = wu.fast_load((kernel,), (np.float16,), (128,))
+        res["fast_s"] = time.perf_counter() - t
     elif mode == "eager":
         t = time.perf_counter()
         res["context_s"] = wu.init_context()
@@ -304,6 +314,12 @@ def first_call(mode, S=512, kernel="naive", profile_path=None):
         cuda.synchronize()
         ts.append(time.perf_counter() - t)
     res["next_calls_s"] = ts
+    if mode == "fast":  # the fast-loaded kernel must compute the right thing
+        from ..testing import check_mha_fwd, random_qkv
+        q, k, v = random_qkv(rng, 1, 40, 40, 4, 2, 128, np.float16)
+        with wu.count_compiles() as cc2:
+            c = check_mha_fwd(q, k, v, kernel, window_size=(8, 3))
+        res["check"] = {"max_err": c.max_err, "tol": c.tol, "ok": c.ok, "compiles": cc2.count}
     return res
 
 
@@ -331,7 +347,7 @@ def other_kernels_compile(head_size=128):
     return res
 
 
-def debug_build_times(seq_lens=(512, 2048), reps=2):
+def debug_build_times(seq_lens=(512, 2048), reps=1):
     """H3: the naive kernel compiled with debug=True, opt=False vs the normal build: kernel
     time (CUDA events) at a few sizes. Both scale with the work; neither is seconds-flat."""
     from numba import cuda
@@ -368,7 +384,7 @@ def main(argv=None):
     n.add_argument("--min-samples", type=int, default=10)
     sub.add_parser("compile-times")
     f = sub.add_parser("first-call")
-    f.add_argument("mode", choices=("baseline", "warmup", "eager"))
+    f.add_argument("mode", choices=("baseline", "warmup", "eager", "fast"))
     f.add_argument("--kernel", default="naive")
     f.add_argument("--profile", default=None)
     sub.add_parser("other-kernels")
