@@ -429,6 +429,8 @@ def load_summaries(results_dir=None):
                 data = json.load(f)
         except (OSError, ValueError):
             continue
+        if data.get("simulated"):  # simulator timings say nothing about a GPU
+            continue
         if isinstance(data, dict) and isinstance(data.get("records"), list):
             data["_path"] = os.path.relpath(path, os.path.dirname(results_dir))
             out.append(data)
@@ -564,10 +566,12 @@ def _explain_timers(rows):
         out.append(
             f"Batch GPU / Cold GPU = {min(ratio):.2f}..{max(ratio):.2f}. Batch launches back to "
             "back without syncing, so for a GPU-bound kernel it is at most the cold time (no "
-            "L2 flush, no per-sample sync, launch latency hidden). Batch ~ Cold at seconds per "
-            "launch means each launch itself spends seconds on the host while the GPU waits, "
-            "and the 'Batch GPU' column measures that host time. (NVBench has batch "
-            "measurements only when exec is not sync=True: sync implies no_batch.)")
+            "L2 flush, no per-sample sync, launch latency hidden). In a batch NVBench holds the "
+            "stream with its blocking kernel only for the first two launches (measure_hot does "
+            "this whatever the disable-blocking-kernel setting), so host time spent in later "
+            "launches is timed as GPU time: Batch ~ Cold at seconds per launch means each "
+            "launch itself spends seconds on the host while the GPU waits. (Batch lines exist "
+            "only when exec is not sync=True: NVBench's sync tag implies no_batch.)")
     return out
 
 
