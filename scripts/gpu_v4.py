@@ -66,14 +66,16 @@ def _bridge_probe(a, b, c, d, packed, ex):
     d[lane, 2] = r[2]
     d[lane, 3] = r[3]
     packed[lane] = mma_bridge.pack_f16x2(c[lane, 0], c[lane, 1])
-    ex[lane] = mma_bridge.exp2_approx(c[lane, 2])
+    x = c[lane, 2]
+    if lane == 0:
+        x = -np.inf
+    ex[lane] = mma_bridge.exp2_approx(x)
 
 
 def check_bridge(rng):
     a = rng.standard_normal((32, 8)).astype(np.float16).view(np.uint32)
     b = rng.standard_normal((32, 4)).astype(np.float16).view(np.uint32)
     c = rng.standard_normal((32, 4)).astype(np.float32)
-    c[0, 2] = -np.inf
     d = cuda.device_array((32, 4), np.float32)
     packed = cuda.device_array(32, np.uint32)
     ex = cuda.device_array(32, np.float32)
@@ -91,6 +93,7 @@ def check_bridge(rng):
 
 PEAK_ITERS = 2048
 PEAK_CHAINS = 8
+PEAK_ACC = 4 * PEAK_CHAINS
 
 
 @cuda.jit
@@ -100,8 +103,8 @@ def _mma_peak(a, out):
     a1 = a[lane, 1]
     a2 = a[lane, 2]
     a3 = a[lane, 3]
-    acc = cuda.local.array(4 * PEAK_CHAINS, types.float32)
-    for i in range(4 * PEAK_CHAINS):
+    acc = cuda.local.array(PEAK_ACC, types.float32)
+    for i in range(PEAK_ACC):
         acc[i] = types.float32(0.0)
     for _ in range(PEAK_ITERS):
         for ch in range(PEAK_CHAINS):
@@ -113,7 +116,7 @@ def _mma_peak(a, out):
             acc[4 * ch + 2] = d2
             acc[4 * ch + 3] = d3
     s = types.float32(0.0)
-    for i in range(4 * PEAK_CHAINS):
+    for i in range(PEAK_ACC):
         s += acc[i]
     out[cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x] = s
 
@@ -235,11 +238,13 @@ def diagnose(rng):
 def resources():
     """Registers, local memory (spills + stack), static shared memory of each built kernel."""
     rows = []
-    for d, hb in sorted(_seen):
-        kern = v4.build(d, hb)
+    for d, hb, bn, pf in sorted(_seen, key=str):
+        kern = v4.build(d, hb, bn, pf)
         for args in kern.overloads:
             sig = types.void(*args)
-            rows.append(dict(head_size=d, heads_per_block=hb, block_n=v4.BLOCK_N[d],
+            rows.append(dict(head_size=d, heads_per_block=hb,
+                             block_n=bn or v4.BLOCK_N[d],
+                             prefetch=v4.PREFETCH_TILES[d] if pf is None else pf,
                              regs=kern.get_regs_per_thread(sig),
                              local_bytes=kern.get_local_mem_per_thread(sig),
                              shared_bytes=kern.get_shared_mem_per_block(sig),
@@ -247,7 +252,7 @@ def resources():
     return rows
 
 
-#: (head_size, heads_per_block) specialisations this run may have built
+#: (head_size, heads_per_block, block_n, prefetch) builds this run may have used
 _seen = set()
 
 
@@ -271,7 +276,7 @@ def time_launch(torch, fn, reps, warm=3, sleep_cycles=1_000_000):
     return statistics.median(times), times
 
 
-def host_overhead(torch, fn, n=50):
+def host_overhead(torch, fn, n=20):
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(n):
@@ -298,6 +303,27 @@ def _time_row(torch, name, fn, base, reps):
         + (f"{row['time_s']*1e3:8.4f} ms {row['tflops']:7.1f} TFLOP/s"
            if "time_s" in row else row["error"][:300]))
     return row
+
+
+#: (name, launch overrides) timed on the log's grid; the first is the default configuration
+VARIANTS = [
+    ("flash_tc", {}),
+    ("flash_tc_h1", dict(heads=1)),
+    ("flash_tc_noprefetch", dict(prefetch=False)),
+    ("flash_tc_h1_noprefetch", dict(heads=1, prefetch=False)),
+    ("flash_tc_bn32", dict(block_n=32)),
+    ("flash_tc_h1_bn32", dict(heads=1, block_n=32)),
+]
+
+
+# Separate functions (not one closure with default arguments): torch.compile caches the
+# compiled flex kernel per mask_mod code object.
+def _window_128_128(b, h, qi, ki):
+    return (qi - ki <= 128) & (ki - qi <= 128)
+
+
+def _causal_window_128(b, h, qi, ki):
+    return (qi - ki <= 128) & (ki <= qi)
 
 
 def timings(torch, seq_lens, reps, skip_flex):
@@ -332,11 +358,20 @@ def timings(torch, seq_lens, reps, skip_flex):
                         windowed_flops=windowed_flops([S], [S], H, D, left, right),
                         min_bytes=nbytes, memory_floor_s_at_3TBps=nbytes / 3.0e12)
             configs.append((base, prob, (q, k, v, out), arrs))
-    for base, prob, _, (dq, dk, dv, dout, dlse, dcu) in configs:
-        for hb in (4, 1):
-            _seen.add((D, hb))
-            rows.append(_time_row(torch, f"flash_tc_h{hb}", lambda hb=hb: v4.launch(
-                prob, dq, dk, dv, dout, dlse, dcu, dcu, nstream, heads=hb), base, reps))
+    for base, prob, (q, k, v, out), (dq, dk, dv, dout, dlse, dcu) in configs:
+        ref_out = None
+        for name, kw in VARIANTS:
+            _seen.add((D, kw.get("heads", 4), kw.get("block_n"), kw.get("prefetch")))
+            row = _time_row(torch, name, lambda kw=kw: v4.launch(
+                prob, dq, dk, dv, dout, dlse, dcu, dcu, nstream, **kw), base, reps)
+            if "time_s" in row:     # every variant must agree with the default one
+                torch.cuda.synchronize()
+                if ref_out is None:
+                    ref_out = out.clone()
+                else:
+                    row["max_abs_diff_vs_default"] = float((out.float() - ref_out.float())
+                                                           .abs().max())
+            rows.append(row)
         if v3 is not None:
             rows.append(_time_row(torch, "flash_v3", lambda: v3.launch(
                 prob, dq, dk, dv, dout, dlse, dcu, dcu, nstream), base, reps))
@@ -353,8 +388,7 @@ def timings(torch, seq_lens, reps, skip_flex):
     for base, prob, (q, k, v, out), (dq, dk, dv, dout, dlse, dcu) in configs:
         S, (left, right) = base["seq_len"], base["window"]
         try:
-            def mask_mod(b, h, qi, ki, left=left, right=right):
-                return (qi - ki <= left) & (ki - qi <= right)
+            mask_mod = _causal_window_128 if base["causal"] else _window_128_128
             bm = create_block_mask(mask_mod, None, None, S, S, device="cuda")
             qf, kf, vf = (x.unsqueeze(0).transpose(1, 2).contiguous() for x in (q, k, v))
 
@@ -366,7 +400,7 @@ def timings(torch, seq_lens, reps, skip_flex):
         row = _time_row(torch, "flex", run_flex, base, reps)
         if "time_s" in row:     # cross-check flash_tc against FlexAttention on these inputs
             try:
-                v4.launch(prob, dq, dk, dv, dout, dlse, dcu, dcu, nstream, heads=4)
+                v4.launch(prob, dq, dk, dv, dout, dlse, dcu, dcu, nstream)
                 ref = run_flex().transpose(1, 2)[0]
                 torch.cuda.synchronize()
                 row["max_abs_diff_flash_tc_vs_flex"] = float((out.float() - ref.float())
@@ -419,10 +453,10 @@ def main():
             except Exception as exc:  # noqa: BLE001
                 log("first call", d, type(exc).__name__, str(exc)[:300])
             RESULT.setdefault("first_call_s", {})[d] = time.time() - t1
-            _seen.add((d, 4))
+            _seen.add((d, 4, None, None))
         for d in v4.HEAD_SIZES:
             for hb in (1, 2):
-                _seen.add((d, hb))
+                _seen.add((d, hb, None, None))
         log("first calls", RESULT["first_call_s"])
         rows = correctness(rng, a.quick)
         RESULT["correctness"] = dict(passed=sum(r["ok"] for r in rows), total=len(rows),
@@ -453,9 +487,14 @@ def main():
         except Exception:  # noqa: BLE001
             pass
         ceil = RESULT.get("mma_ceiling", {}).get("tflops")
-        for r in RESULT.get("timings", []):
+        rows = RESULT.get("timings", [])
+        flex = {(r["seq_len"], r["causal"]): r["time_s"] for r in rows
+                if r["kernel"] == "flex" and "time_s" in r}
+        for r in rows:
             if ceil and "tflops" in r:
                 r["fraction_of_mma_ceiling"] = r["tflops"] / ceil
+            if "time_s" in r and (r["seq_len"], r["causal"]) in flex:
+                r["x_flex"] = r["time_s"] / flex[(r["seq_len"], r["causal"])]
         save()
     log("done")
 

@@ -134,7 +134,6 @@ _COMPILE_SCRIPT = textwrap.dedent("""
     from numba.cuda.cudadrv import nvrtc
     from attn_numba.kernels import mma_bridge
     from attn_numba.kernels import v4_tensor_core as v4
-from attn_numba.kernels.v4_emulation import emulate_flash_tc
     res = {}
     for cc in [(8, 0), (9, 0)]:
         nvrtc.compile(mma_bridge.MMA_SOURCE_TEXT, "mma_bridge.cu", cc, ltoir=True)

@@ -34,7 +34,7 @@ import functools
 import math
 
 import numpy as np
-from numba import cuda, float32, int32, types, uint32
+from numba import cuda, float32, types, uint32, uint64
 
 from . import mma_bridge
 from .common import NEG_INF, array_type, key_range
@@ -49,6 +49,9 @@ THREADS = 32 * WARPS
 #: smaller tile so that the static shared memory stays under 48 KiB)
 HEAD_SIZES = (64, 128, 256)
 BLOCK_N = {64: 64, 128: 64, 256: 32}
+#: prefetch the next K/V tile into registers during the current tile's mma work (costs
+#: registers: off for 256, whose O accumulator alone takes 128 registers per thread)
+PREFETCH_TILES = {64: True, 128: True, 256: False}
 #: padding (in 32-bit words) of one shared-memory row of K and of pair-interleaved V
 K_PAD = 4
 V_PAD = 8
@@ -61,6 +64,9 @@ LO16 = np.uint32(0x0000FFFF)
 HI16 = np.uint32(0xFFFF0000)
 SIXTEEN = np.uint32(16)
 U0 = np.uint32(0)
+U64_0 = np.uint64(0)
+LO32 = np.uint64(0xFFFFFFFF)
+THIRTYTWO = np.uint64(32)
 
 
 # --------------------------------------------------------------------------- fragment layout
@@ -137,9 +143,10 @@ def heads_per_block(group_size):
 
 
 @functools.lru_cache(maxsize=None)
-def build(head_size, heads=1, block_n=None):
+def build(head_size, heads=1, block_n=None, prefetch=None):
     """The ``flash_tc`` kernel specialised for ``head_size``, ``heads`` query heads per block
-    (of one GQA group; 1, 2 or 4) and key tile ``block_n``."""
+    (of one GQA group; 1, 2 or 4), key tile ``block_n`` and whether the next tile's K/V
+    loads are issued before the current tile's mma work (``prefetch``)."""
     D = head_size
     BN = BLOCK_N[D] if block_n is None else block_n
     HB = heads
@@ -154,12 +161,58 @@ def build(head_size, heads=1, block_n=None):
     V_STRIDE = D + V_PAD
     K_WORDS = BN * K_STRIDE
     V_WORDS = (BN // 2) * V_STRIDE
-    K_LOADS = BN * DW // THREADS          # K words each thread stages per tile
-    V_LOADS = (BN // 2) * DW // THREADS   # V word pairs each thread stages per tile
-    assert BN * DW % THREADS == 0 and (BN // 2) * DW % THREADS == 0
+    KQ = D // 4                           # 64-bit words (4 fp16) per head row
+    K_LOADS = BN * KQ // THREADS          # K 64-bit words each thread stages per tile
+    V_LOADS = (BN // 2) * KQ // THREADS   # V 64-bit word pairs each thread stages per tile
+    assert BN * KQ % THREADS == 0 and (BN // 2) * KQ % THREADS == 0
+    PREFETCH = PREFETCH_TILES[D] if prefetch is None else prefetch
     QF_LEN = 4 * QK_STEPS       # registers of Q fragments per thread
     ACC_LEN = 4 * O_TILES       # fp32 O accumulators per thread
     S_LEN = 4 * S_TILES         # fp32 S accumulators per thread
+
+    @cuda.jit(device=True, inline=True)
+    def _load_tile(k, v, kx, vx, vy, n0, k0, sk, hk, tid):
+        """Global -> registers: this thread's K words (4 fp16 each) and V word pairs (rows 2p,
+        2p+1) of the tile at key n0; zero past the sequence (row index clamped, no branch)."""
+        for it in range(K_LOADS):
+            idx = it * THREADS + tid
+            n = idx // KQ
+            c = idx - n * KQ
+            key = n0 + n
+            val = k[k0 + min(key, sk - 1), hk, c]
+            kx[it] = val if key < sk else U64_0
+        for it in range(V_LOADS):
+            idx = it * THREADS + tid
+            p = idx // KQ
+            c = idx - p * KQ
+            key = n0 + 2 * p
+            x = v[k0 + min(key, sk - 1), hk, c]
+            y = v[k0 + min(key + 1, sk - 1), hk, c]
+            vx[it] = x if key < sk else U64_0
+            vy[it] = y if key + 1 < sk else U64_0
+
+    @cuda.jit(device=True, inline=True)
+    def _store_tile(ks, vs, kx, vx, vy, tid):
+        """Registers -> shared memory: K row-major fp16 pairs, V pair-interleaved."""
+        for it in range(K_LOADS):
+            idx = it * THREADS + tid
+            n = idx // KQ
+            c = idx - n * KQ
+            val = kx[it]
+            ks[_k_smem_word(n, 2 * c, K_STRIDE)] = uint32(val & LO32)
+            ks[_k_smem_word(n, 2 * c + 1, K_STRIDE)] = uint32(val >> THIRTYTWO)
+        for it in range(V_LOADS):
+            idx = it * THREADS + tid
+            p = idx // KQ
+            c = idx - p * KQ
+            x = vx[it]
+            y = vy[it]
+            lo, hi = _interleave_v(uint32(x & LO32), uint32(y & LO32))
+            vs[_v_smem_word(p, 4 * c, V_STRIDE)] = uint32(lo)
+            vs[_v_smem_word(p, 4 * c + 1, V_STRIDE)] = uint32(hi)
+            lo, hi = _interleave_v(uint32(x >> THIRTYTWO), uint32(y >> THIRTYTWO))
+            vs[_v_smem_word(p, 4 * c + 2, V_STRIDE)] = uint32(lo)
+            vs[_v_smem_word(p, 4 * c + 3, V_STRIDE)] = uint32(hi)
 
     mma = mma_bridge.mma_f16_16816
     pack = mma_bridge.pack_f16x2
@@ -167,7 +220,7 @@ def build(head_size, heads=1, block_n=None):
 
     @cuda.jit(launch_bounds=(THREADS,))
     def flash_tc_kernel(q, k, v, out, lse, cu_q, cu_k, scale_log2, left, right, lse_batched):
-        """q, out: uint32 (total_q, H, D/2) views of fp16; k, v: uint32 (total_k, Hkv, D/2);
+        """q, out: uint32 (total_q, H, D/2) views of fp16; k, v: uint64 (total_k, Hkv, D/4);
         lse float32; scale_log2 = softmax_scale * log2(e). Block (x, y, z) = (positions
         x*PB.., heads y*HB.., sequence z); warp w takes head y*HB + w % HB and the 16
         positions from x*PB + 16*(w // HB)."""
@@ -222,32 +275,24 @@ def build(head_size, heads=1, block_n=None):
         l_a = ZERO
         l_b = ZERO
 
-        for n0 in range((blo // BN) * BN, bhi + 1, BN):
+        # K/V staging: every thread first issues all of its (64-bit, branch-free) global
+        # loads for a tile into registers, then stores them to shared memory. With PREFETCH
+        # the loads for tile i+1 are issued before the mma work of tile i, hiding their
+        # latency behind it.
+        kx = cuda.local.array(K_LOADS, uint64)
+        vx = cuda.local.array(V_LOADS, uint64)
+        vy = cuda.local.array(V_LOADS, uint64)
+        n_first = (blo // BN) * BN
+        if PREFETCH and n_first <= bhi:
+            _load_tile(k, v, kx, vx, vy, n_first, k0, sk, hk, tid)
+        for n0 in range(n_first, bhi + 1, BN):
+            if not PREFETCH:
+                _load_tile(k, v, kx, vx, vy, n0, k0, sk, hk, tid)
             cuda.syncthreads()  # everyone is done with the previous tile
-            # stage K (row-major pairs) and V (pair-interleaved), zero past the sequence
-            for it in range(K_LOADS):
-                idx = it * THREADS + tid
-                n = idx // DW
-                w = idx - n * DW
-                val = U0
-                if n0 + n < sk:
-                    val = k[k0 + n0 + n, hk, w]
-                ks[_k_smem_word(n, w, K_STRIDE)] = val
-            for it in range(V_LOADS):
-                idx = it * THREADS + tid
-                p = idx // DW
-                w = idx - p * DW
-                key = n0 + 2 * p
-                x = U0
-                y = U0
-                if key < sk:
-                    x = v[k0 + key, hk, w]
-                if key + 1 < sk:
-                    y = v[k0 + key + 1, hk, w]
-                lo, hi = _interleave_v(x, y)
-                vs[_v_smem_word(p, 2 * w, V_STRIDE)] = uint32(lo)
-                vs[_v_smem_word(p, 2 * w + 1, V_STRIDE)] = uint32(hi)
+            _store_tile(ks, vs, kx, vx, vy, tid)
             cuda.syncthreads()
+            if PREFETCH and n0 + BN <= bhi:
+                _load_tile(k, v, kx, vx, vy, n0 + BN, k0, sk, hk, tid)
 
             # skip tiles that miss all of this warp's rows (warp-uniform branch)
             if has_rows and n0 <= whi_last and n0 + BN - 1 >= wlo_first:
@@ -386,7 +431,8 @@ KERNEL_FUNCS = {}
 
 def _signature(head_size):
     u3 = array_type(np.uint32, 3)
-    return (u3, u3, u3, u3, array_type(np.float32, 3), array_type(np.int32, 1),
+    w3 = array_type(np.uint64, 3)
+    return (u3, w3, w3, u3, array_type(np.float32, 3), array_type(np.int32, 1),
             array_type(np.int32, 1), types.float32, types.int32, types.int32, types.boolean)
 
 
@@ -418,14 +464,17 @@ def supports(problem):
     return None
 
 
-def launch(problem, q, k, v, out, lse, cu_q, cu_k, stream, heads=None):
+def launch(problem, q, k, v, out, lse, cu_q, cu_k, stream, heads=None, prefetch=None,
+           block_n=None):
+    """Contract launch; ``heads`` / ``prefetch`` / ``block_n`` override the defaults (for
+    experiments)."""
     hb = heads_per_block(problem.group_size) if heads is None else heads
-    kernel = build(problem.head_size, hb)
+    kernel = build(problem.head_size, hb, block_n, prefetch)
     pb = BLOCK_M // hb
     grid = ((max(problem.max_seqlen_q, 1) + pb - 1) // pb, problem.num_heads // hb,
             problem.batch)
     kernel[grid, THREADS, stream](
-        q.view(np.uint32), k.view(np.uint32), v.view(np.uint32), out.view(np.uint32), lse,
+        q.view(np.uint32), k.view(np.uint64), v.view(np.uint64), out.view(np.uint32), lse,
         cu_q, cu_k, np.float32(problem.softmax_scale * math.log2(math.e)),
         np.int32(problem.window_left), np.int32(problem.window_right),
         bool(problem.lse_batched))
