@@ -192,11 +192,12 @@ def fig_ceiling(records, device, fixed, ceilings, path):
                     st["label"] = f"{k}, causal={c}"
                     axes[1].plot(x, [v / ceilings["copy_gbps"] for v in y], **st)
         axes[0].set_title(
-            f"compute: windowed TFLOP/s / ceiling\nfp32 matmul (TF32 off) "
-            f"{ceilings.get('fp32_matmul_tflops_no_tf32', float('nan')):.1f} TFLOP/s for CUDA-core "
-            f"kernels; fp16 matmul {ceilings.get('fp16_matmul_tflops', float('nan')):.0f} TFLOP/s "
-            "for flash_tc and peers", fontsize=9)
-        axes[1].set_title(f"memory: minimum bytes / time / copy bandwidth "
+            "compute: exact windowed TFLOP/s / ceiling\nCUDA-core kernels vs fp32 matmul, TF32 off "
+            f"({ceilings.get('fp32_matmul_tflops_no_tf32', float('nan')):.1f} TFLOP/s)\n"
+            "flash_tc and PyTorch peers vs fp16 matmul "
+            f"({ceilings.get('fp16_matmul_tflops', float('nan')):.0f} TFLOP/s)", fontsize=9)
+        axes[1].set_title("memory: minimum bytes (Q, K, V read, O written) / time\n"
+                          "/ device copy bandwidth "
                           f"({ceilings.get('copy_gbps', float('nan')):.0f} GB/s, read+write)",
                           fontsize=9)
         for ax, lab in zip(axes, ("fraction of compute ceiling", "fraction of copy bandwidth")):

@@ -90,8 +90,10 @@ def _results_table(doc, log_rows):
     from .bench.grid import DEFAULT_GRID, ceiling_key
     ceil = doc.get("ceilings") or {}
     log_t = {(r["seq_len"], r["causal"]): r["gpu_time_s"] for r in log_rows}
+    log_dev = next((r["device"] for r in log_rows if r.get("device")), "the")
     lines = ["| kernel | seq_len | causal | GPU time (cold) | batch GPU | TFLOP/s (windowed) "
-             "| % of compute ceiling | GB/s (min bytes) | % of copy BW | check | log time / this |",
+             "| % of compute ceiling | GB/s (min bytes) | % of copy BW | check "
+             f"| {log_dev} log time / this |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     recs = sorted(doc["records"], key=lambda r: (r["kernel"], r["causal"], r["seq_len"]))
     for r in recs:

@@ -348,3 +348,22 @@ def test_nvbench_definition_with_fake_cuda_bench(tmp_path, monkeypatch):
     assert all(r["check"]["ok"] and r["gpu_time_s"] > 0 for r in naive)
     assert all(r["skipped"] for r in doc["records"] if r["kernel"] == "sdpa")
     assert doc["ceilings"] == {"error": "not measured (--no-ceilings)"}
+
+
+def test_committed_nvbench_json_matches_committed_summary():
+    """The plain JSON reader (used without cuda-bench) reproduces the records that the GPU run
+    built with cuda.bench.results from the same NVBench JSON files."""
+    root = Path(__file__).resolve().parents[1] / "results"
+    checked = 0
+    for spath in S.find(root):
+        doc = S.load(spath)
+        runs = doc.get("nvbench_runs") or ([doc["nvbench"]] if doc.get("nvbench") else [])
+        by = {S.record_key(r): r for r in doc["records"]}
+        for run in runs:
+            for r in S.records_from_nvbench(spath.parent / run["json"]):
+                o = by[S.record_key(r)]
+                for k in ("gpu_time_s", "batch_gpu_time_s", "samples", "noise", "tflops", "gbps"):
+                    assert o[k] == r[k], (spath, k)
+                checked += 1
+    if not checked:
+        pytest.skip("no committed NVBench results")
