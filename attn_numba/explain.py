@@ -658,20 +658,31 @@ def _explain_expected(rows, device, summaries, pathology):
 
 
 def _pathology_sentence(p):
-    """One sentence from results/h100/pathology.json (schema of attn_numba.bench.pathology)."""
+    """One sentence from results/h100/pathology.json (written by attn_numba.bench.pathology)."""
     try:
-        ct = p.get("compile_times", {})
-        h1 = p.get("hypotheses", {}).get("H1", {})
-        fixed = p.get("fixed_harness", {})
+        ct = p.get("compile_times") or {}
+        nv = p.get("nvbench") or {}
         bits = []
         if ct.get("rejit_per_call_s"):
-            bits.append(f"re-JIT of the naive kernel per call {_fmt_t(statistics.median(ct['rejit_per_call_s']))}")
+            bits.append("a fresh cuda.jit of the naive kernel per call costs "
+                        f"{_fmt_t(statistics.median(ct['rejit_per_call_s']))} of host time")
         if ct.get("cold_process_first_call_s") is not None:
-            bits.append(f"first call in a cold process {_fmt_t(ct['cold_process_first_call_s'])}")
-        if h1.get("verdict"):
-            bits.append(f"H1: {h1['verdict']}")
-        if fixed.get("summary"):
-            bits.append(f"fixed harness: {fixed['summary']}")
+            bits.append(f"its first call in a cold process {_fmt_t(ct['cold_process_first_call_s'])}")
+        h1 = [r for v in ("H1_sync", "H1_noblock", "H1_noblock_nobatch")
+              for r in (nv.get(v) or {}).get("rows", []) if r.get("cold_gpu_s")]
+        if h1:
+            ts = [r["cold_gpu_s"] for r in h1]
+            bits.append(f"an NVBench launcher doing that (sync=True or blocking kernel off) "
+                        f"reproduces the log's signature: {_fmt_t(min(ts))}..{_fmt_t(max(ts))} "
+                        f"per call, GPU = CPU, timeouts before min_samples")
+        dl = [v for v in ("H1_default",) if any(r.get("deadlock") for r in (nv.get(v) or {}).get("rows", []))]
+        if dl:
+            bits.append("under the default exec (blocking kernel) the same launcher deadlocks")
+        fx = (nv.get("fixed") or {})
+        if fx.get("rows"):
+            ts = [r["cold_gpu_s"] for r in fx["rows"] if r.get("cold_gpu_s")]
+            bits.append(f"the fixed harness times the same kernel at {_fmt_t(min(ts))}..{_fmt_t(max(ts))} "
+                        f"({fx.get('verdict')}, work exponent {fx.get('work_exponent', 0):.2f})")
         if not bits:
             return None
         return (f"Reproduction on {p.get('device', 'H100')} (results/h100/pathology.json): "
