@@ -46,7 +46,7 @@ def fmt(s):
     return explain._fmt_t(s)
 
 def show(fig):
-    fig.tight_layout(); path = f"/tmp/nb06_{id(fig)}.png"; fig.savefig(path, dpi=90); plt.close(fig)
+    path = f"/tmp/nb06_{id(fig)}.png"; fig.savefig(path, dpi=90, bbox_inches="tight"); plt.close(fig)
     display(Image(path))"""),
 md("""## 0. What the log says
 
@@ -236,7 +236,7 @@ that cost out of the first call (the first call then costs what every later call
 `fast_load()` reads the cached kernel without the refresh (its measurement, when present above,
 is the `first_call_fast` rows). See `notes/explain.md` for what to wire into the package."""),
 md("""## 8. Everything on one plot"""),
-code("""fig, ax = plt.subplots(figsize=(7, 4.5))
+code("""fig, ax = plt.subplots(figsize=(6, 4.5))
 for c, mk in ((0, "o"), (1, "s")):
     rr = sorted([r for r in rows if r["causal"] == c], key=lambda r: r["seq_len"])
     ax.plot([r["seq_len"] for r in rr], [r["gpu_time_s"] for r in rr], mk + "-", color="tab:red",
@@ -250,19 +250,26 @@ for c, mk in ((0, "o"), (1, "s")):
     rr = sorted([r for r in NV["fixed"]["rows"] if r["causal"] == c], key=lambda r: r["seq_len"])
     ax.plot([r["seq_len"] for r in rr], [r["cold_gpu_s"] for r in rr], mk + "-", color="tab:blue",
             label=f"fixed harness, naive kernel, H100 (causal={c})")
-best = {}
-for s in explain.load_summaries(RESULTS):
-    for rec in s["records"]:
-        if rec.get("gpu_time_s") and all(rec.get(k) == v for k, v in P["axes"].items()):
-            key = (rec["seq_len"], rec["causal"])
-            if key not in best or rec["gpu_time_s"] < best[key][0]:
-                best[key] = (rec["gpu_time_s"], rec["kernel"], s.get("device"))
-for c, mk in ((0, "o"), (1, "s")):
-    pts = sorted((k[0], v) for k, v in best.items() if k[1] == c)
-    if pts:
-        ax.plot([p[0] for p in pts], [p[1][0] for p in pts], mk + "-", color="tab:green",
-                label=f"best committed kernel, {pts[0][1][2]} (causal={c})")
-if not best:
+from attn_numba.problem import KERNEL_NAMES
+def fastest(ours_only):
+    best = {}
+    for s in explain.load_summaries(RESULTS):
+        for rec in s["records"]:
+            if ours_only and rec.get("kernel") not in KERNEL_NAMES:
+                continue
+            if rec.get("gpu_time_s") and all(rec.get(k) == v for k, v in P["axes"].items()):
+                key = (rec["seq_len"], rec["causal"])
+                if key not in best or rec["gpu_time_s"] < best[key][0]:
+                    best[key] = (rec["gpu_time_s"], rec["kernel"], s.get("device"))
+    return best
+for ours, col, what in ((True, "tab:green", "fastest attn_numba kernel"), (False, "tab:gray", "fastest of all committed")):
+    best = fastest(ours)
+    for c, mk in ((0, "o"), (1, "s")):
+        pts = sorted((k[0], v) for k, v in best.items() if k[1] == c)
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1][0] for p in pts], mk + ":", color=col,
+                    label=f"{what} ({'/'.join(sorted({p[1][1] for p in pts}))}), {pts[0][1][2]} (causal={c})")
+if not fastest(False):
     print("no committed results/*/summary.json for the log's axes yet: no 'best kernel' curve")
 ax.set_xscale("log", base=2); ax.set_yscale("log")
 ax.set_xlabel("seq_len"); ax.set_ylabel("time per call [s]")
