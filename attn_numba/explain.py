@@ -377,7 +377,23 @@ def build_rows(parsed, benchmark="run_mha_fwd"):
             else:
                 row["cold"] = row["batch"] = None
                 row["warnings"] = []
+                r = {"other": []}
+            row["failures"] = [o for o in r["other"] if o.startswith("Fail:")]
             rows.append(row)
+    # states that are in the Log but not in a table (failed states, or a log without a table)
+    for r in runs:
+        axes = {a: v for a, v in r["axes"].items() if a in AXES}
+        row = dict(axes)
+        cold, batch = r.get("cold") or {}, r.get("batch") or {}
+        row.update(device=None, gpu_time_s=cold.get("gpu_time_s"), cpu_time_s=cold.get("cpu_time_s"),
+                   batch_gpu_time_s=batch.get("gpu_time_s"), samples=cold.get("samples"),
+                   batch_samples=batch.get("samples"), gpu_noise=None, cpu_noise=None,
+                   est_flops=None, bw_util=None, global_mem_bw_Bps=None, columns={},
+                   cold=r.get("cold"), batch=r.get("batch"), warnings=r["warnings"],
+                   failures=[o for o in r["other"] if o.startswith("Fail:")], from_log_only=True)
+        if all(a in axes for a in ("seq_len", "num_heads", "head_size")):
+            row.update(_row_work(axes))
+        rows.append(row)
     return rows
 
 
@@ -612,9 +628,26 @@ def _explain_columns(rows, device):
     return out
 
 
+def _explain_failures(rows):
+    failed = [r for r in rows if r.get("failures")]
+    if not failed:
+        return []
+    dead = [r for r in failed if any("Deadlock" in f for f in r["failures"])]
+    msg = (f"{len(failed)} state(s) failed (" + "; ".join(sorted({f[:120] for r in failed for f in r['failures']}))
+           + ").")
+    if dead:
+        msg += (" 'Deadlock detected' means the launcher synchronised while NVBench's blocking "
+                "kernel held the stream (host copies of NumPy arrays, cuMemFree, a Numba "
+                "compile/module load in the launcher, or an explicit sync); the blocking kernel "
+                "gave up after blocking_kernel_timeout and NVBench aborted the state. Remove the "
+                "synchronisation from the launcher; state.exec(..., sync=True) avoids the "
+                "deadlock but then host work is timed as GPU time.")
+    return [msg]
+
+
 def _explain_expected(rows, device, summaries, pathology):
     out = []
-    if device:
+    if device and any(r.get("windowed_flops") for r in rows):
         worst = max(rows, key=lambda r: r.get("windowed_flops") or 0)
         rl = roofline(worst, device)
         if rl:
@@ -744,6 +777,7 @@ def explain_log(path=None, results_dir=None, benchmark="run_mha_fwd"):
                 "kernel on (no host sync in the launcher).")
     else:
         explanations.append("Verdict: undetermined (fewer than two rows with distinct work and a time).")
+    explanations += _explain_failures(rows)
     explanations += _explain_timers(rows)
     explanations += _explain_warnings(rows)
     explanations += _explain_columns(rows, device)

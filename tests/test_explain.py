@@ -282,3 +282,25 @@ def _write_data():
 
 if __name__ == "__main__" and "--write-data" in sys.argv:
     _write_data()
+
+
+# --------------------------------------------------------------------------- real H100 logs
+# tests/data/h100_*.log: NVBench (cuda-bench 0.3.0) output of attn_numba.bench.pathology on an
+# H100 (the reproduction committed in results/h100/pathology.json).
+
+def test_real_h100_logs():
+    res = explain.explain_log(os.path.join(DATA, "h100_H1_sync.log"))
+    assert res["verdict"] == "overhead-dominated"          # JIT in the launcher
+    assert res["device"]["sm_version"] == 900
+    assert all(r["gpu_time_s"] == pytest.approx(r["cpu_time_s"], rel=1e-3) for r in res["rows"])
+    res = explain.explain_log(os.path.join(DATA, "h100_fixed.log"))
+    assert res["verdict"] == "work-proportional"           # the fixed harness
+    assert len(res["rows"]) == 10 and all(r["samples"] >= 10 for r in res["rows"])
+    assert res["work_exponent"] > 0.8
+
+
+def test_failed_states_come_from_the_log():
+    res = explain.explain_log(os.path.join(DATA, "h100_H1_default.log"))
+    assert res["verdict"] == "undetermined"
+    assert len(res["rows"]) == 3 and all(r["from_log_only"] and r["failures"] for r in res["rows"])
+    assert any("Deadlock detected" in e for e in res["explanations"])
