@@ -677,12 +677,24 @@ def _explain_expected(rows, device, summaries, pathology):
         if not by_kernel:
             continue
         parts = []
+        copy = (s.get("ceilings") or {}).get("copy_gbps")
+        bw = device.get("bus_peak_Bps") if device else None
+        scale = copy * 1e9 / bw if copy and bw else None
         for kern, pairs in sorted(by_kernel.items()):
             ts = [rec["gpu_time_s"] for _, rec in pairs]
             ss = [rec["seq_len"] for _, rec in pairs]
-            parts.append(f"{kern} {_fmt_t(min(ts))}..{_fmt_t(max(ts))} over S={min(ss)}..{max(ss)}")
-        out.append(f"Committed results on {s.get('device', '?')} ({s.get('_path')}) for the "
-                   f"log's axes: " + "; ".join(parts) + ".")
+            part = f"{kern} {_fmt_t(min(ts))}..{_fmt_t(max(ts))} over S={min(ss)}..{max(ss)}"
+            if scale:
+                part += f" (~{_fmt_t(max(ts) * scale)} at S={max(ss)} on the logged device)"
+            parts.append(part)
+        msg = (f"Committed results on {s.get('device', '?')} ({s.get('_path')}) for the "
+               f"log's axes: " + "; ".join(parts) + ".")
+        if scale:
+            msg += (f" The '~' values scale by memory bandwidth ({copy:.0f} GB/s measured copy "
+                    f"bandwidth there vs the logged {bw / 1e9:.0f} GB/s bus peak, x{scale:.1f}): "
+                    "a rough estimate for a memory-bound kernel, optimistic for a compute-bound "
+                    "one.")
+        out.append(msg)
     if pathology:
         msg = _pathology_sentence(pathology)
         if msg:
