@@ -305,7 +305,11 @@ def plot_all(results, out_dir, log=str(LOG_DEFAULT), include_simulated=False):
     log_rows = parse_log_times(log) if log and str(log).lower() != "none" else []
     done = []
     for path in S.find(results):
-        doc = S.load(path)
+        try:
+            doc = S.load(path)
+        except ValueError as exc:  # not written by `attn-numba bench`: say so, draw the rest
+            print(f"attn-numba plot: skipping {path}: {exc}", file=sys.stderr)
+            continue
         if doc.get("simulated") and not include_simulated:
             continue
         prefix = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.parent.name) or "results"

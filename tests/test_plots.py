@@ -81,3 +81,12 @@ def test_log_times_both_parsers():
     assert [(r["seq_len"], r["causal"]) for r in via] == [(r["seq_len"], r["causal"]) for r in local]
     for a, b in zip(via, local):
         assert a["gpu_time_s"] == pytest.approx(b["gpu_time_s"], rel=1e-3)
+
+
+def test_plot_skips_malformed_summaries(tmp_path):
+    synthetic_summary(tmp_path / "res" / "good" / "summary.json")
+    bad = tmp_path / "res" / "bad" / "summary.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text('{"device": "x", "records": [{"kernel": "naive"}]}')
+    done = plots.plot_all(tmp_path / "res", tmp_path / "figs")
+    assert [p.parent.name for p, _ in done] == ["good"]
