@@ -52,6 +52,8 @@ BLOCK_N = {64: 64, 128: 64, 256: 32}
 #: prefetch the next K/V tile into registers during the current tile's mma work (costs
 #: registers: off for 256, whose O accumulator alone takes 128 registers per thread)
 PREFETCH_TILES = {64: True, 128: True, 256: False}
+#: share K/V tiles between the heads of a GQA group (see heads_per_block)
+GQA_PACK = True
 #: padding (in 32-bit words) of one shared-memory row of K and of pair-interleaved V
 K_PAD = 4
 V_PAD = 8
@@ -136,19 +138,28 @@ _v_smem_word = cuda.jit(device=True, inline=True, cache=True)(v_smem_word)
 # --------------------------------------------------------------------------- the kernel
 
 def heads_per_block(group_size):
-    """Query heads of one GQA group that share a block (and its K/V tiles): 4, 2 or 1."""
+    """Query heads of one GQA group that share a block (and its K/V tiles): 4, 2 or 1
+    (always 1 when GQA_PACK is off)."""
+    if not GQA_PACK:
+        return 1
     for hb in (4, 2, 1):
         if group_size % hb == 0:
             return hb
 
 
-@functools.lru_cache(maxsize=None)
 def build(head_size, heads=1, block_n=None, prefetch=None):
     """The ``flash_tc`` kernel specialised for ``head_size``, ``heads`` query heads per block
     (of one GQA group; 1, 2 or 4), key tile ``block_n`` and whether the next tile's K/V
-    loads are issued before the current tile's mma work (``prefetch``)."""
+    loads are issued before the current tile's mma work (``prefetch``); None = the module
+    default for that head size."""
+    return _build(head_size, heads, BLOCK_N[head_size] if block_n is None else block_n,
+                  PREFETCH_TILES[head_size] if prefetch is None else prefetch)
+
+
+@functools.lru_cache(maxsize=None)
+def _build(head_size, heads, block_n, prefetch):
     D = head_size
-    BN = BLOCK_N[D] if block_n is None else block_n
+    BN = block_n
     HB = heads
     PB = BLOCK_M // HB          # query positions per block (16 per warp, HB warps per position)
     assert D % 16 == 0 and BN % 16 == 0 and WARPS % HB == 0
@@ -165,54 +176,87 @@ def build(head_size, heads=1, block_n=None, prefetch=None):
     K_LOADS = BN * KQ // THREADS          # K 64-bit words each thread stages per tile
     V_LOADS = (BN // 2) * KQ // THREADS   # V 64-bit word pairs each thread stages per tile
     assert BN * KQ % THREADS == 0 and (BN // 2) * KQ % THREADS == 0
-    PREFETCH = PREFETCH_TILES[D] if prefetch is None else prefetch
+    PREFETCH = prefetch
+    K_CHUNK = min(4, K_LOADS)             # without prefetch: loads in flight per chunk
+    V_CHUNK = min(2, V_LOADS)
+    assert K_LOADS % K_CHUNK == 0 and V_LOADS % V_CHUNK == 0
     QF_LEN = 4 * QK_STEPS       # registers of Q fragments per thread
     ACC_LEN = 4 * O_TILES       # fp32 O accumulators per thread
     S_LEN = 4 * S_TILES         # fp32 S accumulators per thread
 
     @cuda.jit(device=True, inline=True)
+    def _load_k(k, it, n0, k0, sk, hk, tid):
+        """Global -> register: this thread's ``it``-th K word (4 fp16) of the tile at key n0,
+        zero past the sequence (row index clamped, no branch)."""
+        idx = it * THREADS + tid
+        n = idx // KQ
+        c = idx - n * KQ
+        key = n0 + n
+        val = k[k0 + min(key, sk - 1), hk, c]
+        return val if key < sk else U64_0
+
+    @cuda.jit(device=True, inline=True)
+    def _store_k(ks, it, val, tid):
+        """Register -> shared: K row-major fp16 pairs."""
+        idx = it * THREADS + tid
+        n = idx // KQ
+        c = idx - n * KQ
+        ks[_k_smem_word(n, 2 * c, K_STRIDE)] = uint32(val & LO32)
+        ks[_k_smem_word(n, 2 * c + 1, K_STRIDE)] = uint32(val >> THIRTYTWO)
+
+    @cuda.jit(device=True, inline=True)
+    def _load_v(v, it, n0, k0, sk, hk, tid):
+        """Global -> registers: this thread's ``it``-th V word pair (rows 2p and 2p+1)."""
+        idx = it * THREADS + tid
+        p = idx // KQ
+        c = idx - p * KQ
+        key = n0 + 2 * p
+        x = v[k0 + min(key, sk - 1), hk, c]
+        y = v[k0 + min(key + 1, sk - 1), hk, c]
+        return (x if key < sk else U64_0), (y if key + 1 < sk else U64_0)
+
+    @cuda.jit(device=True, inline=True)
+    def _store_v(vs, it, x, y, tid):
+        """Registers -> shared: V pair-interleaved."""
+        idx = it * THREADS + tid
+        p = idx // KQ
+        c = idx - p * KQ
+        lo, hi = _interleave_v(uint32(x & LO32), uint32(y & LO32))
+        vs[_v_smem_word(p, 4 * c, V_STRIDE)] = uint32(lo)
+        vs[_v_smem_word(p, 4 * c + 1, V_STRIDE)] = uint32(hi)
+        lo, hi = _interleave_v(uint32(x >> THIRTYTWO), uint32(y >> THIRTYTWO))
+        vs[_v_smem_word(p, 4 * c + 2, V_STRIDE)] = uint32(lo)
+        vs[_v_smem_word(p, 4 * c + 3, V_STRIDE)] = uint32(hi)
+
+    @cuda.jit(device=True, inline=True)
     def _load_tile(k, v, kx, vx, vy, n0, k0, sk, hk, tid):
-        """Global -> registers: this thread's K words (4 fp16 each) and V word pairs (rows 2p,
-        2p+1) of the tile at key n0; zero past the sequence (row index clamped, no branch)."""
+        """All of this thread's loads of a tile, into registers (the prefetch)."""
         for it in range(K_LOADS):
-            idx = it * THREADS + tid
-            n = idx // KQ
-            c = idx - n * KQ
-            key = n0 + n
-            val = k[k0 + min(key, sk - 1), hk, c]
-            kx[it] = val if key < sk else U64_0
+            kx[it] = _load_k(k, it, n0, k0, sk, hk, tid)
         for it in range(V_LOADS):
-            idx = it * THREADS + tid
-            p = idx // KQ
-            c = idx - p * KQ
-            key = n0 + 2 * p
-            x = v[k0 + min(key, sk - 1), hk, c]
-            y = v[k0 + min(key + 1, sk - 1), hk, c]
-            vx[it] = x if key < sk else U64_0
-            vy[it] = y if key + 1 < sk else U64_0
+            vx[it], vy[it] = _load_v(v, it, n0, k0, sk, hk, tid)
 
     @cuda.jit(device=True, inline=True)
     def _store_tile(ks, vs, kx, vx, vy, tid):
-        """Registers -> shared memory: K row-major fp16 pairs, V pair-interleaved."""
         for it in range(K_LOADS):
-            idx = it * THREADS + tid
-            n = idx // KQ
-            c = idx - n * KQ
-            val = kx[it]
-            ks[_k_smem_word(n, 2 * c, K_STRIDE)] = uint32(val & LO32)
-            ks[_k_smem_word(n, 2 * c + 1, K_STRIDE)] = uint32(val >> THIRTYTWO)
+            _store_k(ks, it, kx[it], tid)
         for it in range(V_LOADS):
-            idx = it * THREADS + tid
-            p = idx // KQ
-            c = idx - p * KQ
-            x = vx[it]
-            y = vy[it]
-            lo, hi = _interleave_v(uint32(x & LO32), uint32(y & LO32))
-            vs[_v_smem_word(p, 4 * c, V_STRIDE)] = uint32(lo)
-            vs[_v_smem_word(p, 4 * c + 1, V_STRIDE)] = uint32(hi)
-            lo, hi = _interleave_v(uint32(x >> THIRTYTWO), uint32(y >> THIRTYTWO))
-            vs[_v_smem_word(p, 4 * c + 2, V_STRIDE)] = uint32(lo)
-            vs[_v_smem_word(p, 4 * c + 3, V_STRIDE)] = uint32(hi)
+            _store_v(vs, it, vx[it], vy[it], tid)
+
+    @cuda.jit(device=True, inline=True)
+    def _stage_chunked(k, v, ks, vs, kx, vx, vy, n0, k0, sk, hk, tid):
+        """Without prefetch: loads in chunks of K_CHUNK (V_CHUNK), each chunk's loads issued
+        before its stores, so few registers are live but loads still overlap."""
+        for c0 in range(0, K_LOADS, K_CHUNK):
+            for j in range(K_CHUNK):
+                kx[j] = _load_k(k, c0 + j, n0, k0, sk, hk, tid)
+            for j in range(K_CHUNK):
+                _store_k(ks, c0 + j, kx[j], tid)
+        for c0 in range(0, V_LOADS, V_CHUNK):
+            for j in range(V_CHUNK):
+                vx[j], vy[j] = _load_v(v, c0 + j, n0, k0, sk, hk, tid)
+            for j in range(V_CHUNK):
+                _store_v(vs, c0 + j, vx[j], vy[j], tid)
 
     mma = mma_bridge.mma_f16_16816
     pack = mma_bridge.pack_f16x2
@@ -275,10 +319,10 @@ def build(head_size, heads=1, block_n=None, prefetch=None):
         l_a = ZERO
         l_b = ZERO
 
-        # K/V staging: every thread first issues all of its (64-bit, branch-free) global
-        # loads for a tile into registers, then stores them to shared memory. With PREFETCH
-        # the loads for tile i+1 are issued before the mma work of tile i, hiding their
-        # latency behind it.
+        # K/V staging with 64-bit, branch-free global loads, issued in batches before their
+        # shared-memory stores. With PREFETCH all loads of tile i+1 go into registers before
+        # the mma work of tile i, hiding their latency behind it (costs K_LOADS + 2 V_LOADS
+        # 64-bit registers); without, a tile is staged in chunks of K_CHUNK / V_CHUNK.
         kx = cuda.local.array(K_LOADS, uint64)
         vx = cuda.local.array(V_LOADS, uint64)
         vy = cuda.local.array(V_LOADS, uint64)
@@ -286,10 +330,11 @@ def build(head_size, heads=1, block_n=None, prefetch=None):
         if PREFETCH and n_first <= bhi:
             _load_tile(k, v, kx, vx, vy, n_first, k0, sk, hk, tid)
         for n0 in range(n_first, bhi + 1, BN):
-            if not PREFETCH:
-                _load_tile(k, v, kx, vx, vy, n0, k0, sk, hk, tid)
             cuda.syncthreads()  # everyone is done with the previous tile
-            _store_tile(ks, vs, kx, vx, vy, tid)
+            if PREFETCH:
+                _store_tile(ks, vs, kx, vx, vy, tid)
+            else:
+                _stage_chunked(k, v, ks, vs, kx, vx, vy, n0, k0, sk, hk, tid)
             cuda.syncthreads()
             if PREFETCH and n0 + BN <= bhi:
                 _load_tile(k, v, kx, vx, vy, n0 + BN, k0, sk, hk, tid)
