@@ -66,7 +66,8 @@ def add_arguments(p):
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                    help="NVBench --timeout in seconds per measurement (default %(default)s)")
     p.add_argument("--nvbench-args", default="",
-                   help="extra arguments passed to NVBench verbatim, e.g. '--no-batch'")
+                   help="extra arguments passed to NVBench verbatim; use the = form, e.g. "
+                        "--nvbench-args='--no-batch --cold-warmup-runs 3'")
     p.add_argument("--no-ceilings", action="store_true", help="do not measure the ceilings")
     p.add_argument("--simulate", action="store_true",
                    help="no GPU: run the check+launch pipeline on Numba's CUDA simulator at tiny "

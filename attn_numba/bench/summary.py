@@ -57,6 +57,9 @@ def versions():
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             pass
+    if "attn_numba" not in out:  # run from a checkout without pip install
+        from .. import __version__
+        out["attn_numba"] = __version__ + " (not installed)"
     return out
 
 
