@@ -320,7 +320,6 @@ VARIANTS = [
     ("flash_tc_h1", dict(heads=1)),
     ("flash_tc_noprefetch", dict(prefetch=False)),
     ("flash_tc_bn32", dict(block_n=32)),
-    ("flash_tc_bn32_noprefetch", dict(block_n=32, prefetch=False)),
     ("flash_tc_h1_bn32", dict(heads=1, block_n=32)),
 ]
 
