@@ -19,9 +19,13 @@ Numba kernels run with ``state.exec(..., timer=True)``: the launcher frees the p
 buffers *before* ``timer.start()`` queues NVBench's blocking kernel, and defers frees while the
 stream is blocked, because ``cuMemFree`` synchronises the device and would deadlock against
 the blocking kernel. NVBench does not allow batched (hot) measurements with a manual timer, so
-these kernels get cold timings only (``batch_gpu_time_s`` is null). The PyTorch peers allocate
-from PyTorch's caching allocator, which never synchronises, and use the plain ``state.exec``
-(cold and batch).
+these kernels get cold timings only (``batch_gpu_time_s`` is null). What is timed is the public
+call ``attn_numba.mha_fwd`` on device arrays: its host work is hidden behind the blocking kernel,
+but its two small host-to-device copies of ``cu_seqlens`` run on the stream inside the timed
+region (microseconds; visible only for the fastest kernels). The PyTorch peers reuse blocks of
+PyTorch's caching allocator (no synchronisation in steady state) and use the plain
+``state.exec`` (cold and batch); their per-call Python work (dynamo guards for FlexAttention)
+shows up in the batch time when it exceeds the kernel time.
 """
 from __future__ import annotations
 
