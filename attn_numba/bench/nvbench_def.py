@@ -35,6 +35,7 @@ import time
 import warnings
 
 from .cases import make_case
+from ..warmup import count_compiles
 from .grid import INT_AXES, Config, derived, fmt_mib, iter_configs
 
 BENCHMARK = "run_mha_fwd"
@@ -192,7 +193,12 @@ def register(kernels, grid, checks, modes, progress):
             modes[(kernel, cfg.key())] = mode
             progress.note(f"check {res}; timing ({mode})")
             if case.kind == "kernel":
-                state.exec(numba_launcher(case), timer=True, sync=not blocking)
+                # guardrail: a compile inside the timed region is the log's pathology
+                with count_compiles() as compiles:
+                    state.exec(numba_launcher(case), timer=True, sync=not blocking)
+                if compiles.count:
+                    modes[(kernel, cfg.key())] = mode + f", {compiles.count} COMPILES IN TIMED REGION"
+                    progress.note(f"WARNING: {compiles.count} Numba compilations inside state.exec")
             else:
                 state.exec(torch_launcher(case), sync=not blocking)
         except Exception as exc:  # one broken case must not end the sweep
