@@ -419,6 +419,9 @@ def time_flex(torch, configs, nstream, reps):
     rows = RESULT.setdefault("timings", [])
     try:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        # 5 sizes x 2 masks recompile 10 times: above dynamo's default limit of 8, past
+        # which flex_attention silently runs eagerly (~85 ms at 8192 in our third run)
+        torch._dynamo.config.recompile_limit = 64
         flex = torch.compile(flex_attention, dynamic=False)
     except Exception as exc:  # noqa: BLE001
         RESULT["flex_error"] = f"{type(exc).__name__}: {exc}"

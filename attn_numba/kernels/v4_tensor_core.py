@@ -45,10 +45,11 @@ NAME = "flash_tc"
 BLOCK_M = 64
 WARPS = 4
 THREADS = 32 * WARPS
-#: head sizes with a compiled specialisation, and the key-tile size each uses (256 uses a
-#: smaller tile so that the static shared memory stays under 48 KiB)
+#: head sizes with a compiled specialisation, and the key-tile size each uses. 128: 32 was
+#: fastest on the H100 (notes/v4_tensor_core.md: 64 with prefetch spills, 255 registers +
+#: 528 B local); 256: 32 keeps the static shared memory under 48 KiB. 64: not tuned.
 HEAD_SIZES = (64, 128, 256)
-BLOCK_N = {64: 64, 128: 64, 256: 32}
+BLOCK_N = {64: 64, 128: 32, 256: 32}
 #: prefetch the next K/V tile into registers during the current tile's mma work (costs
 #: registers: off for 256, whose O accumulator alone takes 128 registers per thread)
 PREFETCH_TILES = {64: True, 128: True, 256: False}
