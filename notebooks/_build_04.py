@@ -103,10 +103,10 @@ per process, and the simulator cannot run it (`supports()` refuses it there)."""
 code("""print(mma_bridge.MMA_SOURCE_TEXT)"""),
 md("""## The kernel
 
-`attn_numba/kernels/v4_tensor_core.py`, `build(head_size, heads, block_n)`: 4 warps per block,
+`attn_numba/kernels/v4_tensor_core.py`, `build(head_size, heads, block_n, prefetch)`: 4 warps per block,
 16 query positions per warp; with GQA a block covers `heads` query heads of one group so that
 each staged K/V tile serves all of them. The key loop:"""),
-code("""src = inspect.getsource(v4.build)
+code("""src = inspect.getsource(v4._build)
 start = src.index("        for n0 in range(")
 print(src[start:src.index("        # epilogue")])"""),
 md("""## On a GPU: check it (skipped on a CPU)"""),
@@ -132,29 +132,43 @@ if not os.path.exists(path):
     print("no results committed yet:", path)
 else:
     res = json.load(open(path))
-    print(res["device"], res["date"], res["versions"])
-    if "mma_ceiling" in res and "tflops" in res["mma_ceiling"]:
-        print(f"mma.sync ceiling through the bridge: {res['mma_ceiling']['tflops']:.0f} TFLOP/s")
-    rows = [r for r in res.get("timings", []) if "time_s" in r]
-    kernels_ = sorted({r["kernel"] for r in rows})
+    print(res["device"], "|", res["date"], "|", res["versions"])
+    ceiling = res["mma_ceiling"]["tflops"]
+    print(f"mma.sync ceiling through the bridge, same run: {ceiling:.0f} TFLOP/s")
+    v4_name = res["selected"]["variant"]          # the committed default configuration
+    show = {v4_name: "v4 flash_tc", "flash_v3": "v3 flash", "flex": "FlexAttention"}
+    def valid(r):
+        return "time_s" in r and "invalid" not in r
+    rows = [r for r in res["timings"] if valid(r) and r["kernel"] in show]
+    # FlexAttention points this run could not measure validly come from the first run
+    run1 = json.load(open(os.path.join(root, "results", "h100", "v4_dev_run1.json")))
+    have = {(r["kernel"], r["seq_len"], r["causal"]) for r in rows}
+    extra = [dict(r, from_run1=True) for r in run1["timings"]
+             if r["kernel"] == "flex" and valid(r) and ("flex", r["seq_len"], r["causal"]) not in have]
+    rows += extra
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for causal, ax in zip((0, 1), axes):
         sub = [r for r in rows if r["causal"] == causal]
-        for kname in kernels_:
+        for kname, label in show.items():
             pts = sorted((r["seq_len"], r["time_s"] * 1e3) for r in sub if r["kernel"] == kname)
             if pts:
-                ax.plot(*zip(*pts), "o-", label=kname)
+                ax.plot(*zip(*pts), "o-", label=label)
         floor = sorted({(r["seq_len"], r["memory_floor_s_at_3TBps"] * 1e3) for r in sub})
-        if floor:
-            ax.plot(*zip(*floor), "k--", label="memory floor (3.0 TB/s)")
+        ax.plot(*zip(*floor), "k--", label="memory floor (3.0 TB/s)")
         ax.set(xscale="log", yscale="log", xlabel="seq_len", title=f"causal={causal}")
         ax.set_xticks([512, 1024, 2048, 4096, 8192], labels=["512", "1k", "2k", "4k", "8k"])
-    axes[0].set_ylabel("ms per call"); axes[0].legend(fontsize=8)
+    axes[0].set_ylabel("ms per call (H100, CUDA events, median)"); axes[0].legend(fontsize=8)
     plt.tight_layout(); plt.show()
-    print(f"{'kernel':<12} {'S':>5} {'causal':>6} {'ms':>9} {'TFLOP/s':>8} {'x floor':>8}")
+    flex_t = {(r["seq_len"], r["causal"]): r["time_s"] for r in rows if r["kernel"] == "flex"}
+    print(f"{'kernel':<14} {'S':>5} {'causal':>6} {'ms':>9} {'TFLOP/s':>8} {'% mma':>6} {'x Flex':>7} {'x floor':>8}")
     for r in sorted(rows, key=lambda r: (r["causal"], r["seq_len"], r["kernel"])):
-        print(f"{r['kernel']:<12} {r['seq_len']:5d} {r['causal']:6d} {r['time_s']*1e3:9.4f} "
-              f"{r['tflops']:8.1f} {r['x_memory_floor']:8.2f}")"""),
+        fx = r["time_s"] / flex_t[(r["seq_len"], r["causal"])] if (r["seq_len"], r["causal"]) in flex_t else float("nan")
+        mark = "  (flex from run 1)" if r.get("from_run1") else ""
+        print(f"{show[r['kernel']]:<14} {r['seq_len']:5d} {r['causal']:6d} {r['time_s']*1e3:9.4f} "
+              f"{r['tflops']:8.1f} {100*r['tflops']/ceiling:6.1f} {fx:7.2f} {r['x_memory_floor']:8.2f}{mark}")
+    print("\\nconfigurations tried in the same run (geometric mean time over the grid, ms):")
+    for name, t in sorted(res["selected"]["geomean_s"].items(), key=lambda x: x[1]):
+        print(f"  {name:<22} {t*1e3:.4f}")"""),
 md("""What the numbers mean, and what was tried, is in `notes/v4_tensor_core.md`."""),
 ]
 
