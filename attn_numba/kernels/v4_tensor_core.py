@@ -34,6 +34,7 @@ import functools
 import math
 
 import numpy as np
+from numba import config as numba_config
 from numba import cuda, float32, types, uint32, uint64
 
 from . import mma_bridge
@@ -263,7 +264,10 @@ def _build(head_size, heads, block_n, prefetch):
     pack = mma_bridge.pack_f16x2
     exp2 = mma_bridge.exp2_approx
 
-    @cuda.jit(launch_bounds=(THREADS,))
+    # the simulator's cuda.jit takes no launch_bounds (it cannot run this kernel anyway)
+    jit_kw = {} if numba_config.ENABLE_CUDASIM else dict(launch_bounds=(THREADS,))
+
+    @cuda.jit(**jit_kw)
     def flash_tc_kernel(q, k, v, out, lse, cu_q, cu_k, scale_log2, left, right, lse_batched):
         """q, out: uint32 (total_q, H, D/2) views of fp16; k, v: uint64 (total_k, Hkv, D/4);
         lse float32; scale_log2 = softmax_scale * log2(e). Block (x, y, z) = (positions
