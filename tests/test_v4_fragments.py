@@ -106,6 +106,7 @@ def test_mma_emulator_is_a_matmul(rng):
     (90, 90, (20, 5), 32, 32, 1),      # sliding window: skipped and partial tiles
     (90, 90, (20, 5), 32, 32, 2),      # the same with 2 heads per block (32 positions)
     (66, 66, (0, 0), 16, 32, 2),       # diagonal only
+    (40, 47, (16, 0), 128, 32, 4),     # the committed D=128 configuration, GQA 4 per block
 ])
 def test_emulated_flash_tc_matches_reference(rng, sq, sk, window, head_size, block_n, heads):
     H, Hkv = 4, 2
@@ -186,6 +187,19 @@ def _problem(**kw):
                 lse_batched=True, on_simulator=False)
     base.update(kw)
     return Problem(**base)
+
+
+def test_default_configuration_fits():
+    """Static shared memory under 48 KiB (Numba cannot opt in to more), whole tiles per
+    thread for the staging loops, and GQA packing that divides every group size."""
+    for d in v4.HEAD_SIZES:
+        bn = v4.BLOCK_N[d]
+        assert v4.shared_bytes(d, bn) <= 48 * 1024, d
+        assert bn * (d // 4) % v4.THREADS == 0 and (bn // 2) * (d // 4) % v4.THREADS == 0
+    assert v4.shared_bytes(128, 64) == 34816       # what the H100 reported for this build
+    for group in (1, 2, 3, 4, 6, 8, 16):
+        hb = v4.heads_per_block(group)
+        assert group % hb == 0 and v4.WARPS % hb == 0
 
 
 def test_supports():

@@ -139,6 +139,11 @@ _v_smem_word = cuda.jit(device=True, inline=True, cache=True)(v_smem_word)
 
 # --------------------------------------------------------------------------- the kernel
 
+def shared_bytes(head_size, block_n):
+    """Static shared memory of one block: K tile + pair-interleaved V tile, padded."""
+    return 4 * (block_n * (head_size // 2 + K_PAD) + (block_n // 2) * (head_size + V_PAD))
+
+
 def heads_per_block(group_size):
     """Query heads of one GQA group that share a block (and its K/V tiles): 4, 2 or 1
     (always 1 when GQA_PACK is off)."""
