@@ -21,6 +21,11 @@ intersect its positions' band, staging K and V in shared memory:
   into the A fragment of P.V in registers (the C layout of two n8 tiles is the A layout of
   one k16 step), so P never touches shared memory.
 
+Staging: K and V come in with 64-bit, branch-free global loads (row clamped, value zeroed
+past the sequence), issued in batches before their shared-memory stores; for D <= 128 the
+loads of tile i+1 go into registers before the mma work of tile i (``PREFETCH_TILES``).
+Measured speeds and what was tried: notes/v4_tensor_core.md.
+
 Masking: the tile loop covers only key tiles that intersect the block's band; a warp skips
 tiles outside its own 16 rows' band, and applies the per-element mask only on tiles that
 are not fully inside the band of all of its rows. Rows that see no key get out 0 and
