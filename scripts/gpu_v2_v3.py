@@ -48,15 +48,18 @@ OUT_PATH = None
 H, HKV, D, WIN = 32, 8, 128, 128
 GRID = (512, 1024, 2048, 4096, 8192)
 
-#: v3 tile configurations tried at head_size 128 (BM, BN, NT, TM, TN, DK, BK)
+#: v3 configurations tried at head_size 128: (tiles (BM, BN, NT, TM, TN, DK, BK), min blocks
+#: per SM for the launch bounds, 0 = none)
+T = v3.Tiles
 SWEEP = [
-    v3.Tiles(64, 64, 128, 8, 4, 16, 16),
-    v3.Tiles(64, 64, 128, 8, 4, 32, 16),
-    v3.Tiles(64, 64, 256, 4, 4, 16, 16),
-    v3.Tiles(128, 32, 256, 8, 2, 16, 16),
-    v3.Tiles(64, 32, 128, 8, 2, 16, 16),
-    v3.Tiles(64, 32, 256, 4, 2, 16, 16),
-    v3.Tiles(32, 32, 64, 4, 4, 16, 16),
+    (T(64, 64, 128, 8, 4, 16, 16), 0),
+    (T(64, 64, 128, 8, 4, 32, 16), 0),
+    (T(64, 64, 256, 4, 4, 16, 16), 2),
+    (T(64, 64, 256, 4, 4, 32, 16), 2),
+    (T(64, 64, 256, 4, 4, 16, 16), 0),
+    (T(64, 32, 256, 4, 2, 16, 16), 2),
+    (T(64, 32, 256, 4, 2, 32, 16), 2),
+    (T(128, 32, 256, 8, 2, 16, 16), 0),
 ]
 
 
@@ -205,17 +208,18 @@ def sweep_stage(torch, nstream, reps, budget):
         low, _ = mha_fwd_ref(qh, kh, vh, p_dtype=np.float16, **kw)
         refs[causal] = (ref, ref_lse, low.astype(np.float16).astype(np.float64))
     inputs = {S: log_inputs(torch, S) for S in (2048, 8192)}
-    for tiles in SWEEP:
+    for tiles, mb in SWEEP:
         if elapsed() > budget:
             log("sweep: out of time budget, stopping")
             break
-        row = dict(tiles=tiles.asdict(), shared_bytes=v3.shared_bytes(D, tiles))
+        row = dict(tiles=tiles.asdict(), min_blocks=mb, shared_bytes=v3.shared_bytes(D, tiles))
         try:
             t0 = time.perf_counter()
             dq, dk, dv, dout, dlse, dcu = arrs
             for causal in (0, 1):
                 p = log_problem(S_check, causal)
-                v3.launch(p, dq, dk, dv, dout, dlse, dcu, dcu, nstream, tiles=tiles)
+                v3.launch(p, dq, dk, dv, dout, dlse, dcu, dcu, nstream, tiles=tiles,
+                          min_blocks=mb)
                 torch.cuda.synchronize()
                 if causal == 0:
                     row["first_call_s"] = time.perf_counter() - t0
@@ -223,22 +227,23 @@ def sweep_stage(torch, nstream, reps, budget):
                 c = compare(tout.cpu().numpy()[None], tlse.cpu().numpy(), ref, ref_lse, low,
                             np.float16)
                 row[f"check_c{causal}"] = dict(ok=c.ok, max_err=c.max_err, tol=c.tol)
-            kern = v3.build(D, tiles)
+            kern = v3.build(D, tiles, v3.stacked_heads(H // HKV, tiles), False, mb, True)
             row.update(resources(kern))
             for S, (_, (dq, dk, dv, dout, dlse, dcu)) in inputs.items():
                 for causal in (0, 1):
                     p = log_problem(S, causal)
                     t, _ = time_launch(torch, lambda: v3.launch(
-                        p, dq, dk, dv, dout, dlse, dcu, dcu, nstream, tiles=tiles), reps)
+                        p, dq, dk, dv, dout, dlse, dcu, dcu, nstream, tiles=tiles,
+                        min_blocks=mb), reps)
                     f = base_row(S, causal)["windowed_flops"]
                     row[f"t_{S}_c{causal}"] = t
                     row[f"tflops_{S}_c{causal}"] = f / t / 1e12
-            log("sweep", tuple(tiles), {k: (round(v, 6) if isinstance(v, float) else v)
+            log("sweep", tuple(tiles), mb, {k: (round(v, 6) if isinstance(v, float) else v)
                                         for k, v in row.items() if k.startswith(("t_", "regs"))},
                 "check", row["check_c0"]["ok"], row["check_c1"]["ok"])
         except Exception as exc:
             row.update(error=f"{type(exc).__name__}: {exc}"[:1500])
-            log("sweep", tuple(tiles), "ERROR", row["error"][:300])
+            log("sweep", tuple(tiles), mb, "ERROR", row["error"][:300])
         rows.append(row)
         RESULT["v3_sweep"] = rows
         save()
@@ -247,9 +252,10 @@ def sweep_stage(torch, nstream, reps, budget):
         score = lambda r: math.exp(statistics.mean(  # noqa: E731  geometric mean of times
             math.log(r[f"t_{S}_c{c}"]) for S in (2048, 8192) for c in (0, 1)))
         best = min(good, key=score)
-        RESULT["v3_sweep_best"] = dict(tiles=best["tiles"], geo_mean_time_s=score(best))
+        RESULT["v3_sweep_best"] = dict(tiles=best["tiles"], min_blocks=best["min_blocks"],
+                                       geo_mean_time_s=score(best))
         save()
-        return v3.Tiles(**best["tiles"])
+        return v3.Tiles(**best["tiles"]), best["min_blocks"]
     return None
 
 
@@ -271,8 +277,9 @@ def resources(kern):
 def grid_stage(torch, nstream, reps, best_tiles):
     rows = []
     mods = [("naive", kernels.get("naive"), {}), ("tiled", v2, {}), ("flash", v3, {})]
-    if best_tiles is not None and tuple(best_tiles) != tuple(v3.GPU_TILES[128]):
-        mods.append(("flash_best_sweep", v3, dict(tiles=best_tiles)))
+    default = (tuple(v3.GPU_CONFIG[128][0]), v3.GPU_CONFIG[128][1])
+    if best_tiles is not None and (tuple(best_tiles[0]), best_tiles[1]) != default:
+        mods.append(("flash_best_sweep", v3, dict(tiles=best_tiles[0], min_blocks=best_tiles[1])))
     for S in GRID:
         _, (dq, dk, dv, dout, dlse, dcu) = log_inputs(torch, S)
         for causal in (0, 1):
@@ -304,10 +311,18 @@ def resources_stage():
             if not fn.overloads:
                 continue
             res.append(dict(kernel=label, func=name, **resources(fn)))
-    for tiles in SWEEP:
-        fn = v3.build(D, tiles)
+    for D_ in (64, 128, 256):   # what the checks and the grid compiled (gh = 1, 2, 4, 8)
+        t, mb = v3.GPU_CONFIG[D_]
+        for gh in (1, 2, 4, 8):
+            fn = v3.build(D_, t, gh, False, mb, True)
+            if fn.overloads:
+                res.append(dict(kernel="flash", func=f"default D={D_} gh={gh} {tuple(t)}",
+                                **resources(fn)))
+    for tiles, mb in SWEEP:
+        fn = v3.build(D, tiles, v3.stacked_heads(H // HKV, tiles), False, mb, True)
         if fn.overloads:
-            res.append(dict(kernel="flash", func=f"sweep {tuple(tiles)}", **resources(fn)))
+            res.append(dict(kernel="flash", func=f"sweep {tuple(tiles)} min_blocks={mb}",
+                            **resources(fn)))
     RESULT["resources"] = res
     save()
     for r in res:
@@ -339,7 +354,8 @@ def main():
                                 torch=torch.__version__, cuda_runtime=torch.version.cuda),
                   config=dict(num_seqs=1, num_heads=H, num_kv_heads=HKV, head_size=D,
                               window=[WIN, WIN], dtype="float16", reps=a.reps),
-                  default_tiles={str(k): t.asdict() for k, t in v3.GPU_TILES.items()},
+                  default_tiles={str(k): dict(t.asdict(), min_blocks=mb)
+                                 for k, (t, mb) in v3.GPU_CONFIG.items()},
                   method="kernel launch on resident device arrays; CUDA events; stream held by "
                          "torch.cuda._sleep before the start event; warm-up; median")
     save()

@@ -35,12 +35,13 @@ def test_flash_varlen_zero_lengths(rng):
 
 
 def test_stacked_heads():
-    assert v3_flash.stacked_heads(4, 64) == 4
-    assert v3_flash.stacked_heads(8, 64) == 8
-    assert v3_flash.stacked_heads(16, 64) == 8
-    assert v3_flash.stacked_heads(1, 64) == 1
-    assert v3_flash.stacked_heads(6, 64) == 2
-    assert v3_flash.stacked_heads(8, 8) == 8
+    t = v3_flash.Tiles(BM=64, BN=64, NT=128, TM=8, TN=4, DK=16, BK=16)
+    assert v3_flash.stacked_heads(4, t) == 4
+    assert v3_flash.stacked_heads(8, t) == 8
+    assert v3_flash.stacked_heads(16, t) == 8
+    assert v3_flash.stacked_heads(1, t) == 1
+    assert v3_flash.stacked_heads(6, t) == 2
+    assert v3_flash.stacked_heads(8, v3_flash.SIM_TILES) == 8
 
 
 def test_bad_tiles_are_refused():

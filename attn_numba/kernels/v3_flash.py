@@ -41,6 +41,7 @@ import functools
 import math
 
 import numpy as np
+from numba import config as numba_config
 from numba import cuda, float32, types
 
 from .common import NEG_INF, array_type, key_range
@@ -78,20 +79,22 @@ class Tiles(tuple):
         return "Tiles(" + ", ".join(f"{n}={v}" for n, v in zip(self.names, self)) + ")"
 
 
-#: GPU defaults per padded head size class (picked from the H100 sweep in
-#: scripts/gpu_v2_v3.py; see notes/kernels_v2_v3.md).
-GPU_TILES = {
-    64: Tiles(BM=64, BN=64, NT=128, TM=8, TN=4, DK=16, BK=16),
-    128: Tiles(BM=64, BN=64, NT=128, TM=8, TN=4, DK=16, BK=16),
-    256: Tiles(BM=64, BN=64, NT=256, TM=4, TN=4, DK=16, BK=16),
+#: GPU defaults per padded head size: (tiles, blocks per SM the register allocator must
+#: allow through launch bounds, 0 = no bound). Picked from the H100 sweep in
+#: scripts/gpu_v2_v3.py (see notes/kernels_v2_v3.md).
+GPU_CONFIG = {
+    64: (Tiles(BM=64, BN=64, NT=256, TM=4, TN=4, DK=16, BK=16), 2),
+    128: (Tiles(BM=64, BN=64, NT=256, TM=4, TN=4, DK=16, BK=16), 2),
+    256: (Tiles(BM=64, BN=64, NT=256, TM=4, TN=4, DK=16, BK=16), 0),
 }
+GPU_TILES = {d: t for d, (t, _) in GPU_CONFIG.items()}
 #: tiny tiles for the simulator (one Python thread per CUDA thread)
 SIM_TILES = Tiles(BM=8, BN=8, NT=16, TM=2, TN=2, DK=8, BK=4)
 #: width of the vector shared loads (floats), shared-array row padding and alignment (bytes)
 VEC, PAD, ALIGN = 4, 4, 16
-#: inner-loop unrolling by hand (Numba has no unroll pragma): head-dim steps per iteration of
-#: the S loop, key steps per iteration of the PV loop
-UNROLL_S, UNROLL_PV = 2, 2
+#: inner-loop unrolling by hand (Numba has no unroll pragma): each iteration of the S loop
+#: does about this many FMAs (several head-dim steps), each iteration of the PV loop this many
+UNROLL_S_FMAS, UNROLL_PV_FMAS = 64, 128
 #: most query heads stacked into one block (they must share a KV head)
 MAX_STACKED_HEADS = 8
 
@@ -108,17 +111,26 @@ def derived(D, tiles):
     if TD == 0 or D % CG or TD % VD or TN % VN:
         errs.append(f"head dim {D} must be a multiple of BN/TN = {CG}, with TD = D*TN/BN and TN "
                     f"multiples of {VEC} (or below it)")
-    if D % DK or NT % DK or (BM * DK) % NT or (BN * DK) % NT:
-        errs.append("need D % DK == NT % DK == 0 and BM*DK, BN*DK multiples of NT")
-    if DK % UNROLL_S or BK % UNROLL_PV:
-        errs.append(f"need DK % {UNROLL_S} == 0 and BK % {UNROLL_PV} == 0")
-    if BN % BK or (BK * D) % NT or (NT % D and D % NT):
-        errs.append("need BN % BK == 0, BK*D a multiple of NT, and NT | D or D | NT")
+    if (NT % BM and BM % NT) or (NT % BN and BN % NT) or NT % BK:
+        errs.append("need NT | BM or BM | NT, NT | BN or BN | NT, and BK | NT")
+    # staging: TPR threads per row, each loading E columns (strided by TPR) of PASSES rows
+    tq, tk, tv = max(1, NT // BM), max(1, NT // BN), NT // BK if BK else 1
+    if DK % tq or DK % tk or D % max(tv, 1) or D % DK:
+        errs.append("need DK divisible by NT/BM and NT/BN, D by NT/BK and by DK")
+    if BN % BK:
+        errs.append("need BN % BK == 0")
     if errs:
         raise ValueError(f"bad tiles {tiles!r} for D={D}: " + "; ".join(errs))
+    us, upv = 1, 1   # hand unrolling: powers of two dividing DK (BK) near the FMA targets
+    while 2 * us * TM * TN <= UNROLL_S_FMAS and DK % (2 * us) == 0:
+        us *= 2
+    while 2 * upv * TM * TD <= UNROLL_PV_FMAS and BK % (2 * upv) == 0 and upv < 2:
+        upv *= 2
     return dict(RG=RG, CG=CG, TD=TD, VN=VN, VD=VD, NDC=D // DK, NKC=BN // BK,
-                Q_LOADS=BM * DK // NT, K_LOADS=BN * DK // NT, V_LOADS=BK * D // NT,
-                ROW_STEP=NT // DK)
+                UNROLL_S=us, UNROLL_PV=upv,
+                Q_TPR=tq, Q_E=DK // tq, Q_PASS=max(1, BM // NT), Q_RSTEP=NT // tq,
+                K_TPR=tk, K_E=DK // tk, K_PASS=max(1, BN // NT), K_RSTEP=NT // tk,
+                V_TPR=tv, V_E=D // tv)
 
 
 def shared_bytes(D, tiles):
@@ -128,65 +140,89 @@ def shared_bytes(D, tiles):
     return 4 * (DK * (BM + PAD) + DK * (BN + PAD) + BN * (BM + PAD) + BK * D + BM * d["CG"])
 
 
-@functools.lru_cache(maxsize=None)
-def build(D, tiles, sim=False):
-    """The flash kernel for padded head dim ``D`` and tile configuration ``tiles``.
+def build(D, tiles, gh=1, sim=False, min_blocks=0, exact=True):
+    """The flash kernel for padded head dim ``D``, tile configuration ``tiles`` and ``gh``
+    stacked query heads per block (see :func:`_build`)."""
+    return _build(int(D), Tiles(*tiles), int(gh), bool(sim), int(min_blocks), bool(exact))
 
-    Every size is a closure constant, so loops over tiles unroll and the per-thread patches
-    (``cuda.local.array``) live in registers. ``sim`` drops the 16-byte alignment of the
-    shared arrays (which lets the compiler use 128-bit shared loads), which the simulator
-    does not support.
+
+@functools.lru_cache(maxsize=None)
+def _build(D, tiles, gh, sim, min_blocks, exact):
+    """Every size is a closure constant, so loops over tiles unroll, the per-thread patches
+    (``cuda.local.array``) live in registers, and the row -> (query, head) mapping is a shift.
+    ``sim`` drops the 16-byte alignment of the shared arrays (which lets the compiler use
+    128-bit shared loads) since the simulator does not support it. ``min_blocks`` > 0 asks
+    the compiler (launch bounds) to fit that many blocks per SM in the register file.
+    ``exact`` means head_size == D: no column of Q, K, V needs bounds checks or zero fill.
     """
     BM, BN, NT, TM, TN, DK, BK = tiles
     c = derived(D, tiles)
+    if BM % gh or TM % gh and gh % TM:
+        raise ValueError(f"gh={gh} must divide BM={BM}, and divide or be a multiple of TM={TM}")
     RG, CG, TD, VN, VD = c["RG"], c["CG"], c["TD"], c["VN"], c["VD"]
     NDC, NKC = c["NDC"], c["NKC"]
-    Q_LOADS, K_LOADS, V_LOADS, ROW_STEP = c["Q_LOADS"], c["K_LOADS"], c["V_LOADS"], c["ROW_STEP"]
+    Q_TPR, Q_E, Q_PASS, Q_RSTEP = c["Q_TPR"], c["Q_E"], c["Q_PASS"], c["Q_RSTEP"]
+    K_TPR, K_E, K_PASS, K_RSTEP = c["K_TPR"], c["K_E"], c["K_PASS"], c["K_RSTEP"]
+    V_TPR, V_E = c["V_TPR"], c["V_E"]
+    UNROLL_S, UNROLL_PV = c["UNROLL_S"], c["UNROLL_PV"]
     BMP, BNP = BM + PAD, BN + PAD  # padded rows: fewer bank conflicts, 16-byte aligned
     TMTD, TMTN = TM * TD, TM * TN
+    QE_ALL, KE_ALL = Q_PASS * Q_E, K_PASS * K_E
     SIM = bool(sim)
-    V_WIDE = NT >= D               # V staging: a pass covers whole rows (else part of one)
-    V_ROWS = NT // D if V_WIDE else 1
-    V_PER_ROW = 1 if V_WIDE else D // NT
+    EXACT = bool(exact)
+    BIG = 1 << 40                  # "unbounded" window side
+    jit_kw = dict(cache=True)
+    if min_blocks and not sim and not numba_config.ENABLE_CUDASIM:  # (simulator: no bounds)
+        jit_kw["launch_bounds"] = (NT, min_blocks)
 
     @cuda.jit(device=True, inline=True, cache=True)
-    def _load_qk(q, k, qr, kr, st_off, d0, sd, srow, kt, hi, k_start, k_row, hk, hs, hs_last,
-                 scale_log2):
-        """Q and K values of the chunk starting at column d0 into registers (0 outside)."""
-        d = d0 + sd
-        dc = min(d, hs_last)
-        for e in range(Q_LOADS):
-            off = st_off[e]
-            x = float32(q[U(max(off, 0) + dc)]) * scale_log2
-            qr[e] = x if off >= 0 and d < hs else ZERO
-        for e in range(K_LOADS):
-            j = kt + srow + e * ROW_STEP
-            x = float32(k[U((k_start + min(j, hi)) * k_row + hk * hs + dc)])
-            kr[e] = x if j <= hi and d < hs else ZERO
+    def _load_qk(q, k, qr, kr, q_off, d0, tid, kt, hi, k_start, k_row, hk, hs, scale_log2):
+        """Q and K values of the chunk starting at column d0 into registers. Thread tid loads
+        columns tid % TPR + x*TPR of rows tid // TPR + p*RSTEP. Rows past the block's queries
+        or keys read a clamped (valid) row instead: their scores are masked out later."""
+        for pp in range(Q_PASS):
+            off = q_off[pp]
+            for x in range(Q_E):
+                d = d0 + tid % Q_TPR + x * Q_TPR
+                if EXACT:
+                    qr[pp * Q_E + x] = float32(q[U(off + d)]) * scale_log2
+                else:
+                    val = float32(q[U(off + min(d, hs - 1))]) * scale_log2
+                    qr[pp * Q_E + x] = val if d < hs else ZERO
+        for pp in range(K_PASS):
+            j = min(kt + tid // K_TPR + pp * K_RSTEP, hi)
+            off = (k_start + j) * k_row + hk * hs
+            for x in range(K_E):
+                d = d0 + tid % K_TPR + x * K_TPR
+                if EXACT:
+                    kr[pp * K_E + x] = float32(k[U(off + d)])
+                else:
+                    val = float32(k[U(off + min(d, hs - 1))])
+                    kr[pp * K_E + x] = val if d < hs else ZERO
 
     @cuda.jit(device=True, inline=True, cache=True)
-    def _load_v(v, vr, tid, kt, hi, k_start, k_row, hk, hs, hs_last):
-        """V values of the BK keys starting at kt into registers (0 outside)."""
-        for e in range(V_LOADS):
-            if V_WIDE:
-                cv = tid // D + e * V_ROWS
-                dv = tid % D
+    def _load_v(v, vr, tid, kt, hi, k_start, k_row, hk, hs):
+        """V values of the BK keys starting at kt into registers (0 past the last key, so
+        that 0-probability keys can never bring a non-finite value into P V)."""
+        j = kt + tid // V_TPR
+        off = (k_start + min(j, hi)) * k_row + hk * hs
+        for x in range(V_E):
+            d = tid % V_TPR + x * V_TPR
+            if EXACT:
+                val = float32(v[U(off + d)])
+                vr[x] = val if j <= hi else ZERO
             else:
-                cv = e // V_PER_ROW
-                dv = (e % V_PER_ROW) * NT + tid
-            j = kt + cv
-            x = float32(v[U((k_start + min(j, hi)) * k_row + hk * hs + min(dv, hs_last))])
-            vr[e] = x if j <= hi and dv < hs else ZERO
+                val = float32(v[U(off + min(d, hs - 1))])
+                vr[x] = val if j <= hi and d < hs else ZERO
 
-    @cuda.jit(cache=True)
+    @cuda.jit(**jit_kw)
     def flash_kernel(q, k, v, out, lse, cu_q, cu_k, num_heads, num_kv_heads, hs, scale_log2,
-                     left, right, lse_batched, gh):
+                     left, right, lse_batched):
         tid = cuda.threadIdx.x
         b = cuda.blockIdx.z
         q_start = cu_q[b]
         sq = cu_q[b + 1] - q_start
-        bq = BM // gh                        # queries per block
-        qbeg = cuda.blockIdx.x * bq
+        qbeg = cuda.blockIdx.x * (BM // gh)  # first query of the block
         if qbeg >= sq:
             return
         k_start = cu_k[b]
@@ -201,31 +237,34 @@ def build(D, tiles, sim=False):
             Kt = cuda.shared.array((DK, BNP), float32)   # K chunk, transposed: [d, key]
             Pt = cuda.shared.array((BN, BMP), float32)   # P tile, transposed: [key, row]
             Vs = cuda.shared.array((BK, D), float32)     # V chunk: [key, d]
+            red = cuda.shared.array((BM, CG), float32)   # row max / row sum partials
         else:
             Qt = cuda.shared.array((DK, BMP), float32, ALIGN)
             Kt = cuda.shared.array((DK, BNP), float32, ALIGN)
             Pt = cuda.shared.array((BN, BMP), float32, ALIGN)
             Vs = cuda.shared.array((BK, D), float32, ALIGN)
-        red = cuda.shared.array((BM, CG), float32)       # row max / row sum partials
+            red = cuda.shared.array((BM, CG), float32, ALIGN)
 
         # S phase: rows ty*TM + i, keys in groups of VN: (j//VN)*VN*CG + tx*VN + j%VN.
         # PV phase: the same rows, head-dim columns (x//VD)*VD*CG + tx*VD + x%VD.
+        # Row r is query qbeg + r // gh of head h0 + r % gh.
         ty = tid // CG
         tx = tid % CG
-        sd = tid % DK                        # staging: column sd of rows srow + e*ROW_STEP
-        srow = tid // DK
 
         # keys visible to the block: the union of its rows' ranges
-        qlast = min(qbeg + bq, sq) - 1
+        nq = min(BM // gh, sq - qbeg)        # queries of this block inside the sequence
         lo, _ = key_range(qbeg, sq, sk, left, right)
-        _, hi = key_range(qlast, sq, sk, left, right)
+        _, hi = key_range(qbeg + nq - 1, sq, sk, left, right)
+        # row (query qi) sees key j iff dlo <= j - qi <= dhi, and j <= hi
+        dlo = sk - sq - left if left >= 0 else -BIG
+        dhi = sk - sq + right if right >= 0 else BIG
 
-        # element offset of each q row this thread stages (-1: past the sequence)
-        st_off = cuda.local.array(Q_LOADS, types.int64)
-        for e in range(Q_LOADS):
-            r = srow + e * ROW_STEP
-            qi = qbeg + r // gh
-            st_off[e] = (q_start + qi) * q_row + (h0 + r % gh) * hs if qi < sq else -1
+        # element offset of each q row this thread stages (rows past the sequence read the
+        # block's last query instead; they are never written)
+        q_off = cuda.local.array(Q_PASS, types.int64)
+        for pp in range(Q_PASS):
+            r = tid // Q_TPR + pp * Q_RSTEP
+            q_off[pp] = (q_start + qbeg + min(r // gh, nq - 1)) * q_row + (h0 + r % gh) * hs
 
         m = cuda.local.array(TM, float32)        # running max (log2 units)
         lsum = cuda.local.array(TM, float32)     # partial row sum over this thread's keys
@@ -240,29 +279,35 @@ def build(D, tiles, sim=False):
         kb = cuda.local.array(TN, float32)
         vb = cuda.local.array(TD, float32)
         alpha = cuda.local.array(TM, float32)    # per-row rescale factor, later 1/l
-        qr = cuda.local.array(Q_LOADS, float32)  # staged values in flight (next chunk)
-        kr = cuda.local.array(K_LOADS, float32)
-        vr = cuda.local.array(V_LOADS, float32)
         mu = cuda.local.array(TM, float32)       # per-row max used for exp2, later lse
+        qr = cuda.local.array(QE_ALL, float32)   # staged values in flight (next chunk)
+        kr = cuda.local.array(KE_ALL, float32)
+        vr = cuda.local.array(V_E, float32)
 
-        hs_last = hs - 1
+        # global loads run one staging chunk ahead, across phases and tiles: the first Q/K
+        # chunk of the next tile is loaded during the PV phase, V's first chunk during the
+        # last S chunk
+        if lo <= hi:   # (no key at all: no load, the loop below does not run)
+            _load_qk(q, k, qr, kr, q_off, 0, tid, lo, hi, k_start, k_row, hk, hs, scale_log2)
         for kt in range(lo, hi + 1, BN):
-            # ---- S = Q K^T over DK-column chunks. Global loads are unconditional (indices
-            # clamped into range, the value zeroed after) and one chunk ahead (registers).
+            # ---- S = Q K^T over DK-column chunks
             for x in range(TMTN):
                 s[x] = ZERO
             for dc in range(NDC):
-                if dc == 0:
-                    _load_qk(q, k, qr, kr, st_off, 0, sd, srow, kt, hi, k_start, k_row, hk, hs,
-                             hs_last, scale_log2)
-                for e in range(Q_LOADS):
-                    Qt[U(sd), U(srow + e * ROW_STEP)] = qr[e]
-                for e in range(K_LOADS):
-                    Kt[U(sd), U(srow + e * ROW_STEP)] = kr[e]
+                for pp in range(Q_PASS):
+                    for x in range(Q_E):
+                        Qt[U(tid % Q_TPR + x * Q_TPR), U(tid // Q_TPR + pp * Q_RSTEP)] = \
+                            qr[pp * Q_E + x]
+                for pp in range(K_PASS):
+                    for x in range(K_E):
+                        Kt[U(tid % K_TPR + x * K_TPR), U(tid // K_TPR + pp * K_RSTEP)] = \
+                            kr[pp * K_E + x]
                 cuda.syncthreads()
                 if dc + 1 < NDC:
-                    _load_qk(q, k, qr, kr, st_off, (dc + 1) * DK, sd, srow, kt, hi, k_start,
-                             k_row, hk, hs, hs_last, scale_log2)
+                    _load_qk(q, k, qr, kr, q_off, (dc + 1) * DK, tid, kt, hi, k_start, k_row,
+                             hk, hs, scale_log2)
+                else:
+                    _load_v(v, vr, tid, kt, hi, k_start, k_row, hk, hs)
                 for d0 in range(0, DK, UNROLL_S):
                     for u in range(UNROLL_S):
                         for i in range(TM):
@@ -276,18 +321,27 @@ def build(D, tiles, sim=False):
 
             # ---- online softmax: mask, tile row max through shared memory, rescale.
             # (Small separate loops: each one unrolls fully, so the patches stay in registers.)
-            for i in range(TM):
-                qi = qbeg + (ty * TM + i) // gh
-                a, z = key_range(qi, sq, sk, left, right)
-                if qi >= sq:
-                    z = a - 1
-                mx = NEG_INF
-                for jj in range(TN):
-                    j = kt + (jj // VN) * VN * CG + tx * VN + jj % VN
-                    if j < a or j > z:
-                        s[i * TN + jj] = NEG_INF
-                    mx = max(mx, s[i * TN + jj])
-                red[U(ty * TM + i), U(tx)] = mx
+            # key j = kt + kj, query qi = qbeg + rq is visible iff lo_t <= kj - rq <= hi_t
+            # and kj <= last (rows past the sequence are left unmasked: never written)
+            lo_t = dlo - kt + qbeg
+            hi_t = dhi - kt + qbeg
+            last = hi - kt
+            if 1 - nq >= lo_t and BN - 1 <= hi_t and BN - 1 <= last:   # tile fully visible
+                for i in range(TM):
+                    mx = NEG_INF
+                    for jj in range(TN):
+                        mx = max(mx, s[i * TN + jj])
+                    red[U(ty * TM + i), U(tx)] = mx
+            else:
+                for i in range(TM):
+                    rq = (ty * TM + i) // gh
+                    mx = NEG_INF
+                    for jj in range(TN):
+                        kj = (jj // VN) * VN * CG + tx * VN + jj % VN
+                        if kj - rq < lo_t or kj - rq > hi_t or kj > last:
+                            s[i * TN + jj] = NEG_INF
+                        mx = max(mx, s[i * TN + jj])
+                    red[U(ty * TM + i), U(tx)] = mx
             cuda.syncthreads()
             for i in range(TM):
                 mx = m[i]
@@ -307,17 +361,16 @@ def build(D, tiles, sim=False):
             for x in range(TMTD):
                 o[x] *= alpha[x // TD]
 
-            # ---- O += P V over BK-key chunks (V loads one chunk ahead, like Q and K)
-            _load_v(v, vr, tid, kt, hi, k_start, k_row, hk, hs, hs_last)
+            # ---- O += P V over BK-key chunks (vr already holds the first chunk)
             for kc in range(NKC):
-                for e in range(V_LOADS):
-                    if V_WIDE:
-                        Vs[U(tid // D + e * V_ROWS), U(tid % D)] = vr[e]
-                    else:
-                        Vs[U(e // V_PER_ROW), U((e % V_PER_ROW) * NT + tid)] = vr[e]
+                for x in range(V_E):
+                    Vs[U(tid // V_TPR), U(tid % V_TPR + x * V_TPR)] = vr[x]
                 cuda.syncthreads()   # (the first one also publishes Pt)
                 if kc + 1 < NKC:
-                    _load_v(v, vr, tid, kt + (kc + 1) * BK, hi, k_start, k_row, hk, hs, hs_last)
+                    _load_v(v, vr, tid, kt + (kc + 1) * BK, hi, k_start, k_row, hk, hs)
+                else:   # the next tile's first Q/K chunk (clamped past the end: harmless)
+                    _load_qk(q, k, qr, kr, q_off, 0, tid, kt + BN, hi, k_start, k_row, hk, hs,
+                             scale_log2)
                 for k0 in range(0, BK, UNROLL_PV):
                     for u in range(UNROLL_PV):
                         for x in range(TD):
@@ -342,7 +395,7 @@ def build(D, tiles, sim=False):
         for i in range(TM):
             r = ty * TM + i
             qi = qbeg + r // gh
-            base = (q_start + qi) * q_row + (h0 + r % gh) * hs if qi < sq else -1
+            base = (q_start + qi) * q_row + (h0 + r % gh) * hs if r // gh < nq else -1
             for x in range(TD):
                 dcol = (x // VD) * VD * CG + tx * VD + x % VD
                 if base >= 0 and dcol < hs:
@@ -351,7 +404,7 @@ def build(D, tiles, sim=False):
             for i in range(TM):
                 r = ty * TM + i
                 qi = qbeg + r // gh
-                if qi < sq:
+                if r // gh < nq:
                     if lse_batched:
                         lse[b, h0 + r % gh, qi] = mu[i]
                     else:
@@ -375,12 +428,15 @@ def tiles_for(head_size, on_simulator):
     return GPU_TILES[padded_head_size(head_size)]
 
 
-def stacked_heads(group_size, BM):
+def stacked_heads(group_size, tiles):
     """Query heads stacked per block: the largest divisor of the GQA group size that is at
-    most MAX_STACKED_HEADS and leaves at least BM/8 queries per block."""
+    most MAX_STACKED_HEADS, divides BM, divides TM or is a multiple of it, and leaves at
+    least BM/8 queries per block."""
+    BM, TM = tiles[0], tiles[3]
     best = 1
     for g in range(1, min(group_size, MAX_STACKED_HEADS) + 1):
-        if group_size % g == 0 and BM % g == 0 and BM // g >= max(1, BM // 8):
+        if (group_size % g == 0 and BM % g == 0 and (TM % g == 0 or g % TM == 0)
+                and BM // g >= max(1, BM // 8)):
             best = g
     return best
 
@@ -393,15 +449,18 @@ def supports(problem):
     return None
 
 
-def launch(problem, q, k, v, out, lse, cu_q, cu_k, stream, tiles=None):
-    """Enqueue the flash kernel on ``stream``. ``tiles`` overrides the default tiles
-    (used by the tile sweep in scripts/gpu_v2_v3.py)."""
+def launch(problem, q, k, v, out, lse, cu_q, cu_k, stream, tiles=None, min_blocks=None):
+    """Enqueue the flash kernel on ``stream``. ``tiles`` and ``min_blocks`` override the
+    defaults (used by the tile sweep in scripts/gpu_v2_v3.py)."""
     sim = bool(problem.on_simulator)
+    D = padded_head_size(problem.head_size, sim)
     if tiles is None:
-        tiles = tiles_for(problem.head_size, sim)
-    kernel = build(padded_head_size(problem.head_size, sim), tiles, sim)
+        tiles, mb = (SIM_TILES, 0) if sim else GPU_CONFIG[D]
+        min_blocks = mb if min_blocks is None else min_blocks
+    min_blocks = 0 if sim or min_blocks is None else min_blocks
+    gh = stacked_heads(problem.group_size, tiles)
+    kernel = build(D, tiles, gh, sim, min_blocks, problem.head_size == D)
     BM, NT = tiles[0], tiles[2]
-    gh = stacked_heads(problem.group_size, BM)
     bq = BM // gh
     grid = ((max(problem.max_seqlen_q, 1) + bq - 1) // bq, problem.num_heads // gh, problem.batch)
     kernel[grid, NT, stream](
@@ -409,18 +468,19 @@ def launch(problem, q, k, v, out, lse, cu_q, cu_k, stream, tiles=None):
         cu_q, cu_k, np.int64(problem.num_heads), np.int64(problem.num_kv_heads),
         np.int64(problem.head_size), np.float32(problem.softmax_scale * math.log2(math.e)),
         np.int64(problem.window_left), np.int64(problem.window_right),
-        bool(problem.lse_batched), np.int64(gh))
+        bool(problem.lse_batched))
 
 
 def _signature(dtype):
     a1 = array_type(dtype, 1)
     i64 = types.int64
     return (a1, a1, a1, a1, array_type(np.float32, 3), array_type(np.int32, 1),
-            array_type(np.int32, 1), i64, i64, i64, types.float32, i64, i64, types.boolean, i64)
+            array_type(np.int32, 1), i64, i64, i64, types.float32, i64, i64, types.boolean)
 
 
-#: the specialised kernels (default GPU tiles), by name
-KERNEL_FUNCS = {f"flash_kernel_d{D}": build(D, GPU_TILES[D]) for D in (64, 128, 256)}
+#: the specialised kernels (default GPU tiles, the log's GQA group of 4 stacked), by name
+KERNEL_FUNCS = {f"flash_kernel_d{D}": build(D, t, stacked_heads(4, t), False, mb)
+                for D, (t, mb) in GPU_CONFIG.items()}
 
 
 def ptx_signatures(head_size, dtype):
@@ -428,10 +488,18 @@ def ptx_signatures(head_size, dtype):
     return {name: _signature(dtype) for name in KERNEL_FUNCS}
 
 
-def compile_targets(head_size, dtype, tiles=None):
-    """``[(label, py_func, signature)]`` of the specialisation that runs ``head_size`` on a
-    GPU, for ``cuda.compile_ptx``."""
-    if tiles is None:
-        tiles = tiles_for(head_size, False)
+def compile_targets(head_size, dtype, tiles=None, gh=None, min_blocks=None):
+    # (exact head size when it is 64/128/256, zero-padded columns otherwise)
+    """``[(label, py_func, signature)]`` of the specialisations that run ``head_size`` on a
+    GPU (one per number of stacked heads: 1, 2, 4, 8), for ``cuda.compile_ptx``."""
     D = padded_head_size(head_size)
-    return [(f"flash_kernel_d{D}", build(D, tiles).py_func, _signature(dtype))]
+    if tiles is None:
+        tiles, mb = GPU_CONFIG[D]
+        min_blocks = mb if min_blocks is None else min_blocks
+    min_blocks = min_blocks or 0
+    ghs = [gh] if gh is not None else sorted({stacked_heads(g, tiles) for g in (1, 2, 4, 8)})
+    exact = head_size == D
+    tag = "" if exact else f"_hs{head_size}"
+    return [(f"flash_kernel_d{D}{tag}_gh{g}",
+             build(D, tiles, g, False, min_blocks, exact).py_func, _signature(dtype))
+            for g in ghs]
