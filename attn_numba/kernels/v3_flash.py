@@ -13,8 +13,9 @@ For each key tile:
 1. ``S = Q K^T`` (``BM x BN``): Q and K are staged through shared memory in chunks of ``DK``
    head-dim columns, transposed (``[d, row]``, ``[d, key]``), converted to float32 once, Q
    pre-scaled by ``softmax_scale * log2(e)`` so the softmax uses ``exp2``. Global loads are
-   unconditional (indices clamped, values zeroed after) and issued one chunk ahead into
-   registers, so their latency overlaps the arithmetic. Thread ``(ty, tx)`` owns a
+   unconditional (rows past the block clamped to a valid row and masked later) and issued
+   one chunk ahead into registers, across phases and tiles, so their latency overlaps the
+   arithmetic; staging alternates between two shared buffers, one barrier per chunk. Thread ``(ty, tx)`` owns a
    ``TM x TN`` register patch of S: rows ``ty*TM + i`` and keys in groups of 4 consecutive
    ones, ``(j//4)*4*CG + tx*4 + j%4``, so each step of the inner loop is a few 128-bit
    shared loads (16-byte aligned arrays) feeding ``TM*TN`` FMAs.
@@ -85,7 +86,7 @@ class Tiles(tuple):
 GPU_CONFIG = {
     64: (Tiles(BM=64, BN=64, NT=256, TM=4, TN=4, DK=16, BK=16), 2),
     128: (Tiles(BM=64, BN=64, NT=256, TM=4, TN=4, DK=16, BK=16), 2),
-    256: (Tiles(BM=64, BN=64, NT=256, TM=4, TN=4, DK=16, BK=16), 0),
+    256: (Tiles(BM=64, BN=64, NT=256, TM=4, TN=4, DK=16, BK=8), 0),
 }
 GPU_TILES = {d: t for d, (t, _) in GPU_CONFIG.items()}
 #: tiny tiles for the simulator (one Python thread per CUDA thread)
@@ -95,6 +96,8 @@ VEC, PAD, ALIGN = 4, 4, 16
 #: inner-loop unrolling by hand (Numba has no unroll pragma): each iteration of the S loop
 #: does about this many FMAs (several head-dim steps), each iteration of the PV loop this many
 UNROLL_S_FMAS, UNROLL_PV_FMAS = 64, 128
+#: static shared memory limit per block (bytes)
+MAX_SHARED = 48 * 1024
 #: most query heads stacked into one block (they must share a KV head)
 MAX_STACKED_HEADS = 8
 
@@ -137,7 +140,8 @@ def shared_bytes(D, tiles):
     """Static shared memory of one block, in bytes."""
     BM, BN, NT, TM, TN, DK, BK = tiles
     d = derived(D, tiles)
-    return 4 * (DK * (BM + PAD) + DK * (BN + PAD) + BN * (BM + PAD) + BK * D + BM * d["CG"])
+    xw = -(-max(DK * (BM + PAD) + DK * (BN + PAD), BK * D) // 16) * 16
+    return 4 * (2 * xw + BN * (BM + PAD) + BM * d["CG"])
 
 
 def build(D, tiles, gh=1, sim=False, min_blocks=0, exact=True):
@@ -157,6 +161,9 @@ def _build(D, tiles, gh, sim, min_blocks, exact):
     """
     BM, BN, NT, TM, TN, DK, BK = tiles
     c = derived(D, tiles)
+    if shared_bytes(D, tiles) > MAX_SHARED:
+        raise ValueError(f"tiles {tiles!r} need {shared_bytes(D, tiles)} bytes of shared memory "
+                         f"for D={D}, more than {MAX_SHARED}")
     if BM % gh or TM % gh and gh % TM:
         raise ValueError(f"gh={gh} must divide BM={BM}, and divide or be a multiple of TM={TM}")
     RG, CG, TD, VN, VD = c["RG"], c["CG"], c["TD"], c["VN"], c["VD"]
@@ -167,6 +174,9 @@ def _build(D, tiles, gh, sim, min_blocks, exact):
     UNROLL_S, UNROLL_PV = c["UNROLL_S"], c["UNROLL_PV"]
     BMP, BNP = BM + PAD, BN + PAD  # padded rows: fewer bank conflicts, 16-byte aligned
     TMTD, TMTN = TM * TD, TM * TN
+    QSZ = DK * BMP                                   # floats of a staged Q chunk
+    XW = -(-max(QSZ + DK * BNP, BK * D) // 16) * 16  # floats per staging buffer
+    XW2 = 2 * XW
     QE_ALL, KE_ALL = Q_PASS * Q_E, K_PASS * K_E
     SIM = bool(sim)
     EXACT = bool(exact)
@@ -233,16 +243,14 @@ def _build(D, tiles, gh, sim, min_blocks, exact):
         k_row = num_kv_heads * hs            # ... of k / v
 
         if SIM:
-            Qt = cuda.shared.array((DK, BMP), float32)   # Q chunk, transposed: [d, row]
-            Kt = cuda.shared.array((DK, BNP), float32)   # K chunk, transposed: [d, key]
+            # two staging buffers; each holds a Q chunk transposed [d, row] followed by a K
+            # chunk transposed [d, key], or a V chunk [key, d]
+            buf = cuda.shared.array(XW2, float32)
             Pt = cuda.shared.array((BN, BMP), float32)   # P tile, transposed: [key, row]
-            Vs = cuda.shared.array((BK, D), float32)     # V chunk: [key, d]
             red = cuda.shared.array((BM, CG), float32)   # row max / row sum partials
         else:
-            Qt = cuda.shared.array((DK, BMP), float32, ALIGN)
-            Kt = cuda.shared.array((DK, BNP), float32, ALIGN)
+            buf = cuda.shared.array(XW2, float32, ALIGN)
             Pt = cuda.shared.array((BN, BMP), float32, ALIGN)
-            Vs = cuda.shared.array((BK, D), float32, ALIGN)
             red = cuda.shared.array((BM, CG), float32, ALIGN)
 
         # S phase: rows ty*TM + i, keys in groups of VN: (j//VN)*VN*CG + tx*VN + j%VN.
@@ -284,24 +292,29 @@ def _build(D, tiles, gh, sim, min_blocks, exact):
         kr = cuda.local.array(KE_ALL, float32)
         vr = cuda.local.array(V_E, float32)
 
-        # global loads run one staging chunk ahead, across phases and tiles: the first Q/K
-        # chunk of the next tile is loaded during the PV phase, V's first chunk during the
-        # last S chunk
+        # Global loads run one staging chunk ahead, across phases and tiles (the next tile's
+        # first Q/K chunk is loaded during the PV phase, V's first chunk during the last S
+        # chunk), and staging alternates between two shared buffers, so each chunk needs a
+        # single barrier: a thread can only overwrite a buffer after every thread has passed
+        # the barrier that follows its last read of it.
         if lo <= hi:   # (no key at all: no load, the loop below does not run)
             _load_qk(q, k, qr, kr, q_off, 0, tid, lo, hi, k_start, k_row, hk, hs, scale_log2)
+        par = 0        # which staging buffer the next chunk goes to
         for kt in range(lo, hi + 1, BN):
             # ---- S = Q K^T over DK-column chunks
             for x in range(TMTN):
                 s[x] = ZERO
             for dc in range(NDC):
+                boff = par * XW
+                par = 1 - par
                 for pp in range(Q_PASS):
                     for x in range(Q_E):
-                        Qt[U(tid % Q_TPR + x * Q_TPR), U(tid // Q_TPR + pp * Q_RSTEP)] = \
-                            qr[pp * Q_E + x]
+                        buf[U(boff + (tid % Q_TPR + x * Q_TPR) * BMP + tid // Q_TPR
+                              + pp * Q_RSTEP)] = qr[pp * Q_E + x]
                 for pp in range(K_PASS):
                     for x in range(K_E):
-                        Kt[U(tid % K_TPR + x * K_TPR), U(tid // K_TPR + pp * K_RSTEP)] = \
-                            kr[pp * K_E + x]
+                        buf[U(boff + QSZ + (tid % K_TPR + x * K_TPR) * BNP + tid // K_TPR
+                              + pp * K_RSTEP)] = kr[pp * K_E + x]
                 cuda.syncthreads()
                 if dc + 1 < NDC:
                     _load_qk(q, k, qr, kr, q_off, (dc + 1) * DK, tid, kt, hi, k_start, k_row,
@@ -311,13 +324,13 @@ def _build(D, tiles, gh, sim, min_blocks, exact):
                 for d0 in range(0, DK, UNROLL_S):
                     for u in range(UNROLL_S):
                         for i in range(TM):
-                            qa[i] = Qt[U(d0 + u), U(ty * TM + i)]
+                            qa[i] = buf[U(boff + (d0 + u) * BMP + ty * TM + i)]
                         for jj in range(TN):
-                            kb[jj] = Kt[U(d0 + u), U((jj // VN) * VN * CG + tx * VN + jj % VN)]
+                            kb[jj] = buf[U(boff + QSZ + (d0 + u) * BNP
+                                           + (jj // VN) * VN * CG + tx * VN + jj % VN)]
                         for i in range(TM):
                             for jj in range(TN):
                                 s[i * TN + jj] += qa[i] * kb[jj]
-                cuda.syncthreads()
 
             # ---- online softmax: mask, tile row max through shared memory, rescale.
             # (Small separate loops: each one unrolls fully, so the patches stay in registers.)
@@ -363,8 +376,10 @@ def _build(D, tiles, gh, sim, min_blocks, exact):
 
             # ---- O += P V over BK-key chunks (vr already holds the first chunk)
             for kc in range(NKC):
+                boff = par * XW
+                par = 1 - par
                 for x in range(V_E):
-                    Vs[U(tid // V_TPR), U(tid % V_TPR + x * V_TPR)] = vr[x]
+                    buf[U(boff + (tid // V_TPR) * D + tid % V_TPR + x * V_TPR)] = vr[x]
                 cuda.syncthreads()   # (the first one also publishes Pt)
                 if kc + 1 < NKC:
                     _load_v(v, vr, tid, kt + (kc + 1) * BK, hi, k_start, k_row, hk, hs)
@@ -374,13 +389,13 @@ def _build(D, tiles, gh, sim, min_blocks, exact):
                 for k0 in range(0, BK, UNROLL_PV):
                     for u in range(UNROLL_PV):
                         for x in range(TD):
-                            vb[x] = Vs[U(k0 + u), U((x // VD) * VD * CG + tx * VD + x % VD)]
+                            vb[x] = buf[U(boff + (k0 + u) * D
+                                          + (x // VD) * VD * CG + tx * VD + x % VD)]
                         for i in range(TM):
                             qa[i] = Pt[U(kc * BK + k0 + u), U(ty * TM + i)]
                         for i in range(TM):
                             for x in range(TD):
                                 o[i * TD + x] += qa[i] * vb[x]
-                cuda.syncthreads()
 
         # ---- finish: reduce the partial row sums, normalise, write out and lse
         for i in range(TM):
