@@ -15,8 +15,8 @@ For each key tile:
    pre-scaled by ``softmax_scale * log2(e)`` so the softmax uses ``exp2``. Global loads are
    unconditional (rows past the block clamped to a valid row and masked later) and issued
    one chunk ahead into registers, across phases and tiles, so their latency overlaps the
-   arithmetic; staging alternates between two shared buffers, one barrier per chunk. Thread ``(ty, tx)`` owns a
-   ``TM x TN`` register patch of S: rows ``ty*TM + i`` and keys in groups of 4 consecutive
+   arithmetic; staging alternates between two shared buffers, one barrier per chunk.
+   Thread ``(ty, tx)`` owns a ``TM x TN`` register patch of S: rows ``ty*TM + i`` and keys in groups of 4 consecutive
    ones, ``(j//4)*4*CG + tx*4 + j%4``, so each step of the inner loop is a few 128-bit
    shared loads (16-byte aligned arrays) feeding ``TM*TN`` FMAs.
 2. Online softmax: the tile's row maxima are reduced through shared memory (no warp
@@ -34,7 +34,8 @@ lse -inf. Every element of ``out`` and ``lse`` is written. Every shared/global i
 to unsigned (``U``) so Numba emits no negative-index wraparound in the inner loops.
 
 ``head_size`` is a compile-time constant: kernels come from an lru_cached factory per
-(padded head size, tile configuration). 64, 128 and 256 are specialised exactly; any other
+(padded head size, tile configuration, stacked heads ``gh``, launch bounds, exact head size).
+64, 128 and 256 are specialised exactly; any other
 size up to 256 runs on the next of them with the extra columns zero-filled (loads return 0,
 stores are skipped). On the simulator the head dim is padded to a multiple of 16 only.
 """
