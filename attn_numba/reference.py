@@ -51,7 +51,8 @@ def _attend_one(q, k, v, scale, left, right, causal, p_dtype=None, chunk=None):
             continue
         c0, c1 = cols[0], cols[-1] + 1
         mask = mask[:, c0:c1]
-        s = np.einsum("rhd,khd->hrk", qf[rows], kh[c0:c1]) * scale
+        # batched BLAS matmuls over heads: (H, r, D) @ (H, D, k) -> (H, r, k)
+        s = np.matmul(qf[rows].transpose(1, 0, 2), kh[c0:c1].transpose(1, 2, 0)) * scale
         s = np.where(mask[None], s, -np.inf)
         m = s.max(axis=-1, keepdims=True)
         seen = np.isfinite(m)
@@ -59,7 +60,7 @@ def _attend_one(q, k, v, scale, left, right, causal, p_dtype=None, chunk=None):
         denom = p.sum(axis=-1, keepdims=True)
         if p_dtype is not None:
             p = p.astype(p_dtype).astype(np.float64)
-        o = np.einsum("hrk,khd->rhd", p, vh[c0:c1])
+        o = np.matmul(p, vh[c0:c1].transpose(1, 0, 2)).transpose(1, 0, 2)  # (r, H, D)
         with np.errstate(invalid="ignore", divide="ignore"):
             o = np.where(seen.transpose(1, 0, 2), o / denom.transpose(1, 0, 2), 0.0)
             row_lse = np.where(seen, m + np.log(denom), -np.inf)[..., 0]
