@@ -8,8 +8,8 @@ See :func:`mha_fwd` and :func:`mha_varlen_fwd` for the full specification.
 from .interface import choose_kernel, mha_fwd, mha_varlen_fwd, on_simulator
 from .kernels import available as available_kernels
 from .problem import normalize_window
-from .warmup import warmup, warmup_async
+from . import warmup  # the module: warmup.warmup(), warmup.count_compiles(), ...
 
 __version__ = "0.1.0"
 __all__ = ["mha_fwd", "mha_varlen_fwd", "normalize_window", "choose_kernel",
-           "available_kernels", "on_simulator", "warmup", "warmup_async", "__version__"]
+           "available_kernels", "on_simulator", "warmup", "__version__"]

@@ -111,6 +111,15 @@ if STAGE == "2":  # second device call: fast cache load, H1 without batch, H1 wi
         ("H1_cached", ["--seq-lens", "512", "2048", "8192", "--timeout", "2"], 35),
     ]
     LAST = [("debug_build", MOD + ["debug-build"], 70)]
+if STAGE == "3":  # the stage-2 first-call steps only (stage 2's ran into an import bug)
+    STEPS = [
+        ("first_call_coldcache", MOD + ["first-call", "baseline"], 45),
+        ("first_call_baseline", MOD + ["first-call", "baseline"], 45),
+        ("first_call_fast", MOD + ["first-call", "fast"], 45),
+        ("first_call_fast_2", MOD + ["first-call", "fast"], 45),
+        ("first_call_warmup", MOD + ["first-call", "warmup"], 45),
+    ]
+    NVB, LAST = [], []
 save()
 for name, args, tmo in STEPS:
     if left() < 20:
@@ -120,7 +129,7 @@ for name, args, tmo in STEPS:
                           "stderr_tail": r["stderr"][-3000:] if result_of(r) is None else ""}
     save()
 
-NVB = NVB if STAGE == "2" else [
+NVB = NVB if STAGE in ("2", "3") else [
     ("H1_noblock", ["--seq-lens", "512", "2048", "8192", "--timeout", "2"], 45),
     ("H1_sync", ["--seq-lens", "512", "2048", "8192", "--timeout", "2"], 35),
     ("fixed", ["--seq-lens", "512", "1024", "2048", "4096", "8192", "--causal", "0", "1",
@@ -143,7 +152,7 @@ for variant, extra, tmo in NVB:
             f.write(r["stdout"])
     save()
 
-LAST = LAST if STAGE == "2" else [("debug_build", MOD + ["debug-build"], 40),
+LAST = LAST if STAGE in ("2", "3") else [("debug_build", MOD + ["debug-build"], 40),
                                   ("other_kernels", MOD + ["other-kernels"], 120)]
 for name, args, tmo in LAST:
     if left() < 15:
