@@ -158,9 +158,11 @@ def fig_time(records, device, fixed, log_rows, path):
         ax.set_ylabel("GPU time per call (s)")
         ax.set_title(f"causal={c}")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+    # one legend under the panels, so no line is hidden behind it
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
     fig.suptitle(f"run_mha_fwd on {device}: NVBench cold GPU time\n{_shape_text(fixed)}", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
