@@ -59,6 +59,8 @@ BLOCK_N = {64: 64, 128: 32, 256: 32}
 #: prefetch the next K/V tile into registers during the current tile's mma work (costs
 #: registers: off for 256, whose O accumulator alone takes 128 registers per thread)
 PREFETCH_TILES = {64: True, 128: True, 256: False}
+#: launch-bounds minimum blocks per SM (None: no register cap beyond 255)
+MIN_BLOCKS = {64: None, 128: None, 256: None}
 #: share K/V tiles between the heads of a GQA group (see heads_per_block)
 GQA_PACK = True
 #: padding (in 32-bit words) of one shared-memory row of K and of pair-interleaved V
@@ -159,17 +161,19 @@ def heads_per_block(group_size):
             return hb
 
 
-def build(head_size, heads=1, block_n=None, prefetch=None):
+def build(head_size, heads=1, block_n=None, prefetch=None, min_blocks=None):
     """The ``flash_tc`` kernel specialised for ``head_size``, ``heads`` query heads per block
-    (of one GQA group; 1, 2 or 4), key tile ``block_n`` and whether the next tile's K/V
-    loads are issued before the current tile's mma work (``prefetch``); None = the module
-    default for that head size."""
+    (of one GQA group; 1, 2 or 4), key tile ``block_n``, whether the next tile's K/V
+    loads are issued before the current tile's mma work (``prefetch``) and the launch-bounds
+    minimum of resident blocks per SM (``min_blocks``: caps registers at ~65536 /
+    (128 * min_blocks)); None = the module default for that head size."""
     return _build(head_size, heads, BLOCK_N[head_size] if block_n is None else block_n,
-                  PREFETCH_TILES[head_size] if prefetch is None else prefetch)
+                  PREFETCH_TILES[head_size] if prefetch is None else prefetch,
+                  MIN_BLOCKS[head_size] if min_blocks is None else min_blocks)
 
 
 @functools.lru_cache(maxsize=None)
-def _build(head_size, heads, block_n, prefetch):
+def _build(head_size, heads, block_n, prefetch, min_blocks=None):
     D = head_size
     BN = block_n
     HB = heads
@@ -275,7 +279,8 @@ def _build(head_size, heads, block_n, prefetch):
     exp2 = mma_bridge.exp2_approx
 
     # the simulator's cuda.jit takes no launch_bounds (it cannot run this kernel anyway)
-    jit_kw = {} if numba_config.ENABLE_CUDASIM else dict(launch_bounds=(THREADS,))
+    jit_kw = {} if numba_config.ENABLE_CUDASIM else dict(
+        launch_bounds=(THREADS,) if min_blocks is None else (THREADS, min_blocks))
 
     @cuda.jit(**jit_kw)
     def flash_tc_kernel(q, k, v, out, lse, cu_q, cu_k, scale_log2, left, right, lse_batched):
@@ -525,11 +530,11 @@ def supports(problem):
 
 
 def launch(problem, q, k, v, out, lse, cu_q, cu_k, stream, heads=None, prefetch=None,
-           block_n=None):
+           block_n=None, min_blocks=None):
     """Contract launch; ``heads`` / ``prefetch`` / ``block_n`` override the defaults (for
     experiments)."""
     hb = heads_per_block(problem.group_size) if heads is None else heads
-    kernel = build(problem.head_size, hb, block_n, prefetch)
+    kernel = build(problem.head_size, hb, block_n, prefetch, min_blocks)
     pb = BLOCK_M // hb
     grid = ((max(problem.max_seqlen_q, 1) + pb - 1) // pb, problem.num_heads // hb,
             problem.batch)
