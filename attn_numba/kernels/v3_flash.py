@@ -82,13 +82,14 @@ class Tiles(tuple):
 
 
 #: GPU defaults per padded head size: (tiles, blocks per SM the register allocator must
-#: allow through launch bounds, 0 = no bound). 128: the fastest of scripts/gpu_variants.py's
-#: side-by-side H100 run (results/h100/variants.json): 256 threads of 4x4 patches beat the
-#: run-1 best (128 threads of 8x4) by 7-11% at every size, causal or not. 64 and 256: not
-#: re-measured since run 1 (results/h100/v2_v3_dev.json; notes/kernels_v2_v3.md).
+#: allow through launch bounds, 0 = no bound). 128: the best shape of the H100 sweep of run 1
+#: (results/h100/v2_v3_dev.json; notes/kernels_v2_v3.md). 256 threads of 4x4 patches was
+#: 7-11% faster with a warm L2 (results/h100/variants.json) but 11-14% slower under NVBench's
+#: cold (L2-flushed) measurement (results/h100/v3_256t_rerun.summary.json), so it is not the
+#: default. 64 and 256: not re-measured since run 1.
 GPU_CONFIG = {
     64: (Tiles(BM=64, BN=64, NT=128, TM=8, TN=4, DK=16, BK=16), 0),
-    128: (Tiles(BM=64, BN=64, NT=256, TM=4, TN=4, DK=16, BK=16), 0),
+    128: (Tiles(BM=64, BN=64, NT=128, TM=8, TN=4, DK=16, BK=16), 0),
     256: (Tiles(BM=64, BN=64, NT=256, TM=4, TN=4, DK=16, BK=8), 0),
 }
 GPU_TILES = {d: t for d, (t, _) in GPU_CONFIG.items()}
