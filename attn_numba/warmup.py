@@ -216,9 +216,24 @@ def compile_eager(kernel_names=("naive",), dtypes=(np.float16,), head_sizes=(128
     Empty on the simulator. Kernels built by factories that are not in ``KERNEL_FUNCS`` are not
     covered; use :func:`warmup` for them.
     """
-    if _on_simulator():
-        return []
     out = []
+    for row, disp, sig in _signatures(kernel_names, dtypes, head_sizes):
+        with count_compiles() as cc:
+            t0 = time.perf_counter()
+            kern = disp.compile(tuple(sig))
+            t1 = time.perf_counter()
+            kern.bind()
+            t2 = time.perf_counter()
+        out.append(dict(row, compile_or_load_s=t1 - t0, bind_s=t2 - t1, compiles=cc.count))
+    return out
+
+
+def _signatures(kernel_names, dtypes, head_sizes):
+    """(row, dispatcher, signature) for every ``KERNEL_FUNCS`` entry with a ``ptx_signatures``
+    signature of the given kernels; row = {kernel, func, dtype, head_size}. Nothing on the
+    simulator."""
+    if _on_simulator():
+        return
     for name in kernel_names:
         mod = _kernels.get(name)
         if mod is None:
@@ -231,18 +246,9 @@ def compile_eager(kernel_names=("naive",), dtypes=(np.float16,), head_sizes=(128
                     continue
                 for fname, sig in sigs.items():
                     disp = mod.KERNEL_FUNCS.get(fname)
-                    if disp is None:
-                        continue
-                    with count_compiles() as cc:
-                        t0 = time.perf_counter()
-                        kern = disp.compile(tuple(sig))
-                        t1 = time.perf_counter()
-                        kern.bind()
-                        t2 = time.perf_counter()
-                    out.append({"kernel": name, "func": fname, "dtype": np.dtype(dt).name,
-                                "head_size": int(d), "compile_or_load_s": t1 - t0,
-                                "bind_s": t2 - t1, "compiles": cc.count})
-    return out
+                    if disp is not None:
+                        yield ({"kernel": name, "func": fname, "dtype": np.dtype(dt).name,
+                                "head_size": int(d)}, disp, sig)
 
 
 # --------------------------------------------------------------------------- fast cache load
@@ -294,29 +300,12 @@ def fast_load(kernel_names=("naive",), dtypes=(np.float16,), head_sizes=(128,), 
     load_s, bind_s}]. Empty on the simulator. With ``compile_on_miss=False`` a cache miss
     is skipped (how = "miss") instead of compiled: the interface uses that on its first call
     of each (kernel, dtype, head_size), so a cold cache costs nothing extra."""
-    if _on_simulator():
-        return []
     out = []
-    for name in kernel_names:
-        mod = _kernels.get(name)
-        if mod is None:
-            continue
-        for dt in dtypes:
-            for d in head_sizes:
-                try:
-                    sigs = mod.ptx_signatures(d, np.dtype(dt))
-                except Exception:  # noqa: BLE001
-                    continue
-                for fname, sig in sigs.items():
-                    disp = mod.KERNEL_FUNCS.get(fname)
-                    if disp is None:
-                        continue
-                    t0 = time.perf_counter()
-                    kern, how = load_cached(disp, sig, compile_on_miss)
-                    t1 = time.perf_counter()
-                    if bind and kern is not None:
-                        kern.bind()
-                    out.append({"kernel": name, "func": fname, "dtype": np.dtype(dt).name,
-                                "head_size": int(d), "how": how, "load_s": t1 - t0,
-                                "bind_s": time.perf_counter() - t1})
+    for row, disp, sig in _signatures(kernel_names, dtypes, head_sizes):
+        t0 = time.perf_counter()
+        kern, how = load_cached(disp, sig, compile_on_miss)
+        t1 = time.perf_counter()
+        if bind and kern is not None:
+            kern.bind()
+        out.append(dict(row, how=how, load_s=t1 - t0, bind_s=time.perf_counter() - t1))
     return out

@@ -42,6 +42,7 @@ from attn_numba import mha_fwd, mha_varlen_fwd  # noqa: E402
 from attn_numba.reference import mha_fwd_ref, mha_varlen_fwd_ref  # noqa: E402
 from attn_numba.testing import (compare, poisoned_outputs, random_qkv,  # noqa: E402
                                 random_varlen)
+from _timing import time_launch  # noqa: E402  (scripts/_timing.py)
 
 T0 = time.perf_counter()
 RESULT = {}
@@ -84,22 +85,6 @@ def version(pkg):
         return None
 
 
-def time_launch(torch, fn, reps, warm=2, sleep_cycles=1_000_000):
-    for _ in range(warm):
-        fn()
-    torch.cuda.synchronize()
-    evs = []
-    for _ in range(reps):
-        torch.cuda._sleep(sleep_cycles)
-        s = torch.cuda.Event(enable_timing=True)
-        e = torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        evs.append((s, e))
-    torch.cuda.synchronize()
-    times = [s.elapsed_time(e) / 1e3 for s, e in evs]
-    return statistics.median(times), times
 
 
 # --------------------------------------------------------------------------- 1. correctness

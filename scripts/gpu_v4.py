@@ -31,6 +31,7 @@ from attn_numba.kernels import v4_tensor_core as v4  # noqa: E402
 from attn_numba.problem import Problem, min_bytes, windowed_flops  # noqa: E402
 from attn_numba.testing import (check_mha_fwd, check_mha_varlen_fwd, random_qkv,  # noqa: E402
                                 random_varlen)
+from _timing import time_launch  # noqa: E402  (scripts/_timing.py)
 
 RESULT = {}
 OUT_PATH = None
@@ -267,22 +268,6 @@ _seen = set()
 
 # --------------------------------------------------------------------------- timing
 
-def time_launch(torch, fn, reps, warm=3, sleep_cycles=1_000_000):
-    for _ in range(warm):
-        fn()
-    torch.cuda.synchronize()
-    evs = []
-    for _ in range(reps):
-        torch.cuda._sleep(sleep_cycles)
-        s = torch.cuda.Event(enable_timing=True)
-        e = torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        evs.append((s, e))
-    torch.cuda.synchronize()
-    times = [s.elapsed_time(e) / 1e3 for s, e in evs]
-    return statistics.median(times), times
 
 
 def host_overhead(torch, fn, n=20):
@@ -302,7 +287,7 @@ def _time_row(torch, name, fn, base, reps):
         fn()
         torch.cuda.synchronize()
         row["first_call_s"] = time.perf_counter() - t0
-        med, all_t = time_launch(torch, fn, reps)
+        med, all_t = time_launch(torch, fn, reps, warm=3)
         row.update(time_s=med, times_s=all_t, tflops=base["windowed_flops"] / med / 1e12,
                    host_s_per_launch=host_overhead(torch, fn),
                    x_memory_floor=med / base["memory_floor_s_at_3TBps"])
