@@ -336,8 +336,8 @@ md("""## Measured on the H100 (run 1)
 
 From `results/h100/v2_v3_dev.json`. **These numbers were measured with the first version of
 v3** (commit 8d54387: 128 threads, 8 x 4 S patch, 8 x 8 O patch, one shared buffer, per-element
-bounds checks); the kernel has been reworked since (see below) and that version has not been
-timed on a GPU yet. v1 and v2 are from the same run."""),
+bounds checks); the kernel has been reworked since (see below); the reworked kernel's NVBench
+times follow in the next section. v1 and v2 are from the same run."""),
 code(LOAD_RUN + """
     print(f"\\n{'seq_len':>7} {'causal':>6} {'v1 naive':>11} {'v2 tiled':>10} {'v3 flash':>10} {'TFLOP/s':>8} {'% ceil':>7} {'v1/v3':>6}")
     for S in (512, 1024, 2048, 4096, 8192):
@@ -356,6 +356,27 @@ code(LOAD_RUN + """
             t = r["tiles"]
             print(f"  {tuple(t.values())}: causal 0 {r['t_8192_c0']*1e3:.3f}  causal 1 {r['t_8192_c1']*1e3:.3f}  "
                   f"(checked: {r['check_c0']['ok'] and r['check_c1']['ok']})")"""),
+md("""## The current kernel in the full NVBench grid
+
+`attn-numba bench` (NVBench cold GPU time: L2 flushed before each sample) measured every kernel
+side by side in one run, with the ceilings measured in the same run: `results/h100/summary.json`.
+Nsight Compute on the same code at 8192 tokens: `results/h100/ncu/summary.txt`."""),
+code("""summ = load_json("h100", "summary.json")
+if summ:
+    ceil32 = summ["ceilings"]["fp32_matmul_tflops_no_tf32"]
+    print(summ["device"], "|", summ["date"], f"| fp32 TF32-off ceiling {ceil32:.1f} TFLOP/s")
+    rec = {(r["kernel"], r["seq_len"], r["causal"]): r for r in summ["records"]}
+    print(f"{'seq_len':>7} {'causal':>6} {'naive':>10} {'tiled':>9} {'flash':>9} {'TFLOP/s':>8} {'% ceil':>7} {'SDPA':>9}")
+    for c in (0, 1):
+        for S in (512, 1024, 2048, 4096, 8192):
+            n, t, f, sd = (rec.get((k, S, c)) for k in ("naive", "tiled", "flash", "sdpa"))
+            if n and t and f:
+                print(f"{S:>7} {c:>6} {n['gpu_time_s']*1e3:8.2f}ms {t['gpu_time_s']*1e3:7.3f}ms "
+                      f"{f['gpu_time_s']*1e3:7.3f}ms {f['tflops']:8.2f} {100*f['tflops']/ceil32:6.1f}% "
+                      + (f"{sd['gpu_time_s']*1e3:7.3f}ms" if sd else ""))
+ncu_path = os.path.join(RESULTS, "h100", "ncu", "summary.txt")
+if os.path.exists(ncu_path):
+    print(open(ncu_path).read())"""),
 md("""## The gap to the ceiling, from registers, spills and instruction mix
 
 The run-1 register report for v3 is empty (a script bug), so the resources below come from
@@ -397,12 +418,13 @@ md("""Reading these numbers:
   global loads of every tile exposed.
 * **Band utilisation** (printed above): only that fraction of the computed scores is inside the
   window; the FLOP rate counts the exact window only.
-* **Current kernel** (not yet timed on a GPU): compile-time head stacking, one staging row per
-  thread and no per-element checks, global loads one chunk ahead across phases and tiles, two
-  staging buffers (13 barriers per tile instead of 25), and launch-bound variants with 256
-  threads and 128 registers (16 warps per SM) at the price of a few spilled bytes.
-  `scripts/gpu_v2_v3.py` sweeps them; the default stays the best shape of the measured run-1
-  sweep until a GPU run says otherwise."""),
+* **Current kernel**: compile-time head stacking, one staging row per thread and no
+  per-element checks, global loads one chunk ahead across phases and tiles, two staging
+  buffers (13 barriers per tile instead of 25). In the NVBench grid it runs at the same speed
+  as run 1 (table above), and Nsight Compute still shows 255 registers and 12.5% theoretical
+  occupancy: the rework removed spills and barriers but not the register pressure that caps
+  occupancy. A 256-thread shape with 4x4 patches was 7-11% faster with a warm L2 and 11-14%
+  slower under NVBench's cold measurement (`notes/perf_notes.md`), so the default stays."""),
 ]
 
 for name, cells in (("02_tiled", nb02), ("03_flash", nb03)):
