@@ -197,10 +197,10 @@ def _cu_to_device(cu, stream):
     return _as_device(cu)
 
 
-def _empty(shape, dtype, stream, fill=None):
-    if _POISON_OUTPUTS or fill is not None:
-        val = np.nan if fill is None else fill
-        return cuda.to_device(np.full(shape, val, dtype=dtype), stream=stream)
+def _empty(shape, dtype, stream):
+    """A new device array; NaN-filled while attn_numba.testing.poisoned_outputs() is active."""
+    if _POISON_OUTPUTS:
+        return cuda.to_device(np.full(shape, np.nan, dtype=dtype), stream=stream)
     return cuda.device_array(shape, dtype=dtype, stream=stream)
 
 
@@ -234,9 +234,8 @@ def _fast_load_once(mod, problem):
         pass
 
 
-def _run(problem, kernel, q, k, v, cu_q, cu_k, kind, stream):
-    """Launch the chosen kernel. q: (total_q, H, D), k/v: (total_k, Hkv, D), all validated."""
-    mod = _resolve_kernel(kernel, problem)
+def _run(problem, mod, q, k, v, cu_q, cu_k, kind, stream):
+    """Launch kernel module ``mod``. q: (total_q, H, D), k/v: (total_k, Hkv, D), validated."""
     _fast_load_once(mod, problem)
     if stream is None:
         stream = cuda.default_stream()
@@ -313,7 +312,7 @@ def mha_fwd(q, k, v, *, softmax_scale=None, causal=False, window_size=(-1, -1),
         softmax_scale=scale, window_left=left, window_right=right, causal=bool(causal),
         lse_batched=True, on_simulator=on_simulator())
     cu_q, cu_k = (batch, sq), (batch, sk)  # uniform lengths: cached on the device
-    _resolve_kernel(kernel, problem)  # refuse before any copy
+    mod = _resolve_kernel(kernel, problem)  # refuse before any copy
     if kind == "host":
         q3 = np.ascontiguousarray(q).reshape(batch * sq, num_heads, head_size)
         k3 = np.ascontiguousarray(k).reshape(batch * sk, num_kv_heads, head_size)
@@ -323,7 +322,7 @@ def mha_fwd(q, k, v, *, softmax_scale=None, causal=False, window_size=(-1, -1),
         q3 = q3.reshape(batch * sq, num_heads, head_size)
         k3 = k3.reshape(batch * sk, num_kv_heads, head_size)
         v3 = v3.reshape(batch * sk, num_kv_heads, head_size)
-    out, lse, stream = _run(problem, kernel, q3, k3, v3, cu_q, cu_k, kind, stream)
+    out, lse, stream = _run(problem, mod, q3, k3, v3, cu_q, cu_k, kind, stream)
     return _finish(out, lse, kind, stream, return_lse, (batch, sq, num_heads, head_size),
                    lambda x: x)
 
@@ -378,12 +377,12 @@ def mha_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, *, max_seqlen_q=None,
         num_heads=num_heads, num_kv_heads=num_kv_heads, head_size=head_size, dtype=dtype,
         softmax_scale=scale, window_left=left, window_right=right, causal=bool(causal),
         lse_batched=False, on_simulator=on_simulator())
-    _resolve_kernel(kernel, problem)
+    mod = _resolve_kernel(kernel, problem)
     # validated on the host; launch with the caller's own device arrays when they are usable
     if _is_device_array(cu_seqlens_q) and _as_device(cu_seqlens_q).is_c_contiguous():
         cu_q = cu_seqlens_q
     if _is_device_array(cu_seqlens_k) and _as_device(cu_seqlens_k).is_c_contiguous():
         cu_k = cu_seqlens_k
-    out, lse, stream = _run(problem, kernel, q, k, v, cu_q, cu_k, kind, stream)
+    out, lse, stream = _run(problem, mod, q, k, v, cu_q, cu_k, kind, stream)
     return _finish(out, lse, kind, stream, return_lse, (total_q, num_heads, head_size),
                    lambda x: x.reshape(num_heads, total_q))
