@@ -137,6 +137,17 @@ def _shape_text(fixed):
 
 # --------------------------------------------------------------------------- figures
 
+def _seqlen_log_axes(ax, ylabel, title=None):
+    """Log-log axes with sequence length (base 2) on x, shared by the figures."""
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("sequence length (tokens)")
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+
+
 def fig_time(records, device, fixed, log_rows, path):
     import matplotlib.pyplot as plt
     causals = sorted({r["causal"] for r in records}) or [0]
@@ -152,12 +163,7 @@ def fig_time(records, device, fixed, log_rows, path):
         if lx:
             ax.plot([p[0] for p in lx], [p[1] for p in lx], color="0.3", linestyle="--",
                     marker="x", label=f"{log_dev}: the log (NVBench GPU Time)")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("sequence length (tokens)")
-        ax.set_ylabel("GPU time per call (s)")
-        ax.set_title(f"causal={c}")
-        ax.grid(True, which="both", alpha=0.3)
+        _seqlen_log_axes(ax, "GPU time per call (s)", f"causal={c}")
     # one legend under the panels, so no line is hidden behind it
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
@@ -203,11 +209,7 @@ def fig_ceiling(records, device, fixed, ceilings, path):
                           f"({ceilings.get('copy_gbps', float('nan')):.0f} GB/s, read+write)",
                           fontsize=9)
         for ax, lab in zip(axes, ("fraction of compute ceiling", "fraction of copy bandwidth")):
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            ax.set_xlabel("sequence length (tokens)")
-            ax.set_ylabel(lab)
-            ax.grid(True, which="both", alpha=0.3)
+            _seqlen_log_axes(ax, lab)
             ax.legend(fontsize=7)
     fig.suptitle(f"run_mha_fwd on {device}: achieved fraction of ceilings measured in the same run"
                  f"\n{_shape_text(fixed)}", fontsize=10)
@@ -236,12 +238,7 @@ def fig_speedup(records, device, fixed, path):
             ax.text(0.5, 0.5, "needs naive and at least one other kernel\nat the same sizes",
                     ha="center", va="center", transform=ax.transAxes)
         ax.axhline(1.0, color="0.5", linewidth=0.8)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("sequence length (tokens)")
-        ax.set_ylabel("speedup over naive (time_naive / time)")
-        ax.set_title(f"causal={c}")
-        ax.grid(True, which="both", alpha=0.3)
+        _seqlen_log_axes(ax, "speedup over naive (time_naive / time)", f"causal={c}")
         if drawn:
             ax.legend(fontsize=8)
     fig.suptitle(f"run_mha_fwd on {device}: speedup over the naive kernel (NVBench cold GPU time)"

@@ -98,27 +98,23 @@ STEPS = [
     ("first_call_warmup", MOD + ["first-call", "warmup"], 45),
     ("first_call_eager", MOD + ["first-call", "eager"], 45),
 ]
+#: first-call steps of stages 2 and 3: cold cache, warm cache, fast cache load, warmup()
+FIRST_CALL_STEPS = [
+    ("first_call_coldcache", MOD + ["first-call", "baseline"], 45),
+    ("first_call_baseline", MOD + ["first-call", "baseline"], 45),
+    ("first_call_fast", MOD + ["first-call", "fast"], 45),
+    ("first_call_fast_2", MOD + ["first-call", "fast"], 45),
+    ("first_call_warmup", MOD + ["first-call", "warmup"], 45),
+]
 if STAGE == "2":  # second device call: fast cache load, H1 without batch, H1 with cache=True
-    STEPS = [
-        ("first_call_coldcache", MOD + ["first-call", "baseline"], 45),
-        ("first_call_baseline", MOD + ["first-call", "baseline"], 45),
-        ("first_call_fast", MOD + ["first-call", "fast"], 45),
-        ("first_call_fast_2", MOD + ["first-call", "fast"], 45),
-        ("first_call_warmup", MOD + ["first-call", "warmup"], 45),
-    ]
+    STEPS = FIRST_CALL_STEPS
     NVB = [
         ("H1_noblock_nobatch", ["--seq-lens", "512", "2048", "8192", "--timeout", "2"], 40),
         ("H1_cached", ["--seq-lens", "512", "2048", "8192", "--timeout", "2"], 35),
     ]
     LAST = [("debug_build", MOD + ["debug-build"], 70)]
 if STAGE == "3":  # the stage-2 first-call steps only (stage 2's ran into an import bug)
-    STEPS = [
-        ("first_call_coldcache", MOD + ["first-call", "baseline"], 45),
-        ("first_call_baseline", MOD + ["first-call", "baseline"], 45),
-        ("first_call_fast", MOD + ["first-call", "fast"], 45),
-        ("first_call_fast_2", MOD + ["first-call", "fast"], 45),
-        ("first_call_warmup", MOD + ["first-call", "warmup"], 45),
-    ]
+    STEPS = FIRST_CALL_STEPS
     NVB, LAST = [], []
 save()
 for name, args, tmo in STEPS:

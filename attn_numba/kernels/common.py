@@ -22,6 +22,13 @@ def key_range(i, seqlen_q, seqlen_k, left, right):
     return lo, hi
 
 
+@cuda.jit(device=True, inline=True, cache=True)
+def seq_span(cu_seqlens, b):
+    """(start row, length) of sequence ``b`` from a ``cu_seqlens`` array."""
+    start = cu_seqlens[b]
+    return start, cu_seqlens[b + 1] - start
+
+
 def array_type(dtype, ndim, readonly=False):
     """Numba type of a C-contiguous device array, for compile_ptx signatures."""
     from numba import from_dtype

@@ -9,7 +9,7 @@ import math
 import numpy as np
 from numba import cuda, float32, int32, types
 
-from .common import NEG_INF, array_type, key_range
+from .common import NEG_INF, array_type, key_range, seq_span
 
 NAME = "naive"
 #: threads per block (query rows per block)
@@ -23,12 +23,10 @@ def naive_kernel(q, k, v, out, lse, cu_q, cu_k, scale, left, right, lse_batched)
     i = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
     h = cuda.blockIdx.y
     b = cuda.blockIdx.z
-    q0 = cu_q[b]
-    sq = cu_q[b + 1] - q0
+    q0, sq = seq_span(cu_q, b)
     if i >= sq:
         return
-    k0 = cu_k[b]
-    sk = cu_k[b + 1] - k0
+    k0, sk = seq_span(cu_k, b)
     hk = h // (q.shape[1] // k.shape[1])
     d_head = q.shape[2]
     t = q0 + i

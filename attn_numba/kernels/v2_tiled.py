@@ -27,7 +27,7 @@ import math
 import numpy as np
 from numba import cuda, float32, types
 
-from .common import NEG_INF, array_type, key_range
+from .common import NEG_INF, array_type, key_range, seq_span
 
 NAME = "tiled"
 MAX_HEAD_SIZE = 256
@@ -59,13 +59,11 @@ def build(D, BN):
         tid = cuda.threadIdx.x
         h = cuda.blockIdx.y
         b = cuda.blockIdx.z
-        q0 = cu_q[b]
-        sq = cu_q[b + 1] - q0
+        q0, sq = seq_span(cu_q, b)
         qbeg = cuda.blockIdx.x * nq
         if qbeg >= sq:
             return
-        k0 = cu_k[b]
-        sk = cu_k[b + 1] - k0
+        k0, sk = seq_span(cu_k, b)
         hk = h // (q.shape[1] // k.shape[1])
         hs = q.shape[2]
         i = qbeg + tid                     # this thread's query row (may be past the end)

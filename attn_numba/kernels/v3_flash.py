@@ -46,7 +46,7 @@ import numpy as np
 from numba import config as numba_config
 from numba import cuda, float32, types
 
-from .common import NEG_INF, array_type, key_range
+from .common import NEG_INF, array_type, key_range, seq_span
 
 NAME = "flash"
 MAX_HEAD_SIZE = 256
@@ -234,13 +234,11 @@ def _build(D, tiles, gh, sim, min_blocks, exact):
                      left, right, lse_batched):
         tid = cuda.threadIdx.x
         b = cuda.blockIdx.z
-        q_start = cu_q[b]
-        sq = cu_q[b + 1] - q_start
+        q_start, sq = seq_span(cu_q, b)
         qbeg = cuda.blockIdx.x * (BM // gh)  # first query of the block
         if qbeg >= sq:
             return
-        k_start = cu_k[b]
-        sk = cu_k[b + 1] - k_start
+        k_start, sk = seq_span(cu_k, b)
         h0 = cuda.blockIdx.y * gh            # first query head of the block
         hk = h0 // (num_heads // num_kv_heads)
         q_row = num_heads * hs               # elements per token row of q / out

@@ -43,7 +43,7 @@ from numba import config as numba_config
 from numba import cuda, float32, types, uint32, uint64
 
 from . import mma_bridge
-from .common import NEG_INF, array_type, key_range
+from .common import NEG_INF, array_type, key_range, seq_span
 
 NAME = "flash_tc"
 
@@ -295,13 +295,11 @@ def _build(head_size, heads, block_n, prefetch, min_blocks=None):
         t = lane & 3
         h = cuda.blockIdx.y * HB + warp % HB
         b = cuda.blockIdx.z
-        q0 = cu_q[b]
-        sq = cu_q[b + 1] - q0
+        q0, sq = seq_span(cu_q, b)
         row0 = cuda.blockIdx.x * PB
         if row0 >= sq:
             return
-        k0 = cu_k[b]
-        sk = cu_k[b + 1] - k0
+        k0, sk = seq_span(cu_k, b)
         hk = (cuda.blockIdx.y * HB) // (q.shape[1] // k.shape[1])
 
         ks = cuda.shared.array(K_WORDS, uint32)
