@@ -148,6 +148,17 @@ def _seqlen_log_axes(ax, ylabel, title=None):
     ax.grid(True, which="both", alpha=0.3)
 
 
+def _save(fig, path, title=None, rect=None):
+    """Title the figure (run_mha_fwd on the device, then the shape line), lay it out, write
+    the PNG and free it."""
+    import matplotlib.pyplot as plt
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=rect) if rect else fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def fig_time(records, device, fixed, log_rows, path):
     import matplotlib.pyplot as plt
     causals = sorted({r["causal"] for r in records}) or [0]
@@ -167,10 +178,8 @@ def fig_time(records, device, fixed, log_rows, path):
     # one legend under the panels, so no line is hidden behind it
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
-    fig.suptitle(f"run_mha_fwd on {device}: NVBench cold GPU time\n{_shape_text(fixed)}", fontsize=10)
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, f"run_mha_fwd on {device}: NVBench cold GPU time\n{_shape_text(fixed)}",
+          rect=(0, 0.12, 1, 1))
 
 
 def fig_ceiling(records, device, fixed, ceilings, path):
@@ -211,11 +220,8 @@ def fig_ceiling(records, device, fixed, ceilings, path):
         for ax, lab in zip(axes, ("fraction of compute ceiling", "fraction of copy bandwidth")):
             _seqlen_log_axes(ax, lab)
             ax.legend(fontsize=7)
-    fig.suptitle(f"run_mha_fwd on {device}: achieved fraction of ceilings measured in the same run"
-                 f"\n{_shape_text(fixed)}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, f"run_mha_fwd on {device}: achieved fraction of ceilings measured in the "
+                     f"same run\n{_shape_text(fixed)}")
 
 
 def fig_speedup(records, device, fixed, path):
@@ -241,11 +247,8 @@ def fig_speedup(records, device, fixed, path):
         _seqlen_log_axes(ax, "speedup over naive (time_naive / time)", f"causal={c}")
         if drawn:
             ax.legend(fontsize=8)
-    fig.suptitle(f"run_mha_fwd on {device}: speedup over the naive kernel (NVBench cold GPU time)"
-                 f"\n{_shape_text(fixed)}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, f"run_mha_fwd on {device}: speedup over the naive kernel (NVBench cold GPU "
+                     f"time)\n{_shape_text(fixed)}")
 
 
 def fig_causal(records, device, fixed, path):
@@ -272,9 +275,7 @@ def fig_causal(records, device, fixed, path):
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(f"run_mha_fwd on {device}: causal vs non-causal\n{_shape_text(fixed)}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_summary(doc, prefix, out_dir, log_rows):
