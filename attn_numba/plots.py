@@ -11,7 +11,12 @@ prefixed with the folder name):
   the copy bandwidth;
 * ``<set>_speedup_vs_naive.png``: time of ``naive`` divided by each kernel's time;
 * ``<set>_causal_vs_noncausal.png``: time(causal=1) / time(causal=0) per kernel, next to the
-  exact ratio of windowed work.
+  exact ratio of windowed work;
+* ``<set>_long_sequences.png`` (only when the summary has the ``attn-numba bench --long``
+  sweep): time against tokens from 512 to 512k for the kernels of the sweep, one panel per
+  ``causal``, a slope-1 guide, and the skipped states with their reasons under the panels.
+
+The first four figures show the log's grid (up to 8192 tokens); the long sweep has its own.
 
 Simulated summaries (``--simulate``) are left out unless ``--include-simulated``.
 """
@@ -278,10 +283,53 @@ def fig_causal(records, device, fixed, path):
     _save(fig, path)
 
 
+def fig_long(records, skipped, device, fixed, path):
+    """Time against tokens for the kernels of the long-sequence sweep (``records``: timed
+    records of those kernels at every length; ``skipped``: skipped records of the sweep)."""
+    import matplotlib.pyplot as plt
+    causals = sorted({r["causal"] for r in records} | {r["causal"] for r in skipped}) or [0]
+    fig, axes = plt.subplots(1, len(causals), figsize=(6.2 * len(causals), 4.6), squeeze=False)
+    for ax, c in zip(axes[0], causals):
+        for k in _kernels(records):
+            x, y = _series(records, k, c)
+            if x:
+                ax.plot(x, y, **_style(k))
+        pts = sorted((r["seq_len"], r["gpu_time_s"]) for r in records if r["causal"] == c)
+        if pts:  # time proportional to tokens, through the shortest point of the fastest line
+            s0, t0 = min(pts, key=lambda p: (p[0], p[1]))
+            xs = [s0, max(p[0] for p in pts)]
+            ax.plot(xs, [t0 * x / s0 for x in xs], color="0.6", linestyle="--", linewidth=0.8,
+                    label="time proportional to tokens")
+        for r in skipped:
+            if r["causal"] == c:
+                ax.axvline(r["seq_len"], color=_style(r["kernel"])["color"], alpha=0.25,
+                           linewidth=3)
+        _seqlen_log_axes(ax, "GPU time per call (s)", f"causal={c}")
+        ax.legend(fontsize=8, loc="upper left")
+    grouped = defaultdict(set)  # (kernel, reason) -> {(seq_len, causal)}
+    for r in skipped:
+        why = (r.get("skip_reason") or "no reason recorded")[:100]
+        grouped[(r["kernel"], why)].add((r["seq_len"], r["causal"]))
+    notes = [f"{k} skipped at " + ", ".join(
+                 f"{s} (causal {'/'.join(str(c) for c in sorted({c for t, c in pts if t == s}))})"
+                 for s in sorted({t for t, _ in pts})) + f": {why}"
+             for (k, why), pts in sorted(grouped.items())]
+    if len(notes) > 6:
+        notes = notes[:6] + [f"... and {len(notes) - 6} more skipped states (see summary.json)"]
+    fig.text(0.01, 0.01, "\n".join(notes) or "no skipped states", fontsize=7, va="bottom")
+    _save(fig, path, f"run_mha_fwd on {device}: long sequences (NVBench cold GPU time; shaded: "
+                     f"skipped)\n{_shape_text(fixed)}",
+          rect=(0, 0.03 + 0.028 * max(1, len(notes)), 1, 1))
+
+
 def plot_summary(doc, prefix, out_dir, log_rows):
     """All figures of one summary; returns the written paths."""
-    records = [r for r in doc["records"] if r.get("gpu_time_s")]
-    records, fixed = _common_slice(records)
+    from .bench.grid import is_long
+    all_records = doc["records"]
+    long_skipped = [r for r in all_records if is_long(r["seq_len"]) and not r.get("gpu_time_s")]
+    timed = [r for r in all_records if r.get("gpu_time_s")]
+    long_kernels = {r["kernel"] for r in all_records if is_long(r["seq_len"])}
+    records, fixed = _common_slice([r for r in timed if not is_long(r["seq_len"])])
     from .bench.grid import DEFAULT_GRID
     if any(fixed.get(a) != DEFAULT_GRID[a][0] for a in OTHER_AXES):
         log_rows = []  # the log's times are only comparable at the log's shape
@@ -294,6 +342,11 @@ def plot_summary(doc, prefix, out_dir, log_rows):
     fig_ceiling(records, device, fixed, doc.get("ceilings"), paths[1])
     fig_speedup(records, device, fixed, paths[2])
     fig_causal(records, device, fixed, paths[3])
+    if long_kernels:
+        sweep = [r for r in timed if r["kernel"] in long_kernels
+                 and all(r[a] == fixed.get(a, r[a]) for a in OTHER_AXES)]
+        paths.append(out_dir / f"{prefix}_long_sequences.png")
+        fig_long(sweep, long_skipped, device, fixed, paths[-1])
     return paths
 
 

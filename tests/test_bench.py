@@ -367,3 +367,28 @@ def test_committed_nvbench_json_matches_committed_summary():
                 checked += 1
     if not checked:
         pytest.skip("no committed NVBench results")
+
+
+# --------------------------------------------------------------------------- long-sequence sweep
+
+def test_long_sweep_resolves_to_the_long_grid():
+    from attn_numba import available_kernels
+    from attn_numba.bench import cli as bench_cli
+    p = __import__("argparse").ArgumentParser()
+    bench_cli.add_arguments(p)
+    kernels, grid = bench_cli.resolve(p.parse_args(["--long"]))
+    assert grid["seq_len"] == [16384, 65536, 131072, 262144, 524288]
+    assert grid["causal"] == [0, 1] and grid["num_heads"] == [32] and grid["window_left"] == [128]
+    assert "flexattention" in kernels and "sdpa" not in kernels and "naive" not in kernels
+    assert [k for k in kernels if k != "flexattention"] == \
+        [k for k in G.LONG_KERNELS if k in available_kernels()]
+    kernels, grid = bench_cli.resolve(p.parse_args(["--long", "--kernels", "flash_tc",
+                                                    "--seq-lens", "16384"]))
+    assert kernels == ["flash_tc"] and grid["seq_len"] == [16384]
+    assert G.is_long(16384) and not G.is_long(8192)
+
+
+@pytest.mark.parametrize("extra", [["--simulate"], ["--quick"]])
+def test_long_sweep_refuses_simulate_and_quick(extra):
+    rc, out, err = run_cli(["bench", "--long", *extra])
+    assert rc == 2 and "--long" in err

@@ -28,8 +28,8 @@ def synthetic_summary(path, kernels=("naive", "flash", "sdpa"), with_ceilings=Tr
     return S.write(path, doc)
 
 
-def _assert_pngs(paths):
-    assert len(paths) == 4
+def _assert_pngs(paths, n=4):
+    assert len(paths) == n
     for p in paths:
         data = Path(p).read_bytes()
         assert data[:8] == PNG_MAGIC and len(data) > 5000, p
@@ -64,8 +64,37 @@ def test_plot_committed_results(tmp_path):
         pytest.skip("no committed GPU results yet")
     done = plots.plot_all(ROOT / "results", tmp_path)
     assert len(done) == len(found)
-    for _, pngs in done:
-        _assert_pngs(pngs)
+    for spath, pngs in done:
+        has_long = any(G.is_long(r["seq_len"]) for r in S.load(spath)["records"])
+        _assert_pngs(pngs, 5 if has_long else 4)
+
+
+def test_long_sweep_figure(tmp_path):
+    """A summary with the --long sweep gets a fifth figure; the first four keep the log's grid."""
+    path = synthetic_summary(tmp_path / "res" / "g" / "summary.json",
+                             kernels=("naive", "flash_tc", "flexattention"))
+    doc = S.load(path)
+    base = dict(num_seqs=1, num_heads=32, num_kv_heads=8, head_size=128, window_left=128,
+                window_right=128)
+    for s in G.LONG_SEQ_LENS:
+        for c in (0, 1):
+            cfg = G.Config(seq_len=s, causal=c, **base)
+            doc["records"].append(S.make_record("flash_tc", cfg, gpu_time_s=s * 5e-8))
+            doc["records"].append(
+                S.make_record("flexattention", cfg, gpu_time_s=s * 3e-8) if s < 131072 else
+                S.make_record("flexattention", cfg, skipped=True,
+                              skip_reason="error: OutOfMemoryError: CUDA out of memory"))
+    S.write(path, doc)
+    done = plots.plot_all(tmp_path / "res", tmp_path / "figs")
+    pngs = done[0][1]
+    _assert_pngs(pngs, 5)
+    assert Path(pngs[-1]).name == "g_long_sequences.png"
+    # the main grid's time figure is the same with or without the sweep
+    without = dict(doc, records=[r for r in doc["records"] if not G.is_long(r["seq_len"])])
+    S.write(tmp_path / "res2" / "g" / "summary.json", without)
+    done2 = plots.plot_all(tmp_path / "res2", tmp_path / "figs2")
+    assert len(done2[0][1]) == 4
+    assert Path(done2[0][1][0]).read_bytes() == Path(pngs[0]).read_bytes()
 
 
 def test_log_times_both_parsers():

@@ -4,6 +4,8 @@
     attn-numba bench --quick --kernels naive,sdpa   # S in {1024, 8192}, causal 0 and 1
     attn-numba bench --seq-lens 512 4096 --causal 1 --out results/mine
     attn-numba bench --simulate                     # no GPU: tiny sizes on Numba's simulator
+    attn-numba bench --long                         # 16k..512k tokens: flash_tc(, flash_wgmma),
+                                                    # flexattention, merged into summary.json
 
 Writes into ``--out`` (default ``results/<device-slug>``, ``-quick`` appended for ``--quick``):
 NVBench's own JSON (``--json``) and markdown table (also printed to stdout, like the log), and the
@@ -51,6 +53,11 @@ def add_arguments(p):
                         "plus flexattention,sdpa)")
     p.add_argument("--quick", action="store_true",
                    help="seq_len 1024 and 8192 only (both causal values)")
+    p.add_argument("--long", action="store_true",
+                   help="the long-sequence sweep: seq_len " + " ".join(map(str, G.LONG_SEQ_LENS))
+                        + ", both causal values, kernels " + ",".join(G.LONG_KERNELS)
+                        + " (those this build has) unless --kernels; merged into the summary.json "
+                          "of --out (default results/<device-slug>) next to the main grid")
     for axis in G.INT_AXES:
         flag = "--" + axis.replace("_", "-") + ("s" if axis == "seq_len" else "")
         p.add_argument(flag, dest=axis, nargs="+", default=None, metavar="N",
@@ -82,8 +89,14 @@ def resolve(args):
     """``(kernels, grid)`` from the arguments; raises ValueError on unknown names."""
     from .. import available_kernels
     known = list(available_kernels())
+    if getattr(args, "long", False) and args.simulate:
+        raise ValueError("--long cannot be simulated (512k tokens on the CPU would take days)")
+    if getattr(args, "long", False) and args.quick:
+        raise ValueError("--long and --quick are exclusive")
     if args.simulate:
         default = known
+    elif getattr(args, "long", False):
+        default = G.long_kernels(known)
     else:
         default = known + list(G.PEERS)
     if args.kernels:
@@ -98,6 +111,8 @@ def resolve(args):
     overrides = {a: getattr(args, a, None) for a in G.INT_AXES}
     if args.quick and overrides["seq_len"] is None and not args.simulate:
         overrides.update(G.QUICK_OVERRIDES)
+    if getattr(args, "long", False) and overrides["seq_len"] is None:
+        overrides.update(G.LONG_OVERRIDES)
     overrides = {a: (_int_list(" ".join(map(str, v))) if v is not None else None)
                  for a, v in overrides.items()}
     return kernels, G.make_grid(base, **overrides)
@@ -245,7 +260,8 @@ def main(args):
     slug = G.device_slug(device) + ("-quick" if args.quick else "")
     out = Path(args.out or Path("results") / slug)
     out.mkdir(parents=True, exist_ok=True)
-    tag = ("_" + "-".join(kernels)) if args.merge else ""
+    merge = args.merge or args.long  # the long sweep joins the main grid's summary.json
+    tag = ("_long" if args.long else "") + (("_" + "-".join(kernels)) if merge else "")
     json_path, md_path = out / f"nvbench{tag}.json", out / f"nvbench{tag}.md"
     print(f"attn-numba bench: {len(configs)} configs x {len(kernels)} kernels on {device}; "
           f"output in {out}", file=sys.stderr, flush=True)
@@ -278,7 +294,7 @@ def main(args):
                        "wall_s": round(wall, 1)},
            "records": records}
     spath = out / "summary.json"
-    if args.merge and spath.exists():
+    if merge and spath.exists():
         doc = S.merge(json.loads(spath.read_text()), doc)
     S.write(spath, doc)
     print_records(records)

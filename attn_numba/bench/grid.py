@@ -33,6 +33,15 @@ DEFAULT_GRID = {
 #: ``--quick``: the two ends of the sequence range, both masks
 QUICK_OVERRIDES = {"seq_len": [1024, 8192]}
 
+#: ``--long``: the long-sequence sweep, 16k to 512k tokens, the log's heads, head size and
+#: window, causal 0 and 1 (only the kernels of :data:`LONG_KERNELS`: the others take seconds
+#: per call at these sizes, and SDPA's dense S x S mask needs S^2 bytes)
+LONG_SEQ_LENS = [16384, 65536, 131072, 262144, 524288]
+LONG_OVERRIDES = {"seq_len": LONG_SEQ_LENS}
+#: kernels of the long sweep, where this build has them: the tensor-core kernels and
+#: FlexAttention (SDPA is left out: its dense boolean mask alone is S^2 bytes, 256 GiB at 512k)
+LONG_KERNELS = ("flash_tc", "flash_wgmma", "flexattention")
+
 #: ``--simulate``: sizes Numba's CUDA simulator runs in seconds
 SIM_GRID = {
     "num_seqs": [1],
@@ -50,9 +59,21 @@ PEERS = ("flexattention", "sdpa")
 
 #: kernels whose matmuls run on tensor cores (compared with the fp16 matmul ceiling); the others
 #: run on CUDA cores in fp32 (compared with the fp32 matmul rate, TF32 off)
-TENSOR_CORE = frozenset({"flash_tc", "flexattention", "sdpa"})
+TENSOR_CORE = frozenset({"flash_tc", "flash_wgmma", "flexattention", "sdpa"})
 
 DTYPE = np.dtype(np.float16)
+
+
+def is_long(seq_len):
+    """Is ``seq_len`` beyond the log's grid (a point of the long-sequence sweep)?"""
+    return int(seq_len) > max(DEFAULT_GRID["seq_len"])
+
+
+def long_kernels(available):
+    """The kernels of :data:`LONG_KERNELS` that this build has (``available``: package kernel
+    names), in that order; the PyTorch peers are always listed."""
+    have = set(available) | set(PEERS)
+    return [k for k in LONG_KERNELS if k in have]
 
 
 def ceiling_key(kernel):
