@@ -32,9 +32,39 @@ def test_report_with_results(tmp_path):
         assert "not diagnosed" in report.lower() or "not in this build" in report
 
 
-def test_report_without_results(tmp_path):
+def test_report_without_results(tmp_path, monkeypatch):
+    from attn_numba import sources
+    monkeypatch.setattr(sources, "PACKAGED_RESULTS", tmp_path / "no-packaged-results")
     rc, out = run(["report", "--results", str(tmp_path / "none"), "--figures",
                    str(tmp_path / "f"), "--no-bench"])
     assert rc == 0
     report = (tmp_path / "f" / "REPORT.md").read_text()
     assert "nothing has been measured on a GPU yet" in report
+
+
+def test_report_outside_a_checkout_uses_the_packaged_summary(tmp_path):
+    """As from a wheel: no results/ folder, so the summary shipped in attn_numba/data is used,
+    and the report says so and names its device."""
+    import json
+    from attn_numba import sources
+    packaged = sorted(sources.PACKAGED_RESULTS.glob("*/summary.json"))
+    assert len(packaged) == 1, "exactly one summary must be packaged (python -m attn_numba.sources --package)"
+    device = json.loads(packaged[0].read_text())["device"]
+    rc, out = run(["report", "--results", str(tmp_path / "none"), "--figures",
+                   str(tmp_path / "f"), "--no-bench"])
+    assert rc == 0
+    assert "summary shipped in the package" in out
+    report = (tmp_path / "f" / "REPORT.md").read_text()
+    assert device in report and "nothing has been measured" not in report
+    assert len(list((tmp_path / "f").glob(packaged[0].parent.name + "_*.png"))) >= 4
+
+
+def test_packaged_summary_is_the_preferred_committed_one():
+    """The shipped summary is a copy of the newest committed one (h200 when present, else
+    h100); after a new GPU run: python -m attn_numba.sources --package"""
+    from attn_numba import sources
+    root = sources._checkout_results(__file__)
+    preferred = sources.pick_summary(root)
+    packaged = sorted(sources.PACKAGED_RESULTS.glob("*/summary.json"))
+    assert [p.parent.name for p in packaged] == [preferred.parent.name]
+    assert packaged[0].read_bytes() == preferred.read_bytes()
