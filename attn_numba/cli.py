@@ -1,4 +1,4 @@
-"""``attn-numba``: bench, plot, explain, report.
+"""``attn-numba``: bench, plot, explain, report, notebooks.
 
 Each sub-command lives in its own module, which defines ``add_arguments(parser)`` and
 ``main(args) -> int``; this file only wires them together, importing lazily so that
@@ -13,6 +13,7 @@ COMMANDS = {
     "plot": ("attn_numba.plots", "draw figures from committed results (no GPU needed)"),
     "explain": ("attn_numba.explain", "diagnose an NVBench log of run_mha_fwd"),
     "report": ("attn_numba.report", "the main job: explain the log, bench or reuse results, plot, write a report"),
+    "notebooks": ("attn_numba.notebooks_run", "execute the notebooks (nbclient); --write puts the outputs into the .ipynb"),
 }
 
 

@@ -9,7 +9,8 @@ the file, the device and the date are printed with it. This module picks the fil
   else ``results/h100/summary.json`` (:data:`PREFERRED`), else any non-simulated summary, else
   the packaged one (:data:`PACKAGED_RESULTS`);
 * :func:`load_summary` loads it and prints one line: file, device, date;
-* :func:`source_text` is that line, for figure captions.
+* :func:`source_text` is that line, for figure captions; :func:`show` displays a figure with
+  it written underneath.
 
 The package ships the latest summary under ``attn_numba/data/results/<set>/summary.json`` so
 that an installed wheel has results outside a checkout. Refresh it after a new GPU run with
@@ -129,6 +130,29 @@ def caption(fig, text, fontsize=7):
     """Write ``'source: ' + text`` under a matplotlib figure (call before saving/showing)."""
     fig.text(0.005, 0.005, "source: " + text, fontsize=fontsize, color="0.35", va="bottom")
     return fig
+
+
+def show(fig, source=None, dpi=90):
+    """Display a matplotlib figure as a PNG in a notebook (whatever the backend), with
+    ``source`` written under it (see :func:`caption`), and close it. Outside IPython it only
+    closes the figure. Returns the PNG bytes."""
+    import io
+
+    import matplotlib.pyplot as plt
+    if source:
+        caption(fig, source)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    data = buf.getvalue()
+    try:
+        from IPython import get_ipython
+        from IPython.display import Image, display
+        if get_ipython() is not None:
+            display(Image(data=data))
+    except ImportError:
+        pass
+    return data
 
 
 def package(results=None, prefer=PREFERRED):

@@ -1,0 +1,213 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04: flash attention on the tensor cores (v4, `flash_tc`)
+#
+# v3 does the flash algorithm on CUDA cores in fp32. On an H100 the tensor cores do fp16
+# matrix products several times faster, but Numba has no tensor-core intrinsics. v4 reaches
+# them through a tiny CUDA C++ bridge: one-instruction wrappers around
+# `mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32` (and fp16 packing and `ex2.approx`),
+# compiled by NVRTC and linked into the Numba kernel with `cuda.declare_device(..., link=...)`.
+# Everything else (tiling, masking, the online softmax) is Python.
+#
+# This notebook runs on a CPU: the fragment layout and a lane-by-lane NumPy emulation of the
+# kernel run anywhere; the GPU cells are skipped without one; the measured speeds are read from
+# the committed results JSON.
+
+# %%
+import glob, inspect, json, os
+import numpy as np
+import attn_numba
+from attn_numba.kernels import mma_bridge, v4_tensor_core as v4
+from attn_numba.kernels.v4_emulation import emulate_flash_tc
+from attn_numba.reference import mha_fwd_ref
+from attn_numba.testing import compare
+SIM = attn_numba.on_simulator()
+print("simulator" if SIM else "real GPU")
+
+# %% [markdown]
+# ## One warp, one mma: who holds what
+#
+# `mma.m16n8k16` multiplies a 16x16 fp16 tile A by a 16x8 tile B into a 16x8 fp32 tile C,
+# spread over the 32 lanes of a warp. Each lane holds 4 A registers and 2 B registers (two
+# fp16 each) and 4 fp32 C values. With `g = lane // 4` and `t = lane % 4` (PTX ISA, "Matrix
+# Fragments for mma.m16n8k16"), the kernel's helpers `a_frag_rc`, `b_frag_kn`, `c_frag_rc`
+# give the element each register holds. Below: `lane.register` of each element of A and of C.
+
+# %%
+A = np.empty((16, 16), object)
+for lane in range(32):
+    for reg in range(4):
+        r, c = v4.a_frag_rc(lane, reg)
+        A[r, c] = A[r, c + 1] = f"{lane:2d}.{reg}"
+print("A (16x16), lane.reg:")
+for row in A:
+    print(" ".join(row))
+C = np.empty((16, 8), object)
+for lane in range(32):
+    for reg in range(4):
+        r, c = v4.c_frag_rc(lane, reg)
+        C[r, c] = f"{lane:2d}.{reg}"
+print("\nC (16x8), lane.reg:")
+for row in C:
+    print(" ".join(row))
+
+# %% [markdown]
+# The C layout of two adjacent n8 tiles of `S = Q Kᵀ` is exactly the A layout of one k16
+# step of `P V` (`p_from_s`), so the probabilities go from the S accumulators to the A
+# registers of the second product without touching shared memory. The emulator
+# `mma_bridge.mma_f16_16816_py` rebuilds A, B, C from per-lane registers with the layout
+# written out from the PTX ISA (independently of the helpers) and multiplies:
+
+# %%
+rng = np.random.default_rng(0)
+Am = rng.standard_normal((16, 16)).astype(np.float16)
+Bm = rng.standard_normal((16, 8)).astype(np.float16)
+a = np.zeros((32, 4), np.uint32); b = np.zeros((32, 2), np.uint32)
+for lane in range(32):
+    for reg in range(4):
+        r, c = v4.a_frag_rc(lane, reg)
+        a[lane, reg] = mma_bridge.pack_f16x2_py(Am[r, c], Am[r, c + 1])
+    for reg in range(2):
+        kk, n = v4.b_frag_kn(lane, reg)
+        b[lane, reg] = mma_bridge.pack_f16x2_py(Bm[kk, n], Bm[kk + 1, n])
+d = mma_bridge.mma_f16_16816_py(a, b, np.zeros((32, 4), np.float32))
+D = np.zeros((16, 8), np.float32)
+for lane in range(32):
+    for reg in range(4):
+        r, c = v4.c_frag_rc(lane, reg)
+        D[r, c] = d[lane, reg]
+print("max |D - A.B| =", np.abs(D - Am.astype(np.float32) @ Bm.astype(np.float32)).max())
+
+# %% [markdown]
+# ## The whole kernel, emulated lane by lane
+#
+# `emulate_flash_tc` mirrors the kernel for one head of one sequence: K staged row-major and V
+# pair-interleaved in a flat "shared memory" through the kernel's own index helpers, Q
+# fragments in registers, Q·Kᵀ with emulated mma, masking only on tiles that are not fully
+# inside the band, the online softmax in base 2 with quad reductions, P packed to fp16 and
+# P·V with emulated mma. Compared with the float64 reference under the same tolerance rule as
+# the GPU tests (a sliding window, sq != sk, GQA):
+
+# %%
+sq, sk, H, HKV, Dh, window = 70, 90, 4, 2, 32, (20, 5)
+q = rng.standard_normal((1, sq, H, Dh)).astype(np.float16)
+k = rng.standard_normal((1, sk, HKV, Dh)).astype(np.float16)
+v = rng.standard_normal((1, sk, HKV, Dh)).astype(np.float16)
+head = 3
+out, lse = emulate_flash_tc(q[0], k[0], v[0], 1 / np.sqrt(Dh), *window, head, head // (H // HKV),
+                            block_n=32, heads=2)
+ref, ref_lse = mha_fwd_ref(q, k, v, window_size=window)
+lowp, _ = mha_fwd_ref(q, k, v, window_size=window, p_dtype=np.float16)
+c = compare(out, lse, ref[0, :, head], ref_lse[0, head],
+            lowp.astype(np.float16).astype(np.float64)[0, :, head], np.float16)
+print(c, "ok" if c.ok else "FAIL")
+
+# %% [markdown]
+# ## The bridge
+#
+# The CUDA C++ that is linked into the kernel. Numba's device ABI: the function writes its
+# result through the first pointer and returns 0; `declare_device` gives the Numba-side
+# signature (`UniTuple(float32, 4)` for the mma). With nvJitLink, Numba links with LTO, which
+# inlines the wrappers. Linked foreign code cannot be cached on disk in numba-cuda 0.30.4
+# (`Cannot pickle CUDACodeLibrary with linking files`), so each specialisation compiles once
+# per process, and the simulator cannot run it (`supports()` refuses it there).
+
+# %%
+print(mma_bridge.MMA_SOURCE_TEXT)
+
+# %% [markdown]
+# ## The kernel
+#
+# `attn_numba/kernels/v4_tensor_core.py`, `build(head_size, heads, block_n, prefetch)`: 4 warps per block,
+# 16 query positions per warp; with GQA a block covers `heads` query heads of one group so that
+# each staged K/V tile serves all of them. The key loop:
+
+# %%
+src = inspect.getsource(v4._build)
+start = src.index("        for n0 in range(")
+print(src[start:src.index("        # epilogue")])
+
+# %% [markdown]
+# ## On a GPU: check it (skipped on a CPU)
+
+# %%
+if SIM or "flash_tc" not in attn_numba.available_kernels():
+    print("no GPU here: skipping the GPU check (see scripts/gpu_v4.py for the full suite)")
+else:
+    from attn_numba.testing import check_mha_fwd, random_qkv
+    q, k, v = random_qkv(rng, 1, 1025, 1025, 32, 8, 128, np.float16)
+    print(check_mha_fwd(q, k, v, "flash_tc", window_size=(128, 128)))
+
+# %% [markdown]
+# ## Measured speed (read from the committed results)
+#
+# `results/h100/v4_dev.json`, written by `scripts/gpu_v4.py` on the device named in it: the
+# log's grid (1 sequence, 32/8 heads, D = 128, window (128, 128), fp16), v4 (4 heads per block
+# and 1 head per block), v3 and `torch.compile`d FlexAttention with a sliding-window block mask,
+# all timed in the same run with CUDA events (median). The dashed line is the memory floor:
+# the fewest bytes (read Q, K, V once, write O once) at 3.0 TB/s.
+
+# %%
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+root = os.path.dirname(os.path.dirname(os.path.abspath(attn_numba.__file__)))
+path = os.path.join(root, "results", "h100", "v4_dev.json")
+if not os.path.exists(path):
+    print("no results committed yet:", path)
+else:
+    res = json.load(open(path))
+    print(res["device"], "|", res["date"], "|", res["versions"])
+    ceiling = res["mma_ceiling"]["tflops"]
+    print(f"mma.sync ceiling through the bridge, same run: {ceiling:.0f} TFLOP/s")
+    v4_name = res["selected"]["variant"]          # the committed default configuration
+    show = {v4_name: "v4 flash_tc", "flash_v3": "v3 flash", "flex": "FlexAttention"}
+    def valid(r):
+        return "time_s" in r and "invalid" not in r
+    rows = [r for r in res["timings"] if valid(r) and r["kernel"] in show]
+    # FlexAttention points this run could not measure validly come from the first run
+    run1 = json.load(open(os.path.join(root, "results", "h100", "v4_dev_run1.json")))
+    have = {(r["kernel"], r["seq_len"], r["causal"]) for r in rows}
+    extra = [dict(r, from_run1=True) for r in run1["timings"]
+             if r["kernel"] == "flex" and valid(r) and ("flex", r["seq_len"], r["causal"]) not in have]
+    rows += extra
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for causal, ax in zip((0, 1), axes):
+        sub = [r for r in rows if r["causal"] == causal]
+        for kname, label in show.items():
+            pts = sorted((r["seq_len"], r["time_s"] * 1e3) for r in sub if r["kernel"] == kname)
+            if pts:
+                ax.plot(*zip(*pts), "o-", label=label)
+        floor = sorted({(r["seq_len"], r["memory_floor_s_at_3TBps"] * 1e3) for r in sub})
+        ax.plot(*zip(*floor), "k--", label="memory floor (3.0 TB/s)")
+        ax.set(xscale="log", yscale="log", xlabel="seq_len", title=f"causal={causal}")
+        ax.set_xticks([512, 1024, 2048, 4096, 8192], labels=["512", "1k", "2k", "4k", "8k"])
+    axes[0].set_ylabel("ms per call (H100, CUDA events, median)"); axes[0].legend(fontsize=8)
+    plt.tight_layout(); plt.show()
+    flex_t = {(r["seq_len"], r["causal"]): r["time_s"] for r in rows if r["kernel"] == "flex"}
+    print(f"{'kernel':<14} {'S':>5} {'causal':>6} {'ms':>9} {'TFLOP/s':>8} {'% mma':>6} {'x Flex':>7} {'x floor':>8}")
+    for r in sorted(rows, key=lambda r: (r["causal"], r["seq_len"], r["kernel"])):
+        fx = r["time_s"] / flex_t[(r["seq_len"], r["causal"])] if (r["seq_len"], r["causal"]) in flex_t else float("nan")
+        mark = "  (flex from run 1)" if r.get("from_run1") else ""
+        print(f"{show[r['kernel']]:<14} {r['seq_len']:5d} {r['causal']:6d} {r['time_s']*1e3:9.4f} "
+              f"{r['tflops']:8.1f} {100*r['tflops']/ceiling:6.1f} {fx:7.2f} {r['x_memory_floor']:8.2f}{mark}")
+    print("\nconfigurations tried in the same run (geometric mean time over the grid, ms):")
+    for name, t in sorted(res["selected"]["geomean_s"].items(), key=lambda x: x[1]):
+        print(f"  {name:<22} {t*1e3:.4f}")
+
+# %% [markdown]
+# What the numbers mean, and what was tried, is in `notes/v4_tensor_core.md`.
