@@ -15,7 +15,7 @@ import numpy as np
 MAX_HEAD_SIZE = 256
 
 #: Kernel names, in the order ``kernel="auto"`` prefers them.
-KERNEL_NAMES = ("flash_tc", "flash", "tiled", "naive")
+KERNEL_NAMES = ("flash_wgmma", "flash_tc", "flash", "tiled", "naive")
 
 
 def normalize_window(window_size, causal):

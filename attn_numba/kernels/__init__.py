@@ -20,6 +20,7 @@ _MODULES = {
     "tiled": "attn_numba.kernels.v2_tiled",
     "flash": "attn_numba.kernels.v3_flash",
     "flash_tc": "attn_numba.kernels.v4_tensor_core",
+    "flash_wgmma": "attn_numba.kernels.v5_wgmma",  # Hopper only; absent from some builds
 }
 
 
