@@ -8,6 +8,8 @@ Steps, each reported on stdout and in the report:
 2. when a CUDA GPU is usable (and ``--no-bench`` is not given), run ``attn-numba bench`` in a
    subprocess into ``results/<device-slug>``; otherwise use the committed ``summary.json`` files
    under ``--results``;
+   then explain every NVBench markdown log next to those summaries (``nvbench*.md``: the one the
+   benchmark just wrote and the committed ones) and show each group's verdict;
 3. draw the figures into ``--figures`` (:mod:`attn_numba.plots`);
 4. write ``<figures>/REPORT.md``: the diagnosis, one table per results file (device, date,
    ceilings, times, rates, fractions of the ceilings, correctness checks), and the figures.
@@ -55,6 +57,28 @@ def _explain(log, steps):
         return None
     _say(steps, f"explained {log}: verdict {res.get('verdict')!r}")
     return res
+
+
+def _explain_bench_logs(summaries, steps):
+    """Explain each NVBench markdown log (``nvbench*.md``) next to a summary.json: the one the
+    benchmark just wrote and the committed ones. Returns [(path, result)]."""
+    try:
+        from .explain import explain_log
+    except ImportError:
+        return []
+    out = []
+    for spath, _ in summaries:
+        for md in sorted(Path(spath).parent.glob("nvbench*.md")):
+            try:
+                res = explain_log(str(md))
+            except (OSError, ValueError) as exc:
+                _say(steps, f"explaining {md} failed: {exc}")
+                continue
+            _say(steps, f"explained {md}: " + "; ".join(
+                f"{'/'.join(map(str, g['axes'].values())) or 'all'} {g['verdict']}"
+                for g in res["groups"]))
+            out.append((md, res))
+    return out
 
 
 def _bench(args, steps):
@@ -120,7 +144,7 @@ def _results_table(doc, log_rows):
     return lines
 
 
-def write_report(path, steps, explained, summaries, figures, log, log_rows):
+def write_report(path, steps, explained, summaries, figures, log, log_rows, bench_logs=()):
     from .bench.summary import now_iso
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,8 +163,16 @@ def write_report(path, steps, explained, summaries, figures, log, log_rows):
         L.append("")
         for e in (explained.get("explanations") or [])[:6]:
             L.append(f"- {e}")
+        if len(explained.get("groups") or []) > 1:
+            from .explain import groups_markdown
+            L += [""] + groups_markdown(explained, Path(log).name)
     else:
         L.append("Not diagnosed (see above).")
+    if bench_logs:
+        from .explain import groups_markdown
+        L += ["", "## Verdicts of the benchmark logs (`attn-numba explain`, one per group)", ""]
+        for md, res in bench_logs:
+            L += groups_markdown(res, str(md)) + [""]
     L += ["", "## Measured results", ""]
     if not summaries:
         L.append("No `summary.json` found: nothing has been measured on a GPU yet "
@@ -200,6 +232,7 @@ def main(args):
     _say(steps, f"found {len(summaries)} GPU result file(s) under {args.results}: "
          + ", ".join(f"{p} ({d['device']})" for p, d in summaries) if summaries else
          f"found no GPU results under {args.results}")
+    bench_logs = _explain_bench_logs(summaries, steps)
     figures = plot_all(args.results, args.figures, args.log)
     _say(steps, f"drew {sum(len(p) for _, p in figures)} figure(s) into {args.figures}")
     log_rows = []
@@ -209,5 +242,5 @@ def main(args):
         pass
     report = Path(args.report or Path(args.figures) / "REPORT.md")
     _say(steps, f"wrote {report}")
-    write_report(report, steps, explained, summaries, figures, args.log, log_rows)
+    write_report(report, steps, explained, summaries, figures, args.log, log_rows, bench_logs)
     return 0

@@ -25,7 +25,7 @@ from .diagnose import NVBENCH_DEFAULTS, NVBENCH_MIN_SAMPLES_FOR_NOISE, SYMPTOMS
 from .fit import (FLAT_EXPONENT, OVERHEAD_FRACTION, batch_over_cold, fit_group, fit_overhead,
                   host_s_per_call, time_of, verdict_of)
 from .parse import LogParseError, parse_log, parse_value, parse_warning
-from .render import add_arguments, fmt_t, format_text, jsonable, main
+from .render import add_arguments, fmt_t, format_text, groups_markdown, jsonable, main
 from .rows import AXES, build_rows, group_rows, row_work
 
 # names used before the module became a package (bench/pathology.py, notebook 06)
@@ -38,6 +38,7 @@ __all__ = ["AXES", "FLAT_EXPONENT", "LogParseError", "NVBENCH_DEFAULTS",
            "NVBENCH_MIN_SAMPLES_FOR_NOISE", "OVERHEAD_FRACTION", "PACKAGED_LOG",
            "PEAK_FLOP_PER_CLK_SM", "SYMPTOMS", "add_arguments", "batch_over_cold", "build_rows",
            "explain_group", "explain_log", "fit_group", "fit_overhead", "fmt_t", "format_text",
+           "groups_markdown",
            "group_rows", "host_s_per_call", "jsonable", "load_pathology", "load_summaries",
            "main", "parse_log", "parse_value", "parse_warning", "read_log", "roofline",
            "row_work", "time_of", "verdict_of"]

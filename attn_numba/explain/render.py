@@ -112,3 +112,18 @@ def main(args):
     else:
         print(format_text(res))
     return 0
+
+
+def groups_markdown(res, name=None):
+    """Markdown table lines: one row per group of ``res`` (verdict, fixed overhead, work
+    exponent, host time per call, Batch/Cold), under a caption naming the log and device."""
+    dev = ", ".join(d.get("name", "?") for d in res.get("devices") or []) or "?"
+    lines = [f"`{name or res['log']}` ({dev}): **{res['verdict']}**", "",
+             "| group | rows | verdict | fixed overhead | work exponent | host per call "
+             "(CPU - GPU) | Batch / Cold |", "|---|---:|---|---:|---:|---:|---:|"]
+    for g in res.get("groups") or []:
+        e, b = g["work_exponent"], g["batch_over_cold"]
+        lines.append(f"| {group_label(g['axes'])} | {len(g['rows'])} | {g['verdict']} | "
+                     f"{fmt_t(g['fixed_overhead_s'])} | {'-' if e is None else f'{e:.2f}'} | "
+                     f"{fmt_t(g['host_s_per_call'])} | {'-' if b is None else f'{b:.2f}'} |")
+    return lines
