@@ -48,6 +48,10 @@ HEAD_SIZES = (64, 128, 256)
 #: keys per tile (the N of S = Q.K^T) per head size; 256: 64 keeps O (128 regs) + S in budget
 BLOCK_N = {64: 128, 128: 128, 256: 64}
 GQA_PACK = True
+#: V's descriptor (MN-major, 128B swizzle): LBO = next 64 columns of D, SBO = next 8 keys
+#: (CUTLASS's canonical form). True swaps the two: a fallback that scripts/gpu_wgmma_check.py
+#: selects if its microtest finds the hardware reads them the other way round.
+V_DESC_SWAP = False
 
 LOG2E = np.float32(math.log2(math.e))
 LN2 = np.float32(math.log(2.0))
@@ -90,12 +94,16 @@ def _desc_hi(lbo, sbo):
     return np.uint64(wl.desc_encode(0, lbo, sbo, wl.SWIZZLE_MODE["128B"]))
 
 
-def build(head_size, kind="f16", heads=1, block_n=None):
-    return _build(head_size, kind, heads, BLOCK_N[head_size] if block_n is None else block_n)
+def build(head_size, kind="f16", heads=1, block_n=None, v_swap=None):
+    """The kernel for ``head_size``, ``kind`` ('f16'/'bf16'), ``heads`` query heads per block
+    (1, 2 or 4 of one GQA group), key tile ``block_n`` (None: BLOCK_N) and V descriptor
+    variant ``v_swap`` (None: V_DESC_SWAP)."""
+    return _build(head_size, kind, heads, BLOCK_N[head_size] if block_n is None else block_n,
+                  V_DESC_SWAP if v_swap is None else v_swap)
 
 
 @functools.lru_cache(maxsize=None)
-def _build(head_size, kind, heads, block_n):
+def _build(head_size, kind, heads, block_n, v_swap=False):
     D = head_size
     BN = block_n
     HB = heads
@@ -112,7 +120,8 @@ def _build(head_size, kind, heads, block_n):
     PA_LEN = 4 * PV_STEPS
     O_LEN = D // 2
     DQ = _desc_hi(16, wl.ATOM_BYTES)            # K-major Q and K: SBO 1024, LBO unused
-    DV = _desc_hi(BN * wl.SWIZZLE_BYTES, wl.ATOM_BYTES)  # MN-major V: LBO = column block
+    DV = (_desc_hi(wl.ATOM_BYTES, BN * wl.SWIZZLE_BYTES) if v_swap else
+          _desc_hi(BN * wl.SWIZZLE_BYTES, wl.ATOM_BYTES))  # MN-major V: LBO = column block
     ROW_BYTES = np.int64(2 * D)
 
     wg_s = px.wgmma_ss(BN, kind, False)
@@ -425,10 +434,12 @@ def opt_in_shared(kernel, argtypes, nbytes):
     _OPTED.add(key)
 
 
-def launch(problem, q, k, v, out, lse, cu_q, cu_k, stream, heads=None, block_n=None):
-    """Contract launch; ``heads`` / ``block_n`` override the defaults (for experiments)."""
+def launch(problem, q, k, v, out, lse, cu_q, cu_k, stream, heads=None, block_n=None,
+           v_swap=None):
+    """Contract launch; ``heads`` / ``block_n`` / ``v_swap`` override the defaults (for
+    experiments; see :func:`build`)."""
     hb, bn, grid, shared = _config(problem, heads, block_n)
-    kernel = build(problem.head_size, kind_of(problem.dtype), hb, bn)
+    kernel = build(problem.head_size, kind_of(problem.dtype), hb, bn, v_swap)
     args = (q.view(np.uint16), k.view(np.uint16), v.view(np.uint16), out.view(np.uint32),
             lse, cu_q, cu_k) + _scalars(problem)
     opt_in_shared(kernel, tuple(kernel.typeof_pyval(a) for a in args), shared)

@@ -1,0 +1,388 @@
+"""One GPU run for flash_wgmma (Hopper): wgmma microtest, correctness sweep, timing against
+flash_tc, ptxas/SASS evidence. Needs an sm_90 device; everything lands in ``$OUT``.
+
+    OUT=/some/dir python scripts/gpu_wgmma_check.py [--budget 150]
+
+Stages (each appends to ``$OUT/wgmma_check.json``, so a run cut short still reports):
+
+a. microtest: one warpgroup, ``wgmma`` SS (A, B K-major, 128B swizzle; K = 64 and 128) and
+   RS (A from registers, B MN-major = transposed, N = 64/128/256) against NumPy, for both
+   readings of the MN-major descriptor (LBO/SBO as CUTLASS, and swapped). The kernel
+   then runs with the reading that passed.
+b. flash_wgmma vs attn_numba.reference (float64) on fresh random inputs: fp16/bf16, head
+   sizes 64/128/256, GQA 1/4/8, windows (-1,-1), (0,0), (128,128), causal, lengths 1, 97,
+   1025, sq != sk, varlen with an empty sequence; outputs start as NaN. Tolerance: 2x the
+   error of a reference that rounds P and O to the dtype, plus a floor.
+c. CUDA-event timing at 8192 tokens (batch 1, 32 heads / 8 kv heads, D=128, window
+   (128,128), fp16): flash_wgmma (key tiles 64 and 128) vs flash_tc.
+d. registers / spills (ptxas -v on the kernel's PTX) and ``cuobjdump -sass`` HGMMA count.
+
+Success: the last table says ``micro ok``, ``sweep N/N pass`` and shows HGMMA > 0.
+"""
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from numba import cuda, float32, types, uint32  # noqa: E402
+
+from attn_numba.kernels import ptx_sm90 as px  # noqa: E402
+from attn_numba.kernels import v5_wgmma as v5  # noqa: E402
+from attn_numba.kernels import wgmma_layout as wl  # noqa: E402
+from attn_numba.problem import Problem, windowed_flops  # noqa: E402
+from attn_numba.reference import mha_varlen_fwd_ref  # noqa: E402
+
+OUT = os.environ.get("OUT", ".")
+RES = {}
+T0 = time.time()
+
+
+def save():
+    with open(os.path.join(OUT, "wgmma_check.json"), "w") as f:
+        json.dump(RES, f, indent=1, default=str)
+
+
+def log(*a):
+    print(f"[{time.time() - T0:6.1f}s]", *a, flush=True)
+
+
+def bf16():
+    import ml_dtypes
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+# --------------------------------------------------------------------------- a. microtest
+
+@cuda.jit(device=True, inline=True)
+def _desc(addr, hi):
+    return types.uint64((addr >> 4) & 0x3FFF) | hi
+
+
+_so = cuda.jit(device=True, inline=True)(wl.smem_offset)
+_ks = cuda.jit(device=True, inline=True)(wl.kmajor_step_offset)
+_ms = cuda.jit(device=True, inline=True)(wl.mnmajor_step_offset)
+_arc = cuda.jit(device=True, inline=True)(wl.a_rc)
+_crc = cuda.jit(device=True, inline=True)(wl.acc_rc)
+
+
+def make_micro(n, kd, kind, rs):
+    """Kernel ``f(a, b, out, b_hi)``: out (64 x n) = A (64 x kd) times B, one warpgroup.
+    SS: b is (n, kd) (B K-major: out = A @ b.T). RS: b is (kd, n) (MN-major: out = A @ b)."""
+    nd = n // 2
+    b_rows = kd if rs else n
+    a_hi = np.uint64(wl.desc_encode(0, 16, 1024))
+    wg = px.wgmma_rs(n, kind, True) if rs else px.wgmma_ss(n, kind, False)
+    fence = px.fence_acc(nd)
+    wait0 = px.wgmma_wait(0)
+    a_elems = 64 * kd
+    b_elems = n * kd
+
+    @cuda.jit
+    def micro(a, a32, b, out, b_hi):
+        tid = cuda.threadIdx.x
+        warp = tid >> 5
+        lane = tid & 31
+        sh = cuda.shared.array(0, types.uint16)
+        raw = px.smem_addr(sh)
+        base = (raw + uint32(1023)) & uint32(0xFFFFFC00)
+        pad = (base - raw) >> 1
+        for i in range(tid, a_elems, 128):
+            r = i // kd
+            c = i - r * kd
+            sh[pad + (_so(r, c, 64) >> 1)] = a[r, c]
+        for i in range(tid, b_elems, 128):
+            if rs:   # b (kd, n): rows = k, columns = n (contiguous)
+                r = i // n
+                c = i - r * n
+                sh[pad + ((a_elems * 2 + _so(r, c, b_rows)) >> 1)] = b[r, c]
+            else:    # b (n, kd): rows = n, columns = k (contiguous)
+                r = i // kd
+                c = i - r * kd
+                sh[pad + ((a_elems * 2 + _so(r, c, b_rows)) >> 1)] = b[r, c]
+        px.fence_proxy_async()
+        cuda.syncthreads()
+        acc = cuda.local.array(nd, float32)
+        for i in range(nd):
+            acc[i] = float32(0.0)
+        sb = base + uint32(a_elems * 2)
+        px.wgmma_fence()
+        for kk in range(kd // 16):
+            if rs:
+                r0, c0 = _arc(warp, lane, 0)
+                r1, c1 = _arc(warp, lane, 1)
+                r2, c2 = _arc(warp, lane, 2)
+                r3, c3 = _arc(warp, lane, 3)
+                wg(acc, a32[r0, (16 * kk + c0) >> 1], a32[r1, (16 * kk + c1) >> 1],
+                   a32[r2, (16 * kk + c2) >> 1], a32[r3, (16 * kk + c3) >> 1],
+                   _desc(sb + uint32(_ms(kk)), b_hi), 1)
+            else:
+                wg(acc, _desc(base + uint32(_ks(kk, 64)), a_hi),
+                   _desc(sb + uint32(_ks(kk, n)), b_hi), 1)
+        px.wgmma_commit()
+        wait0()
+        fence(acc)
+        for i in range(nd):
+            r, c = _crc(warp, lane, i)
+            out[r, c] = acc[i]
+
+    return micro, (a_elems + b_elems) * 2 + 1024
+
+
+def microtest(rng):
+    rows = []
+    for rs, n, kd in ((False, 64, 64), (False, 128, 128), (False, 256, 64),
+                      (True, 64, 64), (True, 128, 64), (True, 256, 32)):
+        for kind in ("f16", "bf16"):
+            dt = np.dtype(np.float16) if kind == "f16" else bf16()
+            a = rng.standard_normal((64, kd)).astype(dt)
+            b = rng.standard_normal((kd, n) if rs else (n, kd)).astype(dt)
+            want = a.astype(np.float64) @ (b.astype(np.float64) if rs else b.astype(np.float64).T)
+            b_rows = kd if rs else n
+            variants = ({"cutlass": (b_rows * 128, 1024), "swapped": (1024, b_rows * 128)}
+                        if rs else {"kmajor": (16, 1024)})
+            for name, (lbo, sbo) in variants.items():
+                row = dict(op="RS" if rs else "SS", n=n, k=kd, kind=kind, desc=name)
+                try:
+                    fn, shared = make_micro(n, kd, kind, rs)
+                    out = cuda.device_array((64, n), np.float32)
+                    args = (cuda.to_device(a.view(np.uint16)),
+                            cuda.to_device(np.ascontiguousarray(a).view(np.uint16).view(np.uint32)),
+                            cuda.to_device(b.view(np.uint16)), out,
+                            np.uint64(wl.desc_encode(0, lbo, sbo)))
+                    v5.opt_in_shared(fn, tuple(fn.typeof_pyval(x) for x in args), shared)
+                    fn[1, 128, 0, shared](*args)
+                    got = out.copy_to_host()
+                    err = float(np.max(np.abs(got - want)))
+                    row.update(max_err=err, ok=bool(err < 1e-2 * max(1.0, np.abs(want).max())))
+                except Exception as exc:  # noqa: BLE001
+                    row.update(ok=False, error=f"{type(exc).__name__}: {exc}"[:500])
+                log("micro", row)
+                rows.append(row)
+    RES["micro"] = rows
+    save()
+    rs_ok = {name: all(r["ok"] for r in rows if r["op"] == "RS" and r["desc"] == name)
+             for name in ("cutlass", "swapped")}
+    ss_ok = all(r["ok"] for r in rows if r["op"] == "SS")
+    return ss_ok, rs_ok
+
+
+# --------------------------------------------------------------------------- b. sweep
+
+def problem_for(seq_q, seq_k, h, hkv, d, dtype, left, right, causal):
+    return Problem(batch=len(seq_q), total_q=int(sum(seq_q)), total_k=int(sum(seq_k)),
+                   max_seqlen_q=int(max(seq_q)), max_seqlen_k=int(max(seq_k)), num_heads=h,
+                   num_kv_heads=hkv, head_size=d, dtype=np.dtype(dtype),
+                   softmax_scale=1.0 / math.sqrt(d), window_left=left, window_right=right,
+                   causal=causal, lse_batched=False, on_simulator=False)
+
+
+def run_v5(p, q, k, v, cu_q, cu_k, **kw):
+    dq, dk, dv = (cuda.to_device(x.view(np.uint16)) for x in (q, k, v))
+    out = cuda.to_device(np.full(q.shape, 0xFFFF, np.uint16))   # NaN in fp16 and bf16
+    lse = cuda.to_device(np.full((1, p.num_heads, p.total_q), np.nan, np.float32))
+    v5.launch(p, dq, dk, dv, out, lse, cuda.to_device(cu_q), cuda.to_device(cu_k), 0, **kw)
+    cuda.synchronize()
+    return out.copy_to_host().view(q.dtype), lse.copy_to_host()
+
+
+def check_case(rng, dtype, d, group, seq_q, seq_k, window, causal, v_swap):
+    hkv = 2
+    h = hkv * group
+    cu_q = np.concatenate([[0], np.cumsum(seq_q)]).astype(np.int32)
+    cu_k = np.concatenate([[0], np.cumsum(seq_k)]).astype(np.int32)
+    q = rng.standard_normal((cu_q[-1], h, d)).astype(dtype)
+    k = rng.standard_normal((cu_k[-1], hkv, d)).astype(dtype)
+    v = rng.standard_normal((cu_k[-1], hkv, d)).astype(dtype)
+    left, right = window
+    if causal:
+        right = 0
+    p = problem_for(seq_q, seq_k, h, hkv, d, dtype, left, right, causal)
+    out, lse = run_v5(p, q, k, v, cu_q, cu_k, v_swap=v_swap)
+    kw = dict(causal=causal, window_size=window)
+    ref, ref_lse = mha_varlen_fwd_ref(q, k, v, cu_q, cu_k, **kw)
+    low, _ = mha_varlen_fwd_ref(q, k, v, cu_q, cu_k, p_dtype=dtype, **kw)
+    low = low.astype(dtype).astype(np.float64)
+    floor = 2e-3 if np.dtype(dtype) == np.float16 else 1.6e-2
+    tol = 2 * float(np.max(np.abs(low - ref), initial=0)) + floor
+    o = out.astype(np.float64)
+    err = float(np.max(np.abs(o - ref), initial=0)) if np.all(np.isfinite(o)) else float("nan")
+    ref_lse = np.asarray(ref_lse, np.float64).reshape(lse.shape)
+    same_inf = np.array_equal(np.isneginf(lse), np.isneginf(ref_lse)) and not np.isnan(lse).any()
+    fin = np.isfinite(ref_lse)
+    lse_err = float(np.max(np.abs(lse[fin] - ref_lse[fin]), initial=0))
+    ok = bool(err <= tol and same_inf and lse_err <= 1e-3 + 1e-4 * np.abs(ref_lse[fin]).max(initial=0))
+    return dict(dtype=np.dtype(dtype).name, d=d, group=group, seq_q=list(map(int, seq_q)),
+                seq_k=list(map(int, seq_k)), window=window, causal=causal, err=err, tol=tol,
+                lse_err=lse_err, lse_inf_match=bool(same_inf), ok=ok)
+
+
+def sweep(rng, v_swap, budget_end):
+    cases = []
+    for d in (128, 64, 256):
+        for dtype in (np.float16, bf16()):
+            for i, (window, causal) in enumerate((((-1, -1), False), ((-1, -1), True),
+                                                  ((0, 0), False), ((128, 128), False))):
+                for j, s in enumerate((97, 1025, 1)):
+                    group = (1, 4, 8)[(i + j) % 3]
+                    cases.append((dtype, d, group, [s], [s], window, causal))
+            cases.append((dtype, d, 4, [200], [1100], (-1, -1), True))      # sq < sk
+            cases.append((dtype, d, 1, [300], [77], (128, 128), False))      # sq > sk
+            cases.append((dtype, d, 8, [130, 0, 7, 513], [64, 0, 300, 513], (-1, -1), True))
+            cases.append((dtype, d, 4, [65, 0, 190], [65, 5, 190], (128, 128), False))
+    rows = []
+    for c in cases:
+        if time.time() > budget_end:
+            break
+        try:
+            row = check_case(rng, *c, v_swap=v_swap)
+        except Exception as exc:  # noqa: BLE001
+            row = dict(case=str(c), ok=False, error=f"{type(exc).__name__}: {exc}"[:800])
+            traceback.print_exc()
+        if not row["ok"]:
+            log("FAIL", row)
+        rows.append(row)
+    RES["sweep"] = dict(run=len(rows), total=len(cases), passed=sum(r["ok"] for r in rows),
+                        rows=rows)
+    save()
+    log(f"sweep: {RES['sweep']['passed']}/{len(rows)} pass ({len(cases)} planned)")
+
+
+# --------------------------------------------------------------------------- c. timing
+
+def timing(v_swap):
+    from attn_numba.kernels import v4_tensor_core as v4
+    rng = np.random.default_rng(1)
+    s, h, hkv, d = 8192, 32, 8, 128
+    q, k, v = (cuda.to_device(rng.standard_normal((s, n, d)).astype(np.float16))
+               for n in (h, hkv, hkv))
+    out = cuda.device_array((s, h, d), np.float16)
+    lse = cuda.device_array((1, h, s), np.float32)
+    cu = cuda.to_device(np.array([0, s], np.int32))
+    p = problem_for([s], [s], h, hkv, d, np.float16, 128, 128, False)
+    flops = windowed_flops([s], [s], h, d, 128, 128)
+    runs = {"flash_wgmma_bn64": lambda: v5.launch(p, q, k, v, out, lse, cu, cu, 0,
+                                                  block_n=64, v_swap=v_swap),
+            "flash_wgmma_bn128": lambda: v5.launch(p, q, k, v, out, lse, cu, cu, 0,
+                                                   block_n=128, v_swap=v_swap),
+            "flash_tc": lambda: v4.launch(p, q, k, v, out, lse, cu, cu, cuda.default_stream())}
+    res = {}
+    for name, fn in runs.items():
+        try:
+            fn()
+            cuda.synchronize()
+            ts = []
+            for _ in range(7):      # 10 back-to-back launches per event pair: the queue
+                e0, e1 = cuda.event(), cuda.event()   # stays ahead of the host's dispatch
+                e0.record()
+                for _ in range(10):
+                    fn()
+                e1.record()
+                e1.synchronize()
+                ts.append(cuda.event_elapsed_time(e0, e1) / 1e3 / 10)
+            med = float(np.median(ts))
+            res[name] = dict(ms=med * 1e3, tflops=flops / med / 1e12)
+        except Exception as exc:  # noqa: BLE001
+            res[name] = dict(error=f"{type(exc).__name__}: {exc}"[:500])
+        log("time", name, res[name])
+    RES["timing_8192"] = dict(device=cuda.get_current_device().name.decode()
+                              if isinstance(cuda.get_current_device().name, bytes)
+                              else str(cuda.get_current_device().name), runs=res)
+    save()
+
+
+# --------------------------------------------------------------------------- d. evidence
+
+def evidence(v_swap):
+    rows = []
+    for d, kind, hb, bn in ((128, "f16", 4, 128), (128, "f16", 4, 64), (64, "f16", 1, 128),
+                            (256, "bf16", 4, 64)):
+        kern = v5.build(d, kind, hb, bn, v_swap)
+        row = dict(d=d, kind=kind, heads=hb, block_n=bn)
+        try:
+            sig = v5._signature()
+            ck = kern.compile(sig)
+            lib = ck._codelibrary
+            attrs = lib.get_cufunc().attrs
+            row.update(regs=attrs.regs, local_bytes=attrs.local, static_shared=attrs.shared)
+            ptx = lib.get_asm_str()
+            tag = f"v5_d{d}_{kind}_h{hb}_bn{bn}"
+            with open(os.path.join(OUT, tag + ".ptx"), "w") as f:
+                f.write(ptx)
+            cubin = lib.get_cubin()
+            cpath = os.path.join(OUT, tag + ".cubin")
+            with open(cpath, "wb") as f:
+                f.write(cubin)
+            if shutil.which("ptxas"):
+                pv = subprocess.run(["ptxas", "-arch=sm_90a", "-v", "-O3", "-o", os.devnull,
+                                     os.path.join(OUT, tag + ".ptx")], capture_output=True,
+                                    text=True, timeout=120)
+                row["ptxas"] = " | ".join(ln for ln in pv.stderr.splitlines()
+                                          if "registers" in ln or "spill" in ln or "warn" in ln)
+            tool = shutil.which("cuobjdump") or shutil.which("nvdisasm")
+            if tool:
+                cmd = [tool, "-sass", cpath] if tool.endswith("cuobjdump") else [tool, cpath]
+                sass = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+                with open(os.path.join(OUT, tag + ".sass"), "w") as f:
+                    f.write(sass)
+                row["hgmma"] = len(re.findall(r"HGMMA", sass))
+                row["sass_lines"] = sass.count("\n")
+            else:
+                row["hgmma"] = "no cuobjdump/nvdisasm"
+        except Exception as exc:  # noqa: BLE001
+            row["error"] = f"{type(exc).__name__}: {exc}"[:500]
+        log("evidence", row)
+        rows.append(row)
+    RES["evidence"] = rows
+    save()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--budget", type=float, default=150.0, help="seconds for the whole run")
+    a = ap.parse_args()
+    os.makedirs(OUT, exist_ok=True)
+    dev = cuda.get_current_device()
+    RES["device"] = dict(name=str(dev.name), cc=list(dev.compute_capability))
+    log("device", RES["device"])
+    rng = np.random.default_rng(0)
+    ss_ok, rs_ok = False, {}
+    try:
+        ss_ok, rs_ok = microtest(rng)
+    except Exception:  # noqa: BLE001
+        RES["micro_error"] = traceback.format_exc()
+        traceback.print_exc()
+    v_swap = bool(not rs_ok.get("cutlass", False) and rs_ok.get("swapped", False))
+    RES["v_swap_used"] = v_swap
+    for stage, fn in (("sweep", lambda: sweep(rng, v_swap, T0 + a.budget * 0.6)),
+                      ("timing", lambda: timing(v_swap)), ("evidence", lambda: evidence(v_swap))):
+        try:
+            fn()
+        except Exception:  # noqa: BLE001
+            RES[stage + "_error"] = traceback.format_exc()
+            traceback.print_exc()
+        save()
+    # the short table
+    sw = RES.get("sweep", {})
+    print("\n==== flash_wgmma check on", RES["device"]["name"], "====")
+    print(f"micro SS ok: {ss_ok}   RS ok by V-descriptor reading: {rs_ok}   kernel v_swap={v_swap}")
+    print(f"sweep {sw.get('passed', 0)}/{sw.get('run', 0)} pass ({sw.get('total', 0)} planned)")
+    for name, r in RES.get("timing_8192", {}).get("runs", {}).items():
+        print(f"  8192 tok {name:<18} " + (f"{r['ms']:.3f} ms  {r['tflops']:.0f} TFLOP/s"
+                                           if "ms" in r else r["error"][:100]))
+    for r in RES.get("evidence", []):
+        print(f"  D={r['d']} {r['kind']} h{r['heads']} bn{r['block_n']}: regs {r.get('regs')} "
+              f"HGMMA {r.get('hgmma')}  {r.get('ptxas', r.get('error', ''))[:150]}")
+    print(f"total {time.time() - T0:.0f} s; details in {OUT}/wgmma_check.json")
+
+
+if __name__ == "__main__":
+    main()
