@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import statistics
 
-from .fit import FLAT_EXPONENT, OVERHEAD_FRACTION, _pos
+from .fit import FLAT_EXPONENT, OVERHEAD_FRACTION, _pos, cold_times
 from .diagnose_columns import (NVBENCH_DEFAULTS, NVBENCH_MIN_SAMPLES_FOR_NOISE, bw_util,
                                est_flops, min_samples, min_time, noise, other_warnings)
 from .render import fmt_t
@@ -114,16 +114,16 @@ def gpu_equals_cpu(rows, g):
 
 def host_bound(rows, g):
     """Premise: blocking kernel on (GPU < CPU) and CPU - GPU >= HOST_FACTOR x GPU in some row."""
-    hb = [r for r in _cold_pairs(rows) if r["cpu_time_s"] - r["gpu_time_s"]
-          >= HOST_FACTOR * r["gpu_time_s"]]
+    pairs = [(r, *cold_times(r)) for r in rows]
+    pairs = [(r, gpu, cpu) for r, gpu, cpu in pairs if _pos(gpu) and _pos(cpu)]
+    hb = [(r, gpu, cpu) for r, gpu, cpu in pairs if cpu - gpu >= HOST_FACTOR * gpu]
     if not hb:
         return []
-    host = [r["cpu_time_s"] - r["gpu_time_s"] for r in hb]
-    ratio = [(r["cpu_time_s"] - r["gpu_time_s"]) / r["gpu_time_s"] for r in hb]
-    worst = max(hb, key=lambda r: (r["cpu_time_s"] - r["gpu_time_s"]) / r["gpu_time_s"])
-    where = ("every row" if len(hb) == len(_cold_pairs(rows)) else
-             f"{len(hb)} of {len(_cold_pairs(rows))} rows (S <= "
-             f"{max(r.get('seq_len') or 0 for r in hb)})")
+    host = [cpu - gpu for _, gpu, cpu in hb]
+    ratio = [(cpu - gpu) / gpu for _, gpu, cpu in hb]
+    worst, wg, wc = max(hb, key=lambda t: (t[2] - t[1]) / t[1])
+    where = ("every row" if len(hb) == len(pairs) else
+             f"{len(hb)} of {len(pairs)} rows (S <= {max(r.get('seq_len') or 0 for r, _, _ in hb)})")
     h = statistics.median(host)
     if h >= 0.1:
         cause = ("seconds-scale host work is a compile in the call (0.82-0.97 s per fresh "
@@ -133,15 +133,15 @@ def host_bound(rows, g):
                  "cuda.jit(cache=True) on our H100 host), host copies or a stream sync")
     else:
         cause = ("sub-millisecond host work is dispatch: 0.15-0.28 ms per Numba launch of "
-                 "flash_tc or the v3 kernel (20 back-to-back launches, our H100 host), 0.11 ms per "
-                 "compiled FlexAttention call, more with per-call allocation or a "
+                 "flash_tc or the v3 kernel (20 back-to-back launches, our H100 host), 0.11 ms "
+                 "per compiled FlexAttention call, more with per-call allocation or a "
                  "torch.compile guard check (not measured here)")
     return [f"Host-bound in {where}: cold CPU - GPU = {fmt_t(min(host))}..{fmt_t(max(host))} "
             f"of host work per call (median {fmt_t(h)}), {min(ratio):.0f}x..{max(ratio):.0f}x "
-            f"the GPU time (worst at S={worst.get('seq_len')}: {fmt_t(worst['gpu_time_s'])} "
-            f"GPU, {fmt_t(worst['cpu_time_s'])} CPU). The blocking kernel was on (GPU < CPU), "
-            "so this host time is outside the GPU time; a caller pays it on every call, so "
-            f"there the public call is limited by the host, not the kernel. Usually {cause}."]
+            f"the GPU time (worst at S={worst.get('seq_len')}: {fmt_t(wg)} GPU, {fmt_t(wc)} "
+            "CPU). The blocking kernel was on (GPU < CPU), so this host time is outside the GPU "
+            "time; a caller pays it on every call, so there the public call is limited by the "
+            f"host, not the kernel. Usually {cause}."]
 
 
 def batch_vs_cold(rows, g):

@@ -80,10 +80,18 @@ def fit_group(rows):
             "work_exponent": expo, "verdict": verdict_of(fixed, median_t, expo)}
 
 
+def cold_times(row):
+    """``(gpu, cpu)`` cold seconds of a row: the Log's Pass: Cold line when it has both (six
+    significant digits), else the table's columns (three decimals); None where absent."""
+    c = row.get("cold") or {}
+    if _pos(c.get("gpu_time_s")) and _pos(c.get("cpu_time_s")):
+        return c["gpu_time_s"], c["cpu_time_s"]
+    return row.get("gpu_time_s"), row.get("cpu_time_s")
+
+
 def host_s_per_call(rows):
     """Median over the rows of cold CPU time - cold GPU time (s), or None."""
-    d = [r["cpu_time_s"] - r["gpu_time_s"] for r in rows
-         if _pos(r.get("cpu_time_s")) and _pos(r.get("gpu_time_s"))]
+    d = [cpu - gpu for gpu, cpu in map(cold_times, rows) if _pos(cpu) and _pos(gpu)]
     return statistics.median(d) if d else None
 
 
