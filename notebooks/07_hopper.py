@@ -1,0 +1,221 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 07: Hopper (v5, `flash_wgmma`): warpgroup MMA from Numba
+#
+# v4 issues `mma.sync` per warp (16 x 8 x 16 per instruction, operands in registers). Hopper
+# adds **warpgroup MMA**: `wgmma.mma_async.m64nNk16` is issued by 4 warps together (128
+# threads), computes a 64 x N x 16 product per instruction (N up to 256), reads its operands
+# **straight from shared memory** through 64-bit *matrix descriptors* (A may also come from
+# registers) and runs **asynchronously**: issue, `commit_group`, do other work, `wait_group`.
+#
+# Numba has no such intrinsic, but `numba.core.extending.intrinsic` + `llvmlite.ir.InlineAsm`
+# put any PTX instruction in the kernel (`attn_numba/kernels/ptx_sm90.py`), and numba-cuda
+# compiles for `sm_90a` on a Hopper device. This notebook shows the three layouts the kernel
+# depends on, each checked by a NumPy model of the hardware written from the PTX ISA
+# (`attn_numba/kernels/wgmma_emulation.py`):
+#
+# 1. the **128-byte swizzle** of the shared-memory tiles,
+# 2. the **matrix descriptors** (start address, LBO, SBO, swizzle mode),
+# 3. the **fragment layouts** of the accumulator and of A-from-registers.
+
+# %%
+import glob
+import json
+import math
+import os
+import subprocess
+import sys
+
+import matplotlib.pyplot as plt
+import ml_dtypes
+import numpy as np
+
+from attn_numba.kernels import wgmma_emulation as em
+from attn_numba.kernels import wgmma_layout as wl
+
+# %% [markdown]
+# ## 1. The 128B swizzle
+#
+# A tile row of 64 fp16 is 128 bytes = 8 chunks of 16 bytes. Stored plainly, the 8 rows of a
+# column of chunks would all hit the same 4 banks; wgmma (and `ldmatrix`) read 8 rows at once.
+# The swizzle stores row `r`'s chunk `c` at chunk `c XOR (r % 8)`. The hardware undoes it from
+# the address bits ([4:6] XOR [7:9]), which is why tiles must start on 1024-byte boundaries.
+
+# %%
+rows = 16
+grid = np.array([[wl.chunk_offset(r, c, rows) % 128 // 16 for c in range(8)] for r in range(rows)])
+fig, ax = plt.subplots(figsize=(5, 5))
+ax.imshow(grid, cmap="tab10")
+for r in range(rows):
+    for c in range(8):
+        ax.text(c, r, str(grid[r, c]), ha="center", va="center", fontsize=8)
+ax.set_xlabel("logical 16-byte chunk c (elements 8c..8c+7)")
+ax.set_ylabel("tile row r")
+ax.set_title("physical chunk of (r, c) in the 128B swizzle")
+plt.show()
+print("every column hits 8 different chunk slots in each 8-row atom:",
+      all(len(set(grid[a:a + 8, c])) == 8 for a in range(0, rows, 8) for c in range(8)))
+
+# %% [markdown]
+# ## 2. Matrix descriptors
+#
+# A descriptor is a uint64: start address >> 4 (bits 0-13), leading-dimension byte offset
+# (LBO) >> 4 (16-29), stride-dimension byte offset (SBO) >> 4 (32-45), swizzle mode (62-63; 1 =
+# 128B). The kernel uses three:
+#
+# | operand | stored as | major | LBO | SBO | k-step `kk` starts at |
+# |---|---|---|---|---|---|
+# | Q (A of S = QK^T) | 64 x D | K | unused (16) | 1024 | `32*(kk%4)` in column block `kk//4` |
+# | K (B of S) | BN x D | K | unused (16) | 1024 | same, blocks of BN rows |
+# | V (B of O = PV) | BN x D, like K | MN (transpose bit) | BN*128 (next 64 of D) | 1024 (next 8 keys) | `2048*kk` |
+#
+# The NumPy model reads the operand a descriptor designates, element by element, from the
+# hardware's address formula; here it reads V's first k-step back from a tile stored the
+# kernel's way:
+
+# %%
+rng = np.random.default_rng(0)
+bn, head = 64, 128
+v = rng.standard_normal((bn, head)).astype(np.float16)
+smem = np.zeros(2048 + 2 * bn * head, np.uint8)
+em.store_tile(smem, 1024, v)
+d_v = wl.desc_encode(1024, bn * 128, 1024, 1)
+print(f"V descriptor {d_v:#018x} -> (addr, LBO, SBO, swizzle) = {wl.desc_decode(d_v)}")
+got = em.operand(smem, d_v, head, "MN").view(np.float16)    # (N = head) x (k = 16 keys)
+print("reads V[0:16, :]^T exactly:", np.array_equal(got, v[:16].T))
+d_bad = wl.desc_encode(1024, 1024, bn * 128, 1)
+print("with LBO and SBO swapped:", np.array_equal(em.operand(smem, d_bad, head, "MN")
+                                                   .view(np.float16), v[:16].T))
+
+# %% [markdown]
+# ## 3. Fragments: who holds what
+#
+# The 64 x N accumulator is spread like 4 stacked `mma.sync` C tiles: warp `w` has rows
+# `16w..16w+15`, lane `l` rows `16w + l//4` and `+8`, two adjacent columns per n8 block. P for
+# P.V (A from registers) uses the m16n8k16 A layout, so the S accumulators pack into P
+# registers with no data movement: register `j` of k-step `kk` = S registers `p_regs(kk, j)`
+# and `+1`.
+
+# %%
+n = 32
+owner = np.zeros((64, n), int)
+r, c = em.acc_index(n)
+owner[r, c] = np.arange(128)[:, None]
+fig, ax = plt.subplots(figsize=(6, 8))
+ax.imshow(owner % 32, cmap="twilight", aspect="auto")
+ax.set_title("accumulator of m64n32: lane that holds each element (warps stacked)")
+ax.set_xlabel("column")
+ax.set_ylabel("row")
+plt.show()
+
+# %% [markdown]
+# The whole inner step of the kernel, emulated for one block: S = Q K^T by 4 SS wgmmas per
+# key tile, the online softmax on the fragments, P packed by `p_regs`, O += P V by RS
+# wgmmas, over two key tiles, against softmax(QK^T)V in float64:
+
+# %%
+for dtype in (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)):
+    head, bn = 64, 64
+    q = rng.standard_normal((64, head)).astype(dtype)
+    keys = rng.standard_normal((2 * bn, head)).astype(dtype)
+    vals = rng.standard_normal((2 * bn, head)).astype(dtype)
+    scale = 1 / math.sqrt(head)
+    smem = np.zeros(1024 + 3 * 2 * 64 * head + 2048, np.uint8)
+    sq, sk, sv = 1024, 1024 + 8192, 1024 + 16384
+    em.store_tile(smem, sq, q)
+    kdesc = lambda base, kk, rows_: wl.desc_encode(base + wl.kmajor_step_offset(kk, rows_), 16, 1024, 1)  # noqa: E731
+    o, m, den = np.zeros((128, head // 2)), np.full(64, -np.inf), np.zeros(64)
+    srow = em.acc_index(bn)[0]
+    for t in range(2):
+        em.store_tile(smem, sk, keys[t * bn:(t + 1) * bn])
+        em.store_tile(smem, sv, vals[t * bn:(t + 1) * bn])
+        s = np.zeros((128, bn // 2))
+        for kk in range(head // 16):
+            s = em.wgmma_ss(s, smem, kdesc(sq, kk, 64), kdesc(sk, kk, bn), dtype, scale_d=kk > 0)
+        s *= scale
+        mx = np.full(64, -np.inf)
+        np.maximum.at(mx, srow, s)
+        new = np.maximum(m, mx)
+        p = np.exp(s - new[srow])
+        tsum = np.zeros(64)
+        np.add.at(tsum, srow, p)
+        den = den * np.exp(m - new) + tsum
+        o *= np.exp(m - new)[em.acc_index(head)[0]]
+        m = new
+        for kk in range(bn // 16):
+            regs = np.stack([em.pack_pairs(p[:, wl.p_regs(kk, j)], p[:, wl.p_regs(kk, j) + 1], dtype)
+                             for j in range(4)], axis=1)
+            o = em.wgmma_rs(o, regs, smem, wl.desc_encode(sv + wl.mnmajor_step_offset(kk),
+                                                          bn * 128, 1024, 1), dtype)
+    out = em.gather(o) / den[:, None]
+    sc = q.astype(np.float64) @ keys.astype(np.float64).T * scale
+    w = np.exp(sc - sc.max(1, keepdims=True))
+    want = (w / w.sum(1, keepdims=True)) @ vals.astype(np.float64)
+    print(f"{dtype.name}: max |emulated kernel - float64| = {np.abs(out - want).max():.2e}")
+
+# %% [markdown]
+# ## 4. The PTX: `wgmma` from Numba
+#
+# Compiled on the CPU with `numba.cuda.compile_ptx(..., cc=(9, 0, "a"))` (run in a subprocess
+# with the simulator off): the kernel's PTX targets `sm_90a` and holds the `wgmma`
+# instructions, fences and `cp.async` groups.
+
+# %%
+code = r'''
+import re, numpy as np
+from numba import cuda
+from attn_numba.kernels import v5_wgmma as v5
+label, fn, sig = v5.compile_targets(128, np.float16, heads=(4,))[0]
+ptx, _ = cuda.compile_ptx(fn, sig, cc=(9, 0, "a"))
+print(re.search(r"\.target\s+\S+", ptx).group(0))
+for pat in ("wgmma.mma_async", "wgmma.fence", "wgmma.commit_group", "wgmma.wait_group",
+            "cp.async.cg", "fence.proxy.async", "ld.local", "st.local"):
+    print(f"{pat:<22} {ptx.count(pat)}")
+line = next(l for l in ptx.splitlines() if "wgmma.mma_async" in l)
+print(line.strip()[:160], "...")
+'''
+env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
+try:
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       timeout=600)
+    print(r.stdout or r.stderr[-2000:])
+except Exception as exc:  # noqa: BLE001
+    print("compile_ptx not available here:", exc)
+
+# %% [markdown]
+# ## 5. Measured speed
+#
+# `scripts/gpu_wgmma_check.py` writes `wgmma_check.json` (microtest, correctness sweep,
+# 8192-token timing against flash_tc, registers and HGMMA count). Any committed copy under
+# `results/` is shown here; numbers are only those measured, with their device.
+
+# %%
+found = sorted(glob.glob("../results/**/wgmma_check.json", recursive=True) +
+               glob.glob("results/**/wgmma_check.json", recursive=True))
+if not found:
+    print("no wgmma_check.json committed under results/ yet: nothing measured to show")
+for path in found:
+    res = json.load(open(path))
+    print(path, "device:", res.get("device"))
+    sw = res.get("sweep", {})
+    print(f"  correctness sweep: {sw.get('passed')}/{sw.get('run')} pass")
+    for name, t in res.get("timing_8192", {}).get("runs", {}).items():
+        if "ms" in t:
+            print(f"  8192 tokens, {name:<18} {t['ms']:.3f} ms  {t['tflops']:.0f} TFLOP/s")
+    for e in res.get("evidence", []):
+        print(f"  D={e['d']} {e['kind']} BN={e['block_n']}: {e.get('regs')} registers, "
+              f"HGMMA in SASS: {e.get('hgmma')}")
