@@ -98,7 +98,8 @@ def display_path(path):
 def source_text(doc, path):
     """``'NVIDIA H200, 2026-11-30T05:00:00+00:00, results/h200/summary.json'``: device, date
     and file of a results document (any JSON with ``device`` and ``date``)."""
-    dev = doc.get("device") or "unknown device"
+    dev = doc.get("device") or (f"no device (CPU: {doc['ptxas']})" if doc.get("ptxas")
+                                else "device not recorded")
     if doc.get("simulated"):
         dev += " (SIMULATED)"
     return f"{dev}, {doc.get('date') or 'undated'}, {display_path(path)}"
@@ -127,8 +128,12 @@ def load_json(path, quiet=False):
 
 
 def caption(fig, text, fontsize=7):
-    """Write ``'source: ' + text`` under a matplotlib figure (call before saving/showing)."""
-    fig.text(0.005, 0.005, "source: " + text, fontsize=fontsize, color="0.35", va="bottom")
+    """Write ``'source: ' + text`` under a matplotlib figure, below the axes labels (the figure
+    must be saved with ``bbox_inches="tight"``, as :func:`show` does)."""
+    import textwrap
+    width = max(60, int(fig.get_figwidth() * 130 / fontsize))  # characters per line, roughly
+    fig.text(0.005, -0.01, textwrap.fill("source: " + text, width), fontsize=fontsize,
+             color="0.35", va="top", ha="left")
     return fig
 
 

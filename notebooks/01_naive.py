@@ -22,7 +22,8 @@
 # that is obviously right: one CUDA thread per (query row, head) that loops over the keys of
 # its window. Every later kernel is checked against the same float64 reference.
 #
-# This notebook runs on a CPU (Numba's CUDA simulator, small sizes) and on a GPU.
+# This notebook runs on a CPU (Numba's CUDA simulator, small sizes) and on a GPU; measured
+# times are read from the committed results, each with its `source:` (device, date, file).
 
 # %%
 import os, json, glob, math
@@ -95,31 +96,32 @@ for causal in (False, True):
 # %% [markdown]
 # ## How fast is it on the GPU?
 #
-# Measured numbers come from the committed benchmark results (`results/*/summary.json`, written by
-# `attn-numba bench`); nothing here is typed in. On a GPU the cell below also times it live.
+# Measured numbers come from the committed benchmark results (written by `attn-numba bench`,
+# NVBench cold GPU time; notebook 05 explains the measurement): `results/h200/summary.json` when
+# it exists, else `results/h100/summary.json`. The `source:` line names the device, the date and
+# the file; nothing here is typed in. On a GPU the cell after the figure also times it live.
 
 # %%
-def load_records():
-    rows = []
-    for path in sorted(glob.glob(os.path.join("..", "results", "*", "summary.json"))):
-        with open(path) as f:
-            s = json.load(f)
-        if s.get("simulated"):
-            continue
-        for r in s.get("records", []):
-            rows.append(dict(r, device=s.get("device")))
-    return rows
-
-recs = [r for r in load_records() if r.get("kernel") == "naive"]
-if recs:
-    for r in sorted(recs, key=lambda r: (r["causal"], r["seq_len"])):
-        print(f"{r['device']}: seq_len={r['seq_len']:5d} causal={r['causal']}  {r['gpu_time_s']*1e3:9.3f} ms")
-else:
-    print("no committed GPU results yet")
+import matplotlib.pyplot as plt
+from attn_numba import sources
+path, doc = sources.load_summary()
+recs = [r for r in doc["records"] if r.get("kernel") == "naive" and r.get("gpu_time_s")
+        and r["seq_len"] <= 8192]
+fig, ax = plt.subplots(figsize=(6, 3.6))
+for causal in (0, 1):
+    rr = sorted((r for r in recs if r["causal"] == causal), key=lambda r: r["seq_len"])
+    for r in rr:
+        print(f"seq_len={r['seq_len']:5d} causal={causal}  {r['gpu_time_s']*1e3:9.3f} ms")
+    ax.plot([r["seq_len"] for r in rr], [r["gpu_time_s"] * 1e3 for r in rr], "o-", label=f"causal={causal}")
+ax.set(xscale="log", yscale="log", xlabel="seq_len (tokens)", ylabel="ms per call (NVBench cold GPU time)",
+       title=f"naive kernel on {doc['device']}")
+ax.set_xscale("log", base=2); ax.legend(); ax.grid(True, which="both", alpha=0.3)
+sources.show(fig, sources.source_text(doc, path))
 
 # %%
 if not SIM:
     from numba import cuda
+    from attn_numba.bench.summary import now_iso
     q, k, v = (cuda.to_device(x) for x in testing.random_qkv(rng, 1, 8192, 8192, 32, 8, 128, np.float16))
     attn_numba.mha_fwd(q, k, v, window_size=(128, 128), kernel="naive"); cuda.synchronize()
     start, end = cuda.event(), cuda.event()
@@ -127,7 +129,10 @@ if not SIM:
     for _ in range(3):
         attn_numba.mha_fwd(q, k, v, window_size=(128, 128), kernel="naive")
     end.record(); end.synchronize()
-    print(f"naive, 8192 tokens: {cuda.event_elapsed_time(start, end)/3:.2f} ms per call on {cuda.get_current_device().name}")
+    name = cuda.get_current_device().name
+    name = name.decode() if isinstance(name, bytes) else name
+    print(f"naive, 8192 tokens: {cuda.event_elapsed_time(start, end)/3:.2f} ms per call (CUDA events, warm L2)")
+    print(f"source: this run, {name}, {now_iso()}")
 
 # %% [markdown]
 # ## Why it is slow, and why that is *not* the log's problem

@@ -28,7 +28,8 @@
 #   `l = Σ exp(s - m)`; pass 2 streams K and V again and accumulates `exp(s - m) / l · V`.
 #
 # The notebook runs on a CPU (Numba's CUDA simulator at small sizes) in well under a minute, and
-# reads the H100 timings from the committed results.
+# reads the measured timings from the committed results; each `source:` line names the device,
+# the date and the file.
 
 # %%
 import os, json, math, inspect
@@ -36,8 +37,10 @@ import numpy as np
 import attn_numba
 from attn_numba import reference, testing
 from attn_numba.problem import windowed_flops, count_pairs
+from attn_numba import sources
+import matplotlib.pyplot as plt
 SIM = attn_numba.on_simulator()
-RESULTS = os.path.join("..", "results")
+RESULTS = str(sources.results_dir())
 print("simulator" if SIM else "real GPU", "| kernels:", attn_numba.available_kernels())
 
 
@@ -163,19 +166,43 @@ print("varlen with empty sequences:", testing.check_mha_varlen_fwd(q, k, v, cu_q
 
 
 # %% [markdown]
-# ## Measured on the H100
+# ## Measured in the NVBench grid
+#
+# `attn-numba bench` (NVBench cold GPU time, notebook 05) on the newest committed GPU:
+# `results/h200/summary.json` when it exists, else `results/h100/summary.json`.
+
+# %%
+path, doc = sources.load_summary()
+SRC = sources.source_text(doc, path)
+grid = {(r["kernel"], r["seq_len"], r["causal"]): r for r in doc["records"] if r.get("gpu_time_s")}
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+for c, ax in zip((0, 1), axes):
+    for kname in ("naive", "tiled", "flash"):
+        pts = sorted((s_, r["gpu_time_s"] * 1e3) for (k_, s_, c_), r in grid.items()
+                     if k_ == kname and c_ == c and s_ <= 8192)
+        if pts:
+            ax.plot(*zip(*pts), "o-", label=kname)
+    ax.set_xscale("log", base=2); ax.set_yscale("log"); ax.grid(True, which="both", alpha=0.3)
+    ax.set(xlabel="seq_len (tokens)", title=f"causal={c}")
+axes[0].set_ylabel(f"ms per call, {doc['device']}"); axes[0].legend()
+sources.show(fig, SRC)
+print(f"{'seq_len':>7} {'causal':>6} {'naive':>11} {'tiled':>10} {'naive/tiled':>11}")
+for c in (0, 1):
+    for S_ in (512, 1024, 2048, 4096, 8192):
+        n, t = grid.get(("naive", S_, c)), grid.get(("tiled", S_, c))
+        if n and t:
+            print(f"{S_:>7} {c:>6} {n['gpu_time_s']*1e3:9.3f}ms {t['gpu_time_s']*1e3:8.3f}ms {n['gpu_time_s']/t['gpu_time_s']:11.1f}")
+
+# %% [markdown]
+# ## The development run on the H100 (history)
 #
 # From `results/h100/v2_v3_dev.json` (written by `scripts/gpu_v2_v3.py`: kernel launches on
 # resident device arrays, CUDA events, warm-up, median). FLOP rates use the exact windowed FLOPs.
 
 # %%
 def load_json(*parts):
-    path = os.path.join(RESULTS, *parts)
-    if not os.path.exists(path):
-        print("missing:", path)
-        return None
-    with open(path) as f:
-        return json.load(f)
+    """A committed results file; prints its source (device, date, file)."""
+    return sources.load_json(os.path.join(RESULTS, *parts))
 
 run = load_json("h100", "v2_v3_dev.json")
 if run:

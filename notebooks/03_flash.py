@@ -35,8 +35,10 @@ import numpy as np
 import attn_numba
 from attn_numba import reference, testing
 from attn_numba.problem import windowed_flops, count_pairs
+from attn_numba import sources
+import matplotlib.pyplot as plt
 SIM = attn_numba.on_simulator()
-RESULTS = os.path.join("..", "results")
+RESULTS = str(sources.results_dir())
 print("simulator" if SIM else "real GPU", "| kernels:", attn_numba.available_kernels())
 
 
@@ -186,7 +188,7 @@ except Exception as exc:
 
 
 # %% [markdown]
-# ## Measured on the H100 (run 1)
+# ## The development run on the H100 (run 1, history)
 #
 # From `results/h100/v2_v3_dev.json`. **These numbers were measured with the first version of
 # v3** (commit 8d54387: 128 threads, 8 x 4 S patch, 8 x 8 O patch, one shared buffer, per-element
@@ -195,12 +197,8 @@ except Exception as exc:
 
 # %%
 def load_json(*parts):
-    path = os.path.join(RESULTS, *parts)
-    if not os.path.exists(path):
-        print("missing:", path)
-        return None
-    with open(path) as f:
-        return json.load(f)
+    """A committed results file; prints its source (device, date, file)."""
+    return sources.load_json(os.path.join(RESULTS, *parts))
 
 run = load_json("h100", "v2_v3_dev.json")
 if run:
@@ -230,12 +228,36 @@ if run:
 # %% [markdown]
 # ## The current kernel in the full NVBench grid
 #
-# `attn-numba bench` (NVBench cold GPU time: L2 flushed before each sample) measured every kernel
-# side by side in one run, with the ceilings measured in the same run: `results/h100/summary.json`.
-# Nsight Compute on the same code at 8192 tokens: `results/h100/ncu/summary.txt`.
+# `attn-numba bench` (NVBench cold GPU time: L2 flushed before each sample, notebook 05) measured
+# every kernel side by side in one run, with the ceilings measured in the same run: the newest
+# committed GPU, `results/h200/summary.json` when it exists, else `results/h100/summary.json`.
+# Nsight Compute on the same code at 8192 tokens (H100): `results/h100/ncu/summary.txt`.
 
 # %%
-summ = load_json("h100", "summary.json")
+summ_path, summ = sources.load_summary()
+SRC = sources.source_text(summ, summ_path)
+fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.8))
+c32 = summ["ceilings"].get("fp32_matmul_tflops_no_tf32")
+for kname in ("naive", "tiled", "flash", "sdpa"):
+    for c, ls in ((0, "-"), (1, "--")):
+        pts = sorted((r["seq_len"], r["gpu_time_s"], r["tflops"]) for r in summ["records"]
+                     if r["kernel"] == kname and r["causal"] == c and r.get("gpu_time_s")
+                     and r["seq_len"] <= 8192)
+        if not pts:
+            continue
+        line, = axes[0].plot([p[0] for p in pts], [p[1] * 1e3 for p in pts], "o" + ls,
+                             label=f"{kname}, causal={c}")
+        if kname != "sdpa" and c32:
+            axes[1].plot([p[0] for p in pts], [p[2] / c32 for p in pts], "o" + ls,
+                         color=line.get_color(), label=f"{kname}, causal={c}")
+for ax in axes:
+    ax.set_xscale("log", base=2); ax.set_yscale("log"); ax.grid(True, which="both", alpha=0.3)
+    ax.set_xlabel("seq_len (tokens)"); ax.legend(fontsize=6, loc="lower right")
+axes[0].set_ylabel(f"ms per call, {summ['device']}")
+axes[1].set_ylabel("fraction of fp32 matmul rate (TF32 off, same run)")
+sources.show(fig, SRC)
+
+# %%
 if summ:
     ceil32 = summ["ceilings"]["fp32_matmul_tflops_no_tf32"]
     print(summ["device"], "|", summ["date"], f"| fp32 TF32-off ceiling {ceil32:.1f} TFLOP/s")
@@ -250,6 +272,7 @@ if summ:
                       + (f"{sd['gpu_time_s']*1e3:7.3f}ms" if sd else ""))
 ncu_path = os.path.join(RESULTS, "h100", "ncu", "summary.txt")
 if os.path.exists(ncu_path):
+    print("\nsource: Nsight Compute on the NVIDIA H100 80GB HBM3,", sources.display_path(ncu_path))
     print(open(ncu_path).read())
 
 # %% [markdown]
@@ -302,8 +325,8 @@ if run and px:
 #   window; the FLOP rate counts the exact window only.
 # * **Current kernel**: compile-time head stacking, one staging row per thread and no
 #   per-element checks, global loads one chunk ahead across phases and tiles, two staging
-#   buffers (13 barriers per tile instead of 25). In the NVBench grid it runs at the same speed
-#   as run 1 (table above), and Nsight Compute still shows 255 registers and 12.5% theoretical
+#   buffers (13 barriers per tile instead of 25). In the H100's NVBench grid it ran at the same
+#   speed as run 1 (`notes/perf_notes.md`), and Nsight Compute (H100) still shows 255 registers and 12.5% theoretical
 #   occupancy: the rework removed spills and barriers but not the register pressure that caps
 #   occupancy. A 256-thread shape with 4x4 patches was 7-11% faster with a warm L2 and 11-14%
 #   slower under NVBench's cold measurement (`notes/perf_notes.md`), so the default stays.

@@ -41,22 +41,23 @@ import matplotlib.pyplot as plt
 from IPython.display import display, Image
 from attn_numba import explain
 
-ROOT = os.path.abspath(os.getcwd())
-while not os.path.isdir(os.path.join(ROOT, "results")) and os.path.dirname(ROOT) != ROOT:
-    ROOT = os.path.dirname(ROOT)
-RESULTS = os.path.join(ROOT, "results")
-P = json.load(open(os.path.join(RESULTS, "h100", "pathology.json")))
+from attn_numba import sources
+RESULTS = str(sources.results_dir())
+P_PATH = os.path.join(RESULTS, "h100", "pathology.json")
+P = json.load(open(P_PATH))
 res = explain.explain_log(results_dir=RESULTS)
 NV = P["nvbench"]
-print("log device:", res["device"]["name"], "| experiments on:", P["device"], P["date"])
+LOG_SRC = f"{res['device']['name']}, the user's log, attn_numba/data/nvbench_run_mha_fwd_a30.log"
+P_SRC = sources.source_text(P, P_PATH)
+print("source of the log's numbers:", LOG_SRC)
+print("source of the experiments:", P_SRC)
 print("versions:", {k: v for k, v in P["versions"].items() if k != "nvidia_smi"})
 
 def fmt(s):
     return explain._fmt_t(s)
 
-def show(fig):
-    path = f"/tmp/nb06_{id(fig)}.png"; fig.savefig(path, dpi=90, bbox_inches="tight"); plt.close(fig)
-    display(Image(path))
+def show(fig, source):
+    sources.show(fig, source)
 
 
 # %% [markdown]
@@ -91,7 +92,8 @@ fit = res["fit"]
 ax.loglog(ws, fit["a"] + fit["b"] * ws, "k-", lw=1, label="fit a + b·work")
 ax.loglog(ws, t.min() * ws / w.min(), "k:", lw=1, label="slope 1 (time ∝ work)")
 ax.set_xlabel("exact windowed work [FLOP]"); ax.set_ylabel("GPU time [s]"); ax.legend(fontsize=8)
-show(fig)
+show(fig, LOG_SRC)
+print("source:", LOG_SRC)
 print(f"verdict {res['verdict']}: fixed overhead {fmt(res['fixed_overhead_s'])} "
       f"({res['fixed_overhead_s']/res['median_time_s']:.0%} of the median), work exponent {res['work_exponent']:.2f}")
 print(f"work grows x{w.max()/w.min():.0f}, time grows x{t.max()/t.min():.2f}")
@@ -135,6 +137,7 @@ def table(variant):
         print(f"  {r['seq_len']:>5} {fmt(r['cold_gpu_s']):>10} {fmt(r['cold_cpu_s']):>10} "
               f"{r['cold_samples'] or '':>3} {fmt(r['batch_gpu_s']):>10} {noise:>7}  {cx.get('compiles', ''):>8}  {notes}")
 
+print("source:", P_SRC)
 for v in ("H1_sync", "H1_noblock", "H1_noblock_nobatch", "H1_default", "H1_cached"):
     table(v); print()
 
@@ -169,6 +172,7 @@ print("NVBench reported 'Deadlock detected' for:", dl)
 # times below were measured on the H100 host (its CPU model is in `versions`) in fresh processes.
 
 # %%
+print("source:", P_SRC)
 ct = P["compile_times"]
 med = lambda xs: float(np.median(xs)) if xs else None
 rejit = med(ct["rejit_per_call_s"])
@@ -211,6 +215,7 @@ print(f"  a debug/no-opt build re-JIT per call would already be {ct['rejit_debug
 # `H2_host_default`: default exec).
 
 # %%
+print("source:", P_SRC)
 for v in ("H2_host_sync", "H2_host_default"):
     table(v); print()
 
@@ -226,6 +231,7 @@ for v in ("H2_host_sync", "H2_host_default"):
 #   on a CPU at tiny sizes, extrapolated per windowed FLOP to the log's rows:
 
 # %%
+print("source:", P_SRC, "(simulator timings: measured on that host's CPU)")
 sim = P.get("simulator") or []
 if sim:
     per = np.polyfit([s["windowed_flops"] for s in sim], [s["seconds"] for s in sim], 1)[0]
@@ -258,6 +264,7 @@ print("log's 'Q Tensor' column by seq_len:", [(s, f"{b / 2**20:.0f} MiB") for s,
 # compiled inside the timed region.
 
 # %%
+print("source:", P_SRC)
 table("fixed")
 fx = NV["fixed"]["rows"]
 print()
@@ -272,11 +279,13 @@ print("min samples:", min(r["cold_samples"] for r in fx),
 # profile of that call (committed in `pathology.json`) shows where the time goes:
 
 # %%
+print("source:", P_SRC)
 prof = P.get("first_call_profile_top", [])
 keep = [l for l in prof if any(s in l for s in ("mha_fwd", "load_overload", "refresh", "load_additional_registries", "scipy/linalg/__init__", "arraymath", "install_registry", "function calls"))]
 print("\n".join(keep))
 
 # %%
+print("source:", P_SRC)
 fc = P["first_call"]
 print(f"{'run':<32} {'before the call':>22} {'first call':>11} {'next calls':>11} compiles")
 for name, r in fc.items():
@@ -312,9 +321,10 @@ for c, mk in ((0, "o"), (1, "s")):
     ax.plot([r["seq_len"] for r in rr], [r["cold_gpu_s"] for r in rr], mk + "-", color="tab:blue",
             label=f"fixed harness, naive kernel, H100 (causal={c})")
 from attn_numba.problem import KERNEL_NAMES
+S_PATH, S_DOC = sources.load_summary(RESULTS)
 def fastest(ours_only):
     best = {}
-    for s in explain.load_summaries(RESULTS):
+    for s in (S_DOC,):
         for rec in s["records"]:
             if ours_only and rec.get("kernel") not in KERNEL_NAMES:
                 continue
@@ -335,7 +345,9 @@ if not fastest(False):
 ax.set_xscale("log", base=2); ax.set_yscale("log")
 ax.set_xlabel("seq_len"); ax.set_ylabel("time per call [s]")
 ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
-show(fig)
+ALL_SRC = f"log: {LOG_SRC}; experiments: {P_SRC}; kernels: {sources.source_text(S_DOC, S_PATH)}"
+show(fig, ALL_SRC)
+print("sources:\n  " + ALL_SRC.replace("; ", "\n  "))
 
 # %% [markdown]
 # ## Conclusion

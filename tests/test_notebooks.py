@@ -1,22 +1,55 @@
-"""Every notebook in notebooks/ runs top to bottom (on the simulator when there is no GPU)."""
-import glob
-import os
+"""The notebooks: every jupytext pair (``NN_name.py`` + ``NN_name.ipynb``) is in sync, and every
+notebook runs top to bottom from its ``.py`` (on the simulator when there is no GPU) without
+writing anything back; notebooks 02 onward show at least one figure and name their sources."""
+import shutil
+from pathlib import Path
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "notebooks", "*.ipynb")))
+from attn_numba import notebooks_run as R
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLDER = ROOT / "notebooks"
+STEMS = R.sources(FOLDER)
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
-def test_notebook_runs(path):
-    nb = nbformat.read(path, as_version=4)
+def test_notebooks_found():
+    assert len(STEMS) >= 6 and "05_benchmarking_with_nvbench" in STEMS
+    assert not list(FOLDER.glob("_build_*.py")), "the .py pairs replace the _build_ generators"
+
+
+@pytest.mark.parametrize("stem", STEMS)
+def test_pair_in_sync(stem):
+    assert R.pair_problems(FOLDER / f"{stem}.py", FOLDER / f"{stem}.ipynb") == []
+
+
+def test_sync_check_fails_on_drift(tmp_path):
+    """The check above can fail: an edited .py, a missing .ipynb, an unpaired notebook."""
+    stem = STEMS[0]
+    py, nb = tmp_path / f"{stem}.py", tmp_path / f"{stem}.ipynb"
+    shutil.copy(FOLDER / f"{stem}.py", py)
+    shutil.copy(FOLDER / f"{stem}.ipynb", nb)
+    assert R.pair_problems(py, nb) == []
+    text = py.read_text()
+    py.write_text(text.replace("import numpy as np", "import numpy as np  # edited", 1))
+    probs = R.pair_problems(py, nb)
+    assert probs and "differs" in probs[0] and "jupytext --sync" in probs[0]
+    py.write_text(text + "\n# %%\nprint('a new cell')\n")
+    assert any("cells" in p for p in R.pair_problems(py, nb))
+    py.write_text(text.replace("formats: ipynb,py:percent", "formats: py:percent"))
+    assert any("not paired" in p for p in R.pair_problems(py, nb))
+    nb.unlink()
+    assert "missing" in R.pair_problems(py, nb)[0]
+
+
+@pytest.mark.parametrize("stem", STEMS)
+def test_notebook_runs(stem):
+    ipynb = FOLDER / f"{stem}.ipynb"
+    before = ipynb.read_bytes() if ipynb.exists() else None
     # the kernel inherits os.environ, including NUMBA_ENABLE_CUDASIM set by conftest.py
-    client = NotebookClient(nb, timeout=600, kernel_name="python3",
-                            resources={"metadata": {"path": os.path.dirname(path)}})
-    client.execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-              if o.get("output_type") == "error"]
-    assert not errors
+    run = R.execute(FOLDER, stem, write=False, timeout=900)
+    assert run.error is None, run.line()
+    assert (ipynb.read_bytes() if ipynb.exists() else None) == before, "nothing is written back"
+    if stem[:2] >= "02":
+        assert run.figures >= 1, f"{stem} shows no figure"
+        assert run.sources >= 1, f"{stem} names no source ('source: device, date, file')"
