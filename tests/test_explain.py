@@ -1,6 +1,9 @@
 """``attn-numba explain``: parsing NVBench markdown logs and the overhead verdict.
 
-Synthetic logs come from :func:`make_log`, a small generator that writes NVBench's markdown
+Groups, sentences and parsing robustness are in test_explain_groups.py,
+test_explain_sentences.py and test_explain_parse.py (logs from tests/nvbench_logs.py).
+
+Synthetic logs here come from :func:`make_log`, a small generator that writes NVBench's markdown
 format (device header, Log section, results table) for given per-row times; a few of its
 outputs are also committed under tests/data/ (regenerate with
 ``python tests/test_explain.py --write-data``).
@@ -118,6 +121,32 @@ def test_packaged_log_is_overhead_dominated():
     for needle in ("inf%", "fewer than 5 samples", "min_samples", "BWUtil", "Est. FLOPS",
                    "GPU time equals CPU time", "Roofline"):
         assert needle in text, needle
+
+
+def test_packaged_log_fixed_overhead_is_4_83_s():
+    res = explain.explain_log()
+    assert res["fixed_overhead_s"] == pytest.approx(4.83, abs=0.005)
+    assert res["median_time_s"] == pytest.approx(5.44, abs=0.005)
+
+
+def test_names_used_elsewhere_still_exported():
+    """bench/pathology.py, plots.py, report.py and notebook 06 use these names."""
+    for name in ("explain_log", "format_text", "load_summaries", "load_pathology", "_fmt_t",
+                 "parse_log", "build_rows", "_row_work", "fit_overhead", "verdict_of",
+                 "_jsonable", "parse_value", "parse_warning", "add_arguments", "main",
+                 "groups_markdown", "LogParseError", "OVERHEAD_FRACTION", "FLAT_EXPONENT"):
+        assert callable(getattr(explain, name)) or isinstance(getattr(explain, name), float), name
+    assert explain._fmt_t(4.83) == "4.83 s"
+    rows = explain.build_rows(explain.parse_log(open(os.path.join(DATA, "h100_fixed.log")).read()))
+    assert explain._row_work(rows[0])["windowed_flops"] == rows[0]["windowed_flops"]
+    assert json.loads(json.dumps(explain._jsonable({"x": float("inf")}))) == {"x": "inf"}
+
+
+def test_package_parts_are_small():
+    import glob
+    for path in glob.glob(os.path.join(os.path.dirname(explain.__file__), "*.py")):
+        with open(path) as f:
+            assert sum(1 for _ in f) <= 310, path
 
 
 def test_device_header_parsed():

@@ -68,3 +68,24 @@ def test_packaged_summary_is_the_preferred_committed_one():
     packaged = sorted(sources.PACKAGED_RESULTS.glob("*/summary.json"))
     assert [p.parent.name for p in packaged] == [preferred.parent.name]
     assert packaged[0].read_bytes() == preferred.read_bytes()
+
+
+def test_report_explains_the_bench_logs_next_to_summaries(tmp_path):
+    """Step 2 of the report: every nvbench*.md next to a summary.json (the log bench just wrote,
+    or a committed one) is explained and each group's verdict shown."""
+    import os
+    import shutil
+    d = tmp_path / "results" / "synthetic-gpu"
+    synthetic_summary(d / "summary.json")
+    data = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+    shutil.copy(os.path.join(data, "h100_bench_6kernels.log"), d / "nvbench.md")
+    (d / "nvbench_broken.md").write_text("| a | b |\n|---|---|\n| 1 |\n")
+    rc, out = run(["report", "--results", str(tmp_path / "results"),
+                   "--figures", str(tmp_path / "figures"), "--no-bench"])
+    assert rc == 0
+    report = (tmp_path / "figures" / "REPORT.md").read_text()
+    assert "## Verdicts of the benchmark logs" in report
+    for k in ("naive", "tiled", "flash", "flash_tc", "flexattention", "sdpa"):
+        assert f"| Kernel={k} | 10 | work-proportional |" in report
+    assert "explained " in out and "flash_tc work-proportional" in out
+    assert "nvbench_broken.md failed: line 3" in out       # a broken log does not stop it
