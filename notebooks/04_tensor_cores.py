@@ -25,7 +25,7 @@
 #
 # This notebook runs on a CPU: the fragment layout and a lane-by-lane NumPy emulation of the
 # kernel run anywhere; the GPU cells are skipped without one; the measured speeds are read from
-# the committed results JSON.
+# the committed results, each with its `source:` (device, date, file).
 
 # %%
 import glob, inspect, json, os
@@ -146,32 +146,88 @@ print(src[start:src.index("        # epilogue")])
 
 # %%
 if SIM or "flash_tc" not in attn_numba.available_kernels():
-    print("no GPU here: skipping the GPU check (see scripts/gpu_v4.py for the full suite)")
+    print("no GPU here: skipping the GPU check (tests/test_gpu.py is the full suite)")
 else:
     from attn_numba.testing import check_mha_fwd, random_qkv
     q, k, v = random_qkv(rng, 1, 1025, 1025, 32, 8, 128, np.float16)
     print(check_mha_fwd(q, k, v, "flash_tc", window_size=(128, 128)))
 
 # %% [markdown]
-# ## Measured speed (read from the committed results)
+# ## Measured in the NVBench grid
 #
-# `results/h100/v4_dev.json`, written by `scripts/gpu_v4.py` on the device named in it: the
-# log's grid (1 sequence, 32/8 heads, D = 128, window (128, 128), fp16), v4 (4 heads per block
-# and 1 head per block), v3 and `torch.compile`d FlexAttention with a sliding-window block mask,
-# all timed in the same run with CUDA events (median). The dashed line is the memory floor:
-# the fewest bytes (read Q, K, V once, write O once) at 3.0 TB/s.
+# `attn-numba bench` (NVBench cold GPU time, notebook 05) on the newest committed GPU:
+# `results/h200/summary.json` when it exists, else `results/h100/summary.json`. v4 next to v3
+# and `torch.compile`d FlexAttention with a sliding-window block mask, all in the same run.
 
 # %%
-import matplotlib
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from attn_numba import plots, sources
+from attn_numba.bench.grid import is_long
+S_PATH, S_DOC = sources.load_summary()
+S_SRC = sources.source_text(S_DOC, S_PATH)
+grid = [r for r in S_DOC["records"] if r.get("gpu_time_s") and not is_long(r["seq_len"])]
+show_k = [k for k in ("flash", "flash_tc", "flash_wgmma", "flexattention") if any(r["kernel"] == k for r in grid)]
+fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+for causal, ax in zip((0, 1), axes):
+    for kname in show_k:
+        pts = sorted((r["seq_len"], r["gpu_time_s"] * 1e3) for r in grid
+                     if r["kernel"] == kname and r["causal"] == causal)
+        st = plots._style(kname)
+        ax.plot(*zip(*pts), **st)
+    ax.set_xscale("log", base=2); ax.set_yscale("log"); ax.grid(True, which="both", alpha=0.3)
+    ax.set(xlabel="seq_len (tokens)", title=f"causal={causal}")
+axes[0].set_ylabel(f"ms per call, {S_DOC['device']}"); axes[0].legend(fontsize=8)
+sources.show(fig, S_SRC)
+flex = {(r["seq_len"], r["causal"]): r["gpu_time_s"] for r in grid if r["kernel"] == "flexattention"}
+fp16 = (S_DOC.get("ceilings") or {}).get("fp16_matmul_tflops")
+print(f"{'kernel':<14} {'S':>5} {'causal':>6} {'ms':>9} {'TFLOP/s':>8} {'% fp16 mm':>9} {'x Flex':>7}")
+for r in sorted((r for r in grid if r["kernel"] in ("flash_tc", "flash_wgmma")),
+                key=lambda r: (r["kernel"], r["causal"], r["seq_len"])):
+    fx = flex.get((r["seq_len"], r["causal"]))
+    print(f"{r['kernel']:<14} {r['seq_len']:5d} {r['causal']:6d} {r['gpu_time_s']*1e3:9.4f} {r['tflops']:8.1f} "
+          f"{100 * r['tflops'] / fp16 if fp16 else float('nan'):9.1f} {r['gpu_time_s'] / fx if fx else float('nan'):7.2f}")
+
+# %% [markdown]
+# ## Long sequences
+#
+# The window keeps the work linear in the sequence length, so a kernel's time should grow
+# linearly far beyond the log's 8192 tokens. `attn-numba bench --long` measures 16k to 512k
+# tokens (same heads and window) for the tensor-core kernels and FlexAttention; a state that
+# cannot run (out of memory, for instance) is recorded as skipped with its reason.
+
+# %%
+long_recs = [r for r in S_DOC["records"] if is_long(r["seq_len"])]
+if not long_recs:
+    print(f"{sources.display_path(S_PATH)} has no long-sequence sweep yet (attn-numba bench --long)")
+else:
+    import tempfile
+    from IPython.display import Image, display
+    pngs = plots.plot_summary(S_DOC, S_PATH.parent.name, tempfile.mkdtemp(), [])
+    print("source:", S_SRC)
+    display(Image(filename=str(pngs[-1])))
+    for r in sorted(long_recs, key=lambda r: (r["kernel"], r["causal"], r["seq_len"])):
+        t = f"{r['gpu_time_s'] * 1e3:9.3f} ms" if r.get("gpu_time_s") else f"skipped: {r.get('skip_reason')}"
+        print(f"  {r['kernel']:<14} {r['seq_len']:>7} causal {r['causal']}: {t}")
+
+# %% [markdown]
+# ## The development run on the H100 (history)
+#
+# `results/h100/v4_dev.json`, written by the development script `gpu_v4.py` (removed since; see
+# `notes/scripts_moved.md`) on the H100 with the first version of v4: the log's grid, v4 (4 heads
+# per block and 1 head per block), v3 and FlexAttention, timed in the same run with CUDA events
+# (median, warm L2). The dashed line is the memory floor: the fewest bytes (read Q, K, V once,
+# write O once) at 3.0 TB/s.
+
+# %%
 root = os.path.dirname(os.path.dirname(os.path.abspath(attn_numba.__file__)))
 path = os.path.join(root, "results", "h100", "v4_dev.json")
 if not os.path.exists(path):
     print("no results committed yet:", path)
 else:
     res = json.load(open(path))
-    print(res["device"], "|", res["date"], "|", res["versions"])
+    DEV_SRC = sources.source_text(res, path)
+    print("source:", DEV_SRC)
+    print(res["versions"])
     ceiling = res["mma_ceiling"]["tflops"]
     print(f"mma.sync ceiling through the bridge, same run: {ceiling:.0f} TFLOP/s")
     v4_name = res["selected"]["variant"]          # the committed default configuration
@@ -197,7 +253,7 @@ else:
         ax.set(xscale="log", yscale="log", xlabel="seq_len", title=f"causal={causal}")
         ax.set_xticks([512, 1024, 2048, 4096, 8192], labels=["512", "1k", "2k", "4k", "8k"])
     axes[0].set_ylabel("ms per call (H100, CUDA events, median)"); axes[0].legend(fontsize=8)
-    plt.tight_layout(); plt.show()
+    sources.show(fig, DEV_SRC + " (FlexAttention points missing there: results/h100/v4_dev_run1.json)")
     flex_t = {(r["seq_len"], r["causal"]): r["time_s"] for r in rows if r["kernel"] == "flex"}
     print(f"{'kernel':<14} {'S':>5} {'causal':>6} {'ms':>9} {'TFLOP/s':>8} {'% mma':>6} {'x Flex':>7} {'x floor':>8}")
     for r in sorted(rows, key=lambda r: (r["causal"], r["seq_len"], r["kernel"])):
