@@ -1,11 +1,11 @@
-"""CPU tests of the tensor-core kernel v4 (flash_tc): fragment layout, a NumPy emulation of
-the kernel's tiled Q.K^T / online softmax / P.V built from the kernel's own index helpers,
-compile_ptx of the Numba part on this CPU, and supports().
+"""CPU tests of the tensor-core kernel v4 (flash_tc): fragment and ldmatrix index maps, a
+NumPy emulation of the kernel's tiled Q.K^T / online softmax / P.V built from the kernel's
+own index maps, compile_ptx on this CPU (inline PTX: the instructions themselves must be in
+the PTX), and supports().
 
-The mma itself is emulated by ``mma_bridge.mma_f16_16816_py``, which reassembles the
-matrices with the fragment layout written out from the PTX ISA (independently of the
-kernel's helpers), so an index helper that disagrees with the hardware layout makes the
-emulated attention wrong.
+The mma and ldmatrix are emulated by ``v4_layout.mma_py`` / ``ldmatrix_py``, which follow the
+PTX ISA's fragment tables (independently of the kernel's maps), so a map that disagrees with
+the hardware layout makes the emulated attention wrong.
 """
 import json
 import os
@@ -16,7 +16,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from attn_numba.kernels import mma_bridge
+from attn_numba.kernels import v4_layout as L
 from attn_numba.kernels import v4_tensor_core as v4
 from attn_numba.kernels.v4_emulation import emulate_flash_tc
 from attn_numba.problem import Problem
@@ -30,23 +30,23 @@ LANES = np.arange(32)
 
 def test_fragment_helpers_cover_tiles_once():
     a = [(r, c + e) for lane in range(32) for reg in range(4)
-         for (r, c) in [v4.a_frag_rc(lane, reg)] for e in (0, 1)]
+         for (r, c) in [L.a_frag_rc(lane, reg)] for e in (0, 1)]
     assert sorted(a) == [(r, c) for r in range(16) for c in range(16)]
     b = [(kk + e, n) for lane in range(32) for reg in range(2)
-         for (kk, n) in [v4.b_frag_kn(lane, reg)] for e in (0, 1)]
+         for (kk, n) in [L.b_frag_kn(lane, reg)] for e in (0, 1)]
     assert sorted(b) == [(kk, n) for kk in range(16) for n in range(8)]
-    c = [v4.c_frag_rc(lane, reg) for lane in range(32) for reg in range(4)]
+    c = [L.c_frag_rc(lane, reg) for lane in range(32) for reg in range(4)]
     assert sorted(c) == [(r, n) for r in range(16) for n in range(8)]
 
 
 def test_fragment_helpers_match_ptx_examples():
     # PTX ISA figures for m16n8k16 (f16 A/B, f32 C): lane 0 holds A[0,0:2], A[8,0:2],
     # A[0,8:10], A[8,8:10]; lane 5 (group 1, thread 1) holds A[1,2:4] in a0.
-    assert [v4.a_frag_rc(0, r) for r in range(4)] == [(0, 0), (8, 0), (0, 8), (8, 8)]
-    assert v4.a_frag_rc(5, 0) == (1, 2)
-    assert v4.a_frag_rc(31, 3) == (15, 14)
-    assert [v4.b_frag_kn(5, r) for r in range(2)] == [(2, 1), (10, 1)]
-    assert [v4.c_frag_rc(6, r) for r in range(4)] == [(1, 4), (1, 5), (9, 4), (9, 5)]
+    assert [L.a_frag_rc(0, r) for r in range(4)] == [(0, 0), (8, 0), (0, 8), (8, 8)]
+    assert L.a_frag_rc(5, 0) == (1, 2)
+    assert L.a_frag_rc(31, 3) == (15, 14)
+    assert [L.b_frag_kn(5, r) for r in range(2)] == [(2, 1), (10, 1)]
+    assert [L.c_frag_rc(6, r) for r in range(4)] == [(1, 4), (1, 5), (9, 4), (9, 5)]
 
 
 def test_p_from_s_maps_c_layout_to_a_layout():
@@ -54,22 +54,43 @@ def test_p_from_s_maps_c_layout_to_a_layout():
     for kk in range(4):
         for lane in range(32):
             for reg in range(4):
-                ar, ac = v4.a_frag_rc(lane, reg)        # row, key within the k-step
-                nt, creg = v4.p_from_s(kk, reg)
+                ar, ac = L.a_frag_rc(lane, reg)        # row, key within the k-step
+                nt, creg = L.p_from_s(kk, reg)
                 for e in (0, 1):
-                    cr, cc = v4.c_frag_rc(lane, creg + e)
+                    cr, cc = L.c_frag_rc(lane, creg + e)
                     assert (cr, 8 * nt + cc) == (ar, 16 * kk + ac + e)
 
 
-def test_pack_and_interleave_round_trip(rng):
-    x = rng.standard_normal(4).astype(np.float16)
-    w0 = mma_bridge.pack_f16x2_py(x[0], x[1])
-    np.testing.assert_array_equal(mma_bridge.unpack_f16x2_py(w0), x[:2].astype(np.float32))
-    rows = rng.standard_normal((2, 2)).astype(np.float16)      # V[2p, d:d+2], V[2p+1, d:d+2]
-    xw, yw = rows.view(np.uint32)[:, 0]
-    lo, hi = v4.interleave_v(np.uint32(xw), np.uint32(yw))
-    np.testing.assert_array_equal(mma_bridge.unpack_f16x2_py(lo), rows[:, 0].astype(np.float32))
-    np.testing.assert_array_equal(mma_bridge.unpack_f16x2_py(hi), rows[:, 1].astype(np.float32))
+def test_pack_round_trip(rng):
+    import ml_dtypes
+    for dt in (np.float16, ml_dtypes.bfloat16):
+        x = rng.standard_normal(2).astype(dt)
+        w = L.pack_py(x[0], x[1], dt)
+        np.testing.assert_array_equal(L.unpack_py(w, dt), x.astype(np.float32))
+
+
+@pytest.mark.parametrize("trans", [False, True])
+def test_ldmatrix_maps_give_mma_b_fragments(rng, trans):
+    """ldmatrix.x4 at k_ldsm_rc (K) / .trans at v_ldsm_rc (V) yields exactly the B fragments
+    (b_frag_kn) of two n8 tiles: B[k, n] = K[n, k] for Q.K^T and B[k, n] = V[k, n] for P.V."""
+    tile = rng.integers(0, 2**16, size=(32, 48 + 8), dtype=np.uint16)    # 32 keys, D16 = 48
+    for pair in range(2):
+        for step in range(2):
+            if trans:
+                regs = L.ldmatrix_py(tile, lambda ln: L.v_ldsm_rc(ln, step, pair), 4, True)
+            else:
+                regs = L.ldmatrix_py(tile, lambda ln: L.k_ldsm_rc(ln, pair, step), 4)
+            for j in range(2):
+                nt = 2 * pair + j
+                for lane in range(32):
+                    for reg in range(2):
+                        kk, n = L.b_frag_kn(lane, reg)
+                        if trans:   # keys 16*step + kk, d column 8*nt + n
+                            want = [tile[16 * step + kk + e, 8 * nt + n] for e in (0, 1)]
+                        else:       # key 8*nt + n, d column 16*step + kk
+                            want = [tile[8 * nt + n, 16 * step + kk + e] for e in (0, 1)]
+                        word = int(regs[lane, 2 * j + reg])
+                        assert [word & 0xFFFF, word >> 16] == [int(w) for w in want]
 
 
 def test_mma_emulator_is_a_matmul(rng):
@@ -82,18 +103,18 @@ def test_mma_emulator_is_a_matmul(rng):
     c = np.zeros((32, 4), np.float32)
     for lane in range(32):
         for reg in range(4):
-            r, col = v4.a_frag_rc(lane, reg)
-            a[lane, reg] = mma_bridge.pack_f16x2_py(A[r, col], A[r, col + 1])
-            r, col = v4.c_frag_rc(lane, reg)
+            r, col = L.a_frag_rc(lane, reg)
+            a[lane, reg] = L.pack_py(A[r, col], A[r, col + 1])
+            r, col = L.c_frag_rc(lane, reg)
             c[lane, reg] = C[r, col]
         for reg in range(2):
-            kk, n = v4.b_frag_kn(lane, reg)
-            b[lane, reg] = mma_bridge.pack_f16x2_py(B[kk, n], B[kk + 1, n])
-    d = mma_bridge.mma_f16_16816_py(a, b, c)
+            kk, n = L.b_frag_kn(lane, reg)
+            b[lane, reg] = L.pack_py(B[kk, n], B[kk + 1, n])
+    d = L.mma_py(a, b, c)
     want = A.astype(np.float32) @ B.astype(np.float32) + C
     for lane in range(32):
         for reg in range(4):
-            r, col = v4.c_frag_rc(lane, reg)
+            r, col = L.c_frag_rc(lane, reg)
             assert abs(d[lane, reg] - want[r, col]) < 1e-4
 
 
@@ -103,10 +124,10 @@ def test_mma_emulator_is_a_matmul(rng):
     (70, 70, (-1, -1), 32, 32, 1),     # full attention, partial last tiles
     (37, 83, (-1, 0), 32, 16, 2),      # causal, sk > sq (bottom-right aligned)
     (83, 29, (-1, 0), 16, 16, 1),      # causal, sq > sk: leading rows see no key
-    (90, 90, (20, 5), 32, 32, 1),      # sliding window: skipped and partial tiles
+    (90, 90, (20, 5), 24, 32, 1),      # sliding window, head size 24 (padded to 32)
     (90, 90, (20, 5), 32, 32, 2),      # the same with 2 heads per block (32 positions)
-    (66, 66, (0, 0), 16, 32, 2),       # diagonal only
-    (40, 47, (16, 0), 128, 32, 4),     # the committed D=128 configuration, GQA 4 per block
+    (66, 66, (0, 0), 8, 32, 2),        # diagonal only, head size 8 (padded to 16)
+    (40, 47, (16, 0), 128, 64, 4),     # the default D=128 configuration, GQA 4 per block
 ])
 def test_emulated_flash_tc_matches_reference(rng, sq, sk, window, head_size, block_n, heads):
     H, Hkv = 4, 2
@@ -117,6 +138,7 @@ def test_emulated_flash_tc_matches_reference(rng, sq, sk, window, head_size, blo
     head = 3                                 # GQA: query head 3 reads kv head 1
     out, lse = emulate_flash_tc(q[0], k[0], v[0], scale, *window, head, head // (H // Hkv),
                                 block_n, heads)
+    assert not np.isnan(out).any() and not np.isnan(lse).any()
     ref, ref_lse = mha_fwd_ref(q, k, v, window_size=window)
     lowp, _ = mha_fwd_ref(q, k, v, window_size=window, p_dtype=np.float16)
     lowp = lowp.astype(np.float16).astype(np.float64)
@@ -129,53 +151,52 @@ def test_emulated_flash_tc_matches_reference(rng, sq, sk, window, head_size, blo
 # --------------------------------------------------------------------------- compile on CPU
 
 _COMPILE_SCRIPT = textwrap.dedent("""
-    import json, re, sys
+    import json, re
     import numpy as np
     from numba import cuda
-    from numba.cuda.cudadrv import nvrtc
-    from attn_numba.kernels import mma_bridge
     from attn_numba.kernels import v4_tensor_core as v4
     res = {}
     for cc in [(8, 0), (9, 0)]:
-        nvrtc.compile(mma_bridge.MMA_SOURCE_TEXT, "mma_bridge.cu", cc, ltoir=True)
-        targets = [(d, t) for d in v4.HEAD_SIZES for t in v4.compile_targets(d, np.float16)]
-        for d, (label, fn, sig) in targets:
-            ptx, _ = cuda.compile_ptx(fn, sig, cc=cc)
-            depot = re.findall(r"__local_depot\\d+\\[(\\d+)\\]", ptx)
-            res[f"{cc[0]}{cc[1]}_{d}_{label}"] = dict(
-                target=f"sm_{cc[0]}{cc[1]}" in ptx,
-                externs=sorted(set(re.findall(r"\\.extern \\.func[^\\n]*\\) (\\w+)", ptx))),
-                mma_calls=len(re.findall(r"mma_f16_16816,", ptx)),
-                depot=max([int(x) for x in depot] or [0]))
-    assert v4.compile_targets(128, np.float32) == [] and v4.compile_targets(96, np.float16) == []
+        for d, dt in [(64, "float16"), (128, "float16"), (128, "bfloat16"), (256, "float16"),
+                      (72, "bfloat16")]:
+            for label, fn, sig in v4.compile_targets(d, dt, heads=(4,)):
+                ptx, _ = cuda.compile_ptx(fn, sig, cc=cc)
+                res[f"{cc[0]}{cc[1]}_{d}_{label}"] = dict(
+                    target=f".target sm_{cc[0]}{cc[1]}" in ptx,
+                    mma=len(re.findall(r"mma\\.sync\\.aligned\\.m16n8k16\\.row\\.col\\.f32\\." + ("bf16" if dt == "bfloat16" else "f16"), ptx)),
+                    ldmatrix=len(re.findall(r"ldmatrix\\.sync\\.aligned\\.m8n8\\.x4\\.shared", ptx)),
+                    ldmatrix_trans=len(re.findall(r"ldmatrix\\.sync\\.aligned\\.m8n8\\.x4\\.trans", ptx)),
+                    cp_async=len(re.findall(r"cp\\.async\\.cg\\.shared\\.global", ptx)),
+                    calls=len(re.findall(r"\\bcall\\b", ptx)),
+                    local=len(re.findall(r"ld\\.local|st\\.local", ptx)))
+    assert v4.compile_targets(128, np.float32) == [] and v4.compile_targets(100, np.float16) == []
     print(json.dumps(res))
 """)
 
 
 def test_compile_ptx_on_cpu():
-    """compile_ptx of every specialisation for sm_80 and sm_90, outside the simulator.
-
-    The PTX holds the Numba part only, with external calls to the bridge; the bridge source
-    itself is compiled by NVRTC (to LTO-IR, which needs no driver). The local depot must be
-    small: the Q/S/O register arrays were promoted to registers (only call results pass
-    through it, and those disappear once LTO inlines the bridge on the GPU).
-    """
+    """compile_ptx of sample specialisations for sm_80 and sm_90, outside the simulator: the
+    PTX holds the instructions themselves (no calls to linked code), fully unrolled, with no
+    local-memory traffic."""
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(res) == 2 * 2 * len(v4.HEAD_SIZES)
+    assert len(res) == 2 * 5
     for key, r in res.items():
-        d = int(key.split("_")[1])  # key: "<cc>_<head size>_<label>"
-        assert r["target"], key
-        assert r["externs"] == ["exp2_approx", "mma_f16_16816", "pack_f16x2"], (key, r)
-        bn = v4.BLOCK_N[d]
-        # Q.K^T + P.V mma calls per tile, fully unrolled: (BN/8)(D/16) + (BN/16)(D/8)
-        assert r["mma_calls"] == (bn // 8) * (d // 16) + (bn // 16) * (d // 8), (key, r)
-        assert r["depot"] <= 128, (key, r)
+        d = int(key.split("_")[1])
+        bn, d16 = v4.block_n(d), v4.padded(d)
+        assert r["target"] and r["calls"] == 0 and r["local"] == 0, (key, r)
+        # Q.K^T: (bn/16)(d16/16) ldmatrix.x4, 2 mma each; P.V: (bn/16)(d16/16) ldmatrix.x4.trans,
+        # 2 mma each, less the P.V mma of padding columns that are never stored (dead code)
+        steps = (bn // 16) * (d16 // 16)
+        assert r["ldmatrix"] == steps and r["ldmatrix_trans"] == steps, (key, r)
+        dead = (bn // 16) * ((d16 - d) // 8)
+        assert r["mma"] == 4 * steps - dead, (key, r)
+        assert r["cp_async"] == 3 * -(-bn * (d16 // 8) // v4.THREADS), (key, r)
 
 
 # --------------------------------------------------------------------------- supports
@@ -190,23 +211,23 @@ def _problem(**kw):
 
 
 def test_default_configuration_fits():
-    """Static shared memory under 48 KiB (Numba cannot opt in to more), whole tiles per
-    thread for the staging loops, and GQA packing that divides every group size."""
-    for d in v4.HEAD_SIZES:
-        bn = v4.BLOCK_N[d]
-        assert v4.shared_bytes(d, bn) <= 48 * 1024, d
-        assert bn * (d // 4) % v4.THREADS == 0 and (bn // 2) * (d // 4) % v4.THREADS == 0
-    assert v4.shared_bytes(128, 64) == 34816       # what the H100 reported for this build
+    """Static shared memory under 48 KiB for every head size, and GQA packing that divides
+    every group size."""
+    for d in range(8, 257, 8):
+        assert v4.shared_bytes(d) <= 48 * 1024, d
+    assert v4.shared_bytes(128) == 34816       # what the H200 reported for this build
     for group in (1, 2, 3, 4, 6, 8, 16):
         hb = v4.heads_per_block(group)
         assert group % hb == 0 and v4.WARPS % hb == 0
 
 
 def test_supports():
+    import ml_dtypes
     assert v4.supports(_problem()) is None
-    for d in v4.HEAD_SIZES:
+    for d in (8, 64, 72, 96, 128, 200, 256):
         assert v4.supports(_problem(head_size=d)) is None
-    for bad in (dict(dtype=np.dtype(np.float32)), dict(head_size=96), dict(head_size=32),
+    assert v4.supports(_problem(dtype=np.dtype(ml_dtypes.bfloat16))) is None
+    for bad in (dict(dtype=np.dtype(np.float32)), dict(head_size=100), dict(head_size=4),
                 dict(on_simulator=True)):
         reason = v4.supports(_problem(**bad))
         assert isinstance(reason, str) and reason, bad

@@ -149,6 +149,9 @@ pack_f16x2 = _make("cvt.rn.f16x2.f32 $0, $2, $1;", "=r,f,f", (_F, _F), (_U,))
 pack_bf16x2 = _make("cvt.rn.bf16x2.f32 $0, $2, $1;", "=r,f,f", (_F, _F), (_U,))
 #: ex2(x) -> 2**x, SFU approximation, ex2(-inf) = 0
 ex2 = _make("ex2.approx.ftz.f32 $0, $1;", "=f,f", (_F,), (_F,))
+#: opaque(x) -> x, through a volatile ``mov``: LLVM cannot hoist what is computed from the
+#: result out of a loop (keeps per-lane addresses from occupying registers across the loop)
+opaque_u32 = _make("mov.b32 $0, $1;", "=r,r", (_U,), (_U,), side_effect=True)
 
 
 # --------------------------------------------------------------------------- addresses

@@ -1,15 +1,16 @@
 """NumPy emulation of kernel v4 (flash_tc), lane by lane, for CPUs.
 
-Mirrors ``v4_tensor_core.build(D, heads, block_n)`` for one sequence and one head: per-lane
-register arrays, a flat uint32 "shared memory" laid out by the kernel's own index helpers,
-and the mma emulated by ``mma_bridge.mma_f16_16816_py`` (which reassembles the matrices with
-the PTX fragment layout, independently of those helpers). Used by tests/test_v4_fragments.py
-and notebooks/04_tensor_cores.ipynb; slow (pure Python loops), so keep sizes small.
+Mirrors ``v4_tensor_core.build(D, heads, bf16, bn)`` for one sequence and one head: per-lane
+register arrays, 2-D uint16 "shared memory" tiles with the kernel's padded rows, fragments
+loaded by :func:`v4_layout.ldmatrix_py` at the addresses the kernel's index maps give, and
+the mma emulated by :func:`v4_layout.mma_py` (which reassembles the matrices from the PTX
+fragment tables, independently of those maps). Used by tests/test_v4_fragments.py and
+notebook 04; slow (pure Python loops), so keep sizes small.
 """
 import numpy as np
 
 from ..problem import key_range_host
-from . import mma_bridge
+from . import v4_layout as L
 from . import v4_tensor_core as v4
 
 
@@ -18,84 +19,79 @@ def _quad_reduce(x, op):
     return np.repeat(op(x.reshape(8, 4), axis=1), 4)
 
 
-def emulate_flash_tc(q, k, v, scale, left, right, head, kv_head, block_n, heads=1):
-    """Mirror of ``v4.build(D, heads, block_n)`` for one sequence and one head, in NumPy.
+def _tile(x16, n0, bn, d16):
+    """Keys n0..n0+bn-1 of one head's (sk, D) 16-bit rows as a zero-padded (bn, d16 + pad)
+    shared tile (rows past the sequence and columns past D are 0, as cp.async's zero-fill)."""
+    t = np.zeros((bn, d16 + v4.ROW_PAD), np.uint16)
+    rows = x16[n0:n0 + bn]
+    t[:rows.shape[0], :rows.shape[1]] = rows
+    return t
 
-    q: (sq, H, D) fp16, k/v: (sk, Hkv, D) fp16. Returns out (sq, D) float32 and lse (sq,).
-    Each block of BLOCK_M rows and each of its warps is emulated with per-lane register
-    arrays; shared memory is a flat uint32 array laid out by the kernel's helpers.
+
+def emulate_flash_tc(q, k, v, scale, left, right, head, kv_head, block_n, heads=1,
+                     dtype=np.float16):
+    """Mirror of ``v4.build(D, heads, bn=block_n)`` for one sequence and one head.
+
+    q: (sq, H, D), k/v: (sk, Hkv, D), all ``dtype`` (float16 or ml_dtypes.bfloat16). Returns
+    out (sq, D) float32 (rounded to ``dtype``) and lse (sq,).
     """
+    dtype = np.dtype(dtype)
     sq, sk, D = q.shape[0], k.shape[0], q.shape[2]
-    BN, DW = block_n, D // 2
-    K_STRIDE, V_STRIDE = DW + v4.K_PAD, D + v4.V_PAD
-    qw = np.ascontiguousarray(q[:, head]).view(np.uint32)        # (sq, DW)
-    kw = np.ascontiguousarray(k[:, kv_head]).view(np.uint32)
-    vw = np.ascontiguousarray(v[:, kv_head]).view(np.uint32)
+    BN, D16 = block_n, v4.padded(D)
+    q16 = np.zeros((sq, D16), np.uint16)
+    q16[:, :D] = np.ascontiguousarray(q[:, head]).view(np.uint16)
+    k16 = np.ascontiguousarray(k[:, kv_head]).view(np.uint16)
+    v16 = np.ascontiguousarray(v[:, kv_head]).view(np.uint16)
     scale_log2 = np.float32(scale * np.log2(np.e))
     out = np.full((sq, D), np.nan, np.float32)
     lse = np.full(sq, np.nan, np.float32)
     kr = lambda i: key_range_host(i, sq, sk, left, right)  # noqa: E731
-    pb = v4.BLOCK_M // heads                                     # positions per block
+    pb = 16 * v4.WARPS // heads                                   # positions per block
     for row0 in range(0, sq, pb):
         blo, bhi = kr(row0)[0], kr(min(row0 + pb, sq) - 1)[1]
-        tiles = list(range((blo // BN) * BN, bhi + 1, BN))
-        staged = []
-        for n0 in tiles:
-            ks = np.zeros(BN * K_STRIDE, np.uint32)
-            vs = np.zeros((BN // 2) * V_STRIDE, np.uint32)
-            for n in range(BN):
-                for w in range(DW):
-                    ks[v4.k_smem_word(n, w, K_STRIDE)] = kw[n0 + n, w] if n0 + n < sk else 0
-            for p in range(BN // 2):
-                for w in range(DW):
-                    key = n0 + 2 * p
-                    x = kw.dtype.type(vw[key, w] if key < sk else 0)
-                    y = kw.dtype.type(vw[key + 1, w] if key + 1 < sk else 0)
-                    lo, hi = v4.interleave_v(x, y)
-                    vs[v4.v_smem_word(p, 2 * w, V_STRIDE)] = lo
-                    vs[v4.v_smem_word(p, 2 * w + 1, V_STRIDE)] = hi
-            staged.append((n0, ks, vs))
+        staged = [(n0, _tile(k16, n0, BN, D16), _tile(v16, n0, BN, D16))
+                  for n0 in range((blo // BN) * BN, bhi + 1, BN)]
         for warp in range(v4.WARPS):
-            if warp % heads != head % heads:                     # another head's warp
+            if warp % heads != head % heads:                      # another head's warp
                 continue
             wrow0 = row0 + 16 * (warp // heads)
             if wrow0 >= sq:
                 continue
             wlo_first, whi_first = kr(wrow0)
             wlo_last, whi_last = kr(min(wrow0 + 15, sq - 1))
-            rows = np.stack([wrow0 + v4.c_frag_rc(lane, 0)[0] for lane in range(32)])
+            rows = np.stack([wrow0 + L.c_frag_rc(lane, 0)[0] for lane in range(32)])
             rng_a = np.array([kr(r) for r in rows])
             rng_b = np.array([kr(r + 8) for r in rows])
-            qf = np.zeros((32, 4 * (D // 16)), np.uint32)
+            qf = np.zeros((32, 4 * (D16 // 16)), np.uint32)
             for lane in range(32):
-                for kk in range(D // 16):
+                for kk in range(D16 // 16):
                     for r in range(4):
-                        rr, cc = v4.a_frag_rc(lane, r)
+                        rr, cc = L.a_frag_rc(lane, r)
                         if wrow0 + rr < sq:
-                            qf[lane, 4 * kk + r] = qw[wrow0 + rr, 8 * kk + (cc >> 1)]
-            acc = np.zeros((32, 4 * (D // 8)), np.float32)
+                            c = 16 * kk + cc
+                            qf[lane, 4 * kk + r] = (int(q16[wrow0 + rr, c])
+                                                    | int(q16[wrow0 + rr, c + 1]) << 16)
+            acc = np.zeros((32, 4 * (D16 // 8)), np.float32)
             m = np.full((32, 2), -np.inf, np.float32)
             lsum = np.zeros((32, 2), np.float32)
             for n0, ks, vs in staged:
                 if not (n0 <= whi_last and n0 + BN - 1 >= wlo_first):
                     continue
                 s = np.zeros((32, 4 * (BN // 8)), np.float32)
-                for nt in range(BN // 8):
-                    c = np.zeros((32, 4), np.float32)
-                    for kk in range(D // 16):
-                        b = np.zeros((32, 2), np.uint32)
-                        for lane in range(32):
-                            for reg in range(2):
-                                kn, nn = v4.b_frag_kn(lane, reg)
-                                b[lane, reg] = ks[v4.k_smem_word(8 * nt + nn, 8 * kk + (kn >> 1),
-                                                                 K_STRIDE)]
-                        c = mma_bridge.mma_f16_16816_py(qf[:, 4 * kk:4 * kk + 4], b, c)
-                    s[:, 4 * nt:4 * nt + 4] = c * scale_log2
+                for p in range(BN // 16):
+                    for kk in range(D16 // 16):
+                        b = L.ldmatrix_py(ks, lambda ln: L.k_ldsm_rc(ln, p, kk), 4)
+                        for j in range(2):
+                            nt = 2 * p + j
+                            s[:, 4 * nt:4 * nt + 4] = L.mma_py(
+                                qf[:, 4 * kk:4 * kk + 4], b[:, 2 * j:2 * j + 2],
+                                s[:, 4 * nt:4 * nt + 4], dtype)
+                s *= scale_log2
                 if not (wlo_last <= n0 and n0 + BN - 1 <= whi_first):
                     for lane in range(32):
                         for nt in range(BN // 8):
                             for r in range(4):
-                                rr, cc = v4.c_frag_rc(lane, r)
+                                rr, cc = L.c_frag_rc(lane, r)
                                 col = n0 + 8 * nt + cc
                                 lo, hi = (rng_a if rr < 8 else rng_b)[lane]
                                 if col < lo or col > hi:
@@ -116,28 +112,25 @@ def emulate_flash_tc(q, k, v, scale, left, right, head, kv_head, block_n, heads=
                     a = np.zeros((32, 4), np.uint32)
                     for lane in range(32):
                         for reg in range(4):
-                            nt, creg = v4.p_from_s(kk, reg)
-                            a[lane, reg] = mma_bridge.pack_f16x2_py(
-                                s[lane, 4 * nt + creg], s[lane, 4 * nt + creg + 1])
-                    for nt in range(D // 8):
-                        b = np.zeros((32, 2), np.uint32)
-                        for lane in range(32):
-                            for reg in range(2):
-                                kp, nn = v4.b_frag_kn(lane, reg)
-                                b[lane, reg] = vs[v4.v_smem_word(8 * kk + (kp >> 1), 8 * nt + nn,
-                                                                 V_STRIDE)]
-                        acc[:, 4 * nt:4 * nt + 4] = mma_bridge.mma_f16_16816_py(
-                            a, b, acc[:, 4 * nt:4 * nt + 4])
+                            nt, creg = L.p_from_s(kk, reg)
+                            a[lane, reg] = L.pack_py(s[lane, 4 * nt + creg],
+                                                     s[lane, 4 * nt + creg + 1], dtype)
+                    for p in range(D16 // 16):
+                        b = L.ldmatrix_py(vs, lambda ln: L.v_ldsm_rc(ln, kk, p), 4, trans=True)
+                        for j in range(2):
+                            nt = 2 * p + j
+                            acc[:, 4 * nt:4 * nt + 4] = L.mma_py(
+                                a, b[:, 2 * j:2 * j + 2], acc[:, 4 * nt:4 * nt + 4], dtype)
             lsum = np.stack([_quad_reduce(lsum[:, 0], np.sum), _quad_reduce(lsum[:, 1], np.sum)], 1)
             inv = np.where(lsum > 0, 1 / np.where(lsum > 0, lsum, 1), 0).astype(np.float32)
             row_lse = np.where(lsum > 0, m * np.log(2) + np.log(np.where(lsum > 0, lsum, 1)),
                                -np.inf)
             for lane in range(32):
                 for reg in range(4):
-                    rr, cc = v4.c_frag_rc(lane, reg)
+                    rr, cc = L.c_frag_rc(lane, reg)
                     for nt in range(D // 8):
                         if wrow0 + rr < sq:
                             val = acc[lane, 4 * nt + reg] * inv[lane, reg >> 1]
-                            out[wrow0 + rr, 8 * nt + cc] = np.float16(val)
+                            out[wrow0 + rr, 8 * nt + cc] = np.float32(dtype.type(val))
                             lse[wrow0 + rr] = row_lse[lane, reg >> 1]
     return out, lse

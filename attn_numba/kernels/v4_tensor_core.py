@@ -1,297 +1,170 @@
-"""v4: flash attention on the tensor cores: Q.K^T and P.V with mma.sync m16n8k16 (fp16 in,
-fp32 accumulate) through a thin CUDA C++ bridge, online softmax in fp32 registers.
+"""v4: flash attention on the tensor cores (mma.sync m16n8k16, fp16 or bf16 in, fp32
+accumulate), FlashAttention-2's structure, written in Numba with inline-PTX intrinsics.
 
-Numba has no tensor-core intrinsics; :mod:`attn_numba.kernels.mma_bridge` links three one-
-instruction wrappers (mma, fp32->fp16x2 packing, ex2.approx). All of the logic is here.
+* **Instructions** come from :mod:`attn_numba.kernels.ptx` (``mma.sync``, ``ldmatrix``,
+  ``cp.async``, ``cvt``, ``ex2``): no linked CUDA C++, so every specialisation is compiled
+  once and cached on disk (``cache=True``).
+* **Work**: a block of ``WARPS`` = 4 warps; each warp owns 16 query positions of one head
+  (the mma M dimension). With GQA the block's warps take ``HB`` = 4, 2 or 1 heads of one KV
+  group, so each K/V tile staged in shared memory serves ``HB`` heads.
+* **K/V tiles** (``BN`` keys) are copied global -> shared with 16-byte ``cp.async`` (no
+  register staging), rows padded by 16 bytes so that the 8 rows read by one ``ldmatrix``
+  fall into 8 different bank groups. Pipeline, as FlashAttention-2: V of tile j is in flight
+  while S = Q K_j^T and the softmax run; K of tile j+1 is in flight during O += P V_j.
+* **Fragments**: K through ``ldmatrix.x4`` (K's rows are B's columns), V through
+  ``ldmatrix.x4.trans``; Q stays in registers; P is packed from the S accumulators straight
+  into A fragments, never touching shared memory (``v4_layout.p_from_s``).
+* **Band**: the block visits only key tiles that meet its rows' band; a warp skips tiles
+  outside its own band and masks only tiles not fully inside it. Rows that see no key get
+  out 0 and lse -inf. Scores are kept in base 2 for ``ex2.approx``.
+* **Head sizes**: any multiple of 8 up to 256; the tile is padded to a multiple of 16 columns
+  and the padding is zero-filled by ``cp.async`` (source size 0).
 
-Work decomposition (FlashAttention-2 style): a block of ``WARPS`` = 4 warps owns ``BLOCK_M`` =
-64 (query position, head) rows of one sequence; each warp owns 16 positions of one head, as
-the M dimension of its mma tiles. GQA: the block's warps cover ``HB`` heads of one group
-(4 when the group size allows, else 2 or 1) and ``64 / HB`` positions, so every K/V tile a
-block stages serves ``HB`` heads. The block walks the key tiles (``block_n`` keys each) that
-intersect its positions' band, staging K and V in shared memory:
-
-* K is stored row-major as fp16 pairs (uint32 words), rows padded by 4 words, so the B
-  fragment of Q.K^T (``B[k, n] = K[n, k]``, pairs along the head dimension) is one 32-bit
-  load per register, free of bank conflicts.
-* V is stored "pair-interleaved": word ``(p, d)`` holds ``(V[2p, d], V[2p+1, d])``, rows
-  padded by 8 words, so the B fragment of P.V (pairs along the key dimension) is also one
-  conflict-free 32-bit load. The interleave is done with integer ops while staging.
-* Q fragments stay in registers for the whole key loop; the S accumulator of Q.K^T is turned
-  into the A fragment of P.V in registers (the C layout of two n8 tiles is the A layout of
-  one k16 step), so P never touches shared memory.
-
-Staging: K and V come in with 64-bit, branch-free global loads (row clamped, value zeroed
-past the sequence), issued in batches before their shared-memory stores; for D <= 128 the
-loads of tile i+1 go into registers before the mma work of tile i (``PREFETCH_TILES``).
-Measured speeds and what was tried: notes/v4_tensor_core.md.
-
-Masking: the tile loop covers only key tiles that intersect the block's band; a warp skips
-tiles outside its own 16 rows' band, and applies the per-element mask only on tiles that
-are not fully inside the band of all of its rows. Rows that see no key get out 0 and
-lse -inf. Scores are kept in base 2 (``scale * log2(e)`` folded in) for ex2.approx.
-
-Compiled per head size by an lru_cached factory. ``cache=True`` is impossible with linked
-foreign code in numba-cuda 0.30.4 (see mma_bridge), so each specialisation compiles once
-per process. fp16 only; not runnable on the simulator (foreign functions).
+Index maps and their NumPy emulation: :mod:`attn_numba.kernels.v4_layout`. Measurements,
+predictions and what was tried: notes/v4_tensor_core.md.
 """
 import functools
 import math
 
 import numpy as np
 from numba import config as numba_config
-from numba import cuda, float32, types, uint32, uint64
+from numba import cuda, float32, types, uint16, uint32
 
-from . import mma_bridge
+from . import ptx
 from .common import NEG_INF, array_type, key_range, seq_span
+from .v4_layout import a_frag_rc, c_frag_rc, k_ldsm_rc, kv_chunk, p_from_s, v_ldsm_rc
 
 NAME = "flash_tc"
-
-#: query rows per block, warps per block (16 rows per warp), threads per block
-BLOCK_M = 64
+#: dtypes this kernel accepts (by NumPy name; bfloat16 is ml_dtypes.bfloat16)
+DTYPE_NAMES = ("float16", "bfloat16")
+MAX_HEAD_SIZE = 256
 WARPS = 4
 THREADS = 32 * WARPS
-#: head sizes with a compiled specialisation, and the key-tile size each uses. 128: 32 was
-#: fastest on the H100 (notes/v4_tensor_core.md: 64 with prefetch spills, 255 registers +
-#: 528 B local); 256: 32 keeps the static shared memory under 48 KiB. 64: not tuned.
-HEAD_SIZES = (64, 128, 256)
-BLOCK_N = {64: 64, 128: 32, 256: 32}
-#: prefetch the next K/V tile into registers during the current tile's mma work (costs
-#: registers: off for 256, whose O accumulator alone takes 128 registers per thread)
-PREFETCH_TILES = {64: True, 128: True, 256: False}
-#: launch-bounds minimum blocks per SM (None: no register cap beyond 255)
-MIN_BLOCKS = {64: None, 128: None, 256: None}
-#: share K/V tiles between the heads of a GQA group (see heads_per_block)
-GQA_PACK = True
-#: padding (in 32-bit words) of one shared-memory row of K and of pair-interleaved V
-K_PAD = 4
-V_PAD = 8
-
-LOG2E = np.float32(math.log2(math.e))
-LN2 = np.float32(math.log(2.0))
+#: 16-byte padding of each shared-memory row (in 16-bit elements)
+ROW_PAD = 8
+#: key-tile size by padded head size: K + V tiles stay under 48 KiB of static shared memory
+LOG2E = math.log2(math.e)
 ZERO = np.float32(0.0)
 ONE = np.float32(1.0)
-LO16 = np.uint32(0x0000FFFF)
-HI16 = np.uint32(0xFFFF0000)
-SIXTEEN = np.uint32(16)
+LN2 = np.float32(math.log(2.0))
 U0 = np.uint32(0)
-U64_0 = np.uint64(0)
-LO32 = np.uint64(0xFFFFFFFF)
-THIRTYTWO = np.uint64(32)
 
 
-# --------------------------------------------------------------------------- fragment layout
-# Plain Python functions, used as-is by the NumPy emulation in tests/test_v4_fragments.py and
-# compiled as inline device functions for the kernel (the same source, not a twin).
-
-def a_frag_rc(lane, reg):
-    """(row, col) in the 16x16 A tile of the *first* fp16 of A register ``reg`` (0..3) of
-    ``lane``; the second fp16 is at (row, col + 1)."""
-    g = lane >> 2
-    t = lane & 3
-    return g + 8 * (reg & 1), 2 * t + 8 * (reg >> 1)
+def padded(head_size):
+    """Head size rounded up to the mma's k16."""
+    return (head_size + 15) // 16 * 16
 
 
-def b_frag_kn(lane, reg):
-    """(k, n) in the 16x8 B tile of the first fp16 of B register ``reg`` (0..1) of ``lane``;
-    the second fp16 is at (k + 1, n)."""
-    g = lane >> 2
-    t = lane & 3
-    return 2 * t + 8 * reg, g
+def block_n(head_size):
+    """Keys per tile: 64 up to D = 128, 32 above (shared memory)."""
+    return 64 if padded(head_size) <= 128 else 32
 
 
-def c_frag_rc(lane, reg):
-    """(row, col) in the 16x8 C/D tile of fp32 accumulator register ``reg`` (0..3) of ``lane``."""
-    g = lane >> 2
-    t = lane & 3
-    return g + 8 * (reg >> 1), 2 * t + (reg & 1)
-
-
-def p_from_s(kstep, reg):
-    """Which S accumulator registers form A register ``reg`` of P for P.V k-step ``kstep``.
-
-    Returns ``(ntile, creg)``: A register ``reg`` packs S n-tile ``ntile``'s registers ``creg``
-    (low half) and ``creg + 1`` (high half). Follows from a_frag_rc and c_frag_rc: k-step
-    ``kstep`` covers keys ``16*kstep .. 16*kstep+15``, i.e. S n-tiles ``2*kstep`` (A cols 0-7)
-    and ``2*kstep+1`` (A cols 8-15).
-    """
-    return 2 * kstep + (reg >> 1), 2 * (reg & 1)
-
-
-def interleave_v(x, y):
-    """Pair-interleave two fp16x2 words of consecutive keys: ``x = (V[2p, d], V[2p, d+1])``,
-    ``y = (V[2p+1, d], V[2p+1, d+1])`` -> ``((V[2p, d], V[2p+1, d]), (V[2p, d+1], V[2p+1, d+1]))``.
-    Arguments and results are uint32 (np.uint32 on the host)."""
-    return (x & LO16) | (y << SIXTEEN), (x >> SIXTEEN) | (y & HI16)
-
-
-def k_smem_word(n, w, k_stride):
-    """Shared-memory word of K's (key ``n`` of the tile, fp16 pair ``w`` of the head dim)."""
-    return n * k_stride + w
-
-
-def v_smem_word(p, d, v_stride):
-    """Shared-memory word holding (V[2p, d], V[2p+1, d]) of the tile (pair-interleaved V)."""
-    return p * v_stride + d
-
-
-_a_frag_rc = cuda.jit(device=True, inline=True, cache=True)(a_frag_rc)
-_b_frag_kn = cuda.jit(device=True, inline=True, cache=True)(b_frag_kn)
-_c_frag_rc = cuda.jit(device=True, inline=True, cache=True)(c_frag_rc)
-_p_from_s = cuda.jit(device=True, inline=True, cache=True)(p_from_s)
-_interleave_v = cuda.jit(device=True, inline=True, cache=True)(interleave_v)
-_k_smem_word = cuda.jit(device=True, inline=True, cache=True)(k_smem_word)
-_v_smem_word = cuda.jit(device=True, inline=True, cache=True)(v_smem_word)
-
-
-# --------------------------------------------------------------------------- the kernel
-
-def shared_bytes(head_size, block_n):
-    """Static shared memory of one block: K tile + pair-interleaved V tile, padded."""
-    return 4 * (block_n * (head_size // 2 + K_PAD) + (block_n // 2) * (head_size + V_PAD))
+def shared_bytes(head_size, bn=None):
+    """Static shared memory of one block: one K and one V tile, rows padded."""
+    bn = block_n(head_size) if bn is None else bn
+    return 2 * bn * (padded(head_size) + ROW_PAD) * 2
 
 
 def heads_per_block(group_size):
-    """Query heads of one GQA group that share a block (and its K/V tiles): 4, 2 or 1
-    (always 1 when GQA_PACK is off)."""
-    if not GQA_PACK:
-        return 1
+    """Query heads of one GQA group sharing a block and its K/V tiles: 4, 2 or 1."""
     for hb in (4, 2, 1):
         if group_size % hb == 0:
             return hb
 
 
-def build(head_size, heads=1, block_n=None, prefetch=None, min_blocks=None):
-    """The ``flash_tc`` kernel specialised for ``head_size``, ``heads`` query heads per block
-    (of one GQA group; 1, 2 or 4), key tile ``block_n``, whether the next tile's K/V
-    loads are issued before the current tile's mma work (``prefetch``) and the launch-bounds
-    minimum of resident blocks per SM (``min_blocks``: caps registers at ~65536 /
-    (128 * min_blocks)); None = the module default for that head size."""
-    return _build(head_size, heads, BLOCK_N[head_size] if block_n is None else block_n,
-                  PREFETCH_TILES[head_size] if prefetch is None else prefetch,
-                  MIN_BLOCKS[head_size] if min_blocks is None else min_blocks)
+_a_frag_rc = cuda.jit(device=True, inline=True, cache=True)(a_frag_rc)
+_c_frag_rc = cuda.jit(device=True, inline=True, cache=True)(c_frag_rc)
+_p_from_s = cuda.jit(device=True, inline=True, cache=True)(p_from_s)
+_k_ldsm_rc = cuda.jit(device=True, inline=True, cache=True)(k_ldsm_rc)
+_v_ldsm_rc = cuda.jit(device=True, inline=True, cache=True)(v_ldsm_rc)
+_kv_chunk = cuda.jit(device=True, inline=True, cache=True)(kv_chunk)
+
+
+# Intrinsics are reached through module globals, never closure variables: Numba's cache key
+# pickles a kernel's closure, and an intrinsic pickles differently in every process, which
+# would turn every disk-cache lookup into a miss (measured on the H200: 3.1 s first calls).
+
+@cuda.jit(device=True, inline=True, cache=True)
+def _mma(bf16, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
+    """mma.sync m16n8k16, bf16 or fp16 inputs (``bf16`` is a compile-time constant)."""
+    if bf16:
+        return ptx.mma_bf16(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3)
+    return ptx.mma_f16(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3)
+
+
+@cuda.jit(device=True, inline=True, cache=True)
+def _pack(bf16, lo, hi):
+    """Two fp32 values -> one bf16x2 / f16x2 word, ``lo`` in the low half."""
+    if bf16:
+        return ptx.pack_bf16x2(lo, hi)
+    return ptx.pack_f16x2(lo, hi)
+
+
+def build(head_size, heads=1, bf16=False, bn=None):
+    """The kernel for ``head_size`` (a multiple of 8), ``heads`` query heads per block,
+    fp16 or ``bf16`` inputs and ``bn`` keys per tile (default :func:`block_n`)."""
+    return _build(head_size, heads, bool(bf16), block_n(head_size) if bn is None else bn)
 
 
 @functools.lru_cache(maxsize=None)
-def _build(head_size, heads, block_n, prefetch, min_blocks=None):
+def _build(head_size, heads, bf16, bn):
     D = head_size
-    BN = block_n
+    D16 = padded(D)
+    BN = bn
     HB = heads
-    PB = BLOCK_M // HB          # query positions per block (16 per warp, HB warps per position)
-    assert D % 16 == 0 and BN % 16 == 0 and WARPS % HB == 0
-    DW = D // 2                 # fp16 pairs (words) per head row
-    QK_STEPS = D // 16          # k-steps of Q.K^T
-    S_TILES = BN // 8           # n8 tiles of S per warp
-    PV_STEPS = BN // 16         # k-steps of P.V
-    O_TILES = D // 8            # n8 tiles of O per warp
-    K_STRIDE = DW + K_PAD
-    V_STRIDE = D + V_PAD
-    K_WORDS = BN * K_STRIDE
-    V_WORDS = (BN // 2) * V_STRIDE
-    KQ = D // 4                           # 64-bit words (4 fp16) per head row
-    K_LOADS = BN * KQ // THREADS          # K 64-bit words each thread stages per tile
-    V_LOADS = (BN // 2) * KQ // THREADS   # V 64-bit word pairs each thread stages per tile
-    assert BN * KQ % THREADS == 0 and (BN // 2) * KQ % THREADS == 0
-    PREFETCH = prefetch
-    K_CHUNK = min(4, K_LOADS)             # without prefetch: loads in flight per chunk
-    V_CHUNK = min(2, V_LOADS)
-    assert K_LOADS % K_CHUNK == 0 and V_LOADS % V_CHUNK == 0
-    QF_LEN = 4 * QK_STEPS       # registers of Q fragments per thread
-    ACC_LEN = 4 * O_TILES       # fp32 O accumulators per thread
-    S_LEN = 4 * S_TILES         # fp32 S accumulators per thread
+    PB = 16 * WARPS // HB            # query positions per block
+    assert D % 8 == 0 and BN % 16 == 0 and WARPS % HB == 0
+    RS = D16 + ROW_PAD               # shared row stride, elements
+    RSB = 2 * RS                     # ... in bytes
+    CH = D16 // 8                    # 16-byte chunks per padded row
+    CHD = D // 8                     # chunks holding data
+    DW = D // 2                      # 32-bit words per global row of q / out
+    TILE_CHUNKS = BN * CH
+    TILE_ELEMS = BN * RS             # 16-bit elements of one shared tile
+    LOAD_ITERS = (TILE_CHUNKS + THREADS - 1) // THREADS
+    WHOLE = TILE_CHUNKS % THREADS == 0
+    QK_STEPS = D16 // 16
+    S_TILES = BN // 8
+    PV_STEPS = BN // 16
+    O_TILES = D16 // 8
+    QF_LEN = 4 * QK_STEPS
+    ACC_LEN = 4 * O_TILES
+    S_LEN = 4 * S_TILES
+    BF16 = bf16
 
-    @cuda.jit(device=True, inline=True)
-    def _load_k(k, it, n0, k0, sk, hk, tid):
-        """Global -> register: this thread's ``it``-th K word (4 fp16) of the tile at key n0,
-        zero past the sequence (row index clamped, no branch)."""
-        idx = it * THREADS + tid
-        n = idx // KQ
-        c = idx - n * KQ
-        key = n0 + n
-        val = k[k0 + min(key, sk - 1), hk, c]
-        return val if key < sk else U64_0
+    @cuda.jit(device=True, inline=True, cache=True)
+    def _load_tile(sbase, gbase, n0, k0, sk, hk, hkv, tid):
+        """cp.async of keys n0..n0+BN-1 of KV head hk into the tile at shared address sbase;
+        rows past the sequence and columns past D are zero-filled. The thread index goes
+        through ptx.opaque_u32 so that the per-thread offsets are recomputed here rather
+        than hoisted out of the tile loop into registers."""
+        tid = ptx.opaque_u32(tid)
+        for it in range(LOAD_ITERS):
+            idx = it * THREADS + tid
+            if WHOLE or idx < TILE_CHUNKS:
+                r, c = _kv_chunk(idx, CH)
+                key = n0 + r
+                ok = key < sk and c < CHD
+                row = k0 + min(key, sk - 1)
+                col = min(c, CHD - 1)
+                src = gbase + np.uint64(((row * hkv + hk) * D + 8 * col) * 2)
+                ptx.cp_async16(sbase + uint32(r * RSB + 16 * c), src, uint32(16 if ok else 0))
+        ptx.cp_async_commit()
 
-    @cuda.jit(device=True, inline=True)
-    def _store_k(ks, it, val, tid):
-        """Register -> shared: K row-major fp16 pairs."""
-        idx = it * THREADS + tid
-        n = idx // KQ
-        c = idx - n * KQ
-        ks[_k_smem_word(n, 2 * c, K_STRIDE)] = uint32(val & LO32)
-        ks[_k_smem_word(n, 2 * c + 1, K_STRIDE)] = uint32(val >> THIRTYTWO)
-
-    @cuda.jit(device=True, inline=True)
-    def _load_v(v, it, n0, k0, sk, hk, tid):
-        """Global -> registers: this thread's ``it``-th V word pair (rows 2p and 2p+1)."""
-        idx = it * THREADS + tid
-        p = idx // KQ
-        c = idx - p * KQ
-        key = n0 + 2 * p
-        x = v[k0 + min(key, sk - 1), hk, c]
-        y = v[k0 + min(key + 1, sk - 1), hk, c]
-        return (x if key < sk else U64_0), (y if key + 1 < sk else U64_0)
-
-    @cuda.jit(device=True, inline=True)
-    def _store_v(vs, it, x, y, tid):
-        """Registers -> shared: V pair-interleaved."""
-        idx = it * THREADS + tid
-        p = idx // KQ
-        c = idx - p * KQ
-        lo, hi = _interleave_v(uint32(x & LO32), uint32(y & LO32))
-        vs[_v_smem_word(p, 4 * c, V_STRIDE)] = uint32(lo)
-        vs[_v_smem_word(p, 4 * c + 1, V_STRIDE)] = uint32(hi)
-        lo, hi = _interleave_v(uint32(x >> THIRTYTWO), uint32(y >> THIRTYTWO))
-        vs[_v_smem_word(p, 4 * c + 2, V_STRIDE)] = uint32(lo)
-        vs[_v_smem_word(p, 4 * c + 3, V_STRIDE)] = uint32(hi)
-
-    @cuda.jit(device=True, inline=True)
-    def _load_tile(k, v, kx, vx, vy, n0, k0, sk, hk, tid):
-        """All of this thread's loads of a tile, into registers (the prefetch)."""
-        for it in range(K_LOADS):
-            kx[it] = _load_k(k, it, n0, k0, sk, hk, tid)
-        for it in range(V_LOADS):
-            vx[it], vy[it] = _load_v(v, it, n0, k0, sk, hk, tid)
-
-    @cuda.jit(device=True, inline=True)
-    def _store_tile(ks, vs, kx, vx, vy, tid):
-        for it in range(K_LOADS):
-            _store_k(ks, it, kx[it], tid)
-        for it in range(V_LOADS):
-            _store_v(vs, it, vx[it], vy[it], tid)
-
-    @cuda.jit(device=True, inline=True)
-    def _stage_chunked(k, v, ks, vs, kx, vx, vy, n0, k0, sk, hk, tid):
-        """Without prefetch: loads in chunks of K_CHUNK (V_CHUNK), each chunk's loads issued
-        before its stores, so few registers are live but loads still overlap."""
-        for c0 in range(0, K_LOADS, K_CHUNK):
-            for j in range(K_CHUNK):
-                kx[j] = _load_k(k, c0 + j, n0, k0, sk, hk, tid)
-            for j in range(K_CHUNK):
-                _store_k(ks, c0 + j, kx[j], tid)
-        for c0 in range(0, V_LOADS, V_CHUNK):
-            for j in range(V_CHUNK):
-                vx[j], vy[j] = _load_v(v, c0 + j, n0, k0, sk, hk, tid)
-            for j in range(V_CHUNK):
-                _store_v(vs, c0 + j, vx[j], vy[j], tid)
-
-    mma = mma_bridge.mma_f16_16816
-    pack = mma_bridge.pack_f16x2
-    exp2 = mma_bridge.exp2_approx
-
-    # the simulator's cuda.jit takes no launch_bounds (it cannot run this kernel anyway)
-    jit_kw = {} if numba_config.ENABLE_CUDASIM else dict(
-        launch_bounds=(THREADS,) if min_blocks is None else (THREADS, min_blocks))
+    jit_kw = dict(cache=True)
+    if not numba_config.ENABLE_CUDASIM:
+        jit_kw["launch_bounds"] = (THREADS,)
 
     @cuda.jit(**jit_kw)
     def flash_tc_kernel(q, k, v, out, lse, cu_q, cu_k, scale_log2, left, right, lse_batched):
-        """q, out: uint32 (total_q, H, D/2) views of fp16; k, v: uint64 (total_k, Hkv, D/4);
-        lse float32; scale_log2 = softmax_scale * log2(e). Block (x, y, z) = (positions
-        x*PB.., heads y*HB.., sequence z); warp w takes head y*HB + w % HB and the 16
-        positions from x*PB + 16*(w // HB)."""
+        """q, out: uint32 (total_q, H, D/2) views; k, v: 16-bit (total_k, Hkv, D); lse
+        float32; scale_log2 = softmax_scale * log2(e). Block (x, y, z) = (positions x*PB..,
+        heads y*HB.., sequence z); warp w takes head y*HB + w % HB and positions from
+        x*PB + 16*(w // HB)."""
         tid = cuda.threadIdx.x
         warp = tid >> 5
         lane = tid & 31
-        g = lane >> 2
         t = lane & 3
         h = cuda.blockIdx.y * HB + warp % HB
         b = cuda.blockIdx.z
@@ -300,33 +173,47 @@ def _build(head_size, heads, block_n, prefetch, min_blocks=None):
         if row0 >= sq:
             return
         k0, sk = seq_span(cu_k, b)
-        hk = (cuda.blockIdx.y * HB) // (q.shape[1] // k.shape[1])
+        hkv = k.shape[1]
+        hk = (cuda.blockIdx.y * HB) // (q.shape[1] // hkv)
 
-        ks = cuda.shared.array(K_WORDS, uint32)
-        vs = cuda.shared.array(V_WORDS, uint32)
+        ks = cuda.shared.array(TILE_ELEMS, uint16)
+        vs = cuda.shared.array(TILE_ELEMS, uint16)
+        kb = ptx.smem_u32(ks)
+        vb = ptx.smem_u32(vs)
+        kg = ptx.gaddr(k)
+        vg = ptx.gaddr(v)
 
-        # the block's key band: lo and hi are non-decreasing in the row
+        # the block's key band (lo and hi are non-decreasing in the row), this warp's rows
         blo, _ = key_range(row0, sq, sk, left, right)
         _, bhi = key_range(min(row0 + PB, sq) - 1, sq, sk, left, right)
-        # this warp's rows and band
         wrow0 = row0 + 16 * (warp // HB)
         has_rows = wrow0 < sq
         wlo_first, whi_first = key_range(wrow0, sq, sk, left, right)
         wlo_last, whi_last = key_range(min(wrow0 + 15, sq - 1), sq, sk, left, right)
-        # the two rows this thread holds accumulators for (C registers 0,1 and 2,3)
-        row_a = wrow0 + g
+        row_a = wrow0 + (lane >> 2)
         row_b = row_a + 8
         lo_a, hi_a = key_range(row_a, sq, sk, left, right)
         lo_b, hi_b = key_range(row_b, sq, sk, left, right)
 
-        # Q fragments, in registers for the whole key loop (zero past the sequence)
+        # per-lane ldmatrix offsets; tile (p, kk) adds a constant (see k_ldsm_rc, v_ldsm_rc)
+        kr0, kc0 = _k_ldsm_rc(lane, 0, 0)
+        vr0, vc0 = _v_ldsm_rc(lane, 0, 0)
+        k_lane = kb + uint32(kr0 * RSB + 2 * kc0)
+        v_lane = vb + uint32(vr0 * RSB + 2 * vc0)
+
+        n_first = (blo // BN) * BN
+        if n_first <= bhi:
+            _load_tile(kb, kg, n_first, k0, sk, hk, hkv, tid)
+
+        # Q fragments stay in registers (zero past the sequence and past D)
         qf = cuda.local.array(QF_LEN, uint32)
         for kk in range(QK_STEPS):
             for r in range(4):
                 rr, cc = _a_frag_rc(lane, r)
+                w = 8 * kk + (cc >> 1)
                 qf[4 * kk + r] = U0
-                if wrow0 + rr < sq:
-                    qf[4 * kk + r] = q[q0 + wrow0 + rr, h, 8 * kk + (cc >> 1)]
+                if wrow0 + rr < sq and w < DW:
+                    qf[4 * kk + r] = q[q0 + wrow0 + rr, h, w]
 
         acc = cuda.local.array(ACC_LEN, float32)
         for i in range(ACC_LEN):
@@ -337,45 +224,37 @@ def _build(head_size, heads, block_n, prefetch, min_blocks=None):
         l_a = ZERO
         l_b = ZERO
 
-        # K/V staging with 64-bit, branch-free global loads, issued in batches before their
-        # shared-memory stores. With PREFETCH all loads of tile i+1 go into registers before
-        # the mma work of tile i, hiding their latency behind it (costs K_LOADS + 2 V_LOADS
-        # 64-bit registers); without, a tile is staged in chunks of K_CHUNK / V_CHUNK.
-        kx = cuda.local.array(K_LOADS, uint64)
-        vx = cuda.local.array(V_LOADS, uint64)
-        vy = cuda.local.array(V_LOADS, uint64)
-        n_first = (blo // BN) * BN
-        if PREFETCH and n_first <= bhi:
-            _load_tile(k, v, kx, vx, vy, n_first, k0, sk, hk, tid)
         for n0 in range(n_first, bhi + 1, BN):
-            cuda.syncthreads()  # everyone is done with the previous tile
-            if PREFETCH:
-                _store_tile(ks, vs, kx, vx, vy, tid)
-            else:
-                _stage_chunked(k, v, ks, vs, kx, vx, vy, n0, k0, sk, hk, tid)
-            cuda.syncthreads()
-            if PREFETCH and n0 + BN <= bhi:
-                _load_tile(k, v, kx, vx, vy, n0 + BN, k0, sk, hk, tid)
-
-            # skip tiles that miss all of this warp's rows (warp-uniform branch)
-            if has_rows and n0 <= whi_last and n0 + BN - 1 >= wlo_first:
-                # S = Q K^T (base-2 scaled)
-                for nt in range(S_TILES):
+            ptx.cp_async_wait_all()
+            cuda.syncthreads()          # K_j landed for all; V buffer free (P.V_{j-1} done)
+            _load_tile(vb, vg, n0, k0, sk, hk, hkv, tid)
+            active = has_rows and n0 <= whi_last and n0 + BN - 1 >= wlo_first
+            if active:
+                # S = Q K^T, base-2 scaled
+                kl = ptx.opaque_u32(k_lane)
+                for p in range(S_TILES // 2):
                     c0 = ZERO
                     c1 = ZERO
                     c2 = ZERO
                     c3 = ZERO
+                    c4 = ZERO
+                    c5 = ZERO
+                    c6 = ZERO
+                    c7 = ZERO
                     for kk in range(QK_STEPS):
-                        kn0, nn0 = _b_frag_kn(lane, 0)
-                        kn1, nn1 = _b_frag_kn(lane, 1)
-                        b0 = ks[_k_smem_word(8 * nt + nn0, 8 * kk + (kn0 >> 1), K_STRIDE)]
-                        b1 = ks[_k_smem_word(8 * nt + nn1, 8 * kk + (kn1 >> 1), K_STRIDE)]
-                        c0, c1, c2, c3 = mma(qf[4 * kk], qf[4 * kk + 1], qf[4 * kk + 2],
+                        b0, b1, b2, b3 = ptx.ldmatrix_x4(kl + uint32(16 * p * RSB + 32 * kk))
+                        c0, c1, c2, c3 = _mma(BF16, qf[4 * kk], qf[4 * kk + 1], qf[4 * kk + 2],
                                              qf[4 * kk + 3], b0, b1, c0, c1, c2, c3)
-                    s[4 * nt] = c0 * scale_log2
-                    s[4 * nt + 1] = c1 * scale_log2
-                    s[4 * nt + 2] = c2 * scale_log2
-                    s[4 * nt + 3] = c3 * scale_log2
+                        c4, c5, c6, c7 = _mma(BF16, qf[4 * kk], qf[4 * kk + 1], qf[4 * kk + 2],
+                                             qf[4 * kk + 3], b2, b3, c4, c5, c6, c7)
+                    s[8 * p] = c0 * scale_log2
+                    s[8 * p + 1] = c1 * scale_log2
+                    s[8 * p + 2] = c2 * scale_log2
+                    s[8 * p + 3] = c3 * scale_log2
+                    s[8 * p + 4] = c4 * scale_log2
+                    s[8 * p + 5] = c5 * scale_log2
+                    s[8 * p + 6] = c6 * scale_log2
+                    s[8 * p + 7] = c7 * scale_log2
 
                 # mask unless the tile lies inside the band of every row of the warp
                 if not (wlo_last <= n0 and n0 + BN - 1 <= whi_first):
@@ -402,23 +281,22 @@ def _build(head_size, heads, block_n, prefetch, min_blocks=None):
                 mx_b = max(mx_b, cuda.shfl_xor_sync(0xFFFFFFFF, mx_b, 2))
                 new_a = max(m_a, mx_a)
                 new_b = max(m_b, mx_b)
-                # a row that has seen no key yet subtracts 0 (avoids -inf - -inf)
-                base_a = ZERO if new_a == NEG_INF else new_a
+                base_a = ZERO if new_a == NEG_INF else new_a   # no -inf - -inf
                 base_b = ZERO if new_b == NEG_INF else new_b
-                alpha_a = exp2(m_a - base_a)
-                alpha_b = exp2(m_b - base_b)
+                alpha_a = ptx.ex2(m_a - base_a)
+                alpha_b = ptx.ex2(m_b - base_b)
                 m_a = new_a
                 m_b = new_b
                 sum_a = ZERO
                 sum_b = ZERO
                 for nt in range(S_TILES):
-                    s[4 * nt] = exp2(s[4 * nt] - base_a)
-                    s[4 * nt + 1] = exp2(s[4 * nt + 1] - base_a)
-                    s[4 * nt + 2] = exp2(s[4 * nt + 2] - base_b)
-                    s[4 * nt + 3] = exp2(s[4 * nt + 3] - base_b)
+                    s[4 * nt] = ptx.ex2(s[4 * nt] - base_a)
+                    s[4 * nt + 1] = ptx.ex2(s[4 * nt + 1] - base_a)
+                    s[4 * nt + 2] = ptx.ex2(s[4 * nt + 2] - base_b)
+                    s[4 * nt + 3] = ptx.ex2(s[4 * nt + 3] - base_b)
                     sum_a += s[4 * nt] + s[4 * nt + 1]
                     sum_b += s[4 * nt + 2] + s[4 * nt + 3]
-                l_a = l_a * alpha_a + sum_a     # per-lane partial sums, reduced at the end
+                l_a = l_a * alpha_a + sum_a      # per-lane partial sums, reduced at the end
                 l_b = l_b * alpha_b + sum_b
                 for nt in range(O_TILES):
                     acc[4 * nt] *= alpha_a
@@ -426,29 +304,39 @@ def _build(head_size, heads, block_n, prefetch, min_blocks=None):
                     acc[4 * nt + 2] *= alpha_b
                     acc[4 * nt + 3] *= alpha_b
 
-                # O += P V, P's A fragments packed straight from the S registers
+            ptx.cp_async_wait_all()
+            cuda.syncthreads()          # V_j landed for all; K buffer free (Q K_j^T done)
+            if n0 + BN <= bhi:
+                _load_tile(kb, kg, n0 + BN, k0, sk, hk, hkv, tid)
+            if active:
+                # O += P V, P's A fragments packed from the S registers
+                vl = ptx.opaque_u32(v_lane)
                 for kk in range(PV_STEPS):
                     t0, r0 = _p_from_s(kk, 0)
                     t1, r1 = _p_from_s(kk, 1)
                     t2, r2 = _p_from_s(kk, 2)
                     t3, r3 = _p_from_s(kk, 3)
-                    a0 = pack(s[4 * t0 + r0], s[4 * t0 + r0 + 1])
-                    a1 = pack(s[4 * t1 + r1], s[4 * t1 + r1 + 1])
-                    a2 = pack(s[4 * t2 + r2], s[4 * t2 + r2 + 1])
-                    a3 = pack(s[4 * t3 + r3], s[4 * t3 + r3 + 1])
-                    kp0, np0 = _b_frag_kn(lane, 0)
-                    kp1, np1 = _b_frag_kn(lane, 1)
-                    for nt in range(O_TILES):
-                        b0 = vs[_v_smem_word(8 * kk + (kp0 >> 1), 8 * nt + np0, V_STRIDE)]
-                        b1 = vs[_v_smem_word(8 * kk + (kp1 >> 1), 8 * nt + np1, V_STRIDE)]
-                        d0, d1, d2, d3 = mma(a0, a1, a2, a3, b0, b1, acc[4 * nt],
-                                             acc[4 * nt + 1], acc[4 * nt + 2], acc[4 * nt + 3])
-                        acc[4 * nt] = d0
-                        acc[4 * nt + 1] = d1
-                        acc[4 * nt + 2] = d2
-                        acc[4 * nt + 3] = d3
+                    a0 = _pack(BF16, s[4 * t0 + r0], s[4 * t0 + r0 + 1])
+                    a1 = _pack(BF16, s[4 * t1 + r1], s[4 * t1 + r1 + 1])
+                    a2 = _pack(BF16, s[4 * t2 + r2], s[4 * t2 + r2 + 1])
+                    a3 = _pack(BF16, s[4 * t3 + r3], s[4 * t3 + r3 + 1])
+                    for p in range(O_TILES // 2):
+                        b0, b1, b2, b3 = ptx.ldmatrix_x4_trans(
+                            vl + uint32(16 * kk * RSB + 32 * p))
+                        d0, d1, d2, d3 = _mma(BF16, a0, a1, a2, a3, b0, b1, acc[8 * p],
+                                             acc[8 * p + 1], acc[8 * p + 2], acc[8 * p + 3])
+                        acc[8 * p] = d0
+                        acc[8 * p + 1] = d1
+                        acc[8 * p + 2] = d2
+                        acc[8 * p + 3] = d3
+                        d0, d1, d2, d3 = _mma(BF16, a0, a1, a2, a3, b2, b3, acc[8 * p + 4],
+                                             acc[8 * p + 5], acc[8 * p + 6], acc[8 * p + 7])
+                        acc[8 * p + 4] = d0
+                        acc[8 * p + 5] = d1
+                        acc[8 * p + 6] = d2
+                        acc[8 * p + 7] = d3
 
-        # epilogue: full row sums, normalise, write fp16 pairs and lse
+        # epilogue: full row sums, normalise, write 16-bit pairs and lse
         l_a += cuda.shfl_xor_sync(0xFFFFFFFF, l_a, 1)
         l_a += cuda.shfl_xor_sync(0xFFFFFFFF, l_a, 2)
         l_b += cuda.shfl_xor_sync(0xFFFFFFFF, l_b, 1)
@@ -463,14 +351,14 @@ def _build(head_size, heads, block_n, prefetch, min_blocks=None):
         if l_b > ZERO:
             inv_b = ONE / l_b
             lse_b = m_b * LN2 + math.log(l_b)
-        if row_a < sq:
-            for nt in range(O_TILES):
-                out[q0 + row_a, h, 4 * nt + t] = pack(acc[4 * nt] * inv_a,
-                                                      acc[4 * nt + 1] * inv_a)
-        if row_b < sq:
-            for nt in range(O_TILES):
-                out[q0 + row_b, h, 4 * nt + t] = pack(acc[4 * nt + 2] * inv_b,
-                                                      acc[4 * nt + 3] * inv_b)
+        for nt in range(O_TILES):
+            w = 4 * nt + t
+            if w < DW:
+                if row_a < sq:
+                    out[q0 + row_a, h, w] = _pack(BF16, acc[4 * nt] * inv_a, acc[4 * nt + 1] * inv_a)
+                if row_b < sq:
+                    out[q0 + row_b, h, w] = _pack(BF16, acc[4 * nt + 2] * inv_b,
+                                                 acc[4 * nt + 3] * inv_b)
         if t == 0:
             if row_a < sq:
                 if lse_batched:
@@ -488,56 +376,64 @@ def _build(head_size, heads, block_n, prefetch, min_blocks=None):
 
 # --------------------------------------------------------------------------- module contract
 
-#: No module-level kernel: every kernel comes from ``build(head_size)``; see compile_targets.
+#: No module-level kernel: every kernel comes from ``build``; see compile_targets.
 KERNEL_FUNCS = {}
+#: q, k, v, out are viewed as these dtypes before launch (16-bit data either way)
+VIEWS = (np.uint32, np.uint16, np.uint16, np.uint32)
 
 
-def _signature(head_size):
-    u3 = array_type(np.uint32, 3)
-    w3 = array_type(np.uint64, 3)
-    return (u3, w3, w3, u3, array_type(np.float32, 3), array_type(np.int32, 1),
+def _signature():
+    u32, u16 = array_type(np.uint32, 3), array_type(np.uint16, 3)
+    return (u32, u16, u16, u32, array_type(np.float32, 3), array_type(np.int32, 1),
             array_type(np.int32, 1), types.float32, types.int32, types.int32, types.boolean)
 
 
+def _is_bf16(dtype):
+    return np.dtype(dtype).name == "bfloat16"
+
+
 def compile_targets(head_size, dtype, heads=(1, 4)):
-    """``[(label, python function, signature)]`` to compile with ``cuda.compile_ptx`` for
-    this specialisation, one per heads-per-block in ``heads`` (empty when it is not
-    supported; see attn_numba.compile_check).
-    The PTX holds ``call``s to the bridge functions, which are linked (with LTO) only when
-    the kernel is compiled for a GPU."""
-    if np.dtype(dtype) != np.float16 or head_size not in HEAD_SIZES:
+    """``[(label, python function, signature)]`` for ``cuda.compile_ptx`` (empty when this
+    specialisation is not supported); see attn_numba.compile_check."""
+    name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
+    if name not in DTYPE_NAMES or head_size % 8 or not 8 <= head_size <= MAX_HEAD_SIZE:
         return []
-    return [(f"flash_tc_kernel_d{head_size}_h{hb}", build(head_size, hb).py_func,
-             _signature(head_size)) for hb in heads]
+    bf = name == "bfloat16"
+    return [(f"flash_tc_kernel_d{head_size}_h{hb}_{name}", build(head_size, hb, bf).py_func,
+             _signature()) for hb in heads]
 
 
 def ptx_signatures(head_size, dtype):
-    """Contract shim: the kernels are factory-built, so there is nothing in KERNEL_FUNCS to
-    sign; use :func:`compile_targets` instead."""
+    """Contract shim: the kernels are factory-built; see :func:`compile_targets`."""
     return {}
 
 
 def supports(problem):
     if problem.on_simulator:
-        return "the CUDA simulator cannot run the tensor-core bridge (foreign functions)"
-    if np.dtype(problem.dtype) != np.float16:
-        return f"tensor-core kernel is fp16 only, got {np.dtype(problem.dtype)}"
-    if problem.head_size not in HEAD_SIZES:
-        return f"head_size {problem.head_size} not in {HEAD_SIZES}"
+        return "the CUDA simulator cannot run inline PTX (mma.sync, ldmatrix, cp.async)"
+    name = np.dtype(problem.dtype).name
+    if name not in DTYPE_NAMES:
+        return f"tensor-core kernel takes float16 or bfloat16, got {name}"
+    if problem.head_size % 8 or problem.head_size > MAX_HEAD_SIZE:
+        return f"head_size must be a multiple of 8 up to {MAX_HEAD_SIZE}, got {problem.head_size}"
     return None
 
 
-def launch(problem, q, k, v, out, lse, cu_q, cu_k, stream, heads=None, prefetch=None,
-           block_n=None, min_blocks=None):
-    """Contract launch; ``heads`` / ``prefetch`` / ``block_n`` override the defaults (for
-    experiments)."""
-    hb = heads_per_block(problem.group_size) if heads is None else heads
-    kernel = build(problem.head_size, hb, block_n, prefetch, min_blocks)
-    pb = BLOCK_M // hb
+def plan(problem):
+    """One launch: ``(kernel, griddim, blockdim, views, scalars)`` for the interface."""
+    from . import Plan
+    hb = heads_per_block(problem.group_size)
+    kernel = build(problem.head_size, hb, _is_bf16(problem.dtype))
+    pb = 16 * WARPS // hb
     grid = ((max(problem.max_seqlen_q, 1) + pb - 1) // pb, problem.num_heads // hb,
             problem.batch)
-    kernel[grid, THREADS, stream](
-        q.view(np.uint32), k.view(np.uint64), v.view(np.uint64), out.view(np.uint32), lse,
-        cu_q, cu_k, np.float32(problem.softmax_scale * math.log2(math.e)),
-        np.int32(problem.window_left), np.int32(problem.window_right),
-        bool(problem.lse_batched))
+    scalars = (np.float32(problem.softmax_scale * LOG2E), np.int32(problem.window_left),
+               np.int32(problem.window_right), bool(problem.lse_batched))
+    return (Plan(kernel, grid, THREADS, VIEWS, scalars),)
+
+
+def launch(problem, q, k, v, out, lse, cu_q, cu_k, stream):
+    """Contract launch: enqueue on ``stream``."""
+    for p in plan(problem):
+        args = [x.view(d) for x, d in zip((q, k, v, out), p.views)]
+        p.kernel[p.griddim, p.blockdim, stream, p.shared](*args, lse, cu_q, cu_k, *p.scalars)
