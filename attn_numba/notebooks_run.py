@@ -9,6 +9,7 @@ updates its ``.ipynb`` (cells only; outputs are kept).
     attn-numba notebooks --write            # execute and write the outputs into the .ipynb
     attn-numba notebooks --only 05 07       # notebooks whose name starts with 05 or 07
     attn-numba notebooks --check-sync       # only check that every pair is in sync
+    attn-numba notebooks --write --out DIR  # write the executed .ipynb files into DIR instead
 
 A notebook is executed from its ``.py`` (so a stale ``.ipynb`` cannot hide an edit), in the
 notebook's folder, with the environment of this process (``NUMBA_ENABLE_CUDASIM=1`` runs it on
@@ -35,6 +36,9 @@ def add_arguments(p):
                    help="run only notebooks whose file name starts with one of these")
     p.add_argument("--write", action="store_true",
                    help="write the executed notebooks, outputs included, into the .ipynb files")
+    p.add_argument("--out", default=None,
+                   help="with --write: write the executed .ipynb files into this folder instead "
+                        "of next to their .py (e.g. $OUT on a remote GPU machine)")
     p.add_argument("--timeout", type=int, default=1200,
                    help="seconds per cell (default %(default)s)")
     p.add_argument("--check-sync", action="store_true",
@@ -133,10 +137,10 @@ def _summarise(nb, run):
                 run.error = f"{o.get('ename')}: {o.get('evalue')}"[:300]
 
 
-def execute(folder, stem, write=False, timeout=1200):
+def execute(folder, stem, write=False, timeout=1200, out=None):
     """Execute notebook ``stem`` of ``folder`` from its ``.py`` (or its ``.ipynb`` when it has
-    no ``.py``); with ``write`` replace the ``.ipynb`` by the executed notebook. Returns a
-    :class:`Run`."""
+    no ``.py``); with ``write`` replace the ``.ipynb`` by the executed notebook (or write it
+    into the folder ``out``). Returns a :class:`Run`."""
     import jupytext
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
@@ -159,6 +163,9 @@ def execute(folder, stem, write=False, timeout=1200):
     run.seconds = time.perf_counter() - t0
     _summarise(nb, run)
     if write and not run.error:
+        if out is not None:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            ipynb = Path(out) / ipynb.name
         jupytext.write(nb, ipynb)
         run.written = ipynb
     return run
@@ -198,7 +205,7 @@ def main(args):
           f"{', writing outputs' if args.write else ', not writing'}", flush=True)
     failed = 0
     for stem in stems:
-        run = execute(folder, stem, write=args.write, timeout=args.timeout)
+        run = execute(folder, stem, write=args.write, timeout=args.timeout, out=args.out)
         print(run.line(), flush=True)
         failed += bool(run.error)
     return 1 if failed or (bad and not args.write) else 0

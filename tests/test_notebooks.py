@@ -53,3 +53,47 @@ def test_notebook_runs(stem):
     if stem[:2] >= "02":
         assert run.figures >= 1, f"{stem} shows no figure"
         assert run.sources >= 1, f"{stem} names no source ('source: device, date, file')"
+
+
+TINY = '''# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # a tiny notebook
+
+# %%
+print("source: nowhere, today, this file")
+'''
+
+
+def test_runner_writes_outputs_and_reports_failures(tmp_path):
+    """--write puts the outputs into a paired .ipynb (here into --out); a raising notebook is
+    reported and not written; --check-sync fails on a missing .ipynb."""
+    from attn_numba import cli
+    (tmp_path / "01_tiny.py").write_text(TINY)
+    (tmp_path / "02_broken.py").write_text(TINY + "\n# %%\nraise ValueError('boom')\n")
+    assert cli.main(["notebooks", "--folder", str(tmp_path), "--check-sync"]) == 1
+    out = tmp_path / "out"
+    rc = cli.main(["notebooks", "--folder", str(tmp_path), "--write", "--out", str(out)])
+    assert rc == 1  # 02_broken raised
+    assert not (out / "02_broken.ipynb").exists()
+    import nbformat
+    nb = nbformat.read(out / "01_tiny.ipynb", as_version=4)
+    texts = [o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert any("source: nowhere" in t for t in texts)
+    assert nb.metadata["jupytext"]["formats"] == "ipynb,py:percent"
+    shutil.copy(out / "01_tiny.ipynb", tmp_path / "01_tiny.ipynb")
+    assert R.pair_problems(tmp_path / "01_tiny.py", tmp_path / "01_tiny.ipynb") == []
+    run = R.execute(tmp_path, "02_broken")
+    assert run.error and "boom" in run.error
