@@ -129,13 +129,35 @@ def first_call():
     return res
 
 
-def timing():
-    import triton.testing as tt
+def _queued_ms(fn, n=20, sleep_cycles=int(4e6)):
+    """GPU time per call of ``fn``, host launch cost hidden: the stream is held by a
+    ``torch.cuda._sleep`` while ``n`` calls are queued behind it, between two events. Median
+    of 7 such batches. Inputs stay resident (warm L2 where they fit)."""
+    times = []
+    for _ in range(7):
+        torch.cuda._sleep(sleep_cycles)
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(n):
+            fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) / n)
+    return float(np.median(times))
+
+
+VARIANTS = {"default": {}, "bn32": dict(bn=32), "w8": dict(warps=8), "w8_bn32": dict(warps=8, bn=32)}
+
+
+def timing(variants=VARIANTS, sizes=(512, 1024, 2048, 4096, 8192)):
+    import torch._dynamo
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    torch._dynamo.config.recompile_limit = 64
+    torch._dynamo.config.cache_size_limit = 64
     flex = torch.compile(flex_attention, dynamic=False)
     rows = []
     H, Hkv, D = 32, 8, 128
-    for S in (512, 1024, 2048, 4096, 8192):
+    for S in sizes:
         for causal in (False, True):
             left, right = 128, (0 if causal else 128)
             q = torch.randn(S, H, D, device=DEV, dtype=torch.float16)
@@ -150,32 +172,39 @@ def timing():
             cu = cuda.to_device(np.array([0, S], np.int32))
             args = (as_numba(q), as_numba(k), as_numba(v), as_numba(out), cuda.as_cuda_array(lse))
             stream = cuda.external_stream(torch.cuda.current_stream().cuda_stream)
-            fn = lambda: v4.launch(prob, *args, cu, cu, stream)  # noqa: E731
-            t_ours = tt.do_bench(fn, warmup=25, rep=200, return_mode="median")
             qt, kt, vt = (x.unsqueeze(0).transpose(1, 2) for x in (q, k, v))
             mm = lambda b, h, qi, ki: (ki >= qi - left) & (ki <= qi + right)  # noqa: E731
             bm = create_block_mask(mm, None, None, S, S)
             ff = lambda: flex(qt, kt, vt, block_mask=bm, enable_gqa=True)  # noqa: E731
             ref = ff()
-            diff = float((ref[0].transpose(0, 1) - out).abs().max())
-            t_flex = tt.do_bench(ff, warmup=25, rep=200, return_mode="median")
+            t_flex = _queued_ms(ff)
             pairs = sum(min(S - 1, i + right) - max(0, i - left) + 1 for i in range(S))
             flops = 4 * pairs * H * D
-            rows.append(dict(S=S, causal=causal, flash_tc_ms=t_ours, flex_ms=t_flex,
-                             ratio=t_ours / t_flex, tflops=flops / t_ours / 1e9,
-                             max_diff_vs_flex=diff))
+            row = dict(S=S, causal=causal, flex_ms=t_flex)
+            for name, kw in variants.items():
+                fn = lambda: v4.launch(prob, *args, cu, cu, stream, **kw)  # noqa: E731
+                out.fill_(float("nan"))
+                fn()
+                diff = float((ref[0].transpose(0, 1) - out).abs().max())
+                t = _queued_ms(fn)
+                row[name] = dict(ms=t, ratio_to_flex=t / t_flex, tflops=flops / t / 1e9,
+                                 max_diff_vs_flex=diff)
+            rows.append(row)
     return rows
 
 
-def main():
-    res = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d")}
+def main(argv):
+    res = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"),
+           "method": "kernel launched directly; GPU time per call with launches queued behind "
+                     "torch.cuda._sleep (host cost hidden), median of 7 batches of 20, warm inputs"}
     t0 = time.time()
-    res["correctness"] = correctness()
-    bad = [r for r in res["correctness"] if not r["ok"]]
-    print(f"correctness: {len(res['correctness']) - len(bad)}/{len(res['correctness'])} ok "
-          f"({time.time() - t0:.0f} s)")
-    for r in bad[:15]:
-        print("  FAIL", r)
+    if "--no-correctness" not in argv:
+        res["correctness"] = correctness()
+        bad = [r for r in res["correctness"] if not r["ok"]]
+        print(f"correctness: {len(res['correctness']) - len(bad)}/{len(res['correctness'])} ok "
+              f"({time.time() - t0:.0f} s)")
+        for r in bad[:15]:
+            print("  FAIL", r)
     res["resources"] = resources()
     print("resources", res["resources"])
     res["first_call"] = first_call()
@@ -183,11 +212,12 @@ def main():
     res["timing"] = timing()
     with open(os.path.join(OUT, "v4_check.json"), "w") as f:
         json.dump(res, f, indent=1)
-    print(f"{'S':>6} {'causal':>6} {'flash_tc':>9} {'flex':>9} {'ratio':>6} {'TF/s':>6} {'diff':>7}")
+    names = list(VARIANTS)
+    print(f"{'S':>6} {'causal':>6} {'flex':>8} " + " ".join(f"{n:>16}" for n in names))
     for r in res["timing"]:
-        print(f"{r['S']:>6} {r['causal']!s:>6} {r['flash_tc_ms']:9.4f} {r['flex_ms']:9.4f} "
-              f"{r['ratio']:6.2f} {r['tflops']:6.1f} {r['max_diff_vs_flex']:7.4f}")
+        cells = " ".join(f"{r[n]['ms']:8.4f} ({r[n]['ratio_to_flex']:4.2f})" for n in names)
+        print(f"{r['S']:>6} {r['causal']!s:>6} {r['flex_ms']:8.4f} {cells}")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -101,20 +101,24 @@ def _pack(bf16, lo, hi):
     return ptx.pack_f16x2(lo, hi)
 
 
-def build(head_size, heads=1, bf16=False, bn=None):
+def build(head_size, heads=1, bf16=False, bn=None, warps=None):
     """The kernel for ``head_size`` (a multiple of 8), ``heads`` query heads per block,
-    fp16 or ``bf16`` inputs and ``bn`` keys per tile (default :func:`block_n`)."""
-    return _build(head_size, heads, bool(bf16), block_n(head_size) if bn is None else bn)
+    fp16 or ``bf16`` inputs, ``bn`` keys per tile (default :func:`block_n`) and ``warps``
+    warps per block (default ``WARPS``; each warp owns 16 query rows)."""
+    return _build(head_size, heads, bool(bf16), block_n(head_size) if bn is None else bn,
+                  WARPS if warps is None else warps)
 
 
 @functools.lru_cache(maxsize=None)
-def _build(head_size, heads, bf16, bn):
+def _build(head_size, heads, bf16, bn, warps=WARPS):
     D = head_size
+    NW = warps
+    NT = 32 * NW                     # threads per block
     D16 = padded(D)
     BN = bn
     HB = heads
-    PB = 16 * WARPS // HB            # query positions per block
-    assert D % 8 == 0 and BN % 16 == 0 and WARPS % HB == 0
+    PB = 16 * NW // HB               # query positions per block
+    assert D % 8 == 0 and BN % 16 == 0 and NW % HB == 0
     RS = D16 + ROW_PAD               # shared row stride, elements
     RSB = 2 * RS                     # ... in bytes
     CH = D16 // 8                    # 16-byte chunks per padded row
@@ -122,8 +126,8 @@ def _build(head_size, heads, bf16, bn):
     DW = D // 2                      # 32-bit words per global row of q / out
     TILE_CHUNKS = BN * CH
     TILE_ELEMS = BN * RS             # 16-bit elements of one shared tile
-    LOAD_ITERS = (TILE_CHUNKS + THREADS - 1) // THREADS
-    WHOLE = TILE_CHUNKS % THREADS == 0
+    LOAD_ITERS = (TILE_CHUNKS + NT - 1) // NT
+    WHOLE = TILE_CHUNKS % NT == 0
     QK_STEPS = D16 // 16
     S_TILES = BN // 8
     PV_STEPS = BN // 16
@@ -141,7 +145,7 @@ def _build(head_size, heads, bf16, bn):
         than hoisted out of the tile loop into registers."""
         tid = ptx.opaque_u32(tid)
         for it in range(LOAD_ITERS):
-            idx = it * THREADS + tid
+            idx = it * NT + tid
             if WHOLE or idx < TILE_CHUNKS:
                 r, c = _kv_chunk(idx, CH)
                 key = n0 + r
@@ -154,7 +158,7 @@ def _build(head_size, heads, bf16, bn):
 
     jit_kw = dict(cache=True)
     if not numba_config.ENABLE_CUDASIM:
-        jit_kw["launch_bounds"] = (THREADS,)
+        jit_kw["launch_bounds"] = (NT,)
 
     @cuda.jit(**jit_kw)
     def flash_tc_kernel(q, k, v, out, lse, cu_q, cu_k, scale_log2, left, right, lse_batched):
@@ -419,21 +423,23 @@ def supports(problem):
     return None
 
 
-def plan(problem):
-    """One launch: ``(kernel, griddim, blockdim, views, scalars)`` for the interface."""
+def plan(problem, heads=None, bn=None, warps=None):
+    """One launch: ``(kernel, griddim, blockdim, views, scalars)`` for the interface.
+    ``heads`` / ``bn`` / ``warps`` override the defaults (variant timing)."""
     from . import Plan
-    hb = heads_per_block(problem.group_size)
-    kernel = build(problem.head_size, hb, _is_bf16(problem.dtype))
-    pb = 16 * WARPS // hb
+    hb = heads_per_block(problem.group_size) if heads is None else heads
+    nw = WARPS if warps is None else warps
+    kernel = build(problem.head_size, hb, _is_bf16(problem.dtype), bn, nw)
+    pb = 16 * nw // hb
     grid = ((max(problem.max_seqlen_q, 1) + pb - 1) // pb, problem.num_heads // hb,
             problem.batch)
     scalars = (np.float32(problem.softmax_scale * LOG2E), np.int32(problem.window_left),
                np.int32(problem.window_right), bool(problem.lse_batched))
-    return (Plan(kernel, grid, THREADS, VIEWS, scalars),)
+    return (Plan(kernel, grid, 32 * nw, VIEWS, scalars),)
 
 
-def launch(problem, q, k, v, out, lse, cu_q, cu_k, stream):
-    """Contract launch: enqueue on ``stream``."""
-    for p in plan(problem):
+def launch(problem, q, k, v, out, lse, cu_q, cu_k, stream, **variant):
+    """Contract launch: enqueue on ``stream`` (``variant``: see :func:`plan`)."""
+    for p in plan(problem, **variant):
         args = [x.view(d) for x, d in zip((q, k, v, out), p.views)]
         p.kernel[p.griddim, p.blockdim, stream, p.shared](*args, lse, cu_q, cu_k, *p.scalars)
