@@ -201,7 +201,24 @@ except Exception as exc:  # noqa: BLE001
 #
 # `scripts/gpu_wgmma_check.py` writes `wgmma_check.json` (microtest, correctness sweep,
 # 8192-token timing against flash_tc, registers and HGMMA count). Any committed copy under
-# `results/` is shown here; numbers are only those measured, with their device.
+# `results/` is shown here; numbers are only those measured, with their device. First, the
+# NVBench grid (`attn-numba bench`, notebook 05) of the newest committed GPU, `results/h200`
+# when present, else `results/h100`.
+
+# %%
+from attn_numba import sources
+from attn_numba.bench.grid import is_long
+S_PATH, S_DOC = sources.load_summary()  # prints "source: device, date, file"
+rows = {(r["kernel"], r["seq_len"], r["causal"]): r for r in S_DOC["records"] if r.get("gpu_time_s")}
+if not any(k == "flash_wgmma" for k, _, _ in rows):
+    print(f"{sources.display_path(S_PATH)} has no flash_wgmma records yet (attn-numba bench on a Hopper GPU)")
+print(f"{'seq_len':>7} {'causal':>6} {'flash_tc ms':>12} {'flash_wgmma ms':>15} {'FlexAttention ms':>17}")
+for c in (0, 1):
+    for s_ in sorted({s_ for _, s_, _ in rows}):
+        t = [rows.get((k, s_, c)) for k in ("flash_tc", "flash_wgmma", "flexattention")]
+        if t[1] or (t[0] and is_long(s_)):
+            print(f"{s_:>7} {c:>6} " + " ".join(f"{r['gpu_time_s'] * 1e3:{w}.4f}" if r else f"{'-':>{w}}"
+                                                   for r, w in zip(t, (12, 15, 17))))
 
 # %%
 found = sorted(glob.glob("../results/**/wgmma_check.json", recursive=True) +
@@ -210,7 +227,7 @@ if not found:
     print("no wgmma_check.json committed under results/ yet: nothing measured to show")
 for path in found:
     res = json.load(open(path))
-    print(path, "device:", res.get("device"))
+    print("source:", sources.source_text(res, path))
     sw = res.get("sweep", {})
     print(f"  correctness sweep: {sw.get('passed')}/{sw.get('run')} pass")
     for name, t in res.get("timing_8192", {}).get("runs", {}).items():
