@@ -296,15 +296,22 @@ class FlexCase(TorchCase):
     """FlexAttention as its documentation recommends: ``flex_attention`` under
     ``torch.compile`` and a block mask built by a compiled ``create_block_mask(...,
     _compile=True)``, which evaluates the mask block by block instead of materialising the
-    S x S boolean mask (S^2 bytes: 16 GiB at 131072 tokens). Where even that fails (memory,
-    an old PyTorch without ``_compile``), the error propagates and the benchmark records the
-    state as skipped with the reason."""
+    S x S boolean mask (S^2 bytes: 16 GiB at 131072 tokens); a PyTorch without the ``_compile``
+    keyword gets ``torch.compile(create_block_mask)`` instead. Where even that fails (memory,
+    say), the error propagates and the benchmark records the state as skipped with the
+    reason."""
 
     def _setup_peer(self, torch, c, left, right):
         from torch.nn.attention.flex_attention import create_block_mask
         s = c.seq_len
-        self.block_mask = create_block_mask(_window_mask_mod(s, s, left, right), B=None, H=None,
-                                            Q_LEN=s, KV_LEN=s, device="cuda", _compile=True)
+        kw = dict(B=None, H=None, Q_LEN=s, KV_LEN=s, device="cuda")
+        mask_mod = _window_mask_mod(s, s, left, right)
+        try:
+            self.block_mask = create_block_mask(mask_mod, _compile=True, **kw)
+        except TypeError as exc:  # a PyTorch without the _compile keyword: compile it ourselves
+            if "_compile" not in str(exc):
+                raise
+            self.block_mask = torch.compile(create_block_mask)(mask_mod, **kw)
         self.fn = _compiled_flex()
 
     def _call(self):
