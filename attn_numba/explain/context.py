@@ -142,7 +142,8 @@ def pathology_sentence(p):
             bits.append("a fresh cuda.jit of the naive kernel per call costs "
                         f"{fmt_t(statistics.median(ct['rejit_per_call_s']))} of host time")
         if ct.get("cold_process_first_call_s") is not None:
-            bits.append(f"its first call in a cold process {fmt_t(ct['cold_process_first_call_s'])}")
+            bits.append("its first call in a cold process "
+                        f"{fmt_t(ct['cold_process_first_call_s'])}")
         h1 = [r for v in ("H1_sync", "H1_noblock", "H1_noblock_nobatch")
               for r in (nv.get(v) or {}).get("rows", []) if r.get("cold_gpu_s")]
         if h1:

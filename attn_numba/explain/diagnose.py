@@ -43,7 +43,8 @@ def verdict(rows, g):
 
 
 def fixed_overhead(rows, g):
-    """Premise: overhead-dominated. Says host work only when GPU = CPU (or the fit used CPU time)."""
+    """Premise: overhead-dominated. Says host work only when GPU = CPU (or the fit used CPU
+    time); otherwise says the GPU time itself is flat."""
     if g["verdict"] != "overhead-dominated":
         return []
     fixed = g["fixed_overhead_s"]
@@ -122,8 +123,9 @@ def host_bound(rows, g):
     host = [cpu - gpu for _, gpu, cpu in hb]
     ratio = [(cpu - gpu) / gpu for _, gpu, cpu in hb]
     worst, wg, wc = max(hb, key=lambda t: (t[2] - t[1]) / t[1])
+    top_s = max(r.get("seq_len") or 0 for r, _, _ in hb)
     where = ("every row" if len(hb) == len(pairs) else
-             f"{len(hb)} of {len(pairs)} rows (S <= {max(r.get('seq_len') or 0 for r, _, _ in hb)})")
+             f"{len(hb)} of {len(pairs)} rows (S <= {top_s})")
     h = statistics.median(host)
     if h >= 0.1:
         cause = ("seconds-scale host work is a compile in the call (0.82-0.97 s per fresh "
@@ -183,16 +185,18 @@ def batch_timed_host(rows, g):
         return []
     n = sorted({r["batch"].get("samples") for r in bs if r["batch"].get("samples")})
     return [f"Every Batch line has total GPU = total wall time ({len(bs)} states, "
-            f"{min(n) if n else '?'}..{max(n) if n else '?'} launches per state): the batch loop timed the launches' host work, so no blocking kernel held "
-            "the stream in the batch. NVBench since 2025-04-08 (commit 851d7aa; every cuda-bench "
-            "release) always blocks the first min(batch size, 2) launches of a batch, which "
-            "leaves their host work untimed (total wall >> total GPU) or deadlocks a launcher "
-            "that synchronises; before that commit --disable-blocking-kernel also removed it "
-            "from batches, and with seconds per launch every batch is one launch until the "
-            "timeout. So: an older NVBench run with the blocking kernel disabled, or a GPU busy "
-            "for seconds per call (notes/explain.md, 'The seed's Batch column')."]
+            f"{min(n) if n else '?'}..{max(n) if n else '?'} launches per state): the batch "
+            "loop timed the launches' host work, so no blocking kernel held the stream in the "
+            "batch. NVBench since 2025-04-08 (commit 851d7aa; every cuda-bench release) always "
+            "blocks the first min(batch size, 2) launches of a batch, which leaves their host "
+            "work untimed (total wall >> total GPU) or deadlocks a launcher that synchronises; "
+            "before that commit --disable-blocking-kernel also removed it from batches, and "
+            "with seconds per launch every batch is one launch until the timeout. So: an older "
+            "NVBench run with the blocking kernel disabled, or a GPU busy for seconds per call "
+            "(notes/explain.md, 'The seed's Batch column')."]
 
 
 #: every symptom, in the order its sentences are printed
 SYMPTOMS = (verdict, fixed_overhead, failures, skipped, gpu_equals_cpu, host_bound,
-            batch_vs_cold, batch_timed_host, min_samples, noise, min_time, other_warnings, bw_util, est_flops)
+            batch_vs_cold, batch_timed_host, min_samples, noise, min_time, other_warnings,
+            bw_util, est_flops)

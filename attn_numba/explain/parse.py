@@ -265,7 +265,8 @@ def parse_log(text):
     devices = parse_devices(sections.get("Devices", []))
     log_lines = sections.get("Log")
     if log_lines is None:  # no '# Log' header: Run: lines may still be there (raw stdout)
-        log_lines = [(n, ln) for n, ln in lines if re.match(r"^(Run|Pass|Warn|Fail|Skip|Info):", ln)]
+        log_lines = [(n, ln) for n, ln in lines
+                     if re.match(r"^(Run|Pass|Warn|Fail|Skip|Info):", ln)]
     runs = parse_log_section([(n, ln) for n, ln in log_lines if not ln.startswith("```")])
     tables = parse_tables(sections.get("Benchmark Results", lines if not sections else []))
     if not tables and not runs:

@@ -95,7 +95,8 @@ def add_arguments(parser):
                         help="NVBench markdown log (default: the packaged A30 log)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--results", default=None,
-                        help="results directory with */summary.json (default: the checkout's results/)")
+                        help="results directory with */summary.json "
+                             "(default: the checkout's results/)")
 
 
 def main(args):
