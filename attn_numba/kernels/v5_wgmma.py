@@ -10,10 +10,10 @@ rows are one head). Every K/V tile the block stages serves its ``HB`` heads.
 Per block:
 
 * Q (64 x D) is copied once into 128B-swizzled shared memory (K-major), K and V tiles of
-  ``BN`` keys go into ``STAGES`` = 2 buffers, with 16-byte ``cp.async`` (zero-filled past the
-  sequence), the next tile's copies in flight while the current tile is computed
-  (commit / wait_group 1). After the wait: ``fence.proxy.async.shared::cta`` (the copies
-  must be visible to wgmma's async proxy) and a block barrier.
+  ``BN`` keys go into 2 or 3 buffers, with 16-byte ``cp.async`` (zero-filled past the
+  sequence), the next tile's copies in flight while the current tile is computed (commit /
+  wait_group). After the wait: ``fence.proxy.async.shared::cta`` (the copies must be
+  visible to wgmma's async proxy) and a block barrier.
 * S = Q.K^T: ``D / 16`` x ``wgmma m64n{BN}k16``, A = Q and B = K both from shared memory
   by descriptor (K-major), f32 accumulators, one commit group, waited at once.
 * Online softmax in fp32 on the accumulator fragments (wgmma_layout.acc_rc: a thread holds
@@ -22,6 +22,10 @@ Per block:
   packed to fp16/bf16 pairs: wgmma_layout.p_regs) and B = V from shared memory, MN-major
   (the transpose bit), the same swizzled tile layout as K.
 * Epilogue: normalise, write fp16/bf16 pairs and lse straight from the registers.
+
+Two loops: the plain one (QK^T, wait, softmax, PV, wait per tile) and, with ``overlap``,
+FlashAttention-3's intra-warpgroup pipelining: QK^T of tile j and PV of tile j-1 are issued
+together, the softmax of tile j runs while PV of tile j-1 is still on the tensor cores.
 
 Semantics as every kernel: GQA, window (bottom-right), causal, varlen, lse, rows without a
 key give 0 and -inf. Tiles outside the block's key band are skipped; the per-element mask
@@ -43,22 +47,24 @@ NAME = "flash_wgmma"
 
 THREADS = 128
 BLOCK_M = 64
-STAGES = 2
+#: largest dynamic shared memory a block may opt in to on sm_90 (227 KiB)
+MAX_SHARED = 227 * 1024
 HEAD_SIZES = (64, 128, 256)
 #: keys per tile (the N of S = Q.K^T) per head size; 256: 64 keeps O (128 regs) + S in budget
 BLOCK_N = {64: 128, 128: 128, 256: 64}
 GQA_PACK = True
+#: overlap the softmax of key tile j with the P.V wgmma of tile j-1 (FlashAttention-3's
+#: intra-warpgroup pipelining; needs a third K/V buffer to keep loads one tile ahead)
+OVERLAP = False
 #: V's descriptor (MN-major, 128B swizzle): LBO = next 64 columns of D, SBO = next 8 keys
 #: (CUTLASS's canonical form). True swaps the two: a fallback that scripts/gpu_wgmma_check.py
 #: selects if its microtest finds the hardware reads them the other way round.
 V_DESC_SWAP = False
 
-LOG2E = np.float32(math.log2(math.e))
 LN2 = np.float32(math.log(2.0))
 ZERO = np.float32(0.0)
 ONE = np.float32(1.0)
 U0 = np.uint32(0)
-U16 = np.uint32(16)
 
 _smem_offset = cuda.jit(device=True, inline=True, cache=True)(wl.smem_offset)
 _kmajor_step = cuda.jit(device=True, inline=True, cache=True)(wl.kmajor_step_offset)
@@ -75,7 +81,7 @@ def kind_of(dtype):
     return None
 
 
-def shared_bytes(head_size, block_n, stages=STAGES):
+def shared_bytes(head_size, block_n, stages):
     """Dynamic shared memory of one block: Q + stages x (K + V) tiles, plus 1024 bytes of
     slack to align the tiles to the 1024-byte swizzle atom."""
     return 2 * BLOCK_M * head_size + stages * 2 * (2 * block_n * head_size) + wl.ATOM_BYTES
@@ -94,21 +100,34 @@ def _desc_hi(lbo, sbo):
     return np.uint64(wl.desc_encode(0, lbo, sbo, wl.SWIZZLE_MODE["128B"]))
 
 
-def build(head_size, kind="f16", heads=1, block_n=None, v_swap=None):
+def build(head_size, kind="f16", heads=1, block_n=None, v_swap=None, overlap=None,
+          stages=None):
     """The kernel for ``head_size``, ``kind`` ('f16'/'bf16'), ``heads`` query heads per block
-    (1, 2 or 4 of one GQA group), key tile ``block_n`` (None: BLOCK_N) and V descriptor
-    variant ``v_swap`` (None: V_DESC_SWAP)."""
-    return _build(head_size, kind, heads, BLOCK_N[head_size] if block_n is None else block_n,
-                  V_DESC_SWAP if v_swap is None else v_swap)
+    (1, 2 or 4 of one GQA group), key tile ``block_n``, V descriptor variant ``v_swap``,
+    ``overlap`` (softmax of tile j overlapped with P.V of tile j-1) and K/V ``stages``;
+    None = the module defaults."""
+    bn = BLOCK_N[head_size] if block_n is None else block_n
+    ov = OVERLAP if overlap is None else overlap
+    return _build(head_size, kind, heads, bn, V_DESC_SWAP if v_swap is None else v_swap, ov,
+                  default_stages(head_size, bn, ov) if stages is None else stages)
+
+
+def default_stages(head_size, block_n, overlap):
+    """K/V buffers: 2 for the plain loop; 3 for the overlapped one when they fit in 227 KiB."""
+    if not overlap:
+        return 2
+    return 3 if shared_bytes(head_size, block_n, 3) <= MAX_SHARED else 2
 
 
 @functools.lru_cache(maxsize=None)
-def _build(head_size, kind, heads, block_n, v_swap=False):
+def _build(head_size, kind, heads, block_n, v_swap, overlap, stages):
     D = head_size
     BN = block_n
     HB = heads
     PB = BLOCK_M // HB
+    S = stages
     assert D % 64 == 0 and BN % 64 == 0 and D <= 256 and BN <= 256 and PB >= 16
+    assert S >= (3 if overlap else 2) or (overlap and S == 2)
     CH = D // 8                         # 16-byte chunks per row
     Q_BYTES = 2 * BLOCK_M * D
     KV_BYTES = 2 * BN * D
@@ -123,13 +142,18 @@ def _build(head_size, kind, heads, block_n, v_swap=False):
     DV = (_desc_hi(wl.ATOM_BYTES, BN * wl.SWIZZLE_BYTES) if v_swap else
           _desc_hi(BN * wl.SWIZZLE_BYTES, wl.ATOM_BYTES))  # MN-major V: LBO = column block
     ROW_BYTES = np.int64(2 * D)
+    OVERLAP_ = overlap
+    # overlapped loop: tile t is cp.async group t; waiting for tile j leaves S - 2 pending.
+    # With 2 stages the next tile can only be loaded after P.V of the previous: 0 pending.
+    ov_wait = px.cp_async_wait(S - 2)
+    cp_wait1 = px.cp_async_wait(1)
 
     wg_s = px.wgmma_ss(BN, kind, False)
     wg_o = px.wgmma_rs(D, kind, True)
     fence_s = px.fence_acc(S_LEN)
     fence_o = px.fence_acc(O_LEN)
     wait0 = px.wgmma_wait(0)
-    cp_wait1 = px.cp_async_wait(1)
+    wait1 = px.wgmma_wait(1)
     pack = px.pack2(kind)
     exp2 = px.ex2
 
@@ -138,8 +162,14 @@ def _build(head_size, kind, heads, block_n, v_swap=False):
         return uint64((addr >> 4) & 0x3FFF) | hi
 
     @cuda.jit(device=True, inline=True, cache=True)
-    def load_kv(kbase, vbase, sk_, sv_, n0, k0, sk, hkv, hkv_n, tid):
+    def stage_k(sQ, j):
+        """Shared address of stage (j mod S)'s K tile; its V tile follows at + KV_BYTES."""
+        return sQ + uint32(Q_BYTES + (j % S) * 2 * KV_BYTES)
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def load_kv(kbase, vbase, sk_, n0, k0, sk, hkv, hkv_n, tid):
         """cp.async of the K and V rows of the tile at key n0 (zero past the sequence)."""
+        sv_ = sk_ + uint32(KV_BYTES)
         for it in range(KV_LOADS):
             idx = it * THREADS + tid
             n = idx // CH
@@ -151,6 +181,76 @@ def _build(head_size, kind, heads, block_n, v_swap=False):
             so = uint32(_smem_offset(n, 8 * c, BN))
             px.cp_async_16(sk_ + so, kbase + off, nbytes)
             px.cp_async_16(sv_ + so, vbase + off, nbytes)
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def issue_qk(s, sQ, sK):
+        """S = Q K^T: D/16 wgmma (not committed, not waited)."""
+        for kk in range(QK_STEPS):
+            wg_s(s, desc(sQ + uint32(_kmajor_step(kk, BLOCK_M)), DQ),
+                 desc(sK + uint32(_kmajor_step(kk, BN)), DQ), int32(1 if kk > 0 else 0))
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def issue_pv(o, pa, sV):
+        """O += P V: BN/16 wgmma, P from registers (not committed, not waited)."""
+        for kk in range(PV_STEPS):
+            wg_o(o, pa[4 * kk], pa[4 * kk + 1], pa[4 * kk + 2], pa[4 * kk + 3],
+                 desc(sV + uint32(wl.ATOM_BYTES * 2 * kk), DV), int32(1))
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def softmax(s, n0, masked, t, lo_a, hi_a, lo_b, hi_b, m_a, m_b, l_a, l_b, scale_log2):
+        """Online softmax of the S fragments in place (s becomes P, base 2). Returns the new
+        (m_a, m_b, l_a, l_b, alpha_a, alpha_b) of the thread's two rows."""
+        for i in range(S_LEN):
+            s[i] = s[i] * scale_log2
+        if masked:
+            for i in range(S_LEN):
+                col = n0 + 8 * (i >> 2) + 2 * t + (i & 1)
+                if (i >> 1) & 1:
+                    if col < lo_b or col > hi_b:
+                        s[i] = NEG_INF
+                else:
+                    if col < lo_a or col > hi_a:
+                        s[i] = NEG_INF
+        mx_a = NEG_INF
+        mx_b = NEG_INF
+        for i4 in range(S_LEN // 4):
+            mx_a = max(mx_a, max(s[4 * i4], s[4 * i4 + 1]))
+            mx_b = max(mx_b, max(s[4 * i4 + 2], s[4 * i4 + 3]))
+        mx_a = max(mx_a, cuda.shfl_xor_sync(0xFFFFFFFF, mx_a, 1))
+        mx_a = max(mx_a, cuda.shfl_xor_sync(0xFFFFFFFF, mx_a, 2))
+        mx_b = max(mx_b, cuda.shfl_xor_sync(0xFFFFFFFF, mx_b, 1))
+        mx_b = max(mx_b, cuda.shfl_xor_sync(0xFFFFFFFF, mx_b, 2))
+        new_a = max(m_a, mx_a)
+        new_b = max(m_b, mx_b)
+        base_a = ZERO if new_a == NEG_INF else new_a   # no key yet: avoid -inf - -inf
+        base_b = ZERO if new_b == NEG_INF else new_b
+        alpha_a = exp2(m_a - base_a)
+        alpha_b = exp2(m_b - base_b)
+        sum_a = ZERO
+        sum_b = ZERO
+        for i4 in range(S_LEN // 4):
+            s[4 * i4] = exp2(s[4 * i4] - base_a)
+            s[4 * i4 + 1] = exp2(s[4 * i4 + 1] - base_a)
+            s[4 * i4 + 2] = exp2(s[4 * i4 + 2] - base_b)
+            s[4 * i4 + 3] = exp2(s[4 * i4 + 3] - base_b)
+            sum_a += s[4 * i4] + s[4 * i4 + 1]
+            sum_b += s[4 * i4 + 2] + s[4 * i4 + 3]
+        return new_a, new_b, l_a * alpha_a + sum_a, l_b * alpha_b + sum_b, alpha_a, alpha_b
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def rescale_pack(o, s, pa, alpha_a, alpha_b):
+        """O *= alpha per row; P registers packed from the S fragments (wgmma_layout.p_regs);
+        then the fence that keeps these writes before the next wgmma."""
+        for i4 in range(O_LEN // 4):
+            o[4 * i4] *= alpha_a
+            o[4 * i4 + 1] *= alpha_a
+            o[4 * i4 + 2] *= alpha_b
+            o[4 * i4 + 3] *= alpha_b
+        for kk in range(PV_STEPS):
+            for jj in range(4):
+                ri = _p_regs(kk, jj)
+                pa[4 * kk + jj] = pack(s[ri], s[ri + 1])
+        fence_o(o)
 
     jit_kw = dict(cache=True)
     if not numba_config.ENABLE_CUDASIM:
@@ -179,8 +279,7 @@ def _build(head_size, kind, heads, block_n, v_swap=False):
         hkv = hbase // (nh // nkv)
 
         smem = cuda.shared.array(0, types.uint8)
-        base = (px.smem_addr(smem) + uint32(1023)) & uint32(0xFFFFFC00)
-        sQ = base
+        sQ = (px.smem_addr(smem) + uint32(1023)) & uint32(0xFFFFFC00)
         qbase = px.data_ptr(q)
         kbase = px.data_ptr(k)
         vbase = px.data_ptr(v)
@@ -193,7 +292,7 @@ def _build(head_size, kind, heads, block_n, v_swap=False):
         if bhi >= blo:
             ntiles = (bhi - n_first) // BN + 1
 
-        # this thread's rows: warp w has rows 16w..16w+15 = one head, positions wpos0..
+        # this thread's rows: warp w has rows 16w..16w+15 = one head
         hw = hbase + (16 * warp) // PB
         pos_a = row0 + (16 * warp) % PB + g
         pos_b = pos_a + 8
@@ -211,7 +310,7 @@ def _build(head_size, kind, heads, block_n, v_swap=False):
         l_b = ZERO
 
         if ntiles > 0:
-            # Q tile and K/V tile 0: one cp.async group
+            # Q tile and K/V tile 0: cp.async group 0
             for it in range(Q_LOADS):
                 idx = it * THREADS + tid
                 r = idx // CH
@@ -223,98 +322,89 @@ def _build(head_size, kind, heads, block_n, v_swap=False):
                 off = uint64((np.int64(row) * nh + hq) * ROW_BYTES + 16 * c)
                 px.cp_async_16(sQ + uint32(_smem_offset(r, 8 * c, BLOCK_M)), qbase + off,
                                nbytes)
-            st0 = sQ + uint32(Q_BYTES)
-            load_kv(kbase, vbase, st0, st0 + uint32(KV_BYTES), n_first, k0, sk, hkv, nkv,
-                    tid)
+            load_kv(kbase, vbase, stage_k(sQ, 0), n_first, k0, sk, hkv, nkv, tid)
             px.cp_async_commit()
+            if OVERLAP_:
+                for jt in range(1, S - 1):          # tiles 1 .. S-2: groups 1 .. S-2
+                    if jt < ntiles:
+                        load_kv(kbase, vbase, stage_k(sQ, jt), n_first + jt * BN, k0, sk,
+                                hkv, nkv, tid)
+                    px.cp_async_commit()
 
-        for j in range(ntiles):
-            n0 = n_first + j * BN
-            sK = sQ + uint32(Q_BYTES + (j & 1) * 2 * KV_BYTES)
-            sV = sK + uint32(KV_BYTES)
-            if j + 1 < ntiles:
-                nK = sQ + uint32(Q_BYTES + ((j + 1) & 1) * 2 * KV_BYTES)
-                load_kv(kbase, vbase, nK, nK + uint32(KV_BYTES), n0 + BN, k0, sk, hkv, nkv,
-                        tid)
-            px.cp_async_commit()            # possibly empty: keeps the group count uniform
-            cp_wait1()                      # all but the newest group: tile j (and Q) landed
+        if OVERLAP_ and ntiles > 0:
+            # FlashAttention-3's intra-warpgroup overlap: while P.V of tile j-1 runs on the
+            # tensor cores, the softmax of tile j runs on the other units.
+            ov_wait()
             px.fence_proxy_async()
             cuda.syncthreads()
-
-            # S = Q K^T
             px.wgmma_fence()
-            for kk in range(QK_STEPS):
-                px_off = _kmajor_step(kk, BLOCK_M)
-                kx_off = _kmajor_step(kk, BN)
-                wg_s(s, desc(sQ + uint32(px_off), DQ), desc(sK + uint32(kx_off), DQ),
-                     int32(1 if kk > 0 else 0))
+            issue_qk(s, sQ, stage_k(sQ, 0))
             px.wgmma_commit()
             wait0()
             fence_s(s)
-
-            for i in range(S_LEN):
-                s[i] = s[i] * scale_log2
-            if not (lo_last <= n0 and n0 + BN - 1 <= hi_first):
-                for i in range(S_LEN):
-                    col = n0 + 8 * (i >> 2) + 2 * t + (i & 1)
-                    if (i >> 1) & 1:
-                        if col < lo_b or col > hi_b:
-                            s[i] = NEG_INF
-                    else:
-                        if col < lo_a or col > hi_a:
-                            s[i] = NEG_INF
-
-            # online softmax: a row lives in the 4 lanes of a quad
-            mx_a = NEG_INF
-            mx_b = NEG_INF
-            for i4 in range(S_LEN // 4):
-                mx_a = max(mx_a, max(s[4 * i4], s[4 * i4 + 1]))
-                mx_b = max(mx_b, max(s[4 * i4 + 2], s[4 * i4 + 3]))
-            mx_a = max(mx_a, cuda.shfl_xor_sync(0xFFFFFFFF, mx_a, 1))
-            mx_a = max(mx_a, cuda.shfl_xor_sync(0xFFFFFFFF, mx_a, 2))
-            mx_b = max(mx_b, cuda.shfl_xor_sync(0xFFFFFFFF, mx_b, 1))
-            mx_b = max(mx_b, cuda.shfl_xor_sync(0xFFFFFFFF, mx_b, 2))
-            new_a = max(m_a, mx_a)
-            new_b = max(m_b, mx_b)
-            base_a = ZERO if new_a == NEG_INF else new_a
-            base_b = ZERO if new_b == NEG_INF else new_b
-            alpha_a = exp2(m_a - base_a)
-            alpha_b = exp2(m_b - base_b)
-            m_a = new_a
-            m_b = new_b
-            sum_a = ZERO
-            sum_b = ZERO
-            for i4 in range(S_LEN // 4):
-                s[4 * i4] = exp2(s[4 * i4] - base_a)
-                s[4 * i4 + 1] = exp2(s[4 * i4 + 1] - base_a)
-                s[4 * i4 + 2] = exp2(s[4 * i4 + 2] - base_b)
-                s[4 * i4 + 3] = exp2(s[4 * i4 + 3] - base_b)
-                sum_a += s[4 * i4] + s[4 * i4 + 1]
-                sum_b += s[4 * i4 + 2] + s[4 * i4 + 3]
-            l_a = l_a * alpha_a + sum_a
-            l_b = l_b * alpha_b + sum_b
-            for i4 in range(O_LEN // 4):
-                o[4 * i4] *= alpha_a
-                o[4 * i4 + 1] *= alpha_a
-                o[4 * i4 + 2] *= alpha_b
-                o[4 * i4 + 3] *= alpha_b
-            for kk in range(PV_STEPS):
-                for jj in range(4):
-                    ri = _p_regs(kk, jj)
-                    pa[4 * kk + jj] = pack(s[ri], s[ri + 1])
-            fence_o(o)                      # the rescaled O is written before the fence
-
-            # O += P V (A = P from registers, B = V MN-major)
-            px.wgmma_fence()
-            for kk in range(PV_STEPS):
-                wg_o(o, pa[4 * kk], pa[4 * kk + 1], pa[4 * kk + 2], pa[4 * kk + 3],
-                     desc(sV + uint32(wl.ATOM_BYTES * 2 * kk), DV), int32(1))
+            m_a, m_b, l_a, l_b, al_a, al_b = softmax(
+                s, n_first, not (lo_last <= n_first and n_first + BN - 1 <= hi_first), t,
+                lo_a, hi_a, lo_b, hi_b, m_a, m_b, l_a, l_b, scale_log2)
+            rescale_pack(o, s, pa, al_a, al_b)
+            for j in range(1, ntiles):
+                # tile j + S - 2 -> stage (j - 2) mod S, free once P.V of tile j - 2 is done
+                if S == 2:
+                    cuda.syncthreads()
+                jn = j + S - 2
+                if jn < ntiles:
+                    load_kv(kbase, vbase, stage_k(sQ, jn), n_first + jn * BN, k0, sk, hkv,
+                            nkv, tid)
+                px.cp_async_commit()
+                n0 = n_first + j * BN
+                ov_wait()                           # tile j landed
+                px.fence_proxy_async()
+                cuda.syncthreads()
+                px.wgmma_fence()
+                issue_qk(s, sQ, stage_k(sQ, j))
+                px.wgmma_commit()
+                issue_pv(o, pa, stage_k(sQ, j - 1) + uint32(KV_BYTES))
+                px.wgmma_commit()
+                wait1()                             # S of tile j is ready; P.V still runs
+                fence_s(s)
+                m_a, m_b, l_a, l_b, al_a, al_b = softmax(
+                    s, n0, not (lo_last <= n0 and n0 + BN - 1 <= hi_first), t, lo_a, hi_a,
+                    lo_b, hi_b, m_a, m_b, l_a, l_b, scale_log2)
+                wait0()
+                fence_o(o)
+                rescale_pack(o, s, pa, al_a, al_b)
+                if S > 2:
+                    cuda.syncthreads()              # stage (j - 1) mod S is free
+            px.wgmma_fence()                        # P.V of the last tile
+            issue_pv(o, pa, stage_k(sQ, ntiles - 1) + uint32(KV_BYTES))
             px.wgmma_commit()
             wait0()
             fence_o(o)
-            cuda.syncthreads()              # stage j & 1 is free for tile j + 2
+        else:
+            for j in range(ntiles):
+                n0 = n_first + j * BN
+                if j + 1 < ntiles:
+                    load_kv(kbase, vbase, stage_k(sQ, j + 1), n0 + BN, k0, sk, hkv, nkv, tid)
+                px.cp_async_commit()        # possibly empty: keeps the group count uniform
+                cp_wait1()                  # all but the newest group: tile j (and Q) landed
+                px.fence_proxy_async()
+                cuda.syncthreads()
+                px.wgmma_fence()
+                issue_qk(s, sQ, stage_k(sQ, j))
+                px.wgmma_commit()
+                wait0()
+                fence_s(s)
+                m_a, m_b, l_a, l_b, al_a, al_b = softmax(
+                    s, n0, not (lo_last <= n0 and n0 + BN - 1 <= hi_first), t, lo_a, hi_a,
+                    lo_b, hi_b, m_a, m_b, l_a, l_b, scale_log2)
+                rescale_pack(o, s, pa, al_a, al_b)
+                px.wgmma_fence()
+                issue_pv(o, pa, stage_k(sQ, j) + uint32(KV_BYTES))
+                px.wgmma_commit()
+                wait0()
+                fence_o(o)
+                cuda.syncthreads()          # stage j is free for tile j + 2
 
-        # epilogue
+        # epilogue: full row sums, normalise, write pairs and lse
         l_a += cuda.shfl_xor_sync(0xFFFFFFFF, l_a, 1)
         l_a += cuda.shfl_xor_sync(0xFFFFFFFF, l_a, 2)
         l_b += cuda.shfl_xor_sync(0xFFFFFFFF, l_b, 1)
@@ -389,13 +479,18 @@ def supports(problem):
     return None
 
 
-def _config(problem, heads=None, block_n=None):
+def configure(problem, heads=None, block_n=None, v_swap=None, overlap=None, stages=None):
+    """(kernel, grid, dynamic shared bytes) for ``problem``; keyword overrides as in build."""
     hb = heads_per_block(problem.group_size) if heads is None else heads
-    bn = BLOCK_N[problem.head_size] if block_n is None else block_n
+    d = problem.head_size
+    bn = BLOCK_N[d] if block_n is None else block_n
+    ov = OVERLAP if overlap is None else overlap
+    st = default_stages(d, bn, ov) if stages is None else stages
+    kernel = build(d, kind_of(problem.dtype), hb, bn, v_swap, ov, st)
     pb = BLOCK_M // hb
     grid = ((max(problem.max_seqlen_q, 1) + pb - 1) // pb, problem.num_heads // hb,
             problem.batch)
-    return hb, bn, grid, shared_bytes(problem.head_size, bn)
+    return kernel, grid, shared_bytes(d, bn, st)
 
 
 def _scalars(problem):
@@ -404,13 +499,12 @@ def _scalars(problem):
             bool(problem.lse_batched))
 
 
-def plan(problem, heads=None, block_n=None):
+def plan(problem, **kw):
     """One launch: ``(Plan(kernel, grid, 128, views, scalars, shared),)``. The dynamic
     shared memory exceeds 48 KiB, so on a GPU this compiles the kernel for its signature
     and raises its dynamic shared-memory limit (:func:`opt_in_shared`) before returning."""
     from . import Plan
-    hb, bn, grid, shared = _config(problem, heads, block_n)
-    kernel = build(problem.head_size, kind_of(problem.dtype), hb, bn)
+    kernel, grid, shared = configure(problem, **kw)
     if not problem.on_simulator:
         opt_in_shared(kernel, _signature(), shared)
     views = (np.uint16, np.uint16, np.uint16, np.uint32)
@@ -434,12 +528,10 @@ def opt_in_shared(kernel, argtypes, nbytes):
     _OPTED.add(key)
 
 
-def launch(problem, q, k, v, out, lse, cu_q, cu_k, stream, heads=None, block_n=None,
-           v_swap=None):
-    """Contract launch; ``heads`` / ``block_n`` / ``v_swap`` override the defaults (for
-    experiments; see :func:`build`)."""
-    hb, bn, grid, shared = _config(problem, heads, block_n)
-    kernel = build(problem.head_size, kind_of(problem.dtype), hb, bn, v_swap)
+def launch(problem, q, k, v, out, lse, cu_q, cu_k, stream, **kw):
+    """Contract launch; keyword overrides (``heads``, ``block_n``, ``v_swap``, ``overlap``,
+    ``stages``) as in :func:`build`, for experiments."""
+    kernel, grid, shared = configure(problem, **kw)
     args = (q.view(np.uint16), k.view(np.uint16), v.view(np.uint16), out.view(np.uint32),
             lse, cu_q, cu_k) + _scalars(problem)
     opt_in_shared(kernel, tuple(kernel.typeof_pyval(a) for a in args), shared)
