@@ -194,7 +194,7 @@ def run_v5(p, q, k, v, cu_q, cu_k, **kw):
     return out.copy_to_host().view(q.dtype), lse.copy_to_host()
 
 
-def check_case(rng, dtype, d, group, seq_q, seq_k, window, causal, v_swap):
+def check_case(rng, dtype, d, group, seq_q, seq_k, window, causal, **kw):
     hkv = 2
     h = hkv * group
     cu_q = np.concatenate([[0], np.cumsum(seq_q)]).astype(np.int32)
@@ -206,7 +206,7 @@ def check_case(rng, dtype, d, group, seq_q, seq_k, window, causal, v_swap):
     if causal:
         right = 0
     p = problem_for(seq_q, seq_k, h, hkv, d, dtype, left, right, causal)
-    out, lse = run_v5(p, q, k, v, cu_q, cu_k, v_swap=v_swap)
+    out, lse = run_v5(p, q, k, v, cu_q, cu_k, **kw)
     kw = dict(causal=causal, window_size=window)
     ref, ref_lse = mha_varlen_fwd_ref(q, k, v, cu_q, cu_k, **kw)
     low, _ = mha_varlen_fwd_ref(q, k, v, cu_q, cu_k, p_dtype=dtype, **kw)
@@ -225,35 +225,46 @@ def check_case(rng, dtype, d, group, seq_q, seq_k, window, causal, v_swap):
                 lse_err=lse_err, lse_inf_match=bool(same_inf), ok=ok)
 
 
-def sweep(rng, v_swap, budget_end):
+#: GQA group sizes swept per (dtype, head size): every dtype and head size meets GQA 1 and
+#: GQA > 1 somewhere, while the number of compiled specialisations stays at 8
+GROUPS = {("float16", 128): (1, 4, 8), ("bfloat16", 128): (1, 4, 8),
+          ("float16", 64): (4, 8), ("float16", 256): (8, 4),
+          ("bfloat16", 64): (1,), ("bfloat16", 256): (1,)}
+WINDOWS = (((-1, -1), False), ((-1, -1), True), ((0, 0), False), ((128, 128), False))
+
+
+def sweep_cases(dtypes, heads):
     cases = []
-    for d in (128, 64, 256):
-        for dtype in (np.float16, bf16()):
-            for i, (window, causal) in enumerate((((-1, -1), False), ((-1, -1), True),
-                                                  ((0, 0), False), ((128, 128), False))):
+    for d in heads:
+        for dtype in dtypes:
+            gs = GROUPS[(np.dtype(dtype).name, d)]
+            for i, (window, causal) in enumerate(WINDOWS):
                 for j, s in enumerate((97, 1025, 1)):
-                    group = (1, 4, 8)[(i + j) % 3]
-                    cases.append((dtype, d, group, [s], [s], window, causal))
-            cases.append((dtype, d, 4, [200], [1100], (-1, -1), True))      # sq < sk
-            cases.append((dtype, d, 1, [300], [77], (128, 128), False))      # sq > sk
-            cases.append((dtype, d, 8, [130, 0, 7, 513], [64, 0, 300, 513], (-1, -1), True))
-            cases.append((dtype, d, 4, [65, 0, 190], [65, 5, 190], (128, 128), False))
+                    cases.append((dtype, d, gs[(i + j) % len(gs)], [s], [s], window, causal))
+            cases.append((dtype, d, gs[0], [200], [1100], (-1, -1), True))      # sq < sk
+            cases.append((dtype, d, gs[-1], [300], [77], (128, 128), False))     # sq > sk
+            cases.append((dtype, d, gs[0], [130, 0, 7, 513], [64, 0, 300, 513], (-1, -1), True))
+            cases.append((dtype, d, gs[-1], [65, 0, 190], [65, 5, 190], (128, 128), False))
+    return cases
+
+
+def sweep(rng, cases, budget_end, key, **kw):
     rows = []
     for c in cases:
         if time.time() > budget_end:
             break
         try:
-            row = check_case(rng, *c, v_swap=v_swap)
+            row = check_case(rng, *c, **kw)
         except Exception as exc:  # noqa: BLE001
             row = dict(case=str(c), ok=False, error=f"{type(exc).__name__}: {exc}"[:800])
             traceback.print_exc()
         if not row["ok"]:
-            log("FAIL", row)
+            log("FAIL", key, row)
         rows.append(row)
-    RES["sweep"] = dict(run=len(rows), total=len(cases), passed=sum(r["ok"] for r in rows),
-                        rows=rows)
+    RES[key] = dict(run=len(rows), total=len(cases), passed=sum(r["ok"] for r in rows),
+                    options=kw, rows=rows)
     save()
-    log(f"sweep: {RES['sweep']['passed']}/{len(rows)} pass ({len(cases)} planned)")
+    log(f"{key}: {RES[key]['passed']}/{len(rows)} pass ({len(cases)} planned)")
 
 
 # --------------------------------------------------------------------------- c. timing
@@ -267,54 +278,120 @@ def timing(v_swap):
     out = cuda.device_array((s, h, d), np.float16)
     lse = cuda.device_array((1, h, s), np.float32)
     cu = cuda.to_device(np.array([0, s], np.int32))
-    p = problem_for([s], [s], h, hkv, d, np.float16, 128, 128, False)
-    flops = windowed_flops([s], [s], h, d, 128, 128)
-    runs = {"flash_wgmma_bn64": lambda: v5.launch(p, q, k, v, out, lse, cu, cu, 0,
-                                                  block_n=64, v_swap=v_swap),
-            "flash_wgmma_bn128": lambda: v5.launch(p, q, k, v, out, lse, cu, cu, 0,
-                                                   block_n=128, v_swap=v_swap),
-            "flash_tc": lambda: v4.launch(p, q, k, v, out, lse, cu, cu, cuda.default_stream())}
     res = {}
-    for name, fn in runs.items():
-        try:
-            fn()
-            cuda.synchronize()
-            ts = []
-            for _ in range(7):      # 10 back-to-back launches per event pair: the queue
-                e0, e1 = cuda.event(), cuda.event()   # stays ahead of the host's dispatch
-                e0.record()
-                for _ in range(10):
-                    fn()
-                e1.record()
-                e1.synchronize()
-                ts.append(cuda.event_elapsed_time(e0, e1) / 1e3 / 10)
-            med = float(np.median(ts))
-            res[name] = dict(ms=med * 1e3, tflops=flops / med / 1e12)
-        except Exception as exc:  # noqa: BLE001
-            res[name] = dict(error=f"{type(exc).__name__}: {exc}"[:500])
-        log("time", name, res[name])
-    RES["timing_8192"] = dict(device=cuda.get_current_device().name.decode()
-                              if isinstance(cuda.get_current_device().name, bytes)
-                              else str(cuda.get_current_device().name), runs=res)
+    for label, (left, right, causal) in (("window128", (128, 128, False)),
+                                         ("causal", (-1, 0, True))):
+        p = problem_for([s], [s], h, hkv, d, np.float16, left, right, causal)
+        flops = windowed_flops([s], [s], h, d, left, right)
+        runs = {f"flash_wgmma_bn{bn}{'_overlap' if ov else ''}":
+                (lambda bn=bn, ov=ov: v5.launch(p, q, k, v, out, lse, cu, cu, 0, block_n=bn,
+                                                v_swap=v_swap, overlap=ov))
+                for ov in (False, True) for bn in (128, 64)}
+        runs["flash_tc"] = lambda: v4.launch(p, q, k, v, out, lse, cu, cu, cuda.default_stream())
+        for name, fn in runs.items():
+            key = f"{label}/{name}"
+            try:
+                fn()
+                cuda.synchronize()
+                ts = []
+                for _ in range(7):      # 10 back-to-back launches per event pair: the queue
+                    e0, e1 = cuda.event(), cuda.event()   # stays ahead of the host
+                    e0.record()
+                    for _ in range(10):
+                        fn()
+                    e1.record()
+                    e1.synchronize()
+                    ts.append(cuda.event_elapsed_time(e0, e1) / 1e3 / 10)
+                med = float(np.median(ts))
+                res[key] = dict(ms=med * 1e3, tflops=flops / med / 1e12)
+            except Exception as exc:  # noqa: BLE001
+                res[key] = dict(error=f"{type(exc).__name__}: {exc}"[:500])
+            log("time", key, res[key])
+    RES["timing_8192"] = dict(device=str(cuda.get_current_device().name), runs=res,
+                              shape="batch 1, 8192 tokens, 32 heads / 8 kv heads, D=128, fp16")
     save()
+
+
+# --------------------------------------------------------------------------- precompile
+
+def _specs():
+    """(head, kind, heads, block_n, overlap) of every kernel this script launches."""
+    out = set()
+    for (dt, d), gs in GROUPS.items():
+        kind = "f16" if dt == "float16" else "bf16"
+        for g in gs:
+            out.add((d, kind, v5.heads_per_block(g), v5.BLOCK_N[d], False))
+    for d, kind, hb in OVERLAP_SPECS:
+        out.add((d, kind, hb, v5.BLOCK_N[d], True))
+    for bn in (64, 128):
+        for ov in (False, True):
+            out.add((128, "f16", 4, bn, ov))
+    return sorted(out)
+
+
+def _compile_one(spec):
+    t = time.time()
+    try:
+        d, kind, hb, bn, ov = spec
+        v5.build(d, kind, hb, bn, False, ov).compile(v5._signature())
+        return spec, round(time.time() - t, 1), None
+    except Exception as exc:  # noqa: BLE001
+        return spec, round(time.time() - t, 1), f"{type(exc).__name__}: {exc}"[:300]
+
+
+def precompile_async():
+    """Compile every specialisation in worker processes (cache=True puts them on disk), so
+    the main process mostly loads them; returns the pool's AsyncResult (or None)."""
+    import multiprocessing as mp
+    try:
+        pool = mp.get_context("spawn").Pool(min(8, max(1, (os.cpu_count() or 2) - 2)))
+        return pool, pool.map_async(_compile_one, _specs())
+    except Exception:  # noqa: BLE001
+        RES["precompile_error"] = traceback.format_exc()
+        return None, None
+
+
+#: overlap-variant specialisations given a short correctness sweep of their own
+OVERLAP_SPECS = ((128, "f16", 4), (128, "bf16", 4), (256, "f16", 4), (64, "f16", 4))
 
 
 # --------------------------------------------------------------------------- d. evidence
 
+def ptxas_report(ptx, path):
+    """ptxas -v for sm_90a: registers, spills and the C75xx wgmma notes (serialisation,
+    injected warpgroup.arrive). An older ptxas gets the PTX with its own .version."""
+    for _ in range(2):
+        with open(path, "w") as f:
+            f.write(ptx)
+        pv = subprocess.run(["ptxas", "-arch=sm_90a", "-v", "-O3", "-o", os.devnull, path],
+                            capture_output=True, text=True, timeout=120)
+        m = re.search(r"current version is '([0-9.]+)'", pv.stderr)
+        if not m:
+            break
+        ptx = re.sub(r"^\.version\s+\S+", f".version {m.group(1)}", ptx, flags=re.M)
+    keep = ("registers", "spill", "warn", "C75", "rror")
+    return " | ".join(re.sub(r"_Z\w+", "<fn>", ln) for ln in pv.stderr.splitlines()
+                      if any(k in ln for k in keep))
+
+
 def evidence(v_swap):
     rows = []
-    for d, kind, hb, bn in ((128, "f16", 4, 128), (128, "f16", 4, 64), (64, "f16", 1, 128),
-                            (256, "bf16", 4, 64)):
-        kern = v5.build(d, kind, hb, bn, v_swap)
-        row = dict(d=d, kind=kind, heads=hb, block_n=bn)
+    for d, kind, hb, bn, ov in ((128, "f16", 4, 128, False), (128, "f16", 4, 128, True),
+                                (128, "f16", 4, 64, False), (64, "f16", 1, 128, False),
+                                (256, "bf16", 4, 64, False), (256, "f16", 4, 64, True)):
+        kern = v5.build(d, kind, hb, bn, v_swap, ov)
+        row = dict(d=d, kind=kind, heads=hb, block_n=bn, overlap=ov)
         try:
             sig = v5._signature()
             ck = kern.compile(sig)
             lib = ck._codelibrary
             attrs = lib.get_cufunc().attrs
             row.update(regs=attrs.regs, local_bytes=attrs.local, static_shared=attrs.shared)
-            ptx = lib.get_asm_str()
-            tag = f"v5_d{d}_{kind}_h{hb}_bn{bn}"
+            try:
+                ptx = lib.get_asm_str()
+            except Exception:  # noqa: BLE001  (a disk-cache load may not carry the PTX)
+                ptx = cuda.compile_ptx(kern.py_func, sig, cc=(9, 0, "a"))[0]
+            tag = f"v5_d{d}_{kind}_h{hb}_bn{bn}{'_ov' if ov else ''}"
             with open(os.path.join(OUT, tag + ".ptx"), "w") as f:
                 f.write(ptx)
             cubin = lib.get_cubin()
@@ -322,11 +399,7 @@ def evidence(v_swap):
             with open(cpath, "wb") as f:
                 f.write(cubin)
             if shutil.which("ptxas"):
-                pv = subprocess.run(["ptxas", "-arch=sm_90a", "-v", "-O3", "-o", os.devnull,
-                                     os.path.join(OUT, tag + ".ptx")], capture_output=True,
-                                    text=True, timeout=120)
-                row["ptxas"] = " | ".join(ln for ln in pv.stderr.splitlines()
-                                          if "registers" in ln or "spill" in ln or "warn" in ln)
+                row["ptxas"] = ptxas_report(ptx, os.path.join(OUT, tag + "_ptxas.ptx"))
             tool = shutil.which("cuobjdump") or shutil.which("nvdisasm")
             if tool:
                 cmd = [tool, "-sass", cpath] if tool.endswith("cuobjdump") else [tool, cpath]
@@ -354,6 +427,7 @@ def main():
     RES["device"] = dict(name=str(dev.name), cc=list(dev.compute_capability))
     log("device", RES["device"])
     rng = np.random.default_rng(0)
+    pool, res = precompile_async()
     ss_ok, rs_ok = False, {}
     try:
         ss_ok, rs_ok = microtest(rng)
@@ -362,8 +436,23 @@ def main():
         traceback.print_exc()
     v_swap = bool(not rs_ok.get("cutlass", False) and rs_ok.get("swapped", False))
     RES["v_swap_used"] = v_swap
-    for stage, fn in (("sweep", lambda: sweep(rng, v_swap, T0 + a.budget * 0.6)),
-                      ("timing", lambda: timing(v_swap)), ("evidence", lambda: evidence(v_swap))):
+    if pool is not None:
+        try:
+            RES["precompile"] = [dict(spec=sp, s=t, error=e) for sp, t, e in res.get(timeout=120)]
+        except Exception:  # noqa: BLE001
+            RES["precompile_error"] = traceback.format_exc()
+        pool.terminate()
+        log("precompiled", RES.get("precompile"))
+    f16 = np.dtype(np.float16)
+    ov_cases = [c for c in sweep_cases((f16, bf16()), (128, 64, 256))
+                if (c[1], "f16" if c[0] == f16 else "bf16", v5.heads_per_block(c[2])) in OVERLAP_SPECS
+                and (c[3][0] in (1025, 200, 130, 300) or c[6])]
+    stages = (("sweep", lambda: sweep(rng, sweep_cases((f16, bf16()), (128, 64, 256)),
+                                      T0 + a.budget * 0.55, "sweep", v_swap=v_swap)),
+              ("sweep_overlap", lambda: sweep(rng, ov_cases, T0 + a.budget * 0.7,
+                                              "sweep_overlap", v_swap=v_swap, overlap=True)),
+              ("timing", lambda: timing(v_swap)), ("evidence", lambda: evidence(v_swap)))
+    for stage, fn in stages:
         try:
             fn()
         except Exception:  # noqa: BLE001
@@ -371,15 +460,17 @@ def main():
             traceback.print_exc()
         save()
     # the short table
-    sw = RES.get("sweep", {})
     print("\n==== flash_wgmma check on", RES["device"]["name"], "====")
     print(f"micro SS ok: {ss_ok}   RS ok by V-descriptor reading: {rs_ok}   kernel v_swap={v_swap}")
-    print(f"sweep {sw.get('passed', 0)}/{sw.get('run', 0)} pass ({sw.get('total', 0)} planned)")
+    for key in ("sweep", "sweep_overlap"):
+        sw = RES.get(key, {})
+        print(f"{key} {sw.get('passed', 0)}/{sw.get('run', 0)} pass ({sw.get('total', 0)} planned)")
     for name, r in RES.get("timing_8192", {}).get("runs", {}).items():
-        print(f"  8192 tok {name:<18} " + (f"{r['ms']:.3f} ms  {r['tflops']:.0f} TFLOP/s"
+        print(f"  8192 tok {name:<36} " + (f"{r['ms']:.3f} ms  {r['tflops']:.0f} TFLOP/s"
                                            if "ms" in r else r["error"][:100]))
     for r in RES.get("evidence", []):
-        print(f"  D={r['d']} {r['kind']} h{r['heads']} bn{r['block_n']}: regs {r.get('regs')} "
+        print(f"  D={r['d']} {r['kind']} h{r['heads']} bn{r['block_n']} ov={r['overlap']}: "
+              f"regs {r.get('regs')} local {r.get('local_bytes')} "
               f"HGMMA {r.get('hgmma')}  {r.get('ptxas', r.get('error', ''))[:150]}")
     print(f"total {time.time() - T0:.0f} s; details in {OUT}/wgmma_check.json")
 
