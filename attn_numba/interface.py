@@ -1,145 +1,52 @@
 """Public API: ``mha_fwd`` and ``mha_varlen_fwd``, with FlashAttention's conventions.
 
-Every argument is validated here, before anything touches the GPU; kernels receive a
-:class:`~attn_numba.problem.Problem` and device arrays in the varlen layout.
+The call path, in order:
+
+1. *Validation* (:mod:`attn_numba.validation`): every argument, including ``out=`` and
+   ``lse_out=``, is checked before anything touches the GPU; errors name the argument.
+2. *Specialisation*: a dict keyed by everything that fixes the launch (kernel name, dtype,
+   device, shapes, head size, GQA group, scale, window) holds the resolved kernel module, its
+   :class:`~attn_numba.kernels.Plan` launches, the bound launchers of
+   :mod:`attn_numba.launcher` and, for batched calls, the device ``cu_seqlens``. A miss builds
+   them (and compiles or loads the kernel); a hit costs one tuple hash.
+3. *Stream and outputs* (:mod:`attn_numba.arrays`): the launch stream is ``stream=`` or the
+   inputs' framework's current stream; outputs are allocated in the caller's array type on that
+   stream, unless ``out=`` / ``lse_out=`` are given.
+4. *Launch*: raw data pointers into the bound launchers (``cuLaunchKernel``), or Numba's
+   dispatcher on the simulator and as a fallback.
+
+The device path makes no host<->device copy and never synchronises, so a call can be captured
+in a CUDA graph once its specialisation exists (make one call before capturing).
 """
 from __future__ import annotations
 
 import contextlib
-import functools
-import math
 
 import numpy as np
-from numba import config as numba_config
-from numba import cuda
 
-from . import kernels
-from .problem import (
-    KERNEL_NAMES,
-    MAX_HEAD_SIZE,
-    Problem,
-    default_scale,
-    normalize_window,
-)
-
-_SUPPORTED_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
+from . import arrays, kernels, launcher
+from .arrays import F32, Info, as_numba, kernel_dtype, on_simulator, resolve_stream
+from .problem import KERNEL_NAMES, Problem
+from .validation import (check_kernel, check_out, check_scale, check_tensors, check_window,
+                         cu_seqlens_arg, kinds_of, max_seqlens)
 
 # Set by attn_numba.testing.poisoned_outputs(): fill new outputs with NaN before launch.
 _POISON_OUTPUTS = False
 
-
-def on_simulator():
-    """True when Numba runs CUDA kernels in its Python simulator (NUMBA_ENABLE_CUDASIM=1)."""
-    return bool(numba_config.ENABLE_CUDASIM)
+__all__ = ["mha_fwd", "mha_varlen_fwd", "choose_kernel", "on_simulator"]
 
 
-# --------------------------------------------------------------------------- validation
-
-def _is_device_array(x):
-    """A Numba device array (real or simulated) or any __cuda_array_interface__ object."""
-    if hasattr(x, "__cuda_array_interface__"):
-        return True
-    is_da = getattr(cuda, "is_cuda_array", None)
-    if is_da is not None:
-        return bool(is_da(x))
-    return cuda.devicearray.is_cuda_ndarray(x)  # the simulator's FakeCUDAArray
+@contextlib.contextmanager
+def _poison(enabled=True):
+    global _POISON_OUTPUTS
+    old, _POISON_OUTPUTS = _POISON_OUTPUTS, enabled
+    try:
+        yield
+    finally:
+        _POISON_OUTPUTS = old
 
 
-def _as_device(x):
-    """A Numba device-array view of a CUDA array (no copy)."""
-    as_da = getattr(cuda, "as_cuda_array", None)
-    return x if as_da is None or not hasattr(x, "__cuda_array_interface__") else as_da(x)
-
-
-def _kind(x, name):
-    """'host' for NumPy arrays, 'device' for CUDA array-interface objects."""
-    if isinstance(x, np.ndarray):
-        return "host"
-    if _is_device_array(x):
-        return "device"
-    raise TypeError(
-        f"{name} must be a NumPy array or a CUDA array (Numba, CuPy, PyTorch), "
-        f"got {type(x).__name__}")
-
-
-def _dtype_of(x):
-    if hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray):
-        return np.dtype(x.__cuda_array_interface__["typestr"])
-    return np.dtype(x.dtype)
-
-
-def _check_tensors(q, k, v, q_rank):
-    kinds = {_kind(q, "q"), _kind(k, "k"), _kind(v, "v")}
-    if len(kinds) != 1:
-        raise TypeError("q, k and v must all be NumPy arrays or all be CUDA arrays, not a mix")
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        if len(x.shape) != q_rank:
-            raise ValueError(f"{name} must have rank {q_rank}, got shape {tuple(x.shape)}")
-    dq = _dtype_of(q)
-    if dq not in _SUPPORTED_DTYPES:
-        raise TypeError(f"q dtype must be float16 or float32, got {dq}")
-    for name, x in (("k", k), ("v", v)):
-        if _dtype_of(x) != dq:
-            raise TypeError(f"{name} dtype {_dtype_of(x)} does not match q dtype {dq}")
-    if tuple(k.shape) != tuple(v.shape):
-        raise ValueError(f"k shape {tuple(k.shape)} and v shape {tuple(v.shape)} must match")
-    qs, ks = tuple(q.shape), tuple(k.shape)  # the simulator's shapes reject negative indices
-    head_size = int(qs[-1])
-    if int(ks[-1]) != head_size:
-        raise ValueError(f"k head_size {ks[-1]} does not match q head_size {head_size}")
-    if not 1 <= head_size <= MAX_HEAD_SIZE:
-        raise ValueError(f"head_size must be in [1, {MAX_HEAD_SIZE}], got {head_size}")
-    num_heads, num_kv_heads = int(qs[-2]), int(ks[-2])
-    if num_heads < 1 or num_kv_heads < 1:
-        raise ValueError(f"num_heads ({num_heads}) and num_kv_heads ({num_kv_heads}) must be >= 1")
-    if num_heads % num_kv_heads:
-        raise ValueError(
-            f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
-    return kinds.pop(), dq
-
-
-def _check_scale(softmax_scale, head_size):
-    if softmax_scale is None:
-        return default_scale(head_size)
-    if isinstance(softmax_scale, (bool, np.bool_)) or not isinstance(
-            softmax_scale, (int, float, np.integer, np.floating)):
-        raise TypeError(f"softmax_scale must be a real number, got {softmax_scale!r}")
-    if not math.isfinite(float(softmax_scale)):
-        raise ValueError(f"softmax_scale must be finite, got {softmax_scale}")
-    return float(softmax_scale)
-
-
-def _check_kernel(kernel):
-    if not isinstance(kernel, str):
-        raise TypeError(f"kernel must be a string, got {type(kernel).__name__}")
-    if kernel != "auto" and kernel not in KERNEL_NAMES:
-        raise ValueError(f"unknown kernel {kernel!r}; choose from 'auto', "
-                         + ", ".join(repr(n) for n in KERNEL_NAMES))
-
-
-def _host_cu_seqlens(cu, name, kind):
-    """Validate a cu_seqlens argument and return a host int32 copy."""
-    if isinstance(cu, np.ndarray):
-        arr = cu
-    elif _is_device_array(cu):
-        if kind != "device":
-            raise TypeError(f"{name} is a CUDA array but q, k, v are NumPy arrays")
-        if _dtype_of(cu) != np.int32:
-            raise TypeError(f"{name} must be int32, got {_dtype_of(cu)}")
-        arr = _as_device(cu).copy_to_host()
-    else:
-        raise TypeError(f"{name} must be an int32 array, got {type(cu).__name__}")
-    if arr.dtype != np.int32:
-        raise TypeError(f"{name} must be int32, got {arr.dtype}")
-    if arr.ndim != 1 or arr.shape[0] < 2:
-        raise ValueError(f"{name} must have shape (num_seqs + 1,) with num_seqs >= 1, "
-                         f"got shape {arr.shape}")
-    if arr[0] != 0:
-        raise ValueError(f"{name}[0] must be 0, got {arr[0]}")
-    if np.any(np.diff(arr.astype(np.int64)) < 0):
-        raise ValueError(f"{name} must be non-decreasing")
-    return np.ascontiguousarray(arr)
-
+# --------------------------------------------------------------------------- kernel choice
 
 def _resolve_kernel(kernel, problem):
     if kernel != "auto":
@@ -164,118 +71,168 @@ def _resolve_kernel(kernel, problem):
 
 def choose_kernel(problem, kernel="auto"):
     """The kernel module ``kernel`` resolves to for ``problem`` (what ``auto`` would pick)."""
-    _check_kernel(kernel)
+    check_kernel(kernel)
     return _resolve_kernel(kernel, problem)
 
 
-# --------------------------------------------------------------------------- device plumbing
+# --------------------------------------------------------------------------- specialisations
 
-def _to_device_contig(x, name, kind, stream):
-    if kind == "host":
-        return cuda.to_device(np.ascontiguousarray(x), stream=stream)
-    d = _as_device(x)
-    if not d.is_c_contiguous():
-        raise ValueError(f"{name} must be C-contiguous on the device (call .contiguous() "
-                         f"or cupy.ascontiguousarray first); got strides {d.strides}")
-    return d
+class _Spec:
+    """One call specialisation: module, plans, bound launchers, uniform cu_seqlens."""
 
+    __slots__ = ("mod", "problem", "plans", "bounds", "cu")
 
-@functools.lru_cache(maxsize=64)
-def _uniform_cu_seqlens(batch, seqlen, _context_handle):
-    """Device cu_seqlens for a batched call, built once per (batch, seqlen) and context, so a
-    hot loop of mha_fwd calls makes no host-to-device copy (which would synchronise)."""
-    return cuda.to_device((np.arange(batch + 1, dtype=np.int64) * seqlen).astype(np.int32))
+    def __init__(self, mod, problem, plans, bounds, cu):
+        self.mod, self.problem, self.plans, self.bounds, self.cu = mod, problem, plans, bounds, cu
 
 
-def _cu_to_device(cu, stream):
-    """cu: a host int32 array, a device array (used as is) or a (batch, seqlen) pair."""
-    if isinstance(cu, tuple):
-        ctx = cuda.current_context()
-        return _uniform_cu_seqlens(cu[0], cu[1], id(ctx))
-    if isinstance(cu, np.ndarray):
-        return cuda.to_device(cu, stream=stream)
-    return _as_device(cu)
+_SPECS = {}
+_MAX_SPECS = 512
 
 
-def _empty(shape, dtype, stream):
-    """A new device array; NaN-filled while attn_numba.testing.poisoned_outputs() is active."""
-    if _POISON_OUTPUTS:
-        return cuda.to_device(np.full(shape, np.nan, dtype=dtype), stream=stream)
-    return cuda.device_array(shape, dtype=dtype, stream=stream)
+def _device_ctx(device):
+    if device is None or on_simulator():
+        return contextlib.nullcontext()
+    from numba import cuda
+    return cuda.gpus[device]
 
 
-@contextlib.contextmanager
-def _poison(enabled=True):
-    global _POISON_OUTPUTS
-    old, _POISON_OUTPUTS = _POISON_OUTPUTS, enabled
-    try:
-        yield
-    finally:
-        _POISON_OUTPUTS = old
+def _uniform_cu(batch, seqlen):
+    """Device ``arange(batch + 1) * seqlen`` (int32) and its Info, made once per spec."""
+    from numba import cuda
+    host = (np.arange(batch + 1, dtype=np.int64) * seqlen).astype(np.int32)
+    d = cuda.to_device(host)
+    return d, arrays.info(d, "numba")
 
 
-_FAST_LOADED = set()
+def _spec(key, kernel, problem_fn, specs, device, uniform=None):
+    """The cached :class:`_Spec` for ``key``, built on a miss (kernel resolution may raise)."""
+    spec = _SPECS.get(key)
+    if spec is not None:
+        return spec
+    problem = problem_fn()
+    mod = _resolve_kernel(kernel, problem)
+    plan_fn = getattr(mod, "plan", None)
+    plans = tuple(plan_fn(problem)) if plan_fn is not None else None
+    bounds, cu = None, None
+    with _device_ctx(device):
+        if uniform is not None:
+            cu = (_uniform_cu(problem.batch, uniform[0]), _uniform_cu(problem.batch, uniform[1]))
+        if not problem.on_simulator and problem.total_q > 0:
+            if plans is not None:
+                bounds = launcher.bind_plans(plans, specs)
+                if bounds is None:  # dispatcher path: still skip Numba's slow cache load
+                    for p in plans:
+                        launcher.load_cached(p.kernel, launcher.argtypes(p, specs), False)
+            else:
+                launcher.preload_module(mod, problem.head_size, kernel_dtype(problem.dtype))
+    spec = _Spec(mod, problem, plans, bounds, cu)
+    if len(_SPECS) >= _MAX_SPECS:
+        _SPECS.clear()
+    _SPECS[key] = spec
+    return spec
 
 
-def _fast_load_once(mod, problem):
-    """First call of a (kernel, dtype, head_size) in this process: load its disk-cached
-    kernels directly (attn_numba.warmup.fast_load), skipping the ~0.3 s of Numba compiler
-    set-up that a plain cache hit pays (measured: results/h100/pathology.json). A cache miss
-    or any internal mismatch falls through to the normal dispatch, which compiles as usual."""
-    key = (mod.NAME, problem.dtype, problem.head_size)
-    if problem.on_simulator or key in _FAST_LOADED:
+# --------------------------------------------------------------------------- launch
+
+def _run(spec, args, ls):
+    """Enqueue ``spec``'s launches on :class:`~attn_numba.arrays.LaunchStream` ``ls``.
+
+    ``args``: seven ``(array, Info, kernel shape)`` for q, k, v, out, lse, cu_q, cu_k."""
+    if spec.problem.total_q == 0:
         return
-    _FAST_LOADED.add(key)
-    try:
-        from . import warmup
-        warmup.fast_load((mod.NAME,), (problem.dtype,), (problem.head_size,),
-                         compile_on_miss=False)
-    except Exception:  # noqa: BLE001 - an optimisation only: never fail a call over it
-        pass
-
-
-def _run(problem, mod, q, k, v, cu_q, cu_k, kind, stream):
-    """Launch kernel module ``mod``. q: (total_q, H, D), k/v: (total_k, Hkv, D), validated."""
-    _fast_load_once(mod, problem)
-    if stream is None:
-        stream = cuda.default_stream()
-    dq = _to_device_contig(q, "q", kind, stream)
-    dk = _to_device_contig(k, "k", kind, stream)
-    dv = _to_device_contig(v, "v", kind, stream)
-    dcu_q = _cu_to_device(cu_q, stream)
-    dcu_k = _cu_to_device(cu_k, stream)
-    out = _empty(dq.shape, problem.dtype, stream)
-    if problem.lse_batched:
-        lse_shape = (problem.batch, problem.num_heads, problem.max_seqlen_q)
+    if spec.bounds is not None:
+        ptrs = [a[1].ptr for a in args]
+        for bound in spec.bounds:
+            bound(ls.handle, ptrs)
+        return
+    nargs = [as_numba(x, inf, shape) for x, inf, shape in args]
+    s = arrays.numba_stream(ls)
+    if spec.plans is not None:
+        kernels.launch_plans(spec.plans, *nargs, s)
     else:
-        lse_shape = (1, problem.num_heads, problem.total_q)
-    lse = _empty(lse_shape, np.float32, stream)
-    if problem.total_q > 0:
-        mod.launch(problem, dq, dk, dv, out, lse, dcu_q, dcu_k, stream)
-    return out, lse, stream
+        spec.mod.launch(spec.problem, *nargs, s)
 
 
-def _finish(out, lse, kind, stream, return_lse, out_shape, lse_final):
-    out = out.reshape(out_shape)
-    lse = lse_final(lse)
-    if kind == "host":
-        out_h = out.copy_to_host(stream=stream)
-        lse_h = lse.copy_to_host(stream=stream) if return_lse else None
-        stream.synchronize()
-        return (out_h, lse_h) if return_lse else out_h
+def _new(kind, like, shape, dtype, ls, device):
+    arr = arrays.empty(kind, like, shape, dtype, ls, device)
+    if _POISON_OUTPUTS:
+        arrays.fill_nan(arr, kind if kind in ("torch", "cupy") else "numba")
+    return arr, arrays.info(arr, kind if kind in ("torch", "cupy") else "numba")
+
+
+def _call(spec, kind, ins, outs, cus, shapes, stream, return_lse):
+    """Allocate (unless given), launch and return. ``ins``: ((q, Info), (k, Info), (v, Info));
+    ``outs``: ((out, Info|None), (lse_out, Info|None)); ``cus``: two (array, Info);
+    ``shapes``: (kernel shapes of q, k, v, lse; user shapes of out and lse)."""
+    p = spec.problem
+    q, iq = ins[0]
+    device = iq.device
+    if kind == "torch":  # launch on q's device, as FlashAttention does
+        import torch
+        if device != torch.cuda.current_device():
+            with torch.cuda.device(device):
+                return _call(spec, kind, ins, outs, cus, shapes, stream, return_lse)
+    ls = resolve_stream(stream, kind, device)
+    (out, io), (lse, il) = outs
+    sq, sk, sv, slse, out_shape, lse_shape = shapes
+    if kind == "numpy":
+        return _host_call(spec, ins, outs, cus, shapes, ls, return_lse)
+    if out is None:
+        out, io = _new(kind, q, out_shape, p.dtype, ls, device)
+    if lse is None:
+        lse, il = _new(kind, q, lse_shape, F32, ls, device)
+    _run(spec, ((q, iq, sq), (ins[1][0], ins[1][1], sk), (ins[2][0], ins[2][1], sv),
+                (out, io, sq), (lse, il, slse), (cus[0][0], cus[0][1], None),
+                (cus[1][0], cus[1][1], None)), ls)
+    return (out, lse) if return_lse else out
+
+
+def _host_call(spec, ins, outs, cus, shapes, ls, return_lse):
+    """NumPy inputs: copy in on the launch stream, launch, copy out, synchronise."""
+    from numba import cuda
+    p = spec.problem
+    s = arrays.numba_stream(ls)
+    kdt = kernel_dtype(p.dtype)
+    dev = []
+    for (x, _), shape in zip(ins, shapes[:3]):
+        d = cuda.to_device(np.ascontiguousarray(x).view(kdt).reshape(shape), stream=s)
+        dev.append((d, arrays.info(d, "numba"), shape))
+    out_d, io = _new("numba", None, shapes[0], kdt, ls, None)
+    lse_d, il = _new("numba", None, shapes[3], F32, ls, None)
+    cu = []
+    for c, inf in cus:
+        if isinstance(c, np.ndarray):
+            c = cuda.to_device(c, stream=s)
+            inf = arrays.info(c, "numba")
+        cu.append((c, inf, None))
+    _run(spec, (*dev, (out_d, io, shapes[0]), (lse_d, il, shapes[3]), *cu), ls)
+    (out, _), (lse, _) = outs
+    out_shape, lse_shape = shapes[4], shapes[5]
+    if out is not None:
+        out_d.copy_to_host(out.view(kdt).reshape(shapes[0]), stream=s)
+    else:
+        out = out_d.copy_to_host(stream=s).view(p.dtype).reshape(out_shape)
+    if lse is not None:
+        lse_d.copy_to_host(lse.reshape(shapes[3]), stream=s)
+    elif return_lse:
+        lse = lse_d.copy_to_host(stream=s).reshape(lse_shape)
+    s.synchronize()
     return (out, lse) if return_lse else out
 
 
 # --------------------------------------------------------------------------- public API
 
 def mha_fwd(q, k, v, *, softmax_scale=None, causal=False, window_size=(-1, -1),
-            kernel="auto", return_lse=False, stream=None):
+            kernel="auto", return_lse=False, stream=None, out=None, lse_out=None):
     """Multi-head (GQA/MQA) attention forward, FlashAttention's ``flash_attn_func`` semantics.
 
     Arguments:
-        q: (batch, seqlen_q, num_heads, head_size), float16 or float32.
-        k: (batch, seqlen_k, num_kv_heads, head_size), same dtype as q.
-        v: (batch, seqlen_k, num_kv_heads, head_size), same dtype as q.
+        q: (batch, seqlen_q, num_heads, head_size), float16, bfloat16 or float32: a PyTorch
+            CUDA tensor, a CuPy array, a Numba device array (or any ``__cuda_array_interface__``
+            object), C-contiguous; or a NumPy array (bfloat16: ``ml_dtypes.bfloat16``).
+        k: (batch, seqlen_k, num_kv_heads, head_size), same kind and dtype as q.
+        v: (batch, seqlen_k, num_kv_heads, head_size), same kind and dtype as q.
             num_heads must be a multiple of num_kv_heads. Query head ``h`` reads KV head
             ``h // (num_heads // num_kv_heads)`` (GQA; MQA when num_kv_heads == 1).
         softmax_scale: float. Scaling of Q.K^T before softmax; default ``1/sqrt(head_size)``.
@@ -284,52 +241,67 @@ def mha_fwd(q, k, v, *, softmax_scale=None, causal=False, window_size=(-1, -1),
         window_size: (left, right). -1 means unbounded on that side. Query row ``i`` sees
             key ``j`` iff ``i + seqlen_k - seqlen_q - left <= j <= i + seqlen_k - seqlen_q + right``
             (inclusive), with ``0 <= j < seqlen_k``.
-        kernel: "auto", "naive", "tiled", "flash" or "flash_tc". "auto" picks the fastest
-            kernel that can run the inputs.
+        kernel: "auto", "naive", "tiled", "flash", "flash_tc" or "flash_wgmma". "auto" picks
+            the fastest kernel that can run the inputs; only the tensor-core kernels take
+            bfloat16 (``auto`` then picks one of them or raises ValueError).
         return_lse: also return the log-sum-exp of each row's scaled scores.
-        stream: Numba CUDA stream to launch on (default: the default stream).
+        stream: where to launch: a Numba, PyTorch or CuPy stream, or a raw ``cudaStream_t``
+            int. Default, as in FlashAttention: ``torch.cuda.current_stream()`` for torch
+            tensors, CuPy's current stream for CuPy arrays, Numba's default stream otherwise.
+            New outputs are allocated on the launch stream.
+        out: optional output buffer: q's shape, dtype and device, C-contiguous, not
+            overlapping q, k or v. Written and returned.
+        lse_out: optional float32 (batch, num_heads, seqlen_q) buffer for lse, likewise (it
+            must not overlap out either). Written; returned when ``return_lse``.
 
     Returns:
-        out: (batch, seqlen_q, num_heads, head_size), q's dtype. A NumPy array for NumPy
-            inputs; a Numba device array (no host copy) for CUDA-array inputs.
-        lse (if return_lse): (batch, num_heads, seqlen_q), float32. A row that sees no key
-            has output 0 and lse ``-inf``.
+        out: (batch, seqlen_q, num_heads, head_size), q's dtype, in the caller's array type:
+            a torch tensor (from torch's caching allocator) for torch inputs, a CuPy array for
+            CuPy, a Numba device array for Numba and other CUDA arrays, NumPy for NumPy.
+        lse (if return_lse): (batch, num_heads, seqlen_q), float32, same array type. A row
+            that sees no key has output 0 and lse ``-inf``.
 
     All accumulation is in float32. Bad arguments raise ``ValueError``/``TypeError`` naming
-    the argument before anything is launched.
+    the argument before anything is launched. With CUDA inputs the call is asynchronous: no
+    host<->device copy, no synchronisation; it can be captured in a CUDA graph after one
+    call with the same shapes outside the capture (that call compiles or loads the kernel and
+    uploads the cached ``cu_seqlens`` table).
     """
-    kind, dtype = _check_tensors(q, k, v, 4)
-    batch, sq, num_heads, head_size = (int(s) for s in q.shape)
-    bk, sk, num_kv_heads, _ = (int(s) for s in k.shape)
+    kind = kinds_of(q, k, v)
+    iq, ik, iv = (arrays.info(x, kind) for x in (q, k, v))
+    dtype = check_tensors(iq, ik, iv, 4, kind)
+    batch, sq, num_heads, head_size = (int(s) for s in iq.shape)
+    bk, sk, num_kv_heads, _ = (int(s) for s in ik.shape)
     if bk != batch:
         raise ValueError(f"k batch {bk} does not match q batch {batch}")
-    scale = _check_scale(softmax_scale, head_size)
-    left, right = normalize_window(window_size, causal)
-    _check_kernel(kernel)
-    problem = Problem(
-        batch=batch, total_q=batch * sq, total_k=batch * sk, max_seqlen_q=sq, max_seqlen_k=sk,
-        num_heads=num_heads, num_kv_heads=num_kv_heads, head_size=head_size, dtype=dtype,
-        softmax_scale=scale, window_left=left, window_right=right, causal=bool(causal),
-        lse_batched=True, on_simulator=on_simulator())
-    cu_q, cu_k = (batch, sq), (batch, sk)  # uniform lengths: cached on the device
-    mod = _resolve_kernel(kernel, problem)  # refuse before any copy
-    if kind == "host":
-        q3 = np.ascontiguousarray(q).reshape(batch * sq, num_heads, head_size)
-        k3 = np.ascontiguousarray(k).reshape(batch * sk, num_kv_heads, head_size)
-        v3 = np.ascontiguousarray(v).reshape(batch * sk, num_kv_heads, head_size)
-    else:
-        q3, k3, v3 = (_to_device_contig(x, n, kind, None) for x, n in ((q, "q"), (k, "k"), (v, "v")))
-        q3 = q3.reshape(batch * sq, num_heads, head_size)
-        k3 = k3.reshape(batch * sk, num_kv_heads, head_size)
-        v3 = v3.reshape(batch * sk, num_kv_heads, head_size)
-    out, lse, stream = _run(problem, mod, q3, k3, v3, cu_q, cu_k, kind, stream)
-    return _finish(out, lse, kind, stream, return_lse, (batch, sq, num_heads, head_size),
-                   lambda x: x)
+    scale = check_scale(softmax_scale, head_size)
+    left, right = check_window(window_size, causal)
+    check_kernel(kernel)
+    out_shape, lse_shape = (batch, sq, num_heads, head_size), (batch, num_heads, sq)
+    others = (("q", iq, q), ("k", ik, k), ("v", iv, v))
+    io = check_out(out, "out", kind, out_shape, dtype, others)
+    il = check_out(lse_out, "lse_out", kind, lse_shape, F32, others + (("out", io, out),))
+    sim = on_simulator()
+    q3, k3 = (batch * sq, num_heads, head_size), (batch * sk, num_kv_heads, head_size)
+    kdt = kernel_dtype(dtype)
+    specs = ((kdt, q3), (kdt, k3), (kdt, k3), (kdt, q3), (F32, lse_shape),
+             (np.dtype(np.int32), (batch + 1,)), (np.dtype(np.int32), (batch + 1,)))
+    spec = _spec(
+        (False, kernel, dtype, iq.device, batch, sq, sk, num_heads, num_kv_heads, head_size,
+         scale, left, right, bool(causal), sim), kernel,
+        lambda: Problem(
+            batch=batch, total_q=batch * sq, total_k=batch * sk, max_seqlen_q=sq,
+            max_seqlen_k=sk, num_heads=num_heads, num_kv_heads=num_kv_heads,
+            head_size=head_size, dtype=dtype, softmax_scale=scale, window_left=left,
+            window_right=right, causal=bool(causal), lse_batched=True, on_simulator=sim),
+        specs, iq.device, uniform=(sq, sk))
+    return _call(spec, kind, ((q, iq), (k, ik), (v, iv)), ((out, io), (lse_out, il)),
+                 spec.cu, (q3, k3, k3, lse_shape, out_shape, lse_shape), stream, return_lse)
 
 
 def mha_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, *, max_seqlen_q=None,
                    max_seqlen_k=None, softmax_scale=None, causal=False, window_size=(-1, -1),
-                   kernel="auto", return_lse=False, stream=None):
+                   kernel="auto", return_lse=False, stream=None, out=None, lse_out=None):
     """Variable-length attention forward, FlashAttention's ``flash_attn_varlen_func`` semantics.
 
     Arguments:
@@ -338,51 +310,76 @@ def mha_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, *, max_seqlen_q=None,
         v: (total_k, num_kv_heads, head_size).
         cu_seqlens_q: int32 (num_seqs + 1,): ``cu_seqlens_q[b]`` is where sequence b's rows
             start; ``cu_seqlens_q[-1] == total_q``. Non-decreasing: zero-length sequences are
-            allowed.
+            allowed. A NumPy array or a C-contiguous CUDA array (CUDA only with CUDA q, k, v).
         cu_seqlens_k: int32 (num_seqs + 1,), likewise for k and v.
-        max_seqlen_q, max_seqlen_k: optional; computed from cu_seqlens when omitted, and
-            checked against them when given.
+        max_seqlen_q, max_seqlen_k: the longest sequence. With NumPy cu_seqlens they are
+            computed from them when omitted and checked against them when given. With CUDA
+            cu_seqlens, give both to keep the call asynchronous: their shape and dtype are
+            checked, their contents are trusted (as FlashAttention does) and must be valid.
+            When either is omitted, the cu_seqlens are copied to the host (a synchronising
+            copy) and checked in full.
         softmax_scale, causal, window_size, kernel, return_lse, stream: as in :func:`mha_fwd`.
             The window is applied per sequence with that sequence's own (seqlen_q, seqlen_k).
+        out: optional (total_q, num_heads, head_size) buffer, as in :func:`mha_fwd`.
+        lse_out: optional float32 (num_heads, total_q) buffer, as in :func:`mha_fwd`.
+
+    NumPy cu_seqlens with CUDA q, k, v are uploaded once per distinct content and cached.
 
     Returns:
-        out: (total_q, num_heads, head_size), q's dtype.
+        out: (total_q, num_heads, head_size), q's dtype, in q's array type.
         lse (if return_lse): (num_heads, total_q), float32.
     """
-    kind, dtype = _check_tensors(q, k, v, 3)
-    total_q, num_heads, head_size = (int(s) for s in q.shape)
-    total_k, num_kv_heads, _ = (int(s) for s in k.shape)
-    cu_q = _host_cu_seqlens(cu_seqlens_q, "cu_seqlens_q", kind)
-    cu_k = _host_cu_seqlens(cu_seqlens_k, "cu_seqlens_k", kind)
-    if cu_q.shape != cu_k.shape:
-        raise ValueError(f"cu_seqlens_q has {cu_q.shape[0] - 1} sequences but cu_seqlens_k "
-                         f"has {cu_k.shape[0] - 1}")
-    if int(cu_q[-1]) != total_q:
-        raise ValueError(f"cu_seqlens_q[-1] = {cu_q[-1]} does not match q's total_q = {total_q}")
-    if int(cu_k[-1]) != total_k:
-        raise ValueError(f"cu_seqlens_k[-1] = {cu_k[-1]} does not match k's total_k = {total_k}")
-    seq_q, seq_k = np.diff(cu_q), np.diff(cu_k)
-    mq, mk = int(seq_q.max(initial=0)), int(seq_k.max(initial=0))
-    for name, given, actual in (("max_seqlen_q", max_seqlen_q, mq), ("max_seqlen_k", max_seqlen_k, mk)):
-        if given is not None:
-            if isinstance(given, (bool, np.bool_)) or not isinstance(given, (int, np.integer)):
-                raise TypeError(f"{name} must be an int, got {given!r}")
-            if given < actual:
-                raise ValueError(f"{name} = {given} is smaller than the longest sequence ({actual})")
-    scale = _check_scale(softmax_scale, head_size)
-    left, right = normalize_window(window_size, causal)
-    _check_kernel(kernel)
-    problem = Problem(
-        batch=len(cu_q) - 1, total_q=total_q, total_k=total_k, max_seqlen_q=mq, max_seqlen_k=mk,
-        num_heads=num_heads, num_kv_heads=num_kv_heads, head_size=head_size, dtype=dtype,
-        softmax_scale=scale, window_left=left, window_right=right, causal=bool(causal),
-        lse_batched=False, on_simulator=on_simulator())
-    mod = _resolve_kernel(kernel, problem)
-    # validated on the host; launch with the caller's own device arrays when they are usable
-    if _is_device_array(cu_seqlens_q) and _as_device(cu_seqlens_q).is_c_contiguous():
-        cu_q = cu_seqlens_q
-    if _is_device_array(cu_seqlens_k) and _as_device(cu_seqlens_k).is_c_contiguous():
-        cu_k = cu_seqlens_k
-    out, lse, stream = _run(problem, mod, q, k, v, cu_q, cu_k, kind, stream)
-    return _finish(out, lse, kind, stream, return_lse, (total_q, num_heads, head_size),
-                   lambda x: x.reshape(num_heads, total_q))
+    kind = kinds_of(q, k, v)
+    iq, ik, iv = (arrays.info(x, kind) for x in (q, k, v))
+    dtype = check_tensors(iq, ik, iv, 3, kind)
+    total_q, num_heads, head_size = (int(s) for s in iq.shape)
+    total_k, num_kv_heads, _ = (int(s) for s in ik.shape)
+    cq = cu_seqlens_arg(cu_seqlens_q, "cu_seqlens_q", kind)
+    ck = cu_seqlens_arg(cu_seqlens_k, "cu_seqlens_k", kind)
+    mq, mk = max_seqlens(cq, ck, total_q, total_k, max_seqlen_q, max_seqlen_k)
+    scale = check_scale(softmax_scale, head_size)
+    left, right = check_window(window_size, causal)
+    check_kernel(kernel)
+    out_shape, lse_shape = (total_q, num_heads, head_size), (num_heads, total_q)
+    others = (("q", iq, q), ("k", ik, k), ("v", iv, v))
+    io = check_out(out, "out", kind, out_shape, dtype, others)
+    il = check_out(lse_out, "lse_out", kind, lse_shape, F32, others + (("out", io, out),))
+    nseq = int(cq[1].shape[0]) - 1
+    sim = on_simulator()
+    kdt = kernel_dtype(dtype)
+    lse3 = (1, num_heads, total_q)
+    cu_t = (np.dtype(np.int32), (nseq + 1,))
+    specs = ((kdt, out_shape), (kdt, ik.shape), (kdt, ik.shape), (kdt, out_shape), (F32, lse3),
+             cu_t, cu_t)
+    spec = _spec(
+        (True, kernel, dtype, iq.device, nseq, total_q, total_k, mq, mk, num_heads,
+         num_kv_heads, head_size, scale, left, right, bool(causal), sim), kernel,
+        lambda: Problem(
+            batch=nseq, total_q=total_q, total_k=total_k, max_seqlen_q=mq, max_seqlen_k=mk,
+            num_heads=num_heads, num_kv_heads=num_kv_heads, head_size=head_size, dtype=dtype,
+            softmax_scale=scale, window_left=left, window_right=right, causal=bool(causal),
+            lse_batched=False, on_simulator=sim),
+        specs, iq.device)
+    cus = tuple(_cu_device(c, kind, iq.device) for c in (cq, ck))
+    return _call(spec, kind, ((q, iq), (k, ik), (v, iv)), ((out, io), (lse_out, il)), cus,
+                 (out_shape, ik.shape, ik.shape, lse3, out_shape, lse_shape), stream, return_lse)
+
+
+_HOST_CU = {}
+
+
+def _cu_device(c, kind, device):
+    """(array, Info) of a validated cu_seqlens argument, on the device for CUDA callers."""
+    arr, inf, _ = c
+    if kind == "numpy" or inf.ptr is not None or not isinstance(arr, np.ndarray):
+        return arr, inf
+    key = (arr.tobytes(), device)
+    hit = _HOST_CU.get(key)
+    if hit is None:
+        from numba import cuda
+        with _device_ctx(device):
+            d = cuda.to_device(np.ascontiguousarray(arr))
+        if len(_HOST_CU) > 256:
+            _HOST_CU.clear()
+        hit = _HOST_CU[key] = (d, arrays.info(d, "numba"))
+    return hit

@@ -29,6 +29,7 @@ import time
 import numpy as np
 
 from . import kernels as _kernels
+from .launcher import load_cached  # noqa: F401 - part of this module's API
 from .problem import KERNEL_NAMES
 
 
@@ -252,46 +253,8 @@ def _signatures(kernel_names, dtypes, head_sizes):
 
 
 # --------------------------------------------------------------------------- fast cache load
-
-def load_cached(disp, sig, compile_on_miss=True):
-    """Load ``disp``'s disk-cached kernel for ``sig`` *without* Numba's target-context refresh.
-
-    Measured on the H100 host (results/h100/pathology.json, cProfile of the first call): with a
-    warm disk cache almost all of the first call is ``BaseContext.refresh()``, which Numba's
-    ``Cache.load_overload`` runs before reading the cache: it installs every typing/lowering
-    registry and imports ``numba.cuda.np.arraymath``, whose BLAS check imports SciPy. A cached
-    kernel (a cubin) needs none of that to launch. This reads the cache entry directly and
-    registers the overload exactly as ``CUDADispatcher.compile`` does after a cache hit.
-
-    Relies on numba-cuda 0.30 internals (``_cache``, ``_index_key``, ``_cache_file``); returns
-    ``(kernel, how)`` with how in {"in-memory", "fast-cache", "compile"}: on any mismatch
-    (no CUDACache, launch-config-sensitive kernel, cache miss, internals changed) it falls
-    back to the public ``disp.compile(sig)``.
-    """
-    from numba.cuda.core import sigutils
-    argtypes, _ = sigutils.normalize_signature(tuple(sig))
-    kern = disp.overloads.get(argtypes)
-    if kern is not None:
-        return kern, "in-memory"
-    try:
-        from numba.cuda.dispatcher import CUDACache
-        cache = disp._cache
-        if (isinstance(cache, CUDACache) and cache._enabled
-                and not cache.is_launch_config_sensitive()
-                and not getattr(disp, "_launch_config_sensitive", False)):
-            data = cache._cache_file.load(cache._index_key(argtypes, disp.targetctx.codegen()))
-            if data is not None:
-                kern = cache._impl.rebuild(disp.targetctx, data)
-                if not getattr(kern, "launch_config_sensitive", False):
-                    disp._cache_hits[argtypes] += 1
-                    disp.add_overload(kern, argtypes)
-                    return kern, "fast-cache"
-    except Exception:  # noqa: BLE001 - internals changed: use the public path
-        pass
-    if not compile_on_miss:
-        return None, "miss"
-    return disp.compile(argtypes), "compile"
-
+# load_cached (attn_numba.launcher): a disk-cached kernel without Numba's context refresh.
+# This module imports the interface only inside warmup(); the interface never imports it.
 
 def fast_load(kernel_names=("naive",), dtypes=(np.float16,), head_sizes=(128,), bind=True,
               compile_on_miss=True):

@@ -9,6 +9,7 @@ import math
 import numpy as np
 from numba import cuda, float32, int32, types
 
+from . import Plan, launch_plans
 from .common import NEG_INF, array_type, key_range, seq_span
 
 NAME = "naive"
@@ -82,13 +83,20 @@ def ptx_signatures(head_size, dtype):
 def supports(problem):
     if problem.head_size > MAX_HEAD_SIZE:
         return f"head_size {problem.head_size} > {MAX_HEAD_SIZE}"
+    if np.dtype(problem.dtype) not in (np.dtype(np.float16), np.dtype(np.float32)):
+        return f"dtype {problem.dtype} is not float16/float32"
     return None
 
 
-def launch(problem, q, k, v, out, lse, cu_q, cu_k, stream):
+def plan(problem):
+    """One launch: a thread per (query row, head), blocks of ``BLOCK`` rows."""
     block = BLOCK_SIM if problem.on_simulator else BLOCK
     grid = ((max(problem.max_seqlen_q, 1) + block - 1) // block, problem.num_heads, problem.batch)
-    naive_kernel[grid, block, stream](
-        q, k, v, out, lse, cu_q, cu_k, np.float32(problem.softmax_scale),
-        np.int64(problem.window_left), np.int64(problem.window_right),
-        bool(problem.lse_batched))
+    return (Plan(naive_kernel, grid, block, (None, None, None, None),
+                 (np.float32(problem.softmax_scale), np.int64(problem.window_left),
+                  np.int64(problem.window_right), bool(problem.lse_batched))),)
+
+
+def launch(problem, q, k, v, out, lse, cu_q, cu_k, stream):
+    """:func:`plan`'s launches through Numba's dispatcher (see :mod:`attn_numba.kernels`)."""
+    launch_plans(plan(problem), q, k, v, out, lse, cu_q, cu_k, stream)

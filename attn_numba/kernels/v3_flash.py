@@ -46,6 +46,7 @@ import numpy as np
 from numba import config as numba_config
 from numba import cuda, float32, types
 
+from . import FLAT, Plan, launch_plans
 from .common import NEG_INF, array_type, key_range, seq_span
 
 NAME = "flash"
@@ -466,9 +467,9 @@ def supports(problem):
     return None
 
 
-def launch(problem, q, k, v, out, lse, cu_q, cu_k, stream, tiles=None, min_blocks=None):
-    """Enqueue the flash kernel on ``stream``. ``tiles`` and ``min_blocks`` override the
-    defaults (used by the tile sweep in scripts/gpu_v2_v3.py)."""
+def plan(problem, tiles=None, min_blocks=None):
+    """One launch over flat (1-D) views of q, k, v and out. ``tiles`` and ``min_blocks``
+    override the defaults (used by the tile sweep in scripts/gpu_v2_v3.py)."""
     sim = bool(problem.on_simulator)
     D = padded_head_size(problem.head_size, sim)
     if tiles is None:
@@ -480,12 +481,16 @@ def launch(problem, q, k, v, out, lse, cu_q, cu_k, stream, tiles=None, min_block
     BM, NT = tiles[0], tiles[2]
     bq = BM // gh
     grid = ((max(problem.max_seqlen_q, 1) + bq - 1) // bq, problem.num_heads // gh, problem.batch)
-    kernel[grid, NT, stream](
-        q.reshape(q.size), k.reshape(k.size), v.reshape(v.size), out.reshape(out.size), lse,
-        cu_q, cu_k, np.int64(problem.num_heads), np.int64(problem.num_kv_heads),
-        np.int64(problem.head_size), np.float32(problem.softmax_scale * math.log2(math.e)),
-        np.int64(problem.window_left), np.int64(problem.window_right),
-        bool(problem.lse_batched))
+    return (Plan(kernel, grid, NT, (FLAT, FLAT, FLAT, FLAT),
+                 (np.int64(problem.num_heads), np.int64(problem.num_kv_heads),
+                  np.int64(problem.head_size), np.float32(problem.softmax_scale * math.log2(math.e)),
+                  np.int64(problem.window_left), np.int64(problem.window_right),
+                  bool(problem.lse_batched))),)
+
+
+def launch(problem, q, k, v, out, lse, cu_q, cu_k, stream, tiles=None, min_blocks=None):
+    """:func:`plan`'s launch through Numba's dispatcher, on ``stream``."""
+    launch_plans(plan(problem, tiles, min_blocks), q, k, v, out, lse, cu_q, cu_k, stream)
 
 
 def _signature(dtype):

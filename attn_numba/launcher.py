@@ -1,0 +1,221 @@
+"""Launch a kernel :class:`~attn_numba.kernels.Plan` without Numba's per-call dispatch.
+
+What ``kernel[grid, block, stream](*args)`` does per call in numba-cuda 0.30.4
+(``numba/cuda/dispatcher.py``): ``configure`` (lru_cached), ``_LaunchConfiguration.__call__``
+-> ``CUDADispatcher.call`` -> type every argument (``typeof``, for a CUDA-array-interface
+object a new device-array wrapper) and look the overload up in C -> ``_Kernel.launch``, which
+for every argument runs ``_prepare_args`` (``wrap_arg(val).to_device``, then meminfo, parent,
+size, itemsize, pointer, shape and strides as separate kernel parameters; ctypes objects for
+scalars), builds a ``cuda.core`` ``LaunchConfig`` and calls ``cuda.core.launch``, which packs
+the parameters again. numba-cuda's tracker puts that at about 6.6 us plus about 4 us per array
+argument (PR #288); our calls pass seven arrays.
+
+:class:`Bound` does that work once per call specialisation (fixed shapes and scalars): it
+looks up the compiled overload for the exact argument types (:func:`load_cached`), lays out
+every kernel parameter in one ``uint64`` slot of a ctypes buffer, exactly in the order of
+``_prepare_args`` (each parameter is at most 8 bytes and the driver copies each parameter's
+own size from the start of its slot), and keeps an array of pointers to the slots. A call then
+writes the seven data pointers and calls the driver's ``cuLaunchKernel`` through
+``cuda.bindings``, with the parameter-pointer array as ``kernelParams``. The parameter count
+and sizes are checked against ``cuFuncGetParamInfo`` (``cuda.core`` ``Kernel.arguments_info``)
+where the driver has it.
+
+``MODE`` selects the path: ``"driver"`` (default) or ``"dispatcher"`` (Numba's normal launch,
+always used on the simulator and for kernel modules without ``plan()``); the environment
+variable ``ATTN_NUMBA_LAUNCH`` sets it at import.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+import threading
+
+import numpy as np
+
+from .arrays import c_strides
+
+#: "driver": cuLaunchKernel with pre-packed parameters; "dispatcher": Numba's launch
+MODE = os.environ.get("ATTN_NUMBA_LAUNCH", "driver")
+
+#: the seven array arguments every plan launch starts with
+ARRAY_ARGS = ("q", "k", "v", "out", "lse", "cu_seqlens_q", "cu_seqlens_k")
+
+
+def load_cached(disp, sig, compile_on_miss=True):
+    """Load ``disp``'s disk-cached kernel for ``sig`` *without* Numba's target-context refresh.
+
+    Measured on the H100 host (results/h100/pathology.json, cProfile of the first call): with a
+    warm disk cache almost all of the first call is ``BaseContext.refresh()``, which Numba's
+    ``Cache.load_overload`` runs before reading the cache: it installs every typing/lowering
+    registry and imports ``numba.cuda.np.arraymath``, whose BLAS check imports SciPy. A cached
+    kernel (a cubin) needs none of that to launch. This reads the cache entry directly and
+    registers the overload exactly as ``CUDADispatcher.compile`` does after a cache hit.
+
+    Relies on numba-cuda 0.30 internals (``_cache``, ``_index_key``, ``_cache_file``); returns
+    ``(kernel, how)`` with how in {"in-memory", "fast-cache", "compile"}: on any mismatch
+    (no CUDACache, launch-config-sensitive kernel, cache miss, internals changed) it falls
+    back to the public ``disp.compile(sig)`` (or returns ``(None, "miss")`` when
+    ``compile_on_miss`` is false).
+    """
+    from numba.cuda.core import sigutils
+    argtypes, _ = sigutils.normalize_signature(tuple(sig))
+    kern = disp.overloads.get(argtypes)
+    if kern is not None:
+        return kern, "in-memory"
+    try:
+        from numba.cuda.dispatcher import CUDACache
+        cache = disp._cache
+        if (isinstance(cache, CUDACache) and cache._enabled
+                and not cache.is_launch_config_sensitive()
+                and not getattr(disp, "_launch_config_sensitive", False)):
+            data = cache._cache_file.load(cache._index_key(argtypes, disp.targetctx.codegen()))
+            if data is not None:
+                kern = cache._impl.rebuild(disp.targetctx, data)
+                if not getattr(kern, "launch_config_sensitive", False):
+                    disp._cache_hits[argtypes] += 1
+                    disp.add_overload(kern, argtypes)
+                    return kern, "fast-cache"
+    except Exception:  # noqa: BLE001 - internals changed: use the public path
+        pass
+    if not compile_on_miss:
+        return None, "miss"
+    return disp.compile(argtypes), "compile"
+
+
+def viewed(spec, how):
+    """(dtype, shape) of an array ``spec = (dtype, shape)`` after a Plan view ``how``."""
+    dtype, shape = np.dtype(spec[0]), tuple(int(s) for s in spec[1])
+    if how is None:
+        return dtype, shape
+    if isinstance(how, str):  # "flat"
+        return dtype, (int(np.prod(shape, dtype=np.int64)),)
+    new = np.dtype(how)
+    last = shape[-1] * dtype.itemsize
+    if last % new.itemsize:
+        raise ValueError(f"cannot view a last axis of {last} bytes as {new}")
+    return new, shape[:-1] + (last // new.itemsize,)
+
+
+def plan_specs(plan, specs):
+    """The (dtype, shape) of the seven array arguments of ``plan``'s launch, given those of
+    q, k, v, out, lse, cu_q, cu_k as the kernels receive them (bf16 as uint16)."""
+    return tuple(viewed(s, plan.views[i]) if i < 4 else viewed(s, None)
+                 for i, s in enumerate(specs))
+
+
+def argtypes(plan, specs):
+    """Numba argument types of ``plan``'s launch (C-contiguous, writable arrays)."""
+    from numba import from_dtype, types, typeof
+    arrays = tuple(types.Array(from_dtype(dt), len(shape), "C")
+                   for dt, shape in plan_specs(plan, specs))
+    return arrays + tuple(typeof(s) for s in plan.scalars)
+
+
+def _scalar_bits(ty, val):
+    """The little-endian bits of a scalar kernel parameter, in a uint64 slot."""
+    from numba import types
+    if ty == types.float32:
+        return struct.unpack("<I", struct.pack("<f", float(val)))[0]
+    if ty == types.float64:
+        return struct.unpack("<Q", struct.pack("<d", float(val)))[0]
+    if ty == types.float16:
+        return int(np.float16(val).view(np.uint16))
+    if isinstance(ty, (types.Integer, types.Boolean)):
+        return int(val) & 0xFFFFFFFFFFFFFFFF
+    raise NotImplementedError(f"scalar parameter of type {ty}")
+
+
+def _dim3(d):
+    d = (d,) if isinstance(d, int) else tuple(d)
+    return tuple(int(x) for x in d) + (1,) * (3 - len(d))
+
+
+class Bound:
+    """One plan with its shapes and scalars fixed: ``bound(stream_handle, ptrs)`` launches it
+    with the seven data pointers ``ptrs`` (q, k, v, out, lse, cu_q, cu_k) on a raw stream.
+
+    Raises ``NotImplementedError`` from the constructor when the kernel cannot be launched
+    this way (debug or cooperative kernel, parameter layout not as expected); the interface
+    then uses Numba's dispatcher.
+    """
+
+    def __init__(self, plan, specs):
+        from cuda.bindings import driver as cudrv
+        from numba import cuda
+        self.plan = plan
+        sig = argtypes(plan, specs)
+        kern, _ = load_cached(plan.kernel, sig)
+        if getattr(kern, "debug", False) or getattr(kern, "cooperative", False):
+            raise NotImplementedError("debug/cooperative kernels use the dispatcher")
+        kern.bind()
+        cufunc = kern._codelibrary.get_cufunc()
+        values, slots = [], []
+        for dt, shape in plan_specs(plan, specs):
+            size = int(np.prod(shape, dtype=np.int64))
+            slots.append(len(values) + 4)  # meminfo, parent, nitems, itemsize, *data*
+            values += [0, 0, size, dt.itemsize, 0, *shape, *c_strides(shape, dt.itemsize)]
+        for ty, val in zip(sig[len(specs):], plan.scalars):
+            values.append(_scalar_bits(ty, val))
+        try:
+            info = cufunc.kernel.arguments_info
+        except Exception:  # noqa: BLE001 - older drivers: trust Numba's layout
+            info = None
+        if info is not None:
+            sizes = [int(getattr(a, "size", None) or a[1]) for a in info]
+            if len(sizes) != len(values) or max(sizes, default=0) > 8:
+                raise NotImplementedError(f"kernel has {len(sizes)} parameters, expected "
+                                          f"{len(values)} of at most 8 bytes")
+        n = len(values)
+        self._buf = (ctypes.c_uint64 * n)(*values)
+        base = ctypes.addressof(self._buf)
+        self._ptrs = (ctypes.c_void_p * n)(*[base + 8 * j for j in range(n)])
+        self._params = ctypes.addressof(self._ptrs)
+        self._slots = tuple(slots)
+        self._func = cudrv.CUfunction(int(cufunc.handle))
+        self._grid, self._block = _dim3(plan.griddim), _dim3(plan.blockdim)
+        self._shared = int(plan.shared)
+        self._launch = cudrv.cuLaunchKernel
+        self._ctx_error = cudrv.CUresult.CUDA_ERROR_INVALID_CONTEXT
+        self._lock = threading.Lock()
+        self._cuda = cuda
+
+    def __call__(self, stream, ptrs):
+        g, b = self._grid, self._block
+        with self._lock:  # the parameter buffer is shared; the driver copies it at launch
+            buf = self._buf
+            for slot, p in zip(self._slots, ptrs):
+                buf[slot] = p
+            err, = self._launch(self._func, g[0], g[1], g[2], b[0], b[1], b[2], self._shared,
+                                stream, self._params, 0)
+            if err == self._ctx_error:  # a thread without a current context: make it, retry
+                self._cuda.current_context()
+                err, = self._launch(self._func, g[0], g[1], g[2], b[0], b[1], b[2],
+                                    self._shared, stream, self._params, 0)
+        if err:
+            raise RuntimeError(f"cuLaunchKernel failed: {err!r}")
+
+
+def bind_plans(plans, specs):
+    """:class:`Bound` launchers for ``plans`` (all of them), or None when ``MODE`` is not
+    ``"driver"``, on the simulator, or when any plan cannot be bound."""
+    from numba import config
+    if MODE != "driver" or config.ENABLE_CUDASIM:
+        return None
+    try:
+        return tuple(Bound(p, specs) for p in plans)
+    except (NotImplementedError, ImportError, AttributeError):
+        return None
+
+
+def preload_module(mod, head_size, dtype):
+    """For a kernel module without ``plan()``: load its ``KERNEL_FUNCS`` for ``head_size`` and
+    ``dtype`` from the disk cache without Numba's slow path (a miss is left to the dispatcher)."""
+    try:
+        sigs = mod.ptx_signatures(head_size, np.dtype(dtype))
+        for fname, sig in sigs.items():
+            disp = mod.KERNEL_FUNCS.get(fname)
+            if disp is not None:
+                load_cached(disp, sig, compile_on_miss=False)
+    except Exception:  # noqa: BLE001 - an optimisation only: never fail a call over it
+        pass
