@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import interface
+from ..problem import normalize_window
 from ..reference import mha_fwd_ref
 from ..testing import compare, random_qkv, tolerance
 from .grid import DTYPE, PEERS
@@ -46,7 +47,7 @@ def reference_rows(q, k, v, r0, r1, window_size, causal, softmax_scale=None, p_d
     Returns ``(out, lse)`` as :func:`mha_fwd_ref` does, for those rows.
     """
     sq, sk = q.shape[1], k.shape[1]
-    left, right = interface.normalize_window(tuple(window_size), bool(causal))
+    left, right = normalize_window(tuple(window_size), bool(causal))
     if right < 0:
         e = sk
     else:
