@@ -20,6 +20,7 @@ d. registers / spills (ptxas -v on the kernel's PTX) and ``cuobjdump -sass`` HGM
 Success: the last table says ``micro ok``, ``sweep N/N pass`` and shows HGMMA > 0.
 """
 import argparse
+import functools
 import json
 import math
 import os
@@ -74,13 +75,17 @@ _arc = cuda.jit(device=True, inline=True)(wl.a_rc)
 _crc = cuda.jit(device=True, inline=True)(wl.acc_rc)
 
 
-def make_micro(n, kd, kind, rs):
-    """Kernel ``f(a, b, out, b_hi)``: out (64 x n) = A (64 x kd) times B, one warpgroup.
-    SS: b is (n, kd) (B K-major: out = A @ b.T). RS: b is (kd, n) (MN-major: out = A @ b)."""
+@functools.lru_cache(maxsize=None)
+def make_micro(n, kd, kind, a_regs, b_mn):
+    """Kernel ``f(a, a32, b, out, b_hi)``: out (64 x n) = A (64 x kd) times B, one
+    warpgroup. A from shared memory (K-major) or, with ``a_regs``, from registers. B
+    K-major: b is (n, kd), out = A @ b.T; ``b_mn`` (MN-major, the transpose bit): b is
+    (kd, n), out = A @ b. ``b_hi``: B's descriptor fields other than the address."""
     nd = n // 2
-    b_rows = kd if rs else n
+    b_rows = kd if b_mn else n
+    b_cols = n if b_mn else kd
     a_hi = np.uint64(wl.desc_encode(0, 16, 1024))
-    wg = px.wgmma_rs(n, kind, True) if rs else px.wgmma_ss(n, kind, False)
+    wg = px.wgmma_rs(n, kind, b_mn) if a_regs else px.wgmma_ss(n, kind, b_mn)
     fence = px.fence_acc(nd)
     wait0 = px.wgmma_wait(0)
     a_elems = 64 * kd
@@ -100,14 +105,9 @@ def make_micro(n, kd, kind, rs):
             c = i - r * kd
             sh[pad + (_so(r, c, 64) >> 1)] = a[r, c]
         for i in range(tid, b_elems, 128):
-            if rs:   # b (kd, n): rows = k, columns = n (contiguous)
-                r = i // n
-                c = i - r * n
-                sh[pad + ((a_elems * 2 + _so(r, c, b_rows)) >> 1)] = b[r, c]
-            else:    # b (n, kd): rows = n, columns = k (contiguous)
-                r = i // kd
-                c = i - r * kd
-                sh[pad + ((a_elems * 2 + _so(r, c, b_rows)) >> 1)] = b[r, c]
+            r = i // b_cols
+            c = i - r * b_cols
+            sh[pad + ((a_elems * 2 + _so(r, c, b_rows)) >> 1)] = b[r, c]
         px.fence_proxy_async()
         cuda.syncthreads()
         acc = cuda.local.array(nd, float32)
@@ -116,17 +116,16 @@ def make_micro(n, kd, kind, rs):
         sb = base + uint32(a_elems * 2)
         px.wgmma_fence()
         for kk in range(kd // 16):
-            if rs:
+            db = _desc(sb + uint32(_ms(kk) if b_mn else _ks(kk, n)), b_hi)
+            if a_regs:
                 r0, c0 = _arc(warp, lane, 0)
                 r1, c1 = _arc(warp, lane, 1)
                 r2, c2 = _arc(warp, lane, 2)
                 r3, c3 = _arc(warp, lane, 3)
                 wg(acc, a32[r0, (16 * kk + c0) >> 1], a32[r1, (16 * kk + c1) >> 1],
-                   a32[r2, (16 * kk + c2) >> 1], a32[r3, (16 * kk + c3) >> 1],
-                   _desc(sb + uint32(_ms(kk)), b_hi), 1)
+                   a32[r2, (16 * kk + c2) >> 1], a32[r3, (16 * kk + c3) >> 1], db, 1)
             else:
-                wg(acc, _desc(base + uint32(_ks(kk, 64)), a_hi),
-                   _desc(sb + uint32(_ks(kk, n)), b_hi), 1)
+                wg(acc, _desc(base + uint32(_ks(kk, 64)), a_hi), db, 1)
         px.wgmma_commit()
         wait0()
         fence(acc)
@@ -137,23 +136,31 @@ def make_micro(n, kd, kind, rs):
     return micro, (a_elems + b_elems) * 2 + 1024
 
 
+#: (op, n, k, kinds): SS = A and B in shared memory, RSK = A in registers and B K-major,
+#: RS = A in registers and B MN-major (the P.V shape). n = 128 / k = 128 span two 64-column
+#: blocks, which is where LBO (MN-major) and the k-step jump (K-major) are exercised.
+MICRO = (("SS", 64, 64, ("f16", "bf16")), ("SS", 128, 128, ("f16",)),
+         ("RSK", 64, 64, ("f16",)), ("RS", 64, 64, ("f16",)),
+         ("RS", 128, 64, ("f16", "bf16")), ("RS", 256, 32, ("f16",)))
+
+
 def microtest(rng):
     rows = []
-    for rs, n, kd in ((False, 64, 64), (False, 128, 128), (False, 256, 64),
-                      (True, 64, 64), (True, 128, 64), (True, 256, 32)):
-        for kind in ("f16", "bf16"):
+    for op, n, kd, kinds in MICRO:
+        a_regs, b_mn = op != "SS", op == "RS"
+        for kind in kinds:
             dt = np.dtype(np.float16) if kind == "f16" else bf16()
             a = rng.standard_normal((64, kd)).astype(dt)
-            b = rng.standard_normal((kd, n) if rs else (n, kd)).astype(dt)
-            want = a.astype(np.float64) @ (b.astype(np.float64) if rs else b.astype(np.float64).T)
-            b_rows = kd if rs else n
-            variants = ({"cutlass": (b_rows * 128, 1024), "swapped": (1024, b_rows * 128)}
-                        if rs else {"kmajor": (16, 1024)})
+            b = rng.standard_normal((kd, n) if b_mn else (n, kd)).astype(dt)
+            b64 = b.astype(np.float64)
+            want = a.astype(np.float64) @ (b64 if b_mn else b64.T)
+            variants = ({"cutlass": (kd * 128, 1024), "swapped": (1024, kd * 128)}
+                        if b_mn else {"kmajor": (16, 1024)})
             for name, (lbo, sbo) in variants.items():
-                row = dict(op="RS" if rs else "SS", n=n, k=kd, kind=kind, desc=name)
+                row = dict(op=op, n=n, k=kd, kind=kind, desc=name)
                 try:
-                    fn, shared = make_micro(n, kd, kind, rs)
-                    out = cuda.device_array((64, n), np.float32)
+                    fn, shared = make_micro(n, kd, kind, a_regs, b_mn)
+                    out = cuda.to_device(np.full((64, n), np.nan, np.float32))
                     args = (cuda.to_device(a.view(np.uint16)),
                             cuda.to_device(np.ascontiguousarray(a).view(np.uint16).view(np.uint32)),
                             cuda.to_device(b.view(np.uint16)), out,
@@ -171,7 +178,7 @@ def microtest(rng):
     save()
     rs_ok = {name: all(r["ok"] for r in rows if r["op"] == "RS" and r["desc"] == name)
              for name in ("cutlass", "swapped")}
-    ss_ok = all(r["ok"] for r in rows if r["op"] == "SS")
+    ss_ok = all(r["ok"] for r in rows if r["op"] != "RS")
     return ss_ok, rs_ok
 
 
@@ -461,7 +468,7 @@ def main():
         save()
     # the short table
     print("\n==== flash_wgmma check on", RES["device"]["name"], "====")
-    print(f"micro SS ok: {ss_ok}   RS ok by V-descriptor reading: {rs_ok}   kernel v_swap={v_swap}")
+    print(f"micro SS/RSK ok: {ss_ok}   RS ok by V-descriptor reading: {rs_ok}   kernel v_swap={v_swap}")
     for key in ("sweep", "sweep_overlap"):
         sw = RES.get(key, {})
         print(f"{key} {sw.get('passed', 0)}/{sw.get('run', 0)} pass ({sw.get('total', 0)} planned)")

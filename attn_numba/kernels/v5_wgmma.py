@@ -127,7 +127,7 @@ def _build(head_size, kind, heads, block_n, v_swap, overlap, stages):
     PB = BLOCK_M // HB
     S = stages
     assert D % 64 == 0 and BN % 64 == 0 and D <= 256 and BN <= 256 and PB >= 16
-    assert S >= (3 if overlap else 2) or (overlap and S == 2)
+    assert S >= 2
     CH = D // 8                         # 16-byte chunks per row
     Q_BYTES = 2 * BLOCK_M * D
     KV_BYTES = 2 * BN * D
