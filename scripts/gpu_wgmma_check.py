@@ -276,6 +276,12 @@ def sweep(rng, cases, budget_end, key, **kw):
 
 # --------------------------------------------------------------------------- c. timing
 
+@cuda.jit
+def _sleeper(n):
+    for _ in range(n):
+        cuda.nanosleep(1000)
+
+
 def timing(v_swap):
     from attn_numba.kernels import v4_tensor_core as v4
     rng = np.random.default_rng(1)
@@ -300,17 +306,24 @@ def timing(v_swap):
             try:
                 fn()
                 cuda.synchronize()
-                ts = []
-                for _ in range(7):      # 10 back-to-back launches per event pair: the queue
-                    e0, e1 = cuda.event(), cuda.event()   # stays ahead of the host
+                ts, host = [], []
+                for _ in range(7):
+                    # the stream is held by a ~10 ms sleeper kernel while the host enqueues
+                    # the event pair and 10 launches, so the events time GPU work only
+                    # (a Numba launch costs the host ~0.1-0.3 ms, comparable to the kernel)
+                    _sleeper[1, 1](10000)
+                    e0, e1 = cuda.event(), cuda.event()
+                    h0 = time.perf_counter()
                     e0.record()
                     for _ in range(10):
                         fn()
                     e1.record()
+                    host.append((time.perf_counter() - h0) / 10)
                     e1.synchronize()
                     ts.append(cuda.event_elapsed_time(e0, e1) / 1e3 / 10)
                 med = float(np.median(ts))
-                res[key] = dict(ms=med * 1e3, tflops=flops / med / 1e12)
+                res[key] = dict(ms=med * 1e3, tflops=flops / med / 1e12,
+                                host_ms_per_launch=float(np.median(host)) * 1e3)
             except Exception as exc:  # noqa: BLE001
                 res[key] = dict(error=f"{type(exc).__name__}: {exc}"[:500])
             log("time", key, res[key])
