@@ -9,8 +9,9 @@ accumulate), FlashAttention-2's structure, written in Numba with inline-PTX intr
   group, so each K/V tile staged in shared memory serves ``HB`` heads.
 * **K/V tiles** (``BN`` keys) are copied global -> shared with 16-byte ``cp.async`` (no
   register staging), rows padded by 16 bytes so that the 8 rows read by one ``ldmatrix``
-  fall into 8 different bank groups. Pipeline, as FlashAttention-2: V of tile j is in flight
-  while S = Q K_j^T and the softmax run; K of tile j+1 is in flight during O += P V_j.
+  fall into 8 different bank groups. Pipeline: two stages where they fit in 48 KiB (tile
+  j+1's K and V in flight during all of tile j's work, one barrier per tile), else
+  FlashAttention-2's split (V_j in flight during Q K_j^T, K_j+1 during P V_j).
 * **Fragments**: K through ``ldmatrix.x4`` (K's rows are B's columns), V through
   ``ldmatrix.x4.trans``; Q stays in registers; P is packed from the S accumulators straight
   into A fragments, never touching shared memory (``v4_layout.p_from_s``).
@@ -56,14 +57,24 @@ def padded(head_size):
 
 
 def block_n(head_size):
-    """Keys per tile: 64 up to D = 128, 32 above (shared memory)."""
-    return 64 if padded(head_size) <= 128 else 32
+    """Keys per tile: 32 (band efficiency: 272 keys of a 16-row band cover 288 keys of
+    32-key tiles, against 320 of 64-key tiles)."""
+    return 32
 
 
-def shared_bytes(head_size, bn=None):
-    """Static shared memory of one block: one K and one V tile, rows padded."""
+def stages(head_size, bn=None):
+    """K/V pipeline depth: 2 (tile j+1 in flight during all of tile j's work, one barrier
+    per tile) when two stages of K and V fit in 48 KiB of static shared memory, else 1
+    (FlashAttention-2's split: V_j in flight during Q K_j^T, K_j+1 during P V_j)."""
     bn = block_n(head_size) if bn is None else bn
-    return 2 * bn * (padded(head_size) + ROW_PAD) * 2
+    return 2 if 4 * bn * (padded(head_size) + ROW_PAD) * 2 <= 48 * 1024 else 1
+
+
+def shared_bytes(head_size, bn=None, nstages=None):
+    """Static shared memory of one block: K and V tiles per stage, rows padded."""
+    bn = block_n(head_size) if bn is None else bn
+    nstages = stages(head_size, bn) if nstages is None else nstages
+    return nstages * 2 * bn * (padded(head_size) + ROW_PAD) * 2
 
 
 def heads_per_block(group_size):
@@ -101,17 +112,21 @@ def _pack(bf16, lo, hi):
     return ptx.pack_f16x2(lo, hi)
 
 
-def build(head_size, heads=1, bf16=False, bn=None, warps=None):
+def build(head_size, heads=1, bf16=False, bn=None, warps=None, nstages=None):
     """The kernel for ``head_size`` (a multiple of 8), ``heads`` query heads per block,
     fp16 or ``bf16`` inputs, ``bn`` keys per tile (default :func:`block_n`) and ``warps``
-    warps per block (default ``WARPS``; each warp owns 16 query rows)."""
-    return _build(head_size, heads, bool(bf16), block_n(head_size) if bn is None else bn,
-                  WARPS if warps is None else warps)
+    warps per block (default ``WARPS``; each warp owns 16 query rows) and ``nstages``
+    pipeline stages (default :func:`stages`)."""
+    bn = block_n(head_size) if bn is None else bn
+    return _build(head_size, heads, bool(bf16), bn, WARPS if warps is None else warps,
+                  stages(head_size, bn) if nstages is None else nstages)
 
 
 @functools.lru_cache(maxsize=None)
-def _build(head_size, heads, bf16, bn, warps=WARPS):
+def _build(head_size, heads, bf16, bn, warps=WARPS, nstages=1):
     D = head_size
+    STAGES = nstages
+    assert STAGES in (1, 2)
     NW = warps
     NT = 32 * NW                     # threads per block
     D16 = padded(D)
@@ -126,6 +141,8 @@ def _build(head_size, heads, bf16, bn, warps=WARPS):
     DW = D // 2                      # 32-bit words per global row of q / out
     TILE_CHUNKS = BN * CH
     TILE_ELEMS = BN * RS             # 16-bit elements of one shared tile
+    STAGE_BYTES = 2 * TILE_ELEMS
+    SMEM_ELEMS = STAGES * TILE_ELEMS
     LOAD_ITERS = (TILE_CHUNKS + NT - 1) // NT
     WHOLE = TILE_CHUNKS % NT == 0
     QK_STEPS = D16 // 16
@@ -180,8 +197,8 @@ def _build(head_size, heads, bf16, bn, warps=WARPS):
         hkv = k.shape[1]
         hk = (cuda.blockIdx.y * HB) // (q.shape[1] // hkv)
 
-        ks = cuda.shared.array(TILE_ELEMS, uint16)
-        vs = cuda.shared.array(TILE_ELEMS, uint16)
+        ks = cuda.shared.array(SMEM_ELEMS, uint16)
+        vs = cuda.shared.array(SMEM_ELEMS, uint16)
         kb = ptx.smem_u32(ks)
         vb = ptx.smem_u32(vs)
         kg = ptx.gaddr(k)
@@ -208,6 +225,8 @@ def _build(head_size, heads, bf16, bn, warps=WARPS):
         n_first = (blo // BN) * BN
         if n_first <= bhi:
             _load_tile(kb, kg, n_first, k0, sk, hk, hkv, tid)
+            if STAGES == 2:
+                _load_tile(vb, vg, n_first, k0, sk, hk, hkv, tid)
 
         # Q fragments stay in registers (zero past the sequence and past D)
         qf = cuda.local.array(QF_LEN, uint32)
@@ -229,13 +248,23 @@ def _build(head_size, heads, bf16, bn, warps=WARPS):
         l_b = ZERO
 
         for n0 in range(n_first, bhi + 1, BN):
-            ptx.cp_async_wait_all()
-            cuda.syncthreads()          # K_j landed for all; V buffer free (P.V_{j-1} done)
-            _load_tile(vb, vg, n0, k0, sk, hk, hkv, tid)
+            st = uint32(0)
+            if STAGES == 2:
+                st = uint32(((n0 - n_first) // BN) & 1) * uint32(STAGE_BYTES)
+                ptx.cp_async_wait_all()
+                cuda.syncthreads()      # tile j landed for all; tile j-1's stage is free
+                if n0 + BN <= bhi:
+                    nxt = uint32(STAGE_BYTES) - st
+                    _load_tile(kb + nxt, kg, n0 + BN, k0, sk, hk, hkv, tid)
+                    _load_tile(vb + nxt, vg, n0 + BN, k0, sk, hk, hkv, tid)
+            else:
+                ptx.cp_async_wait_all()
+                cuda.syncthreads()      # K_j landed for all; V buffer free (P.V_{j-1} done)
+                _load_tile(vb, vg, n0, k0, sk, hk, hkv, tid)
             active = has_rows and n0 <= whi_last and n0 + BN - 1 >= wlo_first
             if active:
                 # S = Q K^T, base-2 scaled
-                kl = ptx.opaque_u32(k_lane)
+                kl = ptx.opaque_u32(k_lane + st)
                 for p in range(S_TILES // 2):
                     c0 = ZERO
                     c1 = ZERO
@@ -308,13 +337,14 @@ def _build(head_size, heads, bf16, bn, warps=WARPS):
                     acc[4 * nt + 2] *= alpha_b
                     acc[4 * nt + 3] *= alpha_b
 
-            ptx.cp_async_wait_all()
-            cuda.syncthreads()          # V_j landed for all; K buffer free (Q K_j^T done)
-            if n0 + BN <= bhi:
-                _load_tile(kb, kg, n0 + BN, k0, sk, hk, hkv, tid)
+            if STAGES == 1:
+                ptx.cp_async_wait_all()
+                cuda.syncthreads()      # V_j landed for all; K buffer free (Q K_j^T done)
+                if n0 + BN <= bhi:
+                    _load_tile(kb, kg, n0 + BN, k0, sk, hk, hkv, tid)
             if active:
                 # O += P V, P's A fragments packed from the S registers
-                vl = ptx.opaque_u32(v_lane)
+                vl = ptx.opaque_u32(v_lane + st)
                 for kk in range(PV_STEPS):
                     t0, r0 = _p_from_s(kk, 0)
                     t1, r1 = _p_from_s(kk, 1)
@@ -423,13 +453,13 @@ def supports(problem):
     return None
 
 
-def plan(problem, heads=None, bn=None, warps=None):
+def plan(problem, heads=None, bn=None, warps=None, nstages=None):
     """One launch: ``(kernel, griddim, blockdim, views, scalars)`` for the interface.
     ``heads`` / ``bn`` / ``warps`` override the defaults (variant timing)."""
     from . import Plan
     hb = heads_per_block(problem.group_size) if heads is None else heads
     nw = WARPS if warps is None else warps
-    kernel = build(problem.head_size, hb, _is_bf16(problem.dtype), bn, nw)
+    kernel = build(problem.head_size, hb, _is_bf16(problem.dtype), bn, nw, nstages)
     pb = 16 * nw // hb
     grid = ((max(problem.max_seqlen_q, 1) + pb - 1) // pb, problem.num_heads // hb,
             problem.batch)
