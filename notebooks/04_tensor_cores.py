@@ -16,22 +16,27 @@
 # %% [markdown]
 # # 04: flash attention on the tensor cores (v4, `flash_tc`)
 #
-# v3 does the flash algorithm on CUDA cores in fp32. On an H100 the tensor cores do fp16
-# matrix products several times faster, but Numba has no tensor-core intrinsics. v4 reaches
-# them through a tiny CUDA C++ bridge: one-instruction wrappers around
-# `mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32` (and fp16 packing and `ex2.approx`),
-# compiled by NVRTC and linked into the Numba kernel with `cuda.declare_device(..., link=...)`.
-# Everything else (tiling, masking, the online softmax) is Python.
+# v3 does the flash algorithm on CUDA cores in fp32. The tensor cores do fp16/bf16 matrix
+# products many times faster, but Numba has no tensor-core intrinsics. v4 reaches them through
+# **inline PTX**: `attn_numba/kernels/ptx.py` defines one Numba intrinsic per instruction
+# (`mma.sync.aligned.m16n8k16`, `ldmatrix`, `cp.async`, `cvt` packs, `ex2.approx`), each
+# emitting a single `llvmlite` `InlineAsm` call. The kernel stays plain Numba: it compiles with
+# `cache=True`, and `numba.cuda.compile_ptx` shows the instructions on a machine without a GPU.
+# Its structure is FlashAttention-2's: K/V tiles copied global → shared with 16-byte `cp.async`
+# (V of tile j in flight while S = Q K_jᵀ and the softmax run, K of tile j+1 in flight during
+# O += P V_j), fragments loaded with `ldmatrix`, Q kept in registers, P packed from the S
+# accumulators straight into A fragments.
 #
-# This notebook runs on a CPU: the fragment layout and a lane-by-lane NumPy emulation of the
-# kernel run anywhere; the GPU cells are skipped without one; the measured speeds are read from
-# the committed results, each with its `source:` (device, date, file).
+# This notebook runs on a CPU: the fragment layouts, `ldmatrix`, the mma and a lane-by-lane
+# NumPy emulation of the whole kernel run anywhere; the GPU check is skipped without one; the
+# measured speeds are read from the committed results, each with its `source:` (device, date,
+# file).
 
 # %%
 import glob, inspect, json, os
 import numpy as np
 import attn_numba
-from attn_numba.kernels import mma_bridge, v4_tensor_core as v4
+from attn_numba.kernels import ptx, v4_layout as L, v4_tensor_core as v4
 from attn_numba.kernels.v4_emulation import emulate_flash_tc
 from attn_numba.reference import mha_fwd_ref
 from attn_numba.testing import compare
@@ -43,15 +48,17 @@ print("simulator" if SIM else "real GPU")
 #
 # `mma.m16n8k16` multiplies a 16x16 fp16 tile A by a 16x8 tile B into a 16x8 fp32 tile C,
 # spread over the 32 lanes of a warp. Each lane holds 4 A registers and 2 B registers (two
-# fp16 each) and 4 fp32 C values. With `g = lane // 4` and `t = lane % 4` (PTX ISA, "Matrix
-# Fragments for mma.m16n8k16"), the kernel's helpers `a_frag_rc`, `b_frag_kn`, `c_frag_rc`
-# give the element each register holds. Below: `lane.register` of each element of A and of C.
+# 16-bit values each) and 4 fp32 C values. With `g = lane // 4` and `t = lane % 4` (PTX ISA,
+# "Matrix Fragments for mma.m16n8k16"), the index maps `a_frag_rc`, `b_frag_kn`, `c_frag_rc`
+# of `attn_numba/kernels/v4_layout.py` give the element each register holds (the kernel
+# compiles the very same functions as device functions). Below: `lane.register` of each
+# element of A and of C.
 
 # %%
 A = np.empty((16, 16), object)
 for lane in range(32):
     for reg in range(4):
-        r, c = v4.a_frag_rc(lane, reg)
+        r, c = L.a_frag_rc(lane, reg)
         A[r, c] = A[r, c + 1] = f"{lane:2d}.{reg}"
 print("A (16x16), lane.reg:")
 for row in A:
@@ -59,7 +66,7 @@ for row in A:
 C = np.empty((16, 8), object)
 for lane in range(32):
     for reg in range(4):
-        r, c = v4.c_frag_rc(lane, reg)
+        r, c = L.c_frag_rc(lane, reg)
         C[r, c] = f"{lane:2d}.{reg}"
 print("\nC (16x8), lane.reg:")
 for row in C:
@@ -69,8 +76,8 @@ for row in C:
 # The C layout of two adjacent n8 tiles of `S = Q Kᵀ` is exactly the A layout of one k16
 # step of `P V` (`p_from_s`), so the probabilities go from the S accumulators to the A
 # registers of the second product without touching shared memory. The emulator
-# `mma_bridge.mma_f16_16816_py` rebuilds A, B, C from per-lane registers with the layout
-# written out from the PTX ISA (independently of the helpers) and multiplies:
+# `v4_layout.mma_py` rebuilds A, B, C from per-lane registers with the layout written out from
+# the PTX ISA (independently of the index maps) and multiplies:
 
 # %%
 rng = np.random.default_rng(0)
@@ -79,28 +86,60 @@ Bm = rng.standard_normal((16, 8)).astype(np.float16)
 a = np.zeros((32, 4), np.uint32); b = np.zeros((32, 2), np.uint32)
 for lane in range(32):
     for reg in range(4):
-        r, c = v4.a_frag_rc(lane, reg)
-        a[lane, reg] = mma_bridge.pack_f16x2_py(Am[r, c], Am[r, c + 1])
+        r, c = L.a_frag_rc(lane, reg)
+        a[lane, reg] = L.pack_py(Am[r, c], Am[r, c + 1])
     for reg in range(2):
-        kk, n = v4.b_frag_kn(lane, reg)
-        b[lane, reg] = mma_bridge.pack_f16x2_py(Bm[kk, n], Bm[kk + 1, n])
-d = mma_bridge.mma_f16_16816_py(a, b, np.zeros((32, 4), np.float32))
+        kk, n = L.b_frag_kn(lane, reg)
+        b[lane, reg] = L.pack_py(Bm[kk, n], Bm[kk + 1, n])
+d = L.mma_py(a, b, np.zeros((32, 4), np.float32))
 D = np.zeros((16, 8), np.float32)
 for lane in range(32):
     for reg in range(4):
-        r, c = v4.c_frag_rc(lane, reg)
+        r, c = L.c_frag_rc(lane, reg)
         D[r, c] = d[lane, reg]
 print("max |D - A.B| =", np.abs(D - Am.astype(np.float32) @ Bm.astype(np.float32)).max())
 
 # %% [markdown]
+# ## ldmatrix: B fragments straight from shared memory
+#
+# K's rows are B's columns (S = Q Kᵀ), so one `ldmatrix.x4` over a K tile in shared memory gives
+# the B registers of two n8 tiles at once; V goes through `ldmatrix.x4.trans`. Each lane gives
+# the address of one 8-element row (`k_ldsm_rc`, `v_ldsm_rc`); the emulator `ldmatrix_py`
+# follows the ISA's distribution of the 8x8 matrices over the lanes. Rows are padded by 16 bytes
+# so the 8 rows one `ldmatrix` reads fall into 8 different bank groups. Check that both loads
+# give exactly the B fragments the mma expects:
+
+# %%
+tile = rng.integers(0, 2**16, size=(64, 128 + v4.ROW_PAD), dtype=np.uint16)
+bad = 0
+for trans in (False, True):
+    for step in range(2):
+        for pair in range(2):
+            if trans:
+                regs = L.ldmatrix_py(tile, lambda ln: L.v_ldsm_rc(ln, step, pair), 4, True)
+            else:
+                regs = L.ldmatrix_py(tile, lambda ln: L.k_ldsm_rc(ln, pair, step), 4)
+            for j in range(2):
+                nt = 2 * pair + j
+                for lane in range(32):
+                    for reg in range(2):
+                        kk, n = L.b_frag_kn(lane, reg)
+                        want = ([tile[16 * step + kk + e, 8 * nt + n] for e in (0, 1)] if trans else
+                                [tile[8 * nt + n, 16 * step + kk + e] for e in (0, 1)])
+                        word = int(regs[lane, 2 * j + reg])
+                        bad += [word & 0xFFFF, word >> 16] != [int(w) for w in want]
+print("ldmatrix (K) and ldmatrix.trans (V) registers that differ from the mma's B fragments:", bad)
+
+# %% [markdown]
 # ## The whole kernel, emulated lane by lane
 #
-# `emulate_flash_tc` mirrors the kernel for one head of one sequence: K staged row-major and V
-# pair-interleaved in a flat "shared memory" through the kernel's own index helpers, Q
-# fragments in registers, Q·Kᵀ with emulated mma, masking only on tiles that are not fully
-# inside the band, the online softmax in base 2 with quad reductions, P packed to fp16 and
-# P·V with emulated mma. Compared with the float64 reference under the same tolerance rule as
-# the GPU tests (a sliding window, sq != sk, GQA):
+# `emulate_flash_tc` mirrors the kernel for one head of one sequence: K and V tiles in a
+# padded uint16 "shared memory" (zero-filled past the sequence, as `cp.async` does), fragments
+# loaded by the emulated `ldmatrix` at the kernel's own addresses, Q fragments in registers,
+# Q·Kᵀ with the emulated mma, masking only on tiles not fully inside the band, the online
+# softmax in base 2 with quad reductions, P packed to fp16 and P·V with the emulated mma.
+# Compared with the float64 reference under the same tolerance rule as the GPU tests (a sliding
+# window, sq != sk, GQA):
 
 # %%
 sq, sk, H, HKV, Dh, window = 70, 90, 4, 2, 32, (20, 5)
@@ -109,7 +148,7 @@ k = rng.standard_normal((1, sk, HKV, Dh)).astype(np.float16)
 v = rng.standard_normal((1, sk, HKV, Dh)).astype(np.float16)
 head = 3
 out, lse = emulate_flash_tc(q[0], k[0], v[0], 1 / np.sqrt(Dh), *window, head, head // (H // HKV),
-                            block_n=32, heads=2)
+                            32, 2)
 ref, ref_lse = mha_fwd_ref(q, k, v, window_size=window)
 lowp, _ = mha_fwd_ref(q, k, v, window_size=window, p_dtype=np.float16)
 c = compare(out, lse, ref[0, :, head], ref_lse[0, head],
@@ -117,22 +156,42 @@ c = compare(out, lse, ref[0, :, head], ref_lse[0, head],
 print(c, "ok" if c.ok else "FAIL")
 
 # %% [markdown]
-# ## The bridge
+# ## The instructions
 #
-# The CUDA C++ that is linked into the kernel. Numba's device ABI: the function writes its
-# result through the first pointer and returns 0; `declare_device` gives the Numba-side
-# signature (`UniTuple(float32, 4)` for the mma). With nvJitLink, Numba links with LTO, which
-# inlines the wrappers. Linked foreign code cannot be cached on disk in numba-cuda 0.30.4
-# (`Cannot pickle CUDACodeLibrary with linking files`), so each specialisation compiles once
-# per process, and the simulator cannot run it (`supports()` refuses it there).
+# Each intrinsic of `ptx.py` is one PTX template and its operand constraints; for instance the
+# mma (`{t}` is `f16` or `bf16`):
 
 # %%
-print(mma_bridge.MMA_SOURCE_TEXT)
+print(ptx._MMA)
+print(ptx.__doc__.split("Instructions (")[1].split("Instructions that")[0])
+
+# %% [markdown]
+# Compiled for sm_90 on this CPU (`numba.cuda.compile_ptx` in a subprocess with the simulator
+# off; no GPU needed): the instructions are in the PTX, and there is no local memory:
+
+# %%
+import subprocess, sys
+prog = '''
+import re, numpy as np
+from numba import cuda
+from attn_numba.kernels import v4_tensor_core as v4
+for label, fn, sig in v4.compile_targets(128, np.float16, heads=(4,)):
+    ptx_text, _ = cuda.compile_ptx(fn, sig, cc=(9, 0))
+    print(label, {name: len(re.findall(pat, ptx_text)) for name, pat in (
+        ("mma.sync", r"mma\\.sync"), ("ldmatrix", r"ldmatrix\\."), ("cp.async", r"cp\\.async\\.cg"),
+        ("ex2.approx", r"ex2\\.approx"), ("ld/st.local", r"(?:ld|st)\\.local"))})
+'''
+try:
+    res = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, NUMBA_ENABLE_CUDASIM="0"), cwd="..")
+    print(res.stdout or res.stderr[-1500:])
+except Exception as exc:
+    print("PTX compilation not available here:", exc)
 
 # %% [markdown]
 # ## The kernel
 #
-# `attn_numba/kernels/v4_tensor_core.py`, `build(head_size, heads, block_n, prefetch)`: 4 warps per block,
+# `attn_numba/kernels/v4_tensor_core.py`, `build(head_size, heads, bf16, bn)`: 4 warps per block,
 # 16 query positions per warp; with GQA a block covers `heads` query heads of one group so that
 # each staged K/V tile serves all of them. The key loop:
 
