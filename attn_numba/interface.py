@@ -105,12 +105,14 @@ def _uniform_cu(batch, seqlen):
     return d, arrays.info(d, "numba")
 
 
-def _spec(key, kernel, problem_fn, specs, device, uniform=None):
-    """The cached :class:`_Spec` for ``key``, built on a miss (kernel resolution may raise)."""
+def _spec(key, kernel, make, device):
+    """The cached :class:`_Spec` for ``key``, built on a miss from ``make() -> (problem,
+    specs, uniform)`` (kernel resolution may raise). ``specs``: (dtype, shape) of the seven
+    kernel arrays; ``uniform``: (seqlen_q, seqlen_k) of a batched call, else None."""
     spec = _SPECS.get(key)
     if spec is not None:
         return spec
-    problem = problem_fn()
+    problem, specs, uniform = make()
     mod = _resolve_kernel(kernel, problem)
     plan_fn = getattr(mod, "plan", None)
     plans = tuple(plan_fn(problem)) if plan_fn is not None else None
@@ -283,18 +285,18 @@ def mha_fwd(q, k, v, *, softmax_scale=None, causal=False, window_size=(-1, -1),
     il = check_out(lse_out, "lse_out", kind, lse_shape, F32, others + (("out", io, out),))
     sim = on_simulator()
     q3, k3 = (batch * sq, num_heads, head_size), (batch * sk, num_kv_heads, head_size)
-    kdt = kernel_dtype(dtype)
-    specs = ((kdt, q3), (kdt, k3), (kdt, k3), (kdt, q3), (F32, lse_shape),
-             (np.dtype(np.int32), (batch + 1,)), (np.dtype(np.int32), (batch + 1,)))
-    spec = _spec(
-        (False, kernel, dtype, iq.device, batch, sq, sk, num_heads, num_kv_heads, head_size,
-         scale, left, right, bool(causal), sim), kernel,
-        lambda: Problem(
-            batch=batch, total_q=batch * sq, total_k=batch * sk, max_seqlen_q=sq,
-            max_seqlen_k=sk, num_heads=num_heads, num_kv_heads=num_kv_heads,
-            head_size=head_size, dtype=dtype, softmax_scale=scale, window_left=left,
-            window_right=right, causal=bool(causal), lse_batched=True, on_simulator=sim),
-        specs, iq.device, uniform=(sq, sk))
+
+    def make():
+        kdt, cu = kernel_dtype(dtype), (np.dtype(np.int32), (batch + 1,))
+        return (Problem(batch=batch, total_q=batch * sq, total_k=batch * sk, max_seqlen_q=sq,
+                        max_seqlen_k=sk, num_heads=num_heads, num_kv_heads=num_kv_heads,
+                        head_size=head_size, dtype=dtype, softmax_scale=scale,
+                        window_left=left, window_right=right, causal=bool(causal),
+                        lse_batched=True, on_simulator=sim),
+                ((kdt, q3), (kdt, k3), (kdt, k3), (kdt, q3), (F32, lse_shape), cu, cu), (sq, sk))
+
+    spec = _spec((False, kernel, dtype, iq.device, batch, sq, sk, num_heads, num_kv_heads,
+                  head_size, scale, left, right, bool(causal), sim), kernel, make, iq.device)
     return _call(spec, kind, ((q, iq), (k, ik), (v, iv)), ((out, io), (lse_out, il)),
                  spec.cu, (q3, k3, k3, lse_shape, out_shape, lse_shape), stream, return_lse)
 
@@ -346,20 +348,21 @@ def mha_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, *, max_seqlen_q=None,
     il = check_out(lse_out, "lse_out", kind, lse_shape, F32, others + (("out", io, out),))
     nseq = int(cq[1].shape[0]) - 1
     sim = on_simulator()
-    kdt = kernel_dtype(dtype)
     lse3 = (1, num_heads, total_q)
-    cu_t = (np.dtype(np.int32), (nseq + 1,))
-    specs = ((kdt, out_shape), (kdt, ik.shape), (kdt, ik.shape), (kdt, out_shape), (F32, lse3),
-             cu_t, cu_t)
-    spec = _spec(
-        (True, kernel, dtype, iq.device, nseq, total_q, total_k, mq, mk, num_heads,
-         num_kv_heads, head_size, scale, left, right, bool(causal), sim), kernel,
-        lambda: Problem(
-            batch=nseq, total_q=total_q, total_k=total_k, max_seqlen_q=mq, max_seqlen_k=mk,
-            num_heads=num_heads, num_kv_heads=num_kv_heads, head_size=head_size, dtype=dtype,
-            softmax_scale=scale, window_left=left, window_right=right, causal=bool(causal),
-            lse_batched=False, on_simulator=sim),
-        specs, iq.device)
+
+    def make():
+        kdt, cu = kernel_dtype(dtype), (np.dtype(np.int32), (nseq + 1,))
+        return (Problem(batch=nseq, total_q=total_q, total_k=total_k, max_seqlen_q=mq,
+                        max_seqlen_k=mk, num_heads=num_heads, num_kv_heads=num_kv_heads,
+                        head_size=head_size, dtype=dtype, softmax_scale=scale,
+                        window_left=left, window_right=right, causal=bool(causal),
+                        lse_batched=False, on_simulator=sim),
+                ((kdt, out_shape), (kdt, ik.shape), (kdt, ik.shape), (kdt, out_shape),
+                 (F32, lse3), cu, cu), None)
+
+    spec = _spec((True, kernel, dtype, iq.device, nseq, total_q, total_k, mq, mk, num_heads,
+                  num_kv_heads, head_size, scale, left, right, bool(causal), sim), kernel,
+                 make, iq.device)
     cus = tuple(_cu_device(c, kind, iq.device) for c in (cq, ck))
     return _call(spec, kind, ((q, iq), (k, ik), (v, iv)), ((out, io), (lse_out, il)), cus,
                  (out_shape, ik.shape, ik.shape, lse3, out_shape, lse_shape), stream, return_lse)

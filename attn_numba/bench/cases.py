@@ -8,7 +8,9 @@ call and returns its output without synchronising. ``stream`` is a raw ``cudaStr
 (what NVBench hands out) or ``None`` for the default stream (the simulator).
 
 Numba kernels are called through the public API, ``attn_numba.mha_fwd`` on device arrays with
-``stream=``. The PyTorch peers are ``flexattention`` (``torch.compile``'d ``flex_attention``
+``stream=`` and, in ``launch``, ``out=``/``lse_out=`` buffers allocated once per case.
+``case.public_call()`` gives the call a user makes (torch tensors in, outputs allocated per
+call) for :mod:`attn_numba.bench.calltime`. The PyTorch peers are ``flexattention`` (``torch.compile``'d ``flex_attention``
 with a sliding-window block mask, ``enable_gqa=True``) and ``sdpa``
 (``scaled_dot_product_attention`` with a dense boolean mask; K and V are repeated to the query
 heads once, outside the timed call, which lets PyTorch pick its memory-efficient kernel).
@@ -182,11 +184,18 @@ class Case:
 
 
 class NumbaCase(Case):
-    """A kernel of this package, through ``attn_numba.mha_fwd`` on device arrays."""
+    """A kernel of this package, through ``attn_numba.mha_fwd`` on device arrays.
 
-    def _stream(self, stream):
-        from numba import cuda
-        return cuda.default_stream() if stream is None else cuda.external_stream(stream)
+    ``launch`` writes into ``out``/``lse`` buffers allocated once, outside the timed call
+    (``out=``, ``lse_out=``), on the raw stream NVBench hands out: nothing is allocated or
+    freed while NVBench measures, so the normal cold and batch measurements apply.
+    ``public_call`` is what :func:`attn_numba.bench.calltime.call_time_s` times: the call a
+    user makes, on torch tensors, with outputs from torch's caching allocator."""
+
+    def __init__(self, kernel, cfg):
+        super().__init__(kernel, cfg)
+        self._bufs = None
+        self._torch_inputs = None
 
     def _kw(self):
         c = self.cfg
@@ -200,7 +209,8 @@ class NumbaCase(Case):
         return None
 
     def check(self, stream=None):
-        s = self._stream(stream)
+        from numba import cuda
+        s = cuda.default_stream() if stream is None else cuda.external_stream(stream)
         i = self.inputs
         with interface._poison(True):  # unwritten elements show up as NaN
             out, lse = interface.mha_fwd(i.dq, i.dk, i.dv, return_lse=True, stream=s, **self._kw())
@@ -208,9 +218,31 @@ class NumbaCase(Case):
         s.synchronize()
         return _compare_blocks(i, out_h, lse_h)
 
+    def buffers(self):
+        """(out, lse) device arrays, allocated on the first call."""
+        if self._bufs is None:
+            from numba import cuda
+            c, i = self.cfg, self.inputs
+            self._bufs = (cuda.device_array(i.dq.shape, i.dq.dtype),
+                          cuda.device_array((c.num_seqs, c.num_heads, c.seq_len), np.float32))
+        return self._bufs
+
     def launch(self, stream=None):
         i = self.inputs
-        return interface.mha_fwd(i.dq, i.dk, i.dv, stream=self._stream(stream), **self._kw())
+        out, lse = self.buffers()
+        return interface.mha_fwd(i.dq, i.dk, i.dv, out=out, lse_out=lse,
+                                 stream=stream, **self._kw())
+
+    def public_call(self):
+        """A no-argument callable: ``mha_fwd`` on torch views of the inputs."""
+        import torch
+        if self._torch_inputs is None:
+            i = self.inputs
+            self._torch_inputs = tuple(torch.as_tensor(x, device="cuda")
+                                       for x in (i.dq, i.dk, i.dv))
+        tq, tk, tv = self._torch_inputs
+        kw = self._kw()
+        return lambda: interface.mha_fwd(tq, tk, tv, **kw)
 
 
 class TorchCase(Case):
@@ -257,6 +289,11 @@ class TorchCase(Case):
         self._setup()
         with torch.cuda.stream(self._torch_stream(stream)):
             return self._call()
+
+    def public_call(self):
+        """A no-argument callable: the peer's call on torch's current stream."""
+        self._setup()
+        return self._call
 
     def check(self, stream=None):
         import torch

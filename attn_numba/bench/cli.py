@@ -134,16 +134,18 @@ def gpu_status():
 
 
 def print_records(records, stream=sys.stdout):
-    print(f"{'kernel':<14}{'S':>6}{'causal':>7}{'GPU time':>12}{'batch':>12}{'TFLOP/s':>9}"
-          f"{'GB/s':>9}  check", file=stream)
+    print(f"{'kernel':<14}{'S':>6}{'causal':>7}{'GPU time':>12}{'batch':>12}{'call':>12}"
+          f"{'TFLOP/s':>9}{'GB/s':>9}  check", file=stream)
     for r in records:
         t = f"{r['gpu_time_s'] * 1e3:9.3f} ms" if r["gpu_time_s"] else "          -"
         bt = f"{r['batch_gpu_time_s'] * 1e3:9.3f} ms" if r["batch_gpu_time_s"] else "          -"
+        ct = f"{r['call_time_s'] * 1e3:9.3f} ms" if r.get("call_time_s") else "          -"
         tf = f"{r['tflops']:9.2f}" if r["tflops"] else "        -"
         gb = f"{r['gbps']:9.1f}" if r["gbps"] else "        -"
         c = r.get("check")
         chk = ("ok" if c["ok"] else "FAILED") if c else (r.get("skip_reason") or "-")
-        print(f"{r['kernel']:<14}{r['seq_len']:>6}{r['causal']:>7}{t:>12}{bt:>12}{tf}{gb}  {chk}",
+        print(f"{r['kernel']:<14}{r['seq_len']:>6}{r['causal']:>7}{t:>12}{bt:>12}{ct:>12}{tf}{gb}"
+              f"  {chk}",
               file=stream)
 
 
@@ -279,11 +281,12 @@ def main(args):
     nv_args = ["--min-samples", str(args.min_samples), "--max-noise", f"{args.max_noise:g}",
                "--timeout", f"{args.timeout:g}", *shlex.split(args.nvbench_args)]
     t0 = time.perf_counter()
-    checks, modes, argv = run(kernels, grid, json_path, md_path, nv_args)
+    call_times = {}
+    checks, modes, argv = run(kernels, grid, json_path, md_path, nv_args, call_times)
     wall = time.perf_counter() - t0
     sys.stdout.flush()
 
-    records = S.records_from_nvbench(json_path, checks, modes)
+    records = S.records_from_nvbench(json_path, checks, modes, call_times)
     import json
     nv_doc = json.loads(json_path.read_text())
     devices = nv_doc.get("devices") or []

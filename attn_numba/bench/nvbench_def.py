@@ -13,19 +13,17 @@ For each state (one kernel on one config) the benchmark function
 4. probes once per kernel that a launch does not wait for the stream (see
    :func:`launch_is_async`): a launcher that synchronises would deadlock against NVBench's
    blocking kernel; such a kernel is measured with ``sync=True`` instead, and says so;
-5. hands the launch to ``state.exec``.
+5. hands the launch to ``state.exec``;
+6. afterwards records ``call_time_s`` (:mod:`attn_numba.bench.calltime`): the median
+   per-call time of the public call on torch tensors, back to back, which is what a user's
+   loop sees (NVBench's numbers hide host work or count GPU time only).
 
-Numba kernels run with ``state.exec(..., timer=True)``: the launcher frees the previous call's
-buffers *before* ``timer.start()`` queues NVBench's blocking kernel, and defers frees while the
-stream is blocked, because ``cuMemFree`` synchronises the device and would deadlock against
-the blocking kernel. NVBench does not allow batched (hot) measurements with a manual timer, so
-these kernels get cold timings only (``batch_gpu_time_s`` is null). What is timed is the public
-call ``attn_numba.mha_fwd`` on device arrays: its host work is hidden behind the blocking kernel,
-but its two small host-to-device copies of ``cu_seqlens`` run on the stream inside the timed
-region (microseconds; visible only for the fastest kernels). The PyTorch peers reuse blocks of
-PyTorch's caching allocator (no synchronisation in steady state) and use the plain
-``state.exec`` (cold and batch); their per-call Python work (dynamo guards for FlexAttention)
-shows up in the batch time when it exceeds the kernel time.
+Every state, ours and the peers', uses the plain ``state.exec`` (NVBench's cold and batch
+measurements, no manual timer). Our launcher is ``mha_fwd`` on device arrays with
+``out=``/``lse_out=`` buffers allocated once per case outside the launcher and ``stream=``
+NVBench's raw stream: it allocates nothing, copies nothing and does not synchronise. The
+PyTorch peers reuse blocks of PyTorch's caching allocator. Host work per call shows up in the
+batch time where it exceeds the kernel time.
 """
 from __future__ import annotations
 
@@ -58,16 +56,6 @@ class Progress:
 
     def note(self, msg):
         print(self.line + ": " + msg, file=self.stream, flush=True)
-
-
-def _flush_numba_frees():
-    """Free Numba's pending deallocations now (the stream must not be blocked)."""
-    from numba import cuda
-    ctx = cuda.current_context()
-    for pending in (getattr(getattr(ctx, "memory_manager", None), "deallocations", None),
-                    getattr(ctx, "deallocations", None)):
-        if pending is not None:
-            pending.clear()
 
 
 @functools.lru_cache(maxsize=None)
@@ -114,28 +102,19 @@ def launch_is_async(case, ptr, iters=100_000_000):
     return (t2 - t1) < 0.5 * busy_s, t2 - t1, busy_s
 
 
-def numba_launcher(case):
-    """A ``timer=True`` launcher for a Numba case (see the module docstring); also used with
-    ``sync=True`` (no blocking kernel) when :func:`launch_is_async` finds the call waits."""
-    from numba import cuda
-
-    def launcher(launch, timer):
-        _flush_numba_frees()
-        ptr = launch.get_stream().addressof()
-        with cuda.defer_cleanup():
-            timer.start()
-            out = case.launch(ptr)
-            timer.stop()
-            del out
-
-    return launcher
-
-
-def torch_launcher(case):
-    def launcher(launch):
+def launcher(case):
+    """NVBench launcher: one call of ``case`` on NVBench's stream (no allocation for our
+    kernels: their outputs are the case's ``out=`` buffers)."""
+    def launch_on(launch):
         case.launch(launch.get_stream().addressof())
 
-    return launcher
+    return launch_on
+
+
+def measure_call_time(case):
+    """``call_time_s`` of ``case``'s public call (None without torch or on error)."""
+    from .calltime import call_time_s
+    return call_time_s(case.public_call())
 
 
 def add_columns(state, cfg):
@@ -153,9 +132,11 @@ def add_columns(state, cfg):
     state.add_global_memory_writes(d["out_bytes"])
 
 
-def register(kernels, grid, checks, modes, progress):
-    """Register ``run_mha_fwd`` over ``kernels`` x ``grid``; check results go into ``checks``
-    and the measurement mode of each state into ``modes``."""
+def register(kernels, grid, checks, modes, progress, call_times=None):
+    """Register ``run_mha_fwd`` over ``kernels`` x ``grid``; check results go into ``checks``,
+    the measurement mode of each state into ``modes`` and ``call_time_s`` into
+    ``call_times``, all keyed by ``(kernel, cfg.key())``."""
+    call_times = {} if call_times is None else call_times
     import cuda.bench as bench
     async_ok = {}
 
@@ -188,19 +169,20 @@ def register(kernels, grid, checks, modes, progress):
                             else "it WAITS for the stream; timing with sync=True (no blocking "
                                  "kernel, GPU time includes host work)"))
             blocking = async_ok[kernel]
-            mode = ("cold, blocking kernel" if blocking else "cold, sync") + (
-                ", manual timer" if case.kind == "kernel" else ", + batch" if blocking else "")
+            mode = "cold + batch" + (", blocking kernel" if blocking else ", sync")
             modes[(kernel, cfg.key())] = mode
             progress.note(f"check {res}; timing ({mode})")
-            if case.kind == "kernel":
-                # guardrail: a compile inside the timed region is the log's pathology
-                with count_compiles() as compiles:
-                    state.exec(numba_launcher(case), timer=True, sync=not blocking)
-                if compiles.count:
-                    modes[(kernel, cfg.key())] = mode + f", {compiles.count} COMPILES IN TIMED REGION"
-                    progress.note(f"WARNING: {compiles.count} Numba compilations inside state.exec")
-            else:
-                state.exec(torch_launcher(case), sync=not blocking)
+            # guardrail: a compile inside the timed region is the log's pathology
+            with count_compiles() as compiles:
+                state.exec(launcher(case), sync=not blocking)
+            if compiles.count:
+                modes[(kernel, cfg.key())] = mode + f", {compiles.count} COMPILES IN TIMED REGION"
+                progress.note(f"WARNING: {compiles.count} Numba compilations inside state.exec")
+            try:
+                call_times[(kernel, cfg.key())] = t = measure_call_time(case)
+                progress.note(f"public call {t * 1e6:.1f} us per call (back to back)")
+            except Exception as exc:  # noqa: BLE001 - recorded as null, the state stands
+                progress.note(f"call time not measured: {type(exc).__name__}: {exc}"[:300])
         except Exception as exc:  # one broken case must not end the sweep
             msg = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
             progress.note("error, skipped: " + msg)
@@ -215,13 +197,14 @@ def register(kernels, grid, checks, modes, progress):
     return b
 
 
-def run(kernels, grid, json_path, md_path, nvbench_args=()):
+def run(kernels, grid, json_path, md_path, nvbench_args=(), call_times=None):
     """Register and run the benchmark; NVBench prints its log and markdown table to stdout and
-    writes ``json_path`` and ``md_path``. Returns ``(checks, modes, argv)``."""
+    writes ``json_path`` and ``md_path``. Returns ``(checks, modes, argv)``; ``call_times``
+    (a dict, when given) receives each state's ``call_time_s``."""
     import cuda.bench as bench
     total = len(list(iter_configs(grid))) * len(kernels)
     checks, modes = {}, {}
-    register(kernels, grid, checks, modes, Progress(total))
+    register(kernels, grid, checks, modes, Progress(total), call_times)
     argv = ["attn-numba-bench", "--devices", "0", "--json", str(json_path),
             "--md", "stdout", "--md", str(md_path), *nvbench_args]
     bench.run_all_benchmarks(argv)

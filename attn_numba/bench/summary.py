@@ -9,6 +9,8 @@ Schema (``SCHEMA_VERSION`` 1)::
      "records": [{"kernel": str, <the 8 integer axes>: int,
                   "gpu_time_s": float|None,        # NVBench cold GPU time (mean)
                   "batch_gpu_time_s": float|None,  # NVBench batch GPU time; None when not run
+                  "call_time_s": float|None,       # median per-call time of the public call,
+                                                   # torch tensors, back to back (bench.calltime)
                   "samples": int|None, "noise": float|None,  # cold samples, relative stdev
                   "tflops": float|None,            # exact windowed FLOPs / gpu_time_s
                   "gbps": float|None,              # minimum bytes (Q,K,V read, O written) / gpu_time_s
@@ -64,12 +66,12 @@ def versions():
 
 
 def make_record(kernel, cfg, gpu_time_s=None, batch_gpu_time_s=None, samples=None, noise=None,
-                skipped=False, skip_reason=None, check=None, **extra):
+                skipped=False, skip_reason=None, check=None, call_time_s=None, **extra):
     """One record; ``tflops``/``gbps`` come from the exact counts and ``gpu_time_s``."""
     d = derived(cfg)
     rec = {"kernel": kernel, **cfg.axes(),
            "gpu_time_s": gpu_time_s, "batch_gpu_time_s": batch_gpu_time_s,
-           "samples": samples, "noise": noise,
+           "call_time_s": call_time_s, "samples": samples, "noise": noise,
            "tflops": d["flops"] / gpu_time_s / 1e12 if gpu_time_s else None,
            "gbps": d["bytes"] / gpu_time_s / 1e9 if gpu_time_s else None,
            "flops": d["flops"], "dense_flops": d["dense_flops"], "bytes": d["bytes"],
@@ -113,11 +115,11 @@ def _num(v, kind):
     return None if v is None else kind(v)
 
 
-def records_from_nvbench(path, checks=None, modes=None):
+def records_from_nvbench(path, checks=None, modes=None, call_times=None):
     """Records for every state of ``run_mha_fwd`` in an NVBench JSON file.
 
     ``checks`` maps ``(kernel, cfg.key())`` to the correctness-check dict recorded during the run,
-    ``modes`` to how it was measured (``exec_mode``).
+    ``modes`` to how it was measured (``exec_mode``), ``call_times`` to ``call_time_s``.
     """
     path = Path(path)
     try:
@@ -136,6 +138,7 @@ def records_from_nvbench(path, checks=None, modes=None):
             samples=_num(vals["samples"], int), noise=_num(vals["noise"], float),
             skipped=skipped, skip_reason=reason,
             check=(checks or {}).get((kernel, cfg.key())),
+            call_time_s=(call_times or {}).get((kernel, cfg.key())),
             exec_mode=(modes or {}).get((kernel, cfg.key())),
             cpu_time_s=_num(vals["cpu_time_s"], float),
             batch_samples=_num(vals["batch_samples"], int))
@@ -160,8 +163,8 @@ def validate(doc):
         for a in INT_AXES:
             if not isinstance(rec[a], int) or isinstance(rec[a], bool):
                 problems.append(f"record {n}: axis {a} must be an int, got {rec[a]!r}")
-        for k in ("gpu_time_s", "batch_gpu_time_s", "noise", "tflops", "gbps"):
-            v = rec[k]
+        for k in ("gpu_time_s", "batch_gpu_time_s", "noise", "tflops", "gbps", "call_time_s"):
+            v = rec.get(k)
             if v is not None and not (isinstance(v, (int, float)) and v >= 0):
                 problems.append(f"record {n}: {k} must be a non-negative number or null")
         if rec["gpu_time_s"] is None and not rec.get("skipped"):
