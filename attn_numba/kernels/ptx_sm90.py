@@ -29,6 +29,16 @@ _F32 = ir.FloatType()
 _VOID = ir.VoidType()
 
 
+def _intrinsic(impl, name=None):
+    """``intrinsic(impl)`` with a fixed identity. An intrinsic pickles with a uuid that is
+    random per process; Numba's disk-cache key pickles a kernel's closure, so a kernel whose
+    closure holds an intrinsic would miss the cache in every new process. A name derived
+    from the module and the intrinsic's parameters makes the key reproducible."""
+    obj = intrinsic(impl)
+    obj._set_uuid(f"{__name__}.{name or impl.__name__}")
+    return obj
+
+
 def _asm(builder, ret, argtys, text, constraints, args):
     fnty = ir.FunctionType(ret, argtys)
     return builder.call(ir.InlineAsm(fnty, text, constraints, side_effect=True), args)
@@ -44,7 +54,7 @@ def _void_stmt(text, name):
             return context.get_dummy_value()
         return types.void(), codegen
     impl.__name__ = name
-    return intrinsic(impl)
+    return _intrinsic(impl)
 
 
 #: ``wgmma.fence.sync.aligned``: orders register/shared accesses before the next wgmma
@@ -72,7 +82,7 @@ def cp_async_wait(n):
 
 # --------------------------------------------------------------------------- addresses
 
-@intrinsic
+@_intrinsic
 def smem_addr(typingctx, arr):
     """32-bit shared-state-space address of element 0 of a shared array (``cvta.to.shared``)."""
     if not isinstance(arr, types.Array):
@@ -87,7 +97,7 @@ def smem_addr(typingctx, arr):
     return types.uint32(arr), codegen
 
 
-@intrinsic
+@_intrinsic
 def data_ptr(typingctx, arr):
     """Generic 64-bit address of element 0 of an array (a global device array here)."""
     if not isinstance(arr, types.Array):
@@ -99,7 +109,7 @@ def data_ptr(typingctx, arr):
     return types.uint64(arr), codegen
 
 
-@intrinsic
+@_intrinsic
 def cp_async_16(typingctx, dst, src, src_bytes):
     """``cp.async.cg.shared.global [dst], [src], 16, src_bytes``: copy 16 bytes from global
     address ``src`` (uint64) to shared address ``dst`` (uint32); bytes past ``src_bytes``
@@ -116,7 +126,7 @@ def cp_async_16(typingctx, dst, src, src_bytes):
 
 # --------------------------------------------------------------------------- mbarrier
 
-@intrinsic
+@_intrinsic
 def mbarrier_init(typingctx, bar, count):
     """``mbarrier.init.shared::cta.b64 [bar], count`` (bar: 8-byte aligned shared address)."""
     def codegen(context, builder, sig, args):
@@ -128,7 +138,7 @@ def mbarrier_init(typingctx, bar, count):
     return types.void(bar, count), codegen
 
 
-@intrinsic
+@_intrinsic
 def mbarrier_arrive_expect_tx(typingctx, bar, nbytes):
     """``mbarrier.arrive.expect_tx.shared::cta.b64 _, [bar], nbytes`` (one arrival that also
     expects ``nbytes`` of asynchronous transactions)."""
@@ -141,7 +151,7 @@ def mbarrier_arrive_expect_tx(typingctx, bar, nbytes):
     return types.void(bar, nbytes), codegen
 
 
-@intrinsic
+@_intrinsic
 def mbarrier_arrive(typingctx, bar):
     """``mbarrier.arrive.shared::cta.b64 _, [bar]``."""
     def codegen(context, builder, sig, args):
@@ -152,7 +162,7 @@ def mbarrier_arrive(typingctx, bar):
     return types.void(bar), codegen
 
 
-@intrinsic
+@_intrinsic
 def mbarrier_try_wait(typingctx, bar, phase):
     """``mbarrier.try_wait.parity.shared::cta.b64``: 1 when the phase with parity ``phase``
     has completed, else 0 (after a bounded, hardware-chosen wait). Spin on it."""
@@ -165,7 +175,7 @@ def mbarrier_try_wait(typingctx, bar, phase):
     return types.uint32(bar, phase), codegen
 
 
-@intrinsic
+@_intrinsic
 def cp_async_bulk_g2s(typingctx, dst, src, nbytes, bar):
     """``cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [dst], [src],
     nbytes, [bar]``: a 1-D bulk copy (TMA without a tensor map; 16-byte aligned, ``nbytes``
@@ -197,10 +207,10 @@ def pack2(kind):
             return _asm(builder, _I32, [_F32, _F32], text, "=r,f,f", [a, b])
         return types.uint32(lo, hi), codegen
     impl.__name__ = f"pack_{kind}x2"
-    return intrinsic(impl)
+    return _intrinsic(impl)
 
 
-@intrinsic
+@_intrinsic
 def ex2(typingctx, x):
     """``ex2.approx.ftz.f32``: 2**x (ex2(-inf) = 0)."""
     def codegen(context, builder, sig, args):
@@ -217,7 +227,7 @@ def _acc_ptrs(context, builder, arrty, arr, n):
     return [builder.gep(ary.data, [ir.Constant(_I32, i)]) for i in range(n)]
 
 
-@intrinsic
+@_intrinsic
 def _fence_acc_impl(typingctx, acc, n):
     if not isinstance(acc, types.Array) or not isinstance(n, types.IntegerLiteral):
         return None
@@ -283,8 +293,8 @@ def wgmma_ss(n, kind, trans_b=False):
                 builder.store(builder.extract_value(res, i), p)
             return context.get_dummy_value()
         return types.void(acc, desc_a, desc_b, scale_d), codegen
-    impl.__name__ = f"wgmma_ss_m64n{n}k16_{kind}"
-    return intrinsic(impl)
+    impl.__name__ = f"wgmma_ss_m64n{n}k16_{kind}_t{int(trans_b)}"
+    return _intrinsic(impl)
 
 
 @functools.lru_cache(maxsize=None)
@@ -313,5 +323,5 @@ def wgmma_rs(n, kind, trans_b=True):
                 builder.store(builder.extract_value(res, i), p)
             return context.get_dummy_value()
         return types.void(acc, a0, a1, a2, a3, desc_b, scale_d), codegen
-    impl.__name__ = f"wgmma_rs_m64n{n}k16_{kind}"
-    return intrinsic(impl)
+    impl.__name__ = f"wgmma_rs_m64n{n}k16_{kind}_t{int(trans_b)}"
+    return _intrinsic(impl)
