@@ -1,0 +1,214 @@
+"""The call path on the simulator: out=/lse_out= and their validation, output types, stream
+arguments, the specialisation cache, the Plan contract, and no interface -> warmup import."""
+import ast
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import attn_numba
+from attn_numba import arrays, interface, kernels, launcher, mha_fwd, mha_varlen_fwd
+from attn_numba.testing import random_qkv, random_varlen
+
+
+@pytest.fixture
+def qkv(rng):
+    return random_qkv(rng, 2, 5, 7, 4, 2, 8, np.float32)
+
+
+@pytest.fixture
+def no_launch(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("a kernel was launched for bad input")
+    monkeypatch.setattr(interface, "_run", boom)
+
+
+def _dev(*xs):
+    from numba import cuda
+    return tuple(cuda.to_device(x) for x in xs)
+
+
+# --------------------------------------------------------------------------- output types
+
+def test_numpy_in_numpy_out(qkv):
+    out, lse = mha_fwd(*qkv, kernel="naive", return_lse=True)
+    assert isinstance(out, np.ndarray) and isinstance(lse, np.ndarray)
+    assert out.shape == qkv[0].shape and lse.shape == (2, 4, 5) and lse.dtype == np.float32
+
+
+def test_numba_in_numba_out(qkv):
+    from numba import cuda
+    ref, ref_lse = mha_fwd(*qkv, kernel="naive", return_lse=True)
+    out, lse = mha_fwd(*_dev(*qkv), kernel="naive", return_lse=True)
+    assert cuda.devicearray.is_cuda_ndarray(out) and cuda.devicearray.is_cuda_ndarray(lse)
+    np.testing.assert_array_equal(out.copy_to_host(), ref)
+    np.testing.assert_array_equal(lse.copy_to_host(), ref_lse)
+
+
+# --------------------------------------------------------------------------- out= / lse_out=
+
+@pytest.mark.parametrize("kernel", ["naive", "tiled", "flash"])
+def test_out_and_lse_out_are_written_and_returned(qkv, kernel):
+    from numba import cuda
+    ref, ref_lse = mha_fwd(*qkv, kernel=kernel, return_lse=True)
+    out = cuda.to_device(np.full(ref.shape, np.nan, np.float32))
+    lse = cuda.to_device(np.full(ref_lse.shape, np.nan, np.float32))
+    res, res_lse = mha_fwd(*_dev(*qkv), kernel=kernel, return_lse=True, out=out, lse_out=lse)
+    assert res is out and res_lse is lse
+    np.testing.assert_array_equal(out.copy_to_host(), ref)
+    np.testing.assert_array_equal(lse.copy_to_host(), ref_lse)
+
+
+def test_host_out_is_written(qkv):
+    ref = mha_fwd(*qkv, kernel="naive")
+    out = np.full_like(ref, np.nan)
+    lse = np.full((2, 4, 5), np.nan, np.float32)
+    res = mha_fwd(*qkv, kernel="naive", out=out, lse_out=lse)
+    assert res is out
+    np.testing.assert_array_equal(out, ref)
+    assert np.all(np.isfinite(lse))
+
+
+def test_varlen_out(rng):
+    q, k, v, cu_q, cu_k = random_varlen(rng, [3, 0, 4], [2, 5, 1], 4, 2, 8, np.float32)
+    ref, ref_lse = mha_varlen_fwd(q, k, v, cu_q, cu_k, kernel="flash", return_lse=True)
+    out, lse = np.empty_like(ref), np.empty_like(ref_lse)
+    mha_varlen_fwd(q, k, v, cu_q, cu_k, kernel="flash", out=out, lse_out=lse)
+    np.testing.assert_array_equal(out, ref)
+    np.testing.assert_array_equal(lse, ref_lse)
+
+
+@pytest.mark.parametrize("which,make,exc,word", [
+    ("out", lambda q: np.zeros((2, 5, 4, 9), np.float32), ValueError, "out must have shape"),
+    ("out", lambda q: np.zeros(q.shape, np.float16), TypeError, "out must have dtype"),
+    ("out", lambda q: np.zeros(q.shape[::-1], np.float32).T, ValueError, "out must be C-contig"),
+    ("out", lambda q: q, ValueError, "out overlaps q"),
+    ("out", lambda q: [0.0], TypeError, "out must be"),
+    ("lse_out", lambda q: np.zeros((2, 4, 5), np.float16), TypeError, "lse_out must have dtype"),
+    ("lse_out", lambda q: np.zeros((2, 5, 4), np.float32), ValueError, "lse_out must have shape"),
+])
+def test_bad_out_is_refused(qkv, no_launch, which, make, exc, word):
+    with pytest.raises(exc, match=word):
+        mha_fwd(*qkv, **{which: make(qkv[0])})
+
+
+def test_lse_out_overlapping_out_is_refused(qkv, no_launch):
+    out = np.zeros(qkv[0].shape, np.float32)
+    lse = out.reshape(-1)[:2 * 4 * 5].reshape(2, 4, 5)
+    with pytest.raises(ValueError, match="lse_out overlaps out"):
+        mha_fwd(*qkv, out=out, lse_out=lse)
+
+
+def test_device_out_for_host_inputs_is_refused(qkv, no_launch):
+    (dout,) = _dev(np.zeros(qkv[0].shape, np.float32))
+    with pytest.raises(TypeError, match="out must be a NumPy array"):
+        mha_fwd(*qkv, out=dout)
+    with pytest.raises(TypeError, match="out must be a CUDA array"):
+        mha_fwd(*_dev(*qkv), out=np.zeros(qkv[0].shape, np.float32))
+
+
+# --------------------------------------------------------------------------- streams
+
+def test_stream_arguments(qkv):
+    from numba import cuda
+    ref = mha_fwd(*qkv, kernel="naive")
+    d = _dev(*qkv)
+
+    class Protocol:
+        def __cuda_stream__(self):
+            return (0, 0)
+
+    for s in (None, 0, cuda.stream(), cuda.default_stream(), Protocol()):
+        np.testing.assert_array_equal(mha_fwd(*d, kernel="naive", stream=s).copy_to_host(), ref)
+
+
+@pytest.mark.parametrize("stream,exc,word", [
+    (True, TypeError, "stream"), (-1, ValueError, "stream"), ("s", TypeError, "stream"),
+    (1.5, TypeError, "stream")])
+def test_bad_stream_is_refused(qkv, stream, exc, word):
+    with pytest.raises(exc, match=word):
+        mha_fwd(*_dev(*qkv), kernel="naive", stream=stream)
+
+
+def test_stream_handles_of_each_framework():
+    """torch, CuPy and protocol streams are read without importing torch or CuPy."""
+    torch_like = type("Stream", (), {"__module__": "torch.cuda.streams", "cuda_stream": 1234})
+    cupy_like = type("Stream", (), {"__module__": "cupy.cuda.stream", "ptr": 99})
+    proto = type("S", (), {"__cuda_stream__": lambda self: (0, 77)})
+    assert arrays.stream_handle(torch_like()) == 1234
+    assert arrays.stream_handle(cupy_like()) == 99
+    assert arrays.stream_handle(proto()) == 77
+    assert arrays.stream_handle(np.int64(5)) == 5
+
+
+# --------------------------------------------------------------------------- bf16
+
+def test_bfloat16_is_refused_by_the_cuda_core_kernels(qkv, no_launch):
+    if arrays.BF16 is None:
+        pytest.skip("ml_dtypes is not installed")
+    q, k, v = (x.astype(arrays.BF16) for x in qkv)
+    for name in ("naive", "tiled", "flash"):
+        with pytest.raises(ValueError, match="bfloat16"):
+            mha_fwd(q, k, v, kernel=name)
+    if attn_numba.on_simulator():  # the tensor-core kernels cannot run here: auto must say so
+        with pytest.raises(ValueError, match="no kernel can run this call"):
+            mha_fwd(q, k, v)
+
+
+# --------------------------------------------------------------------------- cache and plans
+
+def test_a_repeated_call_reuses_its_specialisation(qkv):
+    d = _dev(*qkv)
+    mha_fwd(*d, kernel="tiled", window_size=(3, 1))
+    n = len(interface._SPECS)
+    for _ in range(3):
+        mha_fwd(*d, kernel="tiled", window_size=(3, 1))
+    assert len(interface._SPECS) == n
+    mha_fwd(*d, kernel="tiled", window_size=(3, 2))
+    assert len(interface._SPECS) == n + 1
+
+
+@pytest.mark.parametrize("name", ["naive", "tiled", "flash"])
+def test_plan_contract(qkv, name):
+    """plan() gives Plans; the module's launch() (for scripts) equals the public call."""
+    from numba import cuda
+    mod = kernels.get(name)
+    d = _dev(*qkv)
+    ref, ref_lse = mha_fwd(*d, kernel=name, return_lse=True)
+    spec = next(s for key, s in interface._SPECS.items() if key[1] == name and not key[0])
+    plans = mod.plan(spec.problem)
+    assert plans and all(isinstance(p, kernels.Plan) for p in plans)
+    assert all(len(p.views) == 4 for p in plans)
+    q3, k3, v3 = (x.reshape(-1, x.shape[2], x.shape[3]) for x in d)
+    out = cuda.device_array(q3.shape, np.float32)
+    lse = cuda.device_array(ref_lse.shape, np.float32)
+    cu_q = cuda.to_device(np.array([0, 5, 10], np.int32))
+    cu_k = cuda.to_device(np.array([0, 7, 14], np.int32))
+    mod.launch(spec.problem, q3, k3, v3, out, lse, cu_q, cu_k, 0)
+    np.testing.assert_array_equal(out.copy_to_host().reshape(ref.shape), ref.copy_to_host())
+    np.testing.assert_array_equal(lse.copy_to_host(), ref_lse.copy_to_host())
+
+
+def test_launcher_views_and_parameter_bits():
+    assert launcher.viewed((np.float16, (6, 4, 8)), np.uint32) == (np.dtype(np.uint32), (6, 4, 4))
+    assert launcher.viewed((np.float16, (6, 4, 8)), "flat") == (np.dtype(np.float16), (192,))
+    assert launcher.viewed((np.uint16, (6, 4, 8)), None) == (np.dtype(np.uint16), (6, 4, 8))
+    with pytest.raises(ValueError):
+        launcher.viewed((np.float16, (6, 4, 3)), np.uint32)
+    from numba import types
+    assert launcher._scalar_bits(types.float32, 1.0) == 0x3F800000
+    assert launcher._scalar_bits(types.int64, -1) == 0xFFFFFFFFFFFFFFFF
+    assert launcher._scalar_bits(types.boolean, True) == 1
+    assert launcher.bind_plans((), ()) is None or not attn_numba.on_simulator()
+
+
+def test_interface_does_not_import_warmup():
+    src = Path(interface.__file__).read_text()
+    names = set()
+    for node in ast.walk(ast.parse(src)):
+        if isinstance(node, ast.ImportFrom):
+            names.add(node.module or "")
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+    assert not any("warmup" in n for n in names), names
