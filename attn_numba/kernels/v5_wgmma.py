@@ -34,6 +34,7 @@ PTX checked on the CPU with ``compile_ptx(..., cc=(9, 0, "a"))``. Notes: notes/v
 """
 import functools
 import math
+import os
 
 import numpy as np
 from numba import config as numba_config
@@ -467,6 +468,10 @@ def ptx_signatures(head_size, dtype):
 
 
 def supports(problem):
+    """Why this kernel cannot run ``problem`` (None when it can). ``ATTN_NUMBA_NO_WGMMA=1``
+    in the environment takes it out of ``auto`` (and refuses it by name) without a code edit."""
+    if os.environ.get("ATTN_NUMBA_NO_WGMMA", "0") not in ("", "0"):
+        return "disabled by ATTN_NUMBA_NO_WGMMA"
     if problem.on_simulator:
         return "the CUDA simulator cannot run inline PTX"
     if kind_of(problem.dtype) is None:
