@@ -25,7 +25,7 @@ import contextlib
 import numpy as np
 
 from . import arrays, kernels, launcher
-from .arrays import F32, Info, as_numba, kernel_dtype, on_simulator, resolve_stream
+from .arrays import F32, as_numba, kernel_dtype, on_simulator, resolve_stream
 from .problem import KERNEL_NAMES, Problem
 from .validation import (check_kernel, check_out, check_scale, check_tensors, check_window,
                          cu_seqlens_arg, kinds_of, max_seqlens)

@@ -1,0 +1,205 @@
+"""GPU-only tests of the call path (issue 10): the caller's stream (torch, CuPy), output types,
+out=/lse_out=, CUDA-graph capture and replay, bf16 tensors, and the cuLaunchKernel launcher
+against Numba's dispatcher. Skipped on the simulator.
+
+    python -m pytest tests/test_gpu_call_path.py -q -rs
+"""
+import numpy as np
+import pytest
+
+import attn_numba
+from attn_numba import interface, launcher, mha_fwd, mha_varlen_fwd
+from attn_numba.testing import random_qkv
+
+pytestmark = pytest.mark.gpu
+KERNELS = attn_numba.available_kernels()
+FAST = [k for k in ("flash_tc", "flash") if k in KERNELS]
+LOG_KW = dict(window_size=(128, 128))
+
+
+def _torch_qkv(torch, rng, seq=512, dtype=np.float16):
+    return tuple(torch.from_numpy(x).cuda() for x in random_qkv(rng, 1, seq, seq, 32, 8, 128, dtype))
+
+
+@pytest.mark.parametrize("kernel", FAST)
+def test_torch_side_stream_gives_the_synchronised_answer(rng, kernel):
+    """The issue's failing pattern: q is produced on a busy side stream and used there."""
+    torch = pytest.importorskip("torch")
+    base, k, v = _torch_qkv(torch, rng)
+    ref = mha_fwd(base * 2, k, v, kernel=kernel, **LOG_KW)
+    torch.cuda.synchronize()
+    s = torch.cuda.Stream()
+    for _ in range(3):
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            torch.cuda._sleep(50_000_000)  # the side stream is busy with earlier work
+            q = base * 2
+            out = mha_fwd(q, k, v, kernel=kernel, **LOG_KW)
+        torch.cuda.current_stream().wait_stream(s)
+        assert torch.equal(out, ref)
+
+
+def test_explicit_streams_with_torch_tensors(rng):
+    torch = pytest.importorskip("torch")
+    from numba import cuda
+    q, k, v = _torch_qkv(torch, rng)
+    ref = mha_fwd(q, k, v, **LOG_KW)
+    torch.cuda.synchronize()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    for arg in (s, int(s.cuda_stream), cuda.external_stream(s.cuda_stream)):
+        with torch.cuda.stream(s):
+            torch.cuda._sleep(20_000_000)
+        out = mha_fwd(q, k, v, stream=arg, **LOG_KW)  # launched on s, not the current stream
+        s.synchronize()
+        assert torch.equal(out, ref)
+
+
+def test_cupy_side_stream_gives_the_synchronised_answer(rng):
+    cp = pytest.importorskip("cupy")
+    base, k, v = (cp.asarray(x) for x in random_qkv(rng, 1, 512, 512, 32, 8, 128, np.float16))
+    ref = mha_fwd(base * 2, k, v, **LOG_KW)
+    cp.cuda.Device().synchronize()
+    s = cp.cuda.Stream(non_blocking=True)
+    busy = cp.ones((4096, 4096), cp.float32)
+    for _ in range(3):
+        with s:
+            for _ in range(8):
+                busy = (busy @ busy) * np.float32(1e-4)  # earlier work on the side stream
+            q = base * 2
+            out = mha_fwd(q, k, v, **LOG_KW)
+        s.synchronize()
+        assert isinstance(out, cp.ndarray)
+        assert bool((out == ref).all())
+
+
+def test_output_types_follow_the_inputs(rng):
+    torch = pytest.importorskip("torch")
+    from numba import cuda
+    q, k, v = random_qkv(rng, 1, 256, 256, 8, 2, 128, np.float16)
+    tq, tk, tv = (torch.from_numpy(x).cuda() for x in (q, k, v))
+    before = torch.cuda.memory_allocated()
+    out, lse = mha_fwd(tq, tk, tv, return_lse=True, **LOG_KW)
+    assert isinstance(out, torch.Tensor) and isinstance(lse, torch.Tensor)
+    assert out.dtype == torch.float16 and lse.dtype == torch.float32
+    assert out.shape == tq.shape and tuple(lse.shape) == (1, 8, 256) and out.device == tq.device
+    assert torch.cuda.memory_allocated() - before >= out.numel() * 2 + lse.numel() * 4
+    host = mha_fwd(q, k, v, **LOG_KW)
+    assert isinstance(host, np.ndarray)
+    np.testing.assert_array_equal(out.cpu().numpy(), host)
+    nout, nlse = mha_fwd(*(cuda.to_device(x) for x in (q, k, v)), return_lse=True, **LOG_KW)
+    assert cuda.devicearray.is_cuda_ndarray(nout) and cuda.devicearray.is_cuda_ndarray(nlse)
+    np.testing.assert_array_equal(nout.copy_to_host(), host)
+    cp = pytest.importorskip("cupy")
+    cout, clse = mha_fwd(*(cp.asarray(x) for x in (q, k, v)), return_lse=True, **LOG_KW)
+    assert isinstance(cout, cp.ndarray) and isinstance(clse, cp.ndarray)
+    np.testing.assert_array_equal(cout.get(), host)
+
+
+def test_out_and_lse_out(rng, monkeypatch):
+    torch = pytest.importorskip("torch")
+    q, k, v = _torch_qkv(torch, rng)
+    ref, ref_lse = mha_fwd(q, k, v, return_lse=True, **LOG_KW)
+    out, lse = torch.full_like(q, float("nan")), torch.full_like(ref_lse, float("nan"))
+    res, res_lse = mha_fwd(q, k, v, out=out, lse_out=lse, return_lse=True, **LOG_KW)
+    assert res is out and res_lse is lse
+    assert torch.equal(out, ref) and torch.equal(lse, ref_lse)
+
+    def boom(*a, **kw):
+        raise AssertionError("launched for bad input")
+
+    monkeypatch.setattr(interface, "_run", boom)
+    bad = [
+        (dict(out=torch.empty_like(q, dtype=torch.float32)), TypeError, "out must have dtype"),
+        (dict(out=torch.empty(1, 512, 32, 64, dtype=q.dtype, device=q.device)), ValueError,
+         "out must have shape"),
+        (dict(out=torch.empty(1, 32, 512, 128, dtype=q.dtype, device=q.device).transpose(1, 2)),
+         ValueError, "out must be C-contiguous"),
+        (dict(out=q), ValueError, "out overlaps q"),
+        (dict(out=torch.empty_like(q).cpu()), TypeError, "out"),
+        (dict(lse_out=torch.empty(1, 512, 32, device=q.device)), ValueError, "lse_out must have shape"),
+        (dict(out=out, lse_out=out.view(torch.float32).reshape(-1)[:32 * 512].view(1, 32, 512)),
+         ValueError, "lse_out overlaps out"),
+    ]
+    for kw, exc, word in bad:
+        with pytest.raises(exc, match=word):
+            mha_fwd(q, k, v, **kw, **LOG_KW)
+
+
+@pytest.mark.parametrize("kernel", FAST)
+def test_cuda_graph_capture_and_replay(rng, kernel):
+    torch = pytest.importorskip("torch")
+    q, k, v = _torch_qkv(torch, rng)
+    q2, k2, v2 = _torch_qkv(torch, rng)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):  # warm up on a side stream, as torch.cuda.graphs recommends
+        for _ in range(2):
+            mha_fwd(q, k, v, kernel=kernel, **LOG_KW)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out, lse = mha_fwd(q, k, v, kernel=kernel, return_lse=True, **LOG_KW)
+    q.copy_(q2)
+    k.copy_(k2)
+    v.copy_(v2)
+    g.replay()
+    torch.cuda.synchronize()
+    ref, ref_lse = mha_fwd(q2, k2, v2, kernel=kernel, return_lse=True, **LOG_KW)
+    torch.cuda.synchronize()
+    assert torch.equal(out, ref) and torch.equal(lse, ref_lse)
+
+
+def test_cuda_graph_varlen_with_device_cu_seqlens(rng):
+    torch = pytest.importorskip("torch")
+    q, k, v = (x.reshape(512, x.shape[2], x.shape[3]) for x in _torch_qkv(torch, rng, 512))
+    cu = torch.tensor([0, 100, 512], dtype=torch.int32, device="cuda")
+    kw = dict(max_seqlen_q=412, max_seqlen_k=412, **LOG_KW)
+    ref = mha_varlen_fwd(q, k, v, cu, cu, **kw).clone()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = mha_varlen_fwd(q, k, v, cu, cu, **kw)
+    g.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_fast_launch_matches_numba_dispatch(rng, kernel, monkeypatch):
+    torch = pytest.importorskip("torch")
+    q, k, v = _torch_qkv(torch, rng, 300)
+    interface._SPECS.clear()
+    try:
+        fast, fast_lse = mha_fwd(q, k, v, kernel=kernel, return_lse=True, causal=True, **LOG_KW)
+    except ValueError as exc:
+        pytest.skip(str(exc))
+    spec = next(iter(interface._SPECS.values()))
+    print(f"{kernel}: fast launch {'ON' if spec.bounds is not None else 'OFF (dispatcher)'}")
+    if spec.plans is not None:
+        assert spec.bounds is not None, "the cuLaunchKernel path was not bound"
+    monkeypatch.setattr(launcher, "MODE", "dispatcher")
+    interface._SPECS.clear()
+    slow, slow_lse = mha_fwd(q, k, v, kernel=kernel, return_lse=True, causal=True, **LOG_KW)
+    interface._SPECS.clear()
+    torch.cuda.synchronize()
+    assert torch.equal(fast, slow) and torch.equal(fast_lse, slow_lse)
+
+
+def test_bfloat16_torch_and_numpy(rng):
+    torch = pytest.importorskip("torch")
+    from attn_numba.arrays import BF16
+    from attn_numba.reference import mha_fwd_ref
+    q, k, v = random_qkv(rng, 1, 512, 512, 32, 8, 128, np.float32)
+    tq, tk, tv = (torch.from_numpy(x).cuda().to(torch.bfloat16) for x in (q, k, v))
+    try:
+        out = mha_fwd(tq, tk, tv, **LOG_KW)
+    except ValueError as exc:
+        pytest.skip(f"no bf16 kernel here: {exc}")
+    assert out.dtype == torch.bfloat16
+    q64, k64, v64 = (x.float().cpu().numpy().astype(np.float64) for x in (tq, tk, tv))
+    ref, _ = mha_fwd_ref(q64, k64, v64, **LOG_KW)
+    err = float(np.abs(out.float().cpu().numpy() - ref).max())
+    assert err < 2e-2, err
+    host = mha_fwd(*(x.float().cpu().numpy().astype(BF16) for x in (tq, tk, tv)), **LOG_KW)
+    assert host.dtype == BF16
+    np.testing.assert_array_equal(host.view(np.uint16), out.cpu().view(torch.int16).numpy().view(np.uint16))
