@@ -1,0 +1,209 @@
+"""The per-step device functions of flash_wgmma (attn_numba.kernels.v5_wgmma), built per
+specialisation: descriptors and stage addresses, the cp.async copies of Q and of K/V tiles,
+issuing the QK^T and PV wgmma groups, the online softmax on the S fragments, rescaling O and
+packing P, and the epilogue. Layout maps: attn_numba.kernels.wgmma_layout."""
+import functools
+import math
+from collections import namedtuple
+
+import numpy as np
+from numba import cuda, int32, uint32, uint64
+
+from . import ptx_sm90 as px
+from . import wgmma_layout as wl
+from .common import NEG_INF
+
+THREADS = 128
+BLOCK_M = 64
+LN2 = np.float32(math.log(2.0))
+ZERO = np.float32(0.0)
+ONE = np.float32(1.0)
+U0 = np.uint32(0)
+
+_smem_offset = cuda.jit(device=True, inline=True, cache=True)(wl.smem_offset)
+_kmajor_step = cuda.jit(device=True, inline=True, cache=True)(wl.kmajor_step_offset)
+_p_regs = cuda.jit(device=True, inline=True, cache=True)(wl.p_regs)
+
+Steps = namedtuple("Steps", "desc stage_k load_q load_kv issue_qk issue_pv softmax "
+                            "rescale_pack finish")
+
+
+def desc_hi(lbo, sbo):
+    """The constant upper fields of a 128B-swizzle descriptor (start address 0)."""
+    return np.uint64(wl.desc_encode(0, lbo, sbo, wl.SWIZZLE_MODE["128B"]))
+
+
+@functools.lru_cache(maxsize=None)
+def steps(D, BN, kind, heads, v_swap, S):
+    """The device functions for head size ``D``, key tile ``BN``, ``kind`` ('f16'/'bf16'),
+    ``heads`` per block, V descriptor variant ``v_swap`` and ``S`` K/V stages."""
+    PB = BLOCK_M // heads
+    CH = D // 8                         # 16-byte chunks per row
+    Q_BYTES = 2 * BLOCK_M * D
+    KV_BYTES = 2 * BN * D
+    Q_LOADS = BLOCK_M * CH // THREADS
+    KV_LOADS = BN * CH // THREADS
+    QK_STEPS = D // 16
+    PV_STEPS = BN // 16
+    S_LEN = BN // 2
+    O_LEN = D // 2
+    DQ = desc_hi(16, wl.ATOM_BYTES)             # K-major Q and K: SBO 1024, LBO unused
+    DV = (desc_hi(wl.ATOM_BYTES, BN * wl.SWIZZLE_BYTES) if v_swap else
+          desc_hi(BN * wl.SWIZZLE_BYTES, wl.ATOM_BYTES))  # MN-major V: LBO = column block
+    ROW_BYTES = np.int64(2 * D)
+    wg_s = px.wgmma_ss(BN, kind, False)
+    wg_o = px.wgmma_rs(D, kind, True)
+    fence_o = px.fence_acc(O_LEN)
+    pack = px.pack2(kind)
+    exp2 = px.ex2
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def desc(addr, hi):
+        return uint64((addr >> 4) & 0x3FFF) | hi
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def stage_k(sQ, j):
+        """Shared address of stage (j mod S)'s K tile; its V tile follows at + KV_BYTES."""
+        return sQ + uint32(Q_BYTES + (j % S) * 2 * KV_BYTES)
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def load_kv(kbase, vbase, sk_, n0, k0, sk, hkv, hkv_n, tid):
+        """cp.async of the K and V rows of the tile at key n0 (zero past the sequence)."""
+        sv_ = sk_ + uint32(KV_BYTES)
+        for it in range(KV_LOADS):
+            idx = it * THREADS + tid
+            n = idx // CH
+            c = idx - n * CH
+            key = n0 + n
+            nbytes = uint32(16) if key < sk else U0
+            row = k0 + min(key, sk - 1)
+            off = uint64((np.int64(row) * hkv_n + hkv) * ROW_BYTES + 16 * c)
+            so = uint32(_smem_offset(n, 8 * c, BN))
+            px.cp_async_16(sk_ + so, kbase + off, nbytes)
+            px.cp_async_16(sv_ + so, vbase + off, nbytes)
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def issue_qk(s, sQ, sK):
+        """S = Q K^T: D/16 wgmma (not committed, not waited)."""
+        for kk in range(QK_STEPS):
+            wg_s(s, desc(sQ + uint32(_kmajor_step(kk, BLOCK_M)), DQ),
+                 desc(sK + uint32(_kmajor_step(kk, BN)), DQ), int32(1 if kk > 0 else 0))
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def issue_pv(o, pa, sV):
+        """O += P V: BN/16 wgmma, P from registers (not committed, not waited)."""
+        for kk in range(PV_STEPS):
+            wg_o(o, pa[4 * kk], pa[4 * kk + 1], pa[4 * kk + 2], pa[4 * kk + 3],
+                 desc(sV + uint32(wl.ATOM_BYTES * 2 * kk), DV), int32(1))
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def softmax(s, n0, masked, t, lo_a, hi_a, lo_b, hi_b, m_a, m_b, l_a, l_b, scale_log2):
+        """Online softmax of the S fragments in place (s becomes P, base 2). Returns the new
+        (m_a, m_b, l_a, l_b, alpha_a, alpha_b) of the thread's two rows."""
+        for i in range(S_LEN):
+            s[i] = s[i] * scale_log2
+        if masked:
+            for i in range(S_LEN):
+                col = n0 + 8 * (i >> 2) + 2 * t + (i & 1)
+                if (i >> 1) & 1:
+                    if col < lo_b or col > hi_b:
+                        s[i] = NEG_INF
+                else:
+                    if col < lo_a or col > hi_a:
+                        s[i] = NEG_INF
+        mx_a = NEG_INF
+        mx_b = NEG_INF
+        for i4 in range(S_LEN // 4):
+            mx_a = max(mx_a, max(s[4 * i4], s[4 * i4 + 1]))
+            mx_b = max(mx_b, max(s[4 * i4 + 2], s[4 * i4 + 3]))
+        mx_a = max(mx_a, cuda.shfl_xor_sync(0xFFFFFFFF, mx_a, 1))
+        mx_a = max(mx_a, cuda.shfl_xor_sync(0xFFFFFFFF, mx_a, 2))
+        mx_b = max(mx_b, cuda.shfl_xor_sync(0xFFFFFFFF, mx_b, 1))
+        mx_b = max(mx_b, cuda.shfl_xor_sync(0xFFFFFFFF, mx_b, 2))
+        new_a = max(m_a, mx_a)
+        new_b = max(m_b, mx_b)
+        base_a = ZERO if new_a == NEG_INF else new_a   # no key yet: avoid -inf - -inf
+        base_b = ZERO if new_b == NEG_INF else new_b
+        alpha_a = exp2(m_a - base_a)
+        alpha_b = exp2(m_b - base_b)
+        sum_a = ZERO
+        sum_b = ZERO
+        for i4 in range(S_LEN // 4):
+            s[4 * i4] = exp2(s[4 * i4] - base_a)
+            s[4 * i4 + 1] = exp2(s[4 * i4 + 1] - base_a)
+            s[4 * i4 + 2] = exp2(s[4 * i4 + 2] - base_b)
+            s[4 * i4 + 3] = exp2(s[4 * i4 + 3] - base_b)
+            sum_a += s[4 * i4] + s[4 * i4 + 1]
+            sum_b += s[4 * i4 + 2] + s[4 * i4 + 3]
+        return new_a, new_b, l_a * alpha_a + sum_a, l_b * alpha_b + sum_b, alpha_a, alpha_b
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def rescale_pack(o, s, pa, alpha_a, alpha_b):
+        """O *= alpha per row; P registers packed from the S fragments (wgmma_layout.p_regs);
+        then the fence that keeps these writes before the next wgmma."""
+        for i4 in range(O_LEN // 4):
+            o[4 * i4] *= alpha_a
+            o[4 * i4 + 1] *= alpha_a
+            o[4 * i4 + 2] *= alpha_b
+            o[4 * i4 + 3] *= alpha_b
+        for kk in range(PV_STEPS):
+            for jj in range(4):
+                ri = _p_regs(kk, jj)
+                pa[4 * kk + jj] = pack(s[ri], s[ri + 1])
+        fence_o(o)
+
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def load_q(qbase, sQ, row0, q0, sq, hbase, nh, tid):
+        """cp.async of the block's 64 Q rows (row r = head hbase + r // PB, position
+        row0 + r % PB; zero past the sequence) into the swizzled Q tile."""
+        for it in range(Q_LOADS):
+            idx = it * THREADS + tid
+            r = idx // CH
+            c = idx - r * CH
+            pos = row0 + r % PB
+            hq = hbase + r // PB
+            nbytes = uint32(16) if pos < sq else U0
+            row = q0 + min(pos, sq - 1)
+            off = uint64((np.int64(row) * nh + hq) * ROW_BYTES + 16 * c)
+            px.cp_async_16(sQ + uint32(_smem_offset(r, 8 * c, BLOCK_M)), qbase + off, nbytes)
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def finish(o, m_a, m_b, l_a, l_b, out, lse, b, hw, q0, pos_a, pos_b, sq, t, lse_batched):
+        """Epilogue: full row sums over the quad, normalise, write pairs and lse (rows
+        without a key: 0 and -inf)."""
+        l_a += cuda.shfl_xor_sync(0xFFFFFFFF, l_a, 1)
+        l_a += cuda.shfl_xor_sync(0xFFFFFFFF, l_a, 2)
+        l_b += cuda.shfl_xor_sync(0xFFFFFFFF, l_b, 1)
+        l_b += cuda.shfl_xor_sync(0xFFFFFFFF, l_b, 2)
+        inv_a = ZERO
+        inv_b = ZERO
+        lse_a = NEG_INF
+        lse_b = NEG_INF
+        if l_a > ZERO:
+            inv_a = ONE / l_a
+            lse_a = m_a * LN2 + math.log(l_a)
+        if l_b > ZERO:
+            inv_b = ONE / l_b
+            lse_b = m_b * LN2 + math.log(l_b)
+        if pos_a < sq:
+            for i4 in range(O_LEN // 4):
+                out[q0 + pos_a, hw, 4 * i4 + t] = pack(o[4 * i4] * inv_a, o[4 * i4 + 1] * inv_a)
+        if pos_b < sq:
+            for i4 in range(O_LEN // 4):
+                out[q0 + pos_b, hw, 4 * i4 + t] = pack(o[4 * i4 + 2] * inv_b,
+                                                       o[4 * i4 + 3] * inv_b)
+        if t == 0:
+            if pos_a < sq:
+                if lse_batched:
+                    lse[b, hw, pos_a] = lse_a
+                else:
+                    lse[0, hw, q0 + pos_a] = lse_a
+            if pos_b < sq:
+                if lse_batched:
+                    lse[b, hw, pos_b] = lse_b
+                else:
+                    lse[0, hw, q0 + pos_b] = lse_b
+
+    return Steps(desc, stage_k, load_q, load_kv, issue_qk, issue_pv, softmax, rescale_pack,
+                 finish)
