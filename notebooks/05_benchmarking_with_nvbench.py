@@ -110,7 +110,9 @@ for S_ in (512, 8192, 524288):
 # 4. once per kernel, probes that a launch returns without waiting for the stream
 #    (`launch_is_async`, next section);
 # 5. hands the launch to `state.exec`, inside `count_compiles()`: a Numba compilation inside the
-#    timed region, the log's pathology, is flagged in the record's `exec_mode`.
+#    timed region, the log's pathology, is flagged in the record's `exec_mode`;
+# 6. afterwards measures `call_time_s` (`attn_numba/bench/calltime.py`): the median time per
+#    call of the *public* function called back to back, what a user's loop sees.
 #
 # ## Cold, batch, CPU: three times per state
 #
@@ -136,11 +138,14 @@ for S_ in (512, 8192, 524288):
 # The other side: a launcher that *waits* for the stream (a synchronous copy, a `cuMemFree`,
 # loading a freshly compiled module) waits for the spinning kernel, which waits for the host: a
 # deadlock, which NVBench detects and reports. That is why `launch_is_async` probes each kernel
-# first with a finite busy kernel on the stream, and why our Numba launchers free the previous
-# call's buffers *before* the blocking kernel is queued. NVBench forbids batch measurements with
-# a manual timer, so the Numba kernels (`state.exec(..., timer=True)`) have cold times only; the
-# PyTorch peers use the plain `state.exec` and get both. The `exec_mode` of every record says
-# which:
+# first with a finite busy kernel on the stream (a kernel that waits is measured with
+# `sync=True` instead, and says so), and why our launcher is `mha_fwd` on device arrays with
+# `out=`/`lse_out=` buffers allocated once, outside the launcher: it allocates nothing, copies
+# nothing and never synchronises. With that, every state, ours and the PyTorch peers', uses the
+# plain `state.exec`: cold and batch. (The first H100 run, `results/h100`, used an earlier
+# launcher that freed buffers and needed NVBench's manual timer, which forbids batch
+# measurements: its Numba kernels have cold times only.) The `exec_mode` of every record says
+# how it was measured:
 
 # %%
 recs = DOC["records"]
@@ -153,8 +158,9 @@ for k, m in modes.items():
     print(f"  {k:<14} {'; '.join(sorted(m))}")
 
 # %% [markdown]
-# The three times side by side at the log's longest sequence. `call_time_s`, where the results
-# have it, is the host wall time of one public call measured outside NVBench.
+# The times side by side at the log's longest sequence. `call_time_s`, where the results have
+# it, is the median time per call of the public `mha_fwd` (or the peer's call) on torch
+# tensors, called back to back and timed with CUDA events outside NVBench.
 
 # %%
 def ms(x):
