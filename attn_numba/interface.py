@@ -145,9 +145,17 @@ def _run(spec, args, ls):
         return
     if spec.bounds is not None:
         ptrs = [a[1].ptr for a in args]
-        for bound in spec.bounds:
-            bound(ls.handle, ptrs)
-        return
+        try:
+            for bound in spec.bounds:
+                bound(ls.handle, ptrs)
+            return
+        except (TypeError, AttributeError) as exc:  # the bindings refused our arguments:
+            if bound is not spec.bounds[0]:         # nothing launched yet, so fall back
+                raise
+            import warnings
+            warnings.warn(f"attn_numba: cuLaunchKernel path unavailable ({exc}); "
+                          f"using Numba's dispatcher", RuntimeWarning, stacklevel=3)
+            spec.bounds = None
     nargs = [as_numba(x, inf, shape) for x, inf, shape in args]
     s = arrays.numba_stream(ls)
     if spec.plans is not None:

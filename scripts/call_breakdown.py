@@ -1,0 +1,205 @@
+"""Host microseconds per stage of one ``attn_numba.mha_fwd`` call on torch tensors, and the
+public-call times of SDPA and FlexAttention on the same inputs (issue 10).
+
+The log's shape at 512 tokens (batch 1, 32 query heads, 8 KV heads, head size 128, fp16,
+window (128, 128), not causal). For each of our kernels (flash_tc, flash; those this build has)
+and each launch path (``launcher.MODE``: "driver" = cuLaunchKernel with bound parameters,
+"dispatcher" = Numba's normal launch), the script times every stage of the call path on its
+own, in a loop of N calls, host time only (``time.perf_counter``; launches are timed in groups
+that cannot fill the launch queue, and the waits between groups are not counted):
+
+* ``validation``: array kinds, facts (shape, dtype, pointer, device), every check;
+* ``specialisation``: the cache lookup (key hash);
+* ``stream``: resolving the launch stream (torch's current stream);
+* ``allocation``: the two outputs from torch's caching allocator;
+* ``wrapping``: the seven kernel arguments (pointers; Numba views on the dispatcher path);
+* ``launch``: the kernel launch(es).
+
+Then the whole public call: ``host_us`` = host time per call in a loop (the GPU keeps up or
+not, it is not waited for inside the loop) and ``call_us`` = :mod:`attn_numba.bench.calltime`'s
+median per-call time from CUDA events (what a user's loop sees), next to the cold GPU time of
+one call (``gpu_us``, CUDA events around a call on an idle GPU, median of 20).
+
+Writes ``$OUT/call_breakdown.json`` (or ./call_breakdown.json) and prints a table.
+
+    python scripts/call_breakdown.py
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+N = 2000          # calls per stage measurement
+GROUP = 200       # launches per group (well below the launch queue's depth)
+KW = dict(window_size=(128, 128))
+
+
+def per_call_us(fn, n=N):
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+def launch_us(torch, fn, n=N):
+    """Host time per launch, in groups of GROUP with a synchronise (not timed) between."""
+    total = 0.0
+    for _ in range(max(1, n // GROUP)):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(GROUP):
+            fn()
+        total += time.perf_counter() - t0
+    torch.cuda.synchronize()
+    return total / (max(1, n // GROUP) * GROUP) * 1e6
+
+
+def gpu_us(torch, fn, reps=20):
+    out = []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        out.append(a.elapsed_time(b) * 1e3)
+    return statistics.median(out)
+
+
+def stages(torch, kernel, q, k, v):
+    """Per-stage host microseconds of ``mha_fwd(q, k, v, kernel=kernel)`` (current MODE)."""
+    from attn_numba import arrays, interface, validation
+    from attn_numba.arrays import F32, as_numba
+    mha = interface.mha_fwd
+    res = {}
+    mha(q, k, v, kernel=kernel, **KW)  # builds the specialisation
+    torch.cuda.synchronize()
+    key = next(kk for kk in interface._SPECS if kk[1] == kernel and not kk[0]
+               and kk[5] == q.shape[1])
+    spec = interface._SPECS[key]
+    bounds = spec.bounds
+
+    def validate():
+        kind = validation.kinds_of(q, k, v)
+        iq, ik, iv = (arrays.info(x, kind) for x in (q, k, v))
+        validation.check_tensors(iq, ik, iv, 4, kind)
+        validation.check_scale(None, 128)
+        validation.check_window((128, 128), False)
+        validation.check_kernel(kernel)
+        validation.check_out(None, "out", kind, (), None, ())
+        return iq, ik, iv
+
+    res["validation"] = per_call_us(validate)
+    res["specialisation"] = per_call_us(lambda: interface._SPECS.get(key))
+    dev = q.get_device()
+    res["stream"] = per_call_us(lambda: arrays.resolve_stream(None, "torch", dev))
+    ls = arrays.resolve_stream(None, "torch", dev)
+    lse_shape = (q.shape[0], q.shape[2], q.shape[1])
+    q_dtype = np.dtype(np.float16)
+
+    def alloc():
+        o = arrays.empty("torch", q, q.shape, q_dtype, ls, dev)
+        lse = arrays.empty("torch", q, lse_shape, F32, ls, dev)
+        return o, lse
+
+    res["allocation"] = per_call_us(alloc)
+    iq, ik, iv = validate()
+    out, lse = alloc()
+    io, il = arrays.info(out, "torch"), arrays.info(lse, "torch")
+    s3 = (q.shape[0] * q.shape[1], q.shape[2], q.shape[3])
+    k3 = (k.shape[0] * k.shape[1], k.shape[2], k.shape[3])
+    (cq, icq), (ck, ick) = spec.cu
+    args = ((q, iq, s3), (k, ik, k3), (v, iv, k3), (out, io, s3), (lse, il, lse_shape),
+            (cq, icq, None), (ck, ick, None))
+    if bounds is not None:
+        res["wrapping"] = per_call_us(lambda: [a[1].ptr for a in args])
+        ptrs = [a[1].ptr for a in args]
+
+        def launch():
+            for b in bounds:
+                b(ls.handle, ptrs)
+    else:
+        res["wrapping"] = per_call_us(lambda: [as_numba(x, i, s) for x, i, s in args], n=200)
+        nargs = [as_numba(x, i, s) for x, i, s in args]
+        stream = arrays.numba_stream(ls)
+
+        def launch():
+            from attn_numba import kernels
+            if spec.plans is not None:
+                kernels.launch_plans(spec.plans, *nargs, stream)
+            else:
+                spec.mod.launch(spec.problem, *nargs, stream)
+    res["launch"] = launch_us(torch, launch)
+    res["sum_of_stages"] = sum(res.values())
+    call = lambda: mha(q, k, v, kernel=kernel, **KW)  # noqa: E731
+    res["host_us"] = launch_us(torch, call)
+    return res, call, bounds is not None
+
+
+def main():
+    import torch
+    from attn_numba import available_kernels, launcher
+    from attn_numba.bench.calltime import call_time_s
+    from attn_numba.bench.cases import make_case
+    from attn_numba.bench.grid import Config
+    from attn_numba.testing import random_qkv
+    out_dir = Path(os.environ.get("OUT", "."))
+    rng = np.random.default_rng(0)
+    q, k, v = (torch.from_numpy(x).cuda() for x in random_qkv(rng, 1, 512, 512, 32, 8, 128))
+    rows = []
+    for kernel in [n for n in ("flash_tc", "flash") if n in available_kernels()]:
+        for mode in ("driver", "dispatcher"):
+            launcher.MODE = mode
+            from attn_numba import interface
+            interface._SPECS.clear()
+            try:
+                st, call, bound = stages(torch, kernel, q, k, v)
+            except Exception as exc:  # noqa: BLE001 - report and go on
+                rows.append({"name": kernel, "mode": mode, "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            rows.append({"name": kernel, "mode": mode, "bound": bound, **st,
+                         "call_us": call_time_s(call) * 1e6, "gpu_us": gpu_us(torch, call)})
+    launcher.MODE = "driver"
+    cfg = Config(num_seqs=1, seq_len=512, num_heads=32, num_kv_heads=8, head_size=128,
+                 window_left=128, window_right=128, causal=0)
+    for peer in ("sdpa", "flexattention"):
+        try:
+            case = make_case(peer, cfg)
+            why = case.unsupported()
+            if why:
+                raise RuntimeError(why)
+            call = case.public_call()
+            call()
+            rows.append({"name": peer, "mode": "public call", "host_us": launch_us(torch, call, 1000),
+                         "call_us": call_time_s(call) * 1e6, "gpu_us": gpu_us(torch, call)})
+        except Exception as exc:  # noqa: BLE001
+            rows.append({"name": peer, "mode": "public call", "error": f"{type(exc).__name__}: {exc}"})
+    doc = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+           "shape": "B=1 S=512 H=32 Hkv=8 D=128 fp16 window (128,128) non-causal",
+           "unit": "microseconds per call (host time for stages and host_us; CUDA events for "
+                   "call_us and gpu_us)", "rows": rows}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "call_breakdown.json").write_text(json.dumps(doc, indent=1))
+    cols = ["validation", "specialisation", "stream", "allocation", "wrapping", "launch",
+            "sum_of_stages", "host_us", "call_us", "gpu_us"]
+    print(f"{doc['device']}: {doc['shape']}; us per call")
+    print(f"{'name':<14}{'mode':<12}" + "".join(f"{c[:9]:>10}" for c in cols))
+    for r in rows:
+        if "error" in r:
+            print(f"{r['name']:<14}{r['mode']:<12}  ERROR {r['error'][:100]}")
+            continue
+        print(f"{r['name']:<14}{r['mode'][:11]:<12}"
+              + "".join(f"{r[c]:10.1f}" if c in r else f"{'-':>10}" for c in cols))
+    print(f"wrote {out_dir / 'call_breakdown.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
