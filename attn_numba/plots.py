@@ -30,7 +30,7 @@ from pathlib import Path
 LOG_DEFAULT = Path(__file__).resolve().parent / "data" / "nvbench_run_mha_fwd_a30.log"
 OTHER_AXES = ("num_seqs", "num_heads", "num_kv_heads", "head_size", "window_left", "window_right")
 #: draw order and colours: package kernels, then peers
-ORDER = ("naive", "tiled", "flash", "flash_tc", "flexattention", "sdpa")
+ORDER = ("naive", "tiled", "flash", "flash_tc", "flash_wgmma", "flexattention", "sdpa")
 _UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 
 
