@@ -298,10 +298,11 @@ def timing(v_swap):
                                          ("window128_causal", (128, 0, True))):
         p = problem_for([s], [s], h, hkv, d, np.float16, left, right, causal)
         flops = windowed_flops([s], [s], h, d, left, right)
-        runs = {f"flash_wgmma_bn{bn}{'_overlap' if ov else ''}":
-                (lambda bn=bn, ov=ov: v5.launch(p, q, k, v, out, lse, cu, cu, 0, block_n=bn,
-                                                v_swap=v_swap, overlap=ov))
-                for ov in (False, True) for bn in (128, 64)}
+        runs = {f"flash_wgmma_bn{bn}{'_overlap' if ov else ''}{'_wg2' if wg > 1 else ''}":
+                (lambda bn=bn, ov=ov, wg=wg: v5.launch(p, q, k, v, out, lse, cu, cu, 0,
+                                                       block_n=bn, v_swap=v_swap, overlap=ov,
+                                                       groups=wg))
+                for bn, ov, wg in TIMED}
         runs["flash_tc"] = lambda: v4.launch(p, q, k, v, out, lse, cu, cu, cuda.default_stream())
         for name, fn in runs.items():
             key = f"{label}/{name}"
@@ -337,25 +338,25 @@ def timing(v_swap):
 # --------------------------------------------------------------------------- precompile
 
 def _specs():
-    """(head, kind, heads, block_n, overlap) of every kernel this script launches."""
+    """(head, kind, heads, block_n, overlap, groups) of every kernel this script launches."""
     out = set()
     for (dt, d), gs in GROUPS.items():
         kind = "f16" if dt == "float16" else "bf16"
         for g in gs:
-            out.add((d, kind, v5.heads_per_block(g), v5.BLOCK_N[d], False))
-    for d, kind, hb in OVERLAP_SPECS:
-        out.add((d, kind, hb, v5.BLOCK_N[d], True))
-    for bn in (64, 128):
-        for ov in (False, True):
-            out.add((128, "f16", 4, bn, ov))
+            out.add((d, kind, v5.heads_per_block(g), v5.BLOCK_N[d], False, 1))
+    for key, opts, specs in EXTRA_SWEEPS:
+        for d, kind, hb in specs:
+            out.add((d, kind, hb, v5.BLOCK_N[d], opts["overlap"], opts["groups"]))
+    for bn, ov, wg in TIMED:
+        out.add((128, "f16", 4, bn, ov, wg))
     return sorted(out)
 
 
 def _compile_one(spec):
     t = time.time()
     try:
-        d, kind, hb, bn, ov = spec
-        v5.build(d, kind, hb, bn, False, ov).compile(v5._signature())
+        d, kind, hb, bn, ov, wg = spec
+        v5.build(d, kind, hb, bn, False, ov, None, wg).compile(v5._signature())
         return spec, round(time.time() - t, 1), None
     except Exception as exc:  # noqa: BLE001
         return spec, round(time.time() - t, 1), f"{type(exc).__name__}: {exc}"[:300]
@@ -366,15 +367,25 @@ def precompile_async():
     the main process mostly loads them; returns the pool's AsyncResult (or None)."""
     import multiprocessing as mp
     try:
-        pool = mp.get_context("spawn").Pool(min(8, max(1, (os.cpu_count() or 2) - 2)))
+        pool = mp.get_context("spawn").Pool(min(12, max(1, (os.cpu_count() or 2) - 2)))
         return pool, pool.map_async(_compile_one, _specs())
     except Exception:  # noqa: BLE001
         RES["precompile_error"] = traceback.format_exc()
         return None, None
 
 
-#: overlap-variant specialisations given a short correctness sweep of their own
-OVERLAP_SPECS = ((128, "f16", 4), (128, "bf16", 4), (256, "f16", 4), (64, "f16", 4))
+#: variants given a short correctness sweep of their own: (key, options, (head, kind,
+#: heads per warpgroup) specialisations it covers)
+EXTRA_SWEEPS = (
+    ("sweep_overlap", dict(overlap=True, groups=1),
+     ((128, "f16", 4), (128, "bf16", 4), (256, "f16", 4), (64, "f16", 4))),
+    ("sweep_wg2", dict(overlap=True, groups=2), ((128, "f16", 4), (128, "bf16", 1),
+                                                 (64, "f16", 4))),
+    ("sweep_wg2_plain", dict(overlap=False, groups=2), ((128, "f16", 1), (64, "f16", 4))),
+)
+#: (block_n, overlap, groups) timed at 8192 tokens, D = 128, fp16
+TIMED = ((128, False, 1), (64, False, 1), (128, True, 1), (64, True, 1), (128, True, 2),
+         (64, True, 2), (128, False, 2))
 
 
 # --------------------------------------------------------------------------- d. evidence
@@ -398,11 +409,11 @@ def ptxas_report(ptx, path):
 
 def evidence(v_swap):
     rows = []
-    for d, kind, hb, bn, ov in ((128, "f16", 4, 128, False), (128, "f16", 4, 128, True),
-                                (128, "f16", 4, 64, False), (64, "f16", 1, 128, False),
-                                (256, "bf16", 4, 64, False), (256, "f16", 4, 64, True)):
-        kern = v5.build(d, kind, hb, bn, v_swap, ov)
-        row = dict(d=d, kind=kind, heads=hb, block_n=bn, overlap=ov)
+    for d, kind, hb, bn, ov, wg in ((128, "f16", 4, 128, False, 1), (128, "f16", 4, 128, True, 1),
+                                    (128, "f16", 4, 128, True, 2), (64, "f16", 1, 128, False, 1),
+                                    (256, "bf16", 4, 64, False, 1), (256, "f16", 4, 64, True, 1)):
+        kern = v5.build(d, kind, hb, bn, v_swap, ov, None, wg)
+        row = dict(d=d, kind=kind, heads=hb, block_n=bn, overlap=ov, groups=wg)
         try:
             sig = v5._signature()
             ck = kern.compile(sig)
@@ -413,7 +424,7 @@ def evidence(v_swap):
                 ptx = lib.get_asm_str()
             except Exception:  # noqa: BLE001  (a disk-cache load may not carry the PTX)
                 ptx = cuda.compile_ptx(kern.py_func, sig, cc=(9, 0, "a"))[0]
-            tag = f"v5_d{d}_{kind}_h{hb}_bn{bn}{'_ov' if ov else ''}"
+            tag = f"v5_d{d}_{kind}_h{hb}_bn{bn}{'_ov' if ov else ''}_wg{wg}"
             with open(os.path.join(OUT, tag + ".ptx"), "w") as f:
                 f.write(ptx)
             cubin = lib.get_cubin()
@@ -467,14 +478,16 @@ def main():
         pool.terminate()
         log("precompiled", RES.get("precompile"))
     f16 = np.dtype(np.float16)
-    ov_cases = [c for c in sweep_cases((f16, bf16()), (128, 64, 256))
-                if (c[1], "f16" if c[0] == f16 else "bf16", v5.heads_per_block(c[2])) in OVERLAP_SPECS
-                and (c[3][0] in (1025, 200, 130, 300) or c[6])]
-    stages = (("sweep", lambda: sweep(rng, sweep_cases((f16, bf16()), (128, 64, 256)),
-                                      T0 + a.budget * 0.55, "sweep", v_swap=v_swap)),
-              ("sweep_overlap", lambda: sweep(rng, ov_cases, T0 + a.budget * 0.7,
-                                              "sweep_overlap", v_swap=v_swap, overlap=True)),
-              ("timing", lambda: timing(v_swap)), ("evidence", lambda: evidence(v_swap)))
+    all_cases = sweep_cases((f16, bf16()), (128, 64, 256))
+    stages = [("sweep", lambda: sweep(rng, all_cases, T0 + a.budget * 0.5, "sweep",
+                                      v_swap=v_swap))]
+    for i, (key, opts, specs) in enumerate(EXTRA_SWEEPS):
+        cases = [c for c in all_cases
+                 if (c[1], "f16" if c[0] == f16 else "bf16", v5.heads_per_block(c[2])) in specs
+                 and (c[3][0] in (1025, 200, 130, 300) or c[6])]
+        stages.append((key, lambda cases=cases, key=key, opts=opts, i=i: sweep(
+            rng, cases, T0 + a.budget * (0.58 + 0.07 * i), key, v_swap=v_swap, **opts)))
+    stages += [("timing", lambda: timing(v_swap)), ("evidence", lambda: evidence(v_swap))]
     for stage, fn in stages:
         try:
             fn()
@@ -485,14 +498,15 @@ def main():
     # the short table
     print("\n==== flash_wgmma check on", RES["device"]["name"], "====")
     print(f"micro SS/RSK ok: {ss_ok}   RS ok by V-descriptor reading: {rs_ok}   kernel v_swap={v_swap}")
-    for key in ("sweep", "sweep_overlap"):
+    for key in ["sweep"] + [k for k, _, _ in EXTRA_SWEEPS]:
         sw = RES.get(key, {})
         print(f"{key} {sw.get('passed', 0)}/{sw.get('run', 0)} pass ({sw.get('total', 0)} planned)")
     for name, r in RES.get("timing_8192", {}).get("runs", {}).items():
         print(f"  8192 tok {name:<36} " + (f"{r['ms']:.3f} ms  {r['tflops']:.0f} TFLOP/s"
                                            if "ms" in r else r["error"][:100]))
     for r in RES.get("evidence", []):
-        print(f"  D={r['d']} {r['kind']} h{r['heads']} bn{r['block_n']} ov={r['overlap']}: "
+        print(f"  D={r['d']} {r['kind']} h{r['heads']} bn{r['block_n']} ov={r['overlap']} "
+              f"wg={r['groups']}: "
               f"regs {r.get('regs')} local {r.get('local_bytes')} "
               f"HGMMA {r.get('hgmma')}  {r.get('ptxas', r.get('error', ''))[:150]}")
     print(f"total {time.time() - T0:.0f} s; details in {OUT}/wgmma_check.json")

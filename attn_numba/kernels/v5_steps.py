@@ -34,15 +34,19 @@ def desc_hi(lbo, sbo):
 
 
 @functools.lru_cache(maxsize=None)
-def steps(D, BN, kind, heads, v_swap, S):
+def steps(D, BN, kind, heads, v_swap, S, groups=1):
     """The device functions for head size ``D``, key tile ``BN``, ``kind`` ('f16'/'bf16'),
-    ``heads`` per block, V descriptor variant ``v_swap`` and ``S`` K/V stages."""
+    ``heads`` per warpgroup, V descriptor variant ``v_swap``, ``S`` K/V stages and
+    ``groups`` consumer warpgroups per block (each with its own 64-row Q tile)."""
     PB = BLOCK_M // heads
+    NT = THREADS * groups               # threads of the block (all of them copy)
     CH = D // 8                         # 16-byte chunks per row
-    Q_BYTES = 2 * BLOCK_M * D
+    Q_TILE = 2 * BLOCK_M * D            # one warpgroup's Q tile
+    Q_BYTES = Q_TILE * groups
     KV_BYTES = 2 * BN * D
     Q_LOADS = BLOCK_M * CH // THREADS
-    KV_LOADS = BN * CH // THREADS
+    KV_LOADS = BN * CH // NT
+    assert BN * CH % NT == 0
     QK_STEPS = D // 16
     PV_STEPS = BN // 16
     S_LEN = BN // 2
@@ -71,7 +75,7 @@ def steps(D, BN, kind, heads, v_swap, S):
         """cp.async of the K and V rows of the tile at key n0 (zero past the sequence)."""
         sv_ = sk_ + uint32(KV_BYTES)
         for it in range(KV_LOADS):
-            idx = it * THREADS + tid
+            idx = it * NT + tid
             n = idx // CH
             c = idx - n * CH
             key = n0 + n
@@ -155,18 +159,20 @@ def steps(D, BN, kind, heads, v_swap, S):
 
     @cuda.jit(device=True, inline=True, cache=True)
     def load_q(qbase, sQ, row0, q0, sq, hbase, nh, tid):
-        """cp.async of the block's 64 Q rows (row r = head hbase + r // PB, position
-        row0 + r % PB; zero past the sequence) into the swizzled Q tile."""
+        """cp.async of the block's Q rows: warpgroup g's tile at sQ + g * Q_TILE holds row r
+        = head hbase + r // PB, position row0 + g * PB + r % PB (zero past the sequence)."""
         for it in range(Q_LOADS):
-            idx = it * THREADS + tid
+            idx = it * THREADS + (tid & (THREADS - 1))
             r = idx // CH
             c = idx - r * CH
-            pos = row0 + r % PB
+            grp = tid // THREADS
+            pos = row0 + grp * PB + r % PB
             hq = hbase + r // PB
             nbytes = uint32(16) if pos < sq else U0
             row = q0 + min(pos, sq - 1)
             off = uint64((np.int64(row) * nh + hq) * ROW_BYTES + 16 * c)
-            px.cp_async_16(sQ + uint32(_smem_offset(r, 8 * c, BLOCK_M)), qbase + off, nbytes)
+            px.cp_async_16(sQ + uint32(grp * Q_TILE + _smem_offset(r, 8 * c, BLOCK_M)),
+                           qbase + off, nbytes)
 
     @cuda.jit(device=True, inline=True, cache=True)
     def finish(o, m_a, m_b, l_a, l_b, out, lse, b, hw, q0, pos_a, pos_b, sq, t, lse_batched):

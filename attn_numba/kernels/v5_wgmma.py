@@ -62,6 +62,8 @@ OVERLAP = False
 #: (CUTLASS's canonical form). True swaps the two: a fallback that scripts/gpu_wgmma_check.py
 #: selects if its microtest finds the hardware reads them the other way round.
 V_DESC_SWAP = False
+#: consumer warpgroups per block (each 64 rows, sharing every K/V tile)
+GROUPS = 1
 
 ZERO = np.float32(0.0)
 
@@ -76,10 +78,11 @@ def kind_of(dtype):
     return None
 
 
-def shared_bytes(head_size, block_n, stages):
-    """Dynamic shared memory of one block: Q + stages x (K + V) tiles, plus 1024 bytes of
-    slack to align the tiles to the 1024-byte swizzle atom."""
-    return 2 * BLOCK_M * head_size + stages * 2 * (2 * block_n * head_size) + wl.ATOM_BYTES
+def shared_bytes(head_size, block_n, stages, groups=1):
+    """Dynamic shared memory of one block: Q (one 64-row tile per consumer warpgroup) +
+    stages x (K + V) tiles, plus 1024 bytes of slack to align to the 1024-byte atom."""
+    return (2 * BLOCK_M * head_size * groups + stages * 2 * (2 * block_n * head_size) +
+            wl.ATOM_BYTES)
 
 
 def heads_per_block(group_size):
@@ -91,31 +94,36 @@ def heads_per_block(group_size):
 
 
 def build(head_size, kind="f16", heads=1, block_n=None, v_swap=None, overlap=None,
-          stages=None):
-    """The kernel for ``head_size``, ``kind`` ('f16'/'bf16'), ``heads`` query heads per block
-    (1, 2 or 4 of one GQA group), key tile ``block_n``, V descriptor variant ``v_swap``,
-    ``overlap`` (softmax of tile j overlapped with P.V of tile j-1) and K/V ``stages``;
+          stages=None, groups=None):
+    """The kernel for ``head_size``, ``kind`` ('f16'/'bf16'), ``heads`` query heads per
+    warpgroup (1, 2 or 4 of one GQA group), key tile ``block_n``, V descriptor variant
+    ``v_swap``, ``overlap`` (softmax of tile j overlapped with P.V of tile j-1), K/V
+    ``stages`` and ``groups`` consumer warpgroups per block (sharing the K/V tiles);
     None = the module defaults."""
     bn = BLOCK_N[head_size] if block_n is None else block_n
     ov = OVERLAP if overlap is None else overlap
+    wg = GROUPS if groups is None else groups
     return _build(head_size, kind, heads, bn, V_DESC_SWAP if v_swap is None else v_swap, ov,
-                  default_stages(head_size, bn, ov) if stages is None else stages)
+                  default_stages(head_size, bn, ov, wg) if stages is None else stages, wg)
 
 
-def default_stages(head_size, block_n, overlap):
+def default_stages(head_size, block_n, overlap, groups=1):
     """K/V buffers: 2 for the plain loop; 3 for the overlapped one when they fit in 227 KiB."""
     if not overlap:
         return 2
-    return 3 if shared_bytes(head_size, block_n, 3) <= MAX_SHARED else 2
+    return 3 if shared_bytes(head_size, block_n, 3, groups) <= MAX_SHARED else 2
 
 
 @functools.lru_cache(maxsize=None)
-def _build(head_size, kind, heads, block_n, v_swap, overlap, stages):
+def _build(head_size, kind, heads, block_n, v_swap, overlap, stages, groups=1):
     D = head_size
     BN = block_n
     HB = heads
     PB = BLOCK_M // HB
     S = stages
+    WG = groups
+    NT = THREADS * WG
+    Q_TILE = 2 * BLOCK_M * D
     assert D % 64 == 0 and BN % 64 == 0 and D <= 256 and BN <= 256 and PB >= 16
     assert S >= 2
     KV_BYTES = 2 * BN * D
@@ -134,11 +142,11 @@ def _build(head_size, kind, heads, block_n, v_swap, overlap, stages):
     wait1 = px.wgmma_wait(1)
 
     (_desc, stage_k, load_q, load_kv, issue_qk, issue_pv, softmax, rescale_pack,
-     finish) = v5_steps.steps(D, BN, kind, HB, v_swap, S)
+     finish) = v5_steps.steps(D, BN, kind, HB, v_swap, S, WG)
 
     jit_kw = dict(cache=True)
     if not numba_config.ENABLE_CUDASIM:
-        jit_kw["launch_bounds"] = (THREADS, 1)
+        jit_kw["launch_bounds"] = (NT, 1)
 
     @cuda.jit(**jit_kw)
     def flash_wgmma_kernel(q, k, v, out, lse, cu_q, cu_k, scale_log2, left, right,
@@ -147,13 +155,14 @@ def _build(head_size, kind, heads, block_n, v_swap, overlap, stages):
         D/2); lse float32; scale_log2 = softmax_scale * log2(e). Block (x, y, z) =
         (positions x*PB.., heads y*HB.., sequence z)."""
         tid = cuda.threadIdx.x
-        warp = tid >> 5
+        grp = tid // THREADS                # consumer warpgroup: rows grp*PB.. of the block
+        warp = (tid & (THREADS - 1)) >> 5
         lane = tid & 31
         g = lane >> 2
         t = lane & 3
         b = cuda.blockIdx.z
         q0, sq = seq_span(cu_q, b)
-        row0 = cuda.blockIdx.x * PB
+        row0 = cuda.blockIdx.x * (PB * WG)
         if row0 >= sq:
             return
         k0, sk = seq_span(cu_k, b)
@@ -168,7 +177,7 @@ def _build(head_size, kind, heads, block_n, v_swap, overlap, stages):
         kbase = px.data_ptr(k)
         vbase = px.data_ptr(v)
 
-        last = min(row0 + PB, sq) - 1
+        last = min(row0 + PB * WG, sq) - 1
         blo, hi_first = key_range(row0, sq, sk, left, right)
         lo_last, bhi = key_range(last, sq, sk, left, right)
         n_first = (blo // BN) * BN
@@ -178,7 +187,8 @@ def _build(head_size, kind, heads, block_n, v_swap, overlap, stages):
 
         # this thread's rows: warp w has rows 16w..16w+15 = one head
         hw = hbase + (16 * warp) // PB
-        pos_a = row0 + (16 * warp) % PB + g
+        pos_a = row0 + grp * PB + (16 * warp) % PB + g
+        sQw = sQ + uint32(grp * Q_TILE)     # this warpgroup's Q tile
         pos_b = pos_a + 8
         lo_a, hi_a = key_range(pos_a, sq, sk, left, right)
         lo_b, hi_b = key_range(pos_b, sq, sk, left, right)
@@ -212,7 +222,7 @@ def _build(head_size, kind, heads, block_n, v_swap, overlap, stages):
             px.fence_proxy_async()
             cuda.syncthreads()
             px.wgmma_fence()
-            issue_qk(s, sQ, stage_k(sQ, 0))
+            issue_qk(s, sQw, stage_k(sQ, 0))
             px.wgmma_commit()
             wait0()
             fence_s(s)
@@ -234,7 +244,7 @@ def _build(head_size, kind, heads, block_n, v_swap, overlap, stages):
                 px.fence_proxy_async()
                 cuda.syncthreads()
                 px.wgmma_fence()
-                issue_qk(s, sQ, stage_k(sQ, j))
+                issue_qk(s, sQw, stage_k(sQ, j))
                 px.wgmma_commit()
                 issue_pv(o, pa, stage_k(sQ, j - 1) + uint32(KV_BYTES))
                 px.wgmma_commit()
@@ -263,7 +273,7 @@ def _build(head_size, kind, heads, block_n, v_swap, overlap, stages):
                 px.fence_proxy_async()
                 cuda.syncthreads()
                 px.wgmma_fence()
-                issue_qk(s, sQ, stage_k(sQ, j))
+                issue_qk(s, sQw, stage_k(sQ, j))
                 px.wgmma_commit()
                 wait0()
                 fence_s(s)
@@ -325,18 +335,21 @@ def supports(problem):
     return None
 
 
-def configure(problem, heads=None, block_n=None, v_swap=None, overlap=None, stages=None):
-    """(kernel, grid, dynamic shared bytes) for ``problem``; keyword overrides as in build."""
+def configure(problem, heads=None, block_n=None, v_swap=None, overlap=None, stages=None,
+              groups=None):
+    """(kernel, grid, threads, dynamic shared bytes) for ``problem``; keyword overrides as
+    in :func:`build`."""
     hb = heads_per_block(problem.group_size) if heads is None else heads
     d = problem.head_size
     bn = BLOCK_N[d] if block_n is None else block_n
     ov = OVERLAP if overlap is None else overlap
-    st = default_stages(d, bn, ov) if stages is None else stages
-    kernel = build(d, kind_of(problem.dtype), hb, bn, v_swap, ov, st)
-    pb = BLOCK_M // hb
+    wg = GROUPS if groups is None else groups
+    st = default_stages(d, bn, ov, wg) if stages is None else stages
+    kernel = build(d, kind_of(problem.dtype), hb, bn, v_swap, ov, st, wg)
+    pb = (BLOCK_M // hb) * wg           # positions per block
     grid = ((max(problem.max_seqlen_q, 1) + pb - 1) // pb, problem.num_heads // hb,
             problem.batch)
-    return kernel, grid, shared_bytes(d, bn, st)
+    return kernel, grid, THREADS * wg, shared_bytes(d, bn, st, wg)
 
 
 def _scalars(problem):
@@ -350,11 +363,11 @@ def plan(problem, **kw):
     shared memory exceeds 48 KiB, so on a GPU this compiles the kernel for its signature
     and raises its dynamic shared-memory limit (:func:`opt_in_shared`) before returning."""
     from . import Plan
-    kernel, grid, shared = configure(problem, **kw)
+    kernel, grid, threads, shared = configure(problem, **kw)
     if not problem.on_simulator:
         opt_in_shared(kernel, _signature(), shared)
     views = (np.uint16, np.uint16, np.uint16, np.uint32)
-    return (Plan(kernel, grid, THREADS, views, _scalars(problem), shared),)
+    return (Plan(kernel, grid, threads, views, _scalars(problem), shared),)
 
 
 _OPTED = set()
@@ -376,11 +389,11 @@ def opt_in_shared(kernel, argtypes, nbytes):
 
 def launch(problem, q, k, v, out, lse, cu_q, cu_k, stream, **kw):
     """Contract launch; keyword overrides (``heads``, ``block_n``, ``v_swap``, ``overlap``,
-    ``stages``) as in :func:`build`, for experiments."""
-    kernel, grid, shared = configure(problem, **kw)
+    ``stages``, ``groups``) as in :func:`build`, for experiments."""
+    kernel, grid, threads, shared = configure(problem, **kw)
     args = (q.view(np.uint16), k.view(np.uint16), v.view(np.uint16), out.view(np.uint32),
             lse, cu_q, cu_k) + _scalars(problem)
     opt_in_shared(kernel, tuple(kernel.typeof_pyval(a) for a in args), shared)
     if isinstance(stream, int):
         stream = cuda.external_stream(stream) if stream else cuda.default_stream()
-    kernel[grid, THREADS, stream, shared](*args)
+    kernel[grid, threads, stream, shared](*args)
