@@ -59,21 +59,24 @@ def _is_gpu_summary(path):
 
 def pick_summary(results=None, prefer=PREFERRED):
     """The ``summary.json`` to show: ``<results>/<name>/summary.json`` for the first ``name`` of
-    ``prefer`` that exists, else the first non-simulated summary under ``results``, else the
-    packaged one. Raises FileNotFoundError saying where results come from when there is none."""
+    ``prefer`` that exists (else a folder whose name contains it, ``nvidia-h200``, but not a
+    ``-quick`` one), else the first non-simulated summary under ``results``, else the packaged
+    one. Raises FileNotFoundError saying where results come from when there is none."""
     if isinstance(prefer, str):
         raise TypeError("prefer must be a sequence of result-set names, not a string")
     roots = [Path(results)] if results is not None else [results_dir()]
     if PACKAGED_RESULTS not in roots:
         roots.append(PACKAGED_RESULTS)
     for root in roots:
+        found = [p for p in sorted(root.glob("*/summary.json")) if _is_gpu_summary(p)] \
+            if root.is_dir() else []
         for name in prefer:
-            p = root / name / "summary.json"
-            if p.is_file() and _is_gpu_summary(p):
-                return p
-        for p in sorted(root.glob("*/summary.json")) if root.is_dir() else []:
-            if _is_gpu_summary(p):
-                return p
+            exact = [p for p in found if p.parent.name == name]
+            near = [p for p in found if name in p.parent.name and "quick" not in p.parent.name]
+            if exact or near:
+                return (exact or near)[0]
+        if found:
+            return found[0]
     raise FileNotFoundError(
         f"no GPU summary.json under {', '.join(map(str, roots))}: results come from "
         "`attn-numba bench` on a GPU machine (written to results/<device>/summary.json) or from "

@@ -89,3 +89,23 @@ def test_report_explains_the_bench_logs_next_to_summaries(tmp_path):
         assert f"| Kernel={k} | 10 | work-proportional |" in report
     assert "explained " in out and "flash_tc work-proportional" in out
     assert "nvbench_broken.md failed: line 3" in out       # a broken log does not stop it
+
+
+def test_pick_summary_prefers_h200_then_h100(tmp_path):
+    from attn_numba import sources
+    from test_plots import synthetic_summary
+    synthetic_summary(tmp_path / "h100" / "summary.json")
+    synthetic_summary(tmp_path / "h100-quick" / "summary.json")
+    assert sources.pick_summary(tmp_path).parent.name == "h100"
+    synthetic_summary(tmp_path / "nvidia-h200-quick" / "summary.json")
+    assert sources.pick_summary(tmp_path).parent.name == "h100"
+    synthetic_summary(tmp_path / "nvidia-h200" / "summary.json")
+    assert sources.pick_summary(tmp_path).parent.name == "nvidia-h200"
+    synthetic_summary(tmp_path / "h200" / "summary.json")
+    path, doc = sources.load_summary(tmp_path, quiet=True)
+    assert path.parent.name == "h200" and doc["device"] == "Synthetic GPU"
+    text = sources.source_text(doc, path)
+    assert text.startswith("Synthetic GPU, " + doc["date"]) and text.endswith("h200/summary.json")
+    import pytest
+    with pytest.raises(TypeError):
+        sources.pick_summary(tmp_path, prefer="h200")
