@@ -2,10 +2,11 @@
 asynchronous copies, written in Numba through the inline-PTX intrinsics of
 :mod:`attn_numba.kernels.ptx_sm90`.
 
-Work decomposition: one block = one warpgroup (128 threads) owns 64 query rows; rows are
-(position, head) pairs of one GQA group: ``HB`` heads (4, 2 or 1) x ``64 / HB`` positions,
-row ``r`` = head ``r // PB``, position ``r % PB`` (``PB = 64 / HB`` >= 16, so each warp's 16
-rows are one head). Every K/V tile the block stages serves its ``HB`` heads.
+Work decomposition: a warpgroup (128 threads) owns 64 query rows; rows are (position,
+head) pairs of one GQA group: ``HB`` heads (4, 2 or 1) x ``64 / HB`` positions, row ``r`` =
+head ``r // PB``, position ``r % PB`` (``PB = 64 / HB`` >= 16, so each warp's 16 rows are one
+head). A block has ``groups`` such consumer warpgroups (1 by default, or 2 taking the next
+``PB`` positions); every K/V tile it stages serves all of them and their ``HB`` heads.
 
 Per block:
 
