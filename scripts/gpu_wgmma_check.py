@@ -410,8 +410,8 @@ def ptxas_report(ptx, path):
 def evidence(v_swap):
     rows = []
     for d, kind, hb, bn, ov, wg in ((128, "f16", 4, 128, False, 1), (128, "f16", 4, 128, True, 1),
-                                    (128, "f16", 4, 128, True, 2), (64, "f16", 1, 128, False, 1),
-                                    (256, "bf16", 4, 64, False, 1), (256, "f16", 4, 64, True, 1)):
+                                    (128, "f16", 4, 128, True, 2), (64, "f16", 4, 128, False, 1),
+                                    (256, "bf16", 1, 64, False, 1), (256, "f16", 4, 64, True, 1)):
         kern = v5.build(d, kind, hb, bn, v_swap, ov, None, wg)
         row = dict(d=d, kind=kind, heads=hb, block_n=bn, overlap=ov, groups=wg)
         try:
