@@ -17,6 +17,7 @@ c. CUDA-event timing at 8192 tokens (batch 1, 32 heads / 8 kv heads, D=128, fp16
    (128,128), non-causal and causal): flash_wgmma (key tiles 64 and 128, plain and
    overlapped loop) vs flash_tc, GPU time only (launches queued behind a sleeper kernel).
 d. registers / spills (ptxas -v on the kernel's PTX) and ``cuobjdump -sass`` HGMMA count.
+e. the first public call in a fresh process once the disk cache is warm.
 
 Success: the last table says ``micro ok``, ``sweep N/N pass`` and shows HGMMA > 0.
 """
@@ -451,6 +452,40 @@ def evidence(v_swap):
     save()
 
 
+FIRST_CALL = r"""
+import json, time
+t0 = time.perf_counter()
+import numpy as np
+import attn_numba
+from numba import cuda
+cuda.current_context()
+t1 = time.perf_counter()
+rng = np.random.default_rng(0)
+q = rng.standard_normal((1, 512, 32, 128)).astype(np.float16)
+k, v = (rng.standard_normal((1, 512, 8, 128)).astype(np.float16) for _ in range(2))
+t2 = time.perf_counter()
+attn_numba.mha_fwd(q, k, v, window_size=(128, 128), kernel="flash_wgmma")
+t3 = time.perf_counter()
+attn_numba.mha_fwd(q, k, v, window_size=(128, 128), kernel="flash_wgmma")
+t4 = time.perf_counter()
+print(json.dumps(dict(import_and_context_s=t1 - t0, first_call_s=t3 - t2,
+                      second_call_s=t4 - t3)))
+"""
+
+
+def first_call():
+    """A fresh process after this one filled the disk cache: the first public call's time
+    (host arrays in and out, 512 tokens; the issue's target is 0.3 s)."""
+    r = subprocess.run([sys.executable, "-c", FIRST_CALL], capture_output=True, text=True,
+                       timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        RES["first_call"] = json.loads(r.stdout.strip().splitlines()[-1])
+    except Exception:  # noqa: BLE001
+        RES["first_call"] = dict(error=(r.stderr or r.stdout)[-1500:])
+    log("first call", RES["first_call"])
+    save()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget", type=float, default=150.0, help="seconds for the whole run")
@@ -487,7 +522,8 @@ def main():
                  and (c[3][0] in (1025, 200, 130, 300) or c[6])]
         stages.append((key, lambda cases=cases, key=key, opts=opts, i=i: sweep(
             rng, cases, T0 + a.budget * (0.58 + 0.07 * i), key, v_swap=v_swap, **opts)))
-    stages += [("timing", lambda: timing(v_swap)), ("evidence", lambda: evidence(v_swap))]
+    stages += [("timing", lambda: timing(v_swap)), ("evidence", lambda: evidence(v_swap)),
+               ("first_call", first_call)]
     for stage, fn in stages:
         try:
             fn()
@@ -509,6 +545,7 @@ def main():
               f"wg={r['groups']}: "
               f"regs {r.get('regs')} local {r.get('local_bytes')} "
               f"HGMMA {r.get('hgmma')}  {r.get('ptxas', r.get('error', ''))[:150]}")
+    print("  first call in a new process (warm cache):", RES.get("first_call"))
     print(f"total {time.time() - T0:.0f} s; details in {OUT}/wgmma_check.json")
 
 
