@@ -21,6 +21,8 @@ e. the first public call in a fresh process once the disk cache is warm.
 
 Success: the last table says ``micro ok``, ``sweep N/N pass`` and shows HGMMA > 0.
 """
+import os as _os
+_os.environ.setdefault("ATTN_NUMBA_WGMMA", "1")  # opt in: the kernel is experimental
 import argparse
 import functools
 import json
