@@ -20,6 +20,7 @@ Matrix descriptors (PTX ISA, "Matrix Descriptor Format"; field helpers in
 import functools
 
 from llvmlite import ir
+from numba import cuda as _cuda
 from numba import types
 from numba.core.extending import intrinsic
 
@@ -27,6 +28,10 @@ _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
 _F32 = ir.FloatType()
 _VOID = ir.VoidType()
+
+
+def cuda_device_function(fn):
+    return _cuda.jit(device=True, inline=True, cache=True)(fn)
 
 
 def _intrinsic(impl, name=None):
@@ -325,3 +330,23 @@ def wgmma_rs(n, kind, trans_b=True):
         return types.void(acc, a0, a1, a2, a3, desc_b, scale_d), codegen
     impl.__name__ = f"wgmma_rs_m64n{n}k16_{kind}_t{int(trans_b)}"
     return _intrinsic(impl)
+
+
+@cuda_device_function
+def shfl_xor(x, m):
+    """``shfl.sync.bfly`` over the full warp: ``x`` of lane ``lane ^ m`` (a device function,
+    so that the simulator can swap in a model: Numba's simulator has no warp shuffles)."""
+    return _cuda.shfl_xor_sync(0xFFFFFFFF, x, m)
+
+
+# --------------------------------------------------------------------------- simulator
+# Under Numba's CUDA simulator these names are pure-Python models (ptx_sm90_sim), so tests
+# can run flash_wgmma's whole kernel on the CPU.
+from numba import config as _config  # noqa: E402
+
+if _config.ENABLE_CUDASIM:
+    from .ptx_sm90_sim import (cp_async_16, cp_async_bulk_g2s, cp_async_commit,  # noqa: E402,F401,F811
+                               cp_async_wait, data_ptr, ex2, fence_acc, fence_proxy_async,
+                               mbarrier_arrive, mbarrier_arrive_expect_tx, mbarrier_init,
+                               mbarrier_try_wait, pack2, shfl_xor, smem_addr, wgmma_commit,
+                               wgmma_fence, wgmma_rs, wgmma_ss, wgmma_wait)

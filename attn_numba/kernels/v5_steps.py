@@ -60,6 +60,7 @@ def steps(D, BN, kind, heads, v_swap, S, groups=1):
     fence_o = px.fence_acc(O_LEN)
     pack = px.pack2(kind)
     exp2 = px.ex2
+    shfl = px.shfl_xor
 
     @cuda.jit(device=True, inline=True, cache=True)
     def desc(addr, hi):
@@ -120,10 +121,10 @@ def steps(D, BN, kind, heads, v_swap, S, groups=1):
         for i4 in range(S_LEN // 4):
             mx_a = max(mx_a, max(s[4 * i4], s[4 * i4 + 1]))
             mx_b = max(mx_b, max(s[4 * i4 + 2], s[4 * i4 + 3]))
-        mx_a = max(mx_a, cuda.shfl_xor_sync(0xFFFFFFFF, mx_a, 1))
-        mx_a = max(mx_a, cuda.shfl_xor_sync(0xFFFFFFFF, mx_a, 2))
-        mx_b = max(mx_b, cuda.shfl_xor_sync(0xFFFFFFFF, mx_b, 1))
-        mx_b = max(mx_b, cuda.shfl_xor_sync(0xFFFFFFFF, mx_b, 2))
+        mx_a = max(mx_a, shfl(mx_a, 1))
+        mx_a = max(mx_a, shfl(mx_a, 2))
+        mx_b = max(mx_b, shfl(mx_b, 1))
+        mx_b = max(mx_b, shfl(mx_b, 2))
         new_a = max(m_a, mx_a)
         new_b = max(m_b, mx_b)
         base_a = ZERO if new_a == NEG_INF else new_a   # no key yet: avoid -inf - -inf
@@ -178,10 +179,10 @@ def steps(D, BN, kind, heads, v_swap, S, groups=1):
     def finish(o, m_a, m_b, l_a, l_b, out, lse, b, hw, q0, pos_a, pos_b, sq, t, lse_batched):
         """Epilogue: full row sums over the quad, normalise, write pairs and lse (rows
         without a key: 0 and -inf)."""
-        l_a += cuda.shfl_xor_sync(0xFFFFFFFF, l_a, 1)
-        l_a += cuda.shfl_xor_sync(0xFFFFFFFF, l_a, 2)
-        l_b += cuda.shfl_xor_sync(0xFFFFFFFF, l_b, 1)
-        l_b += cuda.shfl_xor_sync(0xFFFFFFFF, l_b, 2)
+        l_a += shfl(l_a, 1)
+        l_a += shfl(l_a, 2)
+        l_b += shfl(l_b, 1)
+        l_b += shfl(l_b, 2)
         inv_a = ZERO
         inv_b = ZERO
         lse_a = NEG_INF
