@@ -383,7 +383,10 @@ _OPTED = set()
 
 def opt_in_shared(kernel, argtypes, nbytes):
     """Compile ``kernel`` for the Numba ``argtypes`` and allow it ``nbytes`` of dynamic shared
-    memory (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES; needed above 48 KiB)."""
+    memory (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES; needed above 48 KiB). Nothing
+    to do on the simulator."""
+    if numba_config.ENABLE_CUDASIM:
+        return
     kern = kernel.compile(tuple(argtypes))
     cufunc = kern._codelibrary.get_cufunc()
     key = (id(cufunc), nbytes)
@@ -401,7 +404,8 @@ def launch(problem, q, k, v, out, lse, cu_q, cu_k, stream, **kw):
     kernel, grid, threads, shared = configure(problem, **kw)
     args = (q.view(np.uint16), k.view(np.uint16), v.view(np.uint16), out.view(np.uint32),
             lse, cu_q, cu_k) + _scalars(problem)
-    opt_in_shared(kernel, tuple(kernel.typeof_pyval(a) for a in args), shared)
+    if not numba_config.ENABLE_CUDASIM:
+        opt_in_shared(kernel, tuple(kernel.typeof_pyval(a) for a in args), shared)
     if isinstance(stream, int):
         stream = cuda.external_stream(stream) if stream else cuda.default_stream()
     kernel[grid, threads, stream, shared](*args)
