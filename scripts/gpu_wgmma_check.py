@@ -306,11 +306,12 @@ def timing(v_swap, launch_ok=True):
                                          ("window128_causal", (128, 0, True))):
         p = problem_for([s], [s], h, hkv, d, np.float16, left, right, causal)
         flops = windowed_flops([s], [s], h, d, left, right)
-        runs = {f"flash_wgmma_bn{bn}{'_overlap' if ov else ''}{'_wg2' if wg > 1 else ''}":
-                (lambda bn=bn, ov=ov, wg=wg: v5.launch(p, q, k, v, out, lse, cu, cu, 0,
-                                                       block_n=bn, v_swap=v_swap, overlap=ov,
-                                                       groups=wg))
-                for bn, ov, wg in (TIMED if launch_ok else ())}
+        runs = {f"flash_wgmma_bn{bn}{'_overlap' if ov else ''}{'_wg2' if wg > 1 else ''}"
+                f"{f'_h{hb}' if hb != 4 else ''}":
+                (lambda bn=bn, ov=ov, wg=wg, hb=hb: v5.launch(
+                    p, q, k, v, out, lse, cu, cu, 0, block_n=bn, v_swap=v_swap, overlap=ov,
+                    groups=wg, heads=hb))
+                for bn, ov, wg, hb in (TIMED if launch_ok else ())}
         runs["flash_tc"] = lambda: v4.launch(p, q, k, v, out, lse, cu, cu, cuda.default_stream())
         for name, fn in runs.items():
             key = f"{label}/{name}"
@@ -355,8 +356,8 @@ def _specs():
     for key, opts, specs in EXTRA_SWEEPS:
         for d, kind, hb in specs:
             out.add((d, kind, hb, v5.BLOCK_N[d], opts["overlap"], opts["groups"]))
-    for bn, ov, wg in TIMED:
-        out.add((128, "f16", 4, bn, ov, wg))
+    for bn, ov, wg, hb in TIMED:
+        out.add((128, "f16", hb, bn, ov, wg))
     return sorted(out)
 
 
@@ -391,9 +392,10 @@ EXTRA_SWEEPS = (
                                                  (64, "f16", 4))),
     ("sweep_wg2_plain", dict(overlap=False, groups=2), ((128, "f16", 1), (64, "f16", 4))),
 )
-#: (block_n, overlap, groups) timed at 8192 tokens, D = 128, fp16
-TIMED = ((128, False, 1), (64, False, 1), (128, True, 1), (64, True, 1), (128, True, 2),
-         (64, True, 2), (128, False, 2))
+#: (block_n, overlap, groups, heads per warpgroup) timed at 8192 tokens, D = 128, fp16
+TIMED = ((128, False, 1, 4), (64, False, 1, 4), (128, True, 1, 4), (64, True, 1, 4),
+         (128, True, 2, 4), (64, True, 2, 4), (128, False, 2, 4), (64, True, 1, 1),
+         (64, True, 2, 2))
 
 
 # --------------------------------------------------------------------------- d. evidence
