@@ -245,15 +245,14 @@ def empty(kind, like, shape, dtype, ls, device):
     CuPy's memory pool (likewise), else a Numba device array (also for NumPy callers: the
     device-side buffer that is copied back)."""
     if kind == "torch":
-        torch = sys.modules["torch"]
-        _torch_dtypes()
-        tdt = _TORCH_FROM_NP[np.dtype(dtype)]
+        tdt = _TORCH_FROM_NP[dtype]
         if ls.explicit:
+            torch = sys.modules["torch"]
             s = ls.given if type(ls.given).__module__.startswith("torch") else \
                 torch.cuda.ExternalStream(ls.handle, device=like.device)
             with torch.cuda.stream(s):
-                return torch.empty(shape, dtype=tdt, device=like.device)
-        return torch.empty(shape, dtype=tdt, device=like.device)
+                return like.new_empty(shape, dtype=tdt)
+        return like.new_empty(shape, dtype=tdt)  # q's device, torch's caching allocator
     if kind == "cupy":
         cp = sys.modules["cupy"]
         if ls.explicit:

@@ -21,6 +21,8 @@ in a CUDA graph once its specialisation exists (make one call before capturing).
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import sys
 
 import numpy as np
 
@@ -137,26 +139,27 @@ def _spec(key, kernel, make, device):
 
 # --------------------------------------------------------------------------- launch
 
-def _run(spec, args, ls):
+def _run(spec, ptrs, args, ls):
     """Enqueue ``spec``'s launches on :class:`~attn_numba.arrays.LaunchStream` ``ls``.
 
-    ``args``: seven ``(array, Info, kernel shape)`` for q, k, v, out, lse, cu_q, cu_k."""
+    ``ptrs``: the seven data pointers (q, k, v, out, lse, cu_q, cu_k) for the bound launchers;
+    ``args()``: seven ``(array, Info, kernel shape)``, built only for Numba's dispatcher."""
     if spec.problem.total_q == 0:
         return
     if spec.bounds is not None:
-        ptrs = [a[1].ptr for a in args]
+        bound = None
         try:
             for bound in spec.bounds:
                 bound(ls.handle, ptrs)
             return
-        except (TypeError, AttributeError) as exc:  # the bindings refused our arguments:
-            if bound is not spec.bounds[0]:         # nothing launched yet, so fall back
-                raise
+        except (TypeError, AttributeError, ctypes.ArgumentError) as exc:
+            if bound is not spec.bounds[0]:  # the bindings refused our arguments before
+                raise                        # anything launched: fall back, once
             import warnings
             warnings.warn(f"attn_numba: cuLaunchKernel path unavailable ({exc}); "
                           f"using Numba's dispatcher", RuntimeWarning, stacklevel=3)
             spec.bounds = None
-    nargs = [as_numba(x, inf, shape) for x, inf, shape in args]
+    nargs = [as_numba(x, inf, shape) for x, inf, shape in args()]
     s = arrays.numba_stream(ls)
     if spec.plans is not None:
         kernels.launch_plans(spec.plans, *nargs, s)
@@ -165,36 +168,50 @@ def _run(spec, args, ls):
 
 
 def _new(kind, like, shape, dtype, ls, device):
+    """A new output in the caller's type (kind "numba" for Numba and other CUDA arrays)."""
     arr = arrays.empty(kind, like, shape, dtype, ls, device)
     if _POISON_OUTPUTS:
-        arrays.fill_nan(arr, kind if kind in ("torch", "cupy") else "numba")
-    return arr, arrays.info(arr, kind if kind in ("torch", "cupy") else "numba")
+        arrays.fill_nan(arr, kind)
+    return arr
+
+
+def _ptr(x, kind):
+    if kind == "torch":
+        return x.data_ptr()
+    if kind == "cupy":
+        return x.data.ptr
+    p = getattr(x, "device_ctypes_pointer", None)  # None on the simulator
+    return None if p is None else (p.value or 0)
 
 
 def _call(spec, kind, ins, outs, cus, shapes, stream, return_lse):
     """Allocate (unless given), launch and return. ``ins``: ((q, Info), (k, Info), (v, Info));
     ``outs``: ((out, Info|None), (lse_out, Info|None)); ``cus``: two (array, Info);
     ``shapes``: (kernel shapes of q, k, v, lse; user shapes of out and lse)."""
-    p = spec.problem
-    q, iq = ins[0]
+    (q, iq), (k, ik), (v, iv) = ins
     device = iq.device
     if kind == "torch":  # launch on q's device, as FlashAttention does
-        import torch
-        if device != torch.cuda.current_device():
-            with torch.cuda.device(device):
+        if device != sys.modules["torch"].cuda.current_device():
+            with sys.modules["torch"].cuda.device(device):
                 return _call(spec, kind, ins, outs, cus, shapes, stream, return_lse)
     ls = resolve_stream(stream, kind, device)
-    (out, io), (lse, il) = outs
-    sq, sk, sv, slse, out_shape, lse_shape = shapes
     if kind == "numpy":
         return _host_call(spec, ins, outs, cus, shapes, ls, return_lse)
+    (out, io), (lse, il) = outs
+    okind = kind if kind in ("torch", "cupy") else "numba"
     if out is None:
-        out, io = _new(kind, q, out_shape, p.dtype, ls, device)
+        out = _new(okind, q, shapes[4], spec.problem.dtype, ls, device)
     if lse is None:
-        lse, il = _new(kind, q, lse_shape, F32, ls, device)
-    _run(spec, ((q, iq, sq), (ins[1][0], ins[1][1], sk), (ins[2][0], ins[2][1], sv),
-                (out, io, sq), (lse, il, slse), (cus[0][0], cus[0][1], None),
-                (cus[1][0], cus[1][1], None)), ls)
+        lse = _new(okind, q, shapes[5], F32, ls, device)
+    (cq, icq), (ck, ick) = cus
+    ptrs = (iq.ptr, ik.ptr, iv.ptr, io.ptr if io is not None else _ptr(out, okind),
+            il.ptr if il is not None else _ptr(lse, okind), icq.ptr, ick.ptr)
+    sq, sk, sv, slse = shapes[:4]
+    _run(spec, ptrs, lambda: (
+        (q, iq, sq), (k, ik, sk), (v, iv, sv),
+        (out, io if io is not None else arrays.info(out, okind), sq),
+        (lse, il if il is not None else arrays.info(lse, okind), slse),
+        (cq, icq, None), (ck, ick, None)), ls)
     return (out, lse) if return_lse else out
 
 
@@ -208,15 +225,17 @@ def _host_call(spec, ins, outs, cus, shapes, ls, return_lse):
     for (x, _), shape in zip(ins, shapes[:3]):
         d = cuda.to_device(np.ascontiguousarray(x).view(kdt).reshape(shape), stream=s)
         dev.append((d, arrays.info(d, "numba"), shape))
-    out_d, io = _new("numba", None, shapes[0], kdt, ls, None)
-    lse_d, il = _new("numba", None, shapes[3], F32, ls, None)
+    out_d = _new("numba", None, shapes[0], kdt, ls, None)
+    lse_d = _new("numba", None, shapes[3], F32, ls, None)
+    io, il = arrays.info(out_d, "numba"), arrays.info(lse_d, "numba")
     cu = []
     for c, inf in cus:
         if isinstance(c, np.ndarray):
             c = cuda.to_device(c, stream=s)
             inf = arrays.info(c, "numba")
         cu.append((c, inf, None))
-    _run(spec, (*dev, (out_d, io, shapes[0]), (lse_d, il, shapes[3]), *cu), ls)
+    args = (*dev, (out_d, io, shapes[0]), (lse_d, il, shapes[3]), *cu)
+    _run(spec, tuple(a[1].ptr for a in args), lambda: args, ls)
     (out, _), (lse, _) = outs
     out_shape, lse_shape = shapes[4], shapes[5]
     if out is not None:
@@ -232,6 +251,25 @@ def _host_call(spec, ins, outs, cus, shapes, ls, return_lse):
 
 
 # --------------------------------------------------------------------------- public API
+
+#: validated facts of a mha_fwd call -> (spec, shapes); see _hot_key
+_HOT = {}
+
+
+def _hot_key(kind, iq, ik, iv, scale, causal, window, kernel):
+    """Everything :func:`mha_fwd`'s validation depends on (apart from ``out=``/``lse_out=``),
+    as a dict key, or None when an argument's type is unusual (then the call is validated
+    in full). A call whose facts equal those of an earlier valid call is valid: it skips the
+    checks and reuses that call's specialisation."""
+    if (causal.__class__ is not bool or kernel.__class__ is not str
+            or not (scale is None or scale.__class__ is float)
+            or window.__class__ is not tuple or len(window) != 2
+            or window[0].__class__ is not int or window[1].__class__ is not int):
+        return None
+    return (kind, iq.shape, iq.dtype, iq.contiguous, iq.device, ik.shape, ik.dtype,
+            ik.contiguous, ik.device, iv.shape, iv.dtype, iv.contiguous, iv.device, scale,
+            causal, window, kernel)
+
 
 def mha_fwd(q, k, v, *, softmax_scale=None, causal=False, window_size=(-1, -1),
             kernel="auto", return_lse=False, stream=None, out=None, lse_out=None):
@@ -278,7 +316,12 @@ def mha_fwd(q, k, v, *, softmax_scale=None, causal=False, window_size=(-1, -1),
     uploads the cached ``cu_seqlens`` table).
     """
     kind = kinds_of(q, k, v)
-    iq, ik, iv = (arrays.info(x, kind) for x in (q, k, v))
+    iq, ik, iv = arrays.info(q, kind), arrays.info(k, kind), arrays.info(v, kind)
+    hkey = _hot_key(kind, iq, ik, iv, softmax_scale, causal, window_size, kernel)
+    hot = _HOT.get(hkey) if hkey is not None else None
+    if hot is not None and out is None and lse_out is None:  # these facts passed before
+        return _call(hot[0], kind, ((q, iq), (k, ik), (v, iv)), ((None, None), (None, None)),
+                     hot[0].cu, hot[1], stream, return_lse)
     dtype = check_tensors(iq, ik, iv, 4, kind)
     batch, sq, num_heads, head_size = (int(s) for s in iq.shape)
     bk, sk, num_kv_heads, _ = (int(s) for s in ik.shape)
@@ -305,8 +348,13 @@ def mha_fwd(q, k, v, *, softmax_scale=None, causal=False, window_size=(-1, -1),
 
     spec = _spec((False, kernel, dtype, iq.device, batch, sq, sk, num_heads, num_kv_heads,
                   head_size, scale, left, right, bool(causal), sim), kernel, make, iq.device)
+    shapes = (q3, k3, k3, lse_shape, out_shape, lse_shape)
+    if hkey is not None:
+        if len(_HOT) >= _MAX_SPECS:
+            _HOT.clear()
+        _HOT[hkey] = (spec, shapes)
     return _call(spec, kind, ((q, iq), (k, ik), (v, iv)), ((out, io), (lse_out, il)),
-                 spec.cu, (q3, k3, k3, lse_shape, out_shape, lse_shape), stream, return_lse)
+                 spec.cu, shapes, stream, return_lse)
 
 
 def mha_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, *, max_seqlen_q=None,

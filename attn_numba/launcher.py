@@ -20,9 +20,13 @@ writes the seven data pointers and calls the driver's ``cuLaunchKernel`` through
 and sizes are checked against ``cuFuncGetParamInfo`` (``cuda.core`` ``Kernel.arguments_info``)
 where the driver has it.
 
-``MODE`` selects the path: ``"driver"`` (default) or ``"dispatcher"`` (Numba's normal launch,
+``MODE`` selects the path: ``"driver"`` (default: ``cuLaunchKernel`` of the loaded driver
+library called through ctypes, falling back to ``cuda.bindings``), ``"bindings"`` (always the
+``cuda.bindings.driver.cuLaunchKernel`` wrapper) or ``"dispatcher"`` (Numba's normal launch,
 always used on the simulator and for kernel modules without ``plan()``); the environment
-variable ``ATTN_NUMBA_LAUNCH`` sets it at import.
+variable ``ATTN_NUMBA_LAUNCH`` sets it at import. Measured on the H200 at 512 tokens
+(results/h200/call_breakdown.json, run 3, before the ctypes path existed): the launch stage
+took 10.3 us through ``cuda.bindings`` and 217 us through Numba's dispatcher.
 """
 from __future__ import annotations
 
@@ -35,7 +39,8 @@ import numpy as np
 
 from .arrays import c_strides
 
-#: "driver": cuLaunchKernel with pre-packed parameters; "dispatcher": Numba's launch
+#: "driver": cuLaunchKernel via ctypes with pre-packed parameters; "bindings": the same via
+#: cuda.bindings; "dispatcher": Numba's launch
 MODE = os.environ.get("ATTN_NUMBA_LAUNCH", "driver")
 
 #: the seven array arguments every plan launch starts with
@@ -173,12 +178,14 @@ class Bound:
         self._params = ctypes.addressof(self._ptrs)
         self._slots = tuple(slots)
         self._func = cudrv.CUfunction(int(cufunc.handle))
+        self._fptr = int(cufunc.handle)
         self._grid, self._block = _dim3(plan.griddim), _dim3(plan.blockdim)
         self._shared = int(plan.shared)
         self._launch = cudrv.cuLaunchKernel
         self._ctx_error = cudrv.CUresult.CUDA_ERROR_INVALID_CONTEXT
         self._lock = threading.Lock()
         self._cuda = cuda
+        self._c = _libcuda_launch() if MODE == "driver" else None
 
     def __call__(self, stream, ptrs):
         g, b = self._grid, self._block
@@ -186,21 +193,48 @@ class Bound:
             buf = self._buf
             for slot, p in zip(self._slots, ptrs):
                 buf[slot] = p
-            err, = self._launch(self._func, g[0], g[1], g[2], b[0], b[1], b[2], self._shared,
-                                stream, self._params, 0)
-            if err == self._ctx_error:  # a thread without a current context: make it, retry
+            c = self._c
+            if c is not None:
+                err = c(self._fptr, g[0], g[1], g[2], b[0], b[1], b[2], self._shared, stream,
+                        self._params, None)
+            else:
+                err, = self._launch(self._func, g[0], g[1], g[2], b[0], b[1], b[2],
+                                    self._shared, stream, self._params, 0)
+            if err == 201:  # CUDA_ERROR_INVALID_CONTEXT: a thread without one: make it, retry
                 self._cuda.current_context()
                 err, = self._launch(self._func, g[0], g[1], g[2], b[0], b[1], b[2],
                                     self._shared, stream, self._params, 0)
         if err:
-            raise RuntimeError(f"cuLaunchKernel failed: {err!r}")
+            raise RuntimeError(f"cuLaunchKernel failed: CUresult {int(err)}")
+
+
+_LIBCUDA = []
+
+
+def _libcuda_launch():
+    """``cuLaunchKernel`` from the already-loaded driver library through ctypes (about a
+    microsecond of call overhead), or None where it cannot be found (then the
+    ``cuda.bindings`` wrapper is used)."""
+    if not _LIBCUDA:
+        fn = None
+        try:
+            lib = ctypes.CDLL("libcuda.so.1")
+            fn = lib.cuLaunchKernel
+            u = ctypes.c_uint
+            fn.argtypes = [ctypes.c_void_p, u, u, u, u, u, u, u, ctypes.c_void_p,
+                           ctypes.c_void_p, ctypes.c_void_p]
+            fn.restype = ctypes.c_int
+        except (OSError, AttributeError):
+            fn = None
+        _LIBCUDA.append(fn)
+    return _LIBCUDA[0]
 
 
 def bind_plans(plans, specs):
-    """:class:`Bound` launchers for ``plans`` (all of them), or None when ``MODE`` is not
-    ``"driver"``, on the simulator, or when any plan cannot be bound."""
+    """:class:`Bound` launchers for ``plans`` (all of them), or None when ``MODE`` is
+    ``"dispatcher"``, on the simulator, or when any plan cannot be bound."""
     from numba import config
-    if MODE != "driver" or config.ENABLE_CUDASIM:
+    if MODE not in ("driver", "bindings") or config.ENABLE_CUDASIM:
         return None
     try:
         return tuple(Bound(p, specs) for p in plans)

@@ -75,19 +75,8 @@ def check_scale(softmax_scale, head_size):
     return float(softmax_scale)
 
 
-_WINDOWS = {}
-
-
 def check_window(window_size, causal):
-    """:func:`~attn_numba.problem.normalize_window`, memoised for the usual tuple arguments."""
-    if type(window_size) is tuple and type(causal) is bool:
-        key = (window_size, causal)
-        hit = _WINDOWS.get(key)
-        if hit is None:
-            hit = normalize_window(window_size, causal)
-            if len(_WINDOWS) < 1024:
-                _WINDOWS[key] = hit
-        return hit
+    """:func:`~attn_numba.problem.normalize_window` (kept as the one place they combine)."""
     return normalize_window(window_size, causal)
 
 

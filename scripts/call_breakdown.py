@@ -3,13 +3,15 @@ public-call times of SDPA and FlexAttention on the same inputs (issue 10).
 
 The log's shape at 512 tokens (batch 1, 32 query heads, 8 KV heads, head size 128, fp16,
 window (128, 128), not causal). For each of our kernels (flash_tc, flash; those this build has)
-and each launch path (``launcher.MODE``: "driver" = cuLaunchKernel with bound parameters,
-"dispatcher" = Numba's normal launch), the script times every stage of the call path on its
+and each launch path (``launcher.MODE``: "driver" = cuLaunchKernel through ctypes with bound parameters,
+"bindings" = the same through cuda.bindings, "dispatcher" = Numba's normal launch), the script times every stage of the call path on its
 own, in a loop of N calls, host time only (``time.perf_counter``; launches are timed in groups
 that cannot fill the launch queue, and the waits between groups are not counted):
 
-* ``validation``: array kinds, facts (shape, dtype, pointer, device), every check;
-* ``specialisation``: the cache lookup (key hash);
+* ``validation``: array kinds and facts (shape, dtype, contiguity, pointer, device) and the
+  lookup of an earlier call with the same facts (whose checks passed); ``full_checks``, for
+  reference, is what the checks themselves cost on a first call (not part of the sum);
+* ``specialisation``: the cache lookup alone (key hash);
 * ``stream``: resolving the launch stream (torch's current stream);
 * ``allocation``: the two outputs from torch's caching allocator;
 * ``wrapping``: the seven kernel arguments (pointers; Numba views on the dispatcher path);
@@ -17,8 +19,8 @@ that cannot fill the launch queue, and the waits between groups are not counted)
 
 Then the whole public call: ``host_us`` = host time per call in a loop (the GPU keeps up or
 not, it is not waited for inside the loop) and ``call_us`` = :mod:`attn_numba.bench.calltime`'s
-median per-call time from CUDA events (what a user's loop sees), next to the cold GPU time of
-one call (``gpu_us``, CUDA events around a call on an idle GPU, median of 20).
+median per-call time from CUDA events (what a user's loop sees), next to the GPU time of one
+call (``gpu_us``: CUDA events around a call queued behind a sleep kernel, median of 20).
 
 Writes ``$OUT/call_breakdown.json`` (or ./call_breakdown.json) and prints a table.
 
@@ -61,10 +63,13 @@ def launch_us(torch, fn, n=N):
 
 
 def gpu_us(torch, fn, reps=20):
+    """GPU time of one call: CUDA events around it, queued behind a sleep kernel so that the
+    host work is hidden (median of ``reps``)."""
     out = []
     for _ in range(reps):
         torch.cuda.synchronize()
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(2_000_000)  # ~1 ms: the call is enqueued before the GPU reaches it
         a.record()
         fn()
         b.record()
@@ -74,58 +79,62 @@ def gpu_us(torch, fn, reps=20):
 
 
 def stages(torch, kernel, q, k, v):
-    """Per-stage host microseconds of ``mha_fwd(q, k, v, kernel=kernel)`` (current MODE)."""
+    """Per-stage host microseconds of ``mha_fwd(q, k, v, kernel=kernel)`` (current MODE),
+    following the hot path of a repeated call (interface.mha_fwd / interface._call)."""
     from attn_numba import arrays, interface, validation
     from attn_numba.arrays import F32, as_numba
     mha = interface.mha_fwd
     res = {}
-    mha(q, k, v, kernel=kernel, **KW)  # builds the specialisation
+    mha(q, k, v, kernel=kernel, **KW)  # builds the specialisation and the hot entry
     torch.cuda.synchronize()
-    key = next(kk for kk in interface._SPECS if kk[1] == kernel and not kk[0]
-               and kk[5] == q.shape[1])
-    spec = interface._SPECS[key]
-    bounds = spec.bounds
+    win, scale = KW["window_size"], None
 
-    def validate():
+    def facts():
         kind = validation.kinds_of(q, k, v)
-        iq, ik, iv = (arrays.info(x, kind) for x in (q, k, v))
+        iq, ik, iv = arrays.info(q, kind), arrays.info(k, kind), arrays.info(v, kind)
+        return kind, iq, ik, iv
+
+    kind, iq, ik, iv = facts()
+    hkey = interface._hot_key(kind, iq, ik, iv, scale, False, win, kernel)
+    spec, shapes = interface._HOT[hkey]
+
+    def validate():  # the hot path: array facts and the lookup of the validated entry
+        kind, iq, ik, iv = facts()
+        return interface._HOT.get(interface._hot_key(kind, iq, ik, iv, scale, False, win, kernel))
+
+    def full_checks():  # what a first call (or a call with unusual argument types) checks
         validation.check_tensors(iq, ik, iv, 4, kind)
         validation.check_scale(None, 128)
-        validation.check_window((128, 128), False)
+        validation.check_window(win, False)
         validation.check_kernel(kernel)
-        validation.check_out(None, "out", kind, (), None, ())
-        return iq, ik, iv
 
     res["validation"] = per_call_us(validate)
-    res["specialisation"] = per_call_us(lambda: interface._SPECS.get(key))
+    res["full_checks"] = per_call_us(full_checks)
+    res["specialisation"] = per_call_us(lambda: interface._HOT.get(hkey))
     dev = q.get_device()
     res["stream"] = per_call_us(lambda: arrays.resolve_stream(None, "torch", dev))
     ls = arrays.resolve_stream(None, "torch", dev)
-    lse_shape = (q.shape[0], q.shape[2], q.shape[1])
-    q_dtype = np.dtype(np.float16)
 
     def alloc():
-        o = arrays.empty("torch", q, q.shape, q_dtype, ls, dev)
-        lse = arrays.empty("torch", q, lse_shape, F32, ls, dev)
-        return o, lse
+        return (interface._new("torch", q, shapes[4], spec.problem.dtype, ls, dev),
+                interface._new("torch", q, shapes[5], F32, ls, dev))
 
     res["allocation"] = per_call_us(alloc)
-    iq, ik, iv = validate()
     out, lse = alloc()
-    io, il = arrays.info(out, "torch"), arrays.info(lse, "torch")
-    s3 = (q.shape[0] * q.shape[1], q.shape[2], q.shape[3])
-    k3 = (k.shape[0] * k.shape[1], k.shape[2], k.shape[3])
     (cq, icq), (ck, ick) = spec.cu
-    args = ((q, iq, s3), (k, ik, k3), (v, iv, k3), (out, io, s3), (lse, il, lse_shape),
-            (cq, icq, None), (ck, ick, None))
+    bounds = spec.bounds
     if bounds is not None:
-        res["wrapping"] = per_call_us(lambda: [a[1].ptr for a in args])
-        ptrs = [a[1].ptr for a in args]
+        res["wrapping"] = per_call_us(lambda: (iq.ptr, ik.ptr, iv.ptr, out.data_ptr(),
+                                               lse.data_ptr(), icq.ptr, ick.ptr))
+        ptrs = (iq.ptr, ik.ptr, iv.ptr, out.data_ptr(), lse.data_ptr(), icq.ptr, ick.ptr)
 
         def launch():
             for b in bounds:
                 b(ls.handle, ptrs)
     else:
+        io, il = arrays.info(out, "torch"), arrays.info(lse, "torch")
+        args = ((q, iq, shapes[0]), (k, ik, shapes[1]), (v, iv, shapes[2]), (out, io, shapes[0]),
+                (lse, il, shapes[3]), (cq, icq, None), (ck, ick, None))
         res["wrapping"] = per_call_us(lambda: [as_numba(x, i, s) for x, i, s in args], n=200)
         nargs = [as_numba(x, i, s) for x, i, s in args]
         stream = arrays.numba_stream(ls)
@@ -137,7 +146,7 @@ def stages(torch, kernel, q, k, v):
             else:
                 spec.mod.launch(spec.problem, *nargs, stream)
     res["launch"] = launch_us(torch, launch)
-    res["sum_of_stages"] = sum(res.values())
+    res["sum_of_stages"] = sum(v for kk, v in res.items() if kk != "full_checks")
     call = lambda: mha(q, k, v, kernel=kernel, **KW)  # noqa: E731
     res["host_us"] = launch_us(torch, call)
     return res, call, bounds is not None
@@ -155,10 +164,11 @@ def main():
     q, k, v = (torch.from_numpy(x).cuda() for x in random_qkv(rng, 1, 512, 512, 32, 8, 128))
     rows = []
     for kernel in [n for n in ("flash_tc", "flash") if n in available_kernels()]:
-        for mode in ("driver", "dispatcher"):
+        for mode in ("driver", "bindings", "dispatcher"):
             launcher.MODE = mode
             from attn_numba import interface
             interface._SPECS.clear()
+            interface._HOT.clear()
             try:
                 st, call, bound = stages(torch, kernel, q, k, v)
             except Exception as exc:  # noqa: BLE001 - report and go on
@@ -187,8 +197,8 @@ def main():
                    "call_us and gpu_us)", "rows": rows}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "call_breakdown.json").write_text(json.dumps(doc, indent=1))
-    cols = ["validation", "specialisation", "stream", "allocation", "wrapping", "launch",
-            "sum_of_stages", "host_us", "call_us", "gpu_us"]
+    cols = ["validation", "full_checks", "specialisation", "stream", "allocation", "wrapping",
+            "launch", "sum_of_stages", "host_us", "call_us", "gpu_us"]
     print(f"{doc['device']}: {doc['shape']}; us per call")
     print(f"{'name':<14}{'mode':<12}" + "".join(f"{c[:9]:>10}" for c in cols))
     for r in rows:

@@ -213,3 +213,24 @@ def test_interface_does_not_import_warmup():
         elif isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
     assert not any("warmup" in n for n in names), names
+
+
+def test_the_validated_fast_path_still_refuses_bad_arguments(qkv):
+    """After a valid call, a call with the same arrays but a bad option is refused: the
+    shortcut only applies to arguments of the usual types with equal facts."""
+    d = _dev(*qkv)
+    mha_fwd(*d, kernel="naive", causal=True, window_size=(2, 1), softmax_scale=0.5)
+    key_count = len(interface._HOT)
+    mha_fwd(*d, kernel="naive", causal=True, window_size=(2, 1), softmax_scale=0.5)
+    assert len(interface._HOT) == key_count  # the second call took the shortcut
+    for kw, exc in [(dict(causal=1), TypeError), (dict(window_size=(2.0, 1)), TypeError),
+                    (dict(softmax_scale=float("nan")), ValueError),
+                    (dict(softmax_scale=float("inf")), ValueError)]:
+        args = dict(kernel="naive", causal=True, window_size=(2, 1), softmax_scale=0.5)
+        args.update(kw)
+        with pytest.raises(exc):
+            mha_fwd(*d, **args)
+    with pytest.raises(ValueError, match="q must be C-contiguous"):
+        from numba import cuda
+        big = cuda.to_device(np.concatenate([qkv[0], qkv[0]], axis=1))[:, ::2]
+        mha_fwd(big, *d[1:], kernel="naive", causal=True, window_size=(2, 1), softmax_scale=0.5)
