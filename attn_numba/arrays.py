@@ -87,11 +87,11 @@ def _torch_dtypes():
 
 def info(x, kind):
     """:class:`Info` of ``x`` (of kind ``kind``)."""
-    if kind == "torch":
-        dt = _torch_dtypes().get(x.dtype)
+    if kind == "torch":  # torch.Size is a tuple; the dtype table is built on first use
+        dt = (_TORCH_DTYPES or _torch_dtypes()).get(x.dtype)
         if dt is None:  # reported by the caller's dtype check
             dt = np.dtype(np.void)
-        return Info(tuple(x.shape), dt, x.is_contiguous(), x.data_ptr(), x.get_device())
+        return Info(x.shape, dt, x.is_contiguous(), x.data_ptr(), x.get_device())
     if kind == "numpy":
         return Info(x.shape, x.dtype, x.flags.c_contiguous, None, None)
     if kind == "cupy":
