@@ -174,12 +174,29 @@ def stream_handle(stream):
                     f"__cuda_stream__, or an int cudaStream_t; got {type(stream).__name__}")
 
 
+_TORCH_FNS = []
+
+
+def _torch_fns():
+    """(current raw stream of a device, current device): torch's C entry points where this
+    torch has them (no Python wrapper per call), else the public functions."""
+    if not _TORCH_FNS:
+        torch = sys.modules["torch"]
+        raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+        if raw is None:
+            def raw(device):
+                return torch.cuda.current_stream(device).cuda_stream
+        _TORCH_FNS.extend((raw, getattr(torch._C, "_cuda_getDevice", torch.cuda.current_device)))
+    return _TORCH_FNS
+
+
 def _torch_current(device):
-    torch = sys.modules["torch"]
-    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
-    if raw is not None:
-        return int(raw(device))
-    return int(torch.cuda.current_stream(device).cuda_stream)
+    return int((_TORCH_FNS or _torch_fns())[0](device))
+
+
+def torch_current_device():
+    """torch's current CUDA device index."""
+    return (_TORCH_FNS or _torch_fns())[1]()
 
 
 def _cupy_current():

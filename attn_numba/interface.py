@@ -191,7 +191,7 @@ def _call(spec, kind, ins, outs, cus, shapes, stream, return_lse):
     (q, iq), (k, ik), (v, iv) = ins
     device = iq.device
     if kind == "torch":  # launch on q's device, as FlashAttention does
-        if device != sys.modules["torch"].cuda.current_device():
+        if device != arrays.torch_current_device():
             with sys.modules["torch"].cuda.device(device):
                 return _call(spec, kind, ins, outs, cus, shapes, stream, return_lse)
     ls = resolve_stream(stream, kind, device)
