@@ -271,6 +271,34 @@ def _hot_key(kind, iq, ik, iv, scale, causal, window, kernel):
             causal, window, kernel)
 
 
+def _hot_outs(hot, kind, ins, out, lse_out):
+    """``((out, Info), (lse_out, Info))`` when CUDA buffers ``out``/``lse_out`` (either may be
+    None) are plainly valid for a validated call (right shape, dtype, device, C-contiguous,
+    no overlap), else None: the full checks then run and say what is wrong."""
+    if kind == "numpy":
+        return None
+    spec, shapes = hot
+    res = []
+    for buf, shape, dtype in ((out, shapes[4], spec.problem.dtype), (lse_out, shapes[5], F32)):
+        if buf is None:
+            res.append((None, None))
+            continue
+        try:
+            bkind = arrays.kind_of(buf, "out")
+        except TypeError:
+            return None
+        if bkind == "numpy":
+            return None
+        inf = arrays.info(buf, bkind)
+        if (tuple(inf.shape) != shape or inf.dtype != dtype or not inf.contiguous
+                or inf.device != ins[0].device or any(arrays.overlaps(inf, o) for o in ins)):
+            return None
+        res.append((buf, inf))
+    if res[0][1] is not None and res[1][1] is not None and arrays.overlaps(res[0][1], res[1][1]):
+        return None
+    return tuple(res)
+
+
 def mha_fwd(q, k, v, *, softmax_scale=None, causal=False, window_size=(-1, -1),
             kernel="auto", return_lse=False, stream=None, out=None, lse_out=None):
     """Multi-head (GQA/MQA) attention forward, FlashAttention's ``flash_attn_func`` semantics.
@@ -319,9 +347,12 @@ def mha_fwd(q, k, v, *, softmax_scale=None, causal=False, window_size=(-1, -1),
     iq, ik, iv = arrays.info(q, kind), arrays.info(k, kind), arrays.info(v, kind)
     hkey = _hot_key(kind, iq, ik, iv, softmax_scale, causal, window_size, kernel)
     hot = _HOT.get(hkey) if hkey is not None else None
-    if hot is not None and out is None and lse_out is None:  # these facts passed before
-        return _call(hot[0], kind, ((q, iq), (k, ik), (v, iv)), ((None, None), (None, None)),
-                     hot[0].cu, hot[1], stream, return_lse)
+    if hot is not None:  # these facts passed the checks before
+        outs = ((None, None), (None, None)) if out is None and lse_out is None else \
+            _hot_outs(hot, kind, (iq, ik, iv), out, lse_out)
+        if outs is not None:
+            return _call(hot[0], kind, ((q, iq), (k, ik), (v, iv)), outs, hot[0].cu, hot[1],
+                         stream, return_lse)
     dtype = check_tensors(iq, ik, iv, 4, kind)
     batch, sq, num_heads, head_size = (int(s) for s in iq.shape)
     bk, sk, num_kv_heads, _ = (int(s) for s in ik.shape)

@@ -234,3 +234,23 @@ def test_the_validated_fast_path_still_refuses_bad_arguments(qkv):
         from numba import cuda
         big = cuda.to_device(np.concatenate([qkv[0], qkv[0]], axis=1))[:, ::2]
         mha_fwd(big, *d[1:], kernel="naive", causal=True, window_size=(2, 1), softmax_scale=0.5)
+
+
+def test_out_on_the_validated_fast_path(qkv):
+    """Repeated calls with out=/lse_out= take the shortcut and still write them; a bad buffer
+    after that is still refused with the argument's name."""
+    from numba import cuda
+    d = _dev(*qkv)
+    ref, ref_lse = mha_fwd(*qkv, kernel="flash", window_size=(3, 3), return_lse=True)
+    for _ in range(2):
+        out = cuda.to_device(np.full(ref.shape, np.nan, np.float32))
+        lse = cuda.to_device(np.full(ref_lse.shape, np.nan, np.float32))
+        res = mha_fwd(*d, kernel="flash", window_size=(3, 3), out=out, lse_out=lse)
+        assert res is out
+        np.testing.assert_array_equal(out.copy_to_host(), ref)
+        np.testing.assert_array_equal(lse.copy_to_host(), ref_lse)
+    with pytest.raises(ValueError, match="lse_out must have shape"):
+        mha_fwd(*d, kernel="flash", window_size=(3, 3), out=out,
+                lse_out=cuda.device_array((2, 5, 4), np.float32))
+    with pytest.raises(TypeError, match="lse_out must be"):
+        mha_fwd(*d, kernel="flash", window_size=(3, 3), lse_out=[1.0])
