@@ -51,8 +51,12 @@ RES = {}
 T0 = time.time()
 
 
+STAGE = None     # set in a stage subprocess: its results go to stage_<name>.json
+
+
 def save():
-    with open(os.path.join(OUT, "wgmma_check.json"), "w") as f:
+    name = f"stage_{STAGE}.json" if STAGE else "wgmma_check.json"
+    with open(os.path.join(OUT, name), "w") as f:
         json.dump(RES, f, indent=1, default=str)
 
 
@@ -152,9 +156,13 @@ MICRO = (("SS", 64, 64, ("f16", "bf16")), ("SS", 128, 128, ("f16",)),
          ("RS", 128, 64, ("f16", "bf16")), ("RS", 256, 32, ("f16",)))
 
 
-def microtest(rng):
+def microtest(rng, swapped=False):
+    """Run the MICRO kernels against NumPy; ``swapped``: the MN-major rows with LBO and SBO
+    swapped instead (only tried when the CUTLASS reading fails)."""
     rows = []
     for op, n, kd, kinds in MICRO:
+        if swapped and op != "RS":
+            continue
         a_regs, b_mn = op != "SS", op == "RS"
         for kind in kinds:
             dt = np.dtype(np.float16) if kind == "f16" else bf16()
@@ -162,8 +170,9 @@ def microtest(rng):
             b = rng.standard_normal((kd, n) if b_mn else (n, kd)).astype(dt)
             b64 = b.astype(np.float64)
             want = a.astype(np.float64) @ (b64 if b_mn else b64.T)
-            variants = ({"cutlass": (kd * 128, 1024), "swapped": (1024, kd * 128)}
-                        if b_mn else {"kmajor": (16, 1024)})
+            variants = ({"cutlass": (kd * 128, 1024)} if b_mn else {"kmajor": (16, 1024)})
+            if b_mn and swapped:
+                variants = {"swapped": (1024, kd * 128)}
             for name, (lbo, sbo) in variants.items():
                 row = dict(op=op, n=n, k=kd, kind=kind, desc=name)
                 try:
@@ -183,12 +192,9 @@ def microtest(rng):
                     row.update(ok=False, error=f"{type(exc).__name__}: {exc}"[:500])
                 log("micro", row)
                 rows.append(row)
-    RES["micro"] = rows
+    RES["micro_swapped" if swapped else "micro"] = rows
     save()
-    rs_ok = {name: all(r["ok"] for r in rows if r["op"] == "RS" and r["desc"] == name)
-             for name in ("cutlass", "swapped")}
-    ss_ok = all(r["ok"] for r in rows if r["op"] != "RS")
-    return ss_ok, rs_ok
+    return rows
 
 
 # --------------------------------------------------------------------------- b. sweep
@@ -251,6 +257,9 @@ WINDOWS = (((-1, -1), False), ((-1, -1), True), ((0, 0), False), ((128, 128), Fa
 
 def sweep_cases(dtypes, heads):
     cases = []
+    if os.environ.get("WGMMA_CHECK_TINY"):      # dry runs on the simulator: tiny lengths
+        return [(dt, d, GROUPS[(np.dtype(dt).name, d)][0], [s], [s + 3], w, c)
+                for d in heads for dt in dtypes for s, (w, c) in zip((20, 9), WINDOWS[1:3])]
     for d in heads:
         for dtype in dtypes:
             gs = GROUPS[(np.dtype(dtype).name, d)]
@@ -277,6 +286,9 @@ def sweep(rng, cases, budget_end, key, **kw):
         if not row["ok"] and sum(not r["ok"] for r in rows) < 8:   # the first few only
             log("FAIL", key, row)
         rows.append(row)
+        RES[key] = dict(run=len(rows), total=len(cases), passed=sum(r["ok"] for r in rows),
+                        options=kw, rows=rows)
+        save()                  # a stage killed by its timeout still reports what it ran
     RES[key] = dict(run=len(rows), total=len(cases), passed=sum(r["ok"] for r in rows),
                     options=kw, rows=rows)
     save()
@@ -417,13 +429,17 @@ def ptxas_report(ptx, path):
                       if any(k in ln for k in keep))
 
 
-def evidence(v_swap):
+def evidence(v_swap, stop=float("inf")):
     rows = []
     for d, kind, hb, bn, ov, wg in ((128, "f16", 4, 128, False, 1), (128, "f16", 4, 128, True, 1),
                                     (128, "f16", 4, 128, True, 2), (64, "f16", 4, 128, False, 1),
                                     (256, "bf16", 1, 64, False, 1), (256, "f16", 4, 64, True, 1)):
         kern = v5.build(d, kind, hb, bn, v_swap, ov, None, wg)
         row = dict(d=d, kind=kind, heads=hb, block_n=bn, overlap=ov, groups=wg)
+        if time.time() > stop and rows:
+            row["error"] = "skipped: out of time"
+            rows.append(row)
+            continue
         try:
             sig = v5._signature()
             ck = kern.compile(sig)
@@ -438,6 +454,11 @@ def evidence(v_swap):
             with open(os.path.join(OUT, tag + ".ptx"), "w") as f:
                 f.write(ptx)
             cubin = lib.get_cubin()
+            if not isinstance(cubin, (bytes, bytearray)):      # cuda.core ObjectCode
+                cubin = getattr(cubin, "code", cubin)
+                if isinstance(cubin, str) and os.path.exists(cubin):
+                    with open(cubin, "rb") as f:
+                        cubin = f.read()
             cpath = os.path.join(OUT, tag + ".cubin")
             with open(cpath, "wb") as f:
                 f.write(cubin)
@@ -482,11 +503,17 @@ print(json.dumps(dict(import_and_context_s=t1 - t0, first_call_s=t3 - t2,
 """
 
 
-def first_call():
+def first_call(timeout=120):
     """A fresh process after this one filled the disk cache: the first public call's time
     (host arrays in and out, 512 tokens; the issue's target is 0.3 s)."""
-    r = subprocess.run([sys.executable, "-c", FIRST_CALL], capture_output=True, text=True,
-                       timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        r = subprocess.run([sys.executable, "-c", FIRST_CALL], capture_output=True, text=True,
+                           timeout=timeout,
+                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    except subprocess.TimeoutExpired:
+        RES["first_call"] = dict(error=f"timed out after {timeout:.0f} s")
+        save()
+        return
     try:
         RES["first_call"] = json.loads(r.stdout.strip().splitlines()[-1])
     except Exception:  # noqa: BLE001
@@ -495,65 +522,120 @@ def first_call():
     save()
 
 
+def run_stage(name, args, timeout):
+    """Run one stage in a fresh process (a fault there cannot poison this process's or a
+    later stage's CUDA context) and merge its results; its log lines are forwarded."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--stage", name, "--stage-args",
+           json.dumps(args)]
+    path = os.path.join(OUT, f"stage_{name}.json")
+    if os.path.exists(path):
+        os.remove(path)
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=max(timeout, 5))
+        out = r.stdout + ("" if r.returncode == 0 else r.stderr[-3000:])
+    except subprocess.TimeoutExpired as exc:
+        out = f"stage {name} timed out after {timeout:.0f} s\n" + str(exc.stdout or "")[-2000:]
+    print(out.rstrip()[-6000:], flush=True)
+    if os.path.exists(path):
+        with open(path) as f:
+            RES.update(json.load(f))
+    else:
+        RES[f"{name}_error"] = out[-2000:]
+    save()
+
+
+def stage_main(name, args):
+    """Body of a stage subprocess."""
+    global STAGE
+    STAGE = name
+    rng = np.random.default_rng(args.get("seed", 0))
+    if name == "micro":
+        microtest(rng, swapped=args.get("swapped", False))
+    elif name == "sweep":
+        f16 = np.dtype(np.float16)
+        cases = sweep_cases((f16, bf16()), (128, 64, 256))
+        if args.get("specs"):
+            specs = {tuple(x) for x in args["specs"]}
+            cases = [c for c in cases
+                     if (c[1], "f16" if c[0] == f16 else "bf16", v5.heads_per_block(c[2])) in specs
+                     and (c[3][0] in (1025, 200, 130, 300) or c[6])]
+        sweep(rng, cases, args["deadline"], args["key"], v_swap=args["v_swap"], **args["opts"])
+    elif name == "timing":
+        timing(args["v_swap"])
+    save()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget", type=float, default=150.0, help="seconds for the whole run")
     ap.add_argument("--force", action="store_true",
                     help="launch flash_wgmma even when the microtest fails")
+    ap.add_argument("--stage", help=argparse.SUPPRESS)
+    ap.add_argument("--stage-args", default="{}", help=argparse.SUPPRESS)
     a = ap.parse_args()
     os.makedirs(OUT, exist_ok=True)
+    if a.stage:
+        return stage_main(a.stage, json.loads(a.stage_args))
+    end = T0 + a.budget
     dev = cuda.get_current_device()
     RES["device"] = dict(name=str(getattr(dev, "name", "simulator")),
                          cc=list(dev.compute_capability))
     log("device", RES["device"])
-    rng = np.random.default_rng(0)
     pool, res = precompile_async()
-    ss_ok, rs_ok = False, {}
-    try:
-        ss_ok, rs_ok = microtest(rng)
-    except Exception:  # noqa: BLE001
-        RES["micro_error"] = traceback.format_exc()
-        traceback.print_exc()
-    v_swap = bool(not rs_ok.get("cutlass", False) and rs_ok.get("swapped", False))
+    run_stage("micro", {}, end - time.time())
+    rows = RES.get("micro", [])
+    ss_ok = bool(rows) and all(r["ok"] for r in rows if r["op"] != "RS")
+    rs_ok = {"cutlass": bool(rows) and all(r["ok"] for r in rows if r["op"] == "RS")}
+    if not rs_ok["cutlass"]:
+        run_stage("micro", {"swapped": True, "seed": 1}, end - time.time())
+        sw = RES.get("micro_swapped", [])
+        rs_ok["swapped"] = bool(sw) and all(r["ok"] for r in sw)
+    v_swap = bool(not rs_ok["cutlass"] and rs_ok.get("swapped", False))
     RES["v_swap_used"] = v_swap
     # with no working reading of a descriptor the kernel could read outside its shared
-    # memory and poison the context for every later stage: launch it only with --force
+    # memory: launch it only with --force
     launch_ok = a.force or (ss_ok and any(rs_ok.values()))
     RES["kernel_launched"] = launch_ok
     if pool is not None:
         try:
-            RES["precompile"] = [dict(spec=sp, s=t, error=e) for sp, t, e in res.get(timeout=120)]
+            RES["precompile"] = [dict(spec=sp, s=t, error=e)
+                                 for sp, t, e in res.get(timeout=max(1, min(90, end - time.time() - 60)))]
         except Exception:  # noqa: BLE001
             RES["precompile_error"] = traceback.format_exc()
         pool.terminate()
-        log("precompiled", RES.get("precompile"))
-    f16 = np.dtype(np.float16)
-    all_cases = sweep_cases((f16, bf16()), (128, 64, 256))
-    stages = [("sweep", lambda: sweep(rng, all_cases, T0 + a.budget * 0.5, "sweep",
-                                      v_swap=v_swap))]
-    for i, (key, opts, specs) in enumerate(EXTRA_SWEEPS):
-        cases = [c for c in all_cases
-                 if (c[1], "f16" if c[0] == f16 else "bf16", v5.heads_per_block(c[2])) in specs
-                 and (c[3][0] in (1025, 200, 130, 300) or c[6])]
-        stages.append((key, lambda cases=cases, key=key, opts=opts, i=i: sweep(
-            rng, cases, T0 + a.budget * (0.58 + 0.07 * i), key, v_swap=v_swap, **opts)))
-    if not launch_ok:
-        log("microtest failed: flash_wgmma is not launched (use --force to launch it anyway)")
-        stages = []
-    stages += [("timing", lambda: timing(v_swap, launch_ok)),
-               ("evidence", lambda: evidence(v_swap))]
+        log("precompiled", [(r["spec"], r["s"], r["error"]) for r in RES.get("precompile", [])])
+    save()
     if launch_ok:
-        stages.append(("first_call", first_call))
-    for stage, fn in stages:
-        try:
-            fn()
-        except Exception:  # noqa: BLE001
-            RES[stage + "_error"] = traceback.format_exc()
-            traceback.print_exc()
-        save()
+        # sweeps get what is left minus ~45 s for timing, evidence and the first call: the
+        # full sweep 60% of it, the variant sweeps share the rest
+        sweep_end = end - 50
+        plan = [("sweep", None, {})] + [(key, [list(x) for x in specs], opts)
+                                        for key, opts, specs in EXTRA_SWEEPS]
+        for i, (key, specs, opts) in enumerate(plan):
+            left = sweep_end - time.time()
+            if left <= 3:
+                log(f"{key}: no time left")
+                continue
+            deadline = time.time() + (0.6 * left if i == 0 else left / (len(plan) - i))
+            run_stage("sweep", dict(key=key, specs=specs, opts=opts, v_swap=v_swap,
+                                    deadline=deadline), deadline - time.time() + 30)
+        run_stage("timing", dict(v_swap=v_swap), max(20, min(45, end - time.time() - 15)))
+    else:
+        log("microtest failed: flash_wgmma is not launched (use --force to launch it anyway)")
+    try:
+        evidence(v_swap, end + 5)
+    except Exception:  # noqa: BLE001
+        RES["evidence_error"] = traceback.format_exc()
+    if launch_ok:
+        first_call(max(15, end + 15 - time.time()))
+    save()
     # the short table
     print("\n==== flash_wgmma check on", RES["device"]["name"], "====")
     print(f"micro SS/RSK ok: {ss_ok}   RS ok by V-descriptor reading: {rs_ok}   kernel v_swap={v_swap}")
+    for r in RES.get("micro", []) + RES.get("micro_swapped", []):
+        if not r["ok"]:
+            print("  micro FAIL", {k: r.get(k) for k in ("op", "n", "k", "kind", "desc", "max_err",
+                                                         "error")})
     for key in ["sweep"] + [k for k, _, _ in EXTRA_SWEEPS]:
         sw = RES.get(key, {})
         print(f"{key} {sw.get('passed', 0)}/{sw.get('run', 0)} pass ({sw.get('total', 0)} planned)")
