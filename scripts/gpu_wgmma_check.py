@@ -629,25 +629,37 @@ def main():
     if launch_ok:
         first_call(max(15, end + 15 - time.time()))
     save()
-    # the short table
+    # the short table (about 20 lines; the most important last)
     print("\n==== flash_wgmma check on", RES["device"]["name"], "====")
-    print(f"micro SS/RSK ok: {ss_ok}   RS ok by V-descriptor reading: {rs_ok}   kernel v_swap={v_swap}")
+    runs = RES.get("timing_8192", {}).get("runs", {})
+    names = sorted({k.split("/", 1)[1] for k in runs}, key=lambda n: (n != "flash_tc", n))
+    for name in names:
+        cells = []
+        for case in ("window128", "window128_causal"):
+            r = runs.get(f"{case}/{name}", {})
+            cells.append(f"{r['ms']:.3f} ms {r['tflops']:4.0f} TF/s" if "ms" in r
+                         else str(r.get("error", "-"))[:40])
+        print(f"  8192 {name:<34} non-causal {cells[0]:<22} causal {cells[1]}")
+    ev = RES.get("evidence", [])
+    print("  regs/local/HGMMA: " + "; ".join(
+        f"D{r['d']}{r['kind']}h{r['heads']}bn{r['block_n']}{'ov' if r['overlap'] else ''}"
+        f"wg{r['groups']} {r.get('regs')}/{r.get('local_bytes')}/{r.get('hgmma')}"
+        for r in ev))
+    ptx_notes = {r.get("ptxas", "") for r in ev if "C75" in r.get("ptxas", "")}
+    print("  ptxas C75xx notes:", "; ".join(ptx_notes)[:200] or "none")
+    print("  first call in a new process (warm cache):", str(RES.get("first_call"))[-200:])
+    if "timing_error" in RES:
+        print("  timing stage:", RES["timing_error"][-150:])
     for r in RES.get("micro", []) + RES.get("micro_swapped", []):
         if not r["ok"]:
             print("  micro FAIL", {k: r.get(k) for k in ("op", "n", "k", "kind", "desc", "max_err",
-                                                         "error")})
+                                                         "error") if r.get(k) is not None})
+    print(f"micro SS/RSK ok: {ss_ok}   RS ok by V-descriptor reading: {rs_ok}   "
+          f"kernel v_swap={v_swap} launched={launch_ok}")
     for key in ["sweep"] + [k for k, _, _ in EXTRA_SWEEPS]:
         sw = RES.get(key, {})
-        print(f"{key} {sw.get('passed', 0)}/{sw.get('run', 0)} pass ({sw.get('total', 0)} planned)")
-    for name, r in RES.get("timing_8192", {}).get("runs", {}).items():
-        print(f"  8192 tok {name:<36} " + (f"{r['ms']:.3f} ms  {r['tflops']:.0f} TFLOP/s"
-                                           if "ms" in r else r["error"][:100]))
-    for r in RES.get("evidence", []):
-        print(f"  D={r['d']} {r['kind']} h{r['heads']} bn{r['block_n']} ov={r['overlap']} "
-              f"wg={r['groups']}: "
-              f"regs {r.get('regs')} local {r.get('local_bytes')} "
-              f"HGMMA {r.get('hgmma')}  {r.get('ptxas', r.get('error', ''))[:150]}")
-    print("  first call in a new process (warm cache):", RES.get("first_call"))
+        print(f"{key} {sw.get('passed', 0)}/{sw.get('run', 0)} pass ({sw.get('total', 0)} planned)"
+              + (f"  {RES[key + '_error'][-120:]}" if key + "_error" in RES else ""))
     print(f"total {time.time() - T0:.0f} s; details in {OUT}/wgmma_check.json")
 
 
