@@ -3,6 +3,9 @@ the disk cache, and time against FlexAttention on the log's grid. Launches the k
 directly (not through the public call), so it measures the kernel alone.
 
     python3 scripts/gpu_check_v4.py            # writes $OUT/v4_check.json, prints a table
+
+Variants (``VARIANTS``, keyword arguments of ``v4.launch``) are timed next to the default;
+those with ``rows_per_warp`` (new code: ``v4_two_tile``) also get a correctness subset.
 """
 import json
 import math
@@ -39,7 +42,7 @@ def as_numba(t, view=None):
     return a.view(np.uint16) if a.dtype == np.int16 else a
 
 
-def run_varlen(q, k, v, cu_q, cu_k, left, right, causal, dtype_name, stream=0):
+def run_varlen(q, k, v, cu_q, cu_k, left, right, causal, dtype_name, stream=0, variant=None):
     """q (tq, H, D) torch, k/v (tk, Hkv, D); returns out torch, lse torch (H, tq)."""
     lq, lk = np.diff(cu_q), np.diff(cu_k)
     tq, H, D = q.shape
@@ -53,18 +56,19 @@ def run_varlen(q, k, v, cu_q, cu_k, left, right, causal, dtype_name, stream=0):
     dcq = cuda.to_device(cu_q.astype(np.int32))
     dck = cuda.to_device(cu_k.astype(np.int32))
     v4.launch(prob, as_numba(q), as_numba(k), as_numba(v), as_numba(out), cuda.as_cuda_array(lse),
-              dcq, dck, cuda.default_stream())
+              dcq, dck, cuda.default_stream(), **(variant or {}))
     cuda.synchronize()
     return out, lse[0]
 
 
-def check(rng, dtype_name, D, lens_q, lens_k, H, Hkv, window, causal):
+def check(rng, dtype_name, D, lens_q, lens_k, H, Hkv, window, causal, variant=None):
     cu_q = np.concatenate([[0], np.cumsum(lens_q)])
     cu_k = np.concatenate([[0], np.cumsum(lens_k)])
     q = torch.randn(int(cu_q[-1]), H, D, device=DEV).to(TDT[dtype_name])
     k = torch.randn(int(cu_k[-1]), Hkv, D, device=DEV).to(TDT[dtype_name])
     v = torch.randn(int(cu_k[-1]), Hkv, D, device=DEV).to(TDT[dtype_name])
-    out, lse = run_varlen(q, k, v, cu_q, cu_k, window[0], window[1], causal, dtype_name)
+    out, lse = run_varlen(q, k, v, cu_q, cu_k, window[0], window[1], causal, dtype_name,
+                          variant=variant)
     f64 = lambda t: t.double().cpu().numpy()  # noqa: E731
     ref, ref_lse = mha_varlen_fwd_ref(f64(q), f64(k), f64(v), cu_q.astype(np.int32),
                                       cu_k.astype(np.int32), causal=causal, window_size=window)
@@ -82,7 +86,9 @@ def check(rng, dtype_name, D, lens_q, lens_k, H, Hkv, window, causal):
                 nan=nan, empty_rows_ok=lse_inf_ok, ok=bool(ok))
 
 
-def correctness():
+def correctness(variant=None):
+    """The sweep (210 cases); with a ``variant`` (launch keywords), its head-size and varlen
+    cases and every third of the rest (88 cases)."""
     rng = np.random.default_rng(0)
     cases = []
     for dt in ("float16", "bfloat16"):
@@ -96,7 +102,9 @@ def correctness():
         for D in (64, 128, 256):
             cases.append((dt, D, [0, 100, 0, 513, 7], [5, 100, 0, 400, 0], 8, 2, (32, 8), False))
             cases.append((dt, D, [0, 100, 0, 513, 7], [5, 100, 0, 400, 0], 8, 2, (-1, -1), True))
-    rows = [check(rng, *c) for c in cases]
+    if variant:
+        cases = [c for i, c in enumerate(cases) if i % 3 == 0 or c[1] != 128 or len(c[2]) > 1]
+    rows = [check(rng, *c, variant=variant) for c in cases]
     return rows
 
 
@@ -109,6 +117,14 @@ def resources():
                 f = ovl._codelibrary.get_cufunc()
                 out.append(dict(D=D, dtype=dt, regs=f.attrs.regs, local=f.attrs.local,
                                 shared=f.attrs.shared))
+    for D in (64, 128):            # rows_per_warp=32 variants (compiled by their timing/checks)
+        for name, kw in VARIANTS.items():
+            if "rows_per_warp" in kw:
+                kern = v4.build(D, 4, False, **kw)
+                for sig, ovl in kern.overloads.items():
+                    f = ovl._codelibrary.get_cufunc()
+                    out.append(dict(D=D, dtype="float16", variant=name, regs=f.attrs.regs,
+                                    local=f.attrs.local, shared=f.attrs.shared))
     return out
 
 
@@ -146,7 +162,8 @@ def _queued_ms(fn, n=20, sleep_cycles=int(2e7)):
     return float(np.median(times))
 
 
-VARIANTS = {"default": {}, "s1_bn64": dict(nstages=1, bn=64), "s1_bn32": dict(nstages=1, bn=32)}
+VARIANTS = {"default": {}, "s1_bn64": dict(nstages=1, bn=64), "s1_bn32": dict(nstages=1, bn=32),
+            "rpw32": dict(rows_per_warp=32), "rpw32_bn16": dict(rows_per_warp=32, bn=16)}
 
 
 def timing(variants=VARIANTS, sizes=(512, 1024, 2048, 4096, 8192)):
@@ -205,6 +222,14 @@ def main(argv):
               f"({time.time() - t0:.0f} s)")
         for r in bad[:15]:
             print("  FAIL", r)
+        for name, kw in VARIANTS.items():
+            if "rows_per_warp" in kw:
+                rows = res[f"correctness_{name}"] = correctness(kw)
+                bad = [r for r in rows if not r["ok"]]
+                print(f"correctness[{name}]: {len(rows) - len(bad)}/{len(rows)} ok "
+                      f"({time.time() - t0:.0f} s)")
+                for r in bad[:10]:
+                    print("  FAIL", r)
     res["resources"] = resources()
     print("resources", res["resources"])
     res["first_call"] = first_call()

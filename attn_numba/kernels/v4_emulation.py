@@ -29,15 +29,19 @@ def _tile(x16, n0, bn, d16):
 
 
 def emulate_flash_tc(q, k, v, scale, left, right, head, kv_head, block_n, heads=1,
-                     dtype=np.float16):
-    """Mirror of ``v4.build(D, heads, bn=block_n)`` for one sequence and one head.
+                     dtype=np.float16, rows_per_warp=16):
+    """Mirror of ``v4.build(D, heads, bn=block_n, rows_per_warp=rows_per_warp)`` for one
+    sequence and one head; with ``rows_per_warp=32`` each warp holds two m16 tiles that share
+    every K/V fragment (one ``ldmatrix_py`` feeds both tiles' mma), as in ``v4_two_tile``.
 
     q: (sq, H, D), k/v: (sk, Hkv, D), all ``dtype`` (float16 or ml_dtypes.bfloat16). Returns
     out (sq, D) float32 (rounded to ``dtype``) and lse (sq,).
     """
+    if rows_per_warp not in (16, 32):
+        raise ValueError(f"rows_per_warp must be 16 or 32, got {rows_per_warp!r}")
     dtype = np.dtype(dtype)
     sq, sk, D = q.shape[0], k.shape[0], q.shape[2]
-    BN, D16 = block_n, v4.padded(D)
+    BN, D16, MT = block_n, v4.padded(D), rows_per_warp // 16
     q16 = np.zeros((sq, D16), np.uint16)
     q16[:, :D] = np.ascontiguousarray(q[:, head]).view(np.uint16)
     k16 = np.ascontiguousarray(k[:, kv_head]).view(np.uint16)
@@ -46,7 +50,7 @@ def emulate_flash_tc(q, k, v, scale, left, right, head, kv_head, block_n, heads=
     out = np.full((sq, D), np.nan, np.float32)
     lse = np.full(sq, np.nan, np.float32)
     kr = lambda i: key_range_host(i, sq, sk, left, right)  # noqa: E731
-    pb = 16 * v4.WARPS // heads                                   # positions per block
+    pb = rows_per_warp * v4.WARPS // heads                        # positions per block
     for row0 in range(0, sq, pb):
         blo, bhi = kr(row0)[0], kr(min(row0 + pb, sq) - 1)[1]
         staged = [(n0, _tile(k16, n0, BN, D16), _tile(v16, n0, BN, D16))
@@ -54,83 +58,112 @@ def emulate_flash_tc(q, k, v, scale, left, right, head, kv_head, block_n, heads=
         for warp in range(v4.WARPS):
             if warp % heads != head % heads:                      # another head's warp
                 continue
-            wrow0 = row0 + 16 * (warp // heads)
+            wrow0 = row0 + rows_per_warp * (warp // heads)
             if wrow0 >= sq:
                 continue
             wlo_first, whi_first = kr(wrow0)
-            wlo_last, whi_last = kr(min(wrow0 + 15, sq - 1))
-            rows = np.stack([wrow0 + L.c_frag_rc(lane, 0)[0] for lane in range(32)])
-            rng_a = np.array([kr(r) for r in rows])
-            rng_b = np.array([kr(r + 8) for r in rows])
-            qf = np.zeros((32, 4 * (D16 // 16)), np.uint32)
-            for lane in range(32):
-                for kk in range(D16 // 16):
-                    for r in range(4):
-                        rr, cc = L.a_frag_rc(lane, r)
-                        if wrow0 + rr < sq:
-                            c = 16 * kk + cc
-                            qf[lane, 4 * kk + r] = (int(q16[wrow0 + rr, c])
-                                                    | int(q16[wrow0 + rr, c + 1]) << 16)
-            acc = np.zeros((32, 4 * (D16 // 8)), np.float32)
-            m = np.full((32, 2), -np.inf, np.float32)
-            lsum = np.zeros((32, 2), np.float32)
+            wlo_last, whi_last = kr(min(wrow0 + rows_per_warp - 1, sq - 1))
+            tiles = [_MTile(wrow0 + 16 * mi, q16, sq, kr, D16) for mi in range(MT)]
             for n0, ks, vs in staged:
                 if not (n0 <= whi_last and n0 + BN - 1 >= wlo_first):
                     continue
-                s = np.zeros((32, 4 * (BN // 8)), np.float32)
+                for mt in tiles:
+                    mt.s = np.zeros((32, 4 * (BN // 8)), np.float32)
                 for p in range(BN // 16):
                     for kk in range(D16 // 16):
                         b = L.ldmatrix_py(ks, lambda ln: L.k_ldsm_rc(ln, p, kk), 4)
-                        for j in range(2):
-                            nt = 2 * p + j
-                            s[:, 4 * nt:4 * nt + 4] = L.mma_py(
-                                qf[:, 4 * kk:4 * kk + 4], b[:, 2 * j:2 * j + 2],
-                                s[:, 4 * nt:4 * nt + 4], dtype)
-                s *= scale_log2
-                if not (wlo_last <= n0 and n0 + BN - 1 <= whi_first):
-                    for lane in range(32):
-                        for nt in range(BN // 8):
-                            for r in range(4):
-                                rr, cc = L.c_frag_rc(lane, r)
-                                col = n0 + 8 * nt + cc
-                                lo, hi = (rng_a if rr < 8 else rng_b)[lane]
-                                if col < lo or col > hi:
-                                    s[lane, 4 * nt + r] = -np.inf
-                sa, sb = s.reshape(32, -1, 4)[:, :, 0:2], s.reshape(32, -1, 4)[:, :, 2:4]
-                mx = np.stack([_quad_reduce(sa.reshape(32, -1).max(1), np.max),
-                               _quad_reduce(sb.reshape(32, -1).max(1), np.max)], 1)
-                new = np.maximum(m, mx)
-                base = np.where(new == -np.inf, np.float32(0), new)
-                alpha = np.exp2(m - base)
-                m = new
-                p = s.reshape(32, -1, 2, 2) - base[:, None, :, None]
-                p = np.exp2(p).astype(np.float32)
-                lsum = lsum * alpha + p.sum(axis=(1, 3))
-                acc = (acc.reshape(32, -1, 2, 2) * alpha[:, None, :, None]).reshape(32, -1)
-                s = p.reshape(32, -1)
+                        for mt in tiles:                          # one fragment, MT tiles
+                            for j in range(2):
+                                nt = 2 * p + j
+                                mt.s[:, 4 * nt:4 * nt + 4] = L.mma_py(
+                                    mt.qf[:, 4 * kk:4 * kk + 4], b[:, 2 * j:2 * j + 2],
+                                    mt.s[:, 4 * nt:4 * nt + 4], dtype)
+                masked = not (wlo_last <= n0 and n0 + BN - 1 <= whi_first)
+                for mt in tiles:
+                    mt.softmax(scale_log2, n0, BN, masked)
                 for kk in range(BN // 16):
-                    a = np.zeros((32, 4), np.uint32)
-                    for lane in range(32):
-                        for reg in range(4):
-                            nt, creg = L.p_from_s(kk, reg)
-                            a[lane, reg] = L.pack_py(s[lane, 4 * nt + creg],
-                                                     s[lane, 4 * nt + creg + 1], dtype)
+                    a = [mt.p_fragment(kk, dtype) for mt in tiles]
                     for p in range(D16 // 16):
                         b = L.ldmatrix_py(vs, lambda ln: L.v_ldsm_rc(ln, kk, p), 4, trans=True)
-                        for j in range(2):
-                            nt = 2 * p + j
-                            acc[:, 4 * nt:4 * nt + 4] = L.mma_py(
-                                a, b[:, 2 * j:2 * j + 2], acc[:, 4 * nt:4 * nt + 4], dtype)
-            lsum = np.stack([_quad_reduce(lsum[:, 0], np.sum), _quad_reduce(lsum[:, 1], np.sum)], 1)
-            inv = np.where(lsum > 0, 1 / np.where(lsum > 0, lsum, 1), 0).astype(np.float32)
-            row_lse = np.where(lsum > 0, m * np.log(2) + np.log(np.where(lsum > 0, lsum, 1)),
-                               -np.inf)
-            for lane in range(32):
-                for reg in range(4):
-                    rr, cc = L.c_frag_rc(lane, reg)
-                    for nt in range(D // 8):
-                        if wrow0 + rr < sq:
-                            val = acc[lane, 4 * nt + reg] * inv[lane, reg >> 1]
-                            out[wrow0 + rr, 8 * nt + cc] = np.float32(dtype.type(val))
-                            lse[wrow0 + rr] = row_lse[lane, reg >> 1]
+                        for mt, am in zip(tiles, a):
+                            for j in range(2):
+                                nt = 2 * p + j
+                                mt.acc[:, 4 * nt:4 * nt + 4] = L.mma_py(
+                                    am, b[:, 2 * j:2 * j + 2], mt.acc[:, 4 * nt:4 * nt + 4],
+                                    dtype)
+            for mt in tiles:
+                mt.store(out, lse, sq, D, dtype)
     return out, lse
+
+
+class _MTile:
+    """One m16 tile of a warp: Q fragments, S and O accumulators, running (m, l) per lane
+    row (rows ``row0 + g`` and ``row0 + g + 8``, ``g = lane // 4``)."""
+
+    def __init__(self, row0, q16, sq, kr, d16):
+        self.row0 = row0
+        rows = np.stack([row0 + L.c_frag_rc(lane, 0)[0] for lane in range(32)])
+        self.rng = [np.array([kr(r) for r in rows]), np.array([kr(r + 8) for r in rows])]
+        self.qf = np.zeros((32, 4 * (d16 // 16)), np.uint32)
+        for lane in range(32):
+            for kk in range(d16 // 16):
+                for r in range(4):
+                    rr, cc = L.a_frag_rc(lane, r)
+                    if row0 + rr < sq:
+                        c = 16 * kk + cc
+                        self.qf[lane, 4 * kk + r] = (int(q16[row0 + rr, c])
+                                                     | int(q16[row0 + rr, c + 1]) << 16)
+        self.acc = np.zeros((32, 4 * (d16 // 8)), np.float32)
+        self.m = np.full((32, 2), -np.inf, np.float32)
+        self.lsum = np.zeros((32, 2), np.float32)
+
+    def softmax(self, scale_log2, n0, bn, masked):
+        """Scale S to base 2, mask per row when ``masked``, online softmax update; S becomes P."""
+        s = self.s * scale_log2
+        if masked:
+            for lane in range(32):
+                for nt in range(bn // 8):
+                    for r in range(4):
+                        rr, cc = L.c_frag_rc(lane, r)
+                        col = n0 + 8 * nt + cc
+                        lo, hi = self.rng[rr // 8][lane]
+                        if col < lo or col > hi:
+                            s[lane, 4 * nt + r] = -np.inf
+        sa, sb = s.reshape(32, -1, 4)[:, :, 0:2], s.reshape(32, -1, 4)[:, :, 2:4]
+        mx = np.stack([_quad_reduce(sa.reshape(32, -1).max(1), np.max),
+                       _quad_reduce(sb.reshape(32, -1).max(1), np.max)], 1)
+        new = np.maximum(self.m, mx)
+        base = np.where(new == -np.inf, np.float32(0), new)
+        alpha = np.exp2(self.m - base)
+        self.m = new
+        p = np.exp2(s.reshape(32, -1, 2, 2) - base[:, None, :, None]).astype(np.float32)
+        self.lsum = self.lsum * alpha + p.sum(axis=(1, 3))
+        self.acc = (self.acc.reshape(32, -1, 2, 2) * alpha[:, None, :, None]).reshape(32, -1)
+        self.s = p.reshape(32, -1)
+
+    def p_fragment(self, kk, dtype):
+        """P's A registers (32, 4) for P.V k-step ``kk``, packed from S (``p_from_s``)."""
+        a = np.zeros((32, 4), np.uint32)
+        for lane in range(32):
+            for reg in range(4):
+                nt, creg = L.p_from_s(kk, reg)
+                a[lane, reg] = L.pack_py(self.s[lane, 4 * nt + creg],
+                                         self.s[lane, 4 * nt + creg + 1], dtype)
+        return a
+
+    def store(self, out, lse, sq, D, dtype):
+        """Epilogue: quad-reduced row sums, normalised rows rounded to ``dtype``, lse."""
+        lsum = np.stack([_quad_reduce(self.lsum[:, 0], np.sum),
+                         _quad_reduce(self.lsum[:, 1], np.sum)], 1)
+        inv = np.where(lsum > 0, 1 / np.where(lsum > 0, lsum, 1), 0).astype(np.float32)
+        row_lse = np.where(lsum > 0, self.m * np.log(2) + np.log(np.where(lsum > 0, lsum, 1)),
+                           -np.inf)
+        for lane in range(32):
+            for reg in range(4):
+                rr, cc = L.c_frag_rc(lane, reg)
+                row = self.row0 + rr
+                if row < sq:
+                    for nt in range(D // 8):
+                        val = self.acc[lane, 4 * nt + reg] * inv[lane, reg >> 1]
+                        out[row, 8 * nt + cc] = np.float32(dtype.type(val))
+                    lse[row] = row_lse[lane, reg >> 1]

@@ -5,7 +5,7 @@ accumulate), FlashAttention-2's structure, written in Numba with inline-PTX intr
   ``cp.async``, ``cvt``, ``ex2``): no linked CUDA C++, so every specialisation is compiled
   once and cached on disk (``cache=True``).
 * **Work**: a block of ``WARPS`` = 4 warps; each warp owns 16 query positions of one head
-  (the mma M dimension). With GQA the block's warps take ``HB`` = 4, 2 or 1 heads of one KV
+  (the mma M dimension; opt-in ``rows_per_warp=32``: two m16 tiles, :mod:`v4_two_tile`). With GQA the block's warps take ``HB`` = 4, 2 or 1 heads of one KV
   group, so each K/V tile staged in shared memory serves ``HB`` heads.
 * **K/V tiles** (``BN`` keys) are copied global -> shared with 16-byte ``cp.async`` (no
   register staging), rows padded by 16 bytes so that the 8 rows read by one ``ldmatrix``
@@ -33,7 +33,8 @@ from numba import cuda, float32, types, uint16, uint32
 
 from . import ptx
 from .common import NEG_INF, array_type, key_range, seq_span
-from .v4_layout import a_frag_rc, c_frag_rc, k_ldsm_rc, kv_chunk, p_from_s, v_ldsm_rc
+from .v4_device import (ROW_PAD, _a_frag_rc, _c_frag_rc, _k_ldsm_rc, _mma, _p_from_s,  # noqa: F401
+                        _pack, _v_ldsm_rc, padded, tile_loader)
 
 NAME = "flash_tc"
 #: dtypes this kernel accepts (by NumPy name; bfloat16 is ml_dtypes.bfloat16)
@@ -41,19 +42,12 @@ DTYPE_NAMES = ("float16", "bfloat16")
 MAX_HEAD_SIZE = 256
 WARPS = 4
 THREADS = 32 * WARPS
-#: 16-byte padding of each shared-memory row (in 16-bit elements)
-ROW_PAD = 8
 #: key-tile size by padded head size: K + V tiles stay under 48 KiB of static shared memory
 LOG2E = math.log2(math.e)
 ZERO = np.float32(0.0)
 ONE = np.float32(1.0)
 LN2 = np.float32(math.log(2.0))
 U0 = np.uint32(0)
-
-
-def padded(head_size):
-    """Head size rounded up to the mma's k16."""
-    return (head_size + 15) // 16 * 16
 
 
 def block_n(head_size):
@@ -84,46 +78,24 @@ def heads_per_block(group_size):
             return hb
 
 
-_a_frag_rc = cuda.jit(device=True, inline=True, cache=True)(a_frag_rc)
-_c_frag_rc = cuda.jit(device=True, inline=True, cache=True)(c_frag_rc)
-_p_from_s = cuda.jit(device=True, inline=True, cache=True)(p_from_s)
-_k_ldsm_rc = cuda.jit(device=True, inline=True, cache=True)(k_ldsm_rc)
-_v_ldsm_rc = cuda.jit(device=True, inline=True, cache=True)(v_ldsm_rc)
-_kv_chunk = cuda.jit(device=True, inline=True, cache=True)(kv_chunk)
-
-
-# Intrinsics are reached through module globals, never closure variables: Numba's cache key
-# pickles a kernel's closure, and an intrinsic pickles differently in every process, which
-# would turn every disk-cache lookup into a miss (measured on the H200: 3.1 s first calls).
-
-@cuda.jit(device=True, inline=True, cache=True)
-def _mma(bf16, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
-    """mma.sync m16n8k16, bf16 or fp16 inputs (``bf16`` is a compile-time constant)."""
-    if bf16:
-        return ptx.mma_bf16(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3)
-    return ptx.mma_f16(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3)
-
-
-@cuda.jit(device=True, inline=True, cache=True)
-def _pack(bf16, lo, hi):
-    """Two fp32 values -> one bf16x2 / f16x2 word, ``lo`` in the low half."""
-    if bf16:
-        return ptx.pack_bf16x2(lo, hi)
-    return ptx.pack_f16x2(lo, hi)
-
-
-def build(head_size, heads=1, bf16=False, bn=None, warps=None, nstages=None):
+def build(head_size, heads=1, bf16=False, bn=None, warps=None, nstages=None, rows_per_warp=16):
     """The kernel for ``head_size`` (a multiple of 8), ``heads`` query heads per block,
-    fp16 or ``bf16`` inputs, ``bn`` keys per tile (default :func:`block_n`) and ``warps``
-    warps per block (default ``WARPS``; each warp owns 16 query rows) and ``nstages``
-    pipeline stages (default :func:`stages`)."""
+    fp16 or ``bf16`` inputs, ``bn`` keys per tile (default :func:`block_n`), ``warps``
+    warps per block (default ``WARPS``), ``nstages`` pipeline stages (default
+    :func:`stages`) and ``rows_per_warp`` query rows per warp: 16 (one m16 tile, the
+    default) or 32 (opt-in, :mod:`v4_two_tile`: two m16 tiles share every K/V fragment)."""
+    if rows_per_warp not in (16, 32):
+        raise ValueError(f"rows_per_warp must be 16 or 32, got {rows_per_warp!r}")
     bn = block_n(head_size) if bn is None else bn
     return _build(head_size, heads, bool(bf16), bn, WARPS if warps is None else warps,
-                  stages(head_size, bn) if nstages is None else nstages)
+                  stages(head_size, bn) if nstages is None else nstages, rows_per_warp)
 
 
 @functools.lru_cache(maxsize=None)
-def _build(head_size, heads, bf16, bn, warps=WARPS, nstages=1):
+def _build(head_size, heads, bf16, bn, warps=WARPS, nstages=1, rows_per_warp=16):
+    if rows_per_warp == 32:
+        from .v4_two_tile import build_two_tile
+        return build_two_tile(head_size, heads, bf16, bn, warps, nstages)
     D = head_size
     STAGES = nstages
     assert STAGES in (1, 2)
@@ -136,15 +108,10 @@ def _build(head_size, heads, bf16, bn, warps=WARPS, nstages=1):
     assert D % 8 == 0 and BN % 16 == 0 and NW % HB == 0
     RS = D16 + ROW_PAD               # shared row stride, elements
     RSB = 2 * RS                     # ... in bytes
-    CH = D16 // 8                    # 16-byte chunks per padded row
-    CHD = D // 8                     # chunks holding data
     DW = D // 2                      # 32-bit words per global row of q / out
-    TILE_CHUNKS = BN * CH
     TILE_ELEMS = BN * RS             # 16-bit elements of one shared tile
     STAGE_BYTES = 2 * TILE_ELEMS
     SMEM_ELEMS = STAGES * TILE_ELEMS
-    LOAD_ITERS = (TILE_CHUNKS + NT - 1) // NT
-    WHOLE = TILE_CHUNKS % NT == 0
     QK_STEPS = D16 // 16
     S_TILES = BN // 8
     PV_STEPS = BN // 16
@@ -154,24 +121,7 @@ def _build(head_size, heads, bf16, bn, warps=WARPS, nstages=1):
     S_LEN = 4 * S_TILES
     BF16 = bf16
 
-    @cuda.jit(device=True, inline=True, cache=True)
-    def _load_tile(sbase, gbase, n0, k0, sk, hk, hkv, tid):
-        """cp.async of keys n0..n0+BN-1 of KV head hk into the tile at shared address sbase;
-        rows past the sequence and columns past D are zero-filled. The thread index goes
-        through ptx.opaque_u32 so that the per-thread offsets are recomputed here rather
-        than hoisted out of the tile loop into registers."""
-        tid = ptx.opaque_u32(tid)
-        for it in range(LOAD_ITERS):
-            idx = it * NT + tid
-            if WHOLE or idx < TILE_CHUNKS:
-                r, c = _kv_chunk(idx, CH)
-                key = n0 + r
-                ok = key < sk and c < CHD
-                row = k0 + min(key, sk - 1)
-                col = min(c, CHD - 1)
-                src = gbase + np.uint64(((row * hkv + hk) * D + 8 * col) * 2)
-                ptx.cp_async16(sbase + uint32(r * RSB + 16 * c), src, uint32(16 if ok else 0))
-        ptx.cp_async_commit()
+    _load_tile = tile_loader(D, BN, NT)
 
     jit_kw = dict(cache=True)
     if not numba_config.ENABLE_CUDASIM:
@@ -453,14 +403,16 @@ def supports(problem):
     return None
 
 
-def plan(problem, heads=None, bn=None, warps=None, nstages=None):
+def plan(problem, heads=None, bn=None, warps=None, nstages=None, rows_per_warp=16):
     """One launch: ``(kernel, griddim, blockdim, views, scalars)`` for the interface.
-    ``heads`` / ``bn`` / ``warps`` override the defaults (variant timing)."""
+    ``heads`` / ``bn`` / ``warps`` / ``nstages`` / ``rows_per_warp`` override the defaults
+    (variant timing; see :func:`build`)."""
     from . import Plan
     hb = heads_per_block(problem.group_size) if heads is None else heads
     nw = WARPS if warps is None else warps
-    kernel = build(problem.head_size, hb, _is_bf16(problem.dtype), bn, nw, nstages)
-    pb = 16 * nw // hb
+    kernel = build(problem.head_size, hb, _is_bf16(problem.dtype), bn, nw, nstages,
+                   rows_per_warp)
+    pb = rows_per_warp * nw // hb
     grid = ((max(problem.max_seqlen_q, 1) + pb - 1) // pb, problem.num_heads // hb,
             problem.batch)
     scalars = (np.float32(problem.softmax_scale * LOG2E), np.int32(problem.window_left),
