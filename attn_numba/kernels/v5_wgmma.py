@@ -322,14 +322,15 @@ def ptx_signatures(head_size, dtype):
 def supports(problem):
     """Why this kernel cannot run ``problem`` (None when it can).
 
-    Experimental: on the H200 (2026-11-30, scripts/gpu_wgmma_check.py) the SS microtest
-    passed but the register-A (P.V) path did not, and the kernel faulted (illegal address),
-    so it is refused unless ``ATTN_NUMBA_WGMMA=1`` opts in (notes/v5_wgmma.md).
-    ``ATTN_NUMBA_NO_WGMMA=1`` refuses it even then."""
+    Experimental: not yet verified on a GPU. On the H200 (2026-11-30) the check script's
+    own microtest faulted (an out-of-range shared read of a wrong descriptor reading, fixed
+    since) and poisoned the context before the kernel was tested; on the simulator models
+    the kernel matches the reference (notes/v5_wgmma.md). So it is refused unless
+    ``ATTN_NUMBA_WGMMA=1`` opts in; ``ATTN_NUMBA_NO_WGMMA=1`` refuses it even then."""
     if os.environ.get("ATTN_NUMBA_NO_WGMMA", "0") not in ("", "0"):
         return "disabled by ATTN_NUMBA_NO_WGMMA"
     if os.environ.get("ATTN_NUMBA_WGMMA", "0") in ("", "0"):
-        return ("experimental and not yet correct on the H200 (notes/v5_wgmma.md); "
+        return ("experimental, not yet verified on a GPU (notes/v5_wgmma.md); "
                 "set ATTN_NUMBA_WGMMA=1 to run it")
     if problem.on_simulator:
         return "the CUDA simulator cannot run inline PTX"
