@@ -29,6 +29,17 @@ def seq_span(cu_seqlens, b):
     return start, cu_seqlens[b + 1] - start
 
 
+@cuda.jit(device=True, inline=True, cache=True)
+def store_lse(lse, lse_batched, b, h, q0, row, value):
+    """Write row ``row`` of sequence ``b``'s lse for head ``h``: ``lse[b, h, row]`` for a
+    batched call, ``lse[0, h, q0 + row]`` (varlen layout, ``q0`` the sequence's first row)
+    otherwise (see ``Problem.lse_batched``)."""
+    if lse_batched:
+        lse[b, h, row] = value
+    else:
+        lse[0, h, q0 + row] = value
+
+
 def array_type(dtype, ndim, readonly=False):
     """Numba type of a C-contiguous device array, for compile_ptx signatures."""
     from numba import from_dtype

@@ -32,7 +32,7 @@ from numba import config as numba_config
 from numba import cuda, float32, types, uint16, uint32
 
 from . import ptx
-from .common import NEG_INF, array_type, key_range, seq_span
+from .common import NEG_INF, array_type, key_range, seq_span, store_lse
 from .v4_device import (ROW_PAD, _a_frag_rc, _c_frag_rc, _k_ldsm_rc, _mma, _p_from_s,  # noqa: F401
                         _pack, _v_ldsm_rc, padded, tile_loader)
 
@@ -339,21 +339,16 @@ def _build(head_size, heads, bf16, bn, warps=WARPS, nstages=1, rows_per_warp=16)
             w = 4 * nt + t
             if w < DW:
                 if row_a < sq:
-                    out[q0 + row_a, h, w] = _pack(BF16, acc[4 * nt] * inv_a, acc[4 * nt + 1] * inv_a)
+                    out[q0 + row_a, h, w] = _pack(BF16, acc[4 * nt] * inv_a,
+                                                 acc[4 * nt + 1] * inv_a)
                 if row_b < sq:
                     out[q0 + row_b, h, w] = _pack(BF16, acc[4 * nt + 2] * inv_b,
                                                  acc[4 * nt + 3] * inv_b)
         if t == 0:
             if row_a < sq:
-                if lse_batched:
-                    lse[b, h, row_a] = lse_a
-                else:
-                    lse[0, h, q0 + row_a] = lse_a
+                store_lse(lse, lse_batched, b, h, q0, row_a, lse_a)
             if row_b < sq:
-                if lse_batched:
-                    lse[b, h, row_b] = lse_b
-                else:
-                    lse[0, h, q0 + row_b] = lse_b
+                store_lse(lse, lse_batched, b, h, q0, row_b, lse_b)
 
     return flash_tc_kernel
 

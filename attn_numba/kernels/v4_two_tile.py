@@ -22,7 +22,7 @@ from numba import config as numba_config
 from numba import cuda, float32, uint16, uint32
 
 from . import ptx
-from .common import NEG_INF, key_range, seq_span
+from .common import NEG_INF, key_range, seq_span, store_lse
 from .v4_device import (ROW_PAD, _a_frag_rc, _c_frag_rc, _k_ldsm_rc, _mma, _p_from_s, _pack,
                         _v_ldsm_rc, padded, tile_loader)
 
@@ -270,9 +270,6 @@ def build_two_tile(head_size, heads, bf16, bn, warps, nstages):
             for i in range(R2):
                 row = row_a + 8 * i
                 if row < sq:
-                    if lse_batched:
-                        lse[b, h, row] = base[i]
-                    else:
-                        lse[0, h, q0 + row] = base[i]
+                    store_lse(lse, lse_batched, b, h, q0, row, base[i])
 
     return flash_tc_kernel

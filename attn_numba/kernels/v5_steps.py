@@ -11,7 +11,7 @@ from numba import cuda, int32, uint32, uint64
 
 from . import ptx_sm90 as px
 from . import wgmma_layout as wl
-from .common import NEG_INF
+from .common import NEG_INF, store_lse
 
 THREADS = 128
 BLOCK_M = 64
@@ -202,15 +202,9 @@ def steps(D, BN, kind, heads, v_swap, S, groups=1):
                                                        o[4 * i4 + 3] * inv_b)
         if t == 0:
             if pos_a < sq:
-                if lse_batched:
-                    lse[b, hw, pos_a] = lse_a
-                else:
-                    lse[0, hw, q0 + pos_a] = lse_a
+                store_lse(lse, lse_batched, b, hw, q0, pos_a, lse_a)
             if pos_b < sq:
-                if lse_batched:
-                    lse[b, hw, pos_b] = lse_b
-                else:
-                    lse[0, hw, q0 + pos_b] = lse_b
+                store_lse(lse, lse_batched, b, hw, q0, pos_b, lse_b)
 
     return Steps(desc, stage_k, load_q, load_kv, issue_qk, issue_pv, softmax, rescale_pack,
                  finish)
