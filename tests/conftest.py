@@ -39,3 +39,20 @@ def rng(request):
     # a fresh, reproducible-per-test seed: different tests draw different inputs
     seed = zlib.crc32(request.node.nodeid.encode())
     return np.random.default_rng(seed)
+
+
+@pytest.fixture
+def qkv(rng):
+    """Small float32 batched q, k, v (batch 2, sq 5, sk 7, 4 heads over 2, head size 8)."""
+    from attn_numba.testing import random_qkv
+    return random_qkv(rng, 2, 5, 7, 4, 2, 8, np.float32)
+
+
+@pytest.fixture
+def no_launch(monkeypatch):
+    """Fail the test if anything reaches a kernel."""
+    from attn_numba import interface
+
+    def boom(*a, **k):
+        raise AssertionError("a kernel was launched for bad input")
+    monkeypatch.setattr(interface, "_run", boom)

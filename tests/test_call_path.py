@@ -8,19 +8,8 @@ import pytest
 
 import attn_numba
 from attn_numba import arrays, interface, kernels, launcher, mha_fwd, mha_varlen_fwd
-from attn_numba.testing import random_qkv, random_varlen
+from attn_numba.testing import random_varlen
 
-
-@pytest.fixture
-def qkv(rng):
-    return random_qkv(rng, 2, 5, 7, 4, 2, 8, np.float32)
-
-
-@pytest.fixture
-def no_launch(monkeypatch):
-    def boom(*a, **k):
-        raise AssertionError("a kernel was launched for bad input")
-    monkeypatch.setattr(interface, "_run", boom)
 
 
 def _dev(*xs):

@@ -185,6 +185,18 @@ def test_emulation_refuses_bad_rows_per_warp(rng):
 
 # --------------------------------------------------------------------------- compile on CPU
 
+def _compile_on_cpu(script):
+    """Run a compile_ptx ``script`` in a subprocess with the simulator off; its last stdout
+    line is JSON, returned parsed."""
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 _COMPILE_SCRIPT = textwrap.dedent("""
     import json, re
     import numpy as np
@@ -213,13 +225,7 @@ def test_compile_ptx_on_cpu():
     """compile_ptx of sample specialisations for sm_80 and sm_90, outside the simulator: the
     PTX holds the instructions themselves (no calls to linked code), fully unrolled, with no
     local-memory traffic."""
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True,
-                          text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res = _compile_on_cpu(_COMPILE_SCRIPT)
     assert len(res) == 2 * 5
     for key, r in res.items():
         d = int(key.split("_")[1])
@@ -258,13 +264,7 @@ _COMPILE_TWO_TILE = textwrap.dedent("""
 def test_compile_ptx_two_tile_on_cpu():
     """rows_per_warp=32 for sm_80 and sm_90: the same ldmatrix count as 16 rows per warp but
     twice the mma (each K/V fragment feeds 4 mma), no calls, no local memory in the PTX."""
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-c", _COMPILE_TWO_TILE], env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res = _compile_on_cpu(_COMPILE_TWO_TILE)
     assert len(res) == 2 * 3
     for key, r in res.items():
         d = int(key.split("_")[1])
