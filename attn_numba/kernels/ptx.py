@@ -20,16 +20,21 @@ Instructions (PTX ISA 8.x; all exist on sm_80 and sm_90):
   (of its transpose with ``.trans``).
 * ``cp_async16(dst_smem, src_global, src_bytes)``: ``cp.async.cg.shared.global`` of 16
   bytes, zero-filling the bytes past ``src_bytes`` (0 or 16). ``cp_async_commit``,
-  ``cp_async_wait_all`` (``wait_group 0``), ``cp_async_wait_1`` (``wait_group 1``).
+  ``cp_async_wait(n)`` (``wait_group n``; ``cp_async_wait_all`` and ``cp_async_wait_1``
+  are n = 0 and 1).
 * ``pack_f16x2(lo, hi)`` / ``pack_bf16x2(lo, hi)``: ``cvt.rn.{f16x2,bf16x2}.f32``; the
   first argument lands in the low 16 bits.
 * ``ex2(x)``: ``ex2.approx.ftz.f32`` (2**-inf = +0).
 * ``smem_u32(arr)``: the shared-state-space address of a ``cuda.shared.array``'s first
   element (``cvta.to.shared``); ``gaddr(arr)``: the global address of a device array's data.
 
-Instructions that touch memory are ``volatile`` with a memory clobber, so LLVM neither
-moves them across ``cuda.syncthreads()`` nor merges them.
+Every intrinsic has a fixed identity (:func:`fixed_intrinsic`), so a kernel that holds one
+in its closure keeps a disk-cache key that is the same in every process. Instructions that
+touch memory are ``volatile`` with a memory clobber, so LLVM neither moves them across
+``cuda.syncthreads()`` nor merges them.
 """
+import functools
+
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -40,6 +45,17 @@ _I64 = ir.IntType(64)
 _F32 = ir.FloatType()
 _IR = {types.uint32: _I32, types.int32: _I32, types.uint64: _I64, types.int64: _I64,
        types.float32: _F32}
+
+
+def fixed_intrinsic(impl, name):
+    """``intrinsic(impl)`` with a fixed identity ``name``. An intrinsic pickles with a uuid
+    that is random per process, and Numba's disk-cache key pickles a kernel's closure, so a
+    kernel whose closure holds an intrinsic would miss the cache in every new process (seen
+    on the H200: 3.1 s first calls). A name fixed by the module and the instruction makes
+    the key reproducible."""
+    obj = intrinsic(impl)
+    obj._set_uuid(name)
+    return obj
 
 
 def _asm(builder, ret_ir, arg_irs, template, constraints, args, side_effect):
@@ -68,9 +84,9 @@ def _arity(n):
 _FIXED_ARITY = {n: _arity(n) for n in (0, 1, 2, 3, 10)}
 
 
-def _make(template, constraints, arg_types, ret_types, side_effect=False):
-    """An intrinsic taking ``arg_types`` (any integer/float arguments are cast to them) and
-    returning ``ret_types`` (one type, a UniTuple of several, or void for ``()``)."""
+def _make(name, template, constraints, arg_types, ret_types, side_effect=False):
+    """The intrinsic ``name``, taking ``arg_types`` (any integer/float arguments are cast to
+    them) and returning ``ret_types`` (one type, a UniTuple of several, or void for ``()``)."""
     n = len(arg_types)
     if not ret_types:
         ret = types.void
@@ -102,7 +118,7 @@ def _make(template, constraints, arg_types, ret_types, side_effect=False):
         return sig, codegen
 
     typer = _FIXED_ARITY[n](build)
-    return intrinsic(typer)
+    return fixed_intrinsic(typer, f"{__name__}.{name}")
 
 
 _U = types.uint32
@@ -113,9 +129,9 @@ _MMA = ("mma.sync.aligned.m16n8k16.row.col.f32.{t}.{t}.f32 {{$0,$1,$2,$3}}, "
         "{{$4,$5,$6,$7}}, {{$8,$9}}, {{$10,$11,$12,$13}};")
 _MMA_C = "=f,=f,=f,=f,r,r,r,r,r,r,f,f,f,f"
 #: mma_f16(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3) -> (d0, d1, d2, d3)
-mma_f16 = _make(_MMA.format(t="f16"), _MMA_C, (_U,) * 6 + (_F,) * 4, (_F,) * 4)
+mma_f16 = _make("mma_f16", _MMA.format(t="f16"), _MMA_C, (_U,) * 6 + (_F,) * 4, (_F,) * 4)
 #: as mma_f16 with bf16 A and B
-mma_bf16 = _make(_MMA.format(t="bf16"), _MMA_C, (_U,) * 6 + (_F,) * 4, (_F,) * 4)
+mma_bf16 = _make("mma_bf16", _MMA.format(t="bf16"), _MMA_C, (_U,) * 6 + (_F,) * 4, (_F,) * 4)
 
 # --------------------------------------------------------------------------- ldmatrix
 _LDM = "ldmatrix.sync.aligned.m8n8.x{n}{tr}.shared.b16 {{{outs}}}, [${n}];"
@@ -125,7 +141,8 @@ def _ldmatrix(n, trans):
     outs = ",".join(f"${i}" for i in range(n))
     template = _LDM.format(n=n, tr=".trans" if trans else "", outs=outs)
     constraints = ",".join(["=r"] * n + ["r", "~{memory}"])
-    return _make(template, constraints, (_U,), (_U,) * n, side_effect=True)
+    name = f"ldmatrix_x{n}{'_trans' if trans else ''}"
+    return _make(name, template, constraints, (_U,), (_U,) * n, side_effect=True)
 
 
 ldmatrix_x1 = _ldmatrix(1, False)
@@ -137,21 +154,32 @@ ldmatrix_x4_trans = _ldmatrix(4, True)
 
 # --------------------------------------------------------------------------- cp.async
 #: cp_async16(dst shared u32, src global u64, src_bytes u32): 16 bytes, zero-fill past src_bytes
-cp_async16 = _make("cp.async.cg.shared.global [$0], [$1], 16, $2;", "r,l,r,~{memory}",
+cp_async16 = _make("cp_async16", "cp.async.cg.shared.global [$0], [$1], 16, $2;",
+                   "r,l,r,~{memory}",
                    (_U, types.uint64, _U), (), side_effect=True)
-cp_async_commit = _make("cp.async.commit_group;", "~{memory}", (), (), side_effect=True)
-cp_async_wait_all = _make("cp.async.wait_group 0;", "~{memory}", (), (), side_effect=True)
-cp_async_wait_1 = _make("cp.async.wait_group 1;", "~{memory}", (), (), side_effect=True)
+cp_async_commit = _make("cp_async_commit", "cp.async.commit_group;", "~{memory}", (), (),
+                        side_effect=True)
+
+
+@functools.lru_cache(maxsize=None)
+def cp_async_wait(n):
+    """The intrinsic ``cp.async.wait_group n``: at most ``n`` cp.async groups still pending."""
+    return _make(f"cp_async_wait_{int(n)}", f"cp.async.wait_group {int(n)};", "~{memory}",
+                 (), (), side_effect=True)
+
+
+cp_async_wait_all = cp_async_wait(0)
+cp_async_wait_1 = cp_async_wait(1)
 
 # --------------------------------------------------------------------------- conversions
 #: pack_f16x2(lo, hi) -> u32 with fp16(lo) in the low half (cvt takes the high half first)
-pack_f16x2 = _make("cvt.rn.f16x2.f32 $0, $2, $1;", "=r,f,f", (_F, _F), (_U,))
-pack_bf16x2 = _make("cvt.rn.bf16x2.f32 $0, $2, $1;", "=r,f,f", (_F, _F), (_U,))
+pack_f16x2 = _make("pack_f16x2", "cvt.rn.f16x2.f32 $0, $2, $1;", "=r,f,f", (_F, _F), (_U,))
+pack_bf16x2 = _make("pack_bf16x2", "cvt.rn.bf16x2.f32 $0, $2, $1;", "=r,f,f", (_F, _F), (_U,))
 #: ex2(x) -> 2**x, SFU approximation, ex2(-inf) = 0
-ex2 = _make("ex2.approx.ftz.f32 $0, $1;", "=f,f", (_F,), (_F,))
+ex2 = _make("ex2", "ex2.approx.ftz.f32 $0, $1;", "=f,f", (_F,), (_F,))
 #: opaque(x) -> x, through a volatile ``mov``: LLVM cannot hoist what is computed from the
 #: result out of a loop (keeps per-lane addresses from occupying registers across the loop)
-opaque_u32 = _make("mov.b32 $0, $1;", "=r,r", (_U,), (_U,), side_effect=True)
+opaque_u32 = _make("opaque_u32", "mov.b32 $0, $1;", "=r,r", (_U,), (_U,), side_effect=True)
 
 
 # --------------------------------------------------------------------------- addresses
@@ -160,7 +188,6 @@ def _array_data_ptr(context, builder, arrty, arr):
     return cgutils.create_struct_proxy(arrty)(context, builder, value=arr).data
 
 
-@intrinsic
 def smem_u32(typingctx, arr):
     """Shared-state-space address (u32) of element 0 of a shared array."""
     if not isinstance(arr, types.Array):
@@ -176,7 +203,6 @@ def smem_u32(typingctx, arr):
     return sig, codegen
 
 
-@intrinsic
 def gaddr(typingctx, arr):
     """Address (u64) of a device array's data, for cp.async sources."""
     if not isinstance(arr, types.Array):
@@ -187,3 +213,7 @@ def gaddr(typingctx, arr):
         return builder.ptrtoint(_array_data_ptr(context, builder, sig.args[0], args[0]), _I64)
 
     return sig, codegen
+
+
+smem_u32 = fixed_intrinsic(smem_u32, f"{__name__}.smem_u32")
+gaddr = fixed_intrinsic(gaddr, f"{__name__}.gaddr")

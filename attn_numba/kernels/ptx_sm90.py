@@ -22,7 +22,9 @@ import functools
 from llvmlite import ir
 from numba import cuda as _cuda
 from numba import types
-from numba.core.extending import intrinsic
+
+from . import ptx
+from .ptx import fixed_intrinsic
 
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
@@ -35,13 +37,8 @@ def cuda_device_function(fn):
 
 
 def _intrinsic(impl, name=None):
-    """``intrinsic(impl)`` with a fixed identity. An intrinsic pickles with a uuid that is
-    random per process; Numba's disk-cache key pickles a kernel's closure, so a kernel whose
-    closure holds an intrinsic would miss the cache in every new process. A name derived
-    from the module and the intrinsic's parameters makes the key reproducible."""
-    obj = intrinsic(impl)
-    obj._set_uuid(f"{__name__}.{name or impl.__name__}")
-    return obj
+    """``intrinsic(impl)`` with a fixed identity (see :func:`ptx.fixed_intrinsic`)."""
+    return fixed_intrinsic(impl, f"{__name__}.{name or impl.__name__}")
 
 
 def _asm(builder, ret, argtys, text, constraints, args):
@@ -69,8 +66,6 @@ wgmma_commit = _void_stmt("wgmma.commit_group.sync.aligned;", "wgmma_commit")
 #: ``fence.proxy.async.shared::cta``: generic-proxy shared-memory writes (st.shared,
 #: cp.async) become visible to the async proxy (wgmma operands, TMA)
 fence_proxy_async = _void_stmt("fence.proxy.async.shared::cta;", "fence_proxy_async")
-#: ``cp.async.commit_group``
-cp_async_commit = _void_stmt("cp.async.commit_group;", "cp_async_commit")
 
 
 @functools.lru_cache(maxsize=None)
@@ -79,54 +74,15 @@ def wgmma_wait(n):
     return _void_stmt(f"wgmma.wait_group.sync.aligned {int(n)};", f"wgmma_wait_{n}")
 
 
-@functools.lru_cache(maxsize=None)
-def cp_async_wait(n):
-    """Intrinsic ``cp.async.wait_group n``: at most ``n`` cp.async groups pending."""
-    return _void_stmt(f"cp.async.wait_group {int(n)};", f"cp_async_wait_{n}")
-
-
-# --------------------------------------------------------------------------- addresses
-
-@_intrinsic
-def smem_addr(typingctx, arr):
-    """32-bit shared-state-space address of element 0 of a shared array (``cvta.to.shared``)."""
-    if not isinstance(arr, types.Array):
-        return None
-
-    def codegen(context, builder, sig, args):
-        ary = context.make_array(sig.args[0])(context, builder, args[0])
-        p = builder.ptrtoint(ary.data, _I64)
-        return _asm(builder, _I32, [_I64],
-                    "{ .reg .u64 t; cvta.to.shared.u64 t, $1; cvt.u32.u64 $0, t; }",
-                    "=r,l", [p])
-    return types.uint32(arr), codegen
-
-
-@_intrinsic
-def data_ptr(typingctx, arr):
-    """Generic 64-bit address of element 0 of an array (a global device array here)."""
-    if not isinstance(arr, types.Array):
-        return None
-
-    def codegen(context, builder, sig, args):
-        ary = context.make_array(sig.args[0])(context, builder, args[0])
-        return builder.ptrtoint(ary.data, _I64)
-    return types.uint64(arr), codegen
-
-
-@_intrinsic
-def cp_async_16(typingctx, dst, src, src_bytes):
-    """``cp.async.cg.shared.global [dst], [src], 16, src_bytes``: copy 16 bytes from global
-    address ``src`` (uint64) to shared address ``dst`` (uint32); bytes past ``src_bytes``
-    (0 or 16) are zero-filled."""
-    def codegen(context, builder, sig, args):
-        d = context.cast(builder, args[0], sig.args[0], types.uint32)
-        s = context.cast(builder, args[1], sig.args[1], types.uint64)
-        n = context.cast(builder, args[2], sig.args[2], types.uint32)
-        _asm(builder, _VOID, [_I32, _I64, _I32],
-             "cp.async.cg.shared.global [$0], [$1], 16, $2;", "r,l,r,~{memory}", [d, s, n])
-        return context.get_dummy_value()
-    return types.void(dst, src, src_bytes), codegen
+# --------------------------------------------------------------------------- from ptx.py
+# Instructions that are not Hopper-only come from attn_numba.kernels.ptx, under the names
+# this module's kernels use.
+smem_addr = ptx.smem_u32          # 32-bit shared address of element 0 of a shared array
+data_ptr = ptx.gaddr              # 64-bit address of an array's data
+cp_async_16 = ptx.cp_async16      # cp.async.cg 16 bytes, zero-fill past src_bytes
+cp_async_commit = ptx.cp_async_commit
+cp_async_wait = ptx.cp_async_wait
+ex2 = ptx.ex2                     # ex2.approx.ftz.f32
 
 
 # --------------------------------------------------------------------------- mbarrier
@@ -199,30 +155,10 @@ def cp_async_bulk_g2s(typingctx, dst, src, nbytes, bar):
 
 # --------------------------------------------------------------------------- conversions
 
-@functools.lru_cache(maxsize=None)
 def pack2(kind):
-    """Intrinsic ``(lo, hi) float32 -> uint32`` holding two fp16 (``kind='f16'``) or bf16
-    (``'bf16'``) rounded to nearest; ``lo`` in the low half."""
-    text = f"cvt.rn.{kind}x2.f32 $0, $2, $1;"   # the first source goes to the upper half
-
-    def impl(typingctx, lo, hi):
-        def codegen(context, builder, sig, args):
-            a = context.cast(builder, args[0], sig.args[0], types.float32)
-            b = context.cast(builder, args[1], sig.args[1], types.float32)
-            return _asm(builder, _I32, [_F32, _F32], text, "=r,f,f", [a, b])
-        return types.uint32(lo, hi), codegen
-    impl.__name__ = f"pack_{kind}x2"
-    return _intrinsic(impl)
-
-
-@_intrinsic
-def ex2(typingctx, x):
-    """``ex2.approx.ftz.f32``: 2**x (ex2(-inf) = 0)."""
-    def codegen(context, builder, sig, args):
-        a = context.cast(builder, args[0], sig.args[0], types.float32)
-        fnty = ir.FunctionType(_F32, [_F32])
-        return builder.call(ir.InlineAsm(fnty, "ex2.approx.ftz.f32 $0, $1;", "=f,f"), [a])
-    return types.float32(x), codegen
+    """``(lo, hi) float32 -> uint32`` holding two fp16 (``kind='f16'``) or bf16 (``'bf16'``)
+    rounded to nearest, ``lo`` in the low half: :mod:`ptx`'s ``cvt`` intrinsic."""
+    return {"f16": ptx.pack_f16x2, "bf16": ptx.pack_bf16x2}[kind]
 
 
 # --------------------------------------------------------------------------- wgmma

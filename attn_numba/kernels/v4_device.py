@@ -24,9 +24,10 @@ _v_ldsm_rc = cuda.jit(device=True, inline=True, cache=True)(v_ldsm_rc)
 _kv_chunk = cuda.jit(device=True, inline=True, cache=True)(kv_chunk)
 
 
-# Intrinsics are reached through module globals, never closure variables: Numba's cache key
-# pickles a kernel's closure, and an intrinsic pickles differently in every process, which
-# would turn every disk-cache lookup into a miss (measured on the H200: 3.1 s first calls).
+# Numba's cache key pickles a kernel's closure; a plain intrinsic pickles differently in
+# every process, which turned every disk-cache lookup into a miss (measured on the H200: 3.1 s
+# first calls). ptx.fixed_intrinsic gives each intrinsic a fixed identity; the kernels also
+# reach intrinsics through module globals, which the key does not pickle.
 
 @cuda.jit(device=True, inline=True, cache=True)
 def _mma(bf16, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
