@@ -114,6 +114,28 @@ def test_check_blocks():
     assert cases.check_blocks(8192) == [(0, 64), (4064, 4128), (8128, 8192)]
 
 
+def test_random_normal_is_chunked_reproducible_and_fresh(monkeypatch):
+    monkeypatch.setattr(cases, "_CHUNK", 1000)  # many chunks, several threads
+    a = cases.random_normal([1, 2], (3, 700, 2))
+    assert a.dtype == np.float16 and a.shape == (3, 700, 2)
+    assert np.array_equal(a, cases.random_normal([1, 2], (3, 700, 2)))
+    assert not np.array_equal(a, cases.random_normal([1, 3], (3, 700, 2)))
+    x = a.astype(np.float64).ravel()
+    assert abs(x.mean()) < 0.05 and abs(x.std() - 1) < 0.05 and np.count_nonzero(x) > 4190
+    for i in range(4):  # chunks differ from one another (no repeated stream)
+        assert not np.array_equal(x[i * 1000:(i + 1) * 1000], x[(i + 1) * 1000:(i + 2) * 1000])
+    assert cases.random_normal([0], (0, 5)).shape == (0, 5)
+
+
+def test_inputs_for_an_unbounded_window():
+    grid = G.make_grid(seq_len=[7], window_left=[-1], window_right=[-1], num_heads=[2],
+                      num_kv_heads=[1], head_size=[8], causal=[0])
+    cfg = next(G.iter_configs(grid))
+    inp = cases.get_inputs(cfg)
+    assert inp.q.shape == (1, 7, 2, 8) and inp.k.shape == (1, 7, 1, 8)
+    assert np.all(np.isfinite(inp.q.astype(np.float32))) and np.any(inp.v != 0)
+
+
 # --------------------------------------------------------------------------- summary schema
 
 def _nvbench_doc(states):

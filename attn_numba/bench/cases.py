@@ -25,7 +25,7 @@ import numpy as np
 from .. import interface
 from ..problem import normalize_window
 from ..reference import mha_fwd_ref
-from ..testing import compare, random_qkv, tolerance
+from ..testing import compare, tolerance
 from .grid import DTYPE, PEERS
 
 #: rows per checked block; configs up to 3 blocks long are checked whole
@@ -102,6 +102,30 @@ class Inputs:
 
 _INPUTS_CACHE = {}
 
+#: standard normals drawn per chunk (and per thread) by :func:`random_normal`
+_CHUNK = 1 << 24
+
+
+def random_normal(seed, shape, dtype=DTYPE):
+    """Standard normal ``dtype`` values, reproducible from ``seed`` (a list of ints): float32
+    draws in chunks, chunk ``i`` from ``default_rng([*seed, i])``, on all host cores (NumPy
+    releases the GIL while it fills). At 524288 tokens q alone has 2^31 elements; float64
+    draws plus a cast on one core took tens of seconds per config on the H200 host."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+    out = np.empty(shape, dtype)
+    flat = out.reshape(-1)
+
+    def fill(i):
+        n = min(_CHUNK, flat.size - i * _CHUNK)
+        flat[i * _CHUNK:i * _CHUNK + n] = np.random.default_rng([*seed, i]).standard_normal(
+            n, dtype=np.float32)
+
+    chunks = range(-(-flat.size // _CHUNK))
+    with ThreadPoolExecutor(max_workers=min(len(chunks), os.cpu_count() or 1) or 1) as pool:
+        list(pool.map(fill, chunks))
+    return out
+
 
 def get_inputs(cfg):
     """Random q, k, v for ``cfg`` (host and device), shared by every kernel of the config;
@@ -110,9 +134,11 @@ def get_inputs(cfg):
     if key not in _INPUTS_CACHE:
         _INPUTS_CACHE.clear()
         from numba import cuda
-        rng = np.random.default_rng([SEED, *key])
-        q, k, v = random_qkv(rng, cfg.num_seqs, cfg.seq_len, cfg.seq_len, cfg.num_heads,
-                             cfg.num_kv_heads, cfg.head_size, DTYPE)
+        b, s, h, hkv, d = (cfg.num_seqs, cfg.seq_len, cfg.num_heads, cfg.num_kv_heads,
+                           cfg.head_size)
+        shapes = ((b, s, h, d), (b, s, hkv, d), (b, s, hkv, d))
+        seed = [SEED, *(x + 1 for x in key)]  # windows can be -1; seeds must be >= 0
+        q, k, v = (random_normal([*seed, n], shape) for n, shape in enumerate(shapes))
         inp = Inputs(cfg, q, k, v)
         inp.dq, inp.dk, inp.dv = (cuda.to_device(x) for x in (q, k, v))
         cuda.synchronize()
@@ -140,11 +166,13 @@ class CheckResult:
                 f"(tol {self.tol:.2e}{lse}) on {self.rows_checked} rows x all heads")
 
 
-def _compare_blocks(inp, out, lse):
-    """Compare host ``out`` (B, S, H, D) and ``lse`` (B, H, S) or None with the reference."""
+def _compare_blocks(inp, rows_of, lse):
+    """Compare the output's checked rows with the reference. ``rows_of(r0, r1)`` returns
+    the host rows ``out[:, r0:r1]`` (B, r1 - r0, H, D): only the checked blocks are copied
+    back, not a 4 GiB output at 524288 tokens. ``lse`` is the host (B, H, S) array or None."""
     ok, err, tol, lse_ok, rows = True, 0.0, float("inf"), None, 0
     for (r0, r1), (ref, ref_lse, low) in inp.reference().items():
-        o = np.asarray(out[:, r0:r1], np.float64)
+        o = np.asarray(rows_of(r0, r1), np.float64)
         rows += r1 - r0
         if lse is not None:
             c = compare(o, lse[:, :, r0:r1], ref, ref_lse, low, DTYPE)
@@ -214,9 +242,13 @@ class NumbaCase(Case):
         i = self.inputs
         with interface._poison(True):  # unwritten elements show up as NaN
             out, lse = interface.mha_fwd(i.dq, i.dk, i.dv, return_lse=True, stream=s, **self._kw())
-        out_h, lse_h = out.copy_to_host(stream=s), lse.copy_to_host(stream=s)
+        lse_h = lse.copy_to_host(stream=s)
         s.synchronize()
-        return _compare_blocks(i, out_h, lse_h)
+
+        def rows_of(r0, r1):  # one contiguous copy per sequence of the batch
+            return np.stack([out[b, r0:r1].copy_to_host() for b in range(out.shape[0])])
+
+        return _compare_blocks(i, rows_of, lse_h)
 
     def buffers(self):
         """(out, lse) device arrays, allocated on the first call."""
@@ -302,8 +334,11 @@ class TorchCase(Case):
         with torch.cuda.stream(ts):
             out = self._call()
         ts.synchronize()
-        out_h = out.transpose(1, 2).float().cpu().numpy()  # (B, S, H, D)
-        return _compare_blocks(self.inputs, out_h, None)
+
+        def rows_of(r0, r1):  # out is (B, H, S, D): (B, rows, H, D) on the host
+            return out[:, :, r0:r1].transpose(1, 2).float().cpu().numpy()
+
+        return _compare_blocks(self.inputs, rows_of, None)
 
 
 def _window_mask_mod(sq, sk, left, right):
