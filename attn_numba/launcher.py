@@ -17,7 +17,7 @@ every kernel parameter in one ``uint64`` slot of a ctypes buffer, exactly in the
 own size from the start of its slot), and keeps an array of pointers to the slots. A call then
 writes the seven data pointers and calls the driver's ``cuLaunchKernel`` through
 ``cuda.bindings``, with the parameter-pointer array as ``kernelParams``. The parameter count
-and sizes are checked against ``cuFuncGetParamInfo`` (``cuda.core`` ``Kernel.arguments_info``)
+and sizes are checked against the driver's ``cuFuncGetParamInfo`` (through ctypes)
 where the driver has it.
 
 ``MODE`` selects the path: ``"driver"`` (default: ``cuLaunchKernel`` of the loaded driver
@@ -162,15 +162,10 @@ class Bound:
             values += [0, 0, size, dt.itemsize, 0, *shape, *c_strides(shape, dt.itemsize)]
         for ty, val in zip(sig[len(specs):], plan.scalars):
             values.append(_scalar_bits(ty, val))
-        try:
-            info = cufunc.kernel.arguments_info
-        except Exception:  # noqa: BLE001 - older drivers: trust Numba's layout
-            info = None
-        if info is not None:
-            sizes = [int(getattr(a, "size", None) or a[1]) for a in info]
-            if len(sizes) != len(values) or max(sizes, default=0) > 8:
-                raise NotImplementedError(f"kernel has {len(sizes)} parameters, expected "
-                                          f"{len(values)} of at most 8 bytes")
+        sizes = _param_sizes(int(cufunc.handle), len(values))
+        if sizes is not None and max(sizes, default=0) > 8:
+            raise NotImplementedError(f"kernel parameters of {sizes} bytes, expected "
+                                      f"{len(values)} of at most 8 bytes")
         n = len(values)
         self._buf = (ctypes.c_uint64 * n)(*values)
         base = ctypes.addressof(self._buf)
@@ -228,6 +223,31 @@ def _libcuda_launch():
             fn = None
         _LIBCUDA.append(fn)
     return _LIBCUDA[0]
+
+
+def _param_sizes(fptr, n):
+    """Sizes of the first ``n`` parameters of the loaded function ``fptr`` from the driver's
+    ``cuFuncGetParamInfo`` (CUDA 12.4+), or None where the driver lacks it. Raises
+    NotImplementedError when the kernel has fewer than ``n`` parameters. (cuda.core's
+    ``arguments_info`` asks ``cuKernelGetParamInfo``, which fails with an invalid-value
+    error on a module's CUfunction: compute-sanitizer's memcheck counted each call as an
+    error on the H200.) Index ``n`` itself is never asked, so a healthy launch makes no
+    failing driver call."""
+    try:
+        fn = ctypes.CDLL("libcuda.so.1").cuFuncGetParamInfo
+    except (OSError, AttributeError):
+        return None
+    size_t = ctypes.c_size_t
+    fn.argtypes = [ctypes.c_void_p, size_t, ctypes.POINTER(size_t), ctypes.POINTER(size_t)]
+    fn.restype = ctypes.c_int
+    sizes, off, size = [], size_t(), size_t()
+    for j in range(n):
+        err = fn(fptr, j, ctypes.byref(off), ctypes.byref(size))
+        if err:
+            raise NotImplementedError(f"cuFuncGetParamInfo({j}) failed (CUresult {err}): the "
+                                      f"kernel has fewer than the {n} parameters expected")
+        sizes.append(int(size.value))
+    return sizes
 
 
 def bind_plans(plans, specs):
