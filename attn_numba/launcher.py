@@ -17,7 +17,7 @@ every kernel parameter in one ``uint64`` slot of a ctypes buffer, exactly in the
 own size from the start of its slot), and keeps an array of pointers to the slots. A call then
 writes the seven data pointers and calls the driver's ``cuLaunchKernel`` through
 ``cuda.bindings``, with the parameter-pointer array as ``kernelParams``. The parameter count
-and sizes are checked against the driver's ``cuFuncGetParamInfo`` (through ctypes)
+and sizes are checked against the driver's ``cuKernelGetParamInfo`` (through ctypes)
 where the driver has it.
 
 ``MODE`` selects the path: ``"driver"`` (default: ``cuLaunchKernel`` of the loaded driver
@@ -225,16 +225,18 @@ def _libcuda_launch():
     return _LIBCUDA[0]
 
 
-def _param_sizes(fptr, n):
-    """Sizes of the first ``n`` parameters of the loaded function ``fptr`` from the driver's
-    ``cuFuncGetParamInfo`` (CUDA 12.4+), or None where the driver lacks it. Raises
-    NotImplementedError when the kernel has fewer than ``n`` parameters. (cuda.core's
-    ``arguments_info`` asks ``cuKernelGetParamInfo``, which fails with an invalid-value
-    error on a module's CUfunction: compute-sanitizer's memcheck counted each call as an
-    error on the H200.) Index ``n`` itself is never asked, so a healthy launch makes no
-    failing driver call."""
+def _param_sizes(handle, n):
+    """Sizes of the first ``n`` parameters of the loaded kernel ``handle`` (a ``CUkernel``:
+    numba-cuda loads through cuda.core's library API) from the driver's
+    ``cuKernelGetParamInfo`` (CUDA 12.4+), or None where the driver lacks it. Raises
+    NotImplementedError when the kernel has fewer than ``n`` parameters.
+
+    Index ``n`` itself is never asked, so a healthy bind makes no failing driver call:
+    cuda.core's ``arguments_info`` finds the count by asking until the driver refuses, and
+    compute-sanitizer's memcheck counted each refusal as an error (H200, 2026-11-30);
+    ``cuFuncGetParamInfo`` rejects a ``CUkernel`` handle outright."""
     try:
-        fn = ctypes.CDLL("libcuda.so.1").cuFuncGetParamInfo
+        fn = ctypes.CDLL("libcuda.so.1").cuKernelGetParamInfo
     except (OSError, AttributeError):
         return None
     size_t = ctypes.c_size_t
@@ -242,10 +244,10 @@ def _param_sizes(fptr, n):
     fn.restype = ctypes.c_int
     sizes, off, size = [], size_t(), size_t()
     for j in range(n):
-        err = fn(fptr, j, ctypes.byref(off), ctypes.byref(size))
+        err = fn(handle, j, ctypes.byref(off), ctypes.byref(size))
         if err:
-            raise NotImplementedError(f"cuFuncGetParamInfo({j}) failed (CUresult {err}): the "
-                                      f"kernel has fewer than the {n} parameters expected")
+            raise NotImplementedError(f"cuKernelGetParamInfo({j}) failed (CUresult {err}): "
+                                      f"the kernel has fewer than the {n} parameters expected")
         sizes.append(int(size.value))
     return sizes
 
@@ -258,7 +260,11 @@ def bind_plans(plans, specs):
         return None
     try:
         return tuple(Bound(p, specs) for p in plans)
-    except (NotImplementedError, ImportError, AttributeError):
+    except (NotImplementedError, ImportError, AttributeError) as exc:
+        # correct but ~10x the host time per call: say so once instead of silently
+        import warnings
+        warnings.warn(f"attn_numba: the fast launch path is unavailable ({exc}); calls go "
+                      f"through Numba's dispatcher", RuntimeWarning, stacklevel=3)
         return None
 
 

@@ -22,7 +22,7 @@ e. the first public call in a fresh process once the disk cache is warm.
 Success: the last table says ``micro ok``, ``sweep N/N pass`` and shows HGMMA > 0.
 """
 import os as _os
-_os.environ.setdefault("ATTN_NUMBA_WGMMA", "1")  # opt in: the kernel is experimental
+_os.environ.pop("ATTN_NUMBA_NO_WGMMA", None)  # this script checks flash_wgmma itself
 import argparse
 import functools
 import json

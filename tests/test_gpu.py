@@ -2,7 +2,6 @@
 
 Skipped under the simulator (tests/conftest.py). On a GPU machine: ``python -m pytest``.
 """
-import os
 
 import numpy as np
 import pytest
@@ -12,9 +11,7 @@ from attn_numba import kernels
 from attn_numba.testing import check_mha_fwd, check_mha_varlen_fwd, random_qkv, random_varlen
 
 pytestmark = pytest.mark.gpu
-# flash_wgmma is opt-in (ATTN_NUMBA_WGMMA=1) until it passes on the H200 (notes/v5_wgmma.md)
-KERNELS = [k for k in attn_numba.available_kernels()
-           if k != "flash_wgmma" or os.environ.get("ATTN_NUMBA_WGMMA", "0") not in ("", "0")]
+KERNELS = attn_numba.available_kernels()
 LOG_KW = dict(window_size=(128, 128))
 
 
