@@ -76,6 +76,9 @@ def add_arguments(p):
                    help="extra arguments passed to NVBench verbatim; use the = form, e.g. "
                         "--nvbench-args='--no-batch --cold-warmup-runs 3'")
     p.add_argument("--no-ceilings", action="store_true", help="do not measure the ceilings")
+    p.add_argument("--tag", default="",
+                   help="suffix for this run's nvbench*.json/.md names, so that several merged "
+                        "runs into one --out keep their own NVBench files")
     p.add_argument("--simulate", action="store_true",
                    help="no GPU: run the check+launch pipeline on Numba's CUDA simulator at tiny "
                         "sizes, without NVBench, and write a summary marked simulated")
@@ -264,6 +267,7 @@ def main(args):
     out.mkdir(parents=True, exist_ok=True)
     merge = args.merge or args.long  # the long sweep joins the main grid's summary.json
     tag = ("_long" if args.long else "") + (("_" + "-".join(kernels)) if merge else "")
+    tag += ("_" + args.tag) if getattr(args, "tag", "") else ""
     json_path, md_path = out / f"nvbench{tag}.json", out / f"nvbench{tag}.md"
     print(f"attn-numba bench: {len(configs)} configs x {len(kernels)} kernels on {device}; "
           f"output in {out}", file=sys.stderr, flush=True)
