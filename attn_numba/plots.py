@@ -316,6 +316,13 @@ def fig_long(records, skipped, device, fixed, path):
              for (k, why), pts in sorted(grouped.items())]
     if len(notes) > 6:
         notes = notes[:6] + [f"... and {len(notes) - 6} more skipped states (see summary.json)"]
+    from .bench.grid import is_long
+    short_only = sorted(k for k in _kernels(records)
+                        if not any(is_long(r["seq_len"]) for r in records if r["kernel"] == k)
+                        and not any(r["kernel"] == k for r in skipped))
+    if short_only:
+        notes.append(f"{', '.join(short_only)}: no long-sequence record in this summary "
+                     f"(not measured, not skipped)")
     fig.text(0.01, 0.01, "\n".join(notes) or "no skipped states", fontsize=7, va="bottom")
     _save(fig, path, f"run_mha_fwd on {device}: long sequences (NVBench cold GPU time; shaded: "
                      f"skipped)\n{_shape_text(fixed)}",
@@ -328,7 +335,10 @@ def plot_summary(doc, prefix, out_dir, log_rows):
     all_records = doc["records"]
     long_skipped = [r for r in all_records if is_long(r["seq_len"]) and not r.get("gpu_time_s")]
     timed = [r for r in all_records if r.get("gpu_time_s")]
+    from .bench.grid import LONG_KERNELS
     long_kernels = {r["kernel"] for r in all_records if is_long(r["seq_len"])}
+    if long_kernels:  # the sweep's other kernels, drawn over the lengths they have
+        long_kernels |= {r["kernel"] for r in timed if r["kernel"] in LONG_KERNELS}
     records, fixed = _common_slice([r for r in timed if not is_long(r["seq_len"])])
     from .bench.grid import DEFAULT_GRID
     if any(fixed.get(a) != DEFAULT_GRID[a][0] for a in OTHER_AXES):
