@@ -192,6 +192,54 @@ def test_launcher_views_and_parameter_bits():
     assert launcher.bind_plans((), ()) is None or not attn_numba.on_simulator()
 
 
+class _FakeParamInfo:
+    """Stands in for libcuda's ``cuKernelGetParamInfo``: ``sizes`` per parameter, an error
+    (CUDA_ERROR_INVALID_VALUE) past the end; records every index asked."""
+
+    def __init__(self, sizes):
+        self.sizes, self.asked = sizes, []
+
+    def __call__(self, handle, j, off, size):
+        self.asked.append(j)
+        if j >= len(self.sizes):
+            return 1
+        size._obj.value = self.sizes[j]
+        return 0
+
+
+def _fake_libcuda(monkeypatch, fn):
+    import ctypes
+    lib = type("Lib", (), {})()
+    if fn is not None:
+        lib.cuKernelGetParamInfo = fn
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: lib)
+
+
+def test_param_sizes_never_asks_past_the_expected_count(monkeypatch):
+    fake = _FakeParamInfo([8, 8, 4, 8])
+    _fake_libcuda(monkeypatch, fake)
+    assert launcher._param_sizes(1234, 4) == [8, 8, 4, 8]
+    assert fake.asked == [0, 1, 2, 3]  # index 4 is never asked: no refused driver call
+    with pytest.raises(NotImplementedError, match="fewer than the 6 parameters"):
+        launcher._param_sizes(1234, 6)
+    _fake_libcuda(monkeypatch, None)  # a driver without the entry point: no check
+    assert launcher._param_sizes(1234, 4) is None
+
+
+def test_failed_bind_warns_and_falls_back(monkeypatch):
+    from numba import config
+
+    class Refuses:
+        def __init__(self, plan, specs):
+            raise NotImplementedError("kernel parameters of [16] bytes")
+
+    monkeypatch.setattr(launcher, "Bound", Refuses)
+    monkeypatch.setattr(launcher, "MODE", "driver")
+    monkeypatch.setattr(config, "ENABLE_CUDASIM", 0)
+    with pytest.warns(RuntimeWarning, match="fast launch path is unavailable"):
+        assert launcher.bind_plans((object(),), ()) is None
+
+
 def test_interface_does_not_import_warmup():
     src = Path(interface.__file__).read_text()
     names = set()

@@ -153,3 +153,35 @@ def test_flash_tile_emulation_online_softmax():
     w = np.exp(sc - sc.max(1, keepdims=True))
     want = (w / w.sum(1, keepdims=True)) @ vals.astype(np.float64)
     assert np.max(np.abs(out - want)) < 5e-3
+
+
+def _problem(on_simulator=False, dtype=np.float16, head_size=128):
+    from attn_numba.problem import Problem
+    return Problem(batch=1, total_q=64, total_k=64, max_seqlen_q=64, max_seqlen_k=64,
+                   num_heads=8, num_kv_heads=2, head_size=head_size, dtype=np.dtype(dtype),
+                   softmax_scale=1 / math.sqrt(head_size), window_left=-1, window_right=-1,
+                   causal=False, lse_batched=True, on_simulator=on_simulator)
+
+
+def test_supports_needs_no_opt_in_and_says_why_not(monkeypatch):
+    """flash_wgmma is verified on the H200: no opt-in; every refusal names its reason, and
+    ATTN_NUMBA_NO_WGMMA still switches it off."""
+    from numba import cuda
+
+    from attn_numba.kernels import v5_wgmma as v5
+    monkeypatch.delenv("ATTN_NUMBA_WGMMA", raising=False)
+    monkeypatch.delenv("ATTN_NUMBA_NO_WGMMA", raising=False)
+    assert "simulator" in v5.supports(_problem(on_simulator=True))
+    assert "fp16/bf16" in v5.supports(_problem(dtype=np.float32))
+    assert "head_size 96" in v5.supports(_problem(head_size=96))
+
+    class Dev:
+        compute_capability = (8, 0)
+
+    monkeypatch.setattr(cuda, "get_current_device", lambda: Dev())
+    assert "sm_80" in v5.supports(_problem())
+    Dev.compute_capability = (9, 0)
+    assert v5.supports(_problem()) is None
+    assert v5.supports(_problem(dtype=ml_dtypes.bfloat16, head_size=256)) is None
+    monkeypatch.setenv("ATTN_NUMBA_NO_WGMMA", "1")
+    assert "ATTN_NUMBA_NO_WGMMA" in v5.supports(_problem())
