@@ -234,7 +234,11 @@ def _param_sizes(handle, n):
     Index ``n`` itself is never asked, so a healthy bind makes no failing driver call:
     cuda.core's ``arguments_info`` finds the count by asking until the driver refuses, and
     compute-sanitizer's memcheck counted each refusal as an error (H200, 2026-11-30);
-    ``cuFuncGetParamInfo`` rejects a ``CUkernel`` handle outright."""
+    ``cuFuncGetParamInfo`` rejects a ``CUkernel`` handle outright. The price: a kernel with
+    *more* parameters than expected is not caught here. The guards for that are the pinned
+    numba-cuda (its argument layout is what ``Bound`` writes) and the GPU test
+    ``test_fast_launch_matches_numba_dispatch``, which compares the bound launch with Numba's
+    own, bit for bit, for every kernel."""
     try:
         fn = ctypes.CDLL("libcuda.so.1").cuKernelGetParamInfo
     except (OSError, AttributeError):
