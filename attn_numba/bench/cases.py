@@ -18,6 +18,8 @@ heads once, outside the timed call, which lets PyTorch pick its memory-efficient
 from __future__ import annotations
 
 import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -111,8 +113,6 @@ def random_normal(seed, shape, dtype=DTYPE):
     draws in chunks, chunk ``i`` from ``default_rng([*seed, i])``, on all host cores (NumPy
     releases the GIL while it fills). At 524288 tokens q alone has 2^31 elements; float64
     draws plus a cast on one core took tens of seconds per config on the H200 host."""
-    import os
-    from concurrent.futures import ThreadPoolExecutor
     out = np.empty(shape, dtype)
     flat = out.reshape(-1)
 
