@@ -103,6 +103,10 @@ def source_text(doc, path):
     and file of a results document (any JSON with ``device`` and ``date``)."""
     dev = doc.get("device") or (f"no device (CPU: {doc['ptxas']})" if doc.get("ptxas")
                                 else "device not recorded")
+    if isinstance(dev, dict):  # the check scripts record {"name": ..., "cc": [9, 0]}
+        cc = dev.get("cc")
+        dev = str(dev.get("name", "device not recorded")) + (
+            f" (sm_{cc[0]}{cc[1]})" if isinstance(cc, (list, tuple)) and len(cc) >= 2 else "")
     if doc.get("simulated"):
         dev += " (SIMULATED)"
     return f"{dev}, {doc.get('date') or 'undated'}, {display_path(path)}"

@@ -109,3 +109,14 @@ def test_pick_summary_prefers_h200_then_h100(tmp_path):
     import pytest
     with pytest.raises(TypeError):
         sources.pick_summary(tmp_path, prefer="h200")
+
+
+def test_source_text_names_device_date_and_file():
+    assert sources.source_text({"device": "NVIDIA H200", "date": "2026-11-30"},
+                               "results/h200/summary.json") == \
+        "NVIDIA H200, 2026-11-30, results/h200/summary.json"
+    # the GPU check scripts record the device as {"name", "cc"}
+    text = sources.source_text({"device": {"name": "NVIDIA H200", "cc": [9, 0]}}, "x.json")
+    assert text == "NVIDIA H200 (sm_90), undated, x.json"
+    assert sources.source_text({"simulated": True}, "s.json").startswith(
+        "device not recorded (SIMULATED)")
