@@ -112,6 +112,7 @@ def test_pick_summary_prefers_h200_then_h100(tmp_path):
 
 
 def test_source_text_names_device_date_and_file():
+    from attn_numba import sources
     assert sources.source_text({"device": "NVIDIA H200", "date": "2026-11-30"},
                                "results/h200/summary.json") == \
         "NVIDIA H200, 2026-11-30, results/h200/summary.json"
