@@ -1,8 +1,13 @@
 """Device functions and constants shared by every kernel."""
+import math
+
 import numpy as np
 from numba import cuda, types
 
 NEG_INF = np.float32(-np.inf)
+_ZERO = np.float32(0.0)
+_ONE = np.float32(1.0)
+_LN2 = np.float32(math.log(2.0))
 
 
 @cuda.jit(device=True, inline=True, cache=True)
@@ -38,6 +43,19 @@ def store_lse(lse, lse_batched, b, h, q0, row, value):
         lse[b, h, row] = value
     else:
         lse[0, h, q0 + row] = value
+
+
+@cuda.jit(device=True, inline=True, cache=True)
+def finish_row(total, m):
+    """``(1 / total, lse)`` of a softmax row kept in the exp2 domain (running max ``m``, sum
+    ``total`` of ``exp2(s - m)``); ``(0, -inf)`` for a row that saw no key, so that its
+    output is 0 and never NaN."""
+    inv = _ZERO
+    lse = NEG_INF
+    if total > _ZERO:
+        inv = _ONE / total
+        lse = m * _LN2 + math.log(total)
+    return inv, lse
 
 
 def array_type(dtype, ndim, readonly=False):

@@ -32,7 +32,7 @@ from numba import config as numba_config
 from numba import cuda, float32, types, uint16, uint32
 
 from . import ptx
-from .common import NEG_INF, array_type, key_range, seq_span, store_lse
+from .common import NEG_INF, array_type, finish_row, key_range, seq_span, store_lse
 from .v4_device import (ROW_PAD, _a_frag_rc, _c_frag_rc, _k_ldsm_rc, _mma, _p_from_s,  # noqa: F401
                         _pack, _v_ldsm_rc, padded, tile_loader)
 
@@ -45,8 +45,6 @@ THREADS = 32 * WARPS
 #: key-tile size by padded head size: K + V tiles stay under 48 KiB of static shared memory
 LOG2E = math.log2(math.e)
 ZERO = np.float32(0.0)
-ONE = np.float32(1.0)
-LN2 = np.float32(math.log(2.0))
 U0 = np.uint32(0)
 
 
@@ -325,16 +323,8 @@ def _build(head_size, heads, bf16, bn, warps=WARPS, nstages=1, rows_per_warp=16)
         l_a += cuda.shfl_xor_sync(0xFFFFFFFF, l_a, 2)
         l_b += cuda.shfl_xor_sync(0xFFFFFFFF, l_b, 1)
         l_b += cuda.shfl_xor_sync(0xFFFFFFFF, l_b, 2)
-        inv_a = ZERO
-        inv_b = ZERO
-        lse_a = NEG_INF
-        lse_b = NEG_INF
-        if l_a > ZERO:
-            inv_a = ONE / l_a
-            lse_a = m_a * LN2 + math.log(l_a)
-        if l_b > ZERO:
-            inv_b = ONE / l_b
-            lse_b = m_b * LN2 + math.log(l_b)
+        inv_a, lse_a = finish_row(l_a, m_a)
+        inv_b, lse_b = finish_row(l_b, m_b)
         for nt in range(O_TILES):
             w = 4 * nt + t
             if w < DW:

@@ -15,20 +15,17 @@ Everything else is v4's (tiles, pipeline, band, masking, fragments; see
 Kept apart from :mod:`v4_tensor_core` so that the default kernel's code is unchanged (its
 PTX is byte-identical). Emulated by ``v4_emulation.emulate_flash_tc(..., rows_per_warp=32)``.
 """
-import math
 
 import numpy as np
 from numba import config as numba_config
 from numba import cuda, float32, uint16, uint32
 
 from . import ptx
-from .common import NEG_INF, key_range, seq_span, store_lse
+from .common import NEG_INF, finish_row, key_range, seq_span, store_lse
 from .v4_device import (ROW_PAD, _a_frag_rc, _c_frag_rc, _k_ldsm_rc, _mma, _p_from_s, _pack,
                         _v_ldsm_rc, padded, tile_loader)
 
 ZERO = np.float32(0.0)
-ONE = np.float32(1.0)
-LN2 = np.float32(math.log(2.0))
 U0 = np.uint32(0)
 ROWS_PER_WARP = 32
 
@@ -248,11 +245,7 @@ def build_two_tile(head_size, heads, bf16, bn, warps, nstages):
         for i in range(R2):
             el[i] += cuda.shfl_xor_sync(0xFFFFFFFF, el[i], 1)
             el[i] += cuda.shfl_xor_sync(0xFFFFFFFF, el[i], 2)
-            alpha[i] = ZERO
-            base[i] = NEG_INF
-            if el[i] > ZERO:
-                alpha[i] = ONE / el[i]
-                base[i] = m[i] * LN2 + math.log(el[i])
+            alpha[i], base[i] = finish_row(el[i], m[i])
         for mi in range(MT):
             ra = row_a + 16 * mi
             rb = ra + 8

@@ -3,7 +3,6 @@ specialisation: descriptors and stage addresses, the cp.async copies of Q and of
 issuing the QK^T and PV wgmma groups, the online softmax on the S fragments, rescaling O and
 packing P, and the epilogue. Layout maps: attn_numba.kernels.wgmma_layout."""
 import functools
-import math
 from collections import namedtuple
 
 import numpy as np
@@ -11,13 +10,11 @@ from numba import cuda, int32, uint32, uint64
 
 from . import ptx_sm90 as px
 from . import wgmma_layout as wl
-from .common import NEG_INF, store_lse
+from .common import NEG_INF, finish_row, store_lse
 
 THREADS = 128
 BLOCK_M = 64
-LN2 = np.float32(math.log(2.0))
 ZERO = np.float32(0.0)
-ONE = np.float32(1.0)
 U0 = np.uint32(0)
 
 _smem_offset = cuda.jit(device=True, inline=True, cache=True)(wl.smem_offset)
@@ -183,16 +180,8 @@ def steps(D, BN, kind, heads, v_swap, S, groups=1):
         l_a += shfl(l_a, 2)
         l_b += shfl(l_b, 1)
         l_b += shfl(l_b, 2)
-        inv_a = ZERO
-        inv_b = ZERO
-        lse_a = NEG_INF
-        lse_b = NEG_INF
-        if l_a > ZERO:
-            inv_a = ONE / l_a
-            lse_a = m_a * LN2 + math.log(l_a)
-        if l_b > ZERO:
-            inv_b = ONE / l_b
-            lse_b = m_b * LN2 + math.log(l_b)
+        inv_a, lse_a = finish_row(l_a, m_a)
+        inv_b, lse_b = finish_row(l_b, m_b)
         if pos_a < sq:
             for i4 in range(O_LEN // 4):
                 out[q0 + pos_a, hw, 4 * i4 + t] = pack(o[4 * i4] * inv_a, o[4 * i4 + 1] * inv_a)
