@@ -206,23 +206,32 @@ class Bound:
 _LIBCUDA = []
 
 
+def _libcuda():
+    """The already-loaded driver library (``ctypes.CDLL``), opened once, or None."""
+    if not _LIBCUDA:
+        try:
+            _LIBCUDA.append(ctypes.CDLL("libcuda.so.1"))
+        except OSError:
+            _LIBCUDA.append(None)
+    return _LIBCUDA[0]
+
+
+_LAUNCH = []
+
+
 def _libcuda_launch():
     """``cuLaunchKernel`` from the already-loaded driver library through ctypes (about a
     microsecond of call overhead), or None where it cannot be found (then the
     ``cuda.bindings`` wrapper is used)."""
-    if not _LIBCUDA:
-        fn = None
-        try:
-            lib = ctypes.CDLL("libcuda.so.1")
-            fn = lib.cuLaunchKernel
+    if not _LAUNCH:
+        fn = getattr(_libcuda(), "cuLaunchKernel", None)
+        if fn is not None:
             u = ctypes.c_uint
             fn.argtypes = [ctypes.c_void_p, u, u, u, u, u, u, u, ctypes.c_void_p,
                            ctypes.c_void_p, ctypes.c_void_p]
             fn.restype = ctypes.c_int
-        except (OSError, AttributeError):
-            fn = None
-        _LIBCUDA.append(fn)
-    return _LIBCUDA[0]
+        _LAUNCH.append(fn)
+    return _LAUNCH[0]
 
 
 def _param_sizes(handle, n):
@@ -239,9 +248,8 @@ def _param_sizes(handle, n):
     numba-cuda (its argument layout is what ``Bound`` writes) and the GPU test
     ``test_fast_launch_matches_numba_dispatch``, which compares the bound launch with Numba's
     own, bit for bit, for every kernel."""
-    try:
-        fn = ctypes.CDLL("libcuda.so.1").cuKernelGetParamInfo
-    except (OSError, AttributeError):
+    fn = getattr(_libcuda(), "cuKernelGetParamInfo", None)
+    if fn is None:
         return None
     size_t = ctypes.c_size_t
     fn.argtypes = [ctypes.c_void_p, size_t, ctypes.POINTER(size_t), ctypes.POINTER(size_t)]

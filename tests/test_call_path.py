@@ -208,11 +208,10 @@ class _FakeParamInfo:
 
 
 def _fake_libcuda(monkeypatch, fn):
-    import ctypes
     lib = type("Lib", (), {})()
     if fn is not None:
         lib.cuKernelGetParamInfo = fn
-    monkeypatch.setattr(ctypes, "CDLL", lambda name: lib)
+    monkeypatch.setattr(launcher, "_libcuda", lambda: lib)
 
 
 def test_param_sizes_never_asks_past_the_expected_count(monkeypatch):
