@@ -153,7 +153,9 @@ def register(kernels, grid, checks, modes, progress, call_times=None):
                 return
             add_columns(state, cfg)
             ptr = state.get_stream().addressof()
+            t_check = time.perf_counter()
             res = case.check(ptr)
+            t_check = time.perf_counter() - t_check
             checks[(kernel, cfg.key())] = res.as_dict()
             if not res.ok and case.kind == "kernel":
                 progress.note(f"check {res}; skipped")
@@ -171,7 +173,7 @@ def register(kernels, grid, checks, modes, progress, call_times=None):
             blocking = async_ok[kernel]
             mode = "cold + batch" + (", blocking kernel" if blocking else ", sync")
             modes[(kernel, cfg.key())] = mode
-            progress.note(f"check {res}; timing ({mode})")
+            progress.note(f"check {res} after {t_check:.1f} s of compile + check; timing ({mode})")
             # guardrail: a compile inside the timed region is the log's pathology
             with count_compiles() as compiles:
                 state.exec(launcher(case), sync=not blocking)
