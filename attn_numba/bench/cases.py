@@ -355,6 +355,17 @@ def _window_mask_mod(sq, sk, left, right):
     return mask_mod
 
 
+def _inductor_in_process():
+    """Compile in this process unless ``TORCHINDUCTOR_COMPILE_THREADS`` says otherwise. The
+    first FlexAttention compile of a fresh H200 machine hung twice (runs 11 and 13) with the
+    main thread waiting on inductor's compile-worker subprocesses (faulthandler trace:
+    results/h200/checks/s4_run13_long_flex_16384.log); later processes compiled in seconds.
+    Compiling in-process costs some compile time and none of the timed kernel's."""
+    if "TORCHINDUCTOR_COMPILE_THREADS" not in os.environ:
+        import torch._inductor.config as inductor_config
+        inductor_config.compile_threads = 1
+
+
 @functools.lru_cache(maxsize=None)
 def _compiled_flex():
     import torch
@@ -376,6 +387,7 @@ class FlexCase(TorchCase):
 
     def _setup_peer(self, torch, c, left, right):
         from torch.nn.attention.flex_attention import create_block_mask
+        _inductor_in_process()
         s = c.seq_len
         kw = dict(B=None, H=None, Q_LEN=s, KV_LEN=s, device="cuda")
         mask_mod = _window_mask_mod(s, s, left, right)

@@ -34,6 +34,7 @@ touch memory are ``volatile`` with a memory clobber, so LLVM neither moves them 
 ``cuda.syncthreads()`` nor merges them.
 """
 import functools
+from types import SimpleNamespace
 
 from llvmlite import ir
 from numba import types
@@ -47,12 +48,26 @@ _IR = {types.uint32: _I32, types.int32: _I32, types.uint64: _I64, types.int64: _
        types.float32: _F32}
 
 
+#: the typer of every intrinsic made by :func:`fixed_intrinsic`, as an attribute named after
+#: the intrinsic, so that the typer pickles by reference (module and qualified name)
+_TYPERS = SimpleNamespace()
+
+
 def fixed_intrinsic(impl, name):
-    """``intrinsic(impl)`` with a fixed identity ``name``. An intrinsic pickles with a uuid
-    that is random per process, and Numba's disk-cache key pickles a kernel's closure, so a
-    kernel whose closure holds an intrinsic would miss the cache in every new process (seen
-    on the H200: 3.1 s first calls). A name fixed by the module and the instruction makes
-    the key reproducible."""
+    """``intrinsic(impl)`` with a fixed identity ``name`` that also pickles reproducibly.
+
+    Numba's disk-cache key pickles a kernel's closure, and its loader computes the key before
+    compiling while its saver computes it after. An intrinsic pickles as its uuid (random per
+    process) and its typer ``impl`` (by value, with the llvmlite types its code generator
+    uses, which cache their string form once used). Either makes the key of a kernel whose
+    closure holds an intrinsic differ between load and save, so every new process compiles
+    again: 3.1 s first calls of flash_tc on the H200 (the uuid), 2.5 s of flash_wgmma (the
+    typer). The uuid is set to ``name``, and ``impl`` is registered as
+    ``_TYPERS.<name>`` of this module, so that it pickles as that reference."""
+    key = name.replace(".", "__")
+    impl.__module__ = __name__
+    impl.__qualname__ = f"_TYPERS.{key}"
+    setattr(_TYPERS, key, impl)
     obj = intrinsic(impl)
     obj._set_uuid(name)
     return obj

@@ -387,9 +387,9 @@ def opt_in_shared(kernel, argtypes, nbytes):
     to do on the simulator."""
     if numba_config.ENABLE_CUDASIM:
         return
-    # the cached cubin without Numba's target-context refresh: measured on the H200
-    # (results/h200/first_call.json) ``kernel.compile`` made the first call of a new process
-    # with a warm disk cache take 2.9 s, against 0.04 s for flash_tc, which loads this way
+    # the cached cubin without Numba's target-context refresh, as flash_tc loads it (the
+    # 2.9 s warm first call of results/h200/first_call.json was a disk-cache key that changed
+    # on compiling: see attn_numba.kernels.ptx.fixed_intrinsic and tests/test_cache_key.py)
     from ..launcher import load_cached
     kern, _ = load_cached(kernel, tuple(argtypes))
     cufunc = kern._codelibrary.get_cufunc()
