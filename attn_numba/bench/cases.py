@@ -355,17 +355,6 @@ def _window_mask_mod(sq, sk, left, right):
     return mask_mod
 
 
-def _inductor_in_process():
-    """Compile in this process unless ``TORCHINDUCTOR_COMPILE_THREADS`` says otherwise. The
-    first FlexAttention compile of a fresh H200 machine hung twice (runs 11 and 13) with the
-    main thread waiting on inductor's compile-worker subprocesses (faulthandler trace:
-    results/h200/checks/s4_run13_long_flex_16384.log); later processes compiled in seconds.
-    Compiling in-process costs some compile time and none of the timed kernel's."""
-    if "TORCHINDUCTOR_COMPILE_THREADS" not in os.environ:
-        import torch._inductor.config as inductor_config
-        inductor_config.compile_threads = 1
-
-
 @functools.lru_cache(maxsize=None)
 def _compiled_flex():
     import torch
@@ -376,27 +365,38 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
+#: FlexAttention's block mask is built eagerly up to this many tokens (its S x S boolean
+#: mask: 1 GiB) and by the compiled ``create_block_mask`` beyond
+EAGER_MASK_MAX = 32768
+
+
 class FlexCase(TorchCase):
     """FlexAttention as its documentation recommends: ``flex_attention`` under
-    ``torch.compile`` and a block mask built by a compiled ``create_block_mask(...,
-    _compile=True)``, which evaluates the mask block by block instead of materialising the
-    S x S boolean mask (S^2 bytes: 16 GiB at 131072 tokens); a PyTorch without the ``_compile``
-    keyword gets ``torch.compile(create_block_mask)`` instead. Where even that fails (memory,
-    say), the error propagates and the benchmark records the state as skipped with the
-    reason."""
+    ``torch.compile`` with a block mask. Up to :data:`EAGER_MASK_MAX` tokens the mask comes
+    from the eager ``create_block_mask``; beyond, from the compiled one (``_compile=True``),
+    which evaluates the mask block by block instead of materialising the S x S boolean mask
+    (S^2 bytes: 16 GiB at 131072 tokens, where the eager one failed on the H200). The two
+    give the same block mask, and neither is timed. Why not always the compiled one: at
+    16384 tokens its Triton kernel's ptxas did not finish in 150-170 s on three fresh H200
+    machines (runs 11, 13 and 14; results/h200/checks/s4_run1[34]_long_flex_16384.log),
+    while 65536 to 524288 compiled in seconds. A PyTorch without the ``_compile`` keyword
+    gets ``torch.compile(create_block_mask)``. Where even that fails (memory, say), the
+    error propagates and the benchmark records the state as skipped with the reason."""
 
     def _setup_peer(self, torch, c, left, right):
         from torch.nn.attention.flex_attention import create_block_mask
-        _inductor_in_process()
         s = c.seq_len
         kw = dict(B=None, H=None, Q_LEN=s, KV_LEN=s, device="cuda")
         mask_mod = _window_mask_mod(s, s, left, right)
-        try:
-            self.block_mask = create_block_mask(mask_mod, _compile=True, **kw)
-        except TypeError as exc:  # a PyTorch without the _compile keyword: compile it ourselves
-            if "_compile" not in str(exc):
-                raise
-            self.block_mask = torch.compile(create_block_mask)(mask_mod, **kw)
+        if s <= EAGER_MASK_MAX:
+            self.block_mask = create_block_mask(mask_mod, **kw)
+        else:
+            try:
+                self.block_mask = create_block_mask(mask_mod, _compile=True, **kw)
+            except TypeError as exc:  # a PyTorch without the _compile keyword
+                if "_compile" not in str(exc):
+                    raise
+                self.block_mask = torch.compile(create_block_mask)(mask_mod, **kw)
         self.fn = _compiled_flex()
 
     def _call(self):
