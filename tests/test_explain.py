@@ -241,6 +241,20 @@ def test_single_row_is_undetermined(tmp_path):
     assert res["verdict"] == "undetermined"
 
 
+def test_one_size_is_undetermined(tmp_path):
+    # one sequence length, causal 0 and 1: the work halves but the bytes do not, so a
+    # memory-bound kernel (the same time for both masks) must not read as a fixed cost
+    memory_bound = lambda S, c: 3.1e-3 if c == 0 else 2.5e-3  # noqa: E731
+    res = explain.explain_log(_write(tmp_path, make_log(memory_bound, seq_lens=(131072,))))
+    assert res["verdict"] == "undetermined"
+    text = explain.format_text(res)
+    assert "one problem size" in text and "overhead-dominated" not in text.split("Rule")[0]
+    # the same kernel over two sizes is judged again
+    res = explain.explain_log(_write(tmp_path, make_log(
+        lambda S, c: memory_bound(S, c) * S / 131072, seq_lens=(65536, 131072))))
+    assert res["verdict"] == "work-proportional"
+
+
 def test_committed_synthetic_logs():
     expect = {"healthy_h100_us.log": "work-proportional",
               "flat_overhead_new_nvbench.log": "overhead-dominated"}

@@ -17,7 +17,8 @@ Verdict rule (per group; the log is overhead-dominated if any group is)::
 
     overhead-dominated  iff  fixed_overhead_s >= 0.5 * median(t)  and  work_exponent < 0.5
     work-proportional   otherwise
-    undetermined        when fewer than two distinct work values have a time
+    undetermined        when fewer than two distinct work values have a time, or the
+                        rows' minimum bytes span less than 2x (one problem size)
 """
 from .context import PEAK_FLOP_PER_CLK_SM, load_pathology, load_summaries, roofline
 from .core import PACKAGED_LOG, explain_group, explain_log, read_log

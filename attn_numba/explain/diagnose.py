@@ -33,6 +33,13 @@ def verdict(rows, g):
         return ["Verdict: undetermined (fewer than two rows with distinct work and a time)."]
     works, times = [p[0] for p in g["points"]], [p[1] for p in g["points"]]
     fit, med = g["fit"], g["median_time_s"]
+    if g["verdict"] == "undetermined":
+        return [f"Verdict: undetermined. The rows share one problem size (minimum bytes "
+                f"x{g['size_span']:.1f}): the work varies only through the mask "
+                f"(x{max(works) / min(works):.1f}), and a kernel bound by memory traffic, the "
+                f"same for every mask, would look as flat as a fixed cost per call (time "
+                f"{fmt_t(min(times))}..{fmt_t(max(times))}). A log over several sequence "
+                f"lengths tells them apart."]
     return [f"Verdict: {g['verdict']}. Time ({g['time_column']}) spans {fmt_t(min(times))}.."
             f"{fmt_t(max(times))} while the exact windowed work spans {min(works):.3g}.."
             f"{max(works):.3g} FLOP (x{max(works) / min(works):.0f}). Fit t = a + b*work: "

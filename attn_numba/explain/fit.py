@@ -8,7 +8,10 @@ Verdict rule (the only one used)::
 
     overhead-dominated  iff  fixed_overhead_s >= 0.5 * median(t)  and  work_exponent < 0.5
     work-proportional   otherwise
-    undetermined        when fewer than two distinct work values have a time
+    undetermined        when fewer than two distinct work values have a time, or when the
+                        rows' minimum bytes span less than 2x (one problem size: the work
+                        then varies only through the mask, and a kernel bound by memory
+                        traffic, which is the same for every mask, would look flat too)
 """
 from __future__ import annotations
 
@@ -19,8 +22,11 @@ import numpy as np
 
 OVERHEAD_FRACTION = 0.5
 FLAT_EXPONENT = 0.5
+#: the least span of the rows' minimum bytes (max / min) for a verdict
+MIN_SIZE_SPAN = 2.0
 RULE = (f"overhead-dominated iff fixed_overhead_s >= {OVERHEAD_FRACTION} * median time "
-        f"and work_exponent < {FLAT_EXPONENT}")
+        f"and work_exponent < {FLAT_EXPONENT}; undetermined when the minimum bytes span "
+        f"less than {MIN_SIZE_SPAN:g}x")
 
 
 def _pos(v):
@@ -65,19 +71,25 @@ def verdict_of(fixed_overhead_s, median_t, work_exponent):
 def fit_group(rows):
     """Fit one group. Returns dict: points [(work, t)], time_column, fit, median_time_s,
     fixed_overhead_s, work_exponent, verdict."""
-    pts, cols = [], []
+    pts, cols, nbytes = [], [], []
     for r in rows:
         t, key = time_of(r)
         if t is not None and _pos(r.get("windowed_flops")):
             pts.append((float(r["windowed_flops"]), t))
             cols.append(key)
+            if _pos(r.get("min_bytes_fp16")):
+                nbytes.append(float(r["min_bytes_fp16"]))
     fit = fit_overhead(*zip(*pts)) if len(pts) >= 2 else None
     median_t = statistics.median(p[1] for p in pts) if pts else None
     fixed = max(fit["a"], 0.0) if fit else None
     expo = fit["exponent"] if fit else None
+    size_span = max(nbytes) / min(nbytes) if len(nbytes) == len(pts) and nbytes else None
+    verdict = verdict_of(fixed, median_t, expo)
+    if fit and size_span is not None and size_span < MIN_SIZE_SPAN:
+        verdict = "undetermined"
     return {"points": pts, "time_column": max(set(cols), key=cols.count) if cols else None,
             "fit": fit, "median_time_s": median_t, "fixed_overhead_s": fixed,
-            "work_exponent": expo, "verdict": verdict_of(fixed, median_t, expo)}
+            "work_exponent": expo, "size_span": size_span, "verdict": verdict}
 
 
 def cold_times(row):

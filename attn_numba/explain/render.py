@@ -123,8 +123,10 @@ def groups_markdown(res, name=None):
              "| group | rows | verdict | fixed overhead | work exponent | host per call "
              "(CPU - GPU) | Batch / Cold |", "|---|---:|---|---:|---:|---:|---:|"]
     for g in res.get("groups") or []:
-        e, b = g["work_exponent"], g["batch_over_cold"]
+        e, b, a = g["work_exponent"], g["batch_over_cold"], g["fixed_overhead_s"]
+        if g["verdict"] == "undetermined":  # a fit over one problem size means nothing
+            e = a = None
         lines.append(f"| {group_label(g['axes'])} | {len(g['rows'])} | {g['verdict']} | "
-                     f"{fmt_t(g['fixed_overhead_s'])} | {'-' if e is None else f'{e:.2f}'} | "
+                     f"{'-' if a is None else fmt_t(a)} | {'-' if e is None else f'{e:.2f}'} | "
                      f"{fmt_t(g['host_s_per_call'])} | {'-' if b is None else f'{b:.2f}'} |")
     return lines
