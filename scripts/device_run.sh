@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# One device call as a list of named steps, each the command behind a committed result
+# (notes/scripts_moved.md says which run used which steps):
+#
+#   bash scripts/device_run.sh STEP[:ARG[:ARG2]] ...
+#
+#   bench:K1,K2          attn-numba bench --kernels K1,K2 --merge --out results/h200 (ceilings too)
+#   long:K1,K2[:C]       attn-numba bench --long --kernels K1,K2 [--causal C], merged
+#   flex_long:S1,S2      FlexAttention's long sweep, one process and time limit per length
+#   first_call:K1,K2     scripts/first_call.py --runs 2 (cold, then warm disk cache; its JSON
+#                        comes back in r/, to be merged into results/h200/first_call.json)
+#   gpu_tests[:EXPR]     the GPU suites tests/test_gpu_call_path.py tests/test_gpu.py [-k EXPR]
+#   breakdown            scripts/call_breakdown.py (host time per stage of a public call)
+#   sanitize[:K1,K2]     compute-sanitizer memcheck, racecheck, synccheck, initcheck on
+#                        scripts/sanitize.py (default: every kernel)
+#   wgmma_check[:A,B]    scripts/gpu_wgmma_check.py A B (flash_wgmma microtest, sweeps, timing;
+#                        JSON, PTX and SASS in r/wgmma/)
+#   v4_check[:A,B]       scripts/gpu_check_v4.py A B (flash_tc checks and variants; JSON in r/)
+#   package              python -m attn_numba.sources --package (the summary in the wheel)
+#   notebooks            attn-numba notebooks --write (every notebook with outputs)
+#
+# END (default 560) bounds the whole call in seconds; every step gets its own limit, cut to
+# what is left, and a hung Python step is killed with SIGABRT so that faulthandler prints
+# where it was. The device returns only a few files, so everything comes back as
+# $OUT/run.tgz (the logs, plus every file under results/, attn_numba/data/ and notebooks/
+# that the steps wrote) and $OUT/run.log (the tail of each log).
+set -u
+export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1
+R="$OUT/r"; mkdir -p "$R"; touch "$R/.start"
+t0=$SECONDS; END=${END:-560}
+say() { echo "[$((SECONDS - t0)) s] $*"; }
+cap() { local l=$(( END - (SECONDS - t0) )); [ "$1" -lt "$l" ] && l=$1; [ "$l" -lt 5 ] && l=5; echo "$l"; }
+run() {  # run LOG LIMIT command...: bounded, output to $R/LOG.log, exit status appended
+    local log=$1 lim; lim=$(cap "$2"); shift 2
+    say "$log (limit $lim s)"
+    timeout -s ABRT "$lim" "$@" > "$R/$log.log" 2>&1; echo "rc $?" >> "$R/$log.log"
+}
+sanitizer() { command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1; }
+
+STEPS=" bench long flex_long first_call gpu_tests breakdown sanitize wgmma_check v4_check package notebooks "
+for spec in "$@"; do  # every step known before any runs
+    [[ $STEPS == *" ${spec%%:*} "* ]] || { echo "unknown step ${spec%%:*}; steps:$STEPS"; exit 2; }
+done
+for spec in "$@"; do
+    IFS=: read -r step a b <<< "$spec"
+    list=${a//,/ }
+    case $step in
+        bench) run "bench" 300 python3 -m attn_numba.cli bench --kernels "$a" --merge \
+                   --out results/h200 ;;
+        long) run "long_${a//,/-}${b:+_c$b}" 300 python3 -m attn_numba.cli bench --long \
+                  --no-ceilings --out results/h200 --kernels "$a" ${b:+--causal "$b"} \
+                  ${b:+--tag "c$b"} ;;
+        flex_long) for S in $list; do
+                       run "long_flex_$S" 200 python3 -m attn_numba.cli bench --long \
+                           --no-ceilings --out results/h200 --kernels flexattention \
+                           --seq-lens "$S" --tag "S$S"
+                   done ;;
+        first_call) OUT="$R" run first_call 90 python3 scripts/first_call.py \
+                        --kernels $list --runs 2 ;;
+        gpu_tests) ATTN_NUMBA_TEST_GPU=1 run pytest_gpu 330 python3 -m pytest -q \
+                       -p no:cacheprovider -rs tests/test_gpu_call_path.py tests/test_gpu.py \
+                       ${a:+-k "$a"} ;;
+        breakdown) OUT=results/h200 run call_breakdown 60 python3 scripts/call_breakdown.py ;;
+        sanitize) cs=$(sanitizer)
+                  for tool in memcheck racecheck synccheck initcheck; do
+                      small=--small; [ "$tool" = memcheck ] && small=
+                      run "sanitize_$tool" 100 "$cs" --tool "$tool" --error-exitcode 1 \
+                          python3 scripts/sanitize.py ${list:+--kernels $list} $small
+                  done ;;
+        wgmma_check) OUT="$R/wgmma" run wgmma_check 160 python3 scripts/gpu_wgmma_check.py $list ;;
+        v4_check) OUT="$R" run v4_check 200 python3 scripts/gpu_check_v4.py $list ;;
+        package) run package 60 python3 -m attn_numba.sources --package ;;
+        notebooks) run notebooks 300 python3 -m attn_numba.cli notebooks --write ;;
+    esac
+done
+say done
+find results attn_numba/data notebooks -type f -newer "$R/.start" > "$R/written.txt"
+tar czf "$OUT/run.tgz" -C "$OUT" r -C "$PWD" -T "$R/written.txt"
+for f in "$R"/*.log; do
+    echo "=== $(basename "$f")"
+    grep -v -i "warn" "$f" | grep -v "^Run:\|^\*\|^#\|^$\|^\`\|^|\|Host Frame" | tail -"${TAILN:-10}"
+done | tee "$OUT/run.log"
+rm -rf "$R"
