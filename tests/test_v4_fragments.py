@@ -120,7 +120,7 @@ def test_mma_emulator_is_a_matmul(rng):
 
 # --------------------------------------------------------------------------- kernel emulation
 
-def _emulate_case(rng, sq, sk, window, head_size, block_n, heads, rows_per_warp):
+def _emulate_case(rng, sq, sk, window, head_size, block_n, heads):
     H, Hkv = 4, 2
     q = rng.standard_normal((1, sq, H, head_size)).astype(np.float16)
     k = rng.standard_normal((1, sk, Hkv, head_size)).astype(np.float16)
@@ -128,7 +128,7 @@ def _emulate_case(rng, sq, sk, window, head_size, block_n, heads, rows_per_warp)
     scale = 1 / np.sqrt(head_size)
     head = 3                                 # GQA: query head 3 reads kv head 1
     out, lse = emulate_flash_tc(q[0], k[0], v[0], scale, *window, head, head // (H // Hkv),
-                                block_n, heads, rows_per_warp=rows_per_warp)
+                                block_n, heads)
     assert not np.isnan(out).any() and not np.isnan(lse).any()
     ref, ref_lse = mha_fwd_ref(q, k, v, window_size=window)
     lowp, _ = mha_fwd_ref(q, k, v, window_size=window, p_dtype=np.float16)
@@ -148,39 +148,12 @@ def _emulate_case(rng, sq, sk, window, head_size, block_n, heads, rows_per_warp)
     (90, 90, (20, 5), 32, 32, 2),      # the same with 2 heads per block (32 positions)
     (66, 66, (0, 0), 8, 32, 2),        # diagonal only, head size 8 (padded to 16)
     (40, 47, (16, 0), 128, 32, 4),     # the default D=128 tile, GQA 4 per block
-])
-def test_emulated_flash_tc_matches_reference(rng, sq, sk, window, head_size, block_n, heads):
-    _emulate_case(rng, sq, sk, window, head_size, block_n, heads, 16)
-
-
-@pytest.mark.parametrize("sq,sk,window,head_size,block_n,heads", [
-    (90, 90, (20, 5), 24, 32, 1),      # window, head size 24: 128 positions per block
-    (83, 29, (-1, 0), 16, 16, 1),      # causal, sq > sk: a warp's first rows see no key
-    (90, 90, (20, 5), 40, 32, 2),      # GQA 2 per block (64 positions), head size 40
-    (40, 47, (16, 0), 72, 32, 4),      # GQA 4 per block (32 positions), head size 72;
-                                       # block 1's second m-tile lies past the sequence
+    (90, 90, (20, 5), 40, 32, 2),      # GQA 2 per block, head size 40 (padded to 48)
+    (40, 47, (16, 0), 72, 32, 4),      # GQA 4 per block, head size 72 (padded to 80)
     (100, 100, (-1, 0), 8, 32, 2),     # causal square, head size 8
 ])
-def test_emulated_two_tile_matches_reference_and_one_tile(rng, sq, sk, window, head_size,
-                                                          block_n, heads):
-    """rows_per_warp=32 (two m16 tiles per warp sharing each K/V fragment) matches the
-    reference, and bit for bit the 16-row emulation: a tile that a row's band misses but its
-    warp's 32-row band meets is fully masked for that row, an exact identity (alpha = 1 or
-    0 with P = 0), and the tiles that hold keys of a row are visited in the same order."""
-    (q, k, v, scale, head, group), out, lse = _emulate_case(rng, sq, sk, window, head_size,
-                                                           block_n, heads, 32)
-    out16, lse16 = emulate_flash_tc(q[0], k[0], v[0], scale, *window, head, head // group,
-                                    block_n, heads, rows_per_warp=16)
-    np.testing.assert_array_equal(out, out16)
-    np.testing.assert_array_equal(lse, lse16)
-
-
-def test_emulation_refuses_bad_rows_per_warp(rng):
-    x = rng.standard_normal((4, 1, 16)).astype(np.float16)
-    with pytest.raises(ValueError, match="rows_per_warp"):
-        emulate_flash_tc(x, x, x, 0.25, -1, -1, 0, 0, 32, rows_per_warp=48)
-    with pytest.raises(ValueError, match="rows_per_warp"):
-        v4.build(64, rows_per_warp=64)
+def test_emulated_flash_tc_matches_reference(rng, sq, sk, window, head_size, block_n, heads):
+    _emulate_case(rng, sq, sk, window, head_size, block_n, heads)
 
 
 # --------------------------------------------------------------------------- compile on CPU
@@ -239,41 +212,6 @@ def test_compile_ptx_on_cpu():
         assert r["mma"] == 4 * steps - dead, (key, r)
         sites = 4 if v4.stages(d) == 2 else 3     # prologue + loop load sites of K and V
         assert r["cp_async"] == sites * -(-bn * (d16 // 8) // v4.THREADS), (key, r)
-
-
-_COMPILE_TWO_TILE = textwrap.dedent("""
-    import json, re
-    from numba import cuda
-    from attn_numba.kernels import v4_tensor_core as v4
-    res = {}
-    for cc in [(8, 0), (9, 0)]:
-        for d, bf, hb in [(64, False, 1), (128, False, 4), (72, True, 2)]:
-            fn = v4.build(d, hb, bf, rows_per_warp=32).py_func
-            ptx, _ = cuda.compile_ptx(fn, v4._signature(), cc=cc)
-            res[f"{cc[0]}{cc[1]}_{d}_{hb}_{int(bf)}"] = dict(
-                target=f".target sm_{cc[0]}{cc[1]}" in ptx,
-                mma=len(re.findall(r"mma\\.sync\\.aligned\\.m16n8k16\\.row\\.col\\.f32\\." + ("bf16" if bf else "f16"), ptx)),
-                ldmatrix=len(re.findall(r"ldmatrix\\.sync\\.aligned\\.m8n8\\.x4\\.shared", ptx)),
-                ldmatrix_trans=len(re.findall(r"ldmatrix\\.sync\\.aligned\\.m8n8\\.x4\\.trans", ptx)),
-                calls=len(re.findall(r"\\bcall\\b", ptx)),
-                local=len(re.findall(r"ld\\.local|st\\.local|\\.local\\s", ptx)))
-    print(json.dumps(res))
-""")
-
-
-def test_compile_ptx_two_tile_on_cpu():
-    """rows_per_warp=32 for sm_80 and sm_90: the same ldmatrix count as 16 rows per warp but
-    twice the mma (each K/V fragment feeds 4 mma), no calls, no local memory in the PTX."""
-    res = _compile_on_cpu(_COMPILE_TWO_TILE)
-    assert len(res) == 2 * 3
-    for key, r in res.items():
-        d = int(key.split("_")[1])
-        bn, d16 = v4.block_n(d), v4.padded(d)
-        assert r["target"] and r["calls"] == 0 and r["local"] == 0, (key, r)
-        steps = (bn // 16) * (d16 // 16)
-        assert r["ldmatrix"] == steps and r["ldmatrix_trans"] == steps, (key, r)
-        dead = (bn // 16) * ((d16 - d) // 8)      # P.V mma of never-stored padding columns
-        assert r["mma"] == 2 * (4 * steps - dead), (key, r)
 
 
 # --------------------------------------------------------------------------- supports

@@ -1,4 +1,4 @@
-"""Device functions shared by the v4 kernels (:mod:`v4_tensor_core`, :mod:`v4_two_tile`):
+"""Device functions of the v4 kernel (:mod:`v4_tensor_core`):
 the index maps of :mod:`v4_layout` compiled as inline device functions, the mma and pack
 wrappers, and the cp.async tile loader."""
 import numpy as np

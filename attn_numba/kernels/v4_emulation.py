@@ -29,19 +29,16 @@ def _tile(x16, n0, bn, d16):
 
 
 def emulate_flash_tc(q, k, v, scale, left, right, head, kv_head, block_n, heads=1,
-                     dtype=np.float16, rows_per_warp=16):
-    """Mirror of ``v4.build(D, heads, bn=block_n, rows_per_warp=rows_per_warp)`` for one
-    sequence and one head; with ``rows_per_warp=32`` each warp holds two m16 tiles that share
-    every K/V fragment (one ``ldmatrix_py`` feeds both tiles' mma), as in ``v4_two_tile``.
+                     dtype=np.float16):
+    """Mirror of ``v4.build(D, heads, bn=block_n)`` for one sequence and one head: each warp
+    holds one m16 tile of 16 query rows (:class:`_MTile`).
 
     q: (sq, H, D), k/v: (sk, Hkv, D), all ``dtype`` (float16 or ml_dtypes.bfloat16). Returns
     out (sq, D) float32 (rounded to ``dtype``) and lse (sq,).
     """
-    if rows_per_warp not in (16, 32):
-        raise ValueError(f"rows_per_warp must be 16 or 32, got {rows_per_warp!r}")
     dtype = np.dtype(dtype)
     sq, sk, D = q.shape[0], k.shape[0], q.shape[2]
-    BN, D16, MT = block_n, v4.padded(D), rows_per_warp // 16
+    BN, D16, RW = block_n, v4.padded(D), 16                      # RW: rows per warp
     q16 = np.zeros((sq, D16), np.uint16)
     q16[:, :D] = np.ascontiguousarray(q[:, head]).view(np.uint16)
     k16 = np.ascontiguousarray(k[:, kv_head]).view(np.uint16)
@@ -50,7 +47,7 @@ def emulate_flash_tc(q, k, v, scale, left, right, head, kv_head, block_n, heads=
     out = np.full((sq, D), np.nan, np.float32)
     lse = np.full(sq, np.nan, np.float32)
     kr = lambda i: key_range_host(i, sq, sk, left, right)  # noqa: E731
-    pb = rows_per_warp * v4.WARPS // heads                        # positions per block
+    pb = RW * v4.WARPS // heads                                   # positions per block
     for row0 in range(0, sq, pb):
         blo, bhi = kr(row0)[0], kr(min(row0 + pb, sq) - 1)[1]
         staged = [(n0, _tile(k16, n0, BN, D16), _tile(v16, n0, BN, D16))
@@ -58,41 +55,34 @@ def emulate_flash_tc(q, k, v, scale, left, right, head, kv_head, block_n, heads=
         for warp in range(v4.WARPS):
             if warp % heads != head % heads:                      # another head's warp
                 continue
-            wrow0 = row0 + rows_per_warp * (warp // heads)
+            wrow0 = row0 + RW * (warp // heads)
             if wrow0 >= sq:
                 continue
             wlo_first, whi_first = kr(wrow0)
-            wlo_last, whi_last = kr(min(wrow0 + rows_per_warp - 1, sq - 1))
-            tiles = [_MTile(wrow0 + 16 * mi, q16, sq, kr, D16) for mi in range(MT)]
+            wlo_last, whi_last = kr(min(wrow0 + RW - 1, sq - 1))
+            mt = _MTile(wrow0, q16, sq, kr, D16)
             for n0, ks, vs in staged:
                 if not (n0 <= whi_last and n0 + BN - 1 >= wlo_first):
                     continue
-                for mt in tiles:
-                    mt.s = np.zeros((32, 4 * (BN // 8)), np.float32)
+                mt.s = np.zeros((32, 4 * (BN // 8)), np.float32)
                 for p in range(BN // 16):
                     for kk in range(D16 // 16):
                         b = L.ldmatrix_py(ks, lambda ln: L.k_ldsm_rc(ln, p, kk), 4)
-                        for mt in tiles:                          # one fragment, MT tiles
-                            for j in range(2):
-                                nt = 2 * p + j
-                                mt.s[:, 4 * nt:4 * nt + 4] = L.mma_py(
-                                    mt.qf[:, 4 * kk:4 * kk + 4], b[:, 2 * j:2 * j + 2],
-                                    mt.s[:, 4 * nt:4 * nt + 4], dtype)
-                masked = not (wlo_last <= n0 and n0 + BN - 1 <= whi_first)
-                for mt in tiles:
-                    mt.softmax(scale_log2, n0, BN, masked)
+                        for j in range(2):
+                            nt = 2 * p + j
+                            mt.s[:, 4 * nt:4 * nt + 4] = L.mma_py(
+                                mt.qf[:, 4 * kk:4 * kk + 4], b[:, 2 * j:2 * j + 2],
+                                mt.s[:, 4 * nt:4 * nt + 4], dtype)
+                mt.softmax(scale_log2, n0, BN, not (wlo_last <= n0 and n0 + BN - 1 <= whi_first))
                 for kk in range(BN // 16):
-                    a = [mt.p_fragment(kk, dtype) for mt in tiles]
+                    am = mt.p_fragment(kk, dtype)
                     for p in range(D16 // 16):
                         b = L.ldmatrix_py(vs, lambda ln: L.v_ldsm_rc(ln, kk, p), 4, trans=True)
-                        for mt, am in zip(tiles, a):
-                            for j in range(2):
-                                nt = 2 * p + j
-                                mt.acc[:, 4 * nt:4 * nt + 4] = L.mma_py(
-                                    am, b[:, 2 * j:2 * j + 2], mt.acc[:, 4 * nt:4 * nt + 4],
-                                    dtype)
-            for mt in tiles:
-                mt.store(out, lse, sq, D, dtype)
+                        for j in range(2):
+                            nt = 2 * p + j
+                            mt.acc[:, 4 * nt:4 * nt + 4] = L.mma_py(
+                                am, b[:, 2 * j:2 * j + 2], mt.acc[:, 4 * nt:4 * nt + 4], dtype)
+            mt.store(out, lse, sq, D, dtype)
     return out, lse
 
 

@@ -5,7 +5,7 @@ accumulate), FlashAttention-2's structure, written in Numba with inline-PTX intr
   ``cp.async``, ``cvt``, ``ex2``): no linked CUDA C++, so every specialisation is compiled
   once and cached on disk (``cache=True``).
 * **Work**: a block of ``WARPS`` = 4 warps; each warp owns 16 query positions of one head
-  (the mma M dimension; opt-in ``rows_per_warp=32``: two m16 tiles, :mod:`v4_two_tile`). With GQA the block's warps take ``HB`` = 4, 2 or 1 heads of one KV
+  (the mma M dimension). With GQA the block's warps take ``HB`` = 4, 2 or 1 heads of one KV
   group, so each K/V tile staged in shared memory serves ``HB`` heads.
 * **K/V tiles** (``BN`` keys) are copied global -> shared with 16-byte ``cp.async`` (no
   register staging), rows padded by 16 bytes so that the 8 rows read by one ``ldmatrix``
@@ -76,24 +76,18 @@ def heads_per_block(group_size):
             return hb
 
 
-def build(head_size, heads=1, bf16=False, bn=None, warps=None, nstages=None, rows_per_warp=16):
+def build(head_size, heads=1, bf16=False, bn=None, warps=None, nstages=None):
     """The kernel for ``head_size`` (a multiple of 8), ``heads`` query heads per block,
     fp16 or ``bf16`` inputs, ``bn`` keys per tile (default :func:`block_n`), ``warps``
-    warps per block (default ``WARPS``), ``nstages`` pipeline stages (default
-    :func:`stages`) and ``rows_per_warp`` query rows per warp: 16 (one m16 tile, the
-    default) or 32 (opt-in, :mod:`v4_two_tile`: two m16 tiles share every K/V fragment)."""
-    if rows_per_warp not in (16, 32):
-        raise ValueError(f"rows_per_warp must be 16 or 32, got {rows_per_warp!r}")
+    warps per block (default ``WARPS``) and ``nstages`` pipeline stages (default
+    :func:`stages`)."""
     bn = block_n(head_size) if bn is None else bn
     return _build(head_size, heads, bool(bf16), bn, WARPS if warps is None else warps,
-                  stages(head_size, bn) if nstages is None else nstages, rows_per_warp)
+                  stages(head_size, bn) if nstages is None else nstages)
 
 
 @functools.lru_cache(maxsize=None)
-def _build(head_size, heads, bf16, bn, warps=WARPS, nstages=1, rows_per_warp=16):
-    if rows_per_warp == 32:
-        from .v4_two_tile import build_two_tile
-        return build_two_tile(head_size, heads, bf16, bn, warps, nstages)
+def _build(head_size, heads, bf16, bn, warps=WARPS, nstages=1):
     D = head_size
     STAGES = nstages
     assert STAGES in (1, 2)
@@ -388,16 +382,15 @@ def supports(problem):
     return None
 
 
-def plan(problem, heads=None, bn=None, warps=None, nstages=None, rows_per_warp=16):
+def plan(problem, heads=None, bn=None, warps=None, nstages=None):
     """One launch: ``(kernel, griddim, blockdim, views, scalars)`` for the interface.
-    ``heads`` / ``bn`` / ``warps`` / ``nstages`` / ``rows_per_warp`` override the defaults
-    (variant timing; see :func:`build`)."""
+    ``heads`` / ``bn`` / ``warps`` / ``nstages`` override the defaults (variant timing; see
+    :func:`build`)."""
     from . import Plan
     hb = heads_per_block(problem.group_size) if heads is None else heads
     nw = WARPS if warps is None else warps
-    kernel = build(problem.head_size, hb, _is_bf16(problem.dtype), bn, nw, nstages,
-                   rows_per_warp)
-    pb = rows_per_warp * nw // hb
+    kernel = build(problem.head_size, hb, _is_bf16(problem.dtype), bn, nw, nstages)
+    pb = 16 * nw // hb
     grid = ((max(problem.max_seqlen_q, 1) + pb - 1) // pb, problem.num_heads // hb,
             problem.batch)
     scalars = (np.float32(problem.softmax_scale * LOG2E), np.int32(problem.window_left),
