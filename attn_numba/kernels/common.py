@@ -10,6 +10,16 @@ _ONE = np.float32(1.0)
 _LN2 = np.float32(math.log(2.0))
 
 
+def supports_cuda_core(problem, max_head_size):
+    """``supports`` of the CUDA-core kernels (v1-v3): float16 or float32 inputs and a head
+    size of at most ``max_head_size``. Returns None, or why not."""
+    if problem.head_size > max_head_size:
+        return f"head_size {problem.head_size} > {max_head_size}"
+    if np.dtype(problem.dtype) not in (np.dtype(np.float16), np.dtype(np.float32)):
+        return f"dtype {problem.dtype} is not float16/float32"
+    return None
+
+
 @cuda.jit(device=True, inline=True, cache=True)
 def key_range(i, seqlen_q, seqlen_k, left, right):
     """Inclusive key range (lo, hi) seen by query row i; empty when hi < lo.

@@ -10,7 +10,7 @@ import numpy as np
 from numba import cuda, float32, int32, types
 
 from . import Plan, launch_plans
-from .common import NEG_INF, array_type, key_range, seq_span
+from .common import NEG_INF, array_type, key_range, seq_span, supports_cuda_core
 
 NAME = "naive"
 #: threads per block (query rows per block)
@@ -81,11 +81,7 @@ def ptx_signatures(head_size, dtype):
 
 
 def supports(problem):
-    if problem.head_size > MAX_HEAD_SIZE:
-        return f"head_size {problem.head_size} > {MAX_HEAD_SIZE}"
-    if np.dtype(problem.dtype) not in (np.dtype(np.float16), np.dtype(np.float32)):
-        return f"dtype {problem.dtype} is not float16/float32"
-    return None
+    return supports_cuda_core(problem, MAX_HEAD_SIZE)
 
 
 def plan(problem):

@@ -28,7 +28,7 @@ import numpy as np
 from numba import cuda, float32, types
 
 from . import Plan, launch_plans
-from .common import NEG_INF, array_type, key_range, seq_span
+from .common import NEG_INF, array_type, key_range, seq_span, supports_cuda_core
 
 NAME = "tiled"
 MAX_HEAD_SIZE = 256
@@ -170,11 +170,7 @@ def tiles_for(head_size, on_simulator):
 
 
 def supports(problem):
-    if problem.head_size > MAX_HEAD_SIZE:
-        return f"head_size {problem.head_size} > {MAX_HEAD_SIZE}"
-    if np.dtype(problem.dtype) not in (np.dtype(np.float16), np.dtype(np.float32)):
-        return f"dtype {problem.dtype} is not float16/float32"
-    return None
+    return supports_cuda_core(problem, MAX_HEAD_SIZE)
 
 
 def plan(problem):

@@ -47,7 +47,7 @@ from numba import config as numba_config
 from numba import cuda, float32, types
 
 from . import FLAT, Plan, launch_plans
-from .common import NEG_INF, array_type, key_range, seq_span
+from .common import NEG_INF, array_type, key_range, seq_span, supports_cuda_core
 
 NAME = "flash"
 MAX_HEAD_SIZE = 256
@@ -460,11 +460,7 @@ def stacked_heads(group_size, tiles):
 
 
 def supports(problem):
-    if problem.head_size > MAX_HEAD_SIZE:
-        return f"head_size {problem.head_size} > {MAX_HEAD_SIZE}"
-    if np.dtype(problem.dtype) not in (np.dtype(np.float16), np.dtype(np.float32)):
-        return f"dtype {problem.dtype} is not float16/float32"
-    return None
+    return supports_cuda_core(problem, MAX_HEAD_SIZE)
 
 
 def plan(problem, tiles=None, min_blocks=None):
