@@ -80,8 +80,8 @@ def gpu_us(torch, fn, reps=20):
 
 def stages(torch, kernel, q, k, v):
     """Per-stage host microseconds of ``mha_fwd(q, k, v, kernel=kernel)`` (current MODE),
-    following the hot path of a repeated call (interface.mha_fwd / interface._call)."""
-    from attn_numba import arrays, interface, validation
+    following the hot path of a repeated call (interface.mha_fwd / callpath._call)."""
+    from attn_numba import arrays, callpath, interface, validation
     from attn_numba.arrays import F32, as_numba
     mha = interface.mha_fwd
     res = {}
@@ -95,12 +95,12 @@ def stages(torch, kernel, q, k, v):
         return kind, iq, ik, iv
 
     kind, iq, ik, iv = facts()
-    hkey = interface._hot_key(kind, iq, ik, iv, scale, False, win, kernel)
-    spec, shapes = interface._HOT[hkey]
+    hkey = callpath._hot_key(kind, iq, ik, iv, scale, False, win, kernel)
+    spec, shapes = callpath._HOT[hkey]
 
     def validate():  # the hot path: array facts and the lookup of the validated entry
         kind, iq, ik, iv = facts()
-        return interface._HOT.get(interface._hot_key(kind, iq, ik, iv, scale, False, win, kernel))
+        return callpath._HOT.get(callpath._hot_key(kind, iq, ik, iv, scale, False, win, kernel))
 
     def full_checks():  # what a first call (or a call with unusual argument types) checks
         validation.check_tensors(iq, ik, iv, 4, kind)
@@ -110,14 +110,14 @@ def stages(torch, kernel, q, k, v):
 
     res["validation"] = per_call_us(validate)
     res["full_checks"] = per_call_us(full_checks)
-    res["specialisation"] = per_call_us(lambda: interface._HOT.get(hkey))
+    res["specialisation"] = per_call_us(lambda: callpath._HOT.get(hkey))
     dev = q.get_device()
     res["stream"] = per_call_us(lambda: arrays.resolve_stream(None, "torch", dev))
     ls = arrays.resolve_stream(None, "torch", dev)
 
     def alloc():
-        return (interface._new("torch", q, shapes[4], spec.problem.dtype, ls, dev),
-                interface._new("torch", q, shapes[5], F32, ls, dev))
+        return (callpath._new("torch", q, shapes[4], spec.problem.dtype, ls, dev),
+                callpath._new("torch", q, shapes[5], F32, ls, dev))
 
     res["allocation"] = per_call_us(alloc)
     out, lse = alloc()
@@ -168,7 +168,7 @@ def main():
             launcher.MODE = mode
             from attn_numba import interface
             interface._SPECS.clear()
-            interface._HOT.clear()
+            callpath._HOT.clear()
             try:
                 st, call, bound = stages(torch, kernel, q, k, v)
             except Exception as exc:  # noqa: BLE001 - report and go on

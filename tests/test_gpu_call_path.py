@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import attn_numba
-from attn_numba import interface, launcher, mha_fwd, mha_varlen_fwd
+from attn_numba import callpath, interface, launcher, mha_fwd, mha_varlen_fwd
 from attn_numba.testing import random_qkv
 
 pytestmark = pytest.mark.gpu
@@ -108,7 +108,7 @@ def test_out_and_lse_out(rng, monkeypatch):
     def boom(*a, **kw):
         raise AssertionError("launched for bad input")
 
-    monkeypatch.setattr(interface, "_run", boom)
+    monkeypatch.setattr(callpath, "_run", boom)
     bad = [
         (dict(out=torch.empty_like(q, dtype=torch.float32)), TypeError, "out must have dtype"),
         (dict(out=torch.empty(1, 512, 32, 64, dtype=q.dtype, device=q.device)), ValueError,

@@ -1,0 +1,296 @@
+"""The call path behind :mod:`attn_numba.interface`: specialisations, outputs and launches.
+
+:func:`_spec` caches one :class:`_Spec` per launch-fixing key (kernel module, plans, bound
+launchers, device ``cu_seqlens``); :data:`_HOT` maps the validated facts of a repeated
+``mha_fwd`` call straight to its spec; :func:`_call` allocates the outputs in the caller's
+array type on the launch stream and :func:`_run` enqueues the launches (bound
+``cuLaunchKernel`` launchers, or Numba's dispatcher on the simulator and as a fallback).
+Nothing here synchronises except :func:`_host_call` (NumPy in, NumPy out).
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import sys
+
+import numpy as np
+
+from . import arrays, kernels, launcher
+from .arrays import F32, as_numba, kernel_dtype, on_simulator, resolve_stream
+from .problem import KERNEL_NAMES
+
+# Set by attn_numba.testing.poisoned_outputs(): fill new outputs with NaN before launch.
+_POISON_OUTPUTS = False
+
+
+@contextlib.contextmanager
+def _poison(enabled=True):
+    global _POISON_OUTPUTS
+    old, _POISON_OUTPUTS = _POISON_OUTPUTS, enabled
+    try:
+        yield
+    finally:
+        _POISON_OUTPUTS = old
+
+
+# --------------------------------------------------------------------------- kernel choice
+
+def _resolve_kernel(kernel, problem):
+    if kernel != "auto":
+        mod = kernels.get(kernel)
+        if mod is None:
+            raise ValueError(f"kernel {kernel!r} is not available in this build")
+        reason = mod.supports(problem)
+        if reason:
+            raise ValueError(f"kernel {kernel!r} cannot run this call: {reason}")
+        return mod
+    reasons = []
+    for name in KERNEL_NAMES:
+        mod = kernels.get(name)
+        if mod is None:
+            continue
+        reason = mod.supports(problem)
+        if not reason:
+            return mod
+        reasons.append(f"{name}: {reason}")
+    raise ValueError("no kernel can run this call: " + "; ".join(reasons))
+
+
+# --------------------------------------------------------------------------- specialisations
+
+class _Spec:
+    """One call specialisation: module, plans, bound launchers, uniform cu_seqlens."""
+
+    __slots__ = ("mod", "problem", "plans", "bounds", "cu")
+
+    def __init__(self, mod, problem, plans, bounds, cu):
+        self.mod, self.problem, self.plans, self.bounds, self.cu = mod, problem, plans, bounds, cu
+
+
+_SPECS = {}
+_MAX_SPECS = 512
+
+
+def _device_ctx(device):
+    if device is None or on_simulator():
+        return contextlib.nullcontext()
+    from numba import cuda
+    return cuda.gpus[device]
+
+
+def _uniform_cu(batch, seqlen):
+    """Device ``arange(batch + 1) * seqlen`` (int32) and its Info, made once per spec."""
+    from numba import cuda
+    host = (np.arange(batch + 1, dtype=np.int64) * seqlen).astype(np.int32)
+    d = cuda.to_device(host)
+    return d, arrays.info(d, "numba")
+
+
+def _spec(key, kernel, make, device):
+    """The cached :class:`_Spec` for ``key``, built on a miss from ``make() -> (problem,
+    specs, uniform)`` (kernel resolution may raise). ``specs``: (dtype, shape) of the seven
+    kernel arrays; ``uniform``: (seqlen_q, seqlen_k) of a batched call, else None."""
+    spec = _SPECS.get(key)
+    if spec is not None:
+        return spec
+    problem, specs, uniform = make()
+    mod = _resolve_kernel(kernel, problem)
+    plan_fn = getattr(mod, "plan", None)
+    plans = tuple(plan_fn(problem)) if plan_fn is not None else None
+    bounds, cu = None, None
+    with _device_ctx(device):
+        if uniform is not None:
+            cu = (_uniform_cu(problem.batch, uniform[0]), _uniform_cu(problem.batch, uniform[1]))
+        if not problem.on_simulator and problem.total_q > 0:
+            if plans is not None:
+                bounds = launcher.bind_plans(plans, specs)
+                if bounds is None:  # dispatcher path: still skip Numba's slow cache load
+                    for p in plans:
+                        launcher.load_cached(p.kernel, launcher.argtypes(p, specs), False)
+            else:
+                launcher.preload_module(mod, problem.head_size, kernel_dtype(problem.dtype))
+    spec = _Spec(mod, problem, plans, bounds, cu)
+    if len(_SPECS) >= _MAX_SPECS:
+        _SPECS.clear()
+    _SPECS[key] = spec
+    return spec
+
+
+# --------------------------------------------------------------------------- launch
+
+def _run(spec, ptrs, args, ls):
+    """Enqueue ``spec``'s launches on :class:`~attn_numba.arrays.LaunchStream` ``ls``.
+
+    ``ptrs``: the seven data pointers (q, k, v, out, lse, cu_q, cu_k) for the bound launchers;
+    ``args()``: seven ``(array, Info, kernel shape)``, built only for Numba's dispatcher."""
+    if spec.problem.total_q == 0:
+        return
+    if spec.bounds is not None:
+        bound = None
+        try:
+            for bound in spec.bounds:
+                bound(ls.handle, ptrs)
+            return
+        except (TypeError, AttributeError, ctypes.ArgumentError) as exc:
+            if bound is not spec.bounds[0]:  # the bindings refused our arguments before
+                raise                        # anything launched: fall back, once
+            import warnings
+            warnings.warn(f"attn_numba: cuLaunchKernel path unavailable ({exc}); "
+                          f"using Numba's dispatcher", RuntimeWarning, stacklevel=3)
+            spec.bounds = None
+    nargs = [as_numba(x, inf, shape) for x, inf, shape in args()]
+    s = arrays.numba_stream(ls)
+    if spec.plans is not None:
+        kernels.launch_plans(spec.plans, *nargs, s)
+    else:
+        spec.mod.launch(spec.problem, *nargs, s)
+
+
+def _new(kind, like, shape, dtype, ls, device):
+    """A new output in the caller's type (kind "numba" for Numba and other CUDA arrays)."""
+    arr = arrays.empty(kind, like, shape, dtype, ls, device)
+    if _POISON_OUTPUTS:
+        arrays.fill_nan(arr, kind)
+    return arr
+
+
+def _ptr(x, kind):
+    if kind == "torch":
+        return x.data_ptr()
+    if kind == "cupy":
+        return x.data.ptr
+    p = getattr(x, "device_ctypes_pointer", None)  # None on the simulator
+    return None if p is None else (p.value or 0)
+
+
+def _call(spec, kind, ins, outs, cus, shapes, stream, return_lse):
+    """Allocate (unless given), launch and return. ``ins``: ((q, Info), (k, Info), (v, Info));
+    ``outs``: ((out, Info|None), (lse_out, Info|None)); ``cus``: two (array, Info);
+    ``shapes``: (kernel shapes of q, k, v, lse; user shapes of out and lse)."""
+    (q, iq), (k, ik), (v, iv) = ins
+    device = iq.device
+    if kind == "torch":  # launch on q's device, as FlashAttention does
+        if device != arrays.torch_current_device():
+            with sys.modules["torch"].cuda.device(device):
+                return _call(spec, kind, ins, outs, cus, shapes, stream, return_lse)
+    ls = resolve_stream(stream, kind, device)
+    if kind == "numpy":
+        return _host_call(spec, ins, outs, cus, shapes, ls, return_lse)
+    (out, io), (lse, il) = outs
+    okind = kind if kind in ("torch", "cupy") else "numba"
+    if out is None:
+        out = _new(okind, q, shapes[4], spec.problem.dtype, ls, device)
+    if lse is None:
+        lse = _new(okind, q, shapes[5], F32, ls, device)
+    (cq, icq), (ck, ick) = cus
+    ptrs = (iq.ptr, ik.ptr, iv.ptr, io.ptr if io is not None else _ptr(out, okind),
+            il.ptr if il is not None else _ptr(lse, okind), icq.ptr, ick.ptr)
+    sq, sk, sv, slse = shapes[:4]
+    _run(spec, ptrs, lambda: (
+        (q, iq, sq), (k, ik, sk), (v, iv, sv),
+        (out, io if io is not None else arrays.info(out, okind), sq),
+        (lse, il if il is not None else arrays.info(lse, okind), slse),
+        (cq, icq, None), (ck, ick, None)), ls)
+    return (out, lse) if return_lse else out
+
+
+def _host_call(spec, ins, outs, cus, shapes, ls, return_lse):
+    """NumPy inputs: copy in on the launch stream, launch, copy out, synchronise."""
+    from numba import cuda
+    p = spec.problem
+    s = arrays.numba_stream(ls)
+    kdt = kernel_dtype(p.dtype)
+    dev = []
+    for (x, _), shape in zip(ins, shapes[:3]):
+        d = cuda.to_device(np.ascontiguousarray(x).view(kdt).reshape(shape), stream=s)
+        dev.append((d, arrays.info(d, "numba"), shape))
+    out_d = _new("numba", None, shapes[0], kdt, ls, None)
+    lse_d = _new("numba", None, shapes[3], F32, ls, None)
+    io, il = arrays.info(out_d, "numba"), arrays.info(lse_d, "numba")
+    cu = []
+    for c, inf in cus:
+        if isinstance(c, np.ndarray):
+            c = cuda.to_device(c, stream=s)
+            inf = arrays.info(c, "numba")
+        cu.append((c, inf, None))
+    args = (*dev, (out_d, io, shapes[0]), (lse_d, il, shapes[3]), *cu)
+    _run(spec, tuple(a[1].ptr for a in args), lambda: args, ls)
+    (out, _), (lse, _) = outs
+    out_shape, lse_shape = shapes[4], shapes[5]
+    if out is not None:
+        out_d.copy_to_host(out.view(kdt).reshape(shapes[0]), stream=s)
+    else:
+        out = out_d.copy_to_host(stream=s).view(p.dtype).reshape(out_shape)
+    if lse is not None:
+        lse_d.copy_to_host(lse.reshape(shapes[3]), stream=s)
+    elif return_lse:
+        lse = lse_d.copy_to_host(stream=s).reshape(lse_shape)
+    s.synchronize()
+    return (out, lse) if return_lse else out
+
+
+#: validated facts of a mha_fwd call -> (spec, shapes); see _hot_key
+_HOT = {}
+
+
+def _hot_key(kind, iq, ik, iv, scale, causal, window, kernel):
+    """Everything :func:`mha_fwd`'s validation depends on (apart from ``out=``/``lse_out=``),
+    as a dict key, or None when an argument's type is unusual (then the call is validated
+    in full). A call whose facts equal those of an earlier valid call is valid: it skips the
+    checks and reuses that call's specialisation."""
+    if (causal.__class__ is not bool or kernel.__class__ is not str
+            or not (scale is None or scale.__class__ is float)
+            or window.__class__ is not tuple or len(window) != 2
+            or window[0].__class__ is not int or window[1].__class__ is not int):
+        return None
+    return (kind, iq.shape, iq.dtype, iq.contiguous, iq.device, ik.shape, ik.dtype,
+            ik.contiguous, ik.device, iv.shape, iv.dtype, iv.contiguous, iv.device, scale,
+            causal, window, kernel)
+
+
+def _hot_outs(hot, kind, ins, out, lse_out):
+    """``((out, Info), (lse_out, Info))`` when CUDA buffers ``out``/``lse_out`` (either may be
+    None) are plainly valid for a validated call (right shape, dtype, device, C-contiguous,
+    no overlap), else None: the full checks then run and say what is wrong."""
+    if kind == "numpy":
+        return None
+    spec, shapes = hot
+    res = []
+    for buf, shape, dtype in ((out, shapes[4], spec.problem.dtype), (lse_out, shapes[5], F32)):
+        if buf is None:
+            res.append((None, None))
+            continue
+        try:
+            bkind = arrays.kind_of(buf, "out")
+        except TypeError:
+            return None
+        if bkind == "numpy":
+            return None
+        inf = arrays.info(buf, bkind)
+        if (tuple(inf.shape) != shape or inf.dtype != dtype or not inf.contiguous
+                or inf.device != ins[0].device or any(arrays.overlaps(inf, o) for o in ins)):
+            return None
+        res.append((buf, inf))
+    if res[0][1] is not None and res[1][1] is not None and arrays.overlaps(res[0][1], res[1][1]):
+        return None
+    return tuple(res)
+
+
+_HOST_CU = {}
+
+
+def _cu_device(c, kind, device):
+    """(array, Info) of a validated cu_seqlens argument, on the device for CUDA callers."""
+    arr, inf, _ = c
+    if kind == "numpy" or inf.ptr is not None or not isinstance(arr, np.ndarray):
+        return arr, inf
+    key = (arr.tobytes(), device)
+    hit = _HOST_CU.get(key)
+    if hit is None:
+        from numba import cuda
+        with _device_ctx(device):
+            d = cuda.to_device(np.ascontiguousarray(arr))
+        if len(_HOST_CU) > 256:
+            _HOST_CU.clear()
+        hit = _HOST_CU[key] = (d, arrays.info(d, "numba"))
+    return hit
