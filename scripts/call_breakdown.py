@@ -166,8 +166,8 @@ def main():
     for kernel in [n for n in ("flash_tc", "flash") if n in available_kernels()]:
         for mode in ("driver", "bindings", "dispatcher"):
             launcher.MODE = mode
-            from attn_numba import interface
-            interface._SPECS.clear()
+            from attn_numba import callpath
+            callpath._SPECS.clear()
             callpath._HOT.clear()
             try:
                 st, call, bound = stages(torch, kernel, q, k, v)
