@@ -25,7 +25,7 @@ library called through ctypes, falling back to ``cuda.bindings``), ``"bindings"`
 ``cuda.bindings.driver.cuLaunchKernel`` wrapper) or ``"dispatcher"`` (Numba's normal launch,
 always used on the simulator and for kernel modules without ``plan()``); the environment
 variable ``ATTN_NUMBA_LAUNCH`` sets it at import. Measured on the H200 at 512 tokens
-(results/h200/call_breakdown.json, run 3, before the ctypes path existed): the launch stage
+(results/h200/call_breakdown_run7.json and notes/call_path.md, run 3, before the ctypes path existed): the launch stage
 took 10.3 us through ``cuda.bindings`` and 217 us through Numba's dispatcher.
 """
 from __future__ import annotations
