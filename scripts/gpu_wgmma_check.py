@@ -303,10 +303,10 @@ def _sleeper(n):
         cuda.nanosleep(1000)
 
 
-def timing(v_swap, launch_ok=True):
+def timing(v_swap, launch_ok=True, head_size=128):
     from attn_numba.kernels import v4_tensor_core as v4
     rng = np.random.default_rng(1)
-    s, h, hkv, d = 8192, 32, 8, 128
+    s, h, hkv, d = 8192, 32, 8, head_size
     q, k, v = (cuda.to_device(rng.standard_normal((s, n, d)).astype(np.float16))
                for n in (h, hkv, hkv))
     out = cuda.device_array((s, h, d), np.float16)
@@ -323,7 +323,7 @@ def timing(v_swap, launch_ok=True):
                 (lambda bn=bn, ov=ov, wg=wg, hb=hb: v5.launch(
                     p, q, k, v, out, lse, cu, cu, 0, block_n=bn, v_swap=v_swap, overlap=ov,
                     groups=wg, heads=hb))
-                for bn, ov, wg, hb in (TIMED if launch_ok else ())}
+                for bn, ov, wg, hb in (TIMED.get(d, ()) if launch_ok else ())}
         runs["flash_tc"] = lambda: v4.launch(p, q, k, v, out, lse, cu, cu, cuda.default_stream())
         for name, fn in runs.items():
             key = f"{label}/{name}"
@@ -351,8 +351,9 @@ def timing(v_swap, launch_ok=True):
             except Exception as exc:  # noqa: BLE001
                 res[key] = dict(error=f"{type(exc).__name__}: {exc}"[:500])
             log("time", key, res[key])
-    RES["timing_8192"] = dict(device=str(getattr(cuda.get_current_device(), "name", "?")), runs=res,
-                              shape="batch 1, 8192 tokens, 32 heads / 8 kv heads, D=128, fp16")
+    RES["timing_8192" + ("" if d == 128 else f"_d{d}")] = dict(
+        device=str(getattr(cuda.get_current_device(), "name", "?")), runs=res,
+        shape=f"batch 1, 8192 tokens, 32 heads / 8 kv heads, D={d}, fp16")
     save()
 
 
@@ -368,8 +369,9 @@ def _specs():
     for key, opts, specs in EXTRA_SWEEPS:
         for d, kind, hb in specs:
             out.add((d, kind, hb, v5.BLOCK_N[d], opts["overlap"], opts["groups"]))
-    for bn, ov, wg, hb in TIMED:
-        out.add((128, "f16", hb, bn, ov, wg))
+    for d, timed in TIMED.items():
+        for bn, ov, wg, hb in timed:
+            out.add((d, "f16", hb, bn, ov, wg))
     return sorted(out)
 
 
@@ -404,10 +406,12 @@ EXTRA_SWEEPS = (
                                                  (64, "f16", 4))),
     ("sweep_wg2_plain", dict(overlap=False, groups=2), ((128, "f16", 1), (64, "f16", 4))),
 )
-#: (block_n, overlap, groups, heads per warpgroup) timed at 8192 tokens, D = 128, fp16
-TIMED = ((128, False, 1, 4), (64, False, 1, 4), (128, True, 1, 4), (64, True, 1, 4),
-         (128, True, 2, 4), (64, True, 2, 4), (128, False, 2, 4), (64, True, 1, 1),
-         (64, True, 2, 2))
+#: head size -> (block_n, overlap, groups, heads per warpgroup) timed at 8192 tokens, fp16
+#: (the timing stage takes one head size: ``--stage-args '{"v_swap": false, "head_size": 64}'``)
+TIMED = {128: ((128, False, 1, 4), (64, False, 1, 4), (128, True, 1, 4), (64, True, 1, 4),
+               (128, True, 2, 4), (64, True, 2, 4), (128, False, 2, 4), (64, True, 1, 1),
+               (64, True, 2, 2)),
+         64: ((128, False, 1, 4), (64, False, 1, 4), (256, False, 1, 4), (128, True, 1, 4))}
 
 
 # --------------------------------------------------------------------------- d. evidence
@@ -561,7 +565,7 @@ def stage_main(name, args):
                      and (c[3][0] in (1025, 200, 130, 300) or c[6])]
         sweep(rng, cases, args["deadline"], args["key"], v_swap=args["v_swap"], **args["opts"])
     elif name == "timing":
-        timing(args["v_swap"])
+        timing(args["v_swap"], head_size=args.get("head_size", 128))
     save()
 
 
