@@ -54,9 +54,10 @@ BLOCK_M = 64
 MAX_SHARED = 227 * 1024
 HEAD_SIZES = (64, 128, 256)
 #: keys per tile (the N of S = Q.K^T) per head size; 256: 64 keeps O (128 regs) + S in budget;
-#: 128: 64, measured on the H200 at 8192 tokens (0.182 ms non-causal, 0.136 ms causal;
-#: notes/v5_wgmma.md): two blocks per SM, and a band of 272 keys walks less masked work
-BLOCK_N = {64: 128, 128: 64, 256: 64}
+#: 128 and 64: 64, measured on the H200 at 8192 tokens (D=128: 0.182 / 0.136 ms non-causal /
+#: causal; D=64: 0.107 / 0.084 ms against 0.135 / 0.110 with 128-key tiles; notes/v5_wgmma.md):
+#: more resident blocks, and a band of 257-272 keys walks less masked work
+BLOCK_N = {64: 64, 128: 64, 256: 64}
 GQA_PACK = True
 #: overlap the softmax of key tile j with the P.V wgmma of tile j-1 (FlashAttention-3's
 #: intra-warpgroup pipelining; needs a third K/V buffer to keep loads one tile ahead)
