@@ -557,13 +557,14 @@ def stage_main(name, args):
         microtest(rng, swapped=args.get("swapped", False))
     elif name == "sweep":
         f16 = np.dtype(np.float16)
-        cases = sweep_cases((f16, bf16()), (128, 64, 256))
+        cases = sweep_cases((f16, bf16()), tuple(args.get("heads", (128, 64, 256))))
         if args.get("specs"):
             specs = {tuple(x) for x in args["specs"]}
             cases = [c for c in cases
                      if (c[1], "f16" if c[0] == f16 else "bf16", v5.heads_per_block(c[2])) in specs
                      and (c[3][0] in (1025, 200, 130, 300) or c[6])]
-        sweep(rng, cases, args["deadline"], args["key"], v_swap=args["v_swap"], **args["opts"])
+        sweep(rng, cases, args.get("deadline", time.time() + 120), args.get("key", "sweep"),
+              v_swap=args.get("v_swap", False), **args.get("opts", {}))
     elif name == "timing":
         timing(args["v_swap"], head_size=args.get("head_size", 128))
     save()
