@@ -389,8 +389,8 @@ def opt_in_shared(kernel, argtypes, nbytes):
     if numba_config.ENABLE_CUDASIM:
         return
     # the cached cubin without Numba's target-context refresh, as flash_tc loads it (the
-    # 2.9 s warm first call of results/h200/first_call.json was a disk-cache key that changed
-    # on compiling: see attn_numba.kernels.ptx.fixed_intrinsic and tests/test_cache_key.py)
+    # 2.9 s warm first call of run 11 was a disk-cache key that changed on compiling:
+    # notes/v5_wgmma.md, attn_numba.kernels.ptx.fixed_intrinsic, tests/test_cache_key.py)
     from ..launcher import load_cached
     kern, _ = load_cached(kernel, tuple(argtypes))
     cufunc = kern._codelibrary.get_cufunc()
