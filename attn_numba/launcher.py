@@ -25,7 +25,7 @@ library called through ctypes, falling back to ``cuda.bindings``), ``"bindings"`
 ``cuda.bindings.driver.cuLaunchKernel`` wrapper) or ``"dispatcher"`` (Numba's normal launch,
 always used on the simulator and for kernel modules without ``plan()``); the environment
 variable ``ATTN_NUMBA_LAUNCH`` sets it at import. Measured on the H200 at 512 tokens
-(results/h200/call_breakdown_run7.json and notes/call_path.md, run 3, before the ctypes path existed): the launch stage
+(results/h200/checks/call_breakdown.log, run 3, before the ctypes path existed): the launch stage
 took 10.3 us through ``cuda.bindings`` and 217 us through Numba's dispatcher.
 """
 from __future__ import annotations
@@ -216,22 +216,24 @@ def _libcuda():
     return _LIBCUDA[0]
 
 
-_LAUNCH = []
+def _driver_fn(name, argtypes):
+    """The driver function ``name`` of :func:`_libcuda` typed with ``argtypes`` (returning a
+    ``CUresult`` int), or None where the library or the entry point is missing. Looked up per
+    bind, not per launch: ctypes keeps the function object, so this is cheap."""
+    fn = getattr(_libcuda(), name, None)
+    if fn is not None:
+        fn.argtypes = argtypes
+        fn.restype = ctypes.c_int
+    return fn
 
 
 def _libcuda_launch():
     """``cuLaunchKernel`` from the already-loaded driver library through ctypes (about a
     microsecond of call overhead), or None where it cannot be found (then the
     ``cuda.bindings`` wrapper is used)."""
-    if not _LAUNCH:
-        fn = getattr(_libcuda(), "cuLaunchKernel", None)
-        if fn is not None:
-            u = ctypes.c_uint
-            fn.argtypes = [ctypes.c_void_p, u, u, u, u, u, u, u, ctypes.c_void_p,
-                           ctypes.c_void_p, ctypes.c_void_p]
-            fn.restype = ctypes.c_int
-        _LAUNCH.append(fn)
-    return _LAUNCH[0]
+    u = ctypes.c_uint
+    return _driver_fn("cuLaunchKernel", [ctypes.c_void_p, u, u, u, u, u, u, u, ctypes.c_void_p,
+                                         ctypes.c_void_p, ctypes.c_void_p])
 
 
 def _param_sizes(handle, n):
@@ -248,12 +250,11 @@ def _param_sizes(handle, n):
     numba-cuda (its argument layout is what ``Bound`` writes) and the GPU test
     ``test_fast_launch_matches_numba_dispatch``, which compares the bound launch with Numba's
     own, bit for bit, for every kernel."""
-    fn = getattr(_libcuda(), "cuKernelGetParamInfo", None)
+    size_t = ctypes.c_size_t
+    fn = _driver_fn("cuKernelGetParamInfo",
+                    [ctypes.c_void_p, size_t, ctypes.POINTER(size_t), ctypes.POINTER(size_t)])
     if fn is None:
         return None
-    size_t = ctypes.c_size_t
-    fn.argtypes = [ctypes.c_void_p, size_t, ctypes.POINTER(size_t), ctypes.POINTER(size_t)]
-    fn.restype = ctypes.c_int
     sizes, off, size = [], size_t(), size_t()
     for j in range(n):
         err = fn(handle, j, ctypes.byref(off), ctypes.byref(size))
