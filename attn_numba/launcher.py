@@ -216,24 +216,22 @@ def _libcuda():
     return _LIBCUDA[0]
 
 
-def _driver_fn(name, argtypes):
-    """The driver function ``name`` of :func:`_libcuda` typed with ``argtypes`` (returning a
-    ``CUresult`` int), or None where the library or the entry point is missing. Looked up per
-    bind, not per launch: ctypes keeps the function object, so this is cheap."""
-    fn = getattr(_libcuda(), name, None)
-    if fn is not None:
-        fn.argtypes = argtypes
-        fn.restype = ctypes.c_int
-    return fn
+_LAUNCH = []
 
 
 def _libcuda_launch():
     """``cuLaunchKernel`` from the already-loaded driver library through ctypes (about a
     microsecond of call overhead), or None where it cannot be found (then the
     ``cuda.bindings`` wrapper is used)."""
-    u = ctypes.c_uint
-    return _driver_fn("cuLaunchKernel", [ctypes.c_void_p, u, u, u, u, u, u, u, ctypes.c_void_p,
-                                         ctypes.c_void_p, ctypes.c_void_p])
+    if not _LAUNCH:
+        fn = getattr(_libcuda(), "cuLaunchKernel", None)
+        if fn is not None:
+            u = ctypes.c_uint
+            fn.argtypes = [ctypes.c_void_p, u, u, u, u, u, u, u, ctypes.c_void_p,
+                           ctypes.c_void_p, ctypes.c_void_p]
+            fn.restype = ctypes.c_int
+        _LAUNCH.append(fn)
+    return _LAUNCH[0]
 
 
 def _param_sizes(handle, n):
@@ -250,11 +248,12 @@ def _param_sizes(handle, n):
     numba-cuda (its argument layout is what ``Bound`` writes) and the GPU test
     ``test_fast_launch_matches_numba_dispatch``, which compares the bound launch with Numba's
     own, bit for bit, for every kernel."""
-    size_t = ctypes.c_size_t
-    fn = _driver_fn("cuKernelGetParamInfo",
-                    [ctypes.c_void_p, size_t, ctypes.POINTER(size_t), ctypes.POINTER(size_t)])
+    fn = getattr(_libcuda(), "cuKernelGetParamInfo", None)
     if fn is None:
         return None
+    size_t = ctypes.c_size_t
+    fn.argtypes = [ctypes.c_void_p, size_t, ctypes.POINTER(size_t), ctypes.POINTER(size_t)]
+    fn.restype = ctypes.c_int
     sizes, off, size = [], size_t(), size_t()
     for j in range(n):
         err = fn(handle, j, ctypes.byref(off), ctypes.byref(size))
