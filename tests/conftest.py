@@ -53,7 +53,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if SIM and "gpu" in item.keywords:
             item.add_marker(gpu)
-        elif not full and "slow" in item.keywords:
+        elif not full and item.get_closest_marker("slow") is not None:
             item.add_marker(slow)
 
 
