@@ -48,6 +48,13 @@ def test_torch_dtype_named_as_written(qkv, no_launch, dtypes, word):
         attn_numba.mha_fwd(q, k, v)
 
 
+def test_torch_out_dtype_named_as_written(qkv, no_launch):
+    q, k, v = (_fake_cuda(x, torch.float16) for x in qkv)
+    out = _fake_cuda(np.zeros(q.shape, np.float32), torch.int8)
+    with pytest.raises(TypeError, match=r"out must have dtype torch\.float16, got torch\.int8"):
+        attn_numba.mha_fwd(q, k, v, out=out)
+
+
 def test_torch_varlen_cu_seqlens_dtype_named_as_written(rng, no_launch):
     q, k, v, cu_q, cu_k = random_varlen(rng, [3, 4], [3, 4], 2, 1, 8, np.float16)
     q, k, v = (_fake_cuda(x, torch.float16) for x in (q, k, v))
@@ -121,3 +128,17 @@ def test_varlen_out_that_is_q_is_refused(rng, no_launch):
     qd, kd, vd = (cuda.to_device(x) for x in (q, k, v))
     with pytest.raises(ValueError, match="out overlaps v"):
         attn_numba.mha_varlen_fwd(qd, kd, vd, cu_q, cu_k, out=vd)
+
+
+@pytest.mark.gpu
+def test_torch_cuda_int8_named_as_written(rng):
+    q, k, v = (torch.from_numpy(x).to("cuda", torch.int8)
+               for x in random_qkv(rng, 1, 4, 4, 2, 1, 8, np.float32))
+    with pytest.raises(TypeError, match=r"got torch\.int8$"):
+        attn_numba.mha_fwd(q, k, v)
+    out = torch.empty((1, 4, 2, 8), device="cuda", dtype=torch.int8)
+    q, k, v = (x.to(torch.float16) for x in (q, k, v))
+    with pytest.raises(TypeError, match=r"out must have dtype torch\.float16, got torch\.int8"):
+        attn_numba.mha_fwd(q, k, v, out=out)
+    with pytest.raises(ValueError, match="out overlaps q"):
+        attn_numba.mha_fwd(q, k, v, out=q)
