@@ -154,10 +154,11 @@ _ONE_PTX = textwrap.dedent("""
     from numba import cuda
     from attn_numba import kernels
     from attn_numba.compile_check import targets
+    HOPPER = ("flash_wgmma", "flash_ws")  # sm_90a kernels (wgmma, TMA); the others sm_80
     rows = []
     for name in kernels.available():
         label, fn, sig = targets(kernels.get(name), 64, np.float16)[0]
-        ptx, _ = cuda.compile_ptx(fn, sig, cc=(9, 0, "a") if name == "flash_wgmma" else (8, 0))
+        ptx, _ = cuda.compile_ptx(fn, sig, cc=(9, 0, "a") if name in HOPPER else (8, 0))
         rows.append(dict(kernel=name, func=label, entry=".entry" in ptx,
                          f64_ops=len(re.findall(r"\\.f64\\b", ptx))))
     print(json.dumps(rows))
