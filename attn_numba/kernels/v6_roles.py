@@ -1,0 +1,156 @@
+"""The two roles of flash_ws (v6) as device functions, built per specialisation: the producer
+(one thread issuing every TMA load of a block) and a consumer warpgroup (QK^T, online
+softmax, PV and the epilogue on 64 rows). They meet only at mbarriers in shared memory:
+
+* ``q_full``: one arrival (the producer's ``arrive.expect_tx``) plus the bytes of both Q
+  tiles; completes phase 0 once.
+* ``k_full[s]``, ``v_full[s]``: one arrival plus a K (V) tile's bytes; phase ``j // S``
+  completes when tile ``j`` has landed in stage ``s = j % S``.
+* ``empty[s]``: ``EMPTY_ARRIVALS`` = 8 arrivals, lane 0 of every consumer warp after its
+  PV wgmma of the stage's tile has completed; the producer waits for phase ``j // S - 1``
+  before loading tile ``j`` into stage ``s``.
+
+The maths steps (QK^T / PV issue, softmax, rescale and pack, epilogue) are flash_wgmma's
+(:func:`attn_numba.kernels.v5_steps.steps` with two warpgroups per block), unchanged: the
+tile layout the TMA writes is the one v5's cp.async wrote. Index maps: ``v6_layout``.
+"""
+import functools
+from collections import namedtuple
+
+import numpy as np
+from numba import cuda, float32, uint32, uint64
+
+from . import ptx_sm90 as px
+from . import ptx_tma as pt
+from . import v5_steps
+from . import v6_layout as lay
+from .common import NEG_INF, key_range
+
+ZERO = np.float32(0.0)
+EMPTY_ARRIVALS = 4 * lay.CONSUMERS
+Roles = namedtuple("Roles", "init_barriers produce consume")
+
+_stage_phase = cuda.jit(device=True, inline=True, cache=True)(lay.stage_phase)
+_consumer_rows = cuda.jit(device=True, inline=True, cache=True)(lay.consumer_rows)
+_q_box_offset = cuda.jit(device=True, inline=True, cache=True)(lay.q_box_offset)
+_kv_box_offset = cuda.jit(device=True, inline=True, cache=True)(lay.kv_box_offset)
+
+
+@functools.lru_cache(maxsize=None)
+def roles(D, BN, kind, HB, S):
+    """Device functions for head size ``D``, key tile ``BN``, ``kind`` ('f16'/'bf16'),
+    ``HB`` heads per tile and ``S`` K/V stages."""
+    PB = lay.positions_per_tile(HB)
+    CB = D // lay.BOX_COLS
+    BC = lay.BOX_COLS
+    NC = lay.CONSUMERS
+    Q_TILE = lay.q_tile_bytes(D)
+    KV_BYTES = lay.kv_tile_bytes(D, BN)
+    QF, KF, VF, EM = lay.barrier_offsets(D, BN, S)
+    S_LEN = BN // 2
+    PA_LEN = 4 * (BN // 16)
+    O_LEN = D // 2
+    st = v5_steps.steps(D, BN, kind, HB, False, S, lay.CONSUMERS)
+    stage_k, issue_qk, issue_pv = st.stage_k, st.issue_qk, st.issue_pv
+    softmax, rescale_pack, finish = st.softmax, st.rescale_pack, st.finish
+    fence_s = px.fence_acc(S_LEN)
+    fence_o = px.fence_acc(O_LEN)
+    wait0 = px.wgmma_wait(0)
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def init_barriers(base):
+        """Thread 0: every mbarrier of the block, then the init fence (a block barrier must
+        follow before any use)."""
+        pt.mbarrier_init(base + uint32(QF), 1)
+        for s in range(S):
+            pt.mbarrier_init(base + uint32(KF + 8 * s), 1)
+            pt.mbarrier_init(base + uint32(VF + 8 * s), 1)
+            pt.mbarrier_init(base + uint32(EM + 8 * s), EMPTY_ARRIVALS)
+        pt.fence_mbarrier_init()
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def produce(base, maps, q0, row0, hbase, k0, hkv, n_lo, ntiles):
+        """One thread: Q of both consumers once, then K/V tile j (keys n_lo + j BN ..) into
+        stage j % S as soon as that stage is empty. Boxes past the tensor are zero-filled."""
+        mq = uint64(maps)
+        mk = mq + uint64(128)
+        mv = mq + uint64(256)
+        pt.fence_tensormap_acquire(mq)
+        pt.fence_tensormap_acquire(mk)
+        pt.fence_tensormap_acquire(mv)
+        qbar = base + uint32(QF)
+        pt.mbarrier_arrive_expect_tx(qbar, uint32(NC * Q_TILE))
+        for c in range(NC):
+            for hi in range(HB):
+                for cb in range(CB):
+                    pt.tma_load_3d(base + uint32(_q_box_offset(c, hi, cb, D, HB)), mq,
+                                   uint32(cb * BC), uint32(hbase + hi),
+                                   uint32(q0 + row0 + c * PB), qbar)
+        for j in range(ntiles):
+            s, ph = _stage_phase(j, S)
+            if j >= S:
+                pt.mbarrier_wait(base + uint32(EM + 8 * s), uint32(ph ^ 1))
+            sk_ = stage_k(base, j)
+            key = uint32(k0 + n_lo + j * BN)
+            kb = base + uint32(KF + 8 * s)
+            pt.mbarrier_arrive_expect_tx(kb, uint32(KV_BYTES))
+            for cb in range(CB):
+                pt.tma_load_3d(sk_ + uint32(_kv_box_offset(cb, BN)), mk,
+                               uint32(cb * BC), uint32(hkv), key, kb)
+            vb = base + uint32(VF + 8 * s)
+            pt.mbarrier_arrive_expect_tx(vb, uint32(KV_BYTES))
+            for cb in range(CB):
+                pt.tma_load_3d(sk_ + uint32(KV_BYTES + _kv_box_offset(cb, BN)), mv,
+                               uint32(cb * BC), uint32(hkv), key, vb)
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def consume(base, grp, ctid, out, lse, b, q0, sq, sk, row0, hbase, n_lo, ntiles,
+                f_lo, f_hi, left, right, scale_log2, lse_batched):
+        """Consumer warpgroup ``grp`` (thread ``ctid`` 0..127 of it): the simplest pipeline,
+        per tile wait K, S = QK^T, softmax, wait V, O += PV, release the stage."""
+        warp = ctid >> 5
+        lane = ctid & 31
+        t = lane & 3
+        slot, prow = _consumer_rows(warp, lane, HB)
+        hw = hbase + slot
+        pos_a = row0 + grp * PB + prow
+        pos_b = pos_a + 8
+        lo_a, hi_a = key_range(pos_a, sq, sk, left, right)
+        lo_b, hi_b = key_range(pos_b, sq, sk, left, right)
+        sQw = base + uint32(grp * Q_TILE)
+        s = cuda.local.array(S_LEN, float32)
+        o = cuda.local.array(O_LEN, float32)
+        pa = cuda.local.array(PA_LEN, uint32)
+        for i in range(O_LEN):
+            o[i] = ZERO
+        m_a = NEG_INF
+        m_b = NEG_INF
+        l_a = ZERO
+        l_b = ZERO
+        if ntiles > 0:
+            pt.mbarrier_wait(base + uint32(QF), uint32(0))
+        for j in range(ntiles):
+            stg, ph = _stage_phase(j, S)
+            n0 = n_lo + j * BN
+            sk_ = stage_k(base, j)
+            pt.mbarrier_wait(base + uint32(KF + 8 * stg), uint32(ph))
+            px.wgmma_fence()
+            issue_qk(s, sQw, sk_)
+            px.wgmma_commit()
+            wait0()
+            fence_s(s)
+            masked = not (f_lo <= n0 and n0 + BN <= f_hi)
+            m_a, m_b, l_a, l_b, al_a, al_b = softmax(
+                s, n0, masked, t, lo_a, hi_a, lo_b, hi_b, m_a, m_b, l_a, l_b, scale_log2)
+            rescale_pack(o, s, pa, al_a, al_b)
+            pt.mbarrier_wait(base + uint32(VF + 8 * stg), uint32(ph))
+            px.wgmma_fence()
+            issue_pv(o, pa, sk_ + uint32(KV_BYTES))
+            px.wgmma_commit()
+            wait0()
+            fence_o(o)
+            if lane == 0:
+                pt.mbarrier_arrive(base + uint32(EM + 8 * stg))
+        finish(o, m_a, m_b, l_a, l_b, out, lse, b, hw, q0, pos_a, pos_b, sq, t, lse_batched)
+
+    return Roles(init_barriers, produce, consume)
