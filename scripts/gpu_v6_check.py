@@ -238,8 +238,8 @@ def compile_child(spec):
     from attn_numba.kernels.v5_wgmma import opt_in_shared
     if spec == ("v5",):
         return opt_in_shared(v5.build(128, "f16", 4), v5._signature(), 1024)
-    d, kind, hb, bn = spec
-    kernel = v6.build(d, kind, hb, bn)
+    d, kind, hb, bn, st = spec
+    kernel = v6.build(d, kind, hb, bn, st)
     opt_in_shared(kernel, v6._signature(), 1024)
     from attn_numba.launcher import load_cached
     load_cached(v6._build_prepare(), v6._prepare_signature())
@@ -247,8 +247,8 @@ def compile_child(spec):
 
 def precompile(end):
     specs = {(c["d"], "f16" if c["dtype"] == "float16" else "bf16",
-              4 if c["group"] % 4 == 0 else 1, 64) for c in cases()}
-    specs |= {(128, "f16", 4, 128)}                      # timed
+              4 if c["group"] % 4 == 0 else 1, 64, 2) for c in cases()}
+    specs |= {(128, "f16", 4, 128, 2), (128, "f16", 4, 64, 4)}        # timed
     specs = sorted(specs) + [("v5",)]
     procs = [(s, subprocess.Popen([sys.executable, os.path.abspath(__file__), "--compile",
                                    json.dumps(s)], stdout=subprocess.PIPE,
@@ -337,6 +337,7 @@ def timing(end):
             row = dict(tokens=s, causal=int(causal))
             for name, plans in (("flash_wgmma", lambda: v5.plan(p)),
                                 ("flash_ws_bn64", lambda: v6.plan(p, block_n=64)),
+                                ("flash_ws_bn64_s4", lambda: v6.plan(p, block_n=64, stages=4)),
                                 ("flash_ws_bn128", lambda: v6.plan(p, block_n=128))):
                 try:
                     pl = plans()
@@ -356,13 +357,15 @@ def timing(end):
 
 def table():
     print("\nflash_ws (v6) vs flash_wgmma (v5), ms per call,", RES.get("timing", {}).get("method"))
-    print(f"{'tokens':>6} {'causal':>6} {'v5':>8} {'v6 bn64':>8} {'v6 bn128':>9} {'v6/v5':>6}")
+    names = ("flash_wgmma", "flash_ws_bn64", "flash_ws_bn64_s4", "flash_ws_bn128")
+    print(f"{'tokens':>6} {'causal':>6} " + " ".join(f"{n[6:] or 'v5':>10}" for n in names) +
+          "  best v6/v5")
     for r in RES.get("timing", {}).get("rows", []):
-        v5t, a, b = r.get("flash_wgmma"), r.get("flash_ws_bn64"), r.get("flash_ws_bn128")
-        best = min([x for x in (a, b) if x], default=None)
-        f = (lambda x: f"{x:8.4f}" if x else f"{'-':>8}")
-        ratio = f"{best / v5t:6.2f}" if best and v5t else "     -"
-        print(f"{r['tokens']:>6} {r['causal']:>6} {f(v5t)} {f(a)} {f(b)} {ratio}")
+        ts = [r.get(n) for n in names]
+        best = min([x for x in ts[1:] if x], default=None)
+        ratio = f"{best / ts[0]:6.2f}" if best and ts[0] else "     -"
+        print(f"{r['tokens']:>6} {r['causal']:>6} " +
+              " ".join(f"{x:10.4f}" if x else f"{'-':>10}" for x in ts) + f"  {ratio}")
     sw = RES.get("sweep", {})
     print(f"sweep: {sw.get('passed')}/{sw.get('total')} pass; compile: "
           f"{RES.get('compile', {}).get('specs')}")

@@ -102,7 +102,7 @@ def _build(D, kind, HB, BN, S):
         if wg == 0:
             dec()
             if tid == 0 and ntiles > 0:
-                produce(base, maps, q0, row0, hbase, k0, hkv, n_lo, ntiles)
+                produce(base, maps, q0, sq, row0, hbase, k0, hkv, n_lo, ntiles)
         else:
             inc()
             f_lo, f_hi = full_key_tiles(row0, last, sq, sk, left, right, BN)

@@ -69,9 +69,10 @@ def roles(D, BN, kind, HB, S):
         pt.fence_mbarrier_init()
 
     @cuda.jit(device=True, inline=True, cache=True)
-    def produce(base, maps, q0, row0, hbase, k0, hkv, n_lo, ntiles):
+    def produce(base, maps, q0, sq, row0, hbase, k0, hkv, n_lo, ntiles):
         """One thread: Q of both consumers once, then K/V tile j (keys n_lo + j BN ..) into
-        stage j % S as soon as that stage is empty. Boxes past the tensor are zero-filled."""
+        stage j % S as soon as that stage is empty. Box rows past the tensor are zero-filled
+        (and still counted in the barrier's bytes); no box starts past it."""
         mq = uint64(maps)
         mk = mq + uint64(128)
         mv = mq + uint64(256)
@@ -79,8 +80,14 @@ def roles(D, BN, kind, HB, S):
         pt.fence_tensormap_acquire(mk)
         pt.fence_tensormap_acquire(mv)
         qbar = base + uint32(QF)
-        pt.mbarrier_arrive_expect_tx(qbar, uint32(NC * Q_TILE))
+        # a consumer whose rows all lie past the sequence gets no Q (its box would start
+        # past the tensor); its rows are never written. Every other box starts inside it.
+        nq = 0
         for c in range(NC):
+            if row0 + c * PB < sq:
+                nq += 1
+        pt.mbarrier_arrive_expect_tx(qbar, uint32(nq * Q_TILE))
+        for c in range(nq):
             for hi in range(HB):
                 for cb in range(CB):
                     pt.tma_load_3d(base + uint32(_q_box_offset(c, hi, cb, D, HB)), mq,
