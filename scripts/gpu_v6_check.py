@@ -9,13 +9,13 @@ against flash_wgmma (v5) at the log's 10 configurations. Needs an sm_90 device.
    against ``attn_numba.reference`` (float64) on fresh random inputs, outputs poisoned (NaN)
    first: fp16/bf16, D 64/128, GQA 1/4/8, sizes 1/97/1025, sq != sk, varlen with an empty
    sequence, windows (-1,-1), (0,0), (128,0), (128,128), causal; one call repeated on new
-   buffers (the maps must follow the pointers). One line per case. Cases run in a child
+   buffers (the maps must follow the pointers); 10 cases of the overlapped loop (opt-in). One line per case. Cases run in a child
    process that is restarted after a fault or a hang (no progress for ``--stall`` s): the
    case it was on is recorded as failed and the sweep goes on with the next.
 3. timing: 1 sequence, 32/8 heads, D=128, window (128,128), fp16, 512..8192 tokens, causal
    0/1: CUDA-graph replay (triton's ``do_bench_cudagraph`` when torch and triton import,
    else CUDA events over 20 launches queued behind a sleeper kernel, median of 7), v6
-   (key tiles 64 and 128) against v5.
+   (key tiles 64 and 128, 4 stages, the overlapped loop with 3 stages) against v5.
 
 Everything goes to ``$OUT/v6.json`` (rewritten after every case); a table comes last.
 """
@@ -78,6 +78,13 @@ def cases():
                      window=(128, 0), causal=False)]
     out.append(dict(dtype="float16", d=128, group=4, seq_q=[97, 33], seq_k=[97, 40],
                     window=(-1, -1), causal=False, twice=True))
+    # the overlapped consumer loop (opt-in, v6.OVERLAP): a subset
+    for dt, d, g in (("float16", 128, 4), ("bfloat16", 64, 1)):
+        for (window, causal), s in zip(WINDOWS[1:], (1025, 97, 1025, 1025)):
+            out.append(dict(dtype=dt, d=d, group=g, seq_q=[s], seq_k=[s], window=window,
+                            causal=causal, overlap=True))
+        out.append(dict(dtype=dt, d=d, group=g, seq_q=[130, 0, 7, 513],
+                        seq_k=[64, 0, 300, 513], window=(128, 0), causal=False, overlap=True))
     return out
 
 
@@ -130,7 +137,7 @@ def check(c, rng):
         q = rng.standard_normal((p.total_q, p.num_heads, c["d"])).astype(dt)
         k = rng.standard_normal((p.total_k, 2, c["d"])).astype(dt)
         v = rng.standard_normal((p.total_k, 2, c["d"])).astype(dt)
-        out, lse = run_plans(v6, p, q, k, v, cu_q, cu_k)
+        out, lse = run_plans(v6, p, q, k, v, cu_q, cu_k, overlap=c.get("overlap", False))
         kw = dict(causal=c["causal"], window_size=c["window"])
         ref, ref_lse = mha_varlen_fwd_ref(q, k, v, cu_q, cu_k, **kw)
         low, _ = mha_varlen_fwd_ref(q, k, v, cu_q, cu_k, p_dtype=dt, **kw)
@@ -238,8 +245,8 @@ def compile_child(spec):
     from attn_numba.kernels.v5_wgmma import opt_in_shared
     if spec == ("v5",):
         return opt_in_shared(v5.build(128, "f16", 4), v5._signature(), 1024)
-    d, kind, hb, bn, st = spec
-    kernel = v6.build(d, kind, hb, bn, st)
+    d, kind, hb, bn, st, ov = spec
+    kernel = v6.build(d, kind, hb, bn, st, ov)
     opt_in_shared(kernel, v6._signature(), 1024)
     from attn_numba.launcher import load_cached
     load_cached(v6._build_prepare(), v6._prepare_signature())
@@ -247,8 +254,10 @@ def compile_child(spec):
 
 def precompile(end):
     specs = {(c["d"], "f16" if c["dtype"] == "float16" else "bf16",
-              4 if c["group"] % 4 == 0 else 1, 64, 2) for c in cases()}
-    specs |= {(128, "f16", 4, 128, 2), (128, "f16", 4, 64, 4)}        # timed
+              4 if c["group"] % 4 == 0 else 1, 64, 2, c.get("overlap", False))
+             for c in cases()}
+    specs |= {(128, "f16", 4, 128, 2, False), (128, "f16", 4, 64, 4, False),
+              (128, "f16", 4, 64, 3, True)}                                  # timed
     specs = sorted(specs) + [("v5",)]
     procs = [(s, subprocess.Popen([sys.executable, os.path.abspath(__file__), "--compile",
                                    json.dumps(s)], stdout=subprocess.PIPE,
@@ -338,6 +347,8 @@ def timing(end):
             for name, plans in (("flash_wgmma", lambda: v5.plan(p)),
                                 ("flash_ws_bn64", lambda: v6.plan(p, block_n=64)),
                                 ("flash_ws_bn64_s4", lambda: v6.plan(p, block_n=64, stages=4)),
+                                ("flash_ws_bn64_ov", lambda: v6.plan(p, block_n=64, stages=3,
+                                                                     overlap=True)),
                                 ("flash_ws_bn128", lambda: v6.plan(p, block_n=128))):
                 try:
                     pl = plans()
@@ -357,7 +368,8 @@ def timing(end):
 
 def table():
     print("\nflash_ws (v6) vs flash_wgmma (v5), ms per call,", RES.get("timing", {}).get("method"))
-    names = ("flash_wgmma", "flash_ws_bn64", "flash_ws_bn64_s4", "flash_ws_bn128")
+    names = ("flash_wgmma", "flash_ws_bn64", "flash_ws_bn64_s4", "flash_ws_bn64_ov",
+             "flash_ws_bn128")
     print(f"{'tokens':>6} {'causal':>6} " + " ".join(f"{n[6:] or 'v5':>10}" for n in names) +
           "  best v6/v5")
     for r in RES.get("timing", {}).get("rows", []):

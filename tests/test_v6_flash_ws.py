@@ -101,11 +101,11 @@ _COMPILE = textwrap.dedent("""
     from numba import cuda
     from attn_numba.kernels import v6_flash_ws as v6
     out = {}
-    for d, kind, hb, bn, st in json.loads(sys.argv[1]):
-        k = v6.build(d, kind, hb, bn, st)
+    for d, kind, hb, bn, st, *ov in json.loads(sys.argv[1]):
+        k = v6.build(d, kind, hb, bn, st, bool(ov and ov[0]))
         ptx, _ = cuda.compile_ptx(k.py_func, v6._signature(), cc=(9, 0, "a"),
                                   launch_bounds=(v6.THREADS, 1))
-        out[f"{d}-{kind}-{hb}-{bn}-{st}"] = ptx
+        out["-".join(map(str, [d, kind, hb, bn, st, *ov]))] = ptx
     ptx, _ = cuda.compile_ptx(v6._build_prepare().py_func, v6._prepare_signature(),
                               cc=(9, 0, "a"))
     out["prepare"] = ptx
@@ -113,8 +113,9 @@ _COMPILE = textwrap.dedent("""
 """)
 
 
-def _check_variant(ptx, d, bn, tmp_path, name):
-    assert ptx.count("wgmma.mma_async") == d // 16 + bn // 16
+def _check_variant(ptx, d, bn, tmp_path, name, overlap=False):
+    # the overlapped loop peels its first QK^T and last PV: every wgmma appears twice
+    assert ptx.count("wgmma.mma_async") == (d // 16 + bn // 16) * (2 if overlap else 1)
     assert "cp.async.bulk.tensor.3d" in ptx
     assert "setmaxnreg.dec.sync.aligned.u32 24" in ptx
     assert "setmaxnreg.inc.sync.aligned.u32 240" in ptx
@@ -145,8 +146,56 @@ def test_kernel_compiles_and_assembles_d128_f16(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", [[64, "bf16", 1, 64, 2], [128, "bf16", 2, 128, 2],
-                                     [64, "f16", 4, 128, 3], [128, "f16", 4, 64, 3]])
+                                     [64, "f16", 4, 128, 3], [128, "f16", 4, 64, 3],
+                                     [128, "f16", 4, 64, 2, 1], [64, "bf16", 1, 128, 2, 1]])
 def test_kernel_variants_compile_and_assemble(tmp_path, variant):
-    d, kind, hb, bn, st = variant
+    d, kind, hb, bn, st, *ov = variant
     ptx = _compile(tmp_path, [variant])["-".join(map(str, variant))]
-    _check_variant(ptx, d, bn, tmp_path, "v")
+    _check_variant(ptx, d, bn, tmp_path, "v", overlap=bool(ov and ov[0]))
+
+
+_KEYS = textwrap.dedent("""
+    import json, sys
+    from numba import cuda
+    from numba.cuda.dispatcher import CUDACache
+    from attn_numba.kernels import v6_flash_ws as v6
+
+    class Codegen:
+        def magic_tuple(self):
+            return ("test",)
+
+    keys = {}
+    for label, fn, sig in v6.compile_targets(128, "float16"):
+        cache = CUDACache(fn)
+        before = str(cache._index_key(tuple(sig), Codegen()))
+        after = None
+        if sys.argv[1:] == ["compile"]:
+            cuda.compile_ptx(fn, sig, cc=(9, 0, "a"))
+            after = str(cache._index_key(tuple(sig), Codegen()))
+        keys[label] = [before, after]
+    print(json.dumps(keys))
+""")
+
+
+@pytest.mark.slow
+def test_disk_cache_key_is_stable_across_compile_and_processes():
+    """As tests/test_cache_key.py for the registered kernels (flash_ws is not registered
+    yet): Numba's key of each flash_ws kernel is the same before and after compiling and in
+    a new process, so a warm disk cache hits (the ptx_tma typers pickle by reference)."""
+    import os
+    import subprocess
+    import sys
+
+    def run(mode):
+        env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        p = subprocess.run([sys.executable, "-c", _KEYS, mode], env=env, text=True,
+                           capture_output=True, timeout=900)
+        assert p.returncode == 0, p.stderr[-3000:]
+        return json.loads(p.stdout.strip().splitlines()[-1])
+
+    first, second = run("compile"), run("keys")
+    assert set(first) == {"flash_ws_kernel_f16_d128_h4", "flash_ws_prepare"}
+    assert all(b == a for b, a in first.values()), "compiling changed a disk-cache key"
+    assert all(second[k][0] == first[k][0] for k in first), "a new process has another key"

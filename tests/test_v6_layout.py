@@ -134,16 +134,16 @@ class Barrier:
         return (self.phase & 1) != parity
 
 
-def _protocol(ntiles, stages, rng):
+def _protocol(ntiles, stages, rng, overlap=False):
     """Run the producer and 4 warps x 2 consumers of v6_roles against the barrier model in a
-    random order; returns the tiles each consumer read, in order."""
-    kfull = [Barrier(1) for _ in range(stages)]
-    vfull = [Barrier(1) for _ in range(stages)]
+    random order (the consumers' plain loop, or the overlapped one: K of tile j with V of
+    tile j-1); returns, per consumer warp, the K and the V tiles it read, in order."""
+    full = {"K": [Barrier(1) for _ in range(stages)], "V": [Barrier(1) for _ in range(stages)]}
     empty = [Barrier(v6_roles.EMPTY_ARRIVALS) for _ in range(stages)]
-    data = [None] * stages
+    data = {}
     in_use = [set() for _ in range(stages)]
     flights = []                                    # TMA loads in flight
-    seen = {w: [] for w in range(v6_roles.EMPTY_ARRIVALS)}
+    seen = {w: {"K": [], "V": []} for w in range(v6_roles.EMPTY_ARRIVALS)}
 
     def producer():
         for j in range(ntiles):
@@ -152,23 +152,42 @@ def _protocol(ntiles, stages, rng):
                 while not empty[s].done(ph ^ 1):
                     yield
             assert not in_use[s], f"tile {j} overwrites stage {s} in use"
-            for bar in (kfull[s], vfull[s]):
-                bar.arrive(expect_tx=100)
-                flights.append((s, j, bar))
+            for kind in "KV":
+                full[kind][s].arrive(expect_tx=100)
+                flights.append((kind, s, j))
             yield
 
+    def use(w, kind, j):
+        s, ph = lay.stage_phase(j, stages)
+        while not full[kind][s].done(ph):
+            yield
+        in_use[s].add(w)
+        seen[w][kind].append(data[kind, s])
+
+    def release(w, j):
+        s, _ = lay.stage_phase(j, stages)
+        in_use[s].discard(w)
+        empty[s].arrive()
+
     def consumer(w):
-        for j in range(ntiles):
-            s, ph = lay.stage_phase(j, stages)
-            for bar in (kfull[s], vfull[s]):
-                while not bar.done(ph):
-                    yield
-                in_use[s].add(w)
-            seen[w].append(data[s])
+        if not overlap:
+            for j in range(ntiles):
+                yield from use(w, "K", j)
+                yield
+                yield from use(w, "V", j)
+                yield
+                release(w, j)
+            return
+        yield from use(w, "K", 0)
+        for j in range(1, ntiles):
+            yield from use(w, "K", j)
+            yield from use(w, "V", j - 1)
             yield
-            in_use[s].discard(w)
-            empty[s].arrive()
+            release(w, j - 1)
             yield
+        yield from use(w, "V", ntiles - 1)
+        yield
+        release(w, ntiles - 1)
 
     actors = [producer()] + [consumer(w) for w in seen]
     steps = 0
@@ -176,9 +195,9 @@ def _protocol(ntiles, stages, rng):
         steps += 1
         assert steps < 100000, "deadlock"
         if flights and rng.random() < 0.3:
-            s, j, bar = flights.pop(rng.integers(len(flights)))
-            data[s] = j
-            bar.complete_tx(100)
+            kind, s, j = flights.pop(rng.integers(len(flights)))
+            data[kind, s] = j
+            full[kind][s].complete_tx(100)
             continue
         if actors:
             a = actors[rng.integers(len(actors))]
@@ -189,12 +208,13 @@ def _protocol(ntiles, stages, rng):
     return seen
 
 
+@pytest.mark.parametrize("overlap", [False, True])
 @pytest.mark.parametrize("ntiles,stages", [(1, 2), (5, 2), (9, 3), (2, 3)])
-def test_mbarrier_protocol_orders_every_tile(rng, ntiles, stages):
+def test_mbarrier_protocol_orders_every_tile(rng, ntiles, stages, overlap):
     for _ in range(20):
-        seen = _protocol(ntiles, stages, rng)
+        seen = _protocol(ntiles, stages, rng, overlap)
         for w, tiles in seen.items():
-            assert tiles == list(range(ntiles)), (w, tiles)
+            assert tiles == {"K": list(range(ntiles)), "V": list(range(ntiles))}, (w, tiles)
 
 
 def test_stage_phase_cycles_stages_and_flips_parity_per_round():

@@ -37,9 +37,10 @@ _kv_box_offset = cuda.jit(device=True, inline=True, cache=True)(lay.kv_box_offse
 
 
 @functools.lru_cache(maxsize=None)
-def roles(D, BN, kind, HB, S):
+def roles(D, BN, kind, HB, S, overlap=False):
     """Device functions for head size ``D``, key tile ``BN``, ``kind`` ('f16'/'bf16'),
-    ``HB`` heads per tile and ``S`` K/V stages."""
+    ``HB`` heads per tile, ``S`` K/V stages and the consumer loop (``overlap``: QK^T of tile
+    j with PV of tile j-1)."""
     PB = lay.positions_per_tile(HB)
     CB = D // lay.BOX_COLS
     BC = lay.BOX_COLS
@@ -56,6 +57,7 @@ def roles(D, BN, kind, HB, S):
     fence_s = px.fence_acc(S_LEN)
     fence_o = px.fence_acc(O_LEN)
     wait0 = px.wgmma_wait(0)
+    wait1 = px.wgmma_wait(1)
 
     @cuda.jit(device=True, inline=True, cache=True)
     def init_barriers(base):
@@ -111,31 +113,14 @@ def roles(D, BN, kind, HB, S):
                                uint32(cb * BC), uint32(hkv), key, vb)
 
     @cuda.jit(device=True, inline=True, cache=True)
-    def consume(base, grp, ctid, out, lse, b, q0, sq, sk, row0, hbase, n_lo, ntiles,
-                f_lo, f_hi, left, right, scale_log2, lse_batched):
-        """Consumer warpgroup ``grp`` (thread ``ctid`` 0..127 of it): the simplest pipeline,
-        per tile wait K, S = QK^T, softmax, wait V, O += PV, release the stage."""
-        warp = ctid >> 5
-        lane = ctid & 31
-        t = lane & 3
-        slot, prow = _consumer_rows(warp, lane, HB)
-        hw = hbase + slot
-        pos_a = row0 + grp * PB + prow
-        pos_b = pos_a + 8
-        lo_a, hi_a = key_range(pos_a, sq, sk, left, right)
-        lo_b, hi_b = key_range(pos_b, sq, sk, left, right)
-        sQw = base + uint32(grp * Q_TILE)
-        s = cuda.local.array(S_LEN, float32)
-        o = cuda.local.array(O_LEN, float32)
-        pa = cuda.local.array(PA_LEN, uint32)
-        for i in range(O_LEN):
-            o[i] = ZERO
+    def loop_plain(base, sQw, s, o, pa, n_lo, ntiles, f_lo, f_hi, t, lane, lo_a, hi_a, lo_b,
+                   hi_b, scale_log2):
+        """The simplest pipeline: per tile wait K, S = QK^T, softmax, wait V, O += PV, then
+        release the stage. Returns the rows' (m_a, m_b, l_a, l_b)."""
         m_a = NEG_INF
         m_b = NEG_INF
         l_a = ZERO
         l_b = ZERO
-        if ntiles > 0:
-            pt.mbarrier_wait(base + uint32(QF), uint32(0))
         for j in range(ntiles):
             stg, ph = _stage_phase(j, S)
             n0 = n_lo + j * BN
@@ -158,6 +143,88 @@ def roles(D, BN, kind, HB, S):
             fence_o(o)
             if lane == 0:
                 pt.mbarrier_arrive(base + uint32(EM + 8 * stg))
+        return m_a, m_b, l_a, l_b
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def loop_overlap(base, sQw, s, o, pa, n_lo, ntiles, f_lo, f_hi, t, lane, lo_a, hi_a,
+                     lo_b, hi_b, scale_log2):
+        """FlashAttention-3's intra-warpgroup overlap (as flash_wgmma's ``overlap``): QK^T of
+        tile j and PV of tile j-1 are issued together and the softmax of tile j runs while
+        PV still runs; stage j-1 is released once PV has completed. ``ntiles >= 1``; the
+        last iteration is peeled (no QK^T), so no accumulator is a phi across a wgmma."""
+        n0 = n_lo
+        pt.mbarrier_wait(base + uint32(KF), uint32(0))
+        px.wgmma_fence()
+        issue_qk(s, sQw, stage_k(base, 0))
+        px.wgmma_commit()
+        wait0()
+        fence_s(s)
+        m_a, m_b, l_a, l_b, al_a, al_b = softmax(
+            s, n0, not (f_lo <= n0 and n0 + BN <= f_hi), t, lo_a, hi_a, lo_b, hi_b, NEG_INF,
+            NEG_INF, ZERO, ZERO, scale_log2)
+        rescale_pack(o, s, pa, al_a, al_b)
+        for j in range(1, ntiles):
+            stg, ph = _stage_phase(j, S)
+            prv, pph = _stage_phase(j - 1, S)
+            n0 = n_lo + j * BN
+            pt.mbarrier_wait(base + uint32(KF + 8 * stg), uint32(ph))
+            pt.mbarrier_wait(base + uint32(VF + 8 * prv), uint32(pph))
+            px.wgmma_fence()
+            issue_qk(s, sQw, stage_k(base, j))
+            px.wgmma_commit()
+            issue_pv(o, pa, stage_k(base, j - 1) + uint32(KV_BYTES))
+            px.wgmma_commit()
+            wait1()                             # S of tile j is ready; PV of j-1 still runs
+            fence_s(s)
+            m_a, m_b, l_a, l_b, al_a, al_b = softmax(
+                s, n0, not (f_lo <= n0 and n0 + BN <= f_hi), t, lo_a, hi_a, lo_b, hi_b, m_a,
+                m_b, l_a, l_b, scale_log2)
+            wait0()
+            fence_o(o)
+            if lane == 0:
+                pt.mbarrier_arrive(base + uint32(EM + 8 * prv))
+            rescale_pack(o, s, pa, al_a, al_b)
+        stg, ph = _stage_phase(ntiles - 1, S)
+        pt.mbarrier_wait(base + uint32(VF + 8 * stg), uint32(ph))
+        px.wgmma_fence()
+        issue_pv(o, pa, stage_k(base, ntiles - 1) + uint32(KV_BYTES))
+        px.wgmma_commit()
+        wait0()
+        fence_o(o)
+        if lane == 0:
+            pt.mbarrier_arrive(base + uint32(EM + 8 * stg))
+        return m_a, m_b, l_a, l_b
+
+    loop = loop_overlap if overlap else loop_plain
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def consume(base, grp, ctid, out, lse, b, q0, sq, sk, row0, hbase, n_lo, ntiles,
+                f_lo, f_hi, left, right, scale_log2, lse_batched):
+        """Consumer warpgroup ``grp`` (thread ``ctid`` 0..127 of it): its rows, the key
+        loop, the epilogue."""
+        warp = ctid >> 5
+        lane = ctid & 31
+        t = lane & 3
+        slot, prow = _consumer_rows(warp, lane, HB)
+        hw = hbase + slot
+        pos_a = row0 + grp * PB + prow
+        pos_b = pos_a + 8
+        lo_a, hi_a = key_range(pos_a, sq, sk, left, right)
+        lo_b, hi_b = key_range(pos_b, sq, sk, left, right)
+        sQw = base + uint32(grp * Q_TILE)
+        s = cuda.local.array(S_LEN, float32)
+        o = cuda.local.array(O_LEN, float32)
+        pa = cuda.local.array(PA_LEN, uint32)
+        for i in range(O_LEN):
+            o[i] = ZERO
+        m_a = NEG_INF
+        m_b = NEG_INF
+        l_a = ZERO
+        l_b = ZERO
+        if ntiles > 0:
+            pt.mbarrier_wait(base + uint32(QF), uint32(0))
+            m_a, m_b, l_a, l_b = loop(base, sQw, s, o, pa, n_lo, ntiles, f_lo, f_hi, t, lane,
+                                      lo_a, hi_a, lo_b, hi_b, scale_log2)
         finish(o, m_a, m_b, l_a, l_b, out, lse, b, hw, q0, pos_a, pos_b, sq, t, lse_batched)
 
     return Roles(init_barriers, produce, consume)
