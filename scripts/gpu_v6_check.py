@@ -1,7 +1,7 @@
 """First GPU run of flash_ws (v6, warp-specialised TMA kernel): correctness sweep, then timing
 against flash_wgmma (v5) at the log's 10 configurations. Needs an sm_90 device.
 
-    OUT=/some/dir timeout 300 python3 scripts/gpu_v6_check.py [--budget 240]
+    OUT=/some/dir timeout 330 python3 scripts/gpu_v6_check.py --budget 290
 
 1. compile: every specialisation the sweep uses, in parallel processes (Numba's disk cache
    keeps them for the later stages).
@@ -15,7 +15,8 @@ against flash_wgmma (v5) at the log's 10 configurations. Needs an sm_90 device.
 3. timing: 1 sequence, 32/8 heads, D=128, window (128,128), fp16, 512..8192 tokens, causal
    0/1: CUDA-graph replay (triton's ``do_bench_cudagraph`` when torch and triton import,
    else CUDA events over 20 launches queued behind a sleeper kernel, median of 7), v6
-   (key tiles 64 and 128, 4 stages, the overlapped loop with 3 stages) against v5.
+   (key tiles 64 and 128, 4 stages, the overlapped loop with 3 stages, and without the
+   map-address launch: ``plan_direct``) against v5.
 
 Everything goes to ``$OUT/v6.json`` (rewritten after every case); a table comes last.
 """
@@ -316,6 +317,10 @@ def _timer():
     return "cuda events (sleeper-queued, 20 launches, median of 7)", events
 
 
+def _ptr(a):
+    return int(a.device_ctypes_pointer.value)
+
+
 def timing(end):
     from numba import cuda
     from attn_numba import kernels
@@ -346,6 +351,8 @@ def timing(end):
             row = dict(tokens=s, causal=int(causal))
             for name, plans in (("flash_wgmma", lambda: v5.plan(p)),
                                 ("flash_ws_bn64", lambda: v6.plan(p, block_n=64)),
+                                ("flash_ws_bn64_direct", lambda: v6.plan_direct(
+                                    p, *(_ptr(arrays[n]) for n in "qkv"), block_n=64)),
                                 ("flash_ws_bn64_s4", lambda: v6.plan(p, block_n=64, stages=4)),
                                 ("flash_ws_bn64_ov", lambda: v6.plan(p, block_n=64, stages=3,
                                                                      overlap=True)),
@@ -368,16 +375,16 @@ def timing(end):
 
 def table():
     print("\nflash_ws (v6) vs flash_wgmma (v5), ms per call,", RES.get("timing", {}).get("method"))
-    names = ("flash_wgmma", "flash_ws_bn64", "flash_ws_bn64_s4", "flash_ws_bn64_ov",
-             "flash_ws_bn128")
-    print(f"{'tokens':>6} {'causal':>6} " + " ".join(f"{n[6:] or 'v5':>10}" for n in names) +
+    names = ("flash_wgmma", "flash_ws_bn64", "flash_ws_bn64_direct", "flash_ws_bn64_s4",
+             "flash_ws_bn64_ov", "flash_ws_bn128")
+    print(f"{'tokens':>6} {'causal':>6} " + " ".join(f"{n[6:] or 'v5':>14}" for n in names) +
           "  best v6/v5")
     for r in RES.get("timing", {}).get("rows", []):
         ts = [r.get(n) for n in names]
         best = min([x for x in ts[1:] if x], default=None)
         ratio = f"{best / ts[0]:6.2f}" if best and ts[0] else "     -"
         print(f"{r['tokens']:>6} {r['causal']:>6} " +
-              " ".join(f"{x:10.4f}" if x else f"{'-':>10}" for x in ts) + f"  {ratio}")
+              " ".join(f"{x:14.4f}" if x else f"{'-':>14}" for x in ts) + f"  {ratio}")
     sw = RES.get("sweep", {})
     print(f"sweep: {sw.get('passed')}/{sw.get('total')} pass; compile: "
           f"{RES.get('compile', {}).get('specs')}")

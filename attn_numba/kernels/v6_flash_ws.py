@@ -219,3 +219,18 @@ def plan(problem, **kw):
     views = (np.uint16, np.uint16, np.uint16, np.uint32)
     main = Plan(kernel, grid, THREADS, views, _scalars(problem) + (np.int64(maps),), shared)
     return (prep, main)
+
+
+def plan_direct(problem, q_ptr, k_ptr, v_ptr, **kw):
+    """The kernel's launch alone, with maps of the arrays at these data pointers
+    (:func:`attn_numba.tensormap.maps_for`, cached per pointers): for a call path that
+    passes per-call pointers to the module (the contract's :func:`plan` cannot), and for
+    timing what the map-address launch costs. Keywords as in :func:`plan`."""
+    from .. import tensormap
+    from . import Plan
+    kernel, grid, shared, hb, bn = configure(problem, **kw)
+    specs = map_specs(problem, hb, bn)
+    maps = tensormap.maps_for(zip((q_ptr, k_ptr, v_ptr), specs)).address
+    opt_in_shared(kernel, _signature(), shared)
+    views = (np.uint16, np.uint16, np.uint16, np.uint32)
+    return (Plan(kernel, grid, THREADS, views, _scalars(problem) + (np.int64(maps),), shared),)
