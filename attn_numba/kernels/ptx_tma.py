@@ -134,3 +134,17 @@ def setmaxnreg_inc(n):
 def _check_nreg(n):
     if not isinstance(n, int) or n % 8 or not 24 <= n <= 256:
         raise ValueError(f"setmaxnreg count must be a multiple of 8 in 24..256, got {n!r}")
+
+
+# --------------------------------------------------------------------------- simulator
+# Under Numba's CUDA simulator these names are pure-Python models (v6_ptx_sim), so tests can
+# run flash_ws's whole kernel on the CPU.
+from numba import config as _config  # noqa: E402
+
+if _config.ENABLE_CUDASIM:
+    from .v6_ptx_sim import (bar_arrive, bar_sync, fence_mbarrier_init,  # noqa: E402,F401,F811
+                             fence_proxy_async, fence_tensormap_acquire,
+                             fence_tensormap_release, mbarrier_arrive,
+                             mbarrier_arrive_expect_tx, mbarrier_init, mbarrier_try_wait,
+                             mbarrier_wait, setmaxnreg_dec, setmaxnreg_inc, tma_load_2d,
+                             tma_load_3d, tensormap_replace_address)
