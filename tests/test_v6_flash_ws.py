@@ -199,3 +199,60 @@ def test_disk_cache_key_is_stable_across_compile_and_processes():
     assert set(first) == {"flash_ws_kernel_f16_d128_h4", "flash_ws_prepare"}
     assert all(b == a for b, a in first.values()), "compiling changed a disk-cache key"
     assert all(second[k][0] == first[k][0] for k in first), "a new process has another key"
+
+
+GPU_CASES = [  # seq_q, seq_k, H, Hkv, D, dtype name, window, causal, plan options
+    ([1025], [1025], 8, 2, 128, "float16", (128, 128), False, {}),
+    ([97, 0, 300], [97, 5, 77], 8, 1, 64, "bfloat16", (-1, -1), True, {}),
+    ([513], [1100], 4, 4, 128, "float16", (-1, -1), True, dict(overlap=True, stages=3)),
+    ([1], [1], 8, 8, 64, "float16", (0, 0), False, dict(block_n=128)),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_CASES)
+def test_flash_ws_on_the_gpu_matches_reference(rng, case):
+    """The kernel through its plan() (map-address launch, then the kernel) on an sm_90 GPU."""
+    import math
+
+    from numba import cuda
+
+    from attn_numba import kernels
+    from attn_numba.reference import mha_varlen_fwd_ref
+    seq_q, seq_k, h, hkv, d, dt, window, causal, kw = case
+    if cuda.get_current_device().compute_capability != (9, 0):
+        pytest.skip("flash_ws needs sm_90")
+    if dt == "bfloat16":
+        import ml_dtypes
+        dtype = np.dtype(ml_dtypes.bfloat16)
+    else:
+        dtype = np.dtype(dt)
+    cu_q = np.concatenate([[0], np.cumsum(seq_q)]).astype(np.int32)
+    cu_k = np.concatenate([[0], np.cumsum(seq_k)]).astype(np.int32)
+    q = rng.standard_normal((cu_q[-1], h, d)).astype(dtype)
+    k = rng.standard_normal((cu_k[-1], hkv, d)).astype(dtype)
+    v = rng.standard_normal((cu_k[-1], hkv, d)).astype(dtype)
+    p = _problem(batch=len(seq_q), total_q=int(cu_q[-1]), total_k=int(cu_k[-1]),
+                 max_seqlen_q=max(seq_q), max_seqlen_k=max(seq_k), num_heads=h,
+                 num_kv_heads=hkv, head_size=d, dtype=dtype, softmax_scale=1 / math.sqrt(d),
+                 window_left=window[0], window_right=0 if causal else window[1],
+                 causal=causal, lse_batched=False)
+    assert v6.supports(p) is None
+    arrays = dict(q=cuda.to_device(q.view(np.uint16)), k=cuda.to_device(k.view(np.uint16)),
+                  v=cuda.to_device(v.view(np.uint16)),
+                  out=cuda.to_device(np.full(q.shape, 0xFFFF, np.uint16)),
+                  lse=cuda.to_device(np.full((1, h, p.total_q), np.nan, np.float32)),
+                  cu_seqlens_q=cuda.to_device(cu_q), cu_seqlens_k=cuda.to_device(cu_k))
+    kernels.launch_plans(v6.plan(p, **kw), arrays)
+    out = arrays["out"].copy_to_host().view(dtype).astype(np.float64)
+    lse = arrays["lse"].copy_to_host()[0]
+    ref, ref_lse = mha_varlen_fwd_ref(q, k, v, cu_q, cu_k, causal=causal, window_size=window)
+    low, _ = mha_varlen_fwd_ref(q, k, v, cu_q, cu_k, causal=causal, window_size=window,
+                                p_dtype=dtype)
+    floor = 2e-3 if dtype == np.float16 else 1.6e-2
+    tol = 2 * np.abs(low.astype(dtype).astype(np.float64) - ref).max(initial=0) + floor
+    assert np.isfinite(out).all() and np.abs(out - ref).max(initial=0) <= tol
+    ref_lse = np.asarray(ref_lse).reshape(lse.shape)
+    np.testing.assert_array_equal(np.isneginf(lse), np.isneginf(ref_lse))
+    fin = np.isfinite(ref_lse)
+    np.testing.assert_allclose(lse[fin], ref_lse[fin], rtol=1e-4, atol=1e-3)

@@ -50,20 +50,26 @@ def _run(rng, seq_q, seq_k, h, hkv, d, dtype, window, causal, **kw):
     return out.view(dtype).astype(np.float64), lse[0], ref, ref_lse, tol
 
 
+_SLOW = pytest.mark.slow
 CASES = [  # seq_q, seq_k, H, Hkv, D, dtype, window, causal, options (stages >= key tiles)
     ([20], [20], 4, 1, 64, np.float16, (-1, -1), False, dict(stages=2)),
     ([30, 0, 5, 40], [40, 3, 0, 66], 8, 2, 64, np.float16, (20, 20), False, dict(stages=2)),
-    ([70], [150], 2, 2, 128, BF16, (-1, -1), True, dict(stages=3)),
-    ([1], [1], 8, 1, 128, np.float16, (0, 0), False, dict(stages=2)),
+    pytest.param(([70], [150], 2, 2, 128, BF16, (-1, -1), True, dict(stages=3)), marks=_SLOW),
+    pytest.param(([1], [1], 8, 1, 128, np.float16, (0, 0), False, dict(stages=2)), marks=_SLOW),
     ([60], [120], 4, 2, 64, np.float16, (-1, -1), False, dict(stages=2, overlap=True)),
-    ([100], [180], 2, 2, 64, BF16, (16, 8), False, dict(stages=3, overlap=True)),
-    ([90], [40], 4, 4, 128, np.float16, (-1, -1), True, dict(stages=2, block_n=128)),
+    pytest.param(([100], [180], 2, 2, 64, BF16, (16, 8), False, dict(stages=3, overlap=True)),
+                 marks=_SLOW),
+    pytest.param(([90], [40], 4, 4, 128, np.float16, (-1, -1), True,
+                  dict(stages=2, block_n=128)), marks=_SLOW),
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}x{c[1]}-h{c[2]}/{c[3]}-d{c[4]}-"
-                                                       f"{np.dtype(c[5]).name}-{c[6]}-{c[7]}-"
-                                                       f"{sorted(c[8].items())}")
+def _id(c):
+    return (f"{c[0]}x{c[1]}-h{c[2]}/{c[3]}-d{c[4]}-{np.dtype(c[5]).name}-{c[6]}-{c[7]}-"
+            f"{sorted(c[8].items())}")
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: _id(c) if isinstance(c, tuple) else None)
 def test_flash_ws_matches_reference_on_the_models(rng, case):
     *args, kw = case
     out, lse, ref, ref_lse, tol = _run(rng, *args, **kw)
