@@ -139,7 +139,8 @@ def _cached(key, make):
 
 def maps_for(items):
     """Device maps of ``items = ((address, TiledSpec), ...)``, encoded and uploaded once per
-    distinct ``items`` (a bounded LRU cache)."""
+    distinct ``items`` (an LRU cache of the 256 most recent): keep the returned DeviceMaps
+    while a launch may still use its address."""
     items = tuple(items)
 
     def make():
@@ -148,21 +149,29 @@ def maps_for(items):
     return _cached(("at", items), make)
 
 
+#: template maps, never evicted: a cached plan holds only their address (384 bytes of device
+#: memory per call specialisation)
+_TEMPLATES = {}
+
+
 def template_maps(specs, owner):
     """Device maps of ``specs`` with a placeholder data address (the buffer's own), in a
     buffer of their own for ``owner`` (a hashable: one call specialisation); a kernel writes
-    each call's data addresses into them before use. Cached per ``(owner, specs)``."""
+    each call's data addresses into them before use. Made once per ``(owner, specs)`` and
+    kept for the life of the process (plans hold their address)."""
     specs = tuple(specs)
-
-    def make():
+    key = (owner, specs)
+    got = _TEMPLATES.get(key)
+    if got is None:
         from numba import cuda
         buf = cuda.device_array(MAP_BYTES * len(specs), dtype=np.uint8)
         addr = _address(buf)
         _upload([encode(s, addr) for s in specs], buf)
-        return DeviceMaps(buf, addr)
-    return _cached(("template", owner, specs), make)
+        got = _TEMPLATES[key] = DeviceMaps(buf, addr)
+    return got
 
 
 def clear():
-    """Forget every cached map (their buffers are freed once unreferenced)."""
+    """Forget the cached per-pointer maps (:func:`maps_for`; their buffers are freed once
+    unreferenced). Template maps stay: plans may still hold their addresses."""
     _MAPS.clear()

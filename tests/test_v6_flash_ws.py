@@ -256,3 +256,17 @@ def test_flash_ws_on_the_gpu_matches_reference(rng, case):
     np.testing.assert_array_equal(np.isneginf(lse), np.isneginf(ref_lse))
     fin = np.isfinite(ref_lse)
     np.testing.assert_allclose(lse[fin], ref_lse[fin], rtol=1e-4, atol=1e-3)
+
+
+def test_template_maps_outlive_the_pointer_cache(monkeypatch):
+    """A cached plan holds only the template's address: it must never be evicted."""
+    monkeypatch.setattr(tensormap, "encode", lambda spec, addr: bytes(tensormap.MAP_BYTES))
+    monkeypatch.setattr(tensormap, "_upload", lambda blobs, buffer=None: buffer or b"")
+    monkeypatch.setattr(tensormap, "_address", lambda buf: 4096)
+    spec = tensormap.tiled_spec("f16", (100, 4, 64), 16)
+    first = tensormap.template_maps((spec,) * 3, "owner")
+    for i in range(300):                      # more than the per-pointer cache holds
+        tensormap.maps_for(((256 * (i + 1), spec),))
+    tensormap.clear()
+    assert tensormap.template_maps((spec,) * 3, "owner") is first
+    assert len(first.buffer) == 3 * tensormap.MAP_BYTES

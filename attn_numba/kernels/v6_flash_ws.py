@@ -225,7 +225,8 @@ def plan_direct(problem, q_ptr, k_ptr, v_ptr, **kw):
     """The kernel's launch alone, with maps of the arrays at these data pointers
     (:func:`attn_numba.tensormap.maps_for`, cached per pointers): for a call path that
     passes per-call pointers to the module (the contract's :func:`plan` cannot), and for
-    timing what the map-address launch costs. Keywords as in :func:`plan`."""
+    timing what the map-address launch costs. The maps stay alive while they are among
+    the 256 most recent of ``maps_for``'s cache. Keywords as in :func:`plan`."""
     from .. import tensormap
     from . import Plan
     kernel, grid, shared, hb, bn = configure(problem, **kw)
