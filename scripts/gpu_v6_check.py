@@ -138,7 +138,8 @@ def check(c, rng):
         q = rng.standard_normal((p.total_q, p.num_heads, c["d"])).astype(dt)
         k = rng.standard_normal((p.total_k, 2, c["d"])).astype(dt)
         v = rng.standard_normal((p.total_k, 2, c["d"])).astype(dt)
-        out, lse = run_plans(v6, p, q, k, v, cu_q, cu_k, overlap=c.get("overlap", False))
+        out, lse = run_plans(v6, p, q, k, v, cu_q, cu_k, overlap=c.get("overlap", False),
+                             debug_waits=c.get("debug_waits", False))
         kw = dict(causal=c["causal"], window_size=c["window"])
         ref, ref_lse = mha_varlen_fwd_ref(q, k, v, cu_q, cu_k, **kw)
         low, _ = mha_varlen_fwd_ref(q, k, v, cu_q, cu_k, p_dtype=dt, **kw)
@@ -276,6 +277,26 @@ def precompile(end):
     save()
 
 
+def diagnose(end):
+    """The first case that hung or faulted, again with bounded waits that print the one
+    that timed out (``debug_waits``): its output goes to RES["diagnose"]."""
+    bad = [i for i, r in enumerate(RES.get("sweep", {}).get("rows", []))
+           if "hang or fault" in r.get("error", "")]
+    if not bad or time.time() > end - 10:
+        return
+    try:
+        r = subprocess.run([sys.executable, os.path.abspath(__file__), "--diagnose",
+                            str(bad[0])], capture_output=True, text=True,
+                           timeout=max(end - time.time(), 10))
+        text = (r.stdout + r.stderr)[-6000:]
+    except subprocess.TimeoutExpired as exc:
+        text = "diagnose timed out\n" + str(exc.stdout or "")[-6000:]
+    RES["diagnose"] = dict(case=bad[0], output=text)
+    lines = [x for x in text.splitlines() if "timed out" in x or "diagnose" in x]
+    log("diagnose case", bad[0], *lines[:20])
+    save()
+
+
 # --------------------------------------------------------------------------- timing
 
 def _timer():
@@ -393,18 +414,23 @@ def table():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget", type=float, default=240.0, help="seconds for the whole run")
-    ap.add_argument("--stall", type=float, default=60.0,
+    ap.add_argument("--stall", type=float, default=30.0,
                     help="seconds without a finished case before the sweep child is killed")
     ap.add_argument("--skip-timing", action="store_true")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--compile", help=argparse.SUPPRESS)
     ap.add_argument("--timing-child", type=float, help=argparse.SUPPRESS)
+    ap.add_argument("--diagnose", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
     os.makedirs(OUT, exist_ok=True)
     if a.child is not None:
         return sweep_child(a.child, os.path.join(OUT, "v6_sweep_rows.jsonl"))
     if a.compile:
         return compile_child(tuple(json.loads(a.compile)))
+    if a.diagnose is not None:
+        c = dict(cases()[a.diagnose], debug_waits=True)
+        print("diagnose", c, check(c, np.random.default_rng(0)), flush=True)
+        return None
     if a.timing_child:
         try:
             timing(a.timing_child)
@@ -421,6 +447,7 @@ def main():
     log("device", RES["device"])
     precompile(T0 + 0.35 * a.budget)
     sweep(a.stall, T0 + 0.7 * a.budget)
+    diagnose(T0 + 0.8 * a.budget)
     if not a.skip_timing:
         tpath = os.path.join(OUT, "v6_timing.json")
         try:

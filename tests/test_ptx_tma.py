@@ -44,7 +44,7 @@ _SCRIPT = textwrap.dedent("""
             pt.mbarrier_wait(bar, 0)
             pt.fence_proxy_async()
             pt.mbarrier_arrive(bar)
-            out[tid] = 1
+            out[tid] = pt.mbarrier_wait_bounded(bar, 1, 1000)
 
     sig = (types.int64, types.Array(types.int32, 1, "C"))
     ptx, _ = cuda.compile_ptx(kern, sig, cc=(9, 0, "a"))
@@ -87,6 +87,7 @@ def test_every_intrinsic_emits_its_instruction():
     assert not missing, missing
     # the wait loop's label is scoped to its asm block; the loop branches back to it
     assert "@!P bra WAIT_LOOP" in ptx
+    assert "@P bra BWAIT" in ptx and "selp.u32" in ptx      # the bounded wait's loop
 
 
 @pytest.mark.parametrize("n", [16, 20, 260, 7.5])

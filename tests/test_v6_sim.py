@@ -100,3 +100,12 @@ def test_a_wrong_q_box_offset_fails_the_check(rng, monkeypatch):
     finally:
         v6_roles.roles.cache_clear()
         v6._build.cache_clear()
+
+
+def test_debug_build_with_bounded_waits_still_matches(rng, capsys):
+    """debug_waits=True (bounded waits that print a timeout) changes nothing when no wait
+    hangs: same result, no timeout line."""
+    out, _, ref, _, tol = _run(rng, [20], [20], 4, 1, 64, np.float16, (-1, -1), False,
+                               stages=2, debug_waits=True)
+    assert np.abs(out - ref).max(initial=0) <= tol
+    assert "timed out" not in capsys.readouterr().out

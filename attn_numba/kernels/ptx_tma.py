@@ -90,6 +90,29 @@ mbarrier_wait = _stmt(
     "mbarrier_wait",
     "{ .reg .pred P; WAIT_LOOP: mbarrier.try_wait.parity.shared::cta.b64 P, [$0], $1; "
     "@!P bra WAIT_LOOP; }", (_U32, _U32))
+
+
+def mbarrier_wait_bounded(typingctx, bar, parity, limit):
+    """``mbarrier_wait_bounded(bar, parity, limit) -> u32``: 1 once the phase of parity
+    ``parity`` has completed, 0 after ``limit`` unsuccessful ``try_wait`` attempts (each
+    waits a hardware-chosen while): for debug builds that report a hang instead of hanging."""
+    if not all(isinstance(a, types.Integer) for a in (bar, parity, limit)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        vals = [context.cast(builder, a, t, types.uint32) for a, t in zip(args, sig.args)]
+        fnty = ir.FunctionType(_I32, [_I32, _I32, _I32])
+        text = ("{ .reg .pred P; .reg .u32 n; mov.u32 n, 0; "
+                "BWAIT: mbarrier.try_wait.parity.shared::cta.b64 P, [$1], $2; @P bra BDONE; "
+                "add.u32 n, n, 1; setp.lt.u32 P, n, $3; @P bra BWAIT; "
+                "BDONE: selp.u32 $0, 1, 0, P; }")
+        # P at BDONE: true from the try_wait, false when the count ran out
+        return builder.call(ir.InlineAsm(fnty, text, "=r,r,r,r,~{memory}",
+                                         side_effect=True), vals)
+    return types.uint32(bar, parity, limit), codegen
+
+
+mbarrier_wait_bounded = _intrinsic(mbarrier_wait_bounded)
 #: fence_mbarrier_init(): make mbarrier.init visible (to the async proxy / the cluster)
 fence_mbarrier_init = _stmt("fence_mbarrier_init", "fence.mbarrier_init.release.cluster;", ())
 #: tma_load_2d(dst smem u32, map u64, c0, c1, bar smem u32)
@@ -146,5 +169,5 @@ if _config.ENABLE_CUDASIM:
                              fence_proxy_async, fence_tensormap_acquire,
                              fence_tensormap_release, mbarrier_arrive,
                              mbarrier_arrive_expect_tx, mbarrier_init, mbarrier_try_wait,
-                             mbarrier_wait, setmaxnreg_dec, setmaxnreg_inc, tma_load_2d,
+                             mbarrier_wait, mbarrier_wait_bounded, setmaxnreg_dec, setmaxnreg_inc, tma_load_2d,
                              tma_load_3d, tensormap_replace_address)

@@ -98,6 +98,14 @@ def mbarrier_wait(bar, parity):
         time.sleep(0.0005)
 
 
+def mbarrier_wait_bounded(bar, parity, limit):
+    for _ in range(max(int(limit), 1)):
+        if mbarrier_try_wait(bar, parity):
+            return np.uint32(1)
+        time.sleep(0.0005)
+    return np.uint32(0)
+
+
 def model_maps(specs):
     """Consecutive model maps (128 bytes apart) of ``specs`` with no data yet; returns the
     address of the first, for the kernel's ``maps`` argument."""

@@ -28,6 +28,9 @@ from .common import NEG_INF, key_range
 
 ZERO = np.float32(0.0)
 EMPTY_ARRIVALS = 4 * lay.CONSUMERS
+#: try_wait attempts before a debug build reports a wait as hung (each attempt waits a
+#: hardware-chosen time: a few microseconds, so about seconds in all)
+WAIT_LIMIT = 1 << 20
 Roles = namedtuple("Roles", "init_barriers produce consume")
 
 _stage_phase = cuda.jit(device=True, inline=True, cache=True)(lay.stage_phase)
@@ -37,10 +40,12 @@ _kv_box_offset = cuda.jit(device=True, inline=True, cache=True)(lay.kv_box_offse
 
 
 @functools.lru_cache(maxsize=None)
-def roles(D, BN, kind, HB, S, overlap=False):
+def roles(D, BN, kind, HB, S, overlap=False, debug_waits=False):
     """Device functions for head size ``D``, key tile ``BN``, ``kind`` ('f16'/'bf16'),
     ``HB`` heads per tile, ``S`` K/V stages and the consumer loop (``overlap``: QK^T of tile
-    j with PV of tile j-1)."""
+    j with PV of tile j-1). ``debug_waits``: every mbarrier wait gives up after
+    ``WAIT_LIMIT`` attempts and prints which one (a hang becomes a wrong result and a line
+    on stdout)."""
     PB = lay.positions_per_tile(HB)
     CB = D // lay.BOX_COLS
     BC = lay.BOX_COLS
@@ -58,6 +63,19 @@ def roles(D, BN, kind, HB, S, overlap=False):
     fence_o = px.fence_acc(O_LEN)
     wait0 = px.wgmma_wait(0)
     wait1 = px.wgmma_wait(1)
+
+    if debug_waits:
+        @cuda.jit(device=True, inline=True, cache=True)
+        def wait(bar, parity, what, j):
+            """Wait for barrier ``what`` (0 Q, 1 K, 2 V, 3 empty) of tile ``j``."""
+            if pt.mbarrier_wait_bounded(bar, parity, WAIT_LIMIT) == 0:
+                print("flash_ws: wait timed out: barrier", what, "tile", j, "parity", parity,
+                      "block", cuda.blockIdx.x, cuda.blockIdx.y, cuda.blockIdx.z, "thread",
+                      cuda.threadIdx.x)
+    else:
+        @cuda.jit(device=True, inline=True, cache=True)
+        def wait(bar, parity, what, j):
+            pt.mbarrier_wait(bar, parity)
 
     @cuda.jit(device=True, inline=True, cache=True)
     def init_barriers(base):
@@ -98,7 +116,7 @@ def roles(D, BN, kind, HB, S, overlap=False):
         for j in range(ntiles):
             s, ph = _stage_phase(j, S)
             if j >= S:
-                pt.mbarrier_wait(base + uint32(EM + 8 * s), uint32(ph ^ 1))
+                wait(base + uint32(EM + 8 * s), uint32(ph ^ 1), 3, j)
             sk_ = stage_k(base, j)
             key = uint32(k0 + n_lo + j * BN)
             kb = base + uint32(KF + 8 * s)
@@ -125,7 +143,7 @@ def roles(D, BN, kind, HB, S, overlap=False):
             stg, ph = _stage_phase(j, S)
             n0 = n_lo + j * BN
             sk_ = stage_k(base, j)
-            pt.mbarrier_wait(base + uint32(KF + 8 * stg), uint32(ph))
+            wait(base + uint32(KF + 8 * stg), uint32(ph), 1, j)
             px.wgmma_fence()
             issue_qk(s, sQw, sk_)
             px.wgmma_commit()
@@ -135,7 +153,7 @@ def roles(D, BN, kind, HB, S, overlap=False):
             m_a, m_b, l_a, l_b, al_a, al_b = softmax(
                 s, n0, masked, t, lo_a, hi_a, lo_b, hi_b, m_a, m_b, l_a, l_b, scale_log2)
             rescale_pack(o, s, pa, al_a, al_b)
-            pt.mbarrier_wait(base + uint32(VF + 8 * stg), uint32(ph))
+            wait(base + uint32(VF + 8 * stg), uint32(ph), 2, j)
             px.wgmma_fence()
             issue_pv(o, pa, sk_ + uint32(KV_BYTES))
             px.wgmma_commit()
@@ -153,7 +171,7 @@ def roles(D, BN, kind, HB, S, overlap=False):
         PV still runs; stage j-1 is released once PV has completed. ``ntiles >= 1``; the
         last iteration is peeled (no QK^T), so no accumulator is a phi across a wgmma."""
         n0 = n_lo
-        pt.mbarrier_wait(base + uint32(KF), uint32(0))
+        wait(base + uint32(KF), uint32(0), 1, 0)
         px.wgmma_fence()
         issue_qk(s, sQw, stage_k(base, 0))
         px.wgmma_commit()
@@ -167,8 +185,8 @@ def roles(D, BN, kind, HB, S, overlap=False):
             stg, ph = _stage_phase(j, S)
             prv, pph = _stage_phase(j - 1, S)
             n0 = n_lo + j * BN
-            pt.mbarrier_wait(base + uint32(KF + 8 * stg), uint32(ph))
-            pt.mbarrier_wait(base + uint32(VF + 8 * prv), uint32(pph))
+            wait(base + uint32(KF + 8 * stg), uint32(ph), 1, j)
+            wait(base + uint32(VF + 8 * prv), uint32(pph), 2, j - 1)
             px.wgmma_fence()
             issue_qk(s, sQw, stage_k(base, j))
             px.wgmma_commit()
@@ -185,7 +203,7 @@ def roles(D, BN, kind, HB, S, overlap=False):
                 pt.mbarrier_arrive(base + uint32(EM + 8 * prv))
             rescale_pack(o, s, pa, al_a, al_b)
         stg, ph = _stage_phase(ntiles - 1, S)
-        pt.mbarrier_wait(base + uint32(VF + 8 * stg), uint32(ph))
+        wait(base + uint32(VF + 8 * stg), uint32(ph), 2, ntiles - 1)
         px.wgmma_fence()
         issue_pv(o, pa, stage_k(base, ntiles - 1) + uint32(KV_BYTES))
         px.wgmma_commit()
@@ -222,7 +240,7 @@ def roles(D, BN, kind, HB, S, overlap=False):
         l_a = ZERO
         l_b = ZERO
         if ntiles > 0:
-            pt.mbarrier_wait(base + uint32(QF), uint32(0))
+            wait(base + uint32(QF), uint32(0), 0, 0)
             m_a, m_b, l_a, l_b = loop(base, sQw, s, o, pa, n_lo, ntiles, f_lo, f_hi, t, lane,
                                       lo_a, hi_a, lo_b, hi_b, scale_log2)
         finish(o, m_a, m_b, l_a, l_b, out, lse, b, hw, q0, pos_a, pos_b, sq, t, lse_batched)
