@@ -2,15 +2,18 @@
 (one thread issuing every TMA load of a block) and a consumer warpgroup (QK^T, online
 softmax, PV and the epilogue on 64 rows). They meet only at mbarriers in shared memory:
 
-* ``q_full``: one arrival (the producer's ``arrive.expect_tx``) plus the bytes of both Q
-  tiles; completes phase 0 once.
+* ``q_full``: one arrival (the producer's ``arrive.expect_tx``) plus the bytes of the Q
+  tiles it loads (a consumer whose rows all lie past the sequence gets none); completes
+  phase 0 once.
 * ``k_full[s]``, ``v_full[s]``: one arrival plus a K (V) tile's bytes; phase ``j // S``
   completes when tile ``j`` has landed in stage ``s = j % S``.
 * ``empty[s]``: ``EMPTY_ARRIVALS`` = 8 arrivals, lane 0 of every consumer warp after its
   PV wgmma of the stage's tile has completed; the producer waits for phase ``j // S - 1``
   before loading tile ``j`` into stage ``s``.
 
-The maths steps (QK^T / PV issue, softmax, rescale and pack, epilogue) are flash_wgmma's
+A consumer's key loop is the plain one (wait K, QK^T, softmax, wait V, PV, release) or
+the overlapped one (QK^T of tile j issued with PV of tile j-1). The maths steps (QK^T / PV
+issue, softmax, rescale and pack, epilogue) are flash_wgmma's
 (:func:`attn_numba.kernels.v5_steps.steps` with two warpgroups per block), unchanged: the
 tile layout the TMA writes is the one v5's cp.async wrote. Index maps: ``v6_layout``.
 """
@@ -40,30 +43,9 @@ _kv_box_offset = cuda.jit(device=True, inline=True, cache=True)(lay.kv_box_offse
 
 
 @functools.lru_cache(maxsize=None)
-def roles(D, BN, kind, HB, S, overlap=False, debug_waits=False):
-    """Device functions for head size ``D``, key tile ``BN``, ``kind`` ('f16'/'bf16'),
-    ``HB`` heads per tile, ``S`` K/V stages and the consumer loop (``overlap``: QK^T of tile
-    j with PV of tile j-1). ``debug_waits``: every mbarrier wait gives up after
-    ``WAIT_LIMIT`` attempts and prints which one (a hang becomes a wrong result and a line
-    on stdout)."""
-    PB = lay.positions_per_tile(HB)
-    CB = D // lay.BOX_COLS
-    BC = lay.BOX_COLS
-    NC = lay.CONSUMERS
-    Q_TILE = lay.q_tile_bytes(D)
-    KV_BYTES = lay.kv_tile_bytes(D, BN)
-    QF, KF, VF, EM = lay.barrier_offsets(D, BN, S)
-    S_LEN = BN // 2
-    PA_LEN = 4 * (BN // 16)
-    O_LEN = D // 2
-    st = v5_steps.steps(D, BN, kind, HB, False, S, lay.CONSUMERS)
-    stage_k, issue_qk, issue_pv = st.stage_k, st.issue_qk, st.issue_pv
-    softmax, rescale_pack, finish = st.softmax, st.rescale_pack, st.finish
-    fence_s = px.fence_acc(S_LEN)
-    fence_o = px.fence_acc(O_LEN)
-    wait0 = px.wgmma_wait(0)
-    wait1 = px.wgmma_wait(1)
-
+def _wait(debug_waits):
+    """``wait(bar, parity, what, j)``: an mbarrier wait; with ``debug_waits`` bounded to
+    ``WAIT_LIMIT`` attempts, printing which one ran out."""
     if debug_waits:
         @cuda.jit(device=True, inline=True, cache=True)
         def wait(bar, parity, what, j):
@@ -76,6 +58,19 @@ def roles(D, BN, kind, HB, S, overlap=False, debug_waits=False):
         @cuda.jit(device=True, inline=True, cache=True)
         def wait(bar, parity, what, j):
             pt.mbarrier_wait(bar, parity)
+
+    return wait
+
+
+def _producer(D, BN, HB, S, wait, stage_k):
+    """(init_barriers, produce) for one specialisation."""
+    PB = lay.positions_per_tile(HB)
+    CB = D // lay.BOX_COLS
+    BC = lay.BOX_COLS
+    NC = lay.CONSUMERS
+    Q_TILE = lay.q_tile_bytes(D)
+    KV_BYTES = lay.kv_tile_bytes(D, BN)
+    QF, KF, VF, EM = lay.barrier_offsets(D, BN, S)
 
     @cuda.jit(device=True, inline=True, cache=True)
     def init_barriers(base):
@@ -129,6 +124,20 @@ def roles(D, BN, kind, HB, S, overlap=False, debug_waits=False):
             for cb in range(CB):
                 pt.tma_load_3d(sk_ + uint32(KV_BYTES + _kv_box_offset(cb, BN)), mv,
                                uint32(cb * BC), uint32(hkv), key, vb)
+
+    return init_barriers, produce
+
+
+def _loops(D, BN, S, st, wait):
+    """(loop_plain, loop_overlap): a consumer's key loop, from v5's steps ``st``."""
+    KV_BYTES = lay.kv_tile_bytes(D, BN)
+    _, KF, VF, EM = lay.barrier_offsets(D, BN, S)
+    stage_k, issue_qk, issue_pv = st.stage_k, st.issue_qk, st.issue_pv
+    softmax, rescale_pack = st.softmax, st.rescale_pack
+    fence_s = px.fence_acc(BN // 2)
+    fence_o = px.fence_acc(D // 2)
+    wait0 = px.wgmma_wait(0)
+    wait1 = px.wgmma_wait(1)
 
     @cuda.jit(device=True, inline=True, cache=True)
     def loop_plain(base, sQw, s, o, pa, n_lo, ntiles, f_lo, f_hi, t, lane, lo_a, hi_a, lo_b,
@@ -213,7 +222,27 @@ def roles(D, BN, kind, HB, S, overlap=False, debug_waits=False):
             pt.mbarrier_arrive(base + uint32(EM + 8 * stg))
         return m_a, m_b, l_a, l_b
 
-    loop = loop_overlap if overlap else loop_plain
+    return loop_plain, loop_overlap
+
+
+@functools.lru_cache(maxsize=None)
+def roles(D, BN, kind, HB, S, overlap=False, debug_waits=False):
+    """Device functions for head size ``D``, key tile ``BN``, ``kind`` ('f16'/'bf16'),
+    ``HB`` heads per tile, ``S`` K/V stages and the consumer loop (``overlap``: QK^T of tile
+    j with PV of tile j-1). ``debug_waits``: every mbarrier wait gives up after
+    ``WAIT_LIMIT`` attempts and prints which one (a hang becomes a wrong result and a line
+    on stdout)."""
+    PB = lay.positions_per_tile(HB)
+    Q_TILE = lay.q_tile_bytes(D)
+    QF = lay.barrier_offsets(D, BN, S)[0]
+    S_LEN = BN // 2
+    PA_LEN = 4 * (BN // 16)
+    O_LEN = D // 2
+    st = v5_steps.steps(D, BN, kind, HB, False, S, lay.CONSUMERS)
+    finish = st.finish
+    wait = _wait(debug_waits)
+    init_barriers, produce = _producer(D, BN, HB, S, wait, st.stage_k)
+    loop = _loops(D, BN, S, st, wait)[1 if overlap else 0]
 
     @cuda.jit(device=True, inline=True, cache=True)
     def consume(base, grp, ctid, out, lse, b, q0, sq, sk, row0, hbase, n_lo, ntiles,
