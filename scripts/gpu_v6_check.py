@@ -9,7 +9,8 @@ against flash_wgmma (v5) at the log's 10 configurations. Needs an sm_90 device.
    against ``attn_numba.reference`` (float64) on fresh random inputs, outputs poisoned (NaN)
    first: fp16/bf16, D 64/128, GQA 1/4/8, sizes 1/97/1025, sq != sk, varlen with an empty
    sequence, windows (-1,-1), (0,0), (128,0), (128,128), causal; one call repeated on new
-   buffers (the maps must follow the pointers); 10 cases of the overlapped loop (opt-in). One line per case. Cases run in a child
+   buffers (the maps must follow the pointers); a sequence with queries and no keys; 10
+   cases of the overlapped loop (opt-in). One line per case. Cases run in a child
    process that is restarted after a fault or a hang (no progress for ``--stall`` s): the
    case it was on is recorded as failed and the sweep goes on with the next.
 3. timing: 1 sequence, 32/8 heads, D=128, window (128,128), fp16, 512..8192 tokens, causal
@@ -79,6 +80,8 @@ def cases():
                      window=(128, 0), causal=False)]
     out.append(dict(dtype="float16", d=128, group=4, seq_q=[97, 33], seq_k=[97, 40],
                     window=(-1, -1), causal=False, twice=True))
+    out.append(dict(dtype="float16", d=128, group=8, seq_q=[30, 0, 5, 40],   # no keys: 0, -inf
+                    seq_k=[40, 3, 0, 66], window=(20, 20), causal=False))
     # the overlapped consumer loop (opt-in, v6.OVERLAP): a subset
     for dt, d, g in (("float16", 128, 4), ("bfloat16", 64, 1)):
         for (window, causal), s in zip(WINDOWS[1:], (1025, 97, 1025, 1025)):
