@@ -20,7 +20,7 @@ from . import ptx
 from .bwd_tc_dkdv import NEG_INF, ZERO, _a_ldsm_rc, row_delta, row_lse_log2
 from .bwd_tc_layout import WARPS, padded, row_bytes
 from .bwd_tc_ptx import unpack_bf16x2, unpack_f16x2
-from .common import seq_span
+from .common import key_range, seq_span
 from .tile_range import full_key_tiles, key_tiles
 from .v4_device import _c_frag_rc, _k_ldsm_rc, _mma, _p_from_s, _pack, _v_ldsm_rc, tile_loader
 
@@ -142,14 +142,8 @@ def _build_dq(head_size, bf16, bmq, bn, nstages):
         f_lo, f_hi = full_key_tiles(wrow0, wlast, sq, sk, left, right, BN)
         row_a = wrow0 + (lane >> 2)
         row_b = row_a + 8
-        ia = min(row_a, sq - 1)
-        ib = min(row_b, sq - 1)
-        shift_a = ia + sk - sq
-        shift_b = ib + sk - sq
-        lo_a = 0 if left < 0 else max(0, shift_a - left)
-        hi_a = sk - 1 if right < 0 else min(sk - 1, shift_a + right)
-        lo_b = 0 if left < 0 else max(0, shift_b - left)
-        hi_b = sk - 1 if right < 0 else min(sk - 1, shift_b + right)
+        lo_a, hi_a = key_range(min(row_a, sq - 1), sq, sk, left, right)
+        lo_b, hi_b = key_range(min(row_b, sq - 1), sq, sk, left, right)
         lse_a = row_lse_log2(lse, lse_batched, b, h, q0, row_a, sq)
         lse_b = row_lse_log2(lse, lse_batched, b, h, q0, row_b, sq)
         del_a = row_delta(delta, h, q0, row_a, sq)
