@@ -171,6 +171,42 @@ def compare_grads(grads, refs, lowps, dtype):
     return GradComparison(errs, tols)
 
 
+def check_mha_bwd(dout, q, k, v, kernel, fwd_kernel="auto", **kw):
+    """``mha_fwd`` (``fwd_kernel``) for out and lse, then ``mha_bwd`` (``kernel``) with
+    poisoned outputs, compared with the reference backward. Returns the
+    :class:`GradComparison`; raises AssertionError with details if it fails."""
+    from .backward import mha_bwd
+    out, lse = interface.mha_fwd(q, k, v, kernel=fwd_kernel, return_lse=True, **kw)
+    with poisoned_outputs():
+        grads = mha_bwd(dout, q, k, v, out, lse, kernel=kernel, **kw)
+    return _check_grads(grads, (q, k, v), bwd_references(dout, q, k, v, **_ref_kw(kw)),
+                        kernel, kw)
+
+
+def check_mha_varlen_bwd(dout, q, k, v, cu_q, cu_k, kernel, fwd_kernel="auto", **kw):
+    """Varlen twin of :func:`check_mha_bwd`."""
+    from .backward import mha_varlen_bwd
+    out, lse = interface.mha_varlen_fwd(q, k, v, cu_q, cu_k, kernel=fwd_kernel,
+                                        return_lse=True, **kw)
+    with poisoned_outputs():
+        grads = mha_varlen_bwd(dout, q, k, v, out, lse, cu_q, cu_k, kernel=kernel, **kw)
+    return _check_grads(grads, (q, k, v), bwd_references(dout, q, k, v, cu_q, cu_k,
+                                                         **_ref_kw(kw)), kernel, kw)
+
+
+def _ref_kw(kw):
+    return {key: kw[key] for key in ("softmax_scale", "causal", "window_size") if key in kw}
+
+
+def _check_grads(grads, inputs, references, kernel, kw):
+    grads = tuple(_host(g) for g in grads)
+    for g, x in zip(grads, inputs):
+        assert g.shape == x.shape and g.dtype == x.dtype, (g.shape, g.dtype)
+    c = compare_grads(grads, *references, inputs[0].dtype)
+    assert c.ok, f"kernel={kernel} {kw}: {c}"
+    return c
+
+
 def _host(x):
     if isinstance(x, np.ndarray):
         return x

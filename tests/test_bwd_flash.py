@@ -168,3 +168,41 @@ def test_kernels_compile_to_ptx_for_sm80_and_sm90():
     assert {r["cc"] for r in rows} == {"8.0", "9.0"}
     assert all(r["entry"] for r in rows)
     assert not [r for r in rows if r["f64"]], rows   # no kernel silently computes in float64
+
+
+# ---- through the public API (attn_numba.mha_bwd / mha_varlen_bwd), NumPy inputs
+
+def test_api_batched(rng):
+    from attn_numba.testing import check_mha_bwd, random_qkv
+    q, k, v = random_qkv(rng, 2, 13, 21, 4, 1, 16, F16)
+    dout = rng.standard_normal(q.shape).astype(F16)
+    check_mha_bwd(dout, q, k, v, "flash", fwd_kernel="flash", causal=True)
+    check_mha_bwd(dout, q, k, v, "flash", fwd_kernel="flash", window_size=(4, 0),
+                  softmax_scale=0.3)
+
+
+def test_api_varlen_with_empty_sequences(rng):
+    from attn_numba.testing import check_mha_varlen_bwd
+    q, k, v, cu_q, cu_k = random_varlen(rng, [0, 9, 4, 0], [6, 0, 11, 0], 4, 2, 16, F32)
+    dout = rng.standard_normal(q.shape).astype(F32)
+    check_mha_varlen_bwd(dout, q, k, v, cu_q, cu_k, "flash", fwd_kernel="flash",
+                         window_size=(3, 3))
+
+
+def test_api_into_callers_buffers_and_device_arrays(rng):
+    import attn_numba
+    from attn_numba.testing import bwd_references, compare_grads, random_qkv
+    q, k, v = random_qkv(rng, 1, 9, 9, 2, 2, 16, F32)
+    dout = rng.standard_normal(q.shape).astype(F32)
+    out, lse = attn_numba.mha_fwd(q, k, v, kernel="flash", return_lse=True)
+    bufs = [np.full_like(x, np.nan) for x in (q, k, v)]
+    got = attn_numba.mha_bwd(dout, q, k, v, out, lse, kernel="flash", dq=bufs[0], dk=bufs[1],
+                             dv=bufs[2])
+    assert all(g is b for g, b in zip(got, bufs))
+    refs, lowps = bwd_references(dout, q, k, v)
+    assert compare_grads(got, refs, lowps, F32).ok
+    dev = [cuda.to_device(x) for x in (dout, q, k, v, out, lse)]
+    dgot = attn_numba.mha_bwd(*dev, kernel="flash")
+    for g, h in zip(dgot, got):
+        assert not isinstance(g, np.ndarray) and g.shape == h.shape   # device in, device out
+        assert g.copy_to_host().tobytes() == h.tobytes()   # same kernel, same bits
