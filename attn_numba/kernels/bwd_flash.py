@@ -199,18 +199,13 @@ def build_dkdv(D, tiles):
                 probs_and_dscores(qs, ks, vs, dos, ls, dl, ps, dss, m0, n0, sq, sk, scale,
                                   left, right, tid)
                 cuda.syncthreads()
-                # dV += P^T dO, dK += dS^T Q: element tid + t*NT of the (BN, D) tiles
-                for t in range(ACC):
-                    e = tid + t * NT
-                    j = e // D
-                    d = e % D
-                    av = acc_v[t]
-                    ak = acc_k[t]
-                    for i in range(BM):
-                        av += ps[i, j] * dos[i, d]
-                        ak += dss[i, j] * qs[i, d]
-                    acc_v[t] = av
-                    acc_k[t] = ak
+                # dV += P^T dO, dK += dS^T Q: element tid + t*NT of the (BN, D) tiles (the
+                # short loop over t innermost: it unrolls, so the accumulators stay in registers)
+                for i in range(BM):
+                    for t in range(ACC):
+                        e = tid + t * NT
+                        acc_v[t] += ps[i, e // D] * dos[i, e % D]
+                        acc_k[t] += dss[i, e // D] * qs[i, e % D]
         for t in range(ACC):
             e = tid + t * NT
             j = e // D
@@ -269,14 +264,10 @@ def build_dq(D, tiles):
                               left, right, tid)
             cuda.syncthreads()
             # dQ += dS K: element tid + t*NT of the (BM, D) tile
-            for t in range(ACC):
-                e = tid + t * NT
-                i = e // D
-                d = e % D
-                a = acc[t]
-                for j in range(BN):
-                    a += dss[i, j] * ks[j, d]
-                acc[t] = a
+            for j in range(BN):
+                for t in range(ACC):
+                    e = tid + t * NT
+                    acc[t] += dss[e // D, j] * ks[j, e % D]
         for t in range(ACC):
             e = tid + t * NT
             i = e // D
