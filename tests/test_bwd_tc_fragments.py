@@ -194,3 +194,33 @@ def test_supports_and_targets():
     assert tc.compile_targets(128, np.float32) == [] and tc.compile_targets(100, "float16") == []
     labels = [t[0] for t in tc.compile_targets(128, "bfloat16")]
     assert len(labels) == 3 and all("d128_bfloat16" in x for x in labels)
+
+
+@pytest.mark.parametrize("d,group,lse_batched,total_q", [(128, 4, True, 8192), (256, 1, False, 97),
+                                                          (64, 8, True, 0)])
+def test_plan_contract(d, group, lse_batched, total_q):
+    """Three launches (two when there are no query rows), each naming only call arrays and
+    scratch, with grids that cover every key tile / query tile of the longest sequence and
+    shared memory an sm_80 block may opt in to."""
+    from attn_numba.kernels import BWD_ARRAYS, get_bwd
+    assert get_bwd("flash_tc") is tc
+    p = _problem(head_size=d, num_heads=8, num_kv_heads=8 // group, total_q=total_q,
+                 max_seqlen_q=max(total_q, 0), max_seqlen_k=300, total_k=300,
+                 lse_batched=lse_batched, on_simulator=True)
+    names = set(BWD_ARRAYS) | {s.name for s in tc.scratch(p)}
+    assert [s.name for s in tc.scratch(p)] == ["delta"]
+    assert tc.scratch(p)[0].shape == (8, max(total_q, 1))
+    plans = tc.plan(p)
+    assert len(plans) == (3 if total_q else 2)
+    for pl in plans:
+        assert set(pl.arrays) <= names and len(pl.views) <= len(pl.arrays)
+        assert all(g >= 1 for g in pl.griddim) and pl.shared <= tc.MAX_SHARED_SM80
+    dkdv, dq = plans[-2], plans[-1]
+    assert "dk" in dkdv.arrays and "dv" in dkdv.arrays and "dq" in dq.arrays
+    bnk, _, _ = BL.dkdv_config(d)
+    assert dkdv.griddim == (-(-300 // bnk), 8 // group, 1)
+    assert dq.griddim == (max(-(-total_q // 64), 1), 8, 1)
+    assert dkdv.scalars[-1] is lse_batched and dkdv.scalars == dq.scalars
+    if total_q:
+        assert plans[0].arrays == ("dout", "out", "delta")
+        assert plans[0].griddim[0] * tc.DELTA_WARPS >= total_q * 8
