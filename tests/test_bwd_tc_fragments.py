@@ -224,3 +224,85 @@ def test_plan_contract(d, group, lse_batched, total_q):
     if total_q:
         assert plans[0].arrays == ("dout", "out", "delta")
         assert plans[0].griddim[0] * tc.DELTA_WARPS >= total_q * 8
+
+
+# --------------------------------------------------------------------------- real kernels
+
+def _sim_arrays(dout, q, k, v, lse, cu_q, cu_k, scale, left, right, causal, lse_batched,
+                dtype):
+    """(problem, simulator device arrays) of a call; dq, dk, dv start as NaN (16-bit words
+    0xFFFF)."""
+    from numba import cuda
+    sl_q, sl_k = np.diff(cu_q), np.diff(cu_k)
+    p = _problem(batch=len(sl_q), total_q=q.shape[0], total_k=k.shape[0],
+                 max_seqlen_q=int(sl_q.max()), max_seqlen_k=int(sl_k.max()),
+                 num_heads=q.shape[1], num_kv_heads=k.shape[1], head_size=q.shape[2],
+                 dtype=np.dtype(dtype), softmax_scale=scale, window_left=left,
+                 window_right=right, causal=causal, lse_batched=lse_batched, on_simulator=True)
+    bits = lambda x: cuda.to_device(np.ascontiguousarray(x).view(np.uint16))  # noqa: E731
+    nan16 = lambda x: cuda.to_device(np.full(x.shape, 0xFFFF, np.uint16))  # noqa: E731
+    out_dummy = np.zeros_like(q)
+    arrays = dict(dout=bits(dout), q=bits(q), k=bits(k), v=bits(v), out=bits(out_dummy),
+                  lse=cuda.to_device(lse), dq=nan16(q), dk=nan16(k), dv=nan16(v),
+                  cu_seqlens_q=cuda.to_device(cu_q), cu_seqlens_k=cuda.to_device(cu_k))
+    return p, arrays
+
+
+def _sim_case(monkeypatch, rng, seqlens_q, seqlens_k, nh, hkv, D, window, causal,
+              lse_batched, dtype=np.float16):
+    from numba import cuda
+    from attn_numba.kernels import bwd_tc_sim, launch_plans
+    left, right = normalize_window(window, causal)
+    cu_q = np.concatenate([[0], np.cumsum(seqlens_q)]).astype(np.int32)
+    cu_k = np.concatenate([[0], np.cumsum(seqlens_k)]).astype(np.int32)
+    dout, q, k, v = _inputs(rng, int(cu_q[-1]), int(cu_k[-1]), nh, hkv, D, dtype)
+    scale = 1 / np.sqrt(D)
+    refs, outs, lses = [], np.zeros(q.shape, np.float64), np.full((nh, q.shape[0]), -np.inf)
+    for b in range(len(seqlens_q)):
+        a0, a1, c0, c1 = cu_q[b], cu_q[b + 1], cu_k[b], cu_k[b + 1]
+        r = grads_f64(dout[a0:a1], q[a0:a1], k[c0:c1], v[c0:c1], scale, left, right)
+        refs.append(r)
+        outs[a0:a1], lses[:, a0:a1] = r[3], r[4]
+    out16 = outs.astype(dtype)
+    if lse_batched:
+        s = seqlens_q[0]
+        lse = lses.reshape(nh, len(seqlens_q), s).transpose(1, 0, 2).astype(np.float32).copy()
+    else:
+        lse = lses[None].astype(np.float32).copy()
+    p, arrays = _sim_arrays(dout, q, k, v, lse, cu_q, cu_k, scale, left, right, causal,
+                            lse_batched, dtype)
+    arrays["out"] = cuda.to_device(np.ascontiguousarray(out16).view(np.uint16))
+    arrays["delta"] = cuda.to_device(np.full(tc.scratch(p)[0].shape, np.nan, np.float32))
+    with bwd_tc_sim.patched(monkeypatch):
+        launch_plans(tc.plan(p), arrays)
+    got = {n: arrays[n].copy_to_host().view(dtype).astype(np.float32) for n in ("dq", "dk", "dv")}
+    delta_ref = (dout.astype(np.float32) * out16.astype(np.float32)).sum(2).T
+    if q.shape[0]:
+        np.testing.assert_allclose(arrays["delta"].copy_to_host()[:, :q.shape[0]], delta_ref,
+                                   rtol=1e-5, atol=1e-5)
+    for b, (dq_r, dk_r, dv_r, _, _) in enumerate(refs):
+        a0, a1, c0, c1 = cu_q[b], cu_q[b + 1], cu_k[b], cu_k[b + 1]
+        _check(got["dq"][a0:a1], dq_r, f"dq seq {b}", dtype)
+        _check(got["dk"][c0:c1], dk_r, f"dk seq {b}", dtype)
+        _check(got["dv"][c0:c1], dv_r, f"dv seq {b}", dtype)
+    return got
+
+
+SIM_CASES = [  # seqlens_q, seqlens_k, H, Hkv, D, window, causal, lse_batched
+    ([40], [40], 2, 1, 32, (-1, -1), False, True),
+    ([21, 0, 70], [50, 9, 33], 2, 2, 16, (-1, -1), True, False),     # varlen, an empty one
+    ([75], [30], 4, 1, 24, (0, 0), False, True),                     # rows with no key
+    ([66, 66], [66, 66], 2, 1, 16, (9, 4), False, True),             # batched lse layout
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", SIM_CASES, ids=lambda c: "-".join(map(str, c[:5])))
+def test_kernels_on_simulator(monkeypatch, rng, case):
+    """The real dK/dV, dQ and delta kernels, run on the simulator with instruction models
+    (bwd_tc_sim), against float64 gradients; every output element written."""
+    _sim_case(monkeypatch, rng, *case)
+
+
+def test_kernels_on_simulator_quick(monkeypatch, rng):
+    _sim_case(monkeypatch, rng, [20], [37], 2, 1, 16, (-1, -1), True, True)
