@@ -36,6 +36,7 @@ import matplotlib.pyplot as plt
 import attn_numba
 from attn_numba import kernels, reference, sources, testing
 from attn_numba.kernels import bwd_flash, tile_range
+from attn_numba.problem import Problem
 SIM = attn_numba.on_simulator()
 print("simulator" if SIM else "real GPU", "| backward kernels:", ", ".join(kernels.available(backward=True)))
 
@@ -199,7 +200,7 @@ print("source:", SRC_TILES)
 # its output tile, accumulated in float32 registers. The plan of one call:
 
 # %%
-problem = attn_numba.problem.Problem(
+problem = Problem(
     batch=1, total_q=8192, total_k=8192, max_seqlen_q=8192, max_seqlen_k=8192, num_heads=32,
     num_kv_heads=8, head_size=128, dtype=np.dtype(np.float16), softmax_scale=128 ** -0.5,
     window_left=128, window_right=128, causal=False, lse_batched=True, on_simulator=SIM)
