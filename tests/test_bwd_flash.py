@@ -206,3 +206,33 @@ def test_api_into_callers_buffers_and_device_arrays(rng):
     for g, h in zip(dgot, got):
         assert not isinstance(g, np.ndarray) and g.shape == h.shape   # device in, device out
         assert g.copy_to_host().tobytes() == h.tobytes()   # same kernel, same bits
+
+
+# ---- on a real GPU (skipped on the simulator): the GPU tiles, the log's shape
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("b,sq,sk,H,Hkv,D,dtype,window,causal", [
+    (1, 8192, 8192, 32, 8, 128, F16, (128, 128), False),   # the log's shape
+    (1, 1025, 1025, 8, 1, 64, F16, (-1, -1), True),        # GQA 8
+    (2, 97, 300, 4, 4, 256, F32, (32, 0), False),
+    (1, 1, 1, 4, 4, 128, F16, (-1, -1), False),
+    (1, 700, 513, 8, 2, 80, F16, (0, 0), True),            # sq > sk, padded head size
+])
+def test_gpu_matches_reference(rng, b, sq, sk, H, Hkv, D, dtype, window, causal):
+    from attn_numba.testing import check_mha_bwd, random_qkv
+    q, k, v = random_qkv(rng, b, sq, sk, H, Hkv, D, dtype)
+    dout = rng.standard_normal(q.shape).astype(dtype)
+    check_mha_bwd(dout, q, k, v, "flash", causal=causal, window_size=window)
+
+
+@pytest.mark.gpu
+def test_gpu_deterministic(rng):
+    import attn_numba
+    from attn_numba.testing import random_qkv
+    q, k, v = (cuda.to_device(x) for x in random_qkv(rng, 1, 2048, 2048, 32, 8, 128, F16))
+    dout = cuda.to_device(rng.standard_normal(q.shape).astype(F16))
+    out, lse = attn_numba.mha_fwd(q, k, v, window_size=(128, 128), return_lse=True)
+    a, b = ([g.copy_to_host() for g in attn_numba.mha_bwd(dout, q, k, v, out, lse, kernel="flash",
+                                                           window_size=(128, 128))]
+            for _ in range(2))
+    assert all(x.tobytes() == y.tobytes() for x, y in zip(a, b))
