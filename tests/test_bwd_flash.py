@@ -143,31 +143,51 @@ def test_supports_and_tiles():
 
 
 _COMPILE = r"""
-import json, re
+import json, re, sys
 import numpy as np
 from numba import cuda
+from numba.cuda.dispatcher import CUDACache
 from attn_numba.kernels import bwd_flash
+
+class Codegen:   # the disk-cache key's codegen part is the device's; only the closure matters
+    def magic_tuple(self):
+        return ("test",)
+
 rows = []
 for label, fn, sig in bwd_flash.compile_targets(128, np.float16):
-    for cc in ((8, 0), (9, 0)):
-        ptx, _ = cuda.compile_ptx(fn, sig, cc=cc)
-        rows.append(dict(label=label, cc="%d.%d" % cc, f64=len(re.findall(r"\.f64\b", ptx)),
-                         entry=".entry" in ptx))
+    key = lambda: str(CUDACache(fn)._index_key(tuple(sig), Codegen()))
+    row = dict(label=label, key_before=key())
+    if sys.argv[1] == "compile":
+        for cc in ((8, 0), (9, 0)):
+            ptx, _ = cuda.compile_ptx(fn, sig, cc=cc)
+            row["cc%d%d" % cc] = dict(f64=len(re.findall(r"\.f64\b", ptx)), entry=".entry" in ptx)
+        row["key_after"] = key()
+    rows.append(row)
 print(json.dumps(rows))
 """
 
 
-def test_kernels_compile_to_ptx_for_sm80_and_sm90():
-    """The simulator runs Python; this compiles each kernel for real (no GPU needed)."""
+def _compile_run(mode):
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
-    res = subprocess.run([sys.executable, "-c", _COMPILE], env=env, capture_output=True,
+    res = subprocess.run([sys.executable, "-c", _COMPILE, mode], env=env, capture_output=True,
                          text=True, timeout=1800)
     assert res.returncode == 0 and res.stdout.strip(), res.stderr[-3000:]
-    rows = json.loads(res.stdout.strip().splitlines()[-1])
-    assert {r["label"] for r in rows} == {"bwd_preprocess", "bwd_dkdv_d128", "bwd_dq_d128"}
-    assert {r["cc"] for r in rows} == {"8.0", "9.0"}
-    assert all(r["entry"] for r in rows)
-    assert not [r for r in rows if r["f64"]], rows   # no kernel silently computes in float64
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_kernels_compile_to_ptx_for_sm80_and_sm90():
+    """The simulator runs Python; this compiles each kernel for real (no GPU needed), and
+    checks that Numba's disk-cache key is the same before and after compiling and in a new
+    process (else a warm cache never hits; see tests/test_cache_key.py)."""
+    rows = _compile_run("compile")
+    assert [r["label"] for r in rows] == ["bwd_preprocess", "bwd_dkdv_d128", "bwd_dq_d128"]
+    for r in rows:
+        for cc in ("cc80", "cc90"):
+            assert r[cc]["entry"], (r["label"], cc)
+            assert r[cc]["f64"] == 0, (r["label"], cc)   # nothing silently computes in float64
+        assert r["key_before"] == r["key_after"], r["label"]
+    again = _compile_run("keys")
+    assert [r["key_before"] for r in again] == [r["key_before"] for r in rows]
 
 
 # ---- through the public API (attn_numba.mha_bwd / mha_varlen_bwd), NumPy inputs
