@@ -256,3 +256,23 @@ def test_gpu_deterministic(rng):
                                                            window_size=(128, 128))]
             for _ in range(2))
     assert all(x.tobytes() == y.tobytes() for x, y in zip(a, b))
+
+
+def test_repeated_calls_build_nothing_again(rng):
+    """The kernels come from lru_cached factories keyed by (head dim, tiles): a second call of
+    the same specialisation, or one with other lengths, builds nothing."""
+    import attn_numba
+    from attn_numba.testing import random_qkv
+    factories = (bwd_flash.build_preprocess, bwd_flash.build_dkdv, bwd_flash.build_dq,
+                 bwd_flash._device_stages)
+
+    def call(sq):
+        q, k, v = random_qkv(rng, 1, sq, sq, 2, 1, 16, F32)
+        out, lse = attn_numba.mha_fwd(q, k, v, kernel="flash", return_lse=True)
+        attn_numba.mha_bwd(q, q, k, v, out, lse, kernel="flash")
+
+    call(5)
+    before = [f.cache_info().misses for f in factories]
+    call(5)
+    call(9)
+    assert [f.cache_info().misses for f in factories] == before
