@@ -27,9 +27,9 @@ def _attend(q, k, v, scale, left, right):
     sq, sk, g = q.shape[0], k.shape[0], q.shape[1] // k.shape[1]
     kh, vh = (x.repeat_interleave(g, 1).transpose(0, 1) for x in (k, v))
     s = scale * (q.transpose(0, 1) @ kh.transpose(1, 2))                 # (H, sq, sk)
-    i = torch.arange(sq)[:, None] + sk - sq
-    j = torch.arange(sk)[None, :]
-    mask = torch.ones(sq, sk, dtype=torch.bool)
+    i = torch.arange(sq, device=q.device)[:, None] + sk - sq
+    j = torch.arange(sk, device=q.device)[None, :]
+    mask = torch.ones(sq, sk, dtype=torch.bool, device=q.device)
     if left >= 0:
         mask &= j >= i - left
     if right >= 0:
@@ -96,6 +96,7 @@ def _lse_ok(lse, ref):
 
 FWD_CASES = [  # dtype, (sq, sk), (h, hkv), causal, window
     (torch.float16, (17, 17), (4, 2), True, (-1, -1)),
+    (torch.float16, (1, 1), (8, 1), False, (-1, -1)),
     (torch.float32, (9, 23), (4, 1), False, (3, 0)),
     (torch.bfloat16, (23, 9), (4, 4), False, (0, 0)),   # rows 0..13 see no key
 ]
@@ -296,6 +297,7 @@ def test_autograd_wiring_with_standin_backward(rng, monkeypatch):
 
 GRAD_CASES = [  # dtype, (sq, sk), (h, hkv), causal, window
     (torch.float16, (17, 17), (4, 2), True, (-1, -1)),
+    (torch.float16, (1, 1), (8, 1), False, (-1, -1)),
     (torch.float32, (9, 23), (4, 1), False, (3, 0)),
     (torch.bfloat16, (23, 9), (4, 4), False, (0, 0)),
 ]
