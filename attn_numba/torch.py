@@ -186,13 +186,9 @@ def _check_rank(q, k, v, rank):
 # --------------------------------------------------------------------------- backward ops
 
 def _mha_bwd(varlen):
+    """``attn_numba.mha_bwd`` / ``mha_varlen_bwd``, looked up per call (tests substitute it)."""
     import attn_numba
-    name = "mha_varlen_bwd" if varlen else "mha_bwd"
-    fn = getattr(attn_numba, name, None)
-    if fn is None:
-        raise NotImplementedError(f"this attn_numba has no {name}: gradients need the "
-                                  f"backward kernels of issue 20")
-    return fn
+    return attn_numba.mha_varlen_bwd if varlen else attn_numba.mha_bwd
 
 
 def _bwd_inputs(dout, q, k, v, out, lse):

@@ -8,7 +8,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import attn_numba  # noqa: E402
 import attn_numba.torch as at  # noqa: E402
 from attn_numba.testing import poisoned_outputs  # noqa: E402
 from test_torch_ops import TinyAttention, err, fa_bound, math_attention  # noqa: E402
@@ -16,7 +15,6 @@ from test_torch_ops import TinyAttention, err, fa_bound, math_attention  # noqa:
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs torch with a CUDA GPU"),
-    pytest.mark.skipif(not hasattr(attn_numba, "mha_bwd"), reason="attn_numba has no mha_bwd"),
 ]
 DEV = "cuda"
 BWD_KERNELS = [("flash", torch.float16), ("flash_tc", torch.float16),
