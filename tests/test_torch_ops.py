@@ -370,6 +370,15 @@ def test_compile_fullgraph_forward(rng):
         compiled = torch.compile(model, fullgraph=True)(x)
     assert err(compiled, eager) < 1e-5
 
+    def varlen(q, k, v, cu_q, cu_k):
+        out, lse = at.flash_attn_varlen_func(q, k, v, cu_q, cu_k, 4, 5, causal=True,
+                                             return_lse=True)
+        return out * 2, lse
+    explained = torch._dynamo.explain(varlen)(*varlen_inputs(rng, torch.float16, [3, 0, 4],
+                                                             [2, 5, 1]))
+    assert explained.graph_break_count == 0 and explained.graph_count == 1
+    assert "attn_numba.varlen_fwd" in str(explained.graphs[0].graph)
+
 
 def test_compile_fullgraph_training_step(rng):
     torch._dynamo.reset()
