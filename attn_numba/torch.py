@@ -37,8 +37,9 @@ __all__ = ["flash_attn_func", "flash_attn_varlen_func"]
 
 # --------------------------------------------------------------------------- the user API
 
-def flash_attn_func(q, k, v, softmax_scale=None, causal=False, window_size=(-1, -1),
-                    return_lse=False, kernel="auto", backward_kernel="auto"):
+def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
+                    window_size=(-1, -1), *, return_lse=False, kernel="auto",
+                    backward_kernel="auto"):
     """FlashAttention's ``flash_attn_func``, differentiable in q, k and v.
 
     Arguments:
@@ -46,6 +47,8 @@ def flash_attn_func(q, k, v, softmax_scale=None, causal=False, window_size=(-1, 
             on a CUDA device or the CPU.
         k, v: (batch, seqlen_k, num_kv_heads, head_size), same dtype and device;
             num_heads must be a multiple of num_kv_heads (GQA/MQA).
+        dropout_p: must be 0.0 (no dropout); there so that FlashAttention's positional
+            order ``(q, k, v, dropout_p, softmax_scale, causal, window_size)`` carries over.
         softmax_scale, causal, window_size, kernel: as in :func:`attn_numba.mha_fwd`.
         return_lse: also return the float32 (batch, num_heads, seqlen_q) log-sum-exp (natural
             log). lse is not differentiable: a gradient reaching it is ignored.
@@ -55,6 +58,7 @@ def flash_attn_func(q, k, v, softmax_scale=None, causal=False, window_size=(-1, 
     Returns ``out`` (q's shape and dtype), or ``(out, lse)``. Under ``torch.autocast``, q, k
     and v are first cast to the region's dtype.
     """
+    _no_dropout(dropout_p)
     left, right = _window(window_size, causal)
     out, lse = torch.ops.attn_numba.fwd(q, k, v, softmax_scale, causal, left, right, kernel,
                                         backward_kernel)
@@ -62,8 +66,9 @@ def flash_attn_func(q, k, v, softmax_scale=None, causal=False, window_size=(-1, 
 
 
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                           softmax_scale=None, causal=False, window_size=(-1, -1),
-                           return_lse=False, kernel="auto", backward_kernel="auto"):
+                           dropout_p=0.0, softmax_scale=None, causal=False,
+                           window_size=(-1, -1), *, return_lse=False, kernel="auto",
+                           backward_kernel="auto"):
     """FlashAttention's ``flash_attn_varlen_func``, differentiable in q, k and v.
 
     Arguments:
@@ -74,6 +79,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
             FlashAttention: they keep a CUDA call free of host synchronisation).
         The rest as in :func:`flash_attn_func`; lse is float32 (num_heads, total_q).
     """
+    _no_dropout(dropout_p)
     for name, val in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
         if isinstance(val, bool) or not isinstance(val, (int, torch.SymInt)):
             raise TypeError(f"{name} must be an int, got {type(val).__name__}")
@@ -82,6 +88,13 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
                                                max_seqlen_q, max_seqlen_k, softmax_scale,
                                                causal, left, right, kernel, backward_kernel)
     return (out, lse) if return_lse else out
+
+
+def _no_dropout(dropout_p):
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)):
+        raise TypeError(f"dropout_p must be a number, got {type(dropout_p).__name__}")
+    if dropout_p != 0:
+        raise ValueError(f"dropout_p must be 0.0: attn_numba has no dropout, got {dropout_p}")
 
 
 def _window(window_size, causal):

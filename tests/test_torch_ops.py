@@ -140,6 +140,24 @@ def test_bad_arguments_named():
     with pytest.raises(TypeError, match="max_seqlen_q"):
         at.flash_attn_varlen_func(q[0], q[0], q[0], torch.tensor([0, 4], dtype=torch.int32),
                                   torch.tensor([0, 4], dtype=torch.int32), None, 4)
+    with pytest.raises(ValueError, match="dropout_p must be 0.0"):
+        at.flash_attn_func(q, q, q, 0.1)
+    with pytest.raises(TypeError, match="dropout_p must be a number"):
+        at.flash_attn_func(q, q, q, None)
+
+
+def test_flash_attention_positional_order():
+    """(q, k, v, dropout_p, softmax_scale, causal, window_size), as FlashAttention has it."""
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, 6, 2, 8, generator=g) for _ in range(3))
+    pos = at.flash_attn_func(q, k, v, 0.0, 0.4, True, (2, 0))
+    kw = at.flash_attn_func(q, k, v, softmax_scale=0.4, causal=True, window_size=(2, 0))
+    assert torch.equal(pos, kw)
+    assert not torch.equal(pos, at.flash_attn_func(q, k, v, softmax_scale=0.4))
+
+
+def test_bad_fake_rank():
+    q = torch.randn(1, 4, 2, 8)
     with pytest.raises(ValueError, match="rank 4"):  # the fake says so while tracing too
         torch.ops.attn_numba.fwd(q[0], q[0], q[0], None, False, -1, -1, "auto", "auto")
 
