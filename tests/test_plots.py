@@ -119,3 +119,33 @@ def test_plot_skips_malformed_summaries(tmp_path):
     bad.write_text('{"device": "x", "records": [{"kernel": "naive"}]}')
     done = plots.plot_all(tmp_path / "res", tmp_path / "figs")
     assert [p.parent.name for p, _ in done] == ["good"]
+
+
+def test_figures_name_their_run_every_kernel_and_keep_legends_off_the_data(tmp_path,
+                                                                          monkeypatch):
+    """Titles say which run (a -quick set is told apart), the ceiling subtitle names every
+    kernel drawn, and the ceiling and causal figures put no legend on the data axes."""
+    import matplotlib
+    matplotlib.use("Agg")
+    figs = {}
+
+    def keep(fig, path, title=None, rect=None):
+        figs[Path(path).name] = (fig, title)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    kernels = ("naive", "tiled", "flash", "flash_tc", "flash_wgmma", "sdpa")
+    for name in ("h100", "h100-quick"):
+        synthetic_summary(tmp_path / name / "summary.json", kernels=kernels)
+    plots.plot_all(tmp_path, tmp_path / "figs", log=None)
+    titles = {n: (t or f.axes[0].get_title()) for n, (f, t) in figs.items()}
+    assert "run h100 (" in titles["h100_ceiling_fraction.png"]
+    assert "run h100-quick (" in titles["h100-quick_ceiling_fraction.png"]
+    assert titles["h100_causal_vs_noncausal.png"] != titles["h100-quick_causal_vs_noncausal.png"]
+    fig, _ = figs["h100_ceiling_fraction.png"]
+    subtitle = fig.axes[0].get_title()
+    for k in kernels:
+        assert k in subtitle, k
+    assert all(ax.get_legend() is None for ax in fig.axes) and fig.legends
+    fig, _ = figs["h100_causal_vs_noncausal.png"]
+    leg = fig.axes[0].get_legend()
+    assert leg is not None and leg.get_bbox_to_anchor().x0 >= fig.axes[0].bbox.x1 - 1
