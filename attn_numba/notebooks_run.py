@@ -21,6 +21,7 @@ notebook failed or a pair is out of sync, 2 when nbclient/jupytext are missing.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -101,6 +102,83 @@ def pair_problems(py, ipynb):
             problems.append(f"cell {n} differs ({x[0]} vs {y[0]}, from character {first}: "
                             f"{x[1][first:first + 40]!r} vs {y[1][first:first + 40]!r}); {hint}")
             break
+    return problems
+
+
+#: what a committed notebook's outputs must not hold (see :func:`output_problems`)
+_BYTES = re.compile(r"^b['\"]|\\x89PNG")
+_REPR = re.compile(r"\{'|\['|\b[A-Z][A-Za-z]+\([a-z_]+=")
+_NONE = re.compile(r"(?:^|(?<=\s))None(?=\s|$)", re.M)
+_ABS = re.compile(r"(?<![\w.~-])/(?:work|opt|tmp|home|root|usr|var|Users|private|mnt|scratch)/"
+                  r"|\b[A-Z]:\\")
+_WARN = re.compile(r"\b\w*Warning\b:")
+_CLI = re.compile(r"(?:\$ |`)attn-numba(?:\s+([^\s`]+))?")
+_REF = re.compile(r"\b((?:scripts|notes|tests)/[\w./-]+\.(?:py|md|sh))\b")
+_CLI_OPTIONS = ("-h", "--help", "--version")
+
+
+def _output_texts(cell):
+    """``(kind, text)`` of each output of a code cell: what a reader sees. A figure's
+    ``text/plain`` stand-in (``<Figure ...>``) is not shown where a PNG is, so it is skipped."""
+    for o in cell.get("outputs", []):
+        kind = o.get("output_type")
+        if kind == "stream":
+            yield f"stream {o.get('name')}", "".join(o.get("text", ""))
+        elif kind == "error":
+            yield "error", f"{o.get('ename')}: {o.get('evalue')}"
+        else:
+            data = o.get("data", {})
+            if "image/png" in data and set(data) <= {"image/png", "text/plain"}:
+                continue
+            for mime in ("text/markdown", "text/html", "text/plain"):
+                if mime in data:
+                    yield mime, "".join(data[mime])
+                    break
+
+
+def command_problems(text, where, commands):
+    """Shell commands ``$ attn-numba SUB`` / `` `attn-numba SUB` `` whose SUB is unknown."""
+    out = []
+    for m in _CLI.finditer(text):
+        sub = m.group(1)
+        if sub is None or (sub not in commands and sub not in _CLI_OPTIONS):
+            out.append(f"{where}: command `attn-numba {sub or ''}` has no known sub-command "
+                       f"({', '.join(commands)})")
+    return out
+
+
+def output_problems(nb, root=None):
+    """What a committed notebook shows that it must not: byte strings, Python reprs (``{'``,
+    ``['``, ``Comparison(max_err=...)``), ``None`` where a value belongs, absolute or
+    temporary paths, stderr, warnings and errors; ``attn-numba`` commands with an unknown
+    sub-command (in outputs and Markdown); references to ``scripts/``, ``notes/`` or
+    ``tests/`` files that do not exist under ``root`` (the checkout). Returns sentences naming
+    the cell; [] when clean."""
+    from .cli import COMMANDS
+    problems = []
+    for n, cell in enumerate(nb.cells):
+        texts = [("source", cell.source)] if cell.cell_type == "markdown" else []
+        if cell.cell_type == "code":
+            texts += list(_output_texts(cell))
+        for kind, text in texts:
+            where = f"cell {n} ({kind})"
+            problems += command_problems(text, where, COMMANDS)
+            if root is not None:
+                problems += [f"{where}: {ref} does not exist" for ref in _REF.findall(text)
+                             if not (Path(root) / ref).exists()]
+            if kind == "source":
+                continue
+            first = lambda rx: rx.search(text)  # noqa: E731
+            checks = (("stderr output", kind == "stream stderr" or kind == "error"),
+                      ("a byte string", first(_BYTES)), ("a Python repr", first(_REPR)),
+                      ("None where a value belongs", first(_NONE)),
+                      ("an absolute or temporary path", first(_ABS)),
+                      ("a warning", first(_WARN)))
+            for what, hit in checks:
+                if hit:
+                    bit = text[max(0, hit.start() - 30):hit.end() + 30] \
+                        if hasattr(hit, "start") else text[:60]
+                    problems.append(f"{where}: {what}: {bit.strip()!r}")
     return problems
 
 
