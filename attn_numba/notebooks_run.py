@@ -15,7 +15,8 @@ A notebook is executed from its ``.py`` (so a stale ``.ipynb`` cannot hide an ed
 notebook's folder, with the environment of this process (``NUMBA_ENABLE_CUDASIM=1`` runs it on
 the simulator). With ``--write`` the executed notebook, outputs included, replaces the
 ``.ipynb`` (created if missing, e.g. a new ``07_hopper.py``); a notebook that raises is not
-written. One line per notebook: time, figures (PNG outputs), errors. Exit status 1 when a
+written. One line per notebook: time, figures (PNG outputs), errors, and each output a reader
+must not see (:func:`output_problems`: byte strings, reprs, machine paths, stderr). Exit status 1 when a
 notebook failed or a pair is out of sync, 2 when nbclient/jupytext are missing.
 """
 from __future__ import annotations
@@ -191,12 +192,14 @@ class Run:
     error: str | None = None
     written: Path | None = None
     outputs: list = field(default_factory=list, repr=False)
+    problems: list = field(default_factory=list)
 
     def line(self):
         state = f"FAILED: {self.error}" if self.error else "ok"
         wrote = f", wrote {self.written.name}" if self.written else ""
+        bad = "".join(f"\n    output problem: {p}" for p in self.problems)
         return (f"{self.name:<28} {self.seconds:7.1f} s  {self.figures:2d} figure(s)  "
-                f"{self.sources:2d} 'source:' line(s)  {state}{wrote}")
+                f"{self.sources:2d} 'source:' line(s)  {state}{wrote}{bad}")
 
 
 def _summarise(nb, run):
@@ -240,6 +243,7 @@ def execute(folder, stem, write=False, timeout=1200, out=None):
         run.error = f"{type(exc).__name__}: {exc}"[:300]
     run.seconds = time.perf_counter() - t0
     _summarise(nb, run)
+    run.problems = output_problems(nb, folder.resolve().parent)
     if write and not run.error:
         if out is not None:
             Path(out).mkdir(parents=True, exist_ok=True)

@@ -161,6 +161,12 @@ def load_json(path, quiet=False):
     return doc
 
 
+def versions_text(versions):
+    """``{'python': '3.12.3', 'numba': '0.68.0'}`` -> ``'python 3.12.3, numba 0.68.0'``: the
+    package versions of a results file as a reader reads them."""
+    return ", ".join(f"{k} {v}" for k, v in (versions or {}).items()) or "not recorded"
+
+
 def caption(fig, text, fontsize=7):
     """Write ``'source: ' + text`` under a matplotlib figure, below the axes labels (the figure
     must be saved with ``bbox_inches="tight"``, as :func:`show` does)."""
