@@ -16,8 +16,8 @@ notebook's folder, with the environment of this process (``NUMBA_ENABLE_CUDASIM=
 the simulator). With ``--write`` the executed notebook, outputs included, replaces the
 ``.ipynb`` (created if missing, e.g. a new ``07_hopper.py``); a notebook that raises is not
 written. One line per notebook: time, figures (PNG outputs), errors, and each output a reader
-must not see (:func:`output_problems`: byte strings, reprs, machine paths, stderr). Exit status 1 when a
-notebook failed or a pair is out of sync, 2 when nbclient/jupytext are missing.
+must not see (:func:`output_problems`: byte strings, reprs, machine paths, stderr). Exit
+status 1 when a notebook failed or a pair is out of sync, 2 when nbclient/jupytext are missing.
 """
 from __future__ import annotations
 

@@ -6,15 +6,19 @@ Steps, each reported on stdout and in the report:
 1. diagnose the NVBench log with :func:`attn_numba.explain.explain_log` (skipped with a note if
    that module is missing);
 2. when a CUDA GPU is usable (and ``--no-bench`` is not given), run ``attn-numba bench`` in a
-   subprocess into ``results/<device-slug>``; otherwise use the committed ``summary.json`` files
-   under ``--results``;
+   subprocess into ``<results>/<device-slug>``; otherwise say in one sentence what to do
+   (:data:`attn_numba.sources.NO_GPU_HINT`) and use the committed ``summary.json`` files:
+   ``--results``, else the checkout's ``results/``, else the summary shipped in the package,
+   in the order of :func:`attn_numba.sources.ordered_summaries` (newest device first, older
+   sets marked as history; ``attn-numba explain`` reads the same);
    then explain every NVBench markdown log next to those summaries (``nvbench*.md``: the one the
    benchmark just wrote and the committed ones) and show each group's verdict;
 3. draw the figures into ``--figures`` (:mod:`attn_numba.plots`);
 4. write ``<figures>/REPORT.md``: the diagnosis, one table per results file (device, date,
    ceilings, times, rates, fractions of the ceilings, correctness checks), and the figures.
 
-Runs on a CPU-only machine (steps 1, 3 and 4).
+Runs on a CPU-only machine (steps 1, 3 and 4). Every path it prints or writes is relative
+(:func:`attn_numba.sources.display_path`), so a committed ``REPORT.md`` names no machine path.
 """
 from __future__ import annotations
 

@@ -100,7 +100,8 @@ def results_lines(res):
     if not sets:
         return ["", "Results read: none (no summary.json in a checkout or the package). "
                 + NO_GPU_HINT]
-    name = lambda d: f"{d['path']} ({d.get('device') or '?'}, {d.get('date') or 'undated'})"  # noqa: E731
+    def name(d):
+        return f"{d['path']} ({d.get('device') or '?'}, {d.get('date') or 'undated'})"
     cur = [name(d) for d in sets if not d["history"]]
     old = [name(d) for d in sets if d["history"]]
     text = "Results read, newest device first: " + ", ".join(cur)
