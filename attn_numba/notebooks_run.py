@@ -109,7 +109,7 @@ def pair_problems(py, ipynb):
 #: what a committed notebook's outputs must not hold (see :func:`output_problems`)
 _BYTES = re.compile(r"^b['\"]|\\x89PNG")
 _REPR = re.compile(r"\{'|\['|\b[A-Z][A-Za-z]+\([a-z_]+=")
-_NONE = re.compile(r"(?:^|(?<=\s))None(?=\s|$)", re.M)
+_NONE = re.compile(r"(?:^|(?<=\s))None(?=\s{2,}|\s*\||\s*$|\s+\d)", re.M)  # not "None when"
 _ABS = re.compile(r"(?<![\w.~-])/(?:work|opt|tmp|home|root|usr|var|Users|private|mnt|scratch)/"
                   r"|\b[A-Z]:\\")
 _WARN = re.compile(r"\b\w*Warning\b:")

@@ -210,7 +210,8 @@ for k, v in DOC.items():
     elif k == "versions":
         v = sources.versions_text(v)
     elif isinstance(v, dict):
-        v = ", ".join(f"{a}: {b}" for a, b in v.items())
+        v = ", ".join(f"{a}: {' '.join(map(str, b)) if isinstance(b, list) else b}"
+                      for a, b in v.items())
     print(f"  {k}: {v}")
 print("one record:", json.dumps(next(r for r in recs if r.get("gpu_time_s")), indent=1)[:1200])
 
@@ -314,7 +315,7 @@ try:
             c = r.get("check")
             state = "not checked" if not c else ("ok" if c["ok"] else "FAILED")
             print(f"  {r['kernel']} seq_len {r['seq_len']} causal {r['causal']}: "
-                  f"{ms(r['gpu_time_s'])} ms, check {state}, mode {r.get('exec_mode')}")
+                  f"{ms(r['gpu_time_s'])} ms, check {state}, mode {r.get('exec_mode') or 'none (simulated)'}")
 except Exception as exc:
     print("could not run the benchmark here:", type(exc).__name__, exc)
 
