@@ -279,10 +279,11 @@ def fig_speedup(records, device, fixed, path):
                     ha="center", va="center", transform=ax.transAxes)
         ax.axhline(1.0, color="0.5", linewidth=0.8)
         _seqlen_log_axes(ax, "speedup over naive (time_naive / time)", f"causal={c}")
-        if drawn:
-            ax.legend(fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:  # one legend under the panels, off the data
+        fig.legend(handles, labels, loc="lower center", ncol=6, fontsize=8, frameon=False)
     _save(fig, path, f"run_mha_fwd on {device}: speedup over the naive kernel (NVBench cold GPU "
-                     f"time)\n{_shape_text(fixed)}")
+                     f"time)\n{_shape_text(fixed)}", rect=(0, 0.07, 1, 1))
 
 
 def fig_causal(records, device, fixed, path):
