@@ -13,8 +13,11 @@ from .rows import _device_label
 
 
 def fmt_t(s):
-    """Seconds -> ``"4.83 s"``, ``"29 us"``; None/inf/nan as their str."""
-    if s is None or not math.isfinite(s):
+    """Seconds -> ``"4.83 s"``, ``"29 us"``; None (not measured) as ``"-"``, inf/nan as their
+    str."""
+    if s is None:
+        return "-"
+    if not math.isfinite(s):
         return str(s)
     for unit, f in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9)):
         if abs(s) >= f or unit == "ns":
