@@ -31,7 +31,6 @@ LOG_DEFAULT = Path(__file__).resolve().parent / "data" / "nvbench_run_mha_fwd_a3
 OTHER_AXES = ("num_seqs", "num_heads", "num_kv_heads", "head_size", "window_left", "window_right")
 #: draw order and colours: package kernels, then peers
 ORDER = ("naive", "tiled", "flash", "flash_tc", "flash_wgmma", "flexattention", "sdpa")
-_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 
 
 def add_arguments(p):
@@ -48,55 +47,16 @@ def add_arguments(p):
 
 # --------------------------------------------------------------------------- the log's times
 
-def _parse_time(cell):
-    m = re.match(r"\s*([0-9.eE+-]+)\s*(s|ms|us|µs|ns)\s*$", cell)
-    return float(m.group(1)) * _UNITS[m.group(2)] if m else None
-
-
 def parse_log_times(path):
     """``[{"seq_len", "causal", "gpu_time_s", "batch_gpu_time_s", "device"}]`` from an NVBench
-    markdown log. Uses :func:`attn_numba.explain.explain_log` when that module exists, else a
-    small parse of the results table."""
-    try:
-        from .explain import explain_log
-    except ImportError:
-        explain_log = None
-    if explain_log is not None:
-        try:
-            res = explain_log(str(path))
-            rows = [{"seq_len": int(r["seq_len"]), "causal": int(r.get("causal", 0)),
-                     "gpu_time_s": r.get("gpu_time_s"), "batch_gpu_time_s": r.get("batch_gpu_time_s"),
-                     "device": r.get("device") or (res.get("device") or {}).get("name")}
-                    for r in res["rows"] if r.get("seq_len") is not None]
-            if rows:
-                return rows
-        except Exception:  # fall back to the local parse
-            pass
-    return _parse_log_table(Path(path).read_text())
-
-
-def _parse_log_table(text):
-    device = None
-    m = re.search(r"^## \[\d+\] `([^`]+)`", text, re.M)
-    if m:
-        device = m.group(1)
-    rows, header = [], None
-    for line in text.splitlines():
-        if not line.startswith("|"):
-            header = None if not line.strip() else header
-            continue
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if "seq_len" in cells:
-            header = cells
-            continue
-        if header is None or set(line) <= set("|-: "):
-            continue
-        row = dict(zip(header, cells))  # later duplicate names (Noise, Samples) win: fine here
-        gpu = next((_parse_time(c) for h, c in zip(header, cells) if h == "GPU Time"), None)
-        rows.append({"seq_len": int(row["seq_len"]), "causal": int(row.get("causal", 0)),
-                     "gpu_time_s": gpu, "batch_gpu_time_s": _parse_time(row.get("Batch GPU", "")),
-                     "device": device})
-    return rows
+    markdown log, read by :func:`attn_numba.explain.explain_log` (OSError or
+    :class:`attn_numba.explain.LogParseError` for an unreadable or malformed log)."""
+    from .explain import explain_log
+    res = explain_log(str(path))
+    return [{"seq_len": int(r["seq_len"]), "causal": int(r.get("causal", 0)),
+             "gpu_time_s": r.get("gpu_time_s"), "batch_gpu_time_s": r.get("batch_gpu_time_s"),
+             "device": r.get("device") or (res.get("device") or {}).get("name")}
+            for r in res["rows"] if r.get("seq_len") is not None]
 
 
 # --------------------------------------------------------------------------- data selection
@@ -401,7 +361,12 @@ def plot_all(results, out_dir, log=str(LOG_DEFAULT), include_simulated=False):
     import matplotlib
     matplotlib.use("Agg")
     from .bench import summary as S
-    log_rows = parse_log_times(log) if log and str(log).lower() != "none" else []
+    log_rows = []
+    if log and str(log).lower() != "none":
+        try:
+            log_rows = parse_log_times(log)
+        except (OSError, ValueError) as exc:  # draw the results without the log's line
+            print(f"attn-numba plot: the log {log} is not drawn: {exc}", file=sys.stderr)
     done = []
     from .sources import _rank
     for path in sorted(S.find(results), key=_rank):  # newest device first, as report and explain

@@ -97,19 +97,18 @@ def test_long_sweep_figure(tmp_path):
     assert Path(done2[0][1][0]).read_bytes() == Path(pngs[0]).read_bytes()
 
 
-def test_log_times_both_parsers():
-    text = LOG.read_text()
-    local = plots._parse_log_table(text)
-    assert len(local) == 10
-    by = {(r["seq_len"], r["causal"]): r for r in local}
-    assert by[(512, 0)]["gpu_time_s"] == pytest.approx(5.502)
-    assert by[(8192, 1)]["gpu_time_s"] == pytest.approx(6.387)
-    assert by[(8192, 1)]["batch_gpu_time_s"] == pytest.approx(6.026)
-    assert local[0]["device"] == "NVIDIA A30"
-    via = plots.parse_log_times(LOG)  # explain's parser when present
-    assert [(r["seq_len"], r["causal"]) for r in via] == [(r["seq_len"], r["causal"]) for r in local]
-    for a, b in zip(via, local):
-        assert a["gpu_time_s"] == pytest.approx(b["gpu_time_s"], rel=1e-3)
+def test_log_times(tmp_path):
+    rows = plots.parse_log_times(LOG)
+    assert len(rows) == 10
+    by = {(r["seq_len"], r["causal"]): r for r in rows}
+    assert by[(512, 0)]["gpu_time_s"] == pytest.approx(5.502, rel=1e-3)
+    assert by[(8192, 1)]["gpu_time_s"] == pytest.approx(6.387, rel=1e-3)
+    assert by[(8192, 1)]["batch_gpu_time_s"] == pytest.approx(6.026, rel=1e-3)
+    assert rows[0]["device"] == "NVIDIA A30"
+    # a log that cannot be read leaves its line out of the figures, with a note
+    synthetic_summary(tmp_path / "res" / "s" / "summary.json")
+    done = plots.plot_all(tmp_path / "res", tmp_path / "figs", log=str(tmp_path / "no.log"))
+    assert len(done[0][1]) == 4
 
 
 def test_plot_skips_malformed_summaries(tmp_path):
