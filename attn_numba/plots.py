@@ -30,7 +30,11 @@ from pathlib import Path
 LOG_DEFAULT = Path(__file__).resolve().parent / "data" / "nvbench_run_mha_fwd_a30.log"
 OTHER_AXES = ("num_seqs", "num_heads", "num_kv_heads", "head_size", "window_left", "window_right")
 #: draw order and colours: package kernels, then peers
-ORDER = ("naive", "tiled", "flash", "flash_tc", "flash_wgmma", "flexattention", "sdpa")
+ORDER = ("naive", "tiled", "flash", "flash_tc", "flash_wgmma", "flexattention", "sdpa", "fa4",
+         "cudnn")
+#: the peers, drawn dotted with square markers, and who makes each
+PEER_LABEL = {"flexattention": "PyTorch", "sdpa": "PyTorch", "fa4": "FlashAttention-4",
+              "cudnn": "cuDNN"}
 
 
 def add_arguments(p):
@@ -84,12 +88,15 @@ def _series(records, kernel, causal, field="gpu_time_s"):
 
 
 def _style(kernel):
+    """Colour, marker, line and label of a kernel: fixed by :data:`ORDER` (a name outside it
+    gets a colour from its characters, the same in every process)."""
     import matplotlib.pyplot as plt
     cyc = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    i = ORDER.index(kernel) if kernel in ORDER else len(ORDER) + hash(kernel) % 4
-    peer = kernel in ("flexattention", "sdpa")
+    i = ORDER.index(kernel) if kernel in ORDER else len(ORDER) + sum(map(ord, kernel)) % 4
+    peer = kernel in PEER_LABEL
     return dict(color=cyc[i % len(cyc)], marker="s" if peer else "o",
-                linestyle=":" if peer else "-", label=kernel + (" (PyTorch)" if peer else ""))
+                linestyle=":" if peer else "-",
+                label=kernel + (f" ({PEER_LABEL[kernel]})" if peer else ""))
 
 
 def _shape_text(fixed):
