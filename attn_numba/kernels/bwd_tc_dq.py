@@ -12,7 +12,6 @@
 """
 import functools
 
-import numpy as np
 from numba import config as numba_config
 from numba import cuda, float32, uint8, uint32
 
