@@ -2,7 +2,7 @@
 against torch float64 autograd of the math path, then timing of the backward alone and of
 forward + backward, ours against FlexAttention. Everything lands in ``$OUT``.
 
-    OUT=/some/dir python scripts/gpu_bwd_check.py [--quick] [--no-time]
+    OUT=/some/dir python scripts/gpu_bwd_check.py [--quick] [--no-time] [--seqs 1024,8192]
 
 * correctness: FlashAttention's rule, each of dq, dk, dv: error against float64 at most twice
   the error of torch's own math path in the input dtype, plus 1e-4; outputs start as NaN;
@@ -242,6 +242,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="every third sweep case")
     ap.add_argument("--no-time", action="store_true")
+    ap.add_argument("--seqs", default="1024,2048,4096,8192",
+                    help="timed token counts (each costs FlexAttention a compile)")
     args = ap.parse_args()
     out_dir = os.environ.get("OUT", ".")
     path = os.path.join(out_dir, "bwd_check.json")
@@ -265,7 +267,8 @@ def main():
     res["sweep_s"] = time.time() - t0
     if not args.no_time:
         try:
-            res["timing"] = _time_cases([1024, 2048, 4096, 8192], [False, True])
+            res["timing"] = _time_cases([int(x) for x in args.seqs.split(",")],
+                                        [False, True])
         except Exception:  # noqa: BLE001
             res["timing_error"] = traceback.format_exc()[-2000:]
         save()

@@ -294,6 +294,7 @@ SIM_CASES = [  # seqlens_q, seqlens_k, H, Hkv, D, window, causal, lse_batched
     ([21, 0, 70], [50, 9, 33], 2, 2, 16, (-1, -1), True, False),     # varlen, an empty one
     ([75], [30], 4, 1, 24, (0, 0), False, True),                     # rows with no key
     ([66, 66], [66, 66], 2, 1, 16, (9, 4), False, True),             # batched lse layout
+    ([33], [45], 8, 1, 16, (5, 0), False, True),                     # GQA 8, window (W, 0)
 ]
 
 
@@ -316,3 +317,14 @@ def test_kernels_on_simulator_head_split_bf16(monkeypatch, rng):
 
 def test_kernels_on_simulator_quick(monkeypatch, rng):
     _sim_case(monkeypatch, rng, [20], [37], 2, 1, 16, (-1, -1), True, True)
+
+
+def test_mha_bwd_refuses_flash_tc_on_simulator(rng):
+    """On the simulator the public call names the kernel and why, before any launch."""
+    import attn_numba
+    from attn_numba.kernels import BWD_KERNEL_NAMES
+    assert "flash_tc" in BWD_KERNEL_NAMES
+    q = rng.standard_normal((1, 8, 2, 64)).astype(np.float16)
+    lse = np.zeros((1, 2, 8), np.float32)
+    with pytest.raises(ValueError, match="flash_tc.*simulator"):
+        attn_numba.mha_bwd(q, q, q, q, q, lse, kernel="flash_tc")
