@@ -14,44 +14,17 @@ Rows that see no key have lse = -inf; their P is 0 (lse_log2 is taken as +inf), 
 query columns past the sequence.
 """
 import functools
-import math
 
-import numpy as np
 from numba import config as numba_config
 from numba import cuda, float32, uint8, uint32
 
 from . import ptx
-from .bwd_tc_layout import WARPS, a_ldsm_rc, dsplit, padded, row_bytes
+from .bwd_tc_device import (NEG_INF, ZERO, _a_ldsm_rc, mma_pair, row_delta,
+                            row_lse_log2)
+from .bwd_tc_layout import WARPS, dsplit, padded, row_bytes
 from .common import seq_span
 from .tile_range import query_rows
-from .v4_device import _c_frag_rc, _k_ldsm_rc, _mma, _p_from_s, _pack, _v_ldsm_rc, tile_loader
-
-LOG2E = np.float32(math.log2(math.e))
-POS_INF = np.float32(np.inf)
-NEG_INF = np.float32(-np.inf)
-ZERO = np.float32(0.0)
-_a_ldsm_rc = cuda.jit(device=True, inline=True, cache=True)(a_ldsm_rc)
-
-
-@cuda.jit(device=True, inline=True, cache=True)
-def row_lse_log2(lse, lse_batched, b, h, q0, row, sq):
-    """lse of query ``row`` in base 2, +inf for a row past the sequence or one that sees no
-    key (lse = -inf), so that ``exp2(s - lse_log2)`` is 0 there."""
-    if row >= sq:
-        return POS_INF
-    x = lse[b, h, row] if lse_batched else lse[0, h, q0 + row]
-    if x == NEG_INF:
-        return POS_INF
-    return x * LOG2E
-
-
-@cuda.jit(device=True, inline=True, cache=True)
-def row_delta(delta, h, q0, row, sq):
-    """delta = rowsum(dO * O) of query ``row`` (0 past the sequence)."""
-    if row >= sq:
-        return ZERO
-    return delta[h, q0 + row]
-
+from .v4_device import _c_frag_rc, _k_ldsm_rc, _p_from_s, _pack, _v_ldsm_rc, tile_loader
 
 def build_dkdv(head_size, bf16, bnk, bm, nstages):
     return _build_dkdv(int(head_size), bool(bf16), int(bnk), int(bm), int(nstages))
@@ -193,21 +166,11 @@ def _build_dkdv(head_size, bf16, bnk, bm, nstages):
                     a0, a1, a2, a3 = ptx.ldmatrix_x4(ka + uint32(32 * kk))
                     for p in range(S_TILES // 2):
                         b0, b1, b2, b3 = ptx.ldmatrix_x4(qn + uint32(16 * p * RSB + 32 * kk))
-                        s[8 * p], s[8 * p + 1], s[8 * p + 2], s[8 * p + 3] = _mma(
-                            BF16, a0, a1, a2, a3, b0, b1,
-                            s[8 * p], s[8 * p + 1], s[8 * p + 2], s[8 * p + 3])
-                        s[8 * p + 4], s[8 * p + 5], s[8 * p + 6], s[8 * p + 7] = _mma(
-                            BF16, a0, a1, a2, a3, b2, b3,
-                            s[8 * p + 4], s[8 * p + 5], s[8 * p + 6], s[8 * p + 7])
+                        mma_pair(BF16, a0, a1, a2, a3, b0, b1, b2, b3, s, 8 * p)
                     a0, a1, a2, a3 = ptx.ldmatrix_x4(va + uint32(32 * kk))
                     for p in range(S_TILES // 2):
                         b0, b1, b2, b3 = ptx.ldmatrix_x4(on + uint32(16 * p * RSB + 32 * kk))
-                        dp[8 * p], dp[8 * p + 1], dp[8 * p + 2], dp[8 * p + 3] = _mma(
-                            BF16, a0, a1, a2, a3, b0, b1,
-                            dp[8 * p], dp[8 * p + 1], dp[8 * p + 2], dp[8 * p + 3])
-                        dp[8 * p + 4], dp[8 * p + 5], dp[8 * p + 6], dp[8 * p + 7] = _mma(
-                            BF16, a0, a1, a2, a3, b2, b3,
-                            dp[8 * p + 4], dp[8 * p + 5], dp[8 * p + 6], dp[8 * p + 7])
+                        mma_pair(BF16, a0, a1, a2, a3, b0, b1, b2, b3, dp, 8 * p)
                 # P^T (masked outside each key's rows unless every key sees the whole tile)
                 full = wl_lo <= m0 and m0 + BM - 1 <= wf_hi
                 for nt in range(S_TILES):
@@ -246,23 +209,9 @@ def _build_dkdv(head_size, bf16, bnk, bm, nstages):
                         if pp < PAIRS:
                             off = uint32(16 * kk * RSB + 32 * pp)
                             b0, b1, b2, b3 = ptx.ldmatrix_x4_trans(ot + off)
-                            (dva[8 * p], dva[8 * p + 1], dva[8 * p + 2],
-                             dva[8 * p + 3]) = _mma(BF16, p0, p1, p2, p3, b0, b1, dva[8 * p],
-                                                    dva[8 * p + 1], dva[8 * p + 2],
-                                                    dva[8 * p + 3])
-                            (dva[8 * p + 4], dva[8 * p + 5], dva[8 * p + 6],
-                             dva[8 * p + 7]) = _mma(BF16, p0, p1, p2, p3, b2, b3,
-                                                    dva[8 * p + 4], dva[8 * p + 5],
-                                                    dva[8 * p + 6], dva[8 * p + 7])
+                            mma_pair(BF16, p0, p1, p2, p3, b0, b1, b2, b3, dva, 8 * p)
                             b0, b1, b2, b3 = ptx.ldmatrix_x4_trans(qt + off)
-                            (dka[8 * p], dka[8 * p + 1], dka[8 * p + 2],
-                             dka[8 * p + 3]) = _mma(BF16, e0, e1, e2, e3, b0, b1, dka[8 * p],
-                                                    dka[8 * p + 1], dka[8 * p + 2],
-                                                    dka[8 * p + 3])
-                            (dka[8 * p + 4], dka[8 * p + 5], dka[8 * p + 6],
-                             dka[8 * p + 7]) = _mma(BF16, e0, e1, e2, e3, b2, b3,
-                                                    dka[8 * p + 4], dka[8 * p + 5],
-                                                    dka[8 * p + 6], dka[8 * p + 7])
+                            mma_pair(BF16, e0, e1, e2, e3, b0, b1, b2, b3, dka, 8 * p)
             if STAGES == 1:
                 cuda.syncthreads()      # everyone is done with the tile before it is replaced
                 if it + 1 < total:

@@ -16,12 +16,13 @@ from numba import config as numba_config
 from numba import cuda, float32, uint8, uint32
 
 from . import ptx
-from .bwd_tc_dkdv import NEG_INF, ZERO, _a_ldsm_rc, row_delta, row_lse_log2
+from .bwd_tc_device import (NEG_INF, ZERO, _a_ldsm_rc, mma_pair, row_delta,
+                            row_lse_log2)
 from .bwd_tc_layout import WARPS, padded, row_bytes
 from .bwd_tc_ptx import unpack_bf16x2, unpack_f16x2
 from .common import key_range, seq_span
 from .tile_range import full_key_tiles, key_tiles
-from .v4_device import _c_frag_rc, _k_ldsm_rc, _mma, _p_from_s, _pack, _v_ldsm_rc, tile_loader
+from .v4_device import _c_frag_rc, _k_ldsm_rc, _p_from_s, _pack, _v_ldsm_rc, tile_loader
 
 #: warps per block of the preprocess (one (row, head) each)
 DELTA_WARPS = 8
@@ -184,21 +185,11 @@ def _build_dq(head_size, bf16, bmq, bn, nstages):
                     a0, a1, a2, a3 = ptx.ldmatrix_x4(qa + uint32(32 * kk))
                     for p in range(S_TILES // 2):
                         b0, b1, b2, b3 = ptx.ldmatrix_x4(kn + uint32(16 * p * RSB + 32 * kk))
-                        s[8 * p], s[8 * p + 1], s[8 * p + 2], s[8 * p + 3] = _mma(
-                            BF16, a0, a1, a2, a3, b0, b1,
-                            s[8 * p], s[8 * p + 1], s[8 * p + 2], s[8 * p + 3])
-                        s[8 * p + 4], s[8 * p + 5], s[8 * p + 6], s[8 * p + 7] = _mma(
-                            BF16, a0, a1, a2, a3, b2, b3,
-                            s[8 * p + 4], s[8 * p + 5], s[8 * p + 6], s[8 * p + 7])
+                        mma_pair(BF16, a0, a1, a2, a3, b0, b1, b2, b3, s, 8 * p)
                     a0, a1, a2, a3 = ptx.ldmatrix_x4(oa + uint32(32 * kk))
                     for p in range(S_TILES // 2):
                         b0, b1, b2, b3 = ptx.ldmatrix_x4(vn + uint32(16 * p * RSB + 32 * kk))
-                        dp[8 * p], dp[8 * p + 1], dp[8 * p + 2], dp[8 * p + 3] = _mma(
-                            BF16, a0, a1, a2, a3, b0, b1,
-                            dp[8 * p], dp[8 * p + 1], dp[8 * p + 2], dp[8 * p + 3])
-                        dp[8 * p + 4], dp[8 * p + 5], dp[8 * p + 6], dp[8 * p + 7] = _mma(
-                            BF16, a0, a1, a2, a3, b2, b3,
-                            dp[8 * p + 4], dp[8 * p + 5], dp[8 * p + 6], dp[8 * p + 7])
+                        mma_pair(BF16, a0, a1, a2, a3, b0, b1, b2, b3, dp, 8 * p)
                 full = f_lo <= n0 and n0 < f_hi
                 for nt in range(S_TILES):
                     for r in range(4):
@@ -229,12 +220,7 @@ def _build_dq(head_size, bf16, bmq, bn, nstages):
                     for p in range(PAIRS):
                         b0, b1, b2, b3 = ptx.ldmatrix_x4_trans(
                             kt + uint32(16 * kk * RSB + 32 * p))
-                        acc[8 * p], acc[8 * p + 1], acc[8 * p + 2], acc[8 * p + 3] = _mma(
-                            BF16, e0, e1, e2, e3, b0, b1,
-                            acc[8 * p], acc[8 * p + 1], acc[8 * p + 2], acc[8 * p + 3])
-                        (acc[8 * p + 4], acc[8 * p + 5], acc[8 * p + 6],
-                         acc[8 * p + 7]) = _mma(BF16, e0, e1, e2, e3, b2, b3, acc[8 * p + 4],
-                                                acc[8 * p + 5], acc[8 * p + 6], acc[8 * p + 7])
+                        mma_pair(BF16, e0, e1, e2, e3, b0, b1, b2, b3, acc, 8 * p)
             if STAGES == 1:
                 cuda.syncthreads()
                 if n0 + BN < n_hi:
