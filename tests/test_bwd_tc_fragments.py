@@ -250,7 +250,7 @@ def _sim_arrays(dout, q, k, v, lse, cu_q, cu_k, scale, left, right, causal, lse_
 
 
 def _sim_case(monkeypatch, rng, seqlens_q, seqlens_k, nh, hkv, D, window, causal,
-              lse_batched, dtype=np.float16):
+              lse_batched, dtype=np.float16, **variant):
     from numba import cuda
     from attn_numba.kernels import bwd_tc_sim, launch_plans
     left, right = normalize_window(window, causal)
@@ -275,7 +275,7 @@ def _sim_case(monkeypatch, rng, seqlens_q, seqlens_k, nh, hkv, D, window, causal
     arrays["out"] = cuda.to_device(np.ascontiguousarray(out16).view(np.uint16))
     arrays["delta"] = cuda.to_device(np.full(tc.scratch(p)[0].shape, np.nan, np.float32))
     with bwd_tc_sim.patched(monkeypatch):
-        launch_plans(tc.plan(p), arrays)
+        launch_plans(tc.plan(p, **variant), arrays)
     got = {n: arrays[n].copy_to_host().view(dtype).astype(np.float32) for n in ("dq", "dk", "dv")}
     delta_ref = (dout.astype(np.float32) * out16.astype(np.float32)).sum(2).T
     if q.shape[0]:
@@ -313,6 +313,13 @@ def test_kernels_on_simulator_head_split_bf16(monkeypatch, rng):
     import ml_dtypes
     assert BL.dsplit(136) == 2
     _sim_case(monkeypatch, rng, [20], [33], 2, 1, 136, (-1, -1), False, True, ml_dtypes.bfloat16)
+
+
+@pytest.mark.slow
+def test_kernels_on_simulator_variants(monkeypatch, rng):
+    """The single-stage pipelines, 16-query tiles in dK/dV and 64-key tiles in dQ."""
+    _sim_case(monkeypatch, rng, [50, 29], [45, 70], 2, 1, 16, (20, 3), False, False,
+              dkdv=(64, 16, 1), dq=(64, 64, 1))
 
 
 def test_kernels_on_simulator_quick(monkeypatch, rng):
