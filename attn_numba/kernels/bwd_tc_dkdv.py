@@ -4,7 +4,7 @@ Warp ``w`` owns keys ``n0 + 16 * (w // DSPLIT) ..`` (the mma M dimension) and th
 slice ``w % DSPLIT`` of their dK and dV accumulators. The block loops over the query heads of
 its GQA group and, per head, over the ``BM``-query tiles that its keys' band reaches
 (:func:`tile_range.query_rows`); Q and dO tiles come through a two-stage cp.async pipeline
-(tile j+1 in flight during tile j's work, one barrier per tile). Per tile (see
+(tile j+1 in flight during tile j's work, one barrier per tile; one stage as a variant). Per tile (see
 :mod:`bwd_tc_layout` for the fragment maps):
 
 ``S^T = K Q^T``, ``P^T = exp2(S^T scale_log2 - lse_log2)``, ``dP^T = V dO^T``,
@@ -19,14 +19,17 @@ from numba import config as numba_config
 from numba import cuda, float32, uint8, uint32
 
 from . import ptx
-from .bwd_tc_device import (NEG_INF, ZERO, _a_ldsm_rc, mma_pair, row_delta,
-                            row_lse_log2)
+from .bwd_tc_device import NEG_INF, ZERO, _a_ldsm_rc, mma_pair, row_delta, row_lse_log2
 from .bwd_tc_layout import WARPS, dsplit, padded, row_bytes
 from .common import seq_span
 from .tile_range import query_rows
 from .v4_device import _c_frag_rc, _k_ldsm_rc, _p_from_s, _pack, _v_ldsm_rc, tile_loader
 
+
 def build_dkdv(head_size, bf16, bnk, bm, nstages):
+    """The dK/dV kernel for ``head_size``, fp16 or ``bf16``, ``bnk`` keys per block (16 per
+    warp group of :func:`bwd_tc_layout.dsplit` warps), ``bm`` queries per tile and ``nstages``
+    (1 or 2) Q/dO pipeline stages; lru-cached per configuration."""
     return _build_dkdv(int(head_size), bool(bf16), int(bnk), int(bm), int(nstages))
 
 

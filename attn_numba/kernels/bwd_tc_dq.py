@@ -16,8 +16,7 @@ from numba import config as numba_config
 from numba import cuda, float32, uint8, uint32
 
 from . import ptx
-from .bwd_tc_device import (NEG_INF, ZERO, _a_ldsm_rc, mma_pair, row_delta,
-                            row_lse_log2)
+from .bwd_tc_device import NEG_INF, ZERO, _a_ldsm_rc, mma_pair, row_delta, row_lse_log2
 from .bwd_tc_layout import WARPS, padded, row_bytes
 from .bwd_tc_ptx import unpack_bf16x2, unpack_f16x2
 from .common import key_range, seq_span
@@ -42,6 +41,7 @@ def _dot2(bf16, x, y):
 
 @functools.lru_cache(maxsize=None)
 def build_delta(head_size, bf16):
+    """The preprocess kernel ``delta = rowsum(dO * O)`` for ``head_size``, fp16 or ``bf16``."""
     DW = head_size // 2
     BF16 = bool(bf16)
     NT = 32 * DELTA_WARPS
@@ -71,6 +71,8 @@ def build_delta(head_size, bf16):
 
 
 def build_dq(head_size, bf16, bmq, bn, nstages):
+    """The dQ kernel for ``head_size``, fp16 or ``bf16``, ``bmq`` queries per block (16 per
+    warp), ``bn`` keys per tile and ``nstages`` (1 or 2) K/V pipeline stages; lru-cached."""
     return _build_dq(int(head_size), bool(bf16), int(bmq), int(bn), int(nstages))
 
 
