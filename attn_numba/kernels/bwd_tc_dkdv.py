@@ -4,7 +4,7 @@ Warp ``w`` owns keys ``n0 + 16 * (w // DSPLIT) ..`` (the mma M dimension) and th
 slice ``w % DSPLIT`` of their dK and dV accumulators. The block loops over the query heads of
 its GQA group and, per head, over the ``BM``-query tiles that its keys' band reaches
 (:func:`tile_range.query_rows`); Q and dO tiles come through a two-stage cp.async pipeline
-(tile j+1 in flight during tile j's work, one barrier per tile; one stage as a variant). Per tile (see
+(tile j+1 in flight during tile j's work; one stage as a variant). Per tile (see
 :mod:`bwd_tc_layout` for the fragment maps):
 
 ``S^T = K Q^T``, ``P^T = exp2(S^T scale_log2 - lse_log2)``, ``dP^T = V dO^T``,
