@@ -1,13 +1,15 @@
 """Device functions shared by the passes of the tensor-core backward (:mod:`bwd_tc_dkdv`,
 :mod:`bwd_tc_dq`): the new A-fragment ldmatrix map compiled inline, a pair of mma into
-adjacent accumulator n-tiles, and the per-row lse / delta reads."""
+adjacent accumulator n-tiles, A fragments packed from accumulators, the two score
+contractions of a tile (:func:`scores_loop`), and the per-row lse / delta reads."""
 import math
 
 import numpy as np
-from numba import cuda
+from numba import cuda, uint32
 
+from . import ptx
 from .bwd_tc_layout import a_ldsm_rc
-from .v4_device import _mma
+from .v4_device import _mma, _p_from_s, _pack
 
 LOG2E = np.float32(math.log2(math.e))
 POS_INF = np.float32(np.inf)
@@ -34,6 +36,47 @@ def mma_pair(bf16, a0, a1, a2, a3, b0, b1, b2, b3, acc, i):
     acc[i + 5] = d1
     acc[i + 6] = d2
     acc[i + 7] = d3
+
+
+@cuda.jit(device=True, inline=True, cache=True)
+def pack_a(bf16, c, kk):
+    """The A registers of mma k-step ``kk`` packed from C accumulators ``c`` (16-bit pairs;
+    :func:`v4_layout.p_from_s`): P^T / dS^T in the dK/dV pass, dS in the dQ pass."""
+    t0, r0 = _p_from_s(kk, 0)
+    t1, r1 = _p_from_s(kk, 1)
+    t2, r2 = _p_from_s(kk, 2)
+    t3, r3 = _p_from_s(kk, 3)
+    return (_pack(bf16, c[4 * t0 + r0], c[4 * t0 + r0 + 1]),
+            _pack(bf16, c[4 * t1 + r1], c[4 * t1 + r1 + 1]),
+            _pack(bf16, c[4 * t2 + r2], c[4 * t2 + r2 + 1]),
+            _pack(bf16, c[4 * t3 + r3], c[4 * t3 + r3 + 1]))
+
+
+def scores_loop(ksteps, ntiles, row_bytes):
+    """Device function ``scores(bf16, a1, b1, c1, a2, b2, c2)``: ``c1 = A1 B1^T`` and
+    ``c2 = A2 B2^T`` over ``ksteps`` k16 steps, for one warp's 16 A rows and ``ntiles`` 8-row
+    n-tiles of B; ``a*`` / ``b*`` are the lanes' ldmatrix addresses (``a_ldsm_rc`` /
+    ``k_ldsm_rc`` at k-step 0) of row-major tiles with ``row_bytes`` per row. The two
+    products share the loop (S and dP of both passes)."""
+    NP = ntiles // 2
+    N = 4 * ntiles
+    RSB = row_bytes
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def scores(bf16, a1, b1, c1, a2, b2, c2):
+        for i in range(N):
+            c1[i] = ZERO
+            c2[i] = ZERO
+        for kk in range(ksteps):
+            x0, x1, x2, x3 = ptx.ldmatrix_x4(a1 + uint32(32 * kk))
+            for p in range(NP):
+                y0, y1, y2, y3 = ptx.ldmatrix_x4(b1 + uint32(16 * p * RSB + 32 * kk))
+                mma_pair(bf16, x0, x1, x2, x3, y0, y1, y2, y3, c1, 8 * p)
+            x0, x1, x2, x3 = ptx.ldmatrix_x4(a2 + uint32(32 * kk))
+            for p in range(NP):
+                y0, y1, y2, y3 = ptx.ldmatrix_x4(b2 + uint32(16 * p * RSB + 32 * kk))
+                mma_pair(bf16, x0, x1, x2, x3, y0, y1, y2, y3, c2, 8 * p)
+    return scores
 
 
 @cuda.jit(device=True, inline=True, cache=True)

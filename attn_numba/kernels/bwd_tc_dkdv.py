@@ -19,11 +19,12 @@ from numba import config as numba_config
 from numba import cuda, float32, uint8, uint32
 
 from . import ptx
-from .bwd_tc_device import NEG_INF, ZERO, _a_ldsm_rc, mma_pair, row_delta, row_lse_log2
+from .bwd_tc_device import (NEG_INF, ZERO, _a_ldsm_rc, mma_pair, pack_a, row_delta,
+                            row_lse_log2, scores_loop)
 from .bwd_tc_layout import WARPS, dsplit, padded, row_bytes
 from .common import seq_span
 from .tile_range import query_rows
-from .v4_device import _c_frag_rc, _k_ldsm_rc, _p_from_s, _pack, _v_ldsm_rc, tile_loader
+from .v4_device import _c_frag_rc, _k_ldsm_rc, _pack, _v_ldsm_rc, tile_loader
 
 
 def build_dkdv(head_size, bf16, bnk, bm, nstages):
@@ -57,6 +58,7 @@ def _build_dkdv(head_size, bf16, bnk, bm, nstages):
     STAGE_BYTES = 2 * TILE_BYTES
     load_kv = tile_loader(D, BNK, NT)
     load_q = tile_loader(D, BM, NT)
+    scores = scores_loop(QK_STEPS, S_TILES, RSB)
 
     jit_kw = dict(cache=True)
     if not numba_config.ENABLE_CUDASIM:
@@ -158,22 +160,8 @@ def _build_dkdv(head_size, bf16, bnk, bm, nstages):
                     dl[2 * nt] = row_delta(delta, h, q0, col, sq)
                     dl[2 * nt + 1] = row_delta(delta, h, q0, col + 1, sq)
                 # S^T = K Q^T and dP^T = V dO^T (keys x queries)
-                for i in range(S_LEN):
-                    s[i] = ZERO
-                    dp[i] = ZERO
-                ka = ptx.opaque_u32(kb + a_off)
-                va = ptx.opaque_u32(vb + a_off)
-                qn = ptx.opaque_u32(qb + st + b_off)
-                on = ptx.opaque_u32(ob + st + b_off)
-                for kk in range(QK_STEPS):
-                    a0, a1, a2, a3 = ptx.ldmatrix_x4(ka + uint32(32 * kk))
-                    for p in range(S_TILES // 2):
-                        b0, b1, b2, b3 = ptx.ldmatrix_x4(qn + uint32(16 * p * RSB + 32 * kk))
-                        mma_pair(BF16, a0, a1, a2, a3, b0, b1, b2, b3, s, 8 * p)
-                    a0, a1, a2, a3 = ptx.ldmatrix_x4(va + uint32(32 * kk))
-                    for p in range(S_TILES // 2):
-                        b0, b1, b2, b3 = ptx.ldmatrix_x4(on + uint32(16 * p * RSB + 32 * kk))
-                        mma_pair(BF16, a0, a1, a2, a3, b0, b1, b2, b3, dp, 8 * p)
+                scores(BF16, ptx.opaque_u32(kb + a_off), ptx.opaque_u32(qb + st + b_off), s,
+                       ptx.opaque_u32(vb + a_off), ptx.opaque_u32(ob + st + b_off), dp)
                 # P^T (masked outside each key's rows unless every key sees the whole tile)
                 full = wl_lo <= m0 and m0 + BM - 1 <= wf_hi
                 for nt in range(S_TILES):
@@ -195,18 +183,8 @@ def _build_dkdv(head_size, bf16, bnk, bm, nstages):
                 ot = ptx.opaque_u32(ob + st + t_off)
                 qt = ptx.opaque_u32(qb + st + t_off)
                 for kk in range(PV_STEPS):
-                    t0, r0 = _p_from_s(kk, 0)
-                    t1, r1 = _p_from_s(kk, 1)
-                    t2, r2 = _p_from_s(kk, 2)
-                    t3, r3 = _p_from_s(kk, 3)
-                    p0 = _pack(BF16, s[4 * t0 + r0], s[4 * t0 + r0 + 1])
-                    p1 = _pack(BF16, s[4 * t1 + r1], s[4 * t1 + r1 + 1])
-                    p2 = _pack(BF16, s[4 * t2 + r2], s[4 * t2 + r2 + 1])
-                    p3 = _pack(BF16, s[4 * t3 + r3], s[4 * t3 + r3 + 1])
-                    e0 = _pack(BF16, dp[4 * t0 + r0], dp[4 * t0 + r0 + 1])
-                    e1 = _pack(BF16, dp[4 * t1 + r1], dp[4 * t1 + r1 + 1])
-                    e2 = _pack(BF16, dp[4 * t2 + r2], dp[4 * t2 + r2 + 1])
-                    e3 = _pack(BF16, dp[4 * t3 + r3], dp[4 * t3 + r3 + 1])
+                    p0, p1, p2, p3 = pack_a(BF16, s, kk)
+                    e0, e1, e2, e3 = pack_a(BF16, dp, kk)
                     for p in range(SLP):
                         pp = ds * SLP + p
                         if pp < PAIRS:
