@@ -32,7 +32,10 @@ from numba import config as numba_config
 from numba import cuda, float32, types, uint16, uint32
 
 from . import ptx
-from .common import NEG_INF, array_type, finish_row, key_range, seq_span, store_lse
+from .common import NEG_INF, array_type, key_range, seq_span
+from .mask import band_mask, mma_c_rc
+from .ptx_sm90 import shfl_xor
+from .softmax import epilogue, online_softmax, rescale
 from .v4_device import (ROW_PAD, _a_frag_rc, _c_frag_rc, _k_ldsm_rc, _mma, _p_from_s,  # noqa: F401
                         _pack, _v_ldsm_rc, padded, tile_loader)
 
@@ -114,6 +117,10 @@ def _build(head_size, heads, bf16, bn, warps=WARPS, nstages=1):
     BF16 = bf16
 
     _load_tile = tile_loader(D, BN, NT)
+    _mask = band_mask(mma_c_rc, S_LEN)
+    _update = online_softmax(S_LEN, ptx.ex2, shfl_xor)
+    _rescale = rescale(ACC_LEN)
+    _finish = epilogue(ACC_LEN, DW, ptx.pack_bf16x2 if BF16 else ptx.pack_f16x2, shfl_xor)
 
     jit_kw = dict(cache=True)
     if not numba_config.ENABLE_CUDASIM:
@@ -233,51 +240,9 @@ def _build(head_size, heads, bf16, bn, warps=WARPS, nstages=1):
 
                 # mask unless the tile lies inside the band of every row of the warp
                 if not (wlo_last <= n0 and n0 + BN - 1 <= whi_first):
-                    for nt in range(S_TILES):
-                        for r in range(4):
-                            rr, cc = _c_frag_rc(lane, r)
-                            col = n0 + 8 * nt + cc
-                            if rr < 8:
-                                if col < lo_a or col > hi_a:
-                                    s[4 * nt + r] = NEG_INF
-                            else:
-                                if col < lo_b or col > hi_b:
-                                    s[4 * nt + r] = NEG_INF
-
-                # online softmax; a row is held by the 4 lanes of a quad
-                mx_a = NEG_INF
-                mx_b = NEG_INF
-                for nt in range(S_TILES):
-                    mx_a = max(mx_a, max(s[4 * nt], s[4 * nt + 1]))
-                    mx_b = max(mx_b, max(s[4 * nt + 2], s[4 * nt + 3]))
-                mx_a = max(mx_a, cuda.shfl_xor_sync(0xFFFFFFFF, mx_a, 1))
-                mx_a = max(mx_a, cuda.shfl_xor_sync(0xFFFFFFFF, mx_a, 2))
-                mx_b = max(mx_b, cuda.shfl_xor_sync(0xFFFFFFFF, mx_b, 1))
-                mx_b = max(mx_b, cuda.shfl_xor_sync(0xFFFFFFFF, mx_b, 2))
-                new_a = max(m_a, mx_a)
-                new_b = max(m_b, mx_b)
-                base_a = ZERO if new_a == NEG_INF else new_a   # no -inf - -inf
-                base_b = ZERO if new_b == NEG_INF else new_b
-                alpha_a = ptx.ex2(m_a - base_a)
-                alpha_b = ptx.ex2(m_b - base_b)
-                m_a = new_a
-                m_b = new_b
-                sum_a = ZERO
-                sum_b = ZERO
-                for nt in range(S_TILES):
-                    s[4 * nt] = ptx.ex2(s[4 * nt] - base_a)
-                    s[4 * nt + 1] = ptx.ex2(s[4 * nt + 1] - base_a)
-                    s[4 * nt + 2] = ptx.ex2(s[4 * nt + 2] - base_b)
-                    s[4 * nt + 3] = ptx.ex2(s[4 * nt + 3] - base_b)
-                    sum_a += s[4 * nt] + s[4 * nt + 1]
-                    sum_b += s[4 * nt + 2] + s[4 * nt + 3]
-                l_a = l_a * alpha_a + sum_a      # per-lane partial sums, reduced at the end
-                l_b = l_b * alpha_b + sum_b
-                for nt in range(O_TILES):
-                    acc[4 * nt] *= alpha_a
-                    acc[4 * nt + 1] *= alpha_a
-                    acc[4 * nt + 2] *= alpha_b
-                    acc[4 * nt + 3] *= alpha_b
+                    _mask(s, n0, lane, lo_a, hi_a, lo_b, hi_b)
+                m_a, m_b, l_a, l_b, alpha_a, alpha_b = _update(s, m_a, m_b, l_a, l_b)
+                _rescale(acc, alpha_a, alpha_b)
 
             if STAGES == 1:
                 ptx.cp_async_wait_all()
@@ -312,27 +277,7 @@ def _build(head_size, heads, bf16, bn, warps=WARPS, nstages=1):
                         acc[8 * p + 6] = d2
                         acc[8 * p + 7] = d3
 
-        # epilogue: full row sums, normalise, write 16-bit pairs and lse
-        l_a += cuda.shfl_xor_sync(0xFFFFFFFF, l_a, 1)
-        l_a += cuda.shfl_xor_sync(0xFFFFFFFF, l_a, 2)
-        l_b += cuda.shfl_xor_sync(0xFFFFFFFF, l_b, 1)
-        l_b += cuda.shfl_xor_sync(0xFFFFFFFF, l_b, 2)
-        inv_a, lse_a = finish_row(l_a, m_a)
-        inv_b, lse_b = finish_row(l_b, m_b)
-        for nt in range(O_TILES):
-            w = 4 * nt + t
-            if w < DW:
-                if row_a < sq:
-                    out[q0 + row_a, h, w] = _pack(BF16, acc[4 * nt] * inv_a,
-                                                 acc[4 * nt + 1] * inv_a)
-                if row_b < sq:
-                    out[q0 + row_b, h, w] = _pack(BF16, acc[4 * nt + 2] * inv_b,
-                                                 acc[4 * nt + 3] * inv_b)
-        if t == 0:
-            if row_a < sq:
-                store_lse(lse, lse_batched, b, h, q0, row_a, lse_a)
-            if row_b < sq:
-                store_lse(lse, lse_batched, b, h, q0, row_b, lse_b)
+        _finish(acc, m_a, m_b, l_a, l_b, out, lse, b, h, q0, row_a, row_b, sq, t, lse_batched)
 
     return flash_tc_kernel
 

@@ -231,7 +231,7 @@ def _build(head_size, kind, heads, block_n, v_swap, overlap, stages, groups=1):
             wait0()
             fence_s(s)
             m_a, m_b, l_a, l_b, al_a, al_b = softmax(
-                s, n_first, not (lo_last <= n_first and n_first + BN - 1 <= hi_first), t,
+                s, n_first, not (lo_last <= n_first and n_first + BN - 1 <= hi_first), lane,
                 lo_a, hi_a, lo_b, hi_b, m_a, m_b, l_a, l_b, scale_log2)
             rescale_pack(o, s, pa, al_a, al_b)
             for j in range(1, ntiles):
@@ -255,7 +255,7 @@ def _build(head_size, kind, heads, block_n, v_swap, overlap, stages, groups=1):
                 wait1()                             # S of tile j is ready; P.V still runs
                 fence_s(s)
                 m_a, m_b, l_a, l_b, al_a, al_b = softmax(
-                    s, n0, not (lo_last <= n0 and n0 + BN - 1 <= hi_first), t, lo_a, hi_a,
+                    s, n0, not (lo_last <= n0 and n0 + BN - 1 <= hi_first), lane, lo_a, hi_a,
                     lo_b, hi_b, m_a, m_b, l_a, l_b, scale_log2)
                 wait0()
                 fence_o(o)
@@ -282,7 +282,7 @@ def _build(head_size, kind, heads, block_n, v_swap, overlap, stages, groups=1):
                 wait0()
                 fence_s(s)
                 m_a, m_b, l_a, l_b, al_a, al_b = softmax(
-                    s, n0, not (lo_last <= n0 and n0 + BN - 1 <= hi_first), t, lo_a, hi_a,
+                    s, n0, not (lo_last <= n0 and n0 + BN - 1 <= hi_first), lane, lo_a, hi_a,
                     lo_b, hi_b, m_a, m_b, l_a, l_b, scale_log2)
                 rescale_pack(o, s, pa, al_a, al_b)
                 px.wgmma_fence()
