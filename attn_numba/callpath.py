@@ -17,7 +17,7 @@ import numpy as np
 
 from . import arrays, kernels, launcher
 from .arrays import F32, as_numba, kernel_dtype, on_simulator, resolve_stream
-from .problem import KERNEL_NAMES
+from .kernels import BWD_ARRAYS, BWD_KERNEL_NAMES, FWD_ARRAYS, KERNEL_NAMES
 
 # Set by attn_numba.testing.poisoned_outputs(): fill new outputs with NaN before launch.
 _POISON_OUTPUTS = False
@@ -35,36 +35,41 @@ def _poison(enabled=True):
 
 # --------------------------------------------------------------------------- kernel choice
 
-def _resolve_kernel(kernel, problem):
+def _resolve_kernel(kernel, problem, backward=False):
+    get, names = (kernels.get_bwd, BWD_KERNEL_NAMES) if backward else (kernels.get, KERNEL_NAMES)
+    what = "backward kernel" if backward else "kernel"
     if kernel != "auto":
-        mod = kernels.get(kernel)
+        mod = get(kernel)
         if mod is None:
-            raise ValueError(f"kernel {kernel!r} is not available in this build")
+            raise ValueError(f"{what} {kernel!r} is not available in this build")
         reason = mod.supports(problem)
         if reason:
-            raise ValueError(f"kernel {kernel!r} cannot run this call: {reason}")
+            raise ValueError(f"{what} {kernel!r} cannot run this call: {reason}")
         return mod
     reasons = []
-    for name in KERNEL_NAMES:
-        mod = kernels.get(name)
+    for name in names:
+        mod = get(name)
         if mod is None:
             continue
         reason = mod.supports(problem)
         if not reason:
             return mod
         reasons.append(f"{name}: {reason}")
-    raise ValueError("no kernel can run this call: " + "; ".join(reasons))
+    raise ValueError(f"no {what} can run this call: " + "; ".join(reasons))
 
 
 # --------------------------------------------------------------------------- specialisations
 
 class _Spec:
-    """One call specialisation: module, plans, bound launchers, uniform cu_seqlens."""
+    """One call specialisation: module, plans, bound launchers, uniform cu_seqlens, and the
+    names of the call's arrays (the order of the pointers its launches take: the call's
+    arguments, then the module's ``scratch``)."""
 
-    __slots__ = ("mod", "problem", "plans", "bounds", "cu")
+    __slots__ = ("mod", "problem", "plans", "bounds", "cu", "names", "scratch")
 
-    def __init__(self, mod, problem, plans, bounds, cu):
+    def __init__(self, mod, problem, plans, bounds, cu, names, scratch=()):
         self.mod, self.problem, self.plans, self.bounds, self.cu = mod, problem, plans, bounds, cu
+        self.names, self.scratch = names, scratch
 
 
 _SPECS = {}
@@ -86,30 +91,31 @@ def _uniform_cu(batch, seqlen):
     return d, arrays.info(d, "numba")
 
 
-def _spec(key, kernel, make, device):
+def _spec(key, kernel, make, device, backward=False):
     """The cached :class:`_Spec` for ``key``, built on a miss from ``make() -> (problem,
-    specs, uniform)`` (kernel resolution may raise). ``specs``: (dtype, shape) of the seven
-    kernel arrays; ``uniform``: (seqlen_q, seqlen_k) of a batched call, else None."""
+    specs, uniform)`` (kernel resolution may raise). ``specs``: (dtype, shape) of the call's
+    arrays as the kernels take them, in the order of ``FWD_ARRAYS`` (``BWD_ARRAYS`` for a
+    ``backward`` call); ``uniform``: (seqlen_q, seqlen_k) of a batched call, else None."""
     spec = _SPECS.get(key)
     if spec is not None:
         return spec
     problem, specs, uniform = make()
-    mod = _resolve_kernel(kernel, problem)
-    plan_fn = getattr(mod, "plan", None)
-    plans = tuple(plan_fn(problem)) if plan_fn is not None else None
+    mod = _resolve_kernel(kernel, problem, backward)
+    plans = tuple(mod.plan(problem))
+    named = dict(zip(BWD_ARRAYS if backward else FWD_ARRAYS, specs))
+    scratch = tuple(mod.scratch(problem)) if backward else ()
+    for s in scratch:
+        named[s.name] = (np.dtype(s.dtype), tuple(s.shape))
     bounds, cu = None, None
     with _device_ctx(device):
         if uniform is not None:
             cu = (_uniform_cu(problem.batch, uniform[0]), _uniform_cu(problem.batch, uniform[1]))
         if not problem.on_simulator and problem.total_q > 0:
-            if plans is not None:
-                bounds = launcher.bind_plans(plans, specs)
-                if bounds is None:  # dispatcher path: still skip Numba's slow cache load
-                    for p in plans:
-                        launcher.load_cached(p.kernel, launcher.argtypes(p, specs), False)
-            else:
-                launcher.preload_module(mod, problem.head_size, kernel_dtype(problem.dtype))
-    spec = _Spec(mod, problem, plans, bounds, cu)
+            bounds = launcher.bind_plans(plans, named)
+            if bounds is None:  # dispatcher path: still skip Numba's slow cache load
+                for p in plans:
+                    launcher.load_cached(p.kernel, launcher.argtypes(p, named), False)
+    spec = _Spec(mod, problem, plans, bounds, cu, tuple(named), scratch)
     if len(_SPECS) >= _MAX_SPECS:
         _SPECS.clear()
     _SPECS[key] = spec
@@ -121,8 +127,9 @@ def _spec(key, kernel, make, device):
 def _run(spec, ptrs, args, ls):
     """Enqueue ``spec``'s launches on :class:`~attn_numba.arrays.LaunchStream` ``ls``.
 
-    ``ptrs``: the seven data pointers (q, k, v, out, lse, cu_q, cu_k) for the bound launchers;
-    ``args()``: seven ``(array, Info, kernel shape)``, built only for Numba's dispatcher."""
+    ``ptrs``: the data pointers of the call's arrays in the order of ``spec.names``, for the
+    bound launchers; ``args()``: their ``(array, Info, kernel shape)`` in the same order,
+    built only for Numba's dispatcher."""
     if spec.problem.total_q == 0:
         return
     if spec.bounds is not None:
@@ -138,12 +145,8 @@ def _run(spec, ptrs, args, ls):
             warnings.warn(f"attn_numba: cuLaunchKernel path unavailable ({exc}); "
                           f"using Numba's dispatcher", RuntimeWarning, stacklevel=3)
             spec.bounds = None
-    nargs = [as_numba(x, inf, shape) for x, inf, shape in args()]
-    s = arrays.numba_stream(ls)
-    if spec.plans is not None:
-        kernels.launch_plans(spec.plans, *nargs, s)
-    else:
-        spec.mod.launch(spec.problem, *nargs, s)
+    nargs = {n: as_numba(x, inf, shape) for n, (x, inf, shape) in zip(spec.names, args())}
+    kernels.launch_plans(spec.plans, nargs, arrays.numba_stream(ls))
 
 
 def _new(kind, like, shape, dtype, ls, device):

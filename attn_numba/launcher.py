@@ -8,14 +8,14 @@ for every argument runs ``_prepare_args`` (``wrap_arg(val).to_device``, then mem
 size, itemsize, pointer, shape and strides as separate kernel parameters; ctypes objects for
 scalars), builds a ``cuda.core`` ``LaunchConfig`` and calls ``cuda.core.launch``, which packs
 the parameters again. numba-cuda's tracker puts that at about 6.6 us plus about 4 us per array
-argument (PR #288); our calls pass seven arrays.
+argument (PR #288); a forward call passes seven arrays, a backward call more.
 
 :class:`Bound` does that work once per call specialisation (fixed shapes and scalars): it
 looks up the compiled overload for the exact argument types (:func:`load_cached`), lays out
 every kernel parameter in one ``uint64`` slot of a ctypes buffer, exactly in the order of
 ``_prepare_args`` (each parameter is at most 8 bytes and the driver copies each parameter's
 own size from the start of its slot), and keeps an array of pointers to the slots. A call then
-writes the seven data pointers and calls the driver's ``cuLaunchKernel`` through
+writes the data pointers and calls the driver's ``cuLaunchKernel`` through
 ``cuda.bindings``, with the parameter-pointer array as ``kernelParams``. The parameter count
 and sizes are checked against the driver's ``cuKernelGetParamInfo`` (through ctypes)
 where the driver has it.
@@ -43,8 +43,6 @@ from .arrays import c_strides
 #: cuda.bindings; "dispatcher": Numba's launch
 MODE = os.environ.get("ATTN_NUMBA_LAUNCH", "driver")
 
-#: the seven array arguments every plan launch starts with
-ARRAY_ARGS = ("q", "k", "v", "out", "lse", "cu_seqlens_q", "cu_seqlens_k")
 
 
 def load_cached(disp, sig, compile_on_miss=True):
@@ -103,10 +101,9 @@ def viewed(spec, how):
 
 
 def plan_specs(plan, specs):
-    """The (dtype, shape) of the seven array arguments of ``plan``'s launch, given those of
-    q, k, v, out, lse, cu_q, cu_k as the kernels receive them (bf16 as uint16)."""
-    return tuple(viewed(s, plan.views[i]) if i < 4 else viewed(s, None)
-                 for i, s in enumerate(specs))
+    """The (dtype, shape) of the array arguments of ``plan``'s launch, given ``specs``: the
+    call's arrays by name -> (dtype, shape) as the kernels receive them (bf16 as uint16)."""
+    return tuple(viewed(specs[n], plan.view_of(i)) for i, n in enumerate(plan.arrays))
 
 
 def argtypes(plan, specs):
@@ -138,7 +135,9 @@ def _dim3(d):
 
 class Bound:
     """One plan with its shapes and scalars fixed: ``bound(stream_handle, ptrs)`` launches it
-    with the seven data pointers ``ptrs`` (q, k, v, out, lse, cu_q, cu_k) on a raw stream.
+    on a raw stream with ``ptrs``, the data pointers of the call's arrays in the order of
+    ``names`` (the keys of ``specs``: :data:`~attn_numba.kernels.FWD_ARRAYS` for a forward
+    call); the plan takes those it names, in its own order.
 
     Raises ``NotImplementedError`` from the constructor when the kernel cannot be launched
     this way (debug or cooperative kernel, parameter layout not as expected); the interface
@@ -160,7 +159,7 @@ class Bound:
             size = int(np.prod(shape, dtype=np.int64))
             slots.append(len(values) + 4)  # meminfo, parent, nitems, itemsize, *data*
             values += [0, 0, size, dt.itemsize, 0, *shape, *c_strides(shape, dt.itemsize)]
-        for ty, val in zip(sig[len(specs):], plan.scalars):
+        for ty, val in zip(sig[len(plan.arrays):], plan.scalars):
             values.append(_scalar_bits(ty, val))
         sizes = _param_sizes(int(cufunc.handle), len(values))
         if sizes is not None and max(sizes, default=0) > 8:
@@ -172,6 +171,8 @@ class Bound:
         self._ptrs = (ctypes.c_void_p * n)(*[base + 8 * j for j in range(n)])
         self._params = ctypes.addressof(self._ptrs)
         self._slots = tuple(slots)
+        names = tuple(specs)
+        self._index = tuple(names.index(n) for n in plan.arrays)
         self._func = cudrv.CUfunction(int(cufunc.handle))
         self._fptr = int(cufunc.handle)
         self._grid, self._block = _dim3(plan.griddim), _dim3(plan.blockdim)
@@ -186,8 +187,8 @@ class Bound:
         g, b = self._grid, self._block
         with self._lock:  # the parameter buffer is shared; the driver copies it at launch
             buf = self._buf
-            for slot, p in zip(self._slots, ptrs):
-                buf[slot] = p
+            for slot, i in zip(self._slots, self._index):
+                buf[slot] = ptrs[i]
             c = self._c
             if c is not None:
                 err = c(self._fptr, g[0], g[1], g[2], b[0], b[1], b[2], self._shared, stream,
@@ -278,16 +279,3 @@ def bind_plans(plans, specs):
         warnings.warn(f"attn_numba: the fast launch path is unavailable ({exc}); calls go "
                       f"through Numba's dispatcher", RuntimeWarning, stacklevel=3)
         return None
-
-
-def preload_module(mod, head_size, dtype):
-    """For a kernel module without ``plan()``: load its ``KERNEL_FUNCS`` for ``head_size`` and
-    ``dtype`` from the disk cache without Numba's slow path (a miss is left to the dispatcher)."""
-    try:
-        sigs = mod.ptx_signatures(head_size, np.dtype(dtype))
-        for fname, sig in sigs.items():
-            disp = mod.KERNEL_FUNCS.get(fname)
-            if disp is not None:
-                load_cached(disp, sig, compile_on_miss=False)
-    except Exception:  # noqa: BLE001 - an optimisation only: never fail a call over it
-        pass

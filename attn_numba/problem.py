@@ -14,9 +14,6 @@ import numpy as np
 #: Largest head size any kernel accepts.
 MAX_HEAD_SIZE = 256
 
-#: Kernel names, in the order ``kernel="auto"`` prefers them.
-KERNEL_NAMES = ("flash_wgmma", "flash_tc", "flash", "tiled", "naive")
-
 
 def normalize_window(window_size, causal):
     """Validate ``window_size`` and ``causal`` and return the effective ``(left, right)``.

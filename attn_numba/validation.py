@@ -12,7 +12,8 @@ import numpy as np
 
 from . import arrays
 from .arrays import BF16, F16, F32
-from .problem import KERNEL_NAMES, MAX_HEAD_SIZE, default_scale, normalize_window
+from .kernels import KERNEL_NAMES
+from .problem import MAX_HEAD_SIZE, default_scale, normalize_window
 
 SUPPORTED_DTYPES = tuple(d for d in (F16, BF16, F32) if d is not None)
 _DTYPE_NAMES = "float16, bfloat16 or float32"

@@ -30,7 +30,7 @@ import numpy as np
 
 from . import kernels as _kernels
 from .launcher import load_cached  # noqa: F401 - part of this module's API
-from .problem import KERNEL_NAMES
+from .kernels import KERNEL_NAMES
 
 
 class CompileInTimedRegion(RuntimeError):

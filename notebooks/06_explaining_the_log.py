@@ -320,7 +320,7 @@ for c, mk in ((0, "o"), (1, "s")):
     rr = sorted([r for r in NV["fixed"]["rows"] if r["causal"] == c], key=lambda r: r["seq_len"])
     ax.plot([r["seq_len"] for r in rr], [r["cold_gpu_s"] for r in rr], mk + "-", color="tab:blue",
             label=f"fixed harness, naive kernel, H100 (causal={c})")
-from attn_numba.problem import KERNEL_NAMES
+from attn_numba.kernels import KERNEL_NAMES
 S_PATH, S_DOC = sources.load_summary(RESULTS)
 def fastest(ours_only):
     best = {}

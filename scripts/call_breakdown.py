@@ -136,15 +136,12 @@ def stages(torch, kernel, q, k, v):
         args = ((q, iq, shapes[0]), (k, ik, shapes[1]), (v, iv, shapes[2]), (out, io, shapes[0]),
                 (lse, il, shapes[3]), (cq, icq, None), (ck, ick, None))
         res["wrapping"] = per_call_us(lambda: [as_numba(x, i, s) for x, i, s in args], n=200)
-        nargs = [as_numba(x, i, s) for x, i, s in args]
+        nargs = {n: as_numba(x, i, s) for n, (x, i, s) in zip(spec.names, args)}
         stream = arrays.numba_stream(ls)
 
         def launch():
             from attn_numba import kernels
-            if spec.plans is not None:
-                kernels.launch_plans(spec.plans, *nargs, stream)
-            else:
-                spec.mod.launch(spec.problem, *nargs, stream)
+            kernels.launch_plans(spec.plans, nargs, stream)
     res["launch"] = launch_us(torch, launch)
     res["sum_of_stages"] = sum(v for kk, v in res.items() if kk != "full_checks")
     call = lambda: mha(q, k, v, kernel=kernel, **KW)  # noqa: E731

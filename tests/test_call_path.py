@@ -159,7 +159,7 @@ def test_a_repeated_call_reuses_its_specialisation(qkv):
 
 @pytest.mark.parametrize("name", ["naive", "tiled", "flash"])
 def test_plan_contract(qkv, name):
-    """plan() gives Plans; the module's launch() (for scripts) equals the public call."""
+    """plan() gives Plans; launch_plans of them (what scripts use) equals the public call."""
     from numba import cuda
     mod = kernels.get(name)
     d = _dev(*qkv)
@@ -174,7 +174,8 @@ def test_plan_contract(qkv, name):
     lse = cuda.device_array(ref_lse.shape, np.float32)
     cu_q = cuda.to_device(np.array([0, 5, 10], np.int32))
     cu_k = cuda.to_device(np.array([0, 7, 14], np.int32))
-    mod.launch(spec.problem, q3, k3, v3, out, lse, cu_q, cu_k, 0)
+    kernels.launch_plans(plans, kernels.named(kernels.FWD_ARRAYS, q3, k3, v3, out, lse, cu_q,
+                                              cu_k), 0)
     np.testing.assert_array_equal(out.copy_to_host().reshape(ref.shape), ref.copy_to_host())
     np.testing.assert_array_equal(lse.copy_to_host(), ref_lse.copy_to_host())
 

@@ -106,7 +106,7 @@ def resolve(args):
         kernels = [k.strip() for k in args.kernels.replace(" ", ",").split(",") if k.strip()]
     else:
         kernels = default
-    from ..problem import KERNEL_NAMES
+    from ..kernels import KERNEL_NAMES
     bad = [k for k in kernels if k not in KERNEL_NAMES and k not in G.PEERS]
     if bad:
         raise ValueError(f"unknown kernel(s) {bad}; choose from {list(KERNEL_NAMES) + list(G.PEERS)}")

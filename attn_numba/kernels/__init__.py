@@ -1,40 +1,46 @@
-"""Kernel registry and the launch-plan contract. One module per version; the interface
-dispatches between them.
+"""Kernel registry and the launch-plan contract (:class:`KernelModule`). One module per
+version; the interface dispatches between them.
 
-Every kernel module defines:
+Every forward kernel module (registered in :data:`_MODULES`) and every backward kernel module
+(:data:`_BWD_MODULES`) defines what :class:`KernelModule` lists. The call path caches the
+plans of a call's specialisation and launches them itself, on the caller's stream, through
+bound ``cuLaunchKernel`` launchers where it can (:mod:`attn_numba.launcher`), else through
+:func:`launch_plans`.
 
-* ``NAME``: its ``kernel=`` name;
-* ``supports(problem) -> str | None``: why it cannot run a :class:`~attn_numba.problem.Problem`,
-  or ``None`` when it can (a kernel that does not take bfloat16 says so here);
-* ``plan(problem) -> tuple[Plan, ...]``: the launches that compute the call, in order (see
-  :class:`Plan`). The interface caches the plans of a call's specialisation and launches them
-  itself, on the caller's stream, without Numba's per-call dispatch where it can
-  (:mod:`attn_numba.launcher`);
-* ``launch(problem, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, stream)``: enqueue the
-  computation on ``stream`` (a Numba stream or a raw ``cudaStream_t`` int), normally just
-  ``launch_plans(plan(problem), ...)``. Kept for scripts; a module without ``plan()`` is
-  launched through it. ``q``/``out`` are device arrays ``(total_q, H, D)``, ``k``/``v``
-  ``(total_k, Hkv, D)``, ``lse`` float32 ``(B, H, S)`` or ``(1, H, total_q)`` (see
-  ``Problem.lse_batched``), ``cu_seqlens_*`` int32 ``(B + 1,)``. bfloat16 tensors arrive as
-  their raw bits (Numba dtype uint16). The launches must write every element of ``out`` and
-  ``lse``.
-* ``KERNEL_FUNCS``: the ``cuda.jit`` kernels it launches, with ``ptx_signatures(head_size,
-  dtype)`` giving the argument types to compile each for real with ``compile_ptx``.
+Arrays, as the kernels receive them: ``q``/``out``/``dout``/``dq`` ``(total_q, H, D)``,
+``k``/``v``/``dk``/``dv`` ``(total_k, Hkv, D)``, ``lse`` float32 ``(B, H, S)`` or
+``(1, H, total_q)`` (see ``Problem.lse_batched``), ``cu_seqlens_*`` int32 ``(B + 1,)``;
+bfloat16 tensors arrive as their raw bits (Numba dtype uint16). The launches must write every
+element of their outputs (``out`` and ``lse``; ``dq``, ``dk`` and ``dv``).
 """
 from __future__ import annotations
 
 import importlib
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
+#: forward kernels, in the order ``kernel="auto"`` prefers them (the one registry of names)
 _MODULES = {
-    "naive": "attn_numba.kernels.v1_naive",
-    "tiled": "attn_numba.kernels.v2_tiled",
-    "flash": "attn_numba.kernels.v3_flash",
-    "flash_tc": "attn_numba.kernels.v4_tensor_core",
     "flash_wgmma": "attn_numba.kernels.v5_wgmma",  # Hopper only; absent from some builds
+    "flash_tc": "attn_numba.kernels.v4_tensor_core",
+    "flash": "attn_numba.kernels.v3_flash",
+    "tiled": "attn_numba.kernels.v2_tiled",
+    "naive": "attn_numba.kernels.v1_naive",
 }
+#: backward kernels, in the order ``mha_bwd(kernel="auto")`` prefers them
+_BWD_MODULES = {
+    "flash_tc": "attn_numba.kernels.bwd_flash_tc",
+    "flash": "attn_numba.kernels.bwd_flash",
+}
+KERNEL_NAMES = tuple(_MODULES)
+BWD_KERNEL_NAMES = tuple(_BWD_MODULES)
+
+#: the array arguments of a forward call, in the order the call path passes their pointers
+FWD_ARRAYS = ("q", "k", "v", "out", "lse", "cu_seqlens_q", "cu_seqlens_k")
+#: the array arguments of a backward call (scratch buffers follow, by their names)
+BWD_ARRAYS = ("dout", "q", "k", "v", "out", "lse", "dq", "dk", "dv", "cu_seqlens_q",
+              "cu_seqlens_k")
 
 #: ``Plan.views`` entry: pass the array as a 1-D ``reshape(size)`` view
 FLAT = "flat"
@@ -43,12 +49,13 @@ FLAT = "flat"
 class Plan(NamedTuple):
     """One kernel launch of a call.
 
-    The launch is ``kernel[griddim, blockdim, stream, shared](q', k', v', out', lse, cu_q,
-    cu_k, *scalars)`` where ``q' = q.view(views[0])`` (and so on for k, v, out):
+    The launch is ``kernel[griddim, blockdim, stream, shared](a_0', a_1', ..., *scalars)``
+    where ``a_i`` is the call's array named ``arrays[i]`` (:data:`FWD_ARRAYS`,
+    :data:`BWD_ARRAYS` or a :class:`Scratch` name) and ``a_i' = a_i`` viewed by ``views[i]``:
 
-    * ``views[i] is None``: the array as is (``(total, heads, head_size)``, bf16 as uint16);
-    * ``views[i]`` a NumPy dtype: ``.view(dtype)`` (the last axis rescaled by the item sizes);
-    * ``views[i] == "flat"`` (:data:`FLAT`): ``.reshape(size)``, a 1-D view.
+    * ``None`` (or ``i >= len(views)``): the array as is (bf16 as uint16);
+    * a NumPy dtype: ``.view(dtype)`` (the last axis rescaled by the item sizes);
+    * :data:`FLAT`: ``.reshape(size)``, a 1-D view.
 
     ``scalars`` are NumPy scalars (``np.float32``, ``np.int64``, ``np.int32``) or Python ``bool``:
     their types select the compiled specialisation, so they must not change type between
@@ -61,6 +68,45 @@ class Plan(NamedTuple):
     views: tuple
     scalars: tuple
     shared: int = 0
+    arrays: tuple = FWD_ARRAYS
+
+    def view_of(self, i):
+        """The view of array argument ``i``."""
+        return self.views[i] if i < len(self.views) else None
+
+
+class Scratch(NamedTuple):
+    """A buffer a backward call needs besides its arguments: allocated uninitialised by the
+    call path (the caller's allocator, on the launch stream) and passed to every plan whose
+    ``arrays`` name it. The plans initialise whatever they read."""
+
+    name: str
+    shape: tuple
+    dtype: object
+
+
+@runtime_checkable
+class KernelModule(Protocol):
+    """What a kernel module defines (``tests/test_kernel_contract.py`` checks every one).
+
+    * ``NAME``: its ``kernel=`` name;
+    * ``supports(problem) -> str | None``: why it cannot run a
+      :class:`~attn_numba.problem.Problem`, or ``None`` when it can;
+    * ``plan(problem) -> tuple[Plan, ...]``: the launches that compute the call, in order;
+    * ``compile_targets(head_size, dtype) -> [(label, py_func, signature)]``: every kernel it
+      compiles for that head size and dtype, for ``cuda.compile_ptx`` (empty when
+      unsupported): the one list that ``compile_check`` and the cache-key test use.
+
+    A backward module also defines ``scratch(problem) -> tuple[Scratch, ...]``.
+    """
+
+    NAME: str
+
+    def supports(self, problem): ...
+
+    def plan(self, problem): ...
+
+    def compile_targets(self, head_size, dtype): ...
 
 
 def _view(x, how):
@@ -73,27 +119,33 @@ def _view(x, how):
     return x.view(np.dtype(how))
 
 
-def plan_args(plan, q, k, v, out, lse, cu_q, cu_k):
-    """The argument tuple of ``plan``'s launch, from Numba device arrays."""
-    qv, kv, vv, ov = (_view(x, w) for x, w in zip((q, k, v, out), plan.views))
-    return (qv, kv, vv, ov, lse, cu_q, cu_k, *plan.scalars)
+def plan_args(plan, arrays):
+    """The argument tuple of ``plan``'s launch; ``arrays``: name -> Numba device array."""
+    return (*(_view(arrays[n], plan.view_of(i)) for i, n in enumerate(plan.arrays)),
+            *plan.scalars)
 
 
-def launch_plans(plans, q, k, v, out, lse, cu_q, cu_k, stream=0):
+def launch_plans(plans, arrays, stream=0):
     """Launch ``plans`` in order through Numba's dispatcher (the path the simulator and
-    scripts use; the interface has a faster one on a GPU). ``stream``: a Numba stream or a
-    raw ``cudaStream_t`` int (0: the default stream)."""
+    scripts use; the call path has a faster one on a GPU). ``arrays``: name -> Numba device
+    array, for every name the plans use; ``stream``: a Numba stream or a raw
+    ``cudaStream_t`` int (0: the default stream)."""
     if isinstance(stream, int) and stream:
         from numba import cuda
         stream = cuda.external_stream(stream)
     for p in plans:
-        p.kernel[p.griddim, p.blockdim, stream, p.shared](
-            *plan_args(p, q, k, v, out, lse, cu_q, cu_k))
+        p.kernel[p.griddim, p.blockdim, stream, p.shared](*plan_args(p, arrays))
 
 
-def get(name):
-    """The kernel module for ``name``, or None if this build does not have it."""
-    path = _MODULES.get(name)
+def named(names, *arrays):
+    """``dict(zip(names, arrays))``: the ``arrays`` argument of :func:`launch_plans`."""
+    return dict(zip(names, arrays))
+
+
+def get(name, table=None):
+    """The kernel module for ``name`` (in ``table``, default the forward kernels), or None if
+    this build does not have it."""
+    path = (_MODULES if table is None else table).get(name)
     if path is None:
         return None
     try:
@@ -104,6 +156,12 @@ def get(name):
         raise
 
 
-def available():
-    """Names of the kernels this build has."""
-    return [n for n in _MODULES if get(n) is not None]
+def get_bwd(name):
+    """The backward kernel module for ``name``, or None if this build does not have it."""
+    return get(name, _BWD_MODULES)
+
+
+def available(backward=False):
+    """Names of the (forward, or backward) kernels this build has."""
+    table = _BWD_MODULES if backward else _MODULES
+    return [n for n in table if get(n, table) is not None]

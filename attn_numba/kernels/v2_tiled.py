@@ -27,7 +27,7 @@ import math
 import numpy as np
 from numba import cuda, float32, types
 
-from . import Plan, launch_plans
+from . import FWD_ARRAYS, Plan, launch_plans, named
 from .common import NEG_INF, array_type, key_range, seq_span, supports_cuda_core
 
 NAME = "tiled"
@@ -184,7 +184,7 @@ def plan(problem):
 
 def launch(problem, q, k, v, out, lse, cu_q, cu_k, stream):
     """:func:`plan`'s launches through Numba's dispatcher (see :mod:`attn_numba.kernels`)."""
-    launch_plans(plan(problem), q, k, v, out, lse, cu_q, cu_k, stream)
+    launch_plans(plan(problem), named(FWD_ARRAYS, q, k, v, out, lse, cu_q, cu_k), stream)
 
 
 def _signature(dtype):

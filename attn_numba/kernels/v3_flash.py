@@ -46,7 +46,7 @@ import numpy as np
 from numba import config as numba_config
 from numba import cuda, float32, types
 
-from . import FLAT, Plan, launch_plans
+from . import FLAT, FWD_ARRAYS, Plan, launch_plans, named
 from .common import NEG_INF, array_type, key_range, seq_span, supports_cuda_core
 
 NAME = "flash"
@@ -486,7 +486,8 @@ def plan(problem, tiles=None, min_blocks=None):
 
 def launch(problem, q, k, v, out, lse, cu_q, cu_k, stream, tiles=None, min_blocks=None):
     """:func:`plan`'s launch through Numba's dispatcher, on ``stream``."""
-    launch_plans(plan(problem, tiles, min_blocks), q, k, v, out, lse, cu_q, cu_k, stream)
+    launch_plans(plan(problem, tiles, min_blocks), named(FWD_ARRAYS, q, k, v, out, lse, cu_q, cu_k),
+                 stream)
 
 
 def _signature(dtype):
