@@ -36,6 +36,7 @@ from .common import NEG_INF, array_type, key_range, seq_span
 from .mask import band_mask, mma_c_rc
 from .ptx_sm90 import shfl_xor
 from .softmax import epilogue, online_softmax, rescale
+from .tile_range import full_key_tiles, key_tiles
 from .v4_device import (ROW_PAD, _a_frag_rc, _c_frag_rc, _k_ldsm_rc, _mma, _p_from_s,  # noqa: F401
                         _pack, _v_ldsm_rc, padded, tile_loader)
 
@@ -153,13 +154,14 @@ def _build(head_size, heads, bf16, bn, warps=WARPS, nstages=1):
         kg = ptx.gaddr(k)
         vg = ptx.gaddr(v)
 
-        # the block's key band (lo and hi are non-decreasing in the row), this warp's rows
-        blo, _ = key_range(row0, sq, sk, left, right)
-        _, bhi = key_range(min(row0 + PB, sq) - 1, sq, sk, left, right)
+        # the key tiles of the block's rows; this warp's rows: the tiles they see, and the
+        # tiles they all see in full (no element mask)
+        n_first, n_end = key_tiles(row0, min(row0 + PB, sq) - 1, sq, sk, left, right, BN)
         wrow0 = row0 + 16 * (warp // HB)
         has_rows = wrow0 < sq
-        wlo_first, whi_first = key_range(wrow0, sq, sk, left, right)
-        wlo_last, whi_last = key_range(min(wrow0 + 15, sq - 1), sq, sk, left, right)
+        wrow1 = min(wrow0 + 15, sq - 1)
+        w_lo, w_hi = key_tiles(wrow0, wrow1, sq, sk, left, right, BN)
+        f_lo, f_hi = full_key_tiles(wrow0, wrow1, sq, sk, left, right, BN)
         row_a = wrow0 + (lane >> 2)
         row_b = row_a + 8
         lo_a, hi_a = key_range(row_a, sq, sk, left, right)
@@ -171,8 +173,7 @@ def _build(head_size, heads, bf16, bn, warps=WARPS, nstages=1):
         k_lane = kb + uint32(kr0 * RSB + 2 * kc0)
         v_lane = vb + uint32(vr0 * RSB + 2 * vc0)
 
-        n_first = (blo // BN) * BN
-        if n_first <= bhi:
+        if n_first < n_end:
             _load_tile(kb, kg, n_first, k0, sk, hk, hkv, tid)
             if STAGES == 2:
                 _load_tile(vb, vg, n_first, k0, sk, hk, hkv, tid)
@@ -196,13 +197,13 @@ def _build(head_size, heads, bf16, bn, warps=WARPS, nstages=1):
         l_a = ZERO
         l_b = ZERO
 
-        for n0 in range(n_first, bhi + 1, BN):
+        for n0 in range(n_first, n_end, BN):
             st = uint32(0)
             if STAGES == 2:
                 st = uint32(((n0 - n_first) // BN) & 1) * uint32(STAGE_BYTES)
                 ptx.cp_async_wait_all()
                 cuda.syncthreads()      # tile j landed for all; tile j-1's stage is free
-                if n0 + BN <= bhi:
+                if n0 + BN < n_end:
                     nxt = uint32(STAGE_BYTES) - st
                     _load_tile(kb + nxt, kg, n0 + BN, k0, sk, hk, hkv, tid)
                     _load_tile(vb + nxt, vg, n0 + BN, k0, sk, hk, hkv, tid)
@@ -210,7 +211,7 @@ def _build(head_size, heads, bf16, bn, warps=WARPS, nstages=1):
                 ptx.cp_async_wait_all()
                 cuda.syncthreads()      # K_j landed for all; V buffer free (P.V_{j-1} done)
                 _load_tile(vb, vg, n0, k0, sk, hk, hkv, tid)
-            active = has_rows and n0 <= whi_last and n0 + BN - 1 >= wlo_first
+            active = has_rows and w_lo <= n0 and n0 < w_hi
             if active:
                 # S = Q K^T, base-2 scaled
                 kl = ptx.opaque_u32(k_lane + st)
@@ -239,7 +240,7 @@ def _build(head_size, heads, bf16, bn, warps=WARPS, nstages=1):
                     s[8 * p + 7] = c7 * scale_log2
 
                 # mask unless the tile lies inside the band of every row of the warp
-                if not (wlo_last <= n0 and n0 + BN - 1 <= whi_first):
+                if not (f_lo <= n0 and n0 < f_hi):
                     _mask(s, n0, lane, lo_a, hi_a, lo_b, hi_b)
                 m_a, m_b, l_a, l_b, alpha_a, alpha_b = _update(s, m_a, m_b, l_a, l_b)
                 _rescale(acc, alpha_a, alpha_b)
@@ -247,7 +248,7 @@ def _build(head_size, heads, bf16, bn, warps=WARPS, nstages=1):
             if STAGES == 1:
                 ptx.cp_async_wait_all()
                 cuda.syncthreads()      # V_j landed for all; K buffer free (Q K_j^T done)
-                if n0 + BN <= bhi:
+                if n0 + BN < n_end:
                     _load_tile(kb, kg, n0 + BN, k0, sk, hk, hkv, tid)
             if active:
                 # O += P V, P's A fragments packed from the S registers

@@ -45,6 +45,7 @@ from . import ptx_sm90 as px
 from . import v5_steps
 from . import wgmma_layout as wl
 from .common import NEG_INF, array_type, key_range, seq_span
+from .tile_range import full_key_tiles, key_tiles
 
 NAME = "flash_wgmma"
 
@@ -181,13 +182,12 @@ def _build(head_size, kind, heads, block_n, v_swap, overlap, stages, groups=1):
         kbase = px.data_ptr(k)
         vbase = px.data_ptr(v)
 
+        # the band's key tiles start at the band, not at multiples of BN: tile_range at key
+        # granularity; [f_lo, f_hi) holds the keys that every row of the block sees
         last = min(row0 + PB * WG, sq) - 1
-        blo, hi_first = key_range(row0, sq, sk, left, right)
-        lo_last, bhi = key_range(last, sq, sk, left, right)
-        n_first = blo                       # tiles start at the band, not at multiples of BN
-        ntiles = 0
-        if bhi >= blo:
-            ntiles = (bhi - n_first) // BN + 1
+        n_first, n_end = key_tiles(row0, last, sq, sk, left, right, 1)
+        f_lo, f_hi = full_key_tiles(row0, last, sq, sk, left, right, 1)
+        ntiles = (n_end - n_first + BN - 1) // BN
 
         # this thread's rows: warp w has rows 16w..16w+15 = one head
         hw = hbase + (16 * warp) // PB
@@ -231,7 +231,7 @@ def _build(head_size, kind, heads, block_n, v_swap, overlap, stages, groups=1):
             wait0()
             fence_s(s)
             m_a, m_b, l_a, l_b, al_a, al_b = softmax(
-                s, n_first, not (lo_last <= n_first and n_first + BN - 1 <= hi_first), lane,
+                s, n_first, not (f_lo <= n_first and n_first + BN <= f_hi), lane,
                 lo_a, hi_a, lo_b, hi_b, m_a, m_b, l_a, l_b, scale_log2)
             rescale_pack(o, s, pa, al_a, al_b)
             for j in range(1, ntiles):
@@ -255,7 +255,7 @@ def _build(head_size, kind, heads, block_n, v_swap, overlap, stages, groups=1):
                 wait1()                             # S of tile j is ready; P.V still runs
                 fence_s(s)
                 m_a, m_b, l_a, l_b, al_a, al_b = softmax(
-                    s, n0, not (lo_last <= n0 and n0 + BN - 1 <= hi_first), lane, lo_a, hi_a,
+                    s, n0, not (f_lo <= n0 and n0 + BN <= f_hi), lane, lo_a, hi_a,
                     lo_b, hi_b, m_a, m_b, l_a, l_b, scale_log2)
                 wait0()
                 fence_o(o)
@@ -282,7 +282,7 @@ def _build(head_size, kind, heads, block_n, v_swap, overlap, stages, groups=1):
                 wait0()
                 fence_s(s)
                 m_a, m_b, l_a, l_b, al_a, al_b = softmax(
-                    s, n0, not (lo_last <= n0 and n0 + BN - 1 <= hi_first), lane, lo_a, hi_a,
+                    s, n0, not (f_lo <= n0 and n0 + BN <= f_hi), lane, lo_a, hi_a,
                     lo_b, hi_b, m_a, m_b, l_a, l_b, scale_log2)
                 rescale_pack(o, s, pa, al_a, al_b)
                 px.wgmma_fence()
