@@ -16,7 +16,7 @@ import tempfile
 
 from numba import cuda
 
-from attn_numba.kernels import v4_tensor_core as v4
+from attn_numba.kernels import v4_flash_tc as v4
 
 
 def ptxas(ptx, arch):

@@ -236,7 +236,7 @@ def compile_times(n_rejit=3):
             cuda.synchronize()
             ts.append(time.perf_counter() - t)
         res[key] = ts
-    sig = v1_naive.ptx_signatures(128, np.float16)["naive_kernel"]
+    sig = v1_naive.compile_targets(128, np.float16)[0][2]
     cc_ = cuda.get_current_device().compute_capability
     ts = []
     for _ in range(2):

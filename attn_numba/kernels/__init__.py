@@ -22,8 +22,8 @@ import numpy as np
 
 #: forward kernels, in the order ``kernel="auto"`` prefers them (the one registry of names)
 _MODULES = {
-    "flash_wgmma": "attn_numba.kernels.v5_wgmma",  # Hopper only; absent from some builds
-    "flash_tc": "attn_numba.kernels.v4_tensor_core",
+    "flash_wgmma": "attn_numba.kernels.v5_flash_wgmma",  # Hopper only; absent from some builds
+    "flash_tc": "attn_numba.kernels.v4_flash_tc",
     "flash": "attn_numba.kernels.v3_flash",
     "tiled": "attn_numba.kernels.v2_tiled",
     "naive": "attn_numba.kernels.v1_naive",

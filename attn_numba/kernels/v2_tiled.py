@@ -27,11 +27,11 @@ import math
 import numpy as np
 from numba import cuda, float32, types
 
-from . import FWD_ARRAYS, Plan, launch_plans, named
+from ..problem import MAX_HEAD_SIZE
+from . import Plan
 from .common import NEG_INF, array_type, key_range, seq_span, supports_cuda_core
 
 NAME = "tiled"
-MAX_HEAD_SIZE = 256
 ZERO = np.float32(0.0)
 ONE = np.float32(1.0)
 U = types.uint64  # unsigned indices: no negative-index wraparound code
@@ -182,28 +182,14 @@ def plan(problem):
                   np.int64(problem.window_right), bool(problem.lse_batched))),)
 
 
-def launch(problem, q, k, v, out, lse, cu_q, cu_k, stream):
-    """:func:`plan`'s launches through Numba's dispatcher (see :mod:`attn_numba.kernels`)."""
-    launch_plans(plan(problem), named(FWD_ARRAYS, q, k, v, out, lse, cu_q, cu_k), stream)
-
-
 def _signature(dtype):
     a3 = array_type(dtype, 3)
     return (a3, a3, a3, a3, array_type(np.float32, 3), array_type(np.int32, 1),
             array_type(np.int32, 1), types.float32, types.int64, types.int64, types.boolean)
 
 
-#: the specialised kernels, by name
-KERNEL_FUNCS = {f"tiled_kernel_d{D}": build(D, TILE_FLOATS // D) for D in (64, 128, 256)}
-
-
-def ptx_signatures(head_size, dtype):
-    """Argument types of every kernel in KERNEL_FUNCS (head size is baked into each)."""
-    return {name: _signature(dtype) for name in KERNEL_FUNCS}
-
-
 def compile_targets(head_size, dtype):
-    """``[(label, py_func, signature)]`` of the specialisation that runs ``head_size`` on a
+    """``[(label, kernel, signature)]`` of the specialisation that runs ``head_size`` on a
     GPU, for ``cuda.compile_ptx``."""
     D, BN, _ = tiles_for(head_size, False)
-    return [(f"tiled_kernel_d{D}", build(D, BN).py_func, _signature(dtype))]
+    return [(f"tiled_kernel_d{D}", build(D, BN), _signature(dtype))]

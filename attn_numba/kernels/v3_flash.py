@@ -46,11 +46,11 @@ import numpy as np
 from numba import config as numba_config
 from numba import cuda, float32, types
 
-from . import FLAT, FWD_ARRAYS, Plan, launch_plans, named
+from ..problem import MAX_HEAD_SIZE
+from . import FLAT, Plan
 from .common import NEG_INF, array_type, key_range, seq_span, supports_cuda_core
 
 NAME = "flash"
-MAX_HEAD_SIZE = 256
 LOG2E = np.float32(math.log2(math.e))
 LN2 = np.float32(math.log(2.0))
 ZERO = np.float32(0.0)
@@ -484,27 +484,11 @@ def plan(problem, tiles=None, min_blocks=None):
                   bool(problem.lse_batched))),)
 
 
-def launch(problem, q, k, v, out, lse, cu_q, cu_k, stream, tiles=None, min_blocks=None):
-    """:func:`plan`'s launch through Numba's dispatcher, on ``stream``."""
-    launch_plans(plan(problem, tiles, min_blocks), named(FWD_ARRAYS, q, k, v, out, lse, cu_q, cu_k),
-                 stream)
-
-
 def _signature(dtype):
     a1 = array_type(dtype, 1)
     i64 = types.int64
     return (a1, a1, a1, a1, array_type(np.float32, 3), array_type(np.int32, 1),
             array_type(np.int32, 1), i64, i64, i64, types.float32, i64, i64, types.boolean)
-
-
-#: the specialised kernels (default GPU tiles, the log's GQA group of 4 stacked), by name
-KERNEL_FUNCS = {f"flash_kernel_d{D}": build(D, t, stacked_heads(4, t), False, mb)
-                for D, (t, mb) in GPU_CONFIG.items()}
-
-
-def ptx_signatures(head_size, dtype):
-    """Argument types of every kernel in KERNEL_FUNCS (head size is baked into each)."""
-    return {name: _signature(dtype) for name in KERNEL_FUNCS}
 
 
 def compile_targets(head_size, dtype, tiles=None, gh=None, min_blocks=None):
@@ -520,5 +504,5 @@ def compile_targets(head_size, dtype, tiles=None, gh=None, min_blocks=None):
     exact = head_size == D
     tag = "" if exact else f"_hs{head_size}"
     return [(f"flash_kernel_d{D}{tag}_gh{g}",
-             build(D, tiles, g, False, min_blocks, exact).py_func, _signature(dtype))
+             build(D, tiles, g, False, min_blocks, exact), _signature(dtype))
             for g in ghs]

@@ -1,4 +1,4 @@
-"""Device functions of the v4 kernel (:mod:`v4_tensor_core`):
+"""Device functions of the v4 kernel (:mod:`v4_flash_tc`):
 the index maps of :mod:`v4_layout` compiled as inline device functions, the mma and pack
 wrappers, and the cp.async tile loader."""
 import numpy as np

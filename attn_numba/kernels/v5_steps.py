@@ -1,4 +1,4 @@
-"""The per-step device functions of flash_wgmma (attn_numba.kernels.v5_wgmma), built per
+"""The per-step device functions of flash_wgmma (attn_numba.kernels.v5_flash_wgmma), built per
 specialisation: descriptors and stage addresses, the cp.async copies of Q and of K/V tiles,
 issuing the QK^T and PV wgmma groups, the online softmax on the S fragments, rescaling O and
 packing P, and the epilogue. Layout maps: attn_numba.kernels.wgmma_layout."""

@@ -24,15 +24,17 @@ accumulate), FlashAttention-2's structure, written in Numba with inline-PTX intr
 Index maps and their NumPy emulation: :mod:`attn_numba.kernels.v4_layout`. Measurements,
 predictions and what was tried: notes/v4_tensor_core.md.
 """
+import dataclasses
 import functools
-import math
 
 import numpy as np
 from numba import config as numba_config
 from numba import cuda, float32, types, uint16, uint32
 
-from . import ptx
+from . import Plan, ptx
+from ..problem import MAX_HEAD_SIZE
 from .common import NEG_INF, array_type, key_range, seq_span
+from .config import band_scalars, dtype_name, heads_per_block, with_overrides
 from .mask import band_mask, mma_c_rc
 from .ptx_sm90 import shfl_xor
 from .softmax import epilogue, online_softmax, rescale
@@ -43,55 +45,63 @@ from .v4_device import (ROW_PAD, _a_frag_rc, _c_frag_rc, _k_ldsm_rc, _mma, _p_fr
 NAME = "flash_tc"
 #: dtypes this kernel accepts (by NumPy name; bfloat16 is ml_dtypes.bfloat16)
 DTYPE_NAMES = ("float16", "bfloat16")
-MAX_HEAD_SIZE = 256
 WARPS = 4
-THREADS = 32 * WARPS
-#: key-tile size by padded head size: K + V tiles stay under 48 KiB of static shared memory
-LOG2E = math.log2(math.e)
 ZERO = np.float32(0.0)
 U0 = np.uint32(0)
 
 
-def block_n(head_size):
-    """Keys per tile: 32 (band efficiency: 272 keys of a 16-row band cover 288 keys of
-    32-key tiles, against 320 of 64-key tiles)."""
-    return 32
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One flash_tc specialisation (:mod:`attn_numba.kernels.config` names the fields)."""
+
+    head_size: int
+    dtype: str = "float16"
+    heads_per_block: int = 1
+    #: keys per tile: 32 (band efficiency: 272 keys of a 16-row band cover 288 keys of
+    #: 32-key tiles, against 320 of 64-key tiles)
+    block_n: int = 32
+    warps: int = WARPS
+    #: K/V pipeline depth: 2 (tile j+1 in flight during all of tile j's work, one barrier
+    #: per tile) when two stages of K and V fit in 48 KiB of static shared memory, else 1
+    #: (FlashAttention-2's split: V_j in flight during Q K_j^T, K_j+1 during P V_j)
+    stages: int = 2
+
+    @property
+    def block_m(self):
+        """Score rows of a block: 16 per warp (positions x heads)."""
+        return 16 * self.warps
+
+    @property
+    def positions(self):
+        """Query positions of a block."""
+        return self.block_m // self.heads_per_block
 
 
-def stages(head_size, bn=None):
-    """K/V pipeline depth: 2 (tile j+1 in flight during all of tile j's work, one barrier
-    per tile) when two stages of K and V fit in 48 KiB of static shared memory, else 1
-    (FlashAttention-2's split: V_j in flight during Q K_j^T, K_j+1 during P V_j)."""
-    bn = block_n(head_size) if bn is None else bn
-    return 2 if 4 * bn * (padded(head_size) + ROW_PAD) * 2 <= 48 * 1024 else 1
+def stages(head_size, block_n=32):
+    """2 when two stages of K and V tiles fit in 48 KiB of static shared memory, else 1."""
+    return 2 if 4 * block_n * (padded(head_size) + ROW_PAD) * 2 <= 48 * 1024 else 1
 
 
-def shared_bytes(head_size, bn=None, nstages=None):
+def shared_bytes(config):
     """Static shared memory of one block: K and V tiles per stage, rows padded."""
-    bn = block_n(head_size) if bn is None else bn
-    nstages = stages(head_size, bn) if nstages is None else nstages
-    return nstages * 2 * bn * (padded(head_size) + ROW_PAD) * 2
+    return config.stages * 2 * config.block_n * (padded(config.head_size) + ROW_PAD) * 2
 
 
-def heads_per_block(group_size):
-    """Query heads of one GQA group sharing a block and its K/V tiles: 4, 2 or 1."""
-    for hb in (4, 2, 1):
-        if group_size % hb == 0:
-            return hb
-
-
-def build(head_size, heads=1, bf16=False, bn=None, warps=None, nstages=None):
-    """The kernel for ``head_size`` (a multiple of 8), ``heads`` query heads per block,
-    fp16 or ``bf16`` inputs, ``bn`` keys per tile (default :func:`block_n`), ``warps``
-    warps per block (default ``WARPS``) and ``nstages`` pipeline stages (default
-    :func:`stages`)."""
-    bn = block_n(head_size) if bn is None else bn
-    return _build(head_size, heads, bool(bf16), bn, WARPS if warps is None else warps,
-                  stages(head_size, bn) if nstages is None else nstages)
+def config_for(problem, **overrides):
+    """The default configuration for ``problem`` (``overrides``: Config fields; the stage
+    count follows an overridden ``block_n`` unless given)."""
+    cfg = with_overrides(Config(problem.head_size, dtype_name(problem.dtype),
+                                heads_per_block(problem.group_size)), overrides)
+    if overrides.get("stages") is None:
+        cfg = dataclasses.replace(cfg, stages=stages(cfg.head_size, cfg.block_n))
+    return cfg
 
 
 @functools.lru_cache(maxsize=None)
-def _build(head_size, heads, bf16, bn, warps=WARPS, nstages=1):
+def build(config):
+    """The kernel of ``config`` (compiled once per configuration, cached on disk)."""
+    head_size, heads, bn = config.head_size, config.heads_per_block, config.block_n
+    bf16, warps, nstages = config.dtype == "bfloat16", config.warps, config.stages
     D = head_size
     STAGES = nstages
     assert STAGES in (1, 2)
@@ -285,8 +295,6 @@ def _build(head_size, heads, bf16, bn, warps=WARPS, nstages=1):
 
 # --------------------------------------------------------------------------- module contract
 
-#: No module-level kernel: every kernel comes from ``build``; see compile_targets.
-KERNEL_FUNCS = {}
 #: q, k, v, out are viewed as these dtypes before launch (16-bit data either way)
 VIEWS = (np.uint32, np.uint16, np.uint16, np.uint32)
 
@@ -297,24 +305,15 @@ def _signature():
             array_type(np.int32, 1), types.float32, types.int32, types.int32, types.boolean)
 
 
-def _is_bf16(dtype):
-    return np.dtype(dtype).name == "bfloat16"
-
-
 def compile_targets(head_size, dtype, heads=(1, 4)):
-    """``[(label, python function, signature)]`` for ``cuda.compile_ptx`` (empty when this
+    """``[(label, kernel, signature)]`` for ``cuda.compile_ptx`` (empty when this
     specialisation is not supported); see attn_numba.compile_check."""
-    name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
+    name = dtype_name(dtype)
     if name not in DTYPE_NAMES or head_size % 8 or not 8 <= head_size <= MAX_HEAD_SIZE:
         return []
-    bf = name == "bfloat16"
-    return [(f"flash_tc_kernel_d{head_size}_h{hb}_{name}", build(head_size, hb, bf).py_func,
-             _signature()) for hb in heads]
-
-
-def ptx_signatures(head_size, dtype):
-    """Contract shim: the kernels are factory-built; see :func:`compile_targets`."""
-    return {}
+    return [(f"flash_tc_kernel_d{head_size}_h{hb}_{name}",
+             build(Config(head_size, name, hb, stages=stages(head_size))), _signature())
+            for hb in heads]
 
 
 def supports(problem):
@@ -328,24 +327,10 @@ def supports(problem):
     return None
 
 
-def plan(problem, heads=None, bn=None, warps=None, nstages=None):
-    """One launch: ``(kernel, griddim, blockdim, views, scalars)`` for the interface.
-    ``heads`` / ``bn`` / ``warps`` / ``nstages`` override the defaults (variant timing; see
-    :func:`build`)."""
-    from . import Plan
-    hb = heads_per_block(problem.group_size) if heads is None else heads
-    nw = WARPS if warps is None else warps
-    kernel = build(problem.head_size, hb, _is_bf16(problem.dtype), bn, nw, nstages)
-    pb = 16 * nw // hb
-    grid = ((max(problem.max_seqlen_q, 1) + pb - 1) // pb, problem.num_heads // hb,
-            problem.batch)
-    scalars = (np.float32(problem.softmax_scale * LOG2E), np.int32(problem.window_left),
-               np.int32(problem.window_right), bool(problem.lse_batched))
-    return (Plan(kernel, grid, 32 * nw, VIEWS, scalars),)
-
-
-def launch(problem, q, k, v, out, lse, cu_q, cu_k, stream, **variant):
-    """Contract launch: enqueue on ``stream`` (``variant``: see :func:`plan`)."""
-    for p in plan(problem, **variant):
-        args = [x.view(d) for x, d in zip((q, k, v, out), p.views)]
-        p.kernel[p.griddim, p.blockdim, stream, p.shared](*args, lse, cu_q, cu_k, *p.scalars)
+def plan(problem, config=None):
+    """One launch of ``config`` (default :func:`config_for`)."""
+    cfg = config_for(problem) if config is None else config
+    pb = cfg.positions
+    grid = ((max(problem.max_seqlen_q, 1) + pb - 1) // pb,
+            problem.num_heads // cfg.heads_per_block, problem.batch)
+    return (Plan(build(cfg), grid, 32 * cfg.warps, VIEWS, band_scalars(problem)),)

@@ -33,18 +33,20 @@ key give 0 and -inf. Tiles outside the block's key band are skipped; the per-ele
 runs only on tiles not inside every row's band. Not runnable on the simulator (inline PTX);
 PTX checked on the CPU with ``compile_ptx(..., cc=(9, 0, "a"))``. Notes: notes/v5_wgmma.md.
 """
+import dataclasses
 import functools
-import math
 import os
 
 import numpy as np
 from numba import config as numba_config
 from numba import cuda, float32, types, uint32
 
+from . import Plan
 from . import ptx_sm90 as px
 from . import v5_steps
 from . import wgmma_layout as wl
 from .common import NEG_INF, array_type, key_range, seq_span
+from .config import band_scalars, dtype_name, heads_per_block, with_overrides
 from .tile_range import full_key_tiles, key_tiles
 
 NAME = "flash_wgmma"
@@ -74,13 +76,9 @@ ZERO = np.float32(0.0)
 
 
 def kind_of(dtype):
-    """'f16' or 'bf16' for a Problem dtype (bf16 = ml_dtypes.bfloat16), else None."""
-    dt = np.dtype(dtype)
-    if dt == np.float16:
-        return "f16"
-    if dt.name == "bfloat16":
-        return "bf16"
-    return None
+    """'f16' or 'bf16' for a Problem dtype or its name (bf16 = ml_dtypes.bfloat16), else
+    None."""
+    return {"float16": "f16", "bfloat16": "bf16"}.get(dtype_name(dtype))
 
 
 def shared_bytes(head_size, block_n, stages, groups=1):
@@ -90,26 +88,48 @@ def shared_bytes(head_size, block_n, stages, groups=1):
             wl.ATOM_BYTES)
 
 
-def heads_per_block(group_size):
-    if not GQA_PACK:
-        return 1
-    for hb in (4, 2, 1):
-        if group_size % hb == 0:
-            return hb
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One flash_wgmma specialisation (:mod:`attn_numba.kernels.config` names the fields)."""
+
+    head_size: int
+    dtype: str = "float16"
+    #: query heads of one GQA group per warpgroup (1, 2 or 4)
+    heads_per_block: int = 1
+    block_n: int = 64
+    #: K/V buffers (:func:`default_stages`)
+    stages: int = 2
+    #: consumer warpgroups per block (each 64 rows, sharing every K/V tile)
+    groups: int = GROUPS
+    overlap: bool = OVERLAP
+    v_swap: bool = V_DESC_SWAP
+
+    @property
+    def block_m(self):
+        """Score rows of a block: 64 per consumer warpgroup."""
+        return BLOCK_M * self.groups
+
+    @property
+    def warps(self):
+        return 4 * self.groups
+
+    @property
+    def positions(self):
+        """Query positions of a block."""
+        return self.block_m // self.heads_per_block
 
 
-def build(head_size, kind="f16", heads=1, block_n=None, v_swap=None, overlap=None,
-          stages=None, groups=None):
-    """The kernel for ``head_size``, ``kind`` ('f16'/'bf16'), ``heads`` query heads per
-    warpgroup (1, 2 or 4 of one GQA group), key tile ``block_n``, V descriptor variant
-    ``v_swap``, ``overlap`` (softmax of tile j overlapped with P.V of tile j-1), K/V
-    ``stages`` and ``groups`` consumer warpgroups per block (sharing the K/V tiles);
-    None = the module defaults."""
-    bn = BLOCK_N[head_size] if block_n is None else block_n
-    ov = OVERLAP if overlap is None else overlap
-    wg = GROUPS if groups is None else groups
-    return _build(head_size, kind, heads, bn, V_DESC_SWAP if v_swap is None else v_swap, ov,
-                  default_stages(head_size, bn, ov, wg) if stages is None else stages, wg)
+def config_for(problem, **overrides):
+    """The default configuration for ``problem`` (``overrides``: Config fields; the stage
+    count follows the overridden fields unless given)."""
+    d = problem.head_size
+    hb = heads_per_block(problem.group_size, (4, 2, 1) if GQA_PACK else (1,))
+    cfg = with_overrides(Config(d, dtype_name(problem.dtype), hb, BLOCK_N.get(d, 64)),
+                         overrides)
+    if overrides.get("stages") is None:
+        cfg = dataclasses.replace(cfg, stages=default_stages(d, cfg.block_n, cfg.overlap,
+                                                             cfg.groups))
+    return cfg
 
 
 def default_stages(head_size, block_n, overlap, groups=1):
@@ -120,7 +140,12 @@ def default_stages(head_size, block_n, overlap, groups=1):
 
 
 @functools.lru_cache(maxsize=None)
-def _build(head_size, kind, heads, block_n, v_swap, overlap, stages, groups=1):
+def build(config):
+    """The kernel of ``config`` (compiled once per configuration, cached on disk)."""
+    head_size, kind, heads, block_n = (config.head_size, kind_of(config.dtype),
+                                       config.heads_per_block, config.block_n)
+    v_swap, overlap, stages, groups = (config.v_swap, config.overlap, config.stages,
+                                       config.groups)
     D = head_size
     BN = block_n
     HB = heads
@@ -299,7 +324,8 @@ def _build(head_size, kind, heads, block_n, v_swap, overlap, stages, groups=1):
 
 # --------------------------------------------------------------------------- module contract
 
-KERNEL_FUNCS = {}
+#: q, k, v, out are viewed as these dtypes before launch
+VIEWS = (np.uint16, np.uint16, np.uint16, np.uint32)
 
 
 def _signature():
@@ -310,26 +336,21 @@ def _signature():
 
 
 def compile_targets(head_size, dtype, heads=(1, 4)):
-    """``[(label, python function, signature)]`` for ``compile_ptx(..., cc=(9, 0, "a"))``."""
+    """``[(label, kernel, signature)]`` for ``compile_ptx(..., cc=(9, 0, "a"))``."""
     kind = kind_of(dtype)
     if kind is None or head_size not in HEAD_SIZES:
         return []
+    name = dtype_name(dtype)
     return [(f"flash_wgmma_kernel_{kind}_d{head_size}_h{hb}",
-             build(head_size, kind, hb).py_func, _signature()) for hb in heads]
-
-
-def ptx_signatures(head_size, dtype):
-    return {}
+             build(Config(head_size, name, hb, BLOCK_N[head_size],
+                          default_stages(head_size, BLOCK_N[head_size], OVERLAP))),
+             _signature()) for hb in heads]
 
 
 def supports(problem):
-    """Why this kernel cannot run ``problem`` (None when it can).
-
-    Checked on an NVIDIA H200 (2026-11-30): 155 sweep cases of ``scripts/gpu_wgmma_check.py``
-    (fp16/bf16, head sizes 64/128/256, GQA 1/2/4/8, sizes 1/97/1025, sq != sk, varlen with
-    empty sequences, windows, causal; plain, overlapped and two-warpgroup loops) and the GPU
-    tests pass; compute-sanitizer finds no error (notes/v5_wgmma.md). ``auto`` picks it
-    first on sm_90; ``ATTN_NUMBA_NO_WGMMA=1`` refuses it (``auto`` then takes flash_tc)."""
+    """Why this kernel cannot run ``problem`` (None when it can). ``auto`` picks it first on
+    sm_90; ``ATTN_NUMBA_NO_WGMMA=1`` refuses it (``auto`` then takes flash_tc). What checked
+    it on the GPU: notes/v5_wgmma.md."""
     if os.environ.get("ATTN_NUMBA_NO_WGMMA", "0") not in ("", "0"):
         return "disabled by ATTN_NUMBA_NO_WGMMA"
     if problem.on_simulator:
@@ -344,39 +365,19 @@ def supports(problem):
     return None
 
 
-def configure(problem, heads=None, block_n=None, v_swap=None, overlap=None, stages=None,
-              groups=None):
-    """(kernel, grid, threads, dynamic shared bytes) for ``problem``; keyword overrides as
-    in :func:`build`."""
-    hb = heads_per_block(problem.group_size) if heads is None else heads
-    d = problem.head_size
-    bn = BLOCK_N[d] if block_n is None else block_n
-    ov = OVERLAP if overlap is None else overlap
-    wg = GROUPS if groups is None else groups
-    st = default_stages(d, bn, ov, wg) if stages is None else stages
-    kernel = build(d, kind_of(problem.dtype), hb, bn, v_swap, ov, st, wg)
-    pb = (BLOCK_M // hb) * wg           # positions per block
-    grid = ((max(problem.max_seqlen_q, 1) + pb - 1) // pb, problem.num_heads // hb,
-            problem.batch)
-    return kernel, grid, THREADS * wg, shared_bytes(d, bn, st, wg)
-
-
-def _scalars(problem):
-    return (np.float32(problem.softmax_scale * math.log2(math.e)),
-            np.int32(problem.window_left), np.int32(problem.window_right),
-            bool(problem.lse_batched))
-
-
-def plan(problem, **kw):
-    """One launch: ``(Plan(kernel, grid, 128, views, scalars, shared),)``. The dynamic
-    shared memory exceeds 48 KiB, so on a GPU this compiles the kernel for its signature
-    and raises its dynamic shared-memory limit (:func:`opt_in_shared`) before returning."""
-    from . import Plan
-    kernel, grid, threads, shared = configure(problem, **kw)
+def plan(problem, config=None):
+    """One launch of ``config`` (default :func:`config_for`). The dynamic shared memory
+    exceeds 48 KiB, so on a GPU this compiles the kernel for its signature and raises its
+    dynamic shared-memory limit (:func:`opt_in_shared`) before returning."""
+    cfg = config_for(problem) if config is None else config
+    kernel = build(cfg)
+    shared = shared_bytes(cfg.head_size, cfg.block_n, cfg.stages, cfg.groups)
     if not problem.on_simulator:
         opt_in_shared(kernel, _signature(), shared)
-    views = (np.uint16, np.uint16, np.uint16, np.uint32)
-    return (Plan(kernel, grid, threads, views, _scalars(problem), shared),)
+    pb = cfg.positions
+    grid = ((max(problem.max_seqlen_q, 1) + pb - 1) // pb,
+            problem.num_heads // cfg.heads_per_block, problem.batch)
+    return (Plan(kernel, grid, THREADS * cfg.groups, VIEWS, band_scalars(problem), shared),)
 
 
 _OPTED = set()
@@ -401,16 +402,3 @@ def opt_in_shared(kernel, argtypes, nbytes):
     attr = binding.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
     driver.cuKernelSetAttribute(attr, int(nbytes), cufunc.handle, cufunc.device.id)
     _OPTED.add(key)
-
-
-def launch(problem, q, k, v, out, lse, cu_q, cu_k, stream, **kw):
-    """Contract launch; keyword overrides (``heads``, ``block_n``, ``v_swap``, ``overlap``,
-    ``stages``, ``groups``) as in :func:`build`, for experiments."""
-    kernel, grid, threads, shared = configure(problem, **kw)
-    args = (q.view(np.uint16), k.view(np.uint16), v.view(np.uint16), out.view(np.uint32),
-            lse, cu_q, cu_k) + _scalars(problem)
-    if not numba_config.ENABLE_CUDASIM:
-        opt_in_shared(kernel, tuple(kernel.typeof_pyval(a) for a in args), shared)
-    if isinstance(stream, int):
-        stream = cuda.external_stream(stream) if stream else cuda.default_stream()
-    kernel[grid, threads, stream, shared](*args)
