@@ -27,11 +27,8 @@ class Tiles(tuple):
 
 
 #: GPU defaults per padded head size: (tiles, blocks per SM the register allocator must
-#: allow through launch bounds, 0 = no bound). 128: the best shape of the H100 sweep of run 1
-#: (results/h100/v2_v3_dev.json; notes/kernels_v2_v3.md). 256 threads of 4x4 patches was
-#: 7-11% faster with a warm L2 (results/h100/variants.json) but 11-14% slower under NVBench's
-#: cold (L2-flushed) measurement (results/h100/v3_256t_rerun.summary.json), so it is not the
-#: default. 64 and 256: not re-measured since run 1.
+#: allow through launch bounds, 0 = no bound); how they were chosen: notes/kernel_layer.md
+#: and notes/kernels_v2_v3.md.
 GPU_CONFIG = {
     64: (Tiles(BM=64, BN=64, NT=128, TM=8, TN=4, DK=16, BK=16), 0),
     128: (Tiles(BM=64, BN=64, NT=128, TM=8, TN=4, DK=16, BK=16), 0),

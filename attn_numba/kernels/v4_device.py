@@ -25,8 +25,8 @@ _kv_chunk = cuda.jit(device=True, inline=True, cache=True)(kv_chunk)
 
 
 # Numba's cache key pickles a kernel's closure; a plain intrinsic pickles differently in
-# every process, which turned every disk-cache lookup into a miss (measured on the H200: 3.1 s
-# first calls). ptx.fixed_intrinsic gives each intrinsic a fixed identity; the kernels also
+# every process, which turned every disk-cache lookup into a miss (notes/kernel_layer.md).
+# ptx.fixed_intrinsic gives each intrinsic a fixed identity; the kernels also
 # reach intrinsics through module globals, which the key does not pickle.
 
 @cuda.jit(device=True, inline=True, cache=True)

@@ -57,9 +57,8 @@ BLOCK_M = 64
 MAX_SHARED = 227 * 1024
 HEAD_SIZES = (64, 128, 256)
 #: keys per tile (the N of S = Q.K^T) per head size; 256: 64 keeps O (128 regs) + S in budget;
-#: 128 and 64: 64, measured on the H200 at 8192 tokens (D=128: 0.182 / 0.136 ms non-causal /
-#: causal; D=64: 0.107 / 0.084 ms against 0.135 / 0.110 with 128-key tiles; notes/v5_wgmma.md):
-#: more resident blocks, and a band of 257-272 keys walks less masked work
+#: 128 and 64: 64 (more resident blocks, and a band of 257-272 keys walks less masked work;
+#: the measurements: notes/kernel_layer.md, notes/v5_wgmma.md)
 BLOCK_N = {64: 64, 128: 64, 256: 64}
 GQA_PACK = True
 #: overlap the softmax of key tile j with the P.V wgmma of tile j-1 (FlashAttention-3's
@@ -389,9 +388,9 @@ def opt_in_shared(kernel, argtypes, nbytes):
     to do on the simulator."""
     if numba_config.ENABLE_CUDASIM:
         return
-    # the cached cubin without Numba's target-context refresh, as flash_tc loads it (the
-    # 2.9 s warm first call of run 11 was a disk-cache key that changed on compiling:
-    # notes/v5_wgmma.md, attn_numba.kernels.ptx.fixed_intrinsic, tests/test_cache_key.py)
+    # the cached cubin without Numba's target-context refresh, as flash_tc loads it (a
+    # disk-cache key that changed on compiling made warm first calls slow: notes/v5_wgmma.md,
+    # attn_numba.kernels.ptx.fixed_intrinsic, tests/test_cache_key.py)
     from ..launcher import load_cached
     kern, _ = load_cached(kernel, tuple(argtypes))
     cufunc = kern._codelibrary.get_cufunc()
