@@ -111,3 +111,98 @@ def mha_varlen_fwd_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, *, softmax_scale=Non
         out[q0:q1] = o
         lse[:, q0:q1] = l_
     return out, lse
+
+
+# ---- backward ------------------------------------------------------------------------------
+# With S = scale Q K^T (masked), P = softmax(S) by rows and O = P V, the gradients of a loss
+# whose gradient with respect to O is dO are
+#   dV = P^T dO,  dP = dO V^T,  delta = rowsum(dO * O) = rowsum(P * dP),
+#   dS = P * (dP - delta),  dQ = scale dS K,  dK = scale dS^T Q.
+# A row that sees no key has P = 0, so it contributes nothing and its dQ is 0.
+
+
+def _grad_one(dout, q, k, v, scale, left, right, causal, p_dtype=None, chunk=None):
+    """One sequence. dout/q (sq, H, D), k/v (sk, Hkv, D) -> dq (sq, H, D), dk/dv (sk, Hkv, D),
+    float64. GQA: dk and dv of a KV head sum over the query heads that share it.
+
+    ``p_dtype`` rounds O (hence delta), P and dS to that dtype before the products that read
+    them (the rounding a kernel with low-precision inputs cannot avoid; sets tolerances)."""
+    sq, num_heads, d = q.shape
+    sk, num_kv_heads, _ = k.shape
+    group = num_heads // max(num_kv_heads, 1)
+    dq = np.zeros((sq, num_heads, d), np.float64)
+    dk = np.zeros((num_heads, sk, d), np.float64)   # per query head, summed over groups below
+    dv = np.zeros((num_heads, sk, d), np.float64)
+    if sq and sk:
+        heads = np.arange(num_heads) // group
+        kh = np.asarray(k, np.float64)[:, heads, :].transpose(1, 0, 2)   # (H, sk, D)
+        vh = np.asarray(v, np.float64)[:, heads, :].transpose(1, 0, 2)
+        qh = np.asarray(q, np.float64).transpose(1, 0, 2)                # (H, sq, D)
+        doh = np.asarray(dout, np.float64).transpose(1, 0, 2)
+        rnd = (lambda x: x) if p_dtype is None else (lambda x: x.astype(p_dtype).astype(np.float64))
+        if chunk is None:
+            chunk = max(1, min(sq, (1 << 22) // max(1, num_heads * sk)))
+        for r0 in range(0, sq, chunk):
+            rows = np.arange(r0, min(sq, r0 + chunk))
+            mask = _mask(sq, sk, left, right, causal, rows)              # (r, sk)
+            cols = np.flatnonzero(mask.any(axis=0))
+            if cols.size == 0:
+                continue
+            c0, c1 = cols[0], cols[-1] + 1
+            mask = mask[None, :, c0:c1]
+            s = np.where(mask, np.matmul(qh[:, rows], kh[:, c0:c1].transpose(0, 2, 1)) * scale,
+                         -np.inf)                                        # (H, r, c)
+            m = s.max(axis=-1, keepdims=True)
+            p = np.exp(s - np.where(np.isfinite(m), m, 0.0))
+            denom = p.sum(axis=-1, keepdims=True)
+            p = p / np.where(denom > 0, denom, 1.0)                      # empty rows: P = 0
+            o = rnd(np.matmul(p, vh[:, c0:c1]))                          # (H, r, D)
+            delta = np.sum(doh[:, rows] * o, axis=-1, keepdims=True)
+            dp = np.matmul(doh[:, rows], vh[:, c0:c1].transpose(0, 2, 1))
+            ds = rnd(p * (dp - delta))
+            p = rnd(p)
+            dv[:, c0:c1] += np.matmul(p.transpose(0, 2, 1), doh[:, rows])
+            dk[:, c0:c1] += scale * np.matmul(ds.transpose(0, 2, 1), qh[:, rows])
+            dq[rows] = scale * np.matmul(ds, kh[:, c0:c1]).transpose(1, 0, 2)
+
+    def per_kv(x):
+        return x.reshape(num_kv_heads, group, sk, d).sum(axis=1).transpose(1, 0, 2)
+    return dq, per_kv(dk), per_kv(dv)
+
+
+def mha_bwd_ref(dout, q, k, v, *, softmax_scale=None, causal=False, window_size=(-1, -1),
+                p_dtype=None):
+    """Float64 reference for :func:`attn_numba.mha_bwd`: the gradients of
+    ``sum(dout * mha_fwd_ref(q, k, v)[0])``.
+
+    dout/q (B, Sq, H, D), k/v (B, Sk, Hkv, D) -> dq (B, Sq, H, D), dk/dv (B, Sk, Hkv, D),
+    all float64. Rows that see no key contribute nothing (their dq is 0; never NaN).
+    """
+    scale = _scale(softmax_scale, q.shape[-1])
+    left, right = window_size
+    dq = np.zeros(q.shape, np.float64)
+    dk = np.zeros(k.shape, np.float64)
+    dv = np.zeros(v.shape, np.float64)
+    for b in range(q.shape[0]):
+        dq[b], dk[b], dv[b] = _grad_one(dout[b], q[b], k[b], v[b], scale, left, right, causal,
+                                        p_dtype)
+    return dq, dk, dv
+
+
+def mha_varlen_bwd_ref(dout, q, k, v, cu_seqlens_q, cu_seqlens_k, *, softmax_scale=None,
+                       causal=False, window_size=(-1, -1), p_dtype=None):
+    """Float64 reference for :func:`attn_numba.mha_varlen_bwd`.
+
+    dout/q (total_q, H, D), k/v (total_k, Hkv, D) -> dq (total_q, H, D), dk/dv (total_k, Hkv, D).
+    """
+    scale = _scale(softmax_scale, q.shape[-1])
+    left, right = window_size
+    dq = np.zeros(q.shape, np.float64)
+    dk = np.zeros(k.shape, np.float64)
+    dv = np.zeros(v.shape, np.float64)
+    for b in range(len(cu_seqlens_q) - 1):
+        q0, q1 = int(cu_seqlens_q[b]), int(cu_seqlens_q[b + 1])
+        k0, k1 = int(cu_seqlens_k[b]), int(cu_seqlens_k[b + 1])
+        dq[q0:q1], dk[k0:k1], dv[k0:k1] = _grad_one(
+            dout[q0:q1], q[q0:q1], k[k0:k1], v[k0:k1], scale, left, right, causal, p_dtype)
+    return dq, dk, dv

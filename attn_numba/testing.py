@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import interface
-from .reference import mha_fwd_ref, mha_varlen_fwd_ref
+from .reference import mha_bwd_ref, mha_fwd_ref, mha_varlen_bwd_ref, mha_varlen_fwd_ref
 
 #: absolute floor added to the tolerance, per dtype (outputs are O(1))
 ATOL_FLOOR = {np.dtype(np.float16): 2e-3, np.dtype(np.float32): 2e-5}
@@ -118,6 +118,91 @@ def check_mha_varlen_fwd(q, k, v, cu_q, cu_k, kernel, **kw):
     lowp, _ = mha_varlen_fwd_ref(q, k, v, cu_q, cu_k, p_dtype=q.dtype, **rkw)
     c = compare(out, lse, ref, ref_lse, _lowp(lowp, q.dtype), q.dtype)
     assert out.shape == q.shape and out.dtype == q.dtype, (out.shape, out.dtype)
+    assert c.ok, f"kernel={kernel} {kw}: {c}"
+    return c
+
+
+#: gradient tolerance floor per dtype, relative to the largest reference gradient of each of
+#: dq, dk, dv (gradients grow with the sequence length: dv sums dO over the rows that see a key)
+GRAD_FLOOR = {np.dtype(np.float16): 2e-3, np.dtype(np.float32): 2e-5}
+GRAD_NAMES = ("dq", "dk", "dv")
+
+
+def grad_tolerance(ref, lowp, dtype):
+    """Allowed max abs error of one gradient: 2x the low-precision reference's error plus a
+    floor relative to the gradient's size."""
+    err_lowp = float(np.max(np.abs(lowp - ref), initial=0.0))
+    return 2.0 * err_lowp + GRAD_FLOOR[np.dtype(dtype)] * max(1.0, float(np.max(np.abs(ref), initial=0.0)))
+
+
+@dataclass
+class GradComparison:
+    errs: dict   # name -> max abs error (nan when the gradient holds a NaN)
+    tols: dict   # name -> allowed max abs error
+
+    @property
+    def ok(self):
+        return all(self.errs[n] <= self.tols[n] for n in self.errs)   # (nan fails)
+
+
+def bwd_references(dout, q, k, v, cu_seqlens_q=None, cu_seqlens_k=None, **kw):
+    """``(refs, lowps)``: the float64 gradients and the low-precision reference's (P, dS and O
+    rounded to q's dtype, the gradients rounded too); batched when no cu_seqlens are given."""
+    if cu_seqlens_q is None:
+        ref_fn = mha_bwd_ref
+        cus = ()
+    else:
+        ref_fn = mha_varlen_bwd_ref
+        cus = (cu_seqlens_q, cu_seqlens_k)
+    refs = ref_fn(dout, q, k, v, *cus, **kw)
+    lowps = tuple(_lowp(g, q.dtype) for g in ref_fn(dout, q, k, v, *cus, p_dtype=q.dtype, **kw))
+    return refs, lowps
+
+
+def compare_grads(grads, refs, lowps, dtype):
+    """Compare a kernel's (dq, dk, dv) with the references; NaN anywhere fails."""
+    errs, tols = {}, {}
+    for name, g, r, lo in zip(GRAD_NAMES, grads, refs, lowps):
+        g = np.asarray(g, np.float64)
+        assert g.shape == r.shape, (name, g.shape, r.shape)
+        errs[name] = (float(np.max(np.abs(g - r), initial=0.0)) if np.all(np.isfinite(g))
+                      else float("nan"))
+        tols[name] = grad_tolerance(r, lo, dtype)
+    return GradComparison(errs, tols)
+
+
+def check_mha_bwd(dout, q, k, v, kernel, fwd_kernel="auto", **kw):
+    """``mha_fwd`` (``fwd_kernel``) for out and lse, then ``mha_bwd`` (``kernel``) with
+    poisoned outputs, compared with the reference backward. Returns the
+    :class:`GradComparison`; raises AssertionError with details if it fails."""
+    from .backward import mha_bwd
+    out, lse = interface.mha_fwd(q, k, v, kernel=fwd_kernel, return_lse=True, **kw)
+    with poisoned_outputs():
+        grads = mha_bwd(dout, q, k, v, out, lse, kernel=kernel, **kw)
+    return _check_grads(grads, (q, k, v), bwd_references(dout, q, k, v, **_ref_kw(kw)),
+                        kernel, kw)
+
+
+def check_mha_varlen_bwd(dout, q, k, v, cu_q, cu_k, kernel, fwd_kernel="auto", **kw):
+    """Varlen twin of :func:`check_mha_bwd`."""
+    from .backward import mha_varlen_bwd
+    out, lse = interface.mha_varlen_fwd(q, k, v, cu_q, cu_k, kernel=fwd_kernel,
+                                        return_lse=True, **kw)
+    with poisoned_outputs():
+        grads = mha_varlen_bwd(dout, q, k, v, out, lse, cu_q, cu_k, kernel=kernel, **kw)
+    return _check_grads(grads, (q, k, v), bwd_references(dout, q, k, v, cu_q, cu_k,
+                                                         **_ref_kw(kw)), kernel, kw)
+
+
+def _ref_kw(kw):
+    return {key: kw[key] for key in ("softmax_scale", "causal", "window_size") if key in kw}
+
+
+def _check_grads(grads, inputs, references, kernel, kw):
+    grads = tuple(_host(g) for g in grads)
+    for g, x in zip(grads, inputs):
+        assert g.shape == x.shape and g.dtype == x.dtype, (g.shape, g.dtype)
+    c = compare_grads(grads, *references, inputs[0].dtype)
     assert c.ok, f"kernel={kernel} {kw}: {c}"
     return c
 

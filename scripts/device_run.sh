@@ -9,7 +9,12 @@
 #   flex_long:S1,S2      FlexAttention's long sweep, one process and time limit per length
 #   first_call:K1,K2     scripts/first_call.py --runs 2 (cold, then warm disk cache; its JSON
 #                        comes back in r/, to be merged into results/h200/first_call.json)
-#   gpu_tests[:EXPR]     the GPU suites tests/test_gpu_call_path.py tests/test_gpu.py [-k EXPR]
+#   gpu_tests[:EXPR]     the GPU suites (tests/test_gpu*.py: forward, call path, backward,
+#                        torch ops) [-k EXPR]
+#   bench_bwd:K1,K2[:S]  attn-numba bench --backward --kernels K1,K2 [--seq-lens S1,S2]
+#                        --out results/h200 (bwd and fwd+bwd, gradients checked first)
+#   bwd_check[:A,B]      scripts/gpu_bwd_check.py A B (backward sweep and timing; JSON in r/)
+#   v6_check[:A,B]       scripts/gpu_v6_check.py A B (the warp-specialised kernel; JSON in r/)
 #   breakdown            scripts/call_breakdown.py (host time per stage of a public call)
 #   sanitize[:K1,K2]     compute-sanitizer memcheck, racecheck, synccheck, initcheck on
 #                        scripts/sanitize.py (default: every kernel)
@@ -37,7 +42,7 @@ run() {  # run LOG LIMIT command...: bounded, output to $R/LOG.log, exit status 
 }
 sanitizer() { command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1; }
 
-STEPS=" bench long flex_long first_call gpu_tests breakdown sanitize wgmma_check v4_check package notebooks "
+STEPS=" bench long flex_long first_call gpu_tests breakdown sanitize wgmma_check v4_check package notebooks bench_bwd bwd_check v6_check "
 for spec in "$@"; do  # every step known before any runs
     [[ $STEPS == *" ${spec%%:*} "* ]] || { echo "unknown step ${spec%%:*}; steps:$STEPS"; exit 2; }
 done
@@ -58,8 +63,11 @@ for spec in "$@"; do
         first_call) OUT="$R" run first_call 90 python3 scripts/first_call.py \
                         --kernels $list --runs 2 ;;
         gpu_tests) ATTN_NUMBA_TEST_GPU=1 run pytest_gpu 330 python3 -m pytest -q \
-                       -p no:cacheprovider -rs tests/test_gpu_call_path.py tests/test_gpu.py \
-                       ${a:+-k "$a"} ;;
+                       -p no:cacheprovider -rs tests/test_gpu*.py ${a:+-k "$a"} ;;
+        bench_bwd) run "bench_bwd_${a//,/-}" 300 python3 -m attn_numba.cli bench --backward \
+                       --kernels "$a" ${b:+--seq-lens ${b//,/ }} --out results/h200 ;;
+        bwd_check) OUT="$R" run bwd_check 200 python3 scripts/gpu_bwd_check.py $list ;;
+        v6_check) OUT="$R" run v6_check 200 python3 scripts/gpu_v6_check.py $list ;;
         breakdown) OUT=results/h200 run call_breakdown 60 python3 scripts/call_breakdown.py ;;
         sanitize) cs=$(sanitizer)
                   for tool in memcheck racecheck synccheck initcheck; do

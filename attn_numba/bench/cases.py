@@ -268,6 +268,9 @@ def make_case(kernel, cfg):
         return FlexCase(kernel, cfg)
     if kernel == "sdpa":
         return SdpaCase(kernel, cfg)
+    if kernel in ("fa4", "cudnn"):
+        from .native_peers import CudnnCase, FA4Case
+        return (FA4Case if kernel == "fa4" else CudnnCase)(kernel, cfg)
     if kernel in PEERS:
         raise ValueError(f"unknown peer {kernel!r}")
     return NumbaCase(kernel, cfg)

@@ -82,6 +82,10 @@ def add_arguments(p):
     p.add_argument("--simulate", action="store_true",
                    help="no GPU: run the check+launch pipeline on Numba's CUDA simulator at tiny "
                         "sizes, without NVBench, and write a summary marked simulated")
+    p.add_argument("--backward", action="store_true",
+                   help="time the backward (alone and forward + backward) of the backward "
+                        "kernels and the peers flexattention, sdpa, with gradient checks; "
+                        "written to the 'backward' section of summary.json")
     p.add_argument("--list", action="store_true",
                    help="print the kernels and configs that would run, and exit")
 
@@ -96,7 +100,15 @@ def resolve(args):
         raise ValueError("--long cannot be simulated (512k tokens on the CPU would take days)")
     if getattr(args, "long", False) and args.quick:
         raise ValueError("--long and --quick are exclusive")
-    if args.simulate:
+    backward = getattr(args, "backward", False)
+    if backward:
+        from ..kernels import BWD_KERNEL_NAMES
+        from .backward import PEERS as BWD_PEERS
+        if args.simulate or getattr(args, "long", False):
+            raise ValueError("--backward takes neither --simulate nor --long (use --seq-lens)")
+        known = list(available_kernels(backward=True))
+        default = known + list(BWD_PEERS)
+    elif args.simulate:
         default = known
     elif getattr(args, "long", False):
         default = G.long_kernels(known)
@@ -107,9 +119,11 @@ def resolve(args):
     else:
         kernels = default
     from ..kernels import KERNEL_NAMES
-    bad = [k for k in kernels if k not in KERNEL_NAMES and k not in G.PEERS]
+    names = list(BWD_KERNEL_NAMES) + list(BWD_PEERS) if backward else \
+        list(KERNEL_NAMES) + list(G.PEERS)
+    bad = [k for k in kernels if k not in names]
     if bad:
-        raise ValueError(f"unknown kernel(s) {bad}; choose from {list(KERNEL_NAMES) + list(G.PEERS)}")
+        raise ValueError(f"unknown kernel(s) {bad}; choose from {names}")
     base = G.SIM_GRID if args.simulate else G.DEFAULT_GRID
     overrides = {a: getattr(args, a, None) for a in G.INT_AXES}
     if args.quick and overrides["seq_len"] is None and not args.simulate:
@@ -284,6 +298,10 @@ def main(args):
     from .nvbench_def import run
     nv_args = ["--min-samples", str(args.min_samples), "--max-noise", f"{args.max_noise:g}",
                "--timeout", f"{args.timeout:g}", *shlex.split(args.nvbench_args)]
+    if getattr(args, "backward", False):
+        from . import backward
+        recs = backward.run(kernels, grid, out, nv_args, ceilings)
+        return 0 if any(r["gpu_time_s"] for r in recs) else 1
     t0 = time.perf_counter()
     call_times = {}
     checks, modes, argv = run(kernels, grid, json_path, md_path, nv_args, call_times)

@@ -54,12 +54,13 @@ SIM_GRID = {
     "causal": [0, 1],
 }
 
-#: PyTorch peers benchmarked next to the Numba kernels
-PEERS = ("flexattention", "sdpa")
+#: peers benchmarked next to the Numba kernels: PyTorch's, then FlashAttention-4 and cuDNN
+#: where they import (:mod:`attn_numba.bench.native_peers`; skipped with the reason otherwise)
+PEERS = ("flexattention", "sdpa", "fa4", "cudnn")
 
 #: kernels whose matmuls run on tensor cores (compared with the fp16 matmul ceiling); the others
 #: run on CUDA cores in fp32 (compared with the fp32 matmul rate, TF32 off)
-TENSOR_CORE = frozenset({"flash_tc", "flash_wgmma", "flexattention", "sdpa"})
+TENSOR_CORE = frozenset({"flash_tc", "flash_wgmma", "flexattention", "sdpa", "fa4", "cudnn"})
 
 DTYPE = np.dtype(np.float16)
 

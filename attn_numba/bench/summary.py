@@ -82,21 +82,21 @@ def make_record(kernel, cfg, gpu_time_s=None, batch_gpu_time_s=None, samples=Non
 
 # --------------------------------------------------------------------------- NVBench JSON
 
-def _states_with_cuda_bench(path):
+def _states_with_cuda_bench(path, benchmark=BENCHMARK):
     """States through NVBench's own reader, ``cuda.bench.results.BenchmarkResult``."""
     from cuda.bench.results import BenchmarkResult
     res = BenchmarkResult.from_json(path)
-    if BENCHMARK not in res:
+    if benchmark not in res:
         return
-    for st in res[BENCHMARK]:
+    for st in res[benchmark]:
         summaries = {tag: s.value for tag, s in st.summaries.items()}
         yield dict(st.point), summaries, st.is_skipped, st.skip_reason
 
 
-def _states_plain(doc):
+def _states_plain(doc, benchmark=BENCHMARK):
     """The same from the parsed JSON document, for machines without cuda-bench."""
     for bench in doc.get("benchmarks", []):
-        if bench.get("name") != BENCHMARK:
+        if bench.get("name") != benchmark:
             continue
         for st in bench.get("states", []):
             point = {a["name"]: a.get("value") for a in (st.get("axis_values") or [])}
