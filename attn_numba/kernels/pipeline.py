@@ -12,21 +12,22 @@ from numba import cuda, uint32
 from . import ptx_sm90 as px  # cp.async names, with simulator models
 
 
-def ring(stages, stage_bytes):
-    """Device functions ``(stage_offset(j), parity(j))`` of a ring of ``stages`` buffers of
-    ``stage_bytes`` bytes each: the byte offset of tile ``j``'s buffer and its barrier
-    parity."""
-    S, SB = stages, stage_bytes
+def ring(stages):
+    """Device functions ``(stage(j), parity(j))`` of a ring of ``stages`` buffers: the buffer
+    that tile ``j >= 0`` uses and the barrier parity a consumer of tile ``j`` waits for. An
+    unsigned ``j`` makes ``j % stages`` a mask for a power-of-two ring (a signed one keeps
+    Python's floor semantics, which costs a fix-up unless the compiler proves ``j >= 0``)."""
+    S = stages
 
     @cuda.jit(device=True, inline=True, cache=True)
-    def stage_offset(j):
-        return uint32((j % S) * SB)
+    def stage(j):
+        return j % S
 
     @cuda.jit(device=True, inline=True, cache=True)
     def parity(j):
         return uint32((j // S) & 1)
 
-    return stage_offset, parity
+    return stage, parity
 
 
 def wait_for_tile(ahead):

@@ -36,6 +36,7 @@ from ..problem import MAX_HEAD_SIZE
 from .common import NEG_INF, array_type, key_range, seq_span
 from .config import band_scalars, dtype_name, heads_per_block, with_overrides
 from .mask import band_mask, mma_c_rc
+from .pipeline import ring
 from .ptx_sm90 import shfl_xor
 from .softmax import epilogue, online_softmax, rescale
 from .tile_range import full_key_tiles, key_tiles
@@ -128,6 +129,7 @@ def build(config):
     BF16 = bf16
 
     _load_tile = tile_loader(D, BN, NT)
+    stage, _ = ring(2)
     _mask = band_mask(mma_c_rc, S_LEN)
     _update = online_softmax(S_LEN, ptx.ex2, shfl_xor)
     _rescale = rescale(ACC_LEN)
@@ -210,7 +212,7 @@ def build(config):
         for n0 in range(n_first, n_end, BN):
             st = uint32(0)
             if STAGES == 2:
-                st = uint32(((n0 - n_first) // BN) & 1) * uint32(STAGE_BYTES)
+                st = stage(uint32((n0 - n_first) // BN)) * uint32(STAGE_BYTES)
                 ptx.cp_async_wait_all()
                 cuda.syncthreads()      # tile j landed for all; tile j-1's stage is free
                 if n0 + BN < n_end:

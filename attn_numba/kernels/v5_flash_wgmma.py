@@ -44,6 +44,7 @@ from numba import cuda, float32, types, uint32
 from . import Plan
 from . import ptx_sm90 as px
 from . import v5_steps
+from .pipeline import wait_for_tile
 from . import wgmma_layout as wl
 from .common import NEG_INF, array_type, key_range, seq_span
 from .config import band_scalars, dtype_name, heads_per_block, with_overrides
@@ -162,16 +163,18 @@ def build(config):
     OVERLAP_ = overlap
     # overlapped loop: tile t is cp.async group t; waiting for tile j leaves S - 2 pending.
     # With 2 stages the next tile can only be loaded after P.V of the previous: 0 pending.
-    ov_wait = px.cp_async_wait(S - 2)
-    cp_wait1 = px.cp_async_wait(1)
+    ov_wait = wait_for_tile(S - 2)
+    cp_wait1 = wait_for_tile(1)         # plain loop: tile j + 1 is issued before the wait
 
     fence_s = px.fence_acc(S_LEN)
     fence_o = px.fence_acc(O_LEN)
     wait0 = px.wgmma_wait(0)
     wait1 = px.wgmma_wait(1)
 
-    (_desc, stage_k, load_q, load_kv, issue_qk, issue_pv, softmax, rescale_pack,
-     finish) = v5_steps.steps(D, BN, kind, HB, v_swap, S, WG)
+    st = v5_steps.steps(D, BN, kind, HB, v_swap, S, WG)
+    stage_k, load_q, load_kv = st.stage_k, st.load_q, st.load_kv
+    issue_qk, issue_pv, softmax = st.issue_qk, st.issue_pv, st.softmax
+    rescale_pack, finish = st.rescale_pack, st.finish
 
     jit_kw = dict(cache=True)
     if not numba_config.ENABLE_CUDASIM:

@@ -11,6 +11,7 @@ from numba import cuda, int32, uint32, uint64
 from . import ptx_sm90 as px
 from . import wgmma_layout as wl
 from .mask import band_mask, wgmma_acc_rc
+from .pipeline import ring
 from .softmax import epilogue, online_softmax, rescale
 
 THREADS = 128
@@ -57,6 +58,7 @@ def steps(D, BN, kind, heads, v_swap, S, groups=1):
     wg_o = px.wgmma_rs(D, kind, True)
     fence_o = px.fence_acc(O_LEN)
     pack = px.pack2(kind)
+    stage, _ = ring(S)
     mask = band_mask(wgmma_acc_rc, S_LEN)
     update = online_softmax(S_LEN, px.ex2, px.shfl_xor)
     rescale_o = rescale(O_LEN)
@@ -69,7 +71,7 @@ def steps(D, BN, kind, heads, v_swap, S, groups=1):
     @cuda.jit(device=True, inline=True, cache=True)
     def stage_k(sQ, j):
         """Shared address of stage (j mod S)'s K tile; its V tile follows at + KV_BYTES."""
-        return sQ + uint32(Q_BYTES + (j % S) * 2 * KV_BYTES)
+        return sQ + uint32(Q_BYTES + stage(j) * 2 * KV_BYTES)
 
     @cuda.jit(device=True, inline=True, cache=True)
     def load_kv(kbase, vbase, sk_, n0, k0, sk, hkv, hkv_n, tid):
