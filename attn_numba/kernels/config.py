@@ -17,6 +17,23 @@ import numpy as np
 LOG2E = math.log2(math.e)
 
 
+@dataclasses.dataclass(frozen=True)
+class TileConfig:
+    """The fields every tensor-core kernel's ``Config`` starts with; a kernel's subclass sets
+    its defaults and adds its own options, and defines ``block_m``."""
+
+    head_size: int
+    dtype: str = "float16"
+    heads_per_block: int = 1
+    block_n: int = 64
+    stages: int = 2
+
+    @property
+    def positions(self):
+        """Query positions of a block: its score rows over the heads that share them."""
+        return self.block_m // self.heads_per_block
+
+
 def heads_per_block(group_size, choices=(4, 2, 1)):
     """The largest of ``choices`` that divides the GQA group size (1 if none does)."""
     for hb in choices:

@@ -34,7 +34,7 @@ from numba import cuda, float32, types, uint16, uint32
 from . import Plan, ptx
 from ..problem import MAX_HEAD_SIZE
 from .common import NEG_INF, array_type, key_range, seq_span
-from .config import band_scalars, dtype_name, heads_per_block, with_overrides
+from .config import TileConfig, band_scalars, dtype_name, heads_per_block, with_overrides
 from .mask import band_mask, mma_c_rc
 from .pipeline import ring
 from .ptx_sm90 import shfl_xor
@@ -52,30 +52,21 @@ U0 = np.uint32(0)
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    """One flash_tc specialisation (:mod:`attn_numba.kernels.config` names the fields)."""
+class Config(TileConfig):
+    """One flash_tc specialisation (:mod:`attn_numba.kernels.config` names the fields).
+    ``block_n``: 32 keys per tile (band efficiency: 272 keys of a 16-row band cover 288 keys
+    of 32-key tiles, against 320 of 64-key tiles). ``stages``: 2 (tile j+1 in flight during
+    all of tile j's work, one barrier per tile) when two stages of K and V fit in 48 KiB of
+    static shared memory, else 1 (FlashAttention-2's split: V_j in flight during Q K_j^T,
+    K_j+1 during P V_j); :func:`config_for` picks it."""
 
-    head_size: int
-    dtype: str = "float16"
-    heads_per_block: int = 1
-    #: keys per tile: 32 (band efficiency: 272 keys of a 16-row band cover 288 keys of
-    #: 32-key tiles, against 320 of 64-key tiles)
     block_n: int = 32
     warps: int = WARPS
-    #: K/V pipeline depth: 2 (tile j+1 in flight during all of tile j's work, one barrier
-    #: per tile) when two stages of K and V fit in 48 KiB of static shared memory, else 1
-    #: (FlashAttention-2's split: V_j in flight during Q K_j^T, K_j+1 during P V_j)
-    stages: int = 2
 
     @property
     def block_m(self):
         """Score rows of a block: 16 per warp (positions x heads)."""
         return 16 * self.warps
-
-    @property
-    def positions(self):
-        """Query positions of a block."""
-        return self.block_m // self.heads_per_block
 
 
 def stages(head_size, block_n=32):

@@ -47,7 +47,7 @@ from . import v5_steps
 from .pipeline import wait_for_tile
 from . import wgmma_layout as wl
 from .common import NEG_INF, array_type, key_range, seq_span
-from .config import band_scalars, dtype_name, heads_per_block, with_overrides
+from .config import TileConfig, band_scalars, dtype_name, heads_per_block, with_overrides
 from .tile_range import full_key_tiles, key_tiles
 
 NAME = "flash_wgmma"
@@ -89,16 +89,10 @@ def shared_bytes(head_size, block_n, stages, groups=1):
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    """One flash_wgmma specialisation (:mod:`attn_numba.kernels.config` names the fields)."""
+class Config(TileConfig):
+    """One flash_wgmma specialisation (:mod:`attn_numba.kernels.config` names the fields);
+    ``heads_per_block`` is per warpgroup (1, 2 or 4), ``stages`` :func:`default_stages`."""
 
-    head_size: int
-    dtype: str = "float16"
-    #: query heads of one GQA group per warpgroup (1, 2 or 4)
-    heads_per_block: int = 1
-    block_n: int = 64
-    #: K/V buffers (:func:`default_stages`)
-    stages: int = 2
     #: consumer warpgroups per block (each 64 rows, sharing every K/V tile)
     groups: int = GROUPS
     overlap: bool = OVERLAP
@@ -112,11 +106,6 @@ class Config:
     @property
     def warps(self):
         return 4 * self.groups
-
-    @property
-    def positions(self):
-        """Query positions of a block."""
-        return self.block_m // self.heads_per_block
 
 
 def config_for(problem, **overrides):
