@@ -341,7 +341,7 @@ def compile_targets(head_size, dtype, heads=(1, 4)):
 def supports(problem):
     """Why this kernel cannot run ``problem`` (None when it can). ``auto`` picks it first on
     sm_90; ``ATTN_NUMBA_NO_WGMMA=1`` refuses it (``auto`` then takes flash_tc). What checked
-    it on the GPU: notes/v5_wgmma.md."""
+    it on the GPU: notes/kernel_layer.md."""
     if os.environ.get("ATTN_NUMBA_NO_WGMMA", "0") not in ("", "0"):
         return "disabled by ATTN_NUMBA_NO_WGMMA"
     if problem.on_simulator:
