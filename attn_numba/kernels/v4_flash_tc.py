@@ -31,7 +31,7 @@ import numpy as np
 from numba import config as numba_config
 from numba import cuda, float32, types, uint16, uint32
 
-from . import Plan, ptx
+from . import Plan, ptx, v4_steps
 from ..problem import MAX_HEAD_SIZE
 from .common import NEG_INF, array_type, key_range, seq_span
 from .config import TileConfig, band_scalars, dtype_name, heads_per_block, with_overrides
@@ -40,15 +40,13 @@ from .pipeline import ring
 from .ptx_sm90 import shfl_xor
 from .softmax import epilogue, online_softmax, rescale
 from .tile_range import full_key_tiles, key_tiles
-from .v4_device import (ROW_PAD, _a_frag_rc, _c_frag_rc, _k_ldsm_rc, _mma, _p_from_s,  # noqa: F401
-                        _pack, _v_ldsm_rc, padded, tile_loader)
+from .v4_device import ROW_PAD, _k_ldsm_rc, _v_ldsm_rc, padded, tile_loader
 
 NAME = "flash_tc"
 #: dtypes this kernel accepts (by NumPy name; bfloat16 is ml_dtypes.bfloat16)
 DTYPE_NAMES = ("float16", "bfloat16")
 WARPS = 4
 ZERO = np.float32(0.0)
-U0 = np.uint32(0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +118,7 @@ def build(config):
     BF16 = bf16
 
     _load_tile = tile_loader(D, BN, NT)
+    _load_q, _qk, _pv = v4_steps.steps(D, BN, BF16)
     stage, _ = ring(2)
     _mask = band_mask(mma_c_rc, S_LEN)
     _update = online_softmax(S_LEN, ptx.ex2, shfl_xor)
@@ -183,13 +182,7 @@ def build(config):
 
         # Q fragments stay in registers (zero past the sequence and past D)
         qf = cuda.local.array(QF_LEN, uint32)
-        for kk in range(QK_STEPS):
-            for r in range(4):
-                rr, cc = _a_frag_rc(lane, r)
-                w = 8 * kk + (cc >> 1)
-                qf[4 * kk + r] = U0
-                if wrow0 + rr < sq and w < DW:
-                    qf[4 * kk + r] = q[q0 + wrow0 + rr, h, w]
+        _load_q(qf, q, q0, wrow0, sq, h, lane)
 
         acc = cuda.local.array(ACC_LEN, float32)
         for i in range(ACC_LEN):
@@ -216,31 +209,7 @@ def build(config):
                 _load_tile(vb, vg, n0, k0, sk, hk, hkv, tid)
             active = has_rows and w_lo <= n0 and n0 < w_hi
             if active:
-                # S = Q K^T, base-2 scaled
-                kl = ptx.opaque_u32(k_lane + st)
-                for p in range(S_TILES // 2):
-                    c0 = ZERO
-                    c1 = ZERO
-                    c2 = ZERO
-                    c3 = ZERO
-                    c4 = ZERO
-                    c5 = ZERO
-                    c6 = ZERO
-                    c7 = ZERO
-                    for kk in range(QK_STEPS):
-                        b0, b1, b2, b3 = ptx.ldmatrix_x4(kl + uint32(16 * p * RSB + 32 * kk))
-                        c0, c1, c2, c3 = _mma(BF16, qf[4 * kk], qf[4 * kk + 1], qf[4 * kk + 2],
-                                             qf[4 * kk + 3], b0, b1, c0, c1, c2, c3)
-                        c4, c5, c6, c7 = _mma(BF16, qf[4 * kk], qf[4 * kk + 1], qf[4 * kk + 2],
-                                             qf[4 * kk + 3], b2, b3, c4, c5, c6, c7)
-                    s[8 * p] = c0 * scale_log2
-                    s[8 * p + 1] = c1 * scale_log2
-                    s[8 * p + 2] = c2 * scale_log2
-                    s[8 * p + 3] = c3 * scale_log2
-                    s[8 * p + 4] = c4 * scale_log2
-                    s[8 * p + 5] = c5 * scale_log2
-                    s[8 * p + 6] = c6 * scale_log2
-                    s[8 * p + 7] = c7 * scale_log2
+                _qk(s, qf, ptx.opaque_u32(k_lane + st), scale_log2)   # S = Q K^T, base 2
 
                 # mask unless the tile lies inside the band of every row of the warp
                 if not (f_lo <= n0 and n0 < f_hi):
@@ -254,32 +223,7 @@ def build(config):
                 if n0 + BN < n_end:
                     _load_tile(kb, kg, n0 + BN, k0, sk, hk, hkv, tid)
             if active:
-                # O += P V, P's A fragments packed from the S registers
-                vl = ptx.opaque_u32(v_lane + st)
-                for kk in range(PV_STEPS):
-                    t0, r0 = _p_from_s(kk, 0)
-                    t1, r1 = _p_from_s(kk, 1)
-                    t2, r2 = _p_from_s(kk, 2)
-                    t3, r3 = _p_from_s(kk, 3)
-                    a0 = _pack(BF16, s[4 * t0 + r0], s[4 * t0 + r0 + 1])
-                    a1 = _pack(BF16, s[4 * t1 + r1], s[4 * t1 + r1 + 1])
-                    a2 = _pack(BF16, s[4 * t2 + r2], s[4 * t2 + r2 + 1])
-                    a3 = _pack(BF16, s[4 * t3 + r3], s[4 * t3 + r3 + 1])
-                    for p in range(O_TILES // 2):
-                        b0, b1, b2, b3 = ptx.ldmatrix_x4_trans(
-                            vl + uint32(16 * kk * RSB + 32 * p))
-                        d0, d1, d2, d3 = _mma(BF16, a0, a1, a2, a3, b0, b1, acc[8 * p],
-                                             acc[8 * p + 1], acc[8 * p + 2], acc[8 * p + 3])
-                        acc[8 * p] = d0
-                        acc[8 * p + 1] = d1
-                        acc[8 * p + 2] = d2
-                        acc[8 * p + 3] = d3
-                        d0, d1, d2, d3 = _mma(BF16, a0, a1, a2, a3, b2, b3, acc[8 * p + 4],
-                                             acc[8 * p + 5], acc[8 * p + 6], acc[8 * p + 7])
-                        acc[8 * p + 4] = d0
-                        acc[8 * p + 5] = d1
-                        acc[8 * p + 6] = d2
-                        acc[8 * p + 7] = d3
+                _pv(acc, s, ptx.opaque_u32(v_lane + st))           # O += P V
 
         _finish(acc, m_a, m_b, l_a, l_b, out, lse, b, h, q0, row_a, row_b, sq, t, lse_batched)
 
