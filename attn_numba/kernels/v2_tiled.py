@@ -54,6 +54,16 @@ def padded_head_size(head_size, on_simulator=False):
 def build(D, BN):
     """The tiled kernel for padded head dim ``D`` with ``BN`` keys per tile."""
 
+    @cuda.jit(device=True, inline=True, cache=True)
+    def _scores(s, q, Ks, t, h, hs):
+        """s[j] = q[t, h] . K tile row j (unscaled), for the BN keys of the staged tile."""
+        for jj in range(BN):
+            s[jj] = ZERO
+        for d in range(hs):
+            qd = float32(q[U(t), U(h), U(d)])
+            for jj in range(BN):
+                s[jj] += qd * Ks[U(jj), U(d)]
+
     @cuda.jit(cache=True)
     def tiled_kernel(q, k, v, out, lse, cu_q, cu_k, scale, left, right, lse_batched):
         nq = cuda.blockDim.x
@@ -94,12 +104,7 @@ def build(D, BN):
                     val = float32(k[U(k0 + j), U(hk), U(d)])
                 Ks[U(x // D), U(d)] = val
             cuda.syncthreads()
-            for jj in range(BN):
-                s[jj] = ZERO
-            for d in range(hs):
-                qd = float32(q[U(t), U(h), U(d)])
-                for jj in range(BN):
-                    s[jj] += qd * Ks[U(jj), U(d)]
+            _scores(s, q, Ks, t, h, hs)
             m_new = m
             for jj in range(BN):
                 j = kt + jj
@@ -131,12 +136,7 @@ def build(D, BN):
                 Ks[U(x // D), U(d)] = kval
                 Vs[U(x // D), U(d)] = vval
             cuda.syncthreads()
-            for jj in range(BN):
-                s[jj] = ZERO
-            for d in range(hs):
-                qd = float32(q[U(t), U(h), U(d)])
-                for jj in range(BN):
-                    s[jj] += qd * Ks[U(jj), U(d)]
+            _scores(s, q, Ks, t, h, hs)
             for jj in range(BN):
                 j = kt + jj
                 p = ZERO
