@@ -69,8 +69,19 @@ def normalise(ptx):
     return _MANGLED.sub(sub, _SMEM.sub("_cudapy_smem", _HEADER.sub("", ptx)))
 
 
-def compare(a, b):
-    """Print which targets differ; returns the number that differ or are missing."""
+_OPCODE = re.compile(r"^\s+(?:@!?%p\d+\s+)?([a-z][\w.:]*)", re.M)
+
+
+def opcode_delta(na, nb):
+    """{opcode: count in b - count in a} for the opcodes whose counts differ."""
+    from collections import Counter
+    ca, cb = Counter(_OPCODE.findall(na)), Counter(_OPCODE.findall(nb))
+    return {op: cb[op] - ca[op] for op in sorted(set(ca) | set(cb)) if cb[op] != ca[op]}
+
+
+def compare(a, b, verbose=False):
+    """Print which targets differ (with the change of each opcode's count; ``verbose``: the
+    first lines of the diff); returns the number that differ or are missing."""
     fa = {f for f in os.listdir(a) if f.endswith(".ptx")}
     fb = {f for f in os.listdir(b) if f.endswith(".ptx")}
     bad = 0
@@ -85,8 +96,11 @@ def compare(a, b):
             continue
         bad += 1
         diff = list(difflib.unified_diff(na.splitlines(), nb.splitlines(), lineterm="", n=1))
-        print(f"DIFFERS   {f}: {sum(ln[:1] in '+-' for ln in diff[2:])} changed lines")
-        print("\n".join(diff[:40]))
+        delta = opcode_delta(na, nb)
+        print(f"DIFFERS   {f}: {sum(ln[:1] in '+-' for ln in diff[2:])} changed lines; "
+              f"instruction counts {'unchanged' if not delta else delta}")
+        if verbose:
+            print("\n".join(diff[:40]))
     return bad
 
 
@@ -98,11 +112,12 @@ def main(argv=None):
     p.add_argument("--kernels", nargs="*", default=list(CCS))
     p.add_argument("--head-sizes", nargs="*", type=int, default=None)
     p.add_argument("--dtypes", nargs="*", default=list(DTYPES))
+    p.add_argument("-v", "--verbose", action="store_true", help="show the diffs' first lines")
     a = p.parse_args(argv)
     if a.dump:
         dump(a.dump, a.kernels, a.head_sizes, a.dtypes)
         return 0
-    return 1 if compare(*a.compare) else 0
+    return 1 if compare(*a.compare, verbose=a.verbose) else 0
 
 
 if __name__ == "__main__":

@@ -103,12 +103,15 @@ def epilogue(n_regs, words, pack, shfl):
         l_b += shfl(l_b, 2)
         inv_a, lse_a = finish_row(l_a, m_a)
         inv_b, lse_b = finish_row(l_b, m_b)
-        for i4 in range(N4):
-            w = 4 * i4 + t
-            if w < words:
-                if row_a < sq:
+        if row_a < sq:
+            for i4 in range(N4):
+                w = 4 * i4 + t
+                if w < words:
                     out[q0 + row_a, h, w] = pack(acc[4 * i4] * inv_a, acc[4 * i4 + 1] * inv_a)
-                if row_b < sq:
+        if row_b < sq:
+            for i4 in range(N4):
+                w = 4 * i4 + t
+                if w < words:
                     out[q0 + row_b, h, w] = pack(acc[4 * i4 + 2] * inv_b,
                                                  acc[4 * i4 + 3] * inv_b)
         if t == 0:
