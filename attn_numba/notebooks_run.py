@@ -15,12 +15,14 @@ A notebook is executed from its ``.py`` (so a stale ``.ipynb`` cannot hide an ed
 notebook's folder, with the environment of this process (``NUMBA_ENABLE_CUDASIM=1`` runs it on
 the simulator). With ``--write`` the executed notebook, outputs included, replaces the
 ``.ipynb`` (created if missing, e.g. a new ``07_hopper.py``); a notebook that raises is not
-written. One line per notebook: time, figures (PNG outputs), errors. Exit status 1 when a
-notebook failed or a pair is out of sync, 2 when nbclient/jupytext are missing.
+written. One line per notebook: time, figures (PNG outputs), errors, and each output a reader
+must not see (:func:`output_problems`: byte strings, reprs, machine paths, stderr). Exit
+status 1 when a notebook failed or a pair is out of sync, 2 when nbclient/jupytext are missing.
 """
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -104,6 +106,83 @@ def pair_problems(py, ipynb):
     return problems
 
 
+#: what a committed notebook's outputs must not hold (see :func:`output_problems`)
+_BYTES = re.compile(r"^b['\"]|\\x89PNG")
+_REPR = re.compile(r"\{'|\['|\b[A-Z][A-Za-z]+\([a-z_]+=")
+_NONE = re.compile(r"(?:^|(?<=\s))None(?=\s{2,}|\s*\||\s*$|\s+\d)", re.M)  # not "None when"
+_ABS = re.compile(r"(?<![\w.~-])/(?:work|opt|tmp|home|root|usr|var|Users|private|mnt|scratch)/"
+                  r"|\b[A-Z]:\\")
+_WARN = re.compile(r"\b\w*Warning\b:")
+_CLI = re.compile(r"(?:\$ |`)attn-numba(?:\s+([^\s`]+))?")
+_REF = re.compile(r"\b((?:scripts|notes|tests)/[\w./-]+\.(?:py|md|sh))\b")
+_CLI_OPTIONS = ("-h", "--help", "--version")
+
+
+def _output_texts(cell):
+    """``(kind, text)`` of each output of a code cell: what a reader sees. A figure's
+    ``text/plain`` stand-in (``<Figure ...>``) is not shown where a PNG is, so it is skipped."""
+    for o in cell.get("outputs", []):
+        kind = o.get("output_type")
+        if kind == "stream":
+            yield f"stream {o.get('name')}", "".join(o.get("text", ""))
+        elif kind == "error":
+            yield "error", f"{o.get('ename')}: {o.get('evalue')}"
+        else:
+            data = o.get("data", {})
+            if "image/png" in data and set(data) <= {"image/png", "text/plain"}:
+                continue
+            for mime in ("text/markdown", "text/html", "text/plain"):
+                if mime in data:
+                    yield mime, "".join(data[mime])
+                    break
+
+
+def command_problems(text, where, commands):
+    """Shell commands ``$ attn-numba SUB`` / `` `attn-numba SUB` `` whose SUB is unknown."""
+    out = []
+    for m in _CLI.finditer(text):
+        sub = m.group(1)
+        if sub is None or (sub not in commands and sub not in _CLI_OPTIONS):
+            out.append(f"{where}: command `attn-numba {sub or ''}` has no known sub-command "
+                       f"({', '.join(commands)})")
+    return out
+
+
+def output_problems(nb, root=None):
+    """What a committed notebook shows that it must not: byte strings, Python reprs (``{'``,
+    ``['``, ``Comparison(max_err=...)``), ``None`` where a value belongs, absolute or
+    temporary paths, stderr, warnings and errors; ``attn-numba`` commands with an unknown
+    sub-command (in outputs and Markdown); references to ``scripts/``, ``notes/`` or
+    ``tests/`` files that do not exist under ``root`` (the checkout). Returns sentences naming
+    the cell; [] when clean."""
+    from .cli import COMMANDS
+    problems = []
+    for n, cell in enumerate(nb.cells):
+        texts = [("source", cell.source)] if cell.cell_type == "markdown" else []
+        if cell.cell_type == "code":
+            texts += list(_output_texts(cell))
+        for kind, text in texts:
+            where = f"cell {n} ({kind})"
+            problems += command_problems(text, where, COMMANDS)
+            if root is not None:
+                problems += [f"{where}: {ref} does not exist" for ref in _REF.findall(text)
+                             if not (Path(root) / ref).exists()]
+            if kind == "source":
+                continue
+            first = lambda rx: rx.search(text)  # noqa: E731
+            checks = (("stderr output", kind == "stream stderr" or kind == "error"),
+                      ("a byte string", first(_BYTES)), ("a Python repr", first(_REPR)),
+                      ("None where a value belongs", first(_NONE)),
+                      ("an absolute or temporary path", first(_ABS)),
+                      ("a warning", first(_WARN)))
+            for what, hit in checks:
+                if hit:
+                    bit = text[max(0, hit.start() - 30):hit.end() + 30] \
+                        if hasattr(hit, "start") else text[:60]
+                    problems.append(f"{where}: {what}: {bit.strip()!r}")
+    return problems
+
+
 @dataclass
 class Run:
     name: str
@@ -113,12 +192,14 @@ class Run:
     error: str | None = None
     written: Path | None = None
     outputs: list = field(default_factory=list, repr=False)
+    problems: list = field(default_factory=list)
 
     def line(self):
         state = f"FAILED: {self.error}" if self.error else "ok"
         wrote = f", wrote {self.written.name}" if self.written else ""
+        bad = "".join(f"\n    output problem: {p}" for p in self.problems)
         return (f"{self.name:<28} {self.seconds:7.1f} s  {self.figures:2d} figure(s)  "
-                f"{self.sources:2d} 'source:' line(s)  {state}{wrote}")
+                f"{self.sources:2d} 'source:' line(s)  {state}{wrote}{bad}")
 
 
 def _summarise(nb, run):
@@ -162,6 +243,7 @@ def execute(folder, stem, write=False, timeout=1200, out=None):
         run.error = f"{type(exc).__name__}: {exc}"[:300]
     run.seconds = time.perf_counter() - t0
     _summarise(nb, run)
+    run.problems = output_problems(nb, folder.resolve().parent)
     if write and not run.error:
         if out is not None:
             Path(out).mkdir(parents=True, exist_ok=True)

@@ -30,8 +30,11 @@ from pathlib import Path
 LOG_DEFAULT = Path(__file__).resolve().parent / "data" / "nvbench_run_mha_fwd_a30.log"
 OTHER_AXES = ("num_seqs", "num_heads", "num_kv_heads", "head_size", "window_left", "window_right")
 #: draw order and colours: package kernels, then peers
-ORDER = ("naive", "tiled", "flash", "flash_tc", "flash_wgmma", "flexattention", "sdpa")
-_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+ORDER = ("naive", "tiled", "flash", "flash_tc", "flash_wgmma", "flexattention", "sdpa", "fa4",
+         "cudnn")
+#: the peers, drawn dotted with square markers, and who makes each
+PEER_LABEL = {"flexattention": "PyTorch", "sdpa": "PyTorch", "fa4": "FlashAttention-4",
+              "cudnn": "cuDNN"}
 
 
 def add_arguments(p):
@@ -48,55 +51,16 @@ def add_arguments(p):
 
 # --------------------------------------------------------------------------- the log's times
 
-def _parse_time(cell):
-    m = re.match(r"\s*([0-9.eE+-]+)\s*(s|ms|us|µs|ns)\s*$", cell)
-    return float(m.group(1)) * _UNITS[m.group(2)] if m else None
-
-
 def parse_log_times(path):
     """``[{"seq_len", "causal", "gpu_time_s", "batch_gpu_time_s", "device"}]`` from an NVBench
-    markdown log. Uses :func:`attn_numba.explain.explain_log` when that module exists, else a
-    small parse of the results table."""
-    try:
-        from .explain import explain_log
-    except ImportError:
-        explain_log = None
-    if explain_log is not None:
-        try:
-            res = explain_log(str(path))
-            rows = [{"seq_len": int(r["seq_len"]), "causal": int(r.get("causal", 0)),
-                     "gpu_time_s": r.get("gpu_time_s"), "batch_gpu_time_s": r.get("batch_gpu_time_s"),
-                     "device": r.get("device") or (res.get("device") or {}).get("name")}
-                    for r in res["rows"] if r.get("seq_len") is not None]
-            if rows:
-                return rows
-        except Exception:  # fall back to the local parse
-            pass
-    return _parse_log_table(Path(path).read_text())
-
-
-def _parse_log_table(text):
-    device = None
-    m = re.search(r"^## \[\d+\] `([^`]+)`", text, re.M)
-    if m:
-        device = m.group(1)
-    rows, header = [], None
-    for line in text.splitlines():
-        if not line.startswith("|"):
-            header = None if not line.strip() else header
-            continue
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if "seq_len" in cells:
-            header = cells
-            continue
-        if header is None or set(line) <= set("|-: "):
-            continue
-        row = dict(zip(header, cells))  # later duplicate names (Noise, Samples) win: fine here
-        gpu = next((_parse_time(c) for h, c in zip(header, cells) if h == "GPU Time"), None)
-        rows.append({"seq_len": int(row["seq_len"]), "causal": int(row.get("causal", 0)),
-                     "gpu_time_s": gpu, "batch_gpu_time_s": _parse_time(row.get("Batch GPU", "")),
-                     "device": device})
-    return rows
+    markdown log, read by :func:`attn_numba.explain.explain_log` (OSError or
+    :class:`attn_numba.explain.LogParseError` for an unreadable or malformed log)."""
+    from .explain import explain_log
+    res = explain_log(str(path))
+    return [{"seq_len": int(r["seq_len"]), "causal": int(r.get("causal", 0)),
+             "gpu_time_s": r.get("gpu_time_s"), "batch_gpu_time_s": r.get("batch_gpu_time_s"),
+             "device": r.get("device") or (res.get("device") or {}).get("name")}
+            for r in res["rows"] if r.get("seq_len") is not None]
 
 
 # --------------------------------------------------------------------------- data selection
@@ -124,12 +88,15 @@ def _series(records, kernel, causal, field="gpu_time_s"):
 
 
 def _style(kernel):
+    """Colour, marker, line and label of a kernel: fixed by :data:`ORDER` (a name outside it
+    gets a colour from its characters, the same in every process)."""
     import matplotlib.pyplot as plt
     cyc = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    i = ORDER.index(kernel) if kernel in ORDER else len(ORDER) + hash(kernel) % 4
-    peer = kernel in ("flexattention", "sdpa")
+    i = ORDER.index(kernel) if kernel in ORDER else len(ORDER) + sum(map(ord, kernel)) % 4
+    peer = kernel in PEER_LABEL
     return dict(color=cyc[i % len(cyc)], marker="s" if peer else "o",
-                linestyle=":" if peer else "-", label=kernel + (" (PyTorch)" if peer else ""))
+                linestyle=":" if peer else "-",
+                label=kernel + (f" ({PEER_LABEL[kernel]})" if peer else ""))
 
 
 def _shape_text(fixed):
@@ -187,11 +154,35 @@ def fig_time(records, device, fixed, log_rows, path):
           rect=(0, 0.12, 1, 1))
 
 
+def _kernel_legend(fig, records, extra=(), ncol=5):
+    """One legend under the panels: a colour per kernel, then ``extra`` (handle, label) pairs,
+    so that no line is hidden behind it."""
+    from matplotlib.lines import Line2D
+    handles = [Line2D([], [], **{k: v for k, v in _style(k).items() if k != "label"})
+               for k in _kernels(records)]
+    labels = [_style(k)["label"] for k in _kernels(records)]
+    for h, lab in extra:
+        handles.append(h)
+        labels.append(lab)
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+
+
+def _ceiling_groups(records, ceilings):
+    """``(fp32 kernels, fp16 kernels)`` drawn against each matmul ceiling, by name."""
+    from .bench.grid import ceiling_key
+    ks = [k for k in _kernels(records)
+          if ceilings.get(ceiling_key(k)) and _series(records, k, 0, "tflops")[0] + _series(
+              records, k, 1, "tflops")[0]]
+    return ([k for k in ks if "fp16" not in ceiling_key(k)],
+            [k for k in ks if "fp16" in ceiling_key(k)])
+
+
 def fig_ceiling(records, device, fixed, ceilings, path):
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     from .bench.grid import ceiling_key
-    fig, axes = plt.subplots(1, 2, figsize=(12.4, 4.6))
+    fig, axes = plt.subplots(1, 2, figsize=(12.4, 5.2))
     ok = ceilings and "error" not in ceilings
     if not ok:
         why = (ceilings or {}).get("error", "no ceilings in summary.json")
@@ -199,34 +190,39 @@ def fig_ceiling(records, device, fixed, ceilings, path):
             ax.text(0.5, 0.5, f"ceilings not measured:\n{why}", ha="center", va="center",
                     transform=ax.transAxes)
             ax.set_axis_off()
-    else:
-        for k in _kernels(records):
-            ck = ceiling_key(k)
-            for c in sorted({r["causal"] for r in records}):
-                st = _style(k)
-                st["linestyle"] = "-" if c == 0 else "--"
-                st["label"] = f"{k}, causal={c} (vs {'fp16' if 'fp16' in ck else 'fp32'})"
-                x, y = _series(records, k, c, "tflops")
-                if x and ceilings.get(ck):
-                    axes[0].plot(x, [v / ceilings[ck] for v in y], **st)
-                x, y = _series(records, k, c, "gbps")
-                if x and ceilings.get("copy_gbps"):
-                    st["label"] = f"{k}, causal={c}"
-                    axes[1].plot(x, [v / ceilings["copy_gbps"] for v in y], **st)
-        axes[0].set_title(
-            "compute: exact windowed TFLOP/s / ceiling\nCUDA-core kernels vs fp32 matmul, TF32 off "
-            f"({ceilings.get('fp32_matmul_tflops_no_tf32', float('nan')):.1f} TFLOP/s)\n"
-            "flash_tc and PyTorch peers vs fp16 matmul "
-            f"({ceilings.get('fp16_matmul_tflops', float('nan')):.0f} TFLOP/s)", fontsize=9)
-        axes[1].set_title("memory: minimum bytes (Q, K, V read, O written) / time\n"
-                          "/ device copy bandwidth "
-                          f"({ceilings.get('copy_gbps', float('nan')):.0f} GB/s, read+write)",
-                          fontsize=9)
-        for ax, lab in zip(axes, ("fraction of compute ceiling", "fraction of copy bandwidth")):
-            _seqlen_log_axes(ax, lab)
-            ax.legend(fontsize=7)
+        _save(fig, path, f"run_mha_fwd on {device}: achieved fraction of ceilings\n"
+                         f"{_shape_text(fixed)}")
+        return
+    for k in _kernels(records):
+        ck = ceiling_key(k)
+        for c in sorted({r["causal"] for r in records}):
+            st = _style(k)
+            st["linestyle"] = "-" if c == 0 else "--"
+            x, y = _series(records, k, c, "tflops")
+            if x and ceilings.get(ck):
+                axes[0].plot(x, [v / ceilings[ck] for v in y], **st)
+            x, y = _series(records, k, c, "gbps")
+            if x and ceilings.get("copy_gbps"):
+                axes[1].plot(x, [v / ceilings["copy_gbps"] for v in y], **st)
+    fp32, fp16 = _ceiling_groups(records, ceilings)
+    lines = ["compute: exact windowed TFLOP/s / ceiling"]
+    if fp32:
+        lines.append(f"{', '.join(fp32)} vs fp32 matmul, TF32 off "
+                     f"({ceilings.get('fp32_matmul_tflops_no_tf32', float('nan')):.1f} TFLOP/s)")
+    if fp16:
+        lines.append(f"{', '.join(fp16)} vs fp16 matmul "
+                     f"({ceilings.get('fp16_matmul_tflops', float('nan')):.0f} TFLOP/s)")
+    axes[0].set_title("\n".join(lines), fontsize=9)
+    axes[1].set_title("memory: minimum bytes (Q, K, V read, O written) / time\n"
+                      "/ device copy bandwidth "
+                      f"({ceilings.get('copy_gbps', float('nan')):.0f} GB/s, read+write)",
+                      fontsize=9)
+    for ax, lab in zip(axes, ("fraction of compute ceiling", "fraction of copy bandwidth")):
+        _seqlen_log_axes(ax, lab)
+    _kernel_legend(fig, records, [(Line2D([], [], color="0.3", linestyle="-"), "causal=0"),
+                                  (Line2D([], [], color="0.3", linestyle="--"), "causal=1")])
     _save(fig, path, f"run_mha_fwd on {device}: achieved fraction of ceilings measured in the "
-                     f"same run\n{_shape_text(fixed)}")
+                     f"same run\n{_shape_text(fixed)}", rect=(0, 0.1, 1, 1))
 
 
 def fig_speedup(records, device, fixed, path):
@@ -250,15 +246,16 @@ def fig_speedup(records, device, fixed, path):
                     ha="center", va="center", transform=ax.transAxes)
         ax.axhline(1.0, color="0.5", linewidth=0.8)
         _seqlen_log_axes(ax, "speedup over naive (time_naive / time)", f"causal={c}")
-        if drawn:
-            ax.legend(fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:  # one legend under the panels, off the data
+        fig.legend(handles, labels, loc="lower center", ncol=6, fontsize=8, frameon=False)
     _save(fig, path, f"run_mha_fwd on {device}: speedup over the naive kernel (NVBench cold GPU "
-                     f"time)\n{_shape_text(fixed)}")
+                     f"time)\n{_shape_text(fixed)}", rect=(0, 0.07, 1, 1))
 
 
 def fig_causal(records, device, fixed, path):
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4.6))
+    fig, ax = plt.subplots(figsize=(9, 4.6))
     work = defaultdict(dict)
     for r in records:
         work[r["seq_len"]][r["causal"]] = r["flops"]
@@ -278,7 +275,7 @@ def fig_causal(records, device, fixed, path):
     ax.set_ylabel("time(causal=1) / time(causal=0)")
     ax.set_ylim(0, max(1.5, ax.get_ylim()[1]))
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.set_title(f"run_mha_fwd on {device}: causal vs non-causal\n{_shape_text(fixed)}", fontsize=10)
     _save(fig, path)
 
@@ -329,6 +326,12 @@ def fig_long(records, skipped, device, fixed, path):
           rect=(0, 0.03 + 0.028 * max(1, len(notes)), 1, 1))
 
 
+def run_label(doc, prefix):
+    """Which run a figure shows: ``NVIDIA H100 80GB HBM3, run h100-quick (2026-11-24)``."""
+    device = doc.get("device", "unknown device") + (" (SIMULATED)" if doc.get("simulated") else "")
+    return f"{device}, run {prefix} ({str(doc.get('date') or 'undated')[:10]})"
+
+
 def plot_summary(doc, prefix, out_dir, log_rows):
     """All figures of one summary; returns the written paths."""
     from .bench.grid import is_long
@@ -343,7 +346,7 @@ def plot_summary(doc, prefix, out_dir, log_rows):
     from .bench.grid import DEFAULT_GRID
     if any(fixed.get(a) != DEFAULT_GRID[a][0] for a in OTHER_AXES):
         log_rows = []  # the log's times are only comparable at the log's shape
-    device = doc.get("device", "unknown device") + (" (SIMULATED)" if doc.get("simulated") else "")
+    device = run_label(doc, prefix)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{prefix}_{n}.png" for n in
@@ -365,9 +368,15 @@ def plot_all(results, out_dir, log=str(LOG_DEFAULT), include_simulated=False):
     import matplotlib
     matplotlib.use("Agg")
     from .bench import summary as S
-    log_rows = parse_log_times(log) if log and str(log).lower() != "none" else []
+    log_rows = []
+    if log and str(log).lower() != "none":
+        try:
+            log_rows = parse_log_times(log)
+        except (OSError, ValueError) as exc:  # draw the results without the log's line
+            print(f"attn-numba plot: the log {log} is not drawn: {exc}", file=sys.stderr)
     done = []
-    for path in S.find(results):
+    from .sources import _rank
+    for path in sorted(S.find(results), key=_rank):  # newest device first, as report and explain
         try:
             doc = S.load(path)
         except ValueError as exc:  # not written by `attn-numba bench`: say so, draw the rest

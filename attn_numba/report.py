@@ -6,15 +6,19 @@ Steps, each reported on stdout and in the report:
 1. diagnose the NVBench log with :func:`attn_numba.explain.explain_log` (skipped with a note if
    that module is missing);
 2. when a CUDA GPU is usable (and ``--no-bench`` is not given), run ``attn-numba bench`` in a
-   subprocess into ``results/<device-slug>``; otherwise use the committed ``summary.json`` files
-   under ``--results``;
+   subprocess into ``<results>/<device-slug>``; otherwise say in one sentence what to do
+   (:data:`attn_numba.sources.NO_GPU_HINT`) and use the committed ``summary.json`` files:
+   ``--results``, else the checkout's ``results/``, else the summary shipped in the package,
+   in the order of :func:`attn_numba.sources.ordered_summaries` (newest device first, older
+   sets marked as history; ``attn-numba explain`` reads the same);
    then explain every NVBench markdown log next to those summaries (``nvbench*.md``: the one the
    benchmark just wrote and the committed ones) and show each group's verdict;
 3. draw the figures into ``--figures`` (:mod:`attn_numba.plots`);
 4. write ``<figures>/REPORT.md``: the diagnosis, one table per results file (device, date,
    ceilings, times, rates, fractions of the ceilings, correctness checks), and the figures.
 
-Runs on a CPU-only machine (steps 1, 3 and 4).
+Runs on a CPU-only machine (steps 1, 3 and 4). Every path it prints or writes is relative
+(:func:`attn_numba.sources.display_path`), so a committed ``REPORT.md`` names no machine path.
 """
 from __future__ import annotations
 
@@ -29,8 +33,9 @@ from .plots import LOG_DEFAULT, parse_log_times
 def add_arguments(p):
     p.add_argument("--log", default=str(LOG_DEFAULT),
                    help="NVBench log to explain (default: the packaged A30 log)")
-    p.add_argument("--results", default="results",
-                   help="results folder: read, and written by the benchmark (default %(default)s)")
+    p.add_argument("--results", default=None,
+                   help="results folder: read, and written by the benchmark (default: the "
+                        "checkout's results/, else the summary shipped in the package)")
     p.add_argument("--figures", default="figures", help="figures folder (default %(default)s)")
     p.add_argument("--report", default=None,
                    help="report path (default <figures>/REPORT.md)")
@@ -44,18 +49,19 @@ def _say(steps, text):
     steps.append(text)
 
 
-def _explain(log, steps):
+def _explain(log, steps, results):
+    from .sources import display_path
     try:
         from .explain import explain_log
     except ImportError:
         _say(steps, "attn_numba.explain is not in this build; the log was not diagnosed")
         return None
     try:
-        res = explain_log(log)
+        res = explain_log(log, results_dir=str(results))
     except Exception as exc:  # a broken log must not stop the report
-        _say(steps, f"explaining {log} failed: {type(exc).__name__}: {exc}")
+        _say(steps, f"explaining {display_path(log)} failed: {type(exc).__name__}: {exc}")
         return None
-    _say(steps, f"explained {log}: verdict {res.get('verdict')!r}")
+    _say(steps, f"explained {display_path(log)}: verdict {res.get('verdict')}")
     return res
 
 
@@ -66,39 +72,44 @@ def _explain_bench_logs(summaries, steps):
         from .explain import explain_log
     except ImportError:
         return []
+    from .sources import display_path
     out = []
-    for spath, _ in summaries:
+    for spath, _, _ in summaries:
         for md in sorted(Path(spath).parent.glob("nvbench*.md")):
             try:
                 res = explain_log(str(md))
             except (OSError, ValueError) as exc:
-                _say(steps, f"explaining {md} failed: {exc}")
+                _say(steps, f"explaining {display_path(md)} failed: {exc}")
                 continue
-            _say(steps, f"explained {md}: " + "; ".join(
+            _say(steps, f"explained {display_path(md)}: " + "; ".join(
                 f"{'/'.join(map(str, g['axes'].values())) or 'all'} {g['verdict']}"
                 for g in res["groups"]))
-            out.append((md, res))
+            out.append((display_path(md), res))
     return out
 
 
-def _bench(args, steps):
+def _bench(args, steps, root):
+    """Run ``attn-numba bench`` into ``<results>/<device>`` when a GPU is usable; else say in
+    one sentence what to do. Returns the folder written when a benchmark ran and succeeded."""
     from .bench.cli import gpu_status
+    from .sources import NO_GPU_HINT, PACKAGED_RESULTS, display_path
     ok, info = gpu_status()
     if not ok:
-        _say(steps, f"no CUDA GPU here ({info}); using the committed results under {args.results}")
-        return False
+        _say(steps, f"no CUDA GPU here ({info}). {NO_GPU_HINT}")
+        return None
     if args.no_bench:
         _say(steps, f"GPU {info} present but --no-bench given; using committed results")
-        return False
+        return None
     from .bench.grid import device_slug
-    out = Path(args.results) / (device_slug(info) + ("-quick" if args.quick else ""))
-    cmd = [sys.executable, "-m", "attn_numba.cli", "bench", "--out", str(out)]
+    base = Path("results") if Path(root) == PACKAGED_RESULTS else Path(root)
+    out = base / (device_slug(info) + ("-quick" if args.quick else ""))
+    cmd = [sys.executable, "-m", "attn_numba.cli", "bench", "--out", display_path(out)]
     if args.quick:
         cmd.append("--quick")
-    _say(steps, f"GPU {info}: running {' '.join(cmd[1:])}")
+    _say(steps, f"GPU {info}: running attn-numba {' '.join(cmd[3:])}")
     rc = subprocess.call(cmd, env=dict(os.environ))
-    _say(steps, f"benchmark exited with status {rc}; results in {out}")
-    return rc == 0
+    _say(steps, f"benchmark exited with status {rc}; results in {display_path(out)}")
+    return out if rc == 0 else None
 
 
 def _fmt_t(s):
@@ -146,6 +157,7 @@ def _results_table(doc, log_rows):
 
 def write_report(path, steps, explained, summaries, figures, log, log_rows, bench_logs=()):
     from .bench.summary import now_iso
+    from .sources import display_path
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     L = ["# attn_numba report", "",
@@ -172,14 +184,16 @@ def write_report(path, steps, explained, summaries, figures, log, log_rows, benc
         from .explain import groups_markdown
         L += ["", "## Verdicts of the benchmark logs (`attn-numba explain`, one per group)", ""]
         for md, res in bench_logs:
-            L += groups_markdown(res, str(md)) + [""]
-    L += ["", "## Measured results", ""]
+            L += groups_markdown(res, md) + [""]
+    L += ["", "## Measured results", "",
+          "Newest device first; older result sets follow, marked as history.", ""]
     if not summaries:
         L.append("No `summary.json` found: nothing has been measured on a GPU yet "
                  "(run `attn-numba bench` on a GPU machine).")
-    for spath, doc in summaries:
+    for spath, doc, history in summaries:
         sim = " (SIMULATED, times meaningless)" if doc.get("simulated") else ""
-        L += [f"### {doc['device']}{sim}: `{spath}`", "",
+        hist = "History: " if history else ""
+        L += [f"### {hist}{doc['device']}{sim}: `{display_path(spath)}`", "",
               f"Date {doc.get('date')}; versions: "
               + ", ".join(f"{k} {v}" for k, v in (doc.get("versions") or {}).items()) + ".", ""]
         ce = doc.get("ceilings") or {}
@@ -205,42 +219,56 @@ def write_report(path, steps, explained, summaries, figures, log, log_rows, benc
     return path
 
 
+def _results_folder(results):
+    """``(folder, why)``: the results folder to read (``results``, else the checkout's
+    ``results/``) and None; or the package's results folder and the sentence saying so, when
+    that folder holds no GPU summary."""
+    from . import sources
+    root = Path(results) if results else sources.results_dir()
+    found = sources.ordered_summaries(root)
+    if found and root.resolve() not in found[0][0].resolve().parents:
+        return sources.PACKAGED_RESULTS, (
+            f"no GPU summary.json in {sources.display_path(root)}: using the summary shipped in "
+            f"the package, {sources.display_path(found[0][0])}")
+    return root, None
+
+
 def main(args):
     import matplotlib
     matplotlib.use("Agg")
     from .bench import summary as S
     from .plots import plot_all
+    from .sources import display_path, ordered_summaries
     steps = []
-    explained = _explain(args.log, steps)
-    _bench(args, steps)
-    if not any(not S.load(p).get("simulated") for p in S.find(args.results)):
-        from .sources import PACKAGED_RESULTS
-        if S.find(PACKAGED_RESULTS):
-            _say(steps, f"no GPU summary.json under {args.results} (not a checkout?): using the "
-                 f"summary shipped in the package, {PACKAGED_RESULTS}; newer results come from "
-                 "`attn-numba bench` on a GPU or a checkout's results/ (--results)")
-            args.results = str(PACKAGED_RESULTS)
+    root, packaged = _results_folder(args.results)
+    explained = _explain(args.log, steps, root)
+    ran = _bench(args, steps, root)
+    if ran is not None:  # read what was just measured, with the folder it went into
+        root, packaged = _results_folder(ran.parent)
+    if packaged:
+        _say(steps, packaged)
     summaries = []
-    for p in S.find(args.results):
+    for p, doc, history in ordered_summaries(root):
         try:
-            doc = S.load(p)
+            S.load(p)
         except ValueError as exc:
-            _say(steps, f"ignored {p}: {exc}")
+            _say(steps, f"ignored {display_path(p)}: {exc}")
             continue
-        if not doc.get("simulated"):
-            summaries.append((p, doc))
-    _say(steps, f"found {len(summaries)} GPU result file(s) under {args.results}: "
-         + ", ".join(f"{p} ({d['device']})" for p, d in summaries) if summaries else
-         f"found no GPU results under {args.results}")
+        summaries.append((p, doc, history))
+    _say(steps, f"read {len(summaries)} GPU result file(s), newest device first: "
+         + ", ".join(f"{display_path(p)} ({d['device']}{', history' if h else ''})"
+                     for p, d, h in summaries) if summaries else
+         f"found no GPU results in {display_path(root)}")
     bench_logs = _explain_bench_logs(summaries, steps)
-    figures = plot_all(args.results, args.figures, args.log)
-    _say(steps, f"drew {sum(len(p) for _, p in figures)} figure(s) into {args.figures}")
+    figures = plot_all(root, args.figures, args.log)
+    _say(steps, f"drew {sum(len(p) for _, p in figures)} figure(s) into "
+         f"{display_path(args.figures)}")
     log_rows = []
     try:
         log_rows = parse_log_times(args.log)
     except Exception:
         pass
     report = Path(args.report or Path(args.figures) / "REPORT.md")
-    _say(steps, f"wrote {report}")
+    _say(steps, f"wrote {display_path(report)}")
     write_report(report, steps, explained, summaries, figures, args.log, log_rows, bench_logs)
     return 0

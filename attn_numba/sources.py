@@ -5,9 +5,11 @@ the file, the device and the date are printed with it. This module picks the fil
 
 * :func:`results_dir` finds the checkout's ``results/`` folder (walking up from the current
   folder, then from the package), or falls back to the copy shipped in the package;
-* :func:`pick_summary` prefers the newest device: ``results/h200/summary.json`` when it exists,
-  else ``results/h100/summary.json`` (:data:`PREFERRED`), else any non-simulated summary, else
-  the packaged one (:data:`PACKAGED_RESULTS`);
+* :func:`ordered_summaries` lists every GPU summary, newest device first (:data:`PREFERRED`:
+  ``results/h200``, then ``results/h100``, ``-quick`` sets last), the first as the current
+  results and the others as history; ``attn-numba explain`` and ``report`` both read it;
+* :func:`pick_summary` is its first entry, else the packaged one (:data:`PACKAGED_RESULTS`);
+* :func:`display_path` names a file as the reader can open it (relative, never absolute);
 * :func:`load_summary` loads it and prints one line: file, device, date;
 * :func:`source_text` is that line, for figure captions; :func:`show` displays a figure with
   it written underneath.
@@ -29,6 +31,10 @@ from pathlib import Path
 PREFERRED = ("h200", "h100")
 #: the summary shipped in the package (a copy of the preferred one when it was packaged)
 PACKAGED_RESULTS = Path(__file__).resolve().parent / "data" / "results"
+#: what to do on a machine with no GPU, said once by ``attn-numba report`` and ``explain``
+NO_GPU_HINT = ("With no GPU the committed results are shown; to time the kernels yourself, run "
+               "`attn-numba bench` on a machine with an NVIDIA GPU after "
+               "`python -m pip install -e \".[dev,gpu]\"`.")
 
 
 def _checkout_results(start):
@@ -57,45 +63,66 @@ def _is_gpu_summary(path):
     return isinstance(doc, dict) and "records" in doc and not doc.get("simulated")
 
 
-def pick_summary(results=None, prefer=PREFERRED):
-    """The ``summary.json`` to show: ``<results>/<name>/summary.json`` for the first ``name`` of
-    ``prefer`` that exists (else a folder whose name contains it, ``nvidia-h200``, but not a
-    ``-quick`` one), else the first non-simulated summary under ``results``, else the packaged
-    one. Raises FileNotFoundError saying where results come from when there is none."""
+def _rank(path, prefer=PREFERRED):
+    """Sort key of a result set (its folder name): full runs before ``-quick`` ones, then by
+    ``prefer`` (newest device first), the exact name before one that contains it."""
+    name = Path(path).parent.name
+    quick = "quick" in name
+    for i, want in enumerate(prefer):
+        if name == want or want in name:
+            return (quick, i, name != want, name)
+    return (quick, len(prefer), True, name)
+
+
+def ordered_summaries(results=None, prefer=PREFERRED):
+    """Every GPU ``summary.json`` under ``results`` (default :func:`results_dir`), newest device
+    first: ``[(path, doc, history)]``, where ``history`` is False for the first (the current
+    results) and True for every older set (``results/h100``, ``results/h100-quick``). Falls
+    back to the packaged summary when ``results`` holds none; [] when there is none at all."""
     if isinstance(prefer, str):
         raise TypeError("prefer must be a sequence of result-set names, not a string")
     roots = [Path(results)] if results is not None else [results_dir()]
     if PACKAGED_RESULTS not in roots:
         roots.append(PACKAGED_RESULTS)
     for root in roots:
-        found = [p for p in sorted(root.glob("*/summary.json")) if _is_gpu_summary(p)] \
-            if root.is_dir() else []
-        for name in prefer:
-            exact = [p for p in found if p.parent.name == name]
-            near = [p for p in found if name in p.parent.name and "quick" not in p.parent.name]
-            if exact or near:
-                return (exact or near)[0]
+        found = sorted((p for p in root.glob("*/summary.json") if _is_gpu_summary(p)),
+                       key=lambda p: _rank(p, prefer)) if root.is_dir() else []
         if found:
-            return found[0]
+            return [(p, json.loads(p.read_text()), i > 0) for i, p in enumerate(found)]
+    return []
+
+
+def pick_summary(results=None, prefer=PREFERRED):
+    """The ``summary.json`` to show: the first of :func:`ordered_summaries`, i.e.
+    ``<results>/<name>/summary.json`` for the first ``name`` of ``prefer`` that exists (else a
+    folder whose name contains it, ``nvidia-h200``; ``-quick`` sets last), else any
+    non-simulated summary under ``results``, else the packaged one. Raises FileNotFoundError
+    saying where results come from when there is none."""
+    found = ordered_summaries(results, prefer)
+    if found:
+        return found[0][0]
+    roots = [results if results is not None else results_dir(), PACKAGED_RESULTS]
     raise FileNotFoundError(
-        f"no GPU summary.json under {', '.join(map(str, roots))}: results come from "
-        "`attn-numba bench` on a GPU machine (written to results/<device>/summary.json) or from "
-        "a checkout of the repository (its results/ folder)")
+        f"no GPU summary.json under {', '.join(display_path(r) for r in roots)}: results come "
+        "from `attn-numba bench` on a GPU machine (written to results/<device>/summary.json) or "
+        "from a checkout of the repository (its results/ folder)")
 
 
-def display_path(path):
-    """``path`` relative to the checkout (``results/h100/summary.json``) or to the package."""
+def display_path(path, start=None):
+    """``path`` as the reader can open it, never absolute: relative to ``start`` (default the
+    current folder) when it lies in the same checkout or below ``start``
+    (``results/h200/summary.json``, ``../results/...`` from ``notebooks/``), else the package
+    resource name (``attn_numba/data/...``), else relative to ``start``."""
     path = Path(path).resolve()
-    for base in (_checkout_results(os.getcwd()), _checkout_results(Path(__file__).parent)):
-        if base is not None:
-            try:
-                return str(path.relative_to(base.parent))
-            except ValueError:
-                pass
-    try:
-        return "attn_numba/" + str(path.relative_to(Path(__file__).resolve().parent))
-    except ValueError:
-        return str(path)
+    start = Path(start or os.getcwd()).resolve()
+    here = _checkout_results(start)
+    roots = [start] + ([here.parent] if here is not None else [])
+    if any(r == path or r in path.parents for r in roots):
+        return os.path.relpath(path, start)
+    pkg = Path(__file__).resolve().parent
+    if pkg in path.parents:
+        return "attn_numba/" + path.relative_to(pkg).as_posix()
+    return os.path.relpath(path, start)
 
 
 def source_text(doc, path):
@@ -134,6 +161,12 @@ def load_json(path, quiet=False):
     return doc
 
 
+def versions_text(versions):
+    """``{'python': '3.12.3', 'numba': '0.68.0'}`` -> ``'python 3.12.3, numba 0.68.0'``: the
+    package versions of a results file as a reader reads them."""
+    return ", ".join(f"{k} {v}" for k, v in (versions or {}).items()) or "not recorded"
+
+
 def caption(fig, text, fontsize=7):
     """Write ``'source: ' + text`` under a matplotlib figure, below the axes labels (the figure
     must be saved with ``bbox_inches="tight"``, as :func:`show` does)."""
@@ -147,7 +180,7 @@ def caption(fig, text, fontsize=7):
 def show(fig, source=None, dpi=90):
     """Display a matplotlib figure as a PNG in a notebook (whatever the backend), with
     ``source`` written under it (see :func:`caption`), and close it. Outside IPython it only
-    closes the figure. Returns the PNG bytes."""
+    closes the figure. Returns None, so that a cell ending with it stores only the image."""
     import io
 
     import matplotlib.pyplot as plt
@@ -156,15 +189,13 @@ def show(fig, source=None, dpi=90):
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
-    data = buf.getvalue()
     try:
         from IPython import get_ipython
         from IPython.display import Image, display
         if get_ipython() is not None:
-            display(Image(data=data))
+            display(Image(data=buf.getvalue()))
     except ImportError:
         pass
-    return data
 
 
 def package(results=None, prefer=PREFERRED):

@@ -32,7 +32,7 @@ import attn_numba
 from attn_numba import reference, testing
 from attn_numba.problem import windowed_flops, dense_flops, count_pairs
 SIM = attn_numba.on_simulator()
-print("simulator" if SIM else "real GPU", "| kernels:", attn_numba.available_kernels())
+print("on the CUDA simulator" if SIM else "on a GPU", "| kernels:", ", ".join(attn_numba.available_kernels()))
 
 # %% [markdown]
 # ## The semantics (FlashAttention's)

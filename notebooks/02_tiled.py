@@ -41,7 +41,7 @@ from attn_numba import sources
 import matplotlib.pyplot as plt
 SIM = attn_numba.on_simulator()
 RESULTS = str(sources.results_dir())
-print("simulator" if SIM else "real GPU", "| kernels:", attn_numba.available_kernels())
+print("on the CUDA simulator" if SIM else "on a GPU", "| kernels:", ", ".join(attn_numba.available_kernels()))
 
 
 # %% [markdown]
@@ -104,7 +104,7 @@ def two_pass_tiled(q, k, v, scale, left, right, BQ=8, BN=4):
             s = np.where(vis[:, ks], q[rows] @ k[ks].T * scale, -np.inf)
             m_new = np.maximum(m, s.max(axis=1))
             seen = np.isfinite(m_new)
-            l = np.where(seen, l * np.exp(np.where(seen, m - m_new, 0)) +
+            l = np.where(seen, l * np.exp(np.where(seen, m, 0) - np.where(seen, m_new, 0)) +
                          np.exp(s - np.where(seen, m_new, 0)[:, None]).sum(axis=1), 0)
             m = m_new
         acc = np.zeros((len(rows), D))
@@ -162,7 +162,9 @@ for b, sq, sk, h, hkv, d, dt, win, causal in cases:
     print(f"sq={sq} sk={sk} H={h}/{hkv} D={d} {np.dtype(dt).name} window={win} causal={causal}: "
           f"max err {c.max_err:.1e} <= {c.tol:.1e}")
 q, k, v, cu_q, cu_k = testing.random_varlen(rng, [5, 0, 9], [7, 3, 0], 4, 2, 16)
-print("varlen with empty sequences:", testing.check_mha_varlen_fwd(q, k, v, cu_q, cu_k, "tiled", causal=True))
+c = testing.check_mha_varlen_fwd(q, k, v, cu_q, cu_k, "tiled", causal=True)
+print(f"varlen, sequences of 5/7, 0/3 and 9/0 rows: max err {c.max_err:.1e} <= {c.tol:.1e}, "
+      f"lse err {c.lse_max_err:.1e}")
 
 
 # %% [markdown]
@@ -196,8 +198,9 @@ for c in (0, 1):
 # %% [markdown]
 # ## The development run on the H100 (history)
 #
-# From `results/h100/v2_v3_dev.json` (written by `scripts/gpu_v2_v3.py`: kernel launches on
-# resident device arrays, CUDA events, warm-up, median). FLOP rates use the exact windowed FLOPs.
+# From `results/h100/v2_v3_dev.json`, written in round 1 by a development script since deleted
+# (`notes/scripts_moved.md`): kernel launches on resident device arrays, CUDA events, warm-up,
+# median. FLOP rates use the exact windowed FLOPs. Today's kernels are the NVBench grid above.
 
 # %%
 def load_json(*parts):
@@ -206,8 +209,9 @@ def load_json(*parts):
 
 run = load_json("h100", "v2_v3_dev.json")
 if run:
-    print(run["device"], "|", run["date"], "|", run["versions"])
-    print("measured code:", run.get("code", {}).get("note", "(no note)"))
+    print("versions:", sources.versions_text(run["versions"]))
+    print(f"measured code: v2 at commit {run['code']['v2_tiled_py_at']}, v3 at "
+          f"{run['code']['v3_flash_py_at']} (round 1); today's kernels are timed above")
     ceiling = run["fp32_matmul_ceiling"]["tflops"]
     print(f"fp32 matmul ceiling, TF32 off, same run: {ceiling:.1f} TFLOP/s")
     times = {(r["kernel"], r["seq_len"], r["causal"]): r for r in run["timings"] if "time_s" in r}
@@ -230,13 +234,15 @@ if run:
 if run:
     for r in run["resources"]:
         if r["kernel"] in ("naive", "tiled"):
-            print(r)
+            print(f"{r['func']}: {r['regs_per_thread'][0]} registers, "
+                  f"{r['local_bytes_per_thread'][0]} B local memory per thread, "
+                  f"{r['shared_bytes_per_block'][0]} B shared memory per block")
 px = load_json("cpu", "ptxas_v2_v3.json")
 if px:
     for r in px["rows"]:
         if r["kernel"].startswith("tiled"):
-            loops = [(l["instructions"], l["ffma"], l["lds"]) for l in r.get("inner_loops", [])]
-            print(f"{r['kernel']}: {r['regs_per_thread']} registers, inner loops (instructions, FFMA, LDS): {loops}")
+            loops = "; ".join(f"{l['instructions']}/{l['ffma']}/{l['lds']}" for l in r.get("inner_loops", []))
+            print(f"{r['kernel']}: {r['regs_per_thread']} registers; inner loops, instructions/FFMA/LDS: {loops}")
 
 # %% [markdown]
 # * One thread per row computes its scores as `s[j] += q[d] · K[j, d]`: **one shared-memory load

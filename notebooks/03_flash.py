@@ -39,7 +39,7 @@ from attn_numba import sources
 import matplotlib.pyplot as plt
 SIM = attn_numba.on_simulator()
 RESULTS = str(sources.results_dir())
-print("simulator" if SIM else "real GPU", "| kernels:", attn_numba.available_kernels())
+print("on the CUDA simulator" if SIM else "on a GPU", "| kernels:", ", ".join(attn_numba.available_kernels()))
 
 
 # %% [markdown]
@@ -106,8 +106,9 @@ from attn_numba.kernels import v3_flash
 D = 128
 tiles, min_blocks = v3_flash.GPU_CONFIG[D]
 c = v3_flash.derived(D, tiles)
-print(tiles, "| launch-bound blocks/SM:", min_blocks or "none")
-print({k: c[k] for k in ("RG", "CG", "TD", "UNROLL_S", "UNROLL_PV")},
+print("tiles:", ", ".join(f"{k}={v}" for k, v in tiles.asdict().items()),
+      "| launch-bound blocks/SM:", min_blocks or "none")
+print("derived:", ", ".join(f"{k}={c[k]}" for k in ("RG", "CG", "TD", "UNROLL_S", "UNROLL_PV")),
       f"| shared memory {v3_flash.shared_bytes(D, tiles)} B/block")
 BM, BN, NT, TM, TN, DK, BK = tiles
 for tid in (0, 1, 17):
@@ -157,7 +158,9 @@ for b, sq, sk, h, hkv, d, dt, win, causal in cases:
     print(f"sq={sq} sk={sk} H={h}/{hkv} D={d} {np.dtype(dt).name} window={win} causal={causal}: "
           f"max err {cmp.max_err:.1e} <= {cmp.tol:.1e}")
 q, k, v, cu_q, cu_k = testing.random_varlen(rng, [0, 11, 3, 0, 9], [5, 0, 13, 0, 9], 4, 1, 16)
-print("varlen with empty sequences:", testing.check_mha_varlen_fwd(q, k, v, cu_q, cu_k, "flash", window_size=(4, 2)))
+c = testing.check_mha_varlen_fwd(q, k, v, cu_q, cu_k, "flash", window_size=(4, 2))
+print(f"varlen with empty sequences, window (4, 2): max err {c.max_err:.1e} <= {c.tol:.1e}, "
+      f"lse err {c.lse_max_err:.1e}")
 
 # %% [markdown]
 # ## The PTX: no local memory
@@ -174,10 +177,10 @@ from numba import cuda
 from attn_numba.kernels import v3_flash as v3
 for label, fn, sig in v3.compile_targets(128, np.float16, gh=4):
     ptx, _ = cuda.compile_ptx(fn, sig, cc=(9, 0))
-    print(label, {"ld/st.local": len(re.findall(r"(?:ld|st)\\.local", ptx)),
-                  "ld.shared.v4": len(re.findall(r"ld\\.shared\\.v4", ptx)),
-                  "fma.f32": len(re.findall(r"fma\\.rn\\.f32", ptx)),
-                  "f64": len(re.findall(r"\\.f64\\b", ptx))})
+    n = [len(re.findall(pat, ptx)) for pat in
+         (r"(?:ld|st)\\.local", r"ld\\.shared\\.v4", r"fma\\.rn\\.f32", r"\\.f64\\b")]
+    print(f"{label}: {n[0]} ld/st.local, {n[1]} ld.shared.v4, {n[2]} fma.f32, {n[3]} f64 "
+          "instructions")
 '''
 try:
     res = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, timeout=120,
@@ -202,8 +205,9 @@ def load_json(*parts):
 
 run = load_json("h100", "v2_v3_dev.json")
 if run:
-    print(run["device"], "|", run["date"], "|", run["versions"])
-    print("measured code:", run.get("code", {}).get("note", "(no note)"))
+    print("versions:", sources.versions_text(run["versions"]))
+    print(f"measured code: v3 at commit {run['code']['v3_flash_py_at']} (run 1, since reworked: "
+          "its NVBench times follow below)")
     ceiling = run["fp32_matmul_ceiling"]["tflops"]
     print(f"fp32 matmul ceiling, TF32 off, same run: {ceiling:.1f} TFLOP/s")
     times = {(r["kernel"], r["seq_len"], r["causal"]): r for r in run["timings"] if "time_s" in r}
@@ -218,11 +222,11 @@ if run:
         f8, f2 = times.get(("flash", 8192, c)), times.get(("flash", 2048, c))
         if f8 and f2:
             print(f"causal={c}: t(8192)/t(2048) = {f8['time_s']/f2['time_s']:.2f}")
-    print("\nrun-1 tile sweep (seq_len 8192, ms):")
+    print("\nrun-1 tile sweep, tiles BM/BN/NT/TM/TN/DK/BK (seq_len 8192, ms):")
     for r in run.get("v3_sweep", []):
         if "t_8192_c0" in r:
             t = r["tiles"]
-            print(f"  {tuple(t.values())}: causal 0 {r['t_8192_c0']*1e3:.3f}  causal 1 {r['t_8192_c1']*1e3:.3f}  "
+            print(f"  {'/'.join(map(str, t.values()))}: causal 0 {r['t_8192_c0']*1e3:.3f}  causal 1 {r['t_8192_c1']*1e3:.3f}  "
                   f"(checked: {r['check_c0']['ok'] and r['check_c1']['ok']})")
 
 # %% [markdown]
@@ -289,7 +293,7 @@ if px:
     print(px["ptxas"], "|", px["date"])
     for r in px["rows"]:
         if r["kernel"].startswith("flash") and r.get("head_size") == 128:
-            loops = [(l["instructions"], l["ffma"], l["lds"]) for l in r.get("inner_loops", [])][:2]
+            loops = "; ".join(f"{l['instructions']}/{l['ffma']}/{l['lds']}" for l in r.get("inner_loops", [])[:2])
             print(f"{r['kernel'][:75]:75s} regs {r['regs_per_thread']:3d}  spill st/ld "
                   f"{r['spill_store_bytes']}/{r['spill_load_bytes']} B  smem {r['shared_bytes']} B  loops {loops}")
 

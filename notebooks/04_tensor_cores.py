@@ -41,7 +41,7 @@ from attn_numba.kernels.v4_emulation import emulate_flash_tc
 from attn_numba.reference import mha_fwd_ref
 from attn_numba.testing import compare
 SIM = attn_numba.on_simulator()
-print("simulator" if SIM else "real GPU")
+print("on the CUDA simulator" if SIM else "on a GPU")
 
 # %% [markdown]
 # ## One warp, one mma: who holds what
@@ -153,7 +153,8 @@ ref, ref_lse = mha_fwd_ref(q, k, v, window_size=window)
 lowp, _ = mha_fwd_ref(q, k, v, window_size=window, p_dtype=np.float16)
 c = compare(out, lse, ref[0, :, head], ref_lse[0, head],
             lowp.astype(np.float16).astype(np.float64)[0, :, head], np.float16)
-print(c, "ok" if c.ok else "FAIL")
+print(f"emulated flash_tc, head {head}: max err {c.max_err:.1e} <= {c.tol:.1e}, lse err "
+      f"{c.lse_max_err:.1e}: {'ok' if c.ok else 'FAIL'}")
 
 # %% [markdown]
 # ## The instructions
@@ -177,9 +178,9 @@ from numba import cuda
 from attn_numba.kernels import v4_flash_tc as v4
 for label, fn, sig in v4.compile_targets(128, np.float16, heads=(4,)):
     ptx_text, _ = cuda.compile_ptx(fn, sig, cc=(9, 0))
-    print(label, {name: len(re.findall(pat, ptx_text)) for name, pat in (
+    print(label + ": " + ", ".join(f"{len(re.findall(pat, ptx_text))} {name}" for name, pat in (
         ("mma.sync", r"mma\\.sync"), ("ldmatrix", r"ldmatrix\\."), ("cp.async", r"cp\\.async\\.cg"),
-        ("ex2.approx", r"ex2\\.approx"), ("ld/st.local", r"(?:ld|st)\\.local"))})
+        ("ex2.approx", r"ex2\\.approx"), ("ld/st.local", r"(?:ld|st)\\.local"))))
 '''
 try:
     res = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, timeout=300,
@@ -209,7 +210,9 @@ if SIM or "flash_tc" not in attn_numba.available_kernels():
 else:
     from attn_numba.testing import check_mha_fwd, random_qkv
     q, k, v = random_qkv(rng, 1, 1025, 1025, 32, 8, 128, np.float16)
-    print(check_mha_fwd(q, k, v, "flash_tc", window_size=(128, 128)))
+    c = check_mha_fwd(q, k, v, "flash_tc", window_size=(128, 128))
+    print(f"flash_tc, 1025 tokens, 32/8 heads, D=128, window (128, 128): max err {c.max_err:.1e} "
+          f"<= {c.tol:.1e}, lse err {c.lse_max_err:.1e}: {'ok' if c.ok else 'FAIL'}")
 
 # %% [markdown]
 # ## Measured in the NVBench grid
@@ -281,12 +284,12 @@ else:
 root = os.path.dirname(os.path.dirname(os.path.abspath(attn_numba.__file__)))
 path = os.path.join(root, "results", "h100", "v4_dev.json")
 if not os.path.exists(path):
-    print("no results committed yet:", path)
+    print("no results committed yet:", sources.display_path(path))
 else:
     res = json.load(open(path))
     DEV_SRC = sources.source_text(res, path)
     print("source:", DEV_SRC)
-    print(res["versions"])
+    print("versions:", sources.versions_text(res["versions"]))
     ceiling = res["mma_ceiling"]["tflops"]
     print(f"mma.sync ceiling through the bridge, same run: {ceiling:.0f} TFLOP/s")
     v4_name = res["selected"]["variant"]          # the committed default configuration

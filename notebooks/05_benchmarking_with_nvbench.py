@@ -40,7 +40,8 @@ import attn_numba
 from attn_numba import sources, plots
 from attn_numba.bench import grid as G, summary as S, nvbench_def
 SIM = attn_numba.on_simulator()
-print("simulator" if SIM else "real GPU", "| kernels of this build:", attn_numba.available_kernels())
+print("on the CUDA simulator" if SIM else "on a GPU", "| kernels of this build:",
+      ", ".join(attn_numba.available_kernels()))
 SUMMARY_PATH, DOC = sources.load_summary()
 SRC = sources.source_text(DOC, SUMMARY_PATH)
 
@@ -70,8 +71,9 @@ for name, grid in (("default (the A30 log's grid)", G.DEFAULT_GRID),
                    ("--long", G.make_grid(**G.LONG_OVERRIDES))):
     n = len(list(G.iter_configs(grid)))
     print(f"{name:<30} seq_len {grid['seq_len']}, causal {grid['causal']}: {n} configs")
-print("Kernel axis: package kernels", list(attn_numba.available_kernels()), "+ peers", list(G.PEERS))
-print("--long kernels:", G.long_kernels(attn_numba.available_kernels()))
+print("Kernel axis: package kernels", ", ".join(attn_numba.available_kernels()), "+ peers",
+      ", ".join(G.PEERS))
+print("--long kernels:", ", ".join(G.long_kernels(attn_numba.available_kernels())))
 
 # %% [markdown]
 # ### Summary columns
@@ -201,9 +203,16 @@ sources.show(fig, SRC)
 print(S.__doc__.split("Schema")[1][:1600])
 S.validate(DOC)
 print("source:", SRC)
-print("top level:", {k: (v if k not in ("records", "nvbench_runs") else f"[{len(v)} items]")
-                     for k, v in DOC.items() if k != "versions"})
-print("versions:", DOC.get("versions"))
+print("top level:")
+for k, v in DOC.items():
+    if k in ("records", "nvbench_runs"):
+        v = f"{len(v)} entries"
+    elif k == "versions":
+        v = sources.versions_text(v)
+    elif isinstance(v, dict):
+        v = ", ".join(f"{a}: {' '.join(map(str, b)) if isinstance(b, list) else b}"
+                      for a, b in v.items())
+    print(f"  {k}: {v}")
 print("one record:", json.dumps(next(r for r in recs if r.get("gpu_time_s")), indent=1)[:1200])
 
 # %% [markdown]
@@ -215,7 +224,7 @@ skipped = [r for r in recs if r.get("skipped")]
 print("source:", SRC)
 print(f"{len(recs)} records, {len(skipped)} skipped")
 for r in skipped[:12]:
-    print(f"  {r['kernel']:<14} seq_len {r['seq_len']:>7} causal {r['causal']}: {r.get('skip_reason')}")
+    print(f"  {r['kernel']:<14} seq_len {r['seq_len']:>7} causal {r['causal']}: {r.get('skip_reason') or 'no reason recorded'}")
 
 # %% [markdown]
 # The ceilings are measured in the same run (PyTorch copy and matmuls timed with CUDA events),
@@ -237,7 +246,7 @@ tmp = Path(tempfile.mkdtemp())
 log_rows = plots.parse_log_times(plots.LOG_DEFAULT)
 pngs = plots.plot_summary(DOC, SUMMARY_PATH.parent.name, tmp, log_rows)
 print("source:", SRC)
-print("drew:", [p.name for p in pngs])
+print("drew:", ", ".join(p.name for p in pngs))
 from IPython.display import Image, display
 for p in pngs:
     if p.name.endswith(("time_vs_seqlen.png", "ceiling_fraction.png", "long_sequences.png")):
@@ -287,25 +296,26 @@ sources.show(fig, SRC)
 # format of the user's A30 log).
 
 # %%
-out = Path(tempfile.mkdtemp())
+work = Path(tempfile.mkdtemp())  # run in a scratch folder: --out is relative to it
 env = dict(os.environ)
 if SIM:
     cmd = [sys.executable, "-m", "attn_numba.cli", "bench", "--simulate", "--kernels", "flash",
-           "--seq-lens", "24", "--out", str(out)]
+           "--seq-lens", "24", "--out", "run05"]
 else:
     cmd = [sys.executable, "-m", "attn_numba.cli", "bench", "--kernels", "flash_tc",
-           "--seq-lens", "8192", "--causal", "0", "--no-ceilings", "--out", str(out)]
-print("$ attn-numba", " ".join(cmd[4:]))
+           "--seq-lens", "8192", "--causal", "0", "--no-ceilings", "--out", "run05"]
+print("$ attn-numba", " ".join(cmd[3:]))
 try:
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=work)
     print(res.stdout[-3000:] or res.stderr[-3000:])
-    if (out / "summary.json").exists():
-        doc = S.load(out / "summary.json")
-        print("source:", sources.source_text(doc, out / "summary.json"), "(this run)")
+    if (work / "run05" / "summary.json").exists():
+        doc = S.load(work / "run05" / "summary.json")
+        print(f"source: {doc['device']}, {doc['date']}, run05/summary.json (this run)")
         for r in doc["records"]:
+            c = r.get("check")
+            state = "not checked" if not c else ("ok" if c["ok"] else "FAILED")
             print(f"  {r['kernel']} seq_len {r['seq_len']} causal {r['causal']}: "
-                  f"{ms(r['gpu_time_s'])} ms, check {r['check'] and r['check']['ok']}, "
-                  f"mode {r.get('exec_mode')}")
+                  f"{ms(r['gpu_time_s'])} ms, check {state}, mode {r.get('exec_mode') or 'none (simulated)'}")
 except Exception as exc:
     print("could not run the benchmark here:", type(exc).__name__, exc)
 

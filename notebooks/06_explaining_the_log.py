@@ -51,10 +51,10 @@ LOG_SRC = f"{res['device']['name']}, the user's log, attn_numba/data/nvbench_run
 P_SRC = sources.source_text(P, P_PATH)
 print("source of the log's numbers:", LOG_SRC)
 print("source of the experiments:", P_SRC)
-print("versions:", {k: v for k, v in P["versions"].items() if k != "nvidia_smi"})
+print("versions:", sources.versions_text({k: v for k, v in P["versions"].items() if k != "nvidia_smi"}))
 
 def fmt(s):
-    return explain._fmt_t(s)
+    return "-" if s is None else explain._fmt_t(s)
 
 def show(fig, source):
     sources.show(fig, source)
@@ -126,7 +126,7 @@ def table(variant):
     if not e or "rows" not in e:
         print(f"{variant}: not run"); return
     print(f"{variant}: verdict {e['verdict']}  fixed {fmt(e['fixed_overhead_s'])}  "
-          f"exponent {e['work_exponent'] if e['work_exponent'] is None else round(e['work_exponent'], 2)}")
+          f"exponent {'-' if e['work_exponent'] is None else round(e['work_exponent'], 2)}")
     comp = {(x["seq_len"], x["causal"]): x for x in e.get("compiles_in_exec", [])}
     print(f"  {'S':>5} {'cold GPU':>10} {'cold CPU':>10} {'n':>3} {'batch GPU':>10} {'noise':>7}  compiles  notes")
     for r in e["rows"]:
@@ -149,7 +149,7 @@ print(f"H1 (sync / blocking kernel off): cold GPU vs CPU differ by at most {max(
 for r in h1:
     print(f"  S={r['seq_len']:5d}: {fmt(r['cold_gpu_s'])} per call, of which the kernel itself (fixed harness) is {fmt(fixed.get(r['seq_len']))}")
 dl = [v for v in ("H1_default", "H1_noblock") if any(r["deadlock"] for r in NV.get(v, {}).get("rows", []))]
-print("NVBench reported 'Deadlock detected' for:", dl)
+print("NVBench reported 'Deadlock detected' for:", ", ".join(dl) or "none")
 
 # %% [markdown]
 # **Verdict: confirmed, with one correction.** A compile inside the launcher reproduces the
@@ -235,7 +235,8 @@ print("source:", P_SRC, "(simulator timings: measured on that host's CPU)")
 sim = P.get("simulator") or []
 if sim:
     per = np.polyfit([s["windowed_flops"] for s in sim], [s["seconds"] for s in sim], 1)[0]
-    print("simulator seconds per windowed FLOP:", f"{per:.3g}", "(fit over", [s["seq_len"] for s in sim], "tokens)")
+    print("simulator seconds per windowed FLOP:", f"{per:.3g}", "(fit over",
+          ", ".join(str(s["seq_len"]) for s in sim), "tokens)")
     for r in rows[:5]:
         print(f"  log row S={r['seq_len']:5d}: predicted {r['windowed_flops'] * per / 3600:8.1f} h on the simulator, log {fmt(r['gpu_time_s'])}")
 print()
@@ -243,7 +244,7 @@ db = P.get("debug_build_kernel_s")
 print("debug (opt=False) build: compile", fmt(P["compile_times"]["rejit_debug_noopt_s"]),
       "| kernel times:", db if db else "not measured (the device step timed out)")
 q_bytes = [(r["seq_len"], r["columns"].get("Q Tensor")) for r in rows if r["causal"] == 0]
-print("log's 'Q Tensor' column by seq_len:", [(s, f"{b / 2**20:.0f} MiB") for s, b in q_bytes])
+print("log's 'Q Tensor' column by seq_len:", ", ".join(f"{s}: {b / 2**20:.0f} MiB" for s, b in q_bytes))
 
 # %% [markdown]
 # * Simulator: **rejected**: hours per call, and proportional to the work.
@@ -282,6 +283,9 @@ print("min samples:", min(r["cold_samples"] for r in fx),
 print("source:", P_SRC)
 prof = P.get("first_call_profile_top", [])
 keep = [l for l in prof if any(s in l for s in ("mha_fwd", "load_overload", "refresh", "load_additional_registries", "scipy/linalg/__init__", "arraymath", "install_registry", "function calls"))]
+import re  # file names as a reader finds them: the package's own, or one of site-packages
+keep = [re.sub(r"\S*/site-packages/", "", re.sub(r"\S*/(attn_numba/[\w/]+\.py)", r"\1", l))
+        for l in keep]
 print("\n".join(keep))
 
 # %%

@@ -305,11 +305,12 @@ for path in found:
     for key in ("sweep", "sweep_overlap", "sweep_wg2", "sweep_wg2_plain"):
         sw = res.get(key)
         if sw:
+            opts = ", ".join(f"{k}={v}" for k, v in (sw.get("options") or {}).items())
             print(f"  correctness {key:<16} {sw.get('passed')}/{sw.get('run')} pass "
-                  f"(options {sw.get('options')})")
+                  f"(options: {opts or 'the defaults'})")
     for name, t in res.get("timing_8192", {}).get("runs", {}).items():
         if "ms" in t:
             print(f"  8192 tokens, {name:<18} {t['ms']:.3f} ms  {t['tflops']:.0f} TFLOP/s")
     for e in res.get("evidence", []):
-        print(f"  D={e['d']} {e['kind']} BN={e['block_n']}: {e.get('regs')} registers, "
-              f"HGMMA in SASS: {e.get('hgmma')}")
+        print(f"  D={e['d']} {e['kind']} BN={e['block_n']}: {e.get('regs', '?')} registers, "
+              f"HGMMA in SASS: {'not recorded' if e.get('hgmma') is None else e['hgmma']}")

@@ -36,6 +36,7 @@ import matplotlib.pyplot as plt
 import attn_numba
 from attn_numba import kernels, reference, sources, testing
 from attn_numba.kernels import bwd_flash, tile_range
+from attn_numba.problem import Problem
 SIM = attn_numba.on_simulator()
 print("simulator" if SIM else "real GPU", "| backward kernels:", ", ".join(kernels.available(backward=True)))
 
@@ -199,7 +200,7 @@ print("source:", SRC_TILES)
 # its output tile, accumulated in float32 registers. The plan of one call:
 
 # %%
-problem = attn_numba.problem.Problem(
+problem = Problem(
     batch=1, total_q=8192, total_k=8192, max_seqlen_q=8192, max_seqlen_k=8192, num_heads=32,
     num_kv_heads=8, head_size=128, dtype=np.dtype(np.float16), softmax_scale=128 ** -0.5,
     window_left=128, window_right=128, causal=False, lse_batched=True, on_simulator=SIM)
@@ -251,17 +252,31 @@ print("two runs bit-identical:", all(a.tobytes() == b.tobytes() for a, b in zip(
 # %% [markdown]
 # ## Measured: fwd + bwd against the peers
 #
-# `attn-numba bench --backward` times the backward alone and fwd + bwd for ours and the peers
-# in one NVBench run and adds those rows to the committed summary. The rows the summary holds:
+# `attn-numba bench --backward` times the backward alone (`bwd`) and forward + backward
+# (`fwd+bwd`) for ours and the peers (FlexAttention, SDPA) in one NVBench run, gradients
+# checked first, and writes the rows into the `"backward"` section of the committed summary:
 
 # %%
 summ_path, summ = sources.load_summary()
-BWD_PASSES = ("bwd", "fwd+bwd", "fwd_bwd")
-rows = [r for r in summ.get("records", []) if r.get("pass") in BWD_PASSES and r.get("gpu_time_s")]
+rows = [r for r in (summ.get("backward") or {}).get("records", []) if r.get("gpu_time_s")]
 if not rows:
     print(f"{sources.display_path(summ_path)} has no backward rows yet: no backward or fwd + bwd "
           "time of any kernel has been committed, so none is shown here.")
 else:
-    print(f"{'kernel':>14} {'pass':>8} {'seq_len':>7} {'causal':>6} {'ms':>8}")
+    print(f"{'kernel':>14} {'pass':>8} {'seq_len':>7} {'causal':>6} {'ms':>8} {'TFLOP/s':>8}")
     for r in sorted(rows, key=lambda r: (r["pass"], r["seq_len"], r["causal"], r["kernel"])):
-        print(f"{r['kernel']:>14} {r['pass']:>8} {r['seq_len']:>7} {r['causal']:>6} {r['gpu_time_s'] * 1e3:8.3f}")
+        tf = f"{r['tflops']:8.1f}" if r.get("tflops") else ""
+        print(f"{r['kernel']:>14} {r['pass']:>8} {r['seq_len']:>7} {r['causal']:>6} "
+              f"{r['gpu_time_s'] * 1e3:8.3f} {tf}")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    for ax, c in zip(axes, (0, 1)):
+        for kname in sorted({r["kernel"] for r in rows}):
+            pts = sorted((r["seq_len"], r["gpu_time_s"]) for r in rows
+                         if r["kernel"] == kname and r["causal"] == c and r["pass"] == "fwd+bwd")
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] * 1e3 for p in pts], "o-", label=kname)
+        ax.set_xscale("log", base=2); ax.set_yscale("log"); ax.grid(True, which="both", alpha=0.3)
+        ax.set_xlabel("seq_len (tokens)"); ax.set_title(f"fwd + bwd, causal={c}", fontsize=9)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel(f"ms per call, {summ['device']}")
+    sources.show(fig, sources.source_text(summ, summ_path))

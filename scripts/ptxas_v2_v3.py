@@ -25,6 +25,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from attn_numba.kernels import v2_tiled as v2  # noqa: E402
 from attn_numba.kernels import v3_flash as v3  # noqa: E402
 
+#: (tiles, min blocks per SM) of the run-1 H100 tile sweep (results/h100/v2_v3_dev.json,
+#: "v3_sweep"), as the deleted scripts/gpu_v2_v3.py listed them (git show 31536b3:scripts/...)
+RUN1_SWEEP = [(v3.Tiles(*t), mb) for t, mb in (
+    ((64, 64, 128, 8, 4, 16, 16), 0), ((64, 64, 256, 4, 4, 16, 16), 2),
+    ((64, 64, 256, 4, 4, 16, 16), 0), ((64, 32, 256, 4, 2, 16, 16), 2),
+    ((64, 32, 256, 4, 2, 32, 16), 2), ((128, 32, 256, 8, 2, 16, 16), 0),
+    ((32, 32, 64, 4, 4, 16, 16), 4))]
+
 
 def ptxas_version(ptxas):
     out = subprocess.run([ptxas, "--version"], capture_output=True, text=True).stdout
@@ -99,10 +107,7 @@ def main():
                                  (t[2], mb) if mb else None, ptxas, a.nvdisasm, isa),
                          head_size=D, tiles=t.asdict(), min_blocks=mb, gh=gh))
         print(rows[-1], flush=True)
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__))))
-    sys.argv = sys.argv[:1]
-    import gpu_v2_v3
-    for t, mb in gpu_v2_v3.SWEEP:
+    for t, mb in RUN1_SWEEP:
         gh = v3.stacked_heads(4, t)
         rows.append(dict(measure(f"flash D=128 gh={gh} {tuple(t)} mb={mb} sweep",
                                  v3.build(v3.Config(128, v3.Tiles(*t), gh, mb)).py_func, sig3,

@@ -205,6 +205,8 @@ def test_merge_replaces_same_states():
     assert sorted((r["kernel"], r["gpu_time_s"]) for r in m["records"]) == [("naive", 0.5),
                                                                             ("sdpa", 2.0)]
     assert m["ceilings"] == {"copy_gbps": 1.0}
+    old["backward"] = {"records": [{"pass": "bwd"}]}   # a section new does not have stays
+    assert S.merge(old, new)["backward"] == old["backward"]
 
 
 # --------------------------------------------------------------------------- CLI

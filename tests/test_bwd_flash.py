@@ -143,31 +143,51 @@ def test_supports_and_tiles():
 
 
 _COMPILE = r"""
-import json, re
+import json, re, sys
 import numpy as np
 from numba import cuda
+from numba.cuda.dispatcher import CUDACache
 from attn_numba.kernels import bwd_flash
+
+class Codegen:   # the disk-cache key's codegen part is the device's; only the closure matters
+    def magic_tuple(self):
+        return ("test",)
+
 rows = []
 for label, fn, sig in bwd_flash.compile_targets(128, np.float16):
-    for cc in ((8, 0), (9, 0)):
-        ptx, _ = cuda.compile_ptx(fn, sig, cc=cc)
-        rows.append(dict(label=label, cc="%d.%d" % cc, f64=len(re.findall(r"\.f64\b", ptx)),
-                         entry=".entry" in ptx))
+    key = lambda: str(CUDACache(fn)._index_key(tuple(sig), Codegen()))
+    row = dict(label=label, key_before=key())
+    if sys.argv[1] == "compile":
+        for cc in ((8, 0), (9, 0)):
+            ptx, _ = cuda.compile_ptx(fn, sig, cc=cc)
+            row["cc%d%d" % cc] = dict(f64=len(re.findall(r"\.f64\b", ptx)), entry=".entry" in ptx)
+        row["key_after"] = key()
+    rows.append(row)
 print(json.dumps(rows))
 """
 
 
-def test_kernels_compile_to_ptx_for_sm80_and_sm90():
-    """The simulator runs Python; this compiles each kernel for real (no GPU needed)."""
+def _compile_run(mode):
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
-    res = subprocess.run([sys.executable, "-c", _COMPILE], env=env, capture_output=True,
+    res = subprocess.run([sys.executable, "-c", _COMPILE, mode], env=env, capture_output=True,
                          text=True, timeout=1800)
     assert res.returncode == 0 and res.stdout.strip(), res.stderr[-3000:]
-    rows = json.loads(res.stdout.strip().splitlines()[-1])
-    assert {r["label"] for r in rows} == {"bwd_preprocess", "bwd_dkdv_d128", "bwd_dq_d128"}
-    assert {r["cc"] for r in rows} == {"8.0", "9.0"}
-    assert all(r["entry"] for r in rows)
-    assert not [r for r in rows if r["f64"]], rows   # no kernel silently computes in float64
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_kernels_compile_to_ptx_for_sm80_and_sm90():
+    """The simulator runs Python; this compiles each kernel for real (no GPU needed), and
+    checks that Numba's disk-cache key is the same before and after compiling and in a new
+    process (else a warm cache never hits; see tests/test_cache_key.py)."""
+    rows = _compile_run("compile")
+    assert [r["label"] for r in rows] == ["bwd_preprocess", "bwd_dkdv_d128", "bwd_dq_d128"]
+    for r in rows:
+        for cc in ("cc80", "cc90"):
+            assert r[cc]["entry"], (r["label"], cc)
+            assert r[cc]["f64"] == 0, (r["label"], cc)   # nothing silently computes in float64
+        assert r["key_before"] == r["key_after"], r["label"]
+    again = _compile_run("keys")
+    assert [r["key_before"] for r in again] == [r["key_before"] for r in rows]
 
 
 # ---- through the public API (attn_numba.mha_bwd / mha_varlen_bwd), NumPy inputs
@@ -206,3 +226,53 @@ def test_api_into_callers_buffers_and_device_arrays(rng):
     for g, h in zip(dgot, got):
         assert not isinstance(g, np.ndarray) and g.shape == h.shape   # device in, device out
         assert g.copy_to_host().tobytes() == h.tobytes()   # same kernel, same bits
+
+
+# ---- on a real GPU (skipped on the simulator): the GPU tiles, the log's shape
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("b,sq,sk,H,Hkv,D,dtype,window,causal", [
+    (1, 8192, 8192, 32, 8, 128, F16, (128, 128), False),   # the log's shape
+    (1, 1025, 1025, 8, 1, 64, F16, (-1, -1), True),        # GQA 8
+    (2, 97, 300, 4, 4, 256, F32, (32, 0), False),
+    (1, 1, 1, 4, 4, 128, F16, (-1, -1), False),
+    (1, 700, 513, 8, 2, 80, F16, (0, 0), True),            # sq > sk, padded head size
+])
+def test_gpu_matches_reference(rng, b, sq, sk, H, Hkv, D, dtype, window, causal):
+    from attn_numba.testing import check_mha_bwd, random_qkv
+    q, k, v = random_qkv(rng, b, sq, sk, H, Hkv, D, dtype)
+    dout = rng.standard_normal(q.shape).astype(dtype)
+    check_mha_bwd(dout, q, k, v, "flash", causal=causal, window_size=window)
+
+
+@pytest.mark.gpu
+def test_gpu_deterministic(rng):
+    import attn_numba
+    from attn_numba.testing import random_qkv
+    q, k, v = (cuda.to_device(x) for x in random_qkv(rng, 1, 2048, 2048, 32, 8, 128, F16))
+    dout = cuda.to_device(rng.standard_normal(q.shape).astype(F16))
+    out, lse = attn_numba.mha_fwd(q, k, v, window_size=(128, 128), return_lse=True)
+    a, b = ([g.copy_to_host() for g in attn_numba.mha_bwd(dout, q, k, v, out, lse, kernel="flash",
+                                                           window_size=(128, 128))]
+            for _ in range(2))
+    assert all(x.tobytes() == y.tobytes() for x, y in zip(a, b))
+
+
+def test_repeated_calls_build_nothing_again(rng):
+    """The kernels come from lru_cached factories keyed by (head dim, tiles): a second call of
+    the same specialisation, or one with other lengths, builds nothing."""
+    import attn_numba
+    from attn_numba.testing import random_qkv
+    factories = (bwd_flash.build_preprocess, bwd_flash.build_dkdv, bwd_flash.build_dq,
+                 bwd_flash._device_stages)
+
+    def call(sq):
+        q, k, v = random_qkv(rng, 1, sq, sq, 2, 1, 16, F32)
+        out, lse = attn_numba.mha_fwd(q, k, v, kernel="flash", return_lse=True)
+        attn_numba.mha_bwd(q, q, k, v, out, lse, kernel="flash")
+
+    call(5)
+    before = [f.cache_info().misses for f in factories]
+    call(5)
+    call(9)
+    assert [f.cache_info().misses for f in factories] == before

@@ -97,19 +97,18 @@ def test_long_sweep_figure(tmp_path):
     assert Path(done2[0][1][0]).read_bytes() == Path(pngs[0]).read_bytes()
 
 
-def test_log_times_both_parsers():
-    text = LOG.read_text()
-    local = plots._parse_log_table(text)
-    assert len(local) == 10
-    by = {(r["seq_len"], r["causal"]): r for r in local}
-    assert by[(512, 0)]["gpu_time_s"] == pytest.approx(5.502)
-    assert by[(8192, 1)]["gpu_time_s"] == pytest.approx(6.387)
-    assert by[(8192, 1)]["batch_gpu_time_s"] == pytest.approx(6.026)
-    assert local[0]["device"] == "NVIDIA A30"
-    via = plots.parse_log_times(LOG)  # explain's parser when present
-    assert [(r["seq_len"], r["causal"]) for r in via] == [(r["seq_len"], r["causal"]) for r in local]
-    for a, b in zip(via, local):
-        assert a["gpu_time_s"] == pytest.approx(b["gpu_time_s"], rel=1e-3)
+def test_log_times(tmp_path):
+    rows = plots.parse_log_times(LOG)
+    assert len(rows) == 10
+    by = {(r["seq_len"], r["causal"]): r for r in rows}
+    assert by[(512, 0)]["gpu_time_s"] == pytest.approx(5.502, rel=1e-3)
+    assert by[(8192, 1)]["gpu_time_s"] == pytest.approx(6.387, rel=1e-3)
+    assert by[(8192, 1)]["batch_gpu_time_s"] == pytest.approx(6.026, rel=1e-3)
+    assert rows[0]["device"] == "NVIDIA A30"
+    # a log that cannot be read leaves its line out of the figures, with a note
+    synthetic_summary(tmp_path / "res" / "s" / "summary.json")
+    done = plots.plot_all(tmp_path / "res", tmp_path / "figs", log=str(tmp_path / "no.log"))
+    assert len(done[0][1]) == 4
 
 
 def test_plot_skips_malformed_summaries(tmp_path):
@@ -119,3 +118,33 @@ def test_plot_skips_malformed_summaries(tmp_path):
     bad.write_text('{"device": "x", "records": [{"kernel": "naive"}]}')
     done = plots.plot_all(tmp_path / "res", tmp_path / "figs")
     assert [p.parent.name for p, _ in done] == ["good"]
+
+
+def test_figures_name_their_run_every_kernel_and_keep_legends_off_the_data(tmp_path,
+                                                                          monkeypatch):
+    """Titles say which run (a -quick set is told apart), the ceiling subtitle names every
+    kernel drawn, and the ceiling and causal figures put no legend on the data axes."""
+    import matplotlib
+    matplotlib.use("Agg")
+    figs = {}
+
+    def keep(fig, path, title=None, rect=None):
+        figs[Path(path).name] = (fig, title)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    kernels = ("naive", "tiled", "flash", "flash_tc", "flash_wgmma", "sdpa")
+    for name in ("h100", "h100-quick"):
+        synthetic_summary(tmp_path / name / "summary.json", kernels=kernels)
+    plots.plot_all(tmp_path, tmp_path / "figs", log=None)
+    titles = {n: (t or f.axes[0].get_title()) for n, (f, t) in figs.items()}
+    assert "run h100 (" in titles["h100_ceiling_fraction.png"]
+    assert "run h100-quick (" in titles["h100-quick_ceiling_fraction.png"]
+    assert titles["h100_causal_vs_noncausal.png"] != titles["h100-quick_causal_vs_noncausal.png"]
+    fig, _ = figs["h100_ceiling_fraction.png"]
+    subtitle = fig.axes[0].get_title()
+    for k in kernels:
+        assert k in subtitle, k
+    assert all(ax.get_legend() is None for ax in fig.axes) and fig.legends
+    fig, _ = figs["h100_causal_vs_noncausal.png"]
+    leg = fig.axes[0].get_legend()
+    assert leg is not None and leg.get_bbox_to_anchor().x0 >= fig.axes[0].bbox.x1 - 1

@@ -1,6 +1,7 @@
 """`attn-numba report` on the CPU: explains the log, uses results, draws figures, writes REPORT.md."""
 import contextlib
 import io
+import os
 
 from attn_numba import cli, on_simulator
 from test_plots import synthetic_summary
@@ -121,3 +122,35 @@ def test_source_text_names_device_date_and_file():
     assert text == "NVIDIA H200 (sm_90), undated, x.json"
     assert sources.source_text({"simulated": True}, "s.json").startswith(
         "device not recorded (SIMULATED)")
+
+
+def test_report_tells_the_story_of_explain(tmp_path, monkeypatch):
+    """report and explain read the same result sets in the same order (newest device first,
+    history after, marked); no absolute path reaches the report; one no-GPU sentence."""
+    from attn_numba import explain, sources
+    for name in ("h100-quick", "h100", "h200"):
+        synthetic_summary(tmp_path / "results" / name / "summary.json")
+    monkeypatch.chdir(tmp_path)
+    rc, out = run(["report", "--results", "results", "--figures", "figures", "--no-bench"])
+    assert rc == 0
+    report = (tmp_path / "figures" / "REPORT.md").read_text()
+    heads = [line for line in report.splitlines() if line.startswith("### ")]
+    order = [os.path.join("results", n, "summary.json") for n in ("h200", "h100", "h100-quick")]
+    assert [h.split("`")[1] for h in heads] == order
+    assert [h.startswith("### History: ") for h in heads] == [False, True, True]
+    res = explain.explain_log(results_dir="results")
+    assert [d["path"] for d in res["results"]] == order
+    assert [d["history"] for d in res["results"]] == [False, True, True]
+    for text in (report, out):
+        assert str(tmp_path) not in text and "/work/" not in text and "/tmp/" not in text
+        assert sources.PACKAGED_RESULTS.as_posix() not in text
+    if on_simulator():
+        assert report.count(sources.NO_GPU_HINT) == 1
+        assert "using the committed results under" not in out  # the old contradiction
+
+
+def test_committed_report_has_no_machine_path():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    text = open(os.path.join(root, "figures", "REPORT.md"), encoding="utf-8").read()
+    for bad in ("/work/", "/opt/", "/tmp/", "/home/", "/root/", "/Users/"):
+        assert bad not in text, bad

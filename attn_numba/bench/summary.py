@@ -179,13 +179,14 @@ def record_key(rec):
 
 
 def merge(old_doc, new_doc):
-    """``new_doc`` with the records of ``old_doc`` it does not replace (same kernel and axes).
-    Ceilings come from ``new_doc`` unless it has none."""
+    """``new_doc`` with the records of ``old_doc`` it does not replace (same kernel and axes),
+    and the sections of ``old_doc`` it does not have (``"backward"``, say). Ceilings come
+    from ``new_doc`` unless it has none."""
     if not old_doc:
         return new_doc
     seen = {record_key(r) for r in new_doc["records"]}
     kept = [r for r in old_doc.get("records", []) if record_key(r) not in seen]
-    out = dict(new_doc)
+    out = {**old_doc, **new_doc}
     out["records"] = kept + list(new_doc["records"])
     runs = old_doc.get("nvbench_runs") or ([old_doc["nvbench"]] if old_doc.get("nvbench") else [])
     if new_doc.get("nvbench"):

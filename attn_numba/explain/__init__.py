@@ -11,7 +11,8 @@ Parts, each testable alone:
 * :mod:`.diagnose` -- one function per symptom, each emitting sentences only when its premise
   holds in the group;
 * :mod:`.context` -- roofline, committed results, the pathology reproduction;
-* :mod:`.render` -- text, JSON and the CLI; :mod:`.core` -- :func:`explain_log`.
+* :mod:`.render` -- text, Markdown and JSON output (a library: it imports no CLI);
+* :mod:`.core` -- :func:`explain_log`; :mod:`.cli` -- the command line.
 
 Verdict rule (per group; the log is overhead-dominated if any group is)::
 
@@ -26,7 +27,8 @@ from .diagnose import NVBENCH_DEFAULTS, NVBENCH_MIN_SAMPLES_FOR_NOISE, SYMPTOMS
 from .fit import (FLAT_EXPONENT, OVERHEAD_FRACTION, batch_over_cold, fit_group, fit_overhead,
                   host_s_per_call, time_of, verdict_of)
 from .parse import LogParseError, parse_log, parse_value, parse_warning
-from .render import add_arguments, fmt_t, format_text, groups_markdown, jsonable, main
+from .cli import add_arguments, main
+from .render import fmt_t, format_text, groups_markdown, jsonable
 from .rows import AXES, build_rows, group_rows, row_work
 
 # names used before the module became a package (bench/pathology.py, notebook 06)

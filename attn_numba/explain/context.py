@@ -3,7 +3,6 @@ results (``results/*/summary.json``) and the pathology reproduction
 (``results/h100/pathology.json``)."""
 from __future__ import annotations
 
-import glob
 import json
 import os
 import statistics
@@ -17,36 +16,30 @@ from .rows import AXES
 PEAK_FLOP_PER_CLK_SM = {80: (128, 2048), 86: (256, 1024), 89: (256, 1024), 90: (256, 4096)}
 
 
-def _repo_root():
-    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
 def load_summaries(results_dir=None):
-    """Committed ``results/*/summary.json`` files (other helpers' bench). [] when absent."""
-    results_dir = results_dir or os.path.join(_repo_root(), "results")
+    """The GPU ``results/*/summary.json`` files in the order :mod:`attn_numba.sources` gives
+    them (newest device first, older sets marked ``_history``; the packaged summary when the
+    folder has none), each with ``_path`` as the reader can open it. [] when there is none."""
+    from ..sources import display_path, ordered_summaries
     out = []
-    for path in sorted(glob.glob(os.path.join(results_dir, "*", "summary.json"))):
-        try:
-            with open(path) as f:
-                data = json.load(f)
-        except (OSError, ValueError):
-            continue
-        if not isinstance(data, dict) or data.get("simulated"):  # simulator times: no GPU
-            continue
-        if isinstance(data.get("records"), list):
-            data["_path"] = os.path.relpath(path, os.path.dirname(results_dir))
-            out.append(data)
+    for path, data, history in ordered_summaries(results_dir):
+        if isinstance(data, dict) and isinstance(data.get("records"), list):
+            out.append(dict(data, _path=display_path(path), _history=history))
     return out
 
 
 def load_pathology(results_dir=None):
-    path = os.path.join(results_dir or os.path.join(_repo_root(), "results"), "h100",
-                        "pathology.json")
+    """``results/h100/pathology.json`` (the reproduction), with ``_path`` as the reader can
+    open it; None when absent or unreadable."""
+    from ..sources import display_path
+    from ..sources import results_dir as default_results
+    path = os.path.join(results_dir or default_results(), "h100", "pathology.json")
     try:
         with open(path) as f:
-            return json.load(f)
+            data = json.load(f)
     except (OSError, ValueError):
         return None
+    return dict(data, _path=display_path(path)) if isinstance(data, dict) else data
 
 
 def roofline(row, device):
@@ -99,7 +92,8 @@ def _same_axes(rec, row):
 
 
 def committed_sentences(rows, device, summaries):
-    """One sentence per results file with records at the rows' work axes."""
+    """One sentence per results file with records at the rows' work axes, in the order of
+    ``summaries`` (newest device first; older sets say they are history)."""
     out = []
     for s in summaries:
         by_kernel = {}
@@ -121,8 +115,9 @@ def committed_sentences(rows, device, summaries):
             if scale and abs(scale - 1) > 0.05:
                 part += f" (~{fmt_t(max(ts) * scale)} at S={max(ss)} on the logged device)"
             parts.append(part)
-        msg = (f"Committed results on {s.get('device', '?')} ({s.get('_path')}) for the "
-               f"log's axes: " + "; ".join(parts) + ".")
+        kind = "Older results (history)" if s.get("_history") else "Committed results"
+        msg = (f"{kind} on {s.get('device', '?')} ({s.get('_path')}, {s.get('date') or 'undated'})"
+               f" for the log's axes: " + "; ".join(parts) + ".")
         if scale and abs(scale - 1) > 0.05:
             msg += (f" The '~' values scale by memory bandwidth ({copy:.0f} GB/s measured copy "
                     f"bandwidth there vs the logged {bw / 1e9:.0f} GB/s bus peak, x{scale:.1f}): "
@@ -161,7 +156,8 @@ def pathology_sentence(p):
                         f"{fx.get('work_exponent') or 0:.2f})")
         if not bits:
             return None
-        return (f"Reproduction on {p.get('device', 'H100')} (results/h100/pathology.json): "
+        return (f"Reproduction on {p.get('device', 'H100')} "
+                f"({p.get('_path', 'results/h100/pathology.json')}): "
                 + "; ".join(bits) + ".")
     except (AttributeError, TypeError, ValueError, KeyError):
         return None

@@ -62,6 +62,8 @@ def explain_log(path=None, results_dir=None, benchmark="run_mha_fwd", text=None)
     * ``explanations``: the single group's sentences, or, with several groups, one summary
       sentence and every group's sentences prefixed with its axes; then ``log_explanations``
       (committed results and the pathology reproduction, for overhead-dominated groups);
+    * ``results``: the committed result sets read, newest device first, each ``path``,
+      ``device``, ``date`` and ``history`` (True for the older sets);
     * ``device`` (the first device of the header), ``devices``, ``rule``, ``log``.
     """
     label = path or ("<text>" if text is not None else f"attn_numba/data/{PACKAGED_LOG}")
@@ -93,9 +95,10 @@ def explain_log(path=None, results_dir=None, benchmark="run_mha_fwd", text=None)
         for g in groups:
             explanations += [f"[{group_label(g['axes'])}] {e}" for e in g["explanations"]]
     od = [r for g in groups if g["verdict"] == "overhead-dominated" for r in g["rows"]]
+    summaries = load_summaries(results_dir)
     log_expl = []
     if od:
-        log_expl += committed_sentences(od, device, load_summaries(results_dir))
+        log_expl += committed_sentences(od, device, summaries)
         p = load_pathology(results_dir)
         s = pathology_sentence(p) if p else None
         if s:
@@ -116,4 +119,6 @@ def explain_log(path=None, results_dir=None, benchmark="run_mha_fwd", text=None)
         "rule": RULE + "; a log is overhead-dominated if any group is",
         "explanations": explanations + log_expl,
         "log_explanations": log_expl,
+        "results": [{"path": d["_path"], "device": d.get("device"), "date": d.get("date"),
+                     "history": d["_history"]} for d in summaries],
     }

@@ -64,9 +64,11 @@ def fixed_overhead(rows, g):
                 "latency, a grid or loop sized independently of the axes, or waiting on "
                 "something else on the device)."]
     why = ("JIT compilation of the kernel on every call (0.82-0.97 s for a fresh cuda.jit of "
-           "the naive kernel on our H100 host) or similar" if fixed >= 0.1 else
+           "the naive kernel on the round-1 H100, results/h100/pathology.json) or similar"
+           if fixed >= 0.1 else
            "per-call allocation, host copies, a disk-cache load (13 ms per fresh "
-           "cuda.jit(cache=True) on our H100 host) or stream synchronisation")
+           "cuda.jit(cache=True) on the round-1 H100, results/h100/pathology.json) or stream "
+           "synchronisation")
     return [f"A fixed cost of ~{fmt_t(fixed)} per call, independent of the work, dominates: "
             f"that is host-side work inside the timed launcher ({why}), not the attention "
             "kernel. Fix: compile once outside the launcher (module-level kernel or lru_cached "
@@ -136,14 +138,15 @@ def host_bound(rows, g):
     h = statistics.median(host)
     if h >= 0.1:
         cause = ("seconds-scale host work is a compile in the call (0.82-0.97 s per fresh "
-                 "cuda.jit of the naive kernel on our H100 host)")
+                 "cuda.jit of the naive kernel on the round-1 H100, results/h100/pathology.json)")
     elif h >= 5e-3:
         cause = ("milliseconds of host work are a disk-cache load per call (13 ms per fresh "
-                 "cuda.jit(cache=True) on our H100 host), host copies or a stream sync")
+                 "cuda.jit(cache=True) on the round-1 H100, results/h100/pathology.json), host "
+                 "copies or a stream sync")
     else:
         cause = ("sub-millisecond host work is dispatch: 0.15-0.28 ms per Numba launch of "
-                 "flash_tc or the v3 kernel (20 back-to-back launches, our H100 host), 0.11 ms "
-                 "per compiled FlexAttention call, more with per-call allocation or a "
+                 "flash_tc or the v3 kernel (20 back-to-back launches on the round-1 H100), "
+                 "0.11 ms per compiled FlexAttention call, more with per-call allocation or a "
                  "torch.compile guard check (not measured here)")
     return [f"Host-bound in {where}: cold CPU - GPU = {fmt_t(min(host))}..{fmt_t(max(host))} "
             f"of host work per call (median {fmt_t(h)}), {min(ratio):.0f}x..{max(ratio):.0f}x "

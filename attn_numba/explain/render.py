@@ -1,17 +1,23 @@
-"""Text and JSON output of :func:`attn_numba.explain.explain_log`, and the CLI
-(``attn-numba explain [LOG] [--json] [--results DIR]``)."""
+"""Text, Markdown and JSON output of :func:`attn_numba.explain.explain_log`'s result.
+
+A formatting library: it imports nothing of the explain package but :mod:`.rows` (device
+labels), so that :mod:`.context`, :mod:`.diagnose` and :mod:`.core` can use :func:`fmt_t`; the
+command line is :mod:`.cli`."""
 from __future__ import annotations
 
-import json
 import math
-import sys
 
 import numpy as np
 
+from .rows import _device_label
+
 
 def fmt_t(s):
-    """Seconds -> ``"4.83 s"``, ``"29 us"``; None/inf/nan as their str."""
-    if s is None or not math.isfinite(s):
+    """Seconds -> ``"4.83 s"``, ``"29 us"``; None (not measured) as ``"-"``, inf/nan as their
+    str."""
+    if s is None:
+        return "-"
+    if not math.isfinite(s):
         return str(s)
     for unit, f in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9)):
         if abs(s) >= f or unit == "ns":
@@ -44,7 +50,6 @@ def _num(v, spec):
 
 def _cell(row, axis):
     if axis == "Device":
-        from .rows import _device_label
         return str(_device_label(row))
     return str(row.get("axes", {}).get(axis, ""))
 
@@ -75,7 +80,7 @@ def format_text(res):
     if not multi:
         lines.append("")
         lines += [f"{i}. {e}" for i, e in enumerate(res["explanations"], 1)]
-        return "\n".join(lines)
+        return "\n".join(lines + results_lines(res))
     for g in res["groups"]:
         ge = g["work_exponent"]
         lines += ["", f"== {group_label(g['axes'])} ({len(g['rows'])} rows): {g['verdict']}; "
@@ -87,32 +92,25 @@ def format_text(res):
     if res.get("log_explanations"):
         lines += ["", "== the log as a whole"]
         lines += [f"{i}. {e}" for i, e in enumerate(res["log_explanations"], 1)]
-    return "\n".join(lines)
+    return "\n".join(lines + results_lines(res))
 
 
-def add_arguments(parser):
-    parser.add_argument("log", nargs="?", default=None,
-                        help="NVBench markdown log (default: the packaged A30 log)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--results", default=None,
-                        help="results directory with */summary.json "
-                             "(default: the checkout's results/)")
-
-
-def main(args):
-    """CLI entry: exit 0 with the report; 1 with one line on stderr for an unreadable or
-    malformed log (never a traceback)."""
-    from .core import explain_log
-    try:
-        res = explain_log(args.log, results_dir=args.results)
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        print(f"attn-numba explain: {args.log or 'packaged log'}: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(jsonable(res)))
-    else:
-        print(format_text(res))
-    return 0
+def results_lines(res):
+    """The closing lines: which committed results were read (newest device first, history
+    marked) and what to do with no GPU. The same order as ``attn-numba report``."""
+    from ..sources import NO_GPU_HINT
+    sets = res.get("results") or []
+    if not sets:
+        return ["", "Results read: none (no summary.json in a checkout or the package). "
+                + NO_GPU_HINT]
+    def name(d):
+        return f"{d['path']} ({d.get('device') or '?'}, {d.get('date') or 'undated'})"
+    cur = [name(d) for d in sets if not d["history"]]
+    old = [name(d) for d in sets if d["history"]]
+    text = "Results read, newest device first: " + ", ".join(cur)
+    if old:
+        text += "; history: " + ", ".join(old)
+    return ["", text + ".", NO_GPU_HINT]
 
 
 def groups_markdown(res, name=None):

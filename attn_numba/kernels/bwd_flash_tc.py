@@ -1,0 +1,151 @@
+"""Tensor-core backward (``kernel="flash_tc"``): FlashAttention-2's backward on
+``mma.sync.m16n8k16`` (fp16 or bf16 in, fp32 accumulate), portable to sm_80, in three launches:
+
+1. ``delta = rowsum(dO * O)`` (float32 scratch ``delta``, (H, total_q)):
+   :func:`bwd_tc_dq.build_delta`;
+2. dK and dV, one block per key tile and KV head over the query heads of its GQA group and
+   the query tiles its band reaches: :mod:`bwd_tc_dkdv`;
+3. dQ, one block per query tile and head over its key tiles, deterministic (no atomics):
+   :mod:`bwd_tc_dq`.
+
+Both gradient passes recompute ``P`` from Q, K and the forward's lse; nothing of size
+seqlen x seqlen is stored. Fragment maps: :mod:`bwd_tc_layout` (on top of the forward's
+:mod:`v4_layout`); NumPy emulation: :mod:`bwd_tc_emulation`. Measurements and predictions:
+notes/bwd_tensor_core.md.
+"""
+import math
+
+import numpy as np
+from numba import config as numba_config
+from numba import types
+
+from .bwd_tc_dkdv import build_dkdv
+from .bwd_tc_dq import DELTA_WARPS, build_delta, build_dq
+from .bwd_tc_layout import WARPS, dkdv_config, dkdv_shared, dq_config, dq_shared
+from .common import array_type
+
+NAME = "flash_tc"
+DTYPE_NAMES = ("float16", "bfloat16")
+MAX_HEAD_SIZE = 256
+LOG2E = math.log2(math.e)
+#: largest dynamic shared memory of a block on sm_80 (A100 / A30: 163 KiB)
+MAX_SHARED_SM80 = 163 * 1024
+
+_U16, _U32 = np.uint16, np.uint32
+DELTA_ARRAYS = ("dout", "out", "delta")
+DKDV_ARRAYS = ("dout", "q", "k", "v", "lse", "delta", "dk", "dv", "cu_seqlens_q",
+               "cu_seqlens_k")
+DQ_ARRAYS = ("dout", "q", "k", "v", "lse", "delta", "dq", "cu_seqlens_q", "cu_seqlens_k")
+DKDV_VIEWS = (_U16, _U16, _U16, _U16, None, None, _U32, _U32)
+DQ_VIEWS = (_U16, _U16, _U16, _U16, None, None, _U32)
+
+
+def _is_bf16(dtype):
+    return np.dtype(dtype).name == "bfloat16"
+
+
+def _scalar_types():
+    return (types.float32, types.float32, types.int32, types.int32, types.boolean)
+
+
+def delta_signature():
+    u32 = array_type(np.uint32, 3)
+    return (u32, u32, array_type(np.float32, 2))
+
+
+def dkdv_signature():
+    u16, u32 = array_type(np.uint16, 3), array_type(np.uint32, 3)
+    f32, i32 = array_type(np.float32, 3), array_type(np.int32, 1)
+    return (u16, u16, u16, u16, f32, array_type(np.float32, 2), u32, u32, i32, i32,
+            *_scalar_types())
+
+
+def dq_signature():
+    u16, u32 = array_type(np.uint16, 3), array_type(np.uint32, 3)
+    f32, i32 = array_type(np.float32, 3), array_type(np.int32, 1)
+    return (u16, u16, u16, u16, f32, array_type(np.float32, 2), u32, i32, i32,
+            *_scalar_types())
+
+
+def kernels(head_size, bf16):
+    """``(delta, dkdv, dq)`` dispatchers of one specialisation (lru-cached builds)."""
+    return (build_delta(head_size, bf16), build_dkdv(head_size, bf16, *dkdv_config(head_size)),
+            build_dq(head_size, bf16, *dq_config(head_size)))
+
+
+def compile_targets(head_size, dtype):
+    """``[(label, python function, signature)]`` for ``cuda.compile_ptx``, one per kernel
+    (empty when this specialisation is not supported)."""
+    name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
+    if name not in DTYPE_NAMES or head_size % 8 or not 8 <= head_size <= MAX_HEAD_SIZE:
+        return []
+    dl, dkdv, dq = kernels(head_size, name == "bfloat16")
+    tag = f"d{head_size}_{name}"
+    return [(f"bwd_tc_delta_kernel_{tag}", dl.py_func, delta_signature()),
+            (f"bwd_tc_dkdv_kernel_{tag}", dkdv.py_func, dkdv_signature()),
+            (f"bwd_tc_dq_kernel_{tag}", dq.py_func, dq_signature())]
+
+
+def supports(problem):
+    if problem.on_simulator:
+        return "the CUDA simulator cannot run inline PTX (mma.sync, ldmatrix, cp.async)"
+    name = np.dtype(problem.dtype).name
+    if name not in DTYPE_NAMES:
+        return f"tensor-core backward takes float16 or bfloat16, got {name}"
+    if problem.head_size % 8 or problem.head_size > MAX_HEAD_SIZE:
+        return f"head_size must be a multiple of 8 up to {MAX_HEAD_SIZE}, got {problem.head_size}"
+    return None
+
+
+def scratch(problem):
+    """The float32 ``delta`` (H, total_q), written by the first launch before it is read."""
+    from . import Scratch
+    return (Scratch("delta", (problem.num_heads, max(problem.total_q, 1)), np.float32),)
+
+
+_OPTED = set()
+
+
+def opt_in_shared(kernel, argtypes, nbytes):
+    """Compile ``kernel`` for ``argtypes`` and allow it ``nbytes`` of dynamic shared memory
+    (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, needed above 48 KiB); as
+    ``v5_wgmma.opt_in_shared``. Nothing to do on the simulator."""
+    if numba_config.ENABLE_CUDASIM or nbytes <= 48 * 1024:
+        return
+    from ..launcher import load_cached
+    kern, _ = load_cached(kernel, tuple(argtypes))
+    cufunc = kern._codelibrary.get_cufunc()
+    key = (id(cufunc), nbytes)
+    if key in _OPTED:
+        return
+    from numba.cuda.cudadrv.driver import binding, driver
+    attr = binding.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    driver.cuKernelSetAttribute(attr, int(nbytes), cufunc.handle, cufunc.device.id)
+    _OPTED.add(key)
+
+
+def plan(problem):
+    """The three launches (delta, dK/dV, dQ); on a GPU this compiles the gradient kernels
+    for their signatures and raises their dynamic shared-memory limit first."""
+    from . import Plan
+    d, bf = problem.head_size, _is_bf16(problem.dtype)
+    dl, dkdv, dq = kernels(d, bf)
+    bnk, _, _ = dkdv_config(d)
+    bmq, _, _ = dq_config(d)
+    sh_kv, sh_q = dkdv_shared(d), dq_shared(d)
+    if not problem.on_simulator:
+        opt_in_shared(dkdv, dkdv_signature(), sh_kv)
+        opt_in_shared(dq, dq_signature(), sh_q)
+    scalars = (np.float32(problem.softmax_scale * LOG2E), np.float32(problem.softmax_scale),
+               np.int32(problem.window_left), np.int32(problem.window_right),
+               bool(problem.lse_batched))
+    plans = []
+    items = problem.total_q * problem.num_heads
+    if items:
+        plans.append(Plan(dl, (-(-items // DELTA_WARPS),), 32 * DELTA_WARPS, (_U32, _U32),
+                          (), 0, DELTA_ARRAYS))
+    grid_kv = (max(-(-problem.max_seqlen_k // bnk), 1), problem.num_kv_heads, problem.batch)
+    plans.append(Plan(dkdv, grid_kv, 32 * WARPS, DKDV_VIEWS, scalars, sh_kv, DKDV_ARRAYS))
+    grid_q = (max(-(-problem.max_seqlen_q // bmq), 1), problem.num_heads, problem.batch)
+    plans.append(Plan(dq, grid_q, 32 * WARPS, DQ_VIEWS, scalars, sh_q, DQ_ARRAYS))
+    return tuple(plans)

@@ -1,0 +1,290 @@
+"""dK/dV pass of the tensor-core backward: one block per ``BNK``-key tile of one KV head.
+
+Warp ``w`` owns keys ``n0 + 16 * (w // DSPLIT) ..`` (the mma M dimension) and the head-size
+slice ``w % DSPLIT`` of their dK and dV accumulators. The block loops over the query heads of
+its GQA group and, per head, over the ``BM``-query tiles that its keys' band reaches
+(:func:`tile_range.query_rows`); Q and dO tiles come through a two-stage cp.async pipeline
+(tile j+1 in flight during tile j's work, one barrier per tile). Per tile (see
+:mod:`bwd_tc_layout` for the fragment maps):
+
+``S^T = K Q^T``, ``P^T = exp2(S^T scale_log2 - lse_log2)``, ``dP^T = V dO^T``,
+``dS^T = P^T (dP^T - delta)``, ``dV += P^T dO``, ``dK += dS^T Q``; ``dK *= scale`` at the end.
+
+Rows that see no key have lse = -inf; their P is 0 (lse_log2 is taken as +inf), as is P of
+query columns past the sequence.
+"""
+import functools
+import math
+
+import numpy as np
+from numba import config as numba_config
+from numba import cuda, float32, uint8, uint32
+
+from . import ptx
+from .bwd_tc_layout import WARPS, a_ldsm_rc, dsplit, padded, row_bytes
+from .common import seq_span
+from .tile_range import query_rows
+from .v4_device import _c_frag_rc, _k_ldsm_rc, _mma, _p_from_s, _pack, _v_ldsm_rc, tile_loader
+
+LOG2E = np.float32(math.log2(math.e))
+POS_INF = np.float32(np.inf)
+NEG_INF = np.float32(-np.inf)
+ZERO = np.float32(0.0)
+_a_ldsm_rc = cuda.jit(device=True, inline=True, cache=True)(a_ldsm_rc)
+
+
+@cuda.jit(device=True, inline=True, cache=True)
+def row_lse_log2(lse, lse_batched, b, h, q0, row, sq):
+    """lse of query ``row`` in base 2, +inf for a row past the sequence or one that sees no
+    key (lse = -inf), so that ``exp2(s - lse_log2)`` is 0 there."""
+    if row >= sq:
+        return POS_INF
+    x = lse[b, h, row] if lse_batched else lse[0, h, q0 + row]
+    if x == NEG_INF:
+        return POS_INF
+    return x * LOG2E
+
+
+@cuda.jit(device=True, inline=True, cache=True)
+def row_delta(delta, h, q0, row, sq):
+    """delta = rowsum(dO * O) of query ``row`` (0 past the sequence)."""
+    if row >= sq:
+        return ZERO
+    return delta[h, q0 + row]
+
+
+def build_dkdv(head_size, bf16, bnk, bm, nstages):
+    return _build_dkdv(int(head_size), bool(bf16), int(bnk), int(bm), int(nstages))
+
+
+@functools.lru_cache(maxsize=None)
+def _build_dkdv(head_size, bf16, bnk, bm, nstages):
+    D = head_size
+    D16 = padded(D)
+    DS = dsplit(D)
+    NW = WARPS
+    NT = 32 * NW
+    assert bnk == 16 * NW // DS and bm % 16 == 0 and nstages in (1, 2)
+    BNK, BM, STAGES, BF16 = bnk, bm, nstages, bf16
+    RSB = row_bytes(D)
+    DW = D // 2
+    QK_STEPS = D16 // 16             # k-steps of the contractions over the head size
+    S_TILES = BM // 8                # query n-tiles of S^T and dP^T
+    S_LEN = 4 * S_TILES
+    L_LEN = 2 * S_TILES
+    PV_STEPS = BM // 16              # k-steps of dV / dK over the tile's queries
+    PAIRS = D16 // 16                # 16-column pairs of n-tiles over the head size
+    SLP = -(-PAIRS // DS)            # ... of one warp's slice
+    ACC_LEN = 8 * SLP
+    KV_BYTES = BNK * RSB
+    TILE_BYTES = BM * RSB
+    STAGE_BYTES = 2 * TILE_BYTES
+    load_kv = tile_loader(D, BNK, NT)
+    load_q = tile_loader(D, BM, NT)
+
+    jit_kw = dict(cache=True)
+    if not numba_config.ENABLE_CUDASIM:
+        jit_kw["launch_bounds"] = (NT,)
+
+    @cuda.jit(**jit_kw)
+    def bwd_tc_dkdv_kernel(dout, q, k, v, lse, delta, dk, dv, cu_q, cu_k, scale_log2, scale,
+                           left, right, lse_batched):
+        """dout, q, k, v: 16-bit (total, heads, D); lse float32; delta float32 (H, total_q);
+        dk, dv: uint32 (total_k, Hkv, D/2). Block (x, y, z) = (keys x*BNK.., KV head y,
+        sequence z)."""
+        tid = cuda.threadIdx.x
+        warp = tid >> 5
+        lane = tid & 31
+        t = lane & 3
+        kgrp = warp // DS
+        ds = warp % DS
+        hk = cuda.blockIdx.y
+        b = cuda.blockIdx.z
+        k0, sk = seq_span(cu_k, b)
+        n0 = cuda.blockIdx.x * BNK
+        if n0 >= sk:
+            return
+        q0, sq = seq_span(cu_q, b)
+        nh = q.shape[1]
+        hkv = k.shape[1]
+        group = nh // hkv
+
+        smem = cuda.shared.array(0, uint8)
+        kb = ptx.smem_u32(smem)
+        vb = kb + uint32(KV_BYTES)
+        qb = vb + uint32(KV_BYTES)
+        ob = qb + uint32(TILE_BYTES)
+        qg = ptx.gaddr(q)
+        og = ptx.gaddr(dout)
+        load_kv(kb, ptx.gaddr(k), n0, k0, sk, hk, hkv, tid)
+        load_kv(vb, ptx.gaddr(v), n0, k0, sk, hk, hkv, tid)
+
+        # the block's query rows, this warp's (both bounds are non-decreasing in the key)
+        kend = min(n0 + BNK, sk) - 1
+        i_lo, _ = query_rows(n0, n0, sq, sk, left, right)
+        _, i_hi = query_rows(kend, kend, sq, sk, left, right)
+        wk0 = n0 + 16 * kgrp
+        has_keys = wk0 < sk
+        wlast = min(wk0 + 15, sk - 1)
+        wf_lo, wf_hi = query_rows(wk0, wk0, sq, sk, left, right)
+        wl_lo, wl_hi = query_rows(wlast, wlast, sq, sk, left, right)
+        key_a = wk0 + (lane >> 2)
+        key_b = key_a + 8
+        ra_lo, ra_hi = query_rows(min(key_a, sk - 1), min(key_a, sk - 1), sq, sk, left, right)
+        rb_lo, rb_hi = query_rows(min(key_b, sk - 1), min(key_b, sk - 1), sq, sk, left, right)
+
+        m_first = (i_lo // BM) * BM
+        ntiles = 0
+        if i_lo <= i_hi:
+            ntiles = (i_hi - m_first) // BM + 1
+        total = group * ntiles
+        if total > 0:
+            load_q(qb, qg, m_first, q0, sq, hk * group, nh, tid)
+            load_q(ob, og, m_first, q0, sq, hk * group, nh, tid)
+
+        # per-lane ldmatrix offsets (tile rows and columns; k-steps and pairs add constants)
+        ar, ac = _a_ldsm_rc(lane, 0)
+        a_off = uint32((16 * kgrp + ar) * RSB + 2 * ac)
+        br, bc = _k_ldsm_rc(lane, 0, 0)
+        b_off = uint32(br * RSB + 2 * bc)
+        tr, tc = _v_ldsm_rc(lane, 0, 0)
+        t_off = uint32(tr * RSB + 2 * tc)
+
+        dka = cuda.local.array(ACC_LEN, float32)
+        dva = cuda.local.array(ACC_LEN, float32)
+        for i in range(ACC_LEN):
+            dka[i] = ZERO
+            dva[i] = ZERO
+        s = cuda.local.array(S_LEN, float32)
+        dp = cuda.local.array(S_LEN, float32)
+        lq = cuda.local.array(L_LEN, float32)
+        dl = cuda.local.array(L_LEN, float32)
+
+        for it in range(total):
+            h = hk * group + it // ntiles
+            m0 = m_first + (it % ntiles) * BM
+            st = uint32(0)
+            if STAGES == 2:
+                st = uint32(it & 1) * uint32(STAGE_BYTES)
+            ptx.cp_async_wait_all()
+            cuda.syncthreads()          # tile it landed for all; tile it-1's stage is free
+            if STAGES == 2 and it + 1 < total:
+                nxt = uint32(STAGE_BYTES) - st
+                h1 = hk * group + (it + 1) // ntiles
+                m1 = m_first + ((it + 1) % ntiles) * BM
+                load_q(qb + nxt, qg, m1, q0, sq, h1, nh, tid)
+                load_q(ob + nxt, og, m1, q0, sq, h1, nh, tid)
+            if has_keys and m0 <= wl_hi and m0 + BM - 1 >= wf_lo:
+                for nt in range(S_TILES):
+                    col = m0 + 8 * nt + 2 * t
+                    lq[2 * nt] = row_lse_log2(lse, lse_batched, b, h, q0, col, sq)
+                    lq[2 * nt + 1] = row_lse_log2(lse, lse_batched, b, h, q0, col + 1, sq)
+                    dl[2 * nt] = row_delta(delta, h, q0, col, sq)
+                    dl[2 * nt + 1] = row_delta(delta, h, q0, col + 1, sq)
+                # S^T = K Q^T and dP^T = V dO^T (keys x queries)
+                for i in range(S_LEN):
+                    s[i] = ZERO
+                    dp[i] = ZERO
+                ka = ptx.opaque_u32(kb + a_off)
+                va = ptx.opaque_u32(vb + a_off)
+                qn = ptx.opaque_u32(qb + st + b_off)
+                on = ptx.opaque_u32(ob + st + b_off)
+                for kk in range(QK_STEPS):
+                    a0, a1, a2, a3 = ptx.ldmatrix_x4(ka + uint32(32 * kk))
+                    for p in range(S_TILES // 2):
+                        b0, b1, b2, b3 = ptx.ldmatrix_x4(qn + uint32(16 * p * RSB + 32 * kk))
+                        s[8 * p], s[8 * p + 1], s[8 * p + 2], s[8 * p + 3] = _mma(
+                            BF16, a0, a1, a2, a3, b0, b1,
+                            s[8 * p], s[8 * p + 1], s[8 * p + 2], s[8 * p + 3])
+                        s[8 * p + 4], s[8 * p + 5], s[8 * p + 6], s[8 * p + 7] = _mma(
+                            BF16, a0, a1, a2, a3, b2, b3,
+                            s[8 * p + 4], s[8 * p + 5], s[8 * p + 6], s[8 * p + 7])
+                    a0, a1, a2, a3 = ptx.ldmatrix_x4(va + uint32(32 * kk))
+                    for p in range(S_TILES // 2):
+                        b0, b1, b2, b3 = ptx.ldmatrix_x4(on + uint32(16 * p * RSB + 32 * kk))
+                        dp[8 * p], dp[8 * p + 1], dp[8 * p + 2], dp[8 * p + 3] = _mma(
+                            BF16, a0, a1, a2, a3, b0, b1,
+                            dp[8 * p], dp[8 * p + 1], dp[8 * p + 2], dp[8 * p + 3])
+                        dp[8 * p + 4], dp[8 * p + 5], dp[8 * p + 6], dp[8 * p + 7] = _mma(
+                            BF16, a0, a1, a2, a3, b2, b3,
+                            dp[8 * p + 4], dp[8 * p + 5], dp[8 * p + 6], dp[8 * p + 7])
+                # P^T (masked outside each key's rows unless every key sees the whole tile)
+                full = wl_lo <= m0 and m0 + BM - 1 <= wf_hi
+                for nt in range(S_TILES):
+                    for r in range(4):
+                        rr, cc = _c_frag_rc(lane, r)
+                        col = m0 + 8 * nt + cc
+                        x = s[4 * nt + r] * scale_log2 - lq[2 * nt + (r & 1)]
+                        if not full:
+                            if rr < 8:
+                                if col < ra_lo or col > ra_hi:
+                                    x = NEG_INF
+                            else:
+                                if col < rb_lo or col > rb_hi:
+                                    x = NEG_INF
+                        pv = ptx.ex2(x)
+                        s[4 * nt + r] = pv
+                        dp[4 * nt + r] = pv * (dp[4 * nt + r] - dl[2 * nt + (r & 1)])
+                # dV += P^T dO, dK += dS^T Q over the tile's queries (B through ldmatrix.trans)
+                ot = ptx.opaque_u32(ob + st + t_off)
+                qt = ptx.opaque_u32(qb + st + t_off)
+                for kk in range(PV_STEPS):
+                    t0, r0 = _p_from_s(kk, 0)
+                    t1, r1 = _p_from_s(kk, 1)
+                    t2, r2 = _p_from_s(kk, 2)
+                    t3, r3 = _p_from_s(kk, 3)
+                    p0 = _pack(BF16, s[4 * t0 + r0], s[4 * t0 + r0 + 1])
+                    p1 = _pack(BF16, s[4 * t1 + r1], s[4 * t1 + r1 + 1])
+                    p2 = _pack(BF16, s[4 * t2 + r2], s[4 * t2 + r2 + 1])
+                    p3 = _pack(BF16, s[4 * t3 + r3], s[4 * t3 + r3 + 1])
+                    e0 = _pack(BF16, dp[4 * t0 + r0], dp[4 * t0 + r0 + 1])
+                    e1 = _pack(BF16, dp[4 * t1 + r1], dp[4 * t1 + r1 + 1])
+                    e2 = _pack(BF16, dp[4 * t2 + r2], dp[4 * t2 + r2 + 1])
+                    e3 = _pack(BF16, dp[4 * t3 + r3], dp[4 * t3 + r3 + 1])
+                    for p in range(SLP):
+                        pp = ds * SLP + p
+                        if pp < PAIRS:
+                            off = uint32(16 * kk * RSB + 32 * pp)
+                            b0, b1, b2, b3 = ptx.ldmatrix_x4_trans(ot + off)
+                            (dva[8 * p], dva[8 * p + 1], dva[8 * p + 2],
+                             dva[8 * p + 3]) = _mma(BF16, p0, p1, p2, p3, b0, b1, dva[8 * p],
+                                                    dva[8 * p + 1], dva[8 * p + 2],
+                                                    dva[8 * p + 3])
+                            (dva[8 * p + 4], dva[8 * p + 5], dva[8 * p + 6],
+                             dva[8 * p + 7]) = _mma(BF16, p0, p1, p2, p3, b2, b3,
+                                                    dva[8 * p + 4], dva[8 * p + 5],
+                                                    dva[8 * p + 6], dva[8 * p + 7])
+                            b0, b1, b2, b3 = ptx.ldmatrix_x4_trans(qt + off)
+                            (dka[8 * p], dka[8 * p + 1], dka[8 * p + 2],
+                             dka[8 * p + 3]) = _mma(BF16, e0, e1, e2, e3, b0, b1, dka[8 * p],
+                                                    dka[8 * p + 1], dka[8 * p + 2],
+                                                    dka[8 * p + 3])
+                            (dka[8 * p + 4], dka[8 * p + 5], dka[8 * p + 6],
+                             dka[8 * p + 7]) = _mma(BF16, e0, e1, e2, e3, b2, b3,
+                                                    dka[8 * p + 4], dka[8 * p + 5],
+                                                    dka[8 * p + 6], dka[8 * p + 7])
+            if STAGES == 1:
+                cuda.syncthreads()      # everyone is done with the tile before it is replaced
+                if it + 1 < total:
+                    h1 = hk * group + (it + 1) // ntiles
+                    m1 = m_first + ((it + 1) % ntiles) * BM
+                    load_q(qb, qg, m1, q0, sq, h1, nh, tid)
+                    load_q(ob, og, m1, q0, sq, h1, nh, tid)
+
+        ptx.cp_async_wait_all()        # nothing in flight at exit (empty loops)
+        # epilogue: 16-bit pairs of dK (scaled) and dV for this warp's keys and slice
+        for p in range(SLP):
+            pp = ds * SLP + p
+            for j in range(2):
+                w = 4 * (2 * pp + j) + t
+                i = 8 * p + 4 * j
+                if pp < PAIRS and w < DW:
+                    if key_a < sk:
+                        dk[k0 + key_a, hk, w] = _pack(BF16, dka[i] * scale, dka[i + 1] * scale)
+                        dv[k0 + key_a, hk, w] = _pack(BF16, dva[i], dva[i + 1])
+                    if key_b < sk:
+                        dk[k0 + key_b, hk, w] = _pack(BF16, dka[i + 2] * scale,
+                                                      dka[i + 3] * scale)
+                        dv[k0 + key_b, hk, w] = _pack(BF16, dva[i + 2], dva[i + 3])
+
+    return bwd_tc_dkdv_kernel
