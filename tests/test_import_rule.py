@@ -4,8 +4,7 @@
   inside a function, ``attn_numba.launcher`` (the disk-cache loader); never the call path,
   the API, the backward's host side, benchmarks, explain or reports;
 * ``attn_numba.problem`` and ``attn_numba.arrays`` import nothing of the package;
-* no import circle among the package's modules, counting imports inside functions too
-  (but for :data:`KNOWN_CIRCLES`).
+* no import circle among the package's modules, counting imports inside functions too.
 """
 import ast
 import os
@@ -14,11 +13,6 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 KERNEL_MAY_IMPORT = ("attn_numba.kernels", "attn_numba.problem")
 KERNEL_MAY_IMPORT_LAZILY = ("attn_numba.launcher",)
 LEAVES = ("attn_numba.problem", "attn_numba.arrays")
-#: circles that exist and are to be broken (issue 19: explain/render.py is both the formatting
-#: library and the CLI); the test fails when one changes, so that this list shrinks with them
-KNOWN_CIRCLES = [["attn_numba.explain.context", "attn_numba.explain.core",
-                  "attn_numba.explain.diagnose", "attn_numba.explain.diagnose_columns",
-                  "attn_numba.explain.render"]]
 
 
 def _modules():
@@ -119,7 +113,7 @@ def _graph(mods):
 
 
 def test_no_import_circle():
-    assert _cycles(_graph(_modules())) == KNOWN_CIRCLES
+    assert _cycles(_graph(_modules())) == []
 
 
 def test_the_cycle_finder_can_fail():
