@@ -39,7 +39,7 @@ from .mask import band_mask, mma_c_rc
 from .pipeline import ring
 from .ptx_sm90 import shfl_xor
 from .softmax import epilogue, online_softmax, rescale
-from .tile_range import full_key_tiles, key_tiles
+from .tile_range import key_tiles
 from .v4_device import ROW_PAD, _k_ldsm_rc, _v_ldsm_rc, padded, tile_loader
 
 NAME = "flash_tc"
@@ -156,14 +156,16 @@ def build(config):
         kg = ptx.gaddr(k)
         vg = ptx.gaddr(v)
 
-        # the key tiles of the block's rows; this warp's rows: the tiles they see, and the
-        # tiles they all see in full (no element mask)
+        # the key tiles of the block's rows (tile_range); this warp's rows: the first and
+        # last row's key ranges (both bounds are non-decreasing in the row), which say whether
+        # the warp sees a tile at all and whether every row sees all of it (no element mask).
+        # (tile_range's warp-level tiles cost flash_tc at D=256 16-24 more bytes of register
+        # spills: notes/kernel_layer.md)
         n_first, n_end = key_tiles(row0, min(row0 + PB, sq) - 1, sq, sk, left, right, BN)
         wrow0 = row0 + 16 * (warp // HB)
         has_rows = wrow0 < sq
-        wrow1 = min(wrow0 + 15, sq - 1)
-        w_lo, w_hi = key_tiles(wrow0, wrow1, sq, sk, left, right, BN)
-        f_lo, f_hi = full_key_tiles(wrow0, wrow1, sq, sk, left, right, BN)
+        wlo_first, whi_first = key_range(wrow0, sq, sk, left, right)
+        wlo_last, whi_last = key_range(min(wrow0 + 15, sq - 1), sq, sk, left, right)
         row_a = wrow0 + (lane >> 2)
         row_b = row_a + 8
         lo_a, hi_a = key_range(row_a, sq, sk, left, right)
@@ -207,12 +209,12 @@ def build(config):
                 ptx.cp_async_wait_all()
                 cuda.syncthreads()      # K_j landed for all; V buffer free (P.V_{j-1} done)
                 _load_tile(vb, vg, n0, k0, sk, hk, hkv, tid)
-            active = has_rows and w_lo <= n0 and n0 < w_hi
+            active = has_rows and n0 <= whi_last and n0 + BN - 1 >= wlo_first
             if active:
                 _qk(s, qf, ptx.opaque_u32(k_lane + st), scale_log2)   # S = Q K^T, base 2
 
                 # mask unless the tile lies inside the band of every row of the warp
-                if not (f_lo <= n0 and n0 < f_hi):
+                if not (wlo_last <= n0 and n0 + BN - 1 <= whi_first):
                     _mask(s, n0, lane, lo_a, hi_a, lo_b, hi_b)
                 m_a, m_b, l_a, l_b, alpha_a, alpha_b = _update(s, m_a, m_b, l_a, l_b)
                 _rescale(acc, alpha_a, alpha_b)
