@@ -48,6 +48,8 @@ def _resolve_kernel(kernel, problem, backward=False):
         return mod
     reasons = []
     for name in names:
+        if name in kernels.OPT_IN:
+            continue
         mod = get(name)
         if mod is None:
             continue

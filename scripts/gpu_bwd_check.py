@@ -2,7 +2,8 @@
 against torch float64 autograd of the math path, then timing of the backward alone and of
 forward + backward, ours against FlexAttention. Everything lands in ``$OUT``.
 
-    OUT=/some/dir python scripts/gpu_bwd_check.py [--quick] [--no-time]
+    OUT=/some/dir python scripts/gpu_bwd_check.py [--quick] [--no-time] [--seqs 1024,8192]
+        [--variants]
 
 * correctness: FlashAttention's rule, each of dq, dk, dv: error against float64 at most twice
   the error of torch's own math path in the input dtype, plus 1e-4; outputs start as NaN;
@@ -41,9 +42,11 @@ def _np_dtype(tdtype):
     return np.dtype(np.float16) if tdtype == torch.float16 else _bf16()
 
 
-def _direct_bwd(dout, q, k, v, out, lse, cu_q, cu_k, mq, mk, scale, left, right, causal):
-    """The three plans of bwd_flash_tc launched through ``kernels.launch_plans`` on torch's
-    current stream (varlen layout; lse (H, total_q))."""
+def _direct_bwd(dout, q, k, v, out, lse, cu_q, cu_k, mq, mk, scale, left, right, causal,
+                **variant):
+    """The three plans of bwd_flash_tc (``variant``: ``plan``'s tile overrides) launched
+    through ``kernels.launch_plans`` on torch's current stream (varlen layout; lse
+    (H, total_q))."""
     import torch
     from numba import cuda
     from attn_numba.kernels import bwd_flash_tc as tc
@@ -62,7 +65,7 @@ def _direct_bwd(dout, q, k, v, out, lse, cu_q, cu_k, mq, mk, scale, left, right,
                   lse=cuda.as_cuda_array(lse.view(1, nh, total_q)), dq=as16(dq), dk=as16(dk),
                   dv=as16(dv), cu_seqlens_q=cuda.as_cuda_array(cu_q),
                   cu_seqlens_k=cuda.as_cuda_array(cu_k), delta=cuda.as_cuda_array(delta))
-    plans = tc.plan(problem)
+    plans = tc.plan(problem, **variant)
     for p in plans:   # the launch's exact argument types get the shared-memory opt-in
         args = plan_args(p, arrays)
         tc.opt_in_shared(p.kernel, tuple(p.kernel.typeof_pyval(a) for a in args), p.shared)
@@ -238,10 +241,45 @@ def _time_cases(seq_lens, causals):
     return rows
 
 
+#: tile variants of the backward timed at 8192 tokens (``plan``'s dkdv / dq overrides)
+VARIANTS = {"default": {}, "dkdv_bm16": dict(dkdv=(64, 16, 2)), "dq_bn64": dict(dq=(64, 64, 2)),
+            "one_stage": dict(dkdv=(64, 32, 1), dq=(64, 32, 1))}
+
+
+def _time_variants(seq_len=8192):
+    """Backward alone through the plans directly, per variant, non-causal log shape; each
+    variant's gradients against the default's (max abs difference)."""
+    import torch
+    from triton.testing import do_bench
+    from attn_numba.problem import normalize_window
+    q, k, v, dout, cu_q, cu_k, mq, mk = make_case(2, [seq_len], [seq_len], LOG["nh"],
+                                                   LOG["hkv"], LOG["d"], torch.float16)
+    scale, win = LOG["d"] ** -0.5, LOG["window"]
+    left, right = normalize_window(win, False)
+    out, lse = run_fwd(q, k, v, cu_q, cu_k, mq, mk, scale, False, win)
+    rows, base = [], None
+    for name, var in VARIANTS.items():
+        call = lambda: _direct_bwd(dout, q, k, v, out, lse, cu_q, cu_k, mq, mk, scale,  # noqa
+                                   left, right, False, **var)
+        g = call()
+        base = g if base is None else base
+        row = dict(variant=name, config={k_: list(v_) for k_, v_ in var.items()},
+                   bwd_ms=do_bench(call, return_mode="median"),
+                   max_diff=max(float((a.float() - b.float()).abs().max())
+                                for a, b in zip(g, base)))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="every third sweep case")
     ap.add_argument("--no-time", action="store_true")
+    ap.add_argument("--variants", action="store_true",
+                    help="also time the tile variants of VARIANTS at 8192 tokens")
+    ap.add_argument("--seqs", default="1024,2048,4096,8192",
+                    help="timed token counts (each costs FlexAttention a compile)")
     args = ap.parse_args()
     out_dir = os.environ.get("OUT", ".")
     path = os.path.join(out_dir, "bwd_check.json")
@@ -265,9 +303,16 @@ def main():
     res["sweep_s"] = time.time() - t0
     if not args.no_time:
         try:
-            res["timing"] = _time_cases([1024, 2048, 4096, 8192], [False, True])
+            res["timing"] = _time_cases([int(x) for x in args.seqs.split(",")],
+                                        [False, True])
         except Exception:  # noqa: BLE001
             res["timing_error"] = traceback.format_exc()[-2000:]
+        save()
+    if args.variants:
+        try:
+            res["variants"] = _time_variants()
+        except Exception:  # noqa: BLE001
+            res["variants_error"] = traceback.format_exc()[-2000:]
         save()
     npass = sum(r["ok"] for r in res["sweep"])
     print(f"\nsweep {npass}/{len(res['sweep'])} pass  ({res['device']})")
@@ -276,6 +321,8 @@ def main():
         print(f"{r['seq_len']:6d} {r['causal']:6d} | {r['ours_fwd']:.4f} {r['ours_bwd']:.4f} "
               f"{r['ours_fwd_bwd']:.4f} | {r.get('flex_bwd', float('nan')):.4f} "
               f"{r.get('flex_fwd_bwd', float('nan')):.4f} | {r['fwd_bwd_vs_flex'] or 0:.2f}")
+    for r in res.get("variants", []):
+        print(f"variant {r['variant']:10s} bwd {r['bwd_ms']:.4f} ms  max diff {r['max_diff']:.2e}")
     save()
 
 

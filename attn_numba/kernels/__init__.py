@@ -22,6 +22,7 @@ import numpy as np
 
 #: forward kernels, in the order ``kernel="auto"`` prefers them (the one registry of names)
 _MODULES = {
+    "flash_ws": "attn_numba.kernels.v6_flash_ws",  # Hopper (sm_90a) only; opt-in, see AUTO
     "flash_wgmma": "attn_numba.kernels.v5_flash_wgmma",  # Hopper only; absent from some builds
     "flash_tc": "attn_numba.kernels.v4_flash_tc",
     "flash": "attn_numba.kernels.v3_flash",
@@ -35,6 +36,9 @@ _BWD_MODULES = {
 }
 KERNEL_NAMES = tuple(_MODULES)
 BWD_KERNEL_NAMES = tuple(_BWD_MODULES)
+#: kernels ``auto`` never picks (they run only when named): flash_ws until the H200 shows
+#: it correct and faster than flash_wgmma (notes/v6_flash_ws.md)
+OPT_IN = frozenset({"flash_ws"})
 
 #: the array arguments of a forward call, in the order the call path passes their pointers
 FWD_ARRAYS = ("q", "k", "v", "out", "lse", "cu_seqlens_q", "cu_seqlens_k")

@@ -109,7 +109,7 @@ _OPTED = set()
 def opt_in_shared(kernel, argtypes, nbytes):
     """Compile ``kernel`` for ``argtypes`` and allow it ``nbytes`` of dynamic shared memory
     (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, needed above 48 KiB); as
-    ``v5_wgmma.opt_in_shared``. Nothing to do on the simulator."""
+    ``v5_flash_wgmma.opt_in_shared``. Nothing to do on the simulator."""
     if numba_config.ENABLE_CUDASIM or nbytes <= 48 * 1024:
         return
     from ..launcher import load_cached
@@ -124,18 +124,22 @@ def opt_in_shared(kernel, argtypes, nbytes):
     _OPTED.add(key)
 
 
-def plan(problem):
+def plan(problem, dkdv=None, dq=None):
     """The three launches (delta, dK/dV, dQ); on a GPU this compiles the gradient kernels
-    for their signatures and raises their dynamic shared-memory limit first."""
+    for their signatures and raises their dynamic shared-memory limit first. ``dkdv`` =
+    ``(keys per block, queries per tile, stages)`` and ``dq`` = ``(queries per block, keys
+    per tile, stages)`` override :func:`bwd_tc_layout.dkdv_config` / ``dq_config`` (variant
+    timing; the keys per block of dK/dV and queries per block of dQ are fixed by the warps)."""
     from . import Plan
     d, bf = problem.head_size, _is_bf16(problem.dtype)
-    dl, dkdv, dq = kernels(d, bf)
-    bnk, _, _ = dkdv_config(d)
-    bmq, _, _ = dq_config(d)
-    sh_kv, sh_q = dkdv_shared(d), dq_shared(d)
+    cfg_kv = dkdv_config(d) if dkdv is None else tuple(dkdv)
+    cfg_q = dq_config(d) if dq is None else tuple(dq)
+    dl = build_delta(d, bf)
+    k_kv, k_q = build_dkdv(d, bf, *cfg_kv), build_dq(d, bf, *cfg_q)
+    sh_kv, sh_q = dkdv_shared(d, *cfg_kv), dq_shared(d, *cfg_q)
     if not problem.on_simulator:
-        opt_in_shared(dkdv, dkdv_signature(), sh_kv)
-        opt_in_shared(dq, dq_signature(), sh_q)
+        opt_in_shared(k_kv, dkdv_signature(), sh_kv)
+        opt_in_shared(k_q, dq_signature(), sh_q)
     scalars = (np.float32(problem.softmax_scale * LOG2E), np.float32(problem.softmax_scale),
                np.int32(problem.window_left), np.int32(problem.window_right),
                bool(problem.lse_batched))
@@ -144,8 +148,9 @@ def plan(problem):
     if items:
         plans.append(Plan(dl, (-(-items // DELTA_WARPS),), 32 * DELTA_WARPS, (_U32, _U32),
                           (), 0, DELTA_ARRAYS))
-    grid_kv = (max(-(-problem.max_seqlen_k // bnk), 1), problem.num_kv_heads, problem.batch)
-    plans.append(Plan(dkdv, grid_kv, 32 * WARPS, DKDV_VIEWS, scalars, sh_kv, DKDV_ARRAYS))
-    grid_q = (max(-(-problem.max_seqlen_q // bmq), 1), problem.num_heads, problem.batch)
-    plans.append(Plan(dq, grid_q, 32 * WARPS, DQ_VIEWS, scalars, sh_q, DQ_ARRAYS))
+    grid_kv = (max(-(-problem.max_seqlen_k // cfg_kv[0]), 1), problem.num_kv_heads,
+               problem.batch)
+    plans.append(Plan(k_kv, grid_kv, 32 * WARPS, DKDV_VIEWS, scalars, sh_kv, DKDV_ARRAYS))
+    grid_q = (max(-(-problem.max_seqlen_q // cfg_q[0]), 1), problem.num_heads, problem.batch)
+    plans.append(Plan(k_q, grid_q, 32 * WARPS, DQ_VIEWS, scalars, sh_q, DQ_ARRAYS))
     return tuple(plans)

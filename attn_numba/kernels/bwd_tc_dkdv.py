@@ -4,7 +4,7 @@ Warp ``w`` owns keys ``n0 + 16 * (w // DSPLIT) ..`` (the mma M dimension) and th
 slice ``w % DSPLIT`` of their dK and dV accumulators. The block loops over the query heads of
 its GQA group and, per head, over the ``BM``-query tiles that its keys' band reaches
 (:func:`tile_range.query_rows`); Q and dO tiles come through a two-stage cp.async pipeline
-(tile j+1 in flight during tile j's work, one barrier per tile). Per tile (see
+(tile j+1 in flight during tile j's work; one stage as a variant). Per tile (see
 :mod:`bwd_tc_layout` for the fragment maps):
 
 ``S^T = K Q^T``, ``P^T = exp2(S^T scale_log2 - lse_log2)``, ``dP^T = V dO^T``,
@@ -14,46 +14,23 @@ Rows that see no key have lse = -inf; their P is 0 (lse_log2 is taken as +inf), 
 query columns past the sequence.
 """
 import functools
-import math
 
-import numpy as np
 from numba import config as numba_config
 from numba import cuda, float32, uint8, uint32
 
 from . import ptx
-from .bwd_tc_layout import WARPS, a_ldsm_rc, dsplit, padded, row_bytes
+from .bwd_tc_device import (NEG_INF, ZERO, _a_ldsm_rc, mma_pair, pack_a, row_delta,
+                            row_lse_log2, scores_loop)
+from .bwd_tc_layout import WARPS, dsplit, padded, row_bytes
 from .common import seq_span
 from .tile_range import query_rows
-from .v4_device import _c_frag_rc, _k_ldsm_rc, _mma, _p_from_s, _pack, _v_ldsm_rc, tile_loader
-
-LOG2E = np.float32(math.log2(math.e))
-POS_INF = np.float32(np.inf)
-NEG_INF = np.float32(-np.inf)
-ZERO = np.float32(0.0)
-_a_ldsm_rc = cuda.jit(device=True, inline=True, cache=True)(a_ldsm_rc)
-
-
-@cuda.jit(device=True, inline=True, cache=True)
-def row_lse_log2(lse, lse_batched, b, h, q0, row, sq):
-    """lse of query ``row`` in base 2, +inf for a row past the sequence or one that sees no
-    key (lse = -inf), so that ``exp2(s - lse_log2)`` is 0 there."""
-    if row >= sq:
-        return POS_INF
-    x = lse[b, h, row] if lse_batched else lse[0, h, q0 + row]
-    if x == NEG_INF:
-        return POS_INF
-    return x * LOG2E
-
-
-@cuda.jit(device=True, inline=True, cache=True)
-def row_delta(delta, h, q0, row, sq):
-    """delta = rowsum(dO * O) of query ``row`` (0 past the sequence)."""
-    if row >= sq:
-        return ZERO
-    return delta[h, q0 + row]
+from .v4_device import _c_frag_rc, _k_ldsm_rc, _pack, _v_ldsm_rc, tile_loader
 
 
 def build_dkdv(head_size, bf16, bnk, bm, nstages):
+    """The dK/dV kernel for ``head_size``, fp16 or ``bf16``, ``bnk`` keys per block (16 per
+    warp group of :func:`bwd_tc_layout.dsplit` warps), ``bm`` queries per tile and ``nstages``
+    (1 or 2) Q/dO pipeline stages; lru-cached per configuration."""
     return _build_dkdv(int(head_size), bool(bf16), int(bnk), int(bm), int(nstages))
 
 
@@ -81,6 +58,7 @@ def _build_dkdv(head_size, bf16, bnk, bm, nstages):
     STAGE_BYTES = 2 * TILE_BYTES
     load_kv = tile_loader(D, BNK, NT)
     load_q = tile_loader(D, BM, NT)
+    scores = scores_loop(QK_STEPS, S_TILES, RSB)
 
     jit_kw = dict(cache=True)
     if not numba_config.ENABLE_CUDASIM:
@@ -182,32 +160,8 @@ def _build_dkdv(head_size, bf16, bnk, bm, nstages):
                     dl[2 * nt] = row_delta(delta, h, q0, col, sq)
                     dl[2 * nt + 1] = row_delta(delta, h, q0, col + 1, sq)
                 # S^T = K Q^T and dP^T = V dO^T (keys x queries)
-                for i in range(S_LEN):
-                    s[i] = ZERO
-                    dp[i] = ZERO
-                ka = ptx.opaque_u32(kb + a_off)
-                va = ptx.opaque_u32(vb + a_off)
-                qn = ptx.opaque_u32(qb + st + b_off)
-                on = ptx.opaque_u32(ob + st + b_off)
-                for kk in range(QK_STEPS):
-                    a0, a1, a2, a3 = ptx.ldmatrix_x4(ka + uint32(32 * kk))
-                    for p in range(S_TILES // 2):
-                        b0, b1, b2, b3 = ptx.ldmatrix_x4(qn + uint32(16 * p * RSB + 32 * kk))
-                        s[8 * p], s[8 * p + 1], s[8 * p + 2], s[8 * p + 3] = _mma(
-                            BF16, a0, a1, a2, a3, b0, b1,
-                            s[8 * p], s[8 * p + 1], s[8 * p + 2], s[8 * p + 3])
-                        s[8 * p + 4], s[8 * p + 5], s[8 * p + 6], s[8 * p + 7] = _mma(
-                            BF16, a0, a1, a2, a3, b2, b3,
-                            s[8 * p + 4], s[8 * p + 5], s[8 * p + 6], s[8 * p + 7])
-                    a0, a1, a2, a3 = ptx.ldmatrix_x4(va + uint32(32 * kk))
-                    for p in range(S_TILES // 2):
-                        b0, b1, b2, b3 = ptx.ldmatrix_x4(on + uint32(16 * p * RSB + 32 * kk))
-                        dp[8 * p], dp[8 * p + 1], dp[8 * p + 2], dp[8 * p + 3] = _mma(
-                            BF16, a0, a1, a2, a3, b0, b1,
-                            dp[8 * p], dp[8 * p + 1], dp[8 * p + 2], dp[8 * p + 3])
-                        dp[8 * p + 4], dp[8 * p + 5], dp[8 * p + 6], dp[8 * p + 7] = _mma(
-                            BF16, a0, a1, a2, a3, b2, b3,
-                            dp[8 * p + 4], dp[8 * p + 5], dp[8 * p + 6], dp[8 * p + 7])
+                scores(BF16, ptx.opaque_u32(kb + a_off), ptx.opaque_u32(qb + st + b_off), s,
+                       ptx.opaque_u32(vb + a_off), ptx.opaque_u32(ob + st + b_off), dp)
                 # P^T (masked outside each key's rows unless every key sees the whole tile)
                 full = wl_lo <= m0 and m0 + BM - 1 <= wf_hi
                 for nt in range(S_TILES):
@@ -229,40 +183,16 @@ def _build_dkdv(head_size, bf16, bnk, bm, nstages):
                 ot = ptx.opaque_u32(ob + st + t_off)
                 qt = ptx.opaque_u32(qb + st + t_off)
                 for kk in range(PV_STEPS):
-                    t0, r0 = _p_from_s(kk, 0)
-                    t1, r1 = _p_from_s(kk, 1)
-                    t2, r2 = _p_from_s(kk, 2)
-                    t3, r3 = _p_from_s(kk, 3)
-                    p0 = _pack(BF16, s[4 * t0 + r0], s[4 * t0 + r0 + 1])
-                    p1 = _pack(BF16, s[4 * t1 + r1], s[4 * t1 + r1 + 1])
-                    p2 = _pack(BF16, s[4 * t2 + r2], s[4 * t2 + r2 + 1])
-                    p3 = _pack(BF16, s[4 * t3 + r3], s[4 * t3 + r3 + 1])
-                    e0 = _pack(BF16, dp[4 * t0 + r0], dp[4 * t0 + r0 + 1])
-                    e1 = _pack(BF16, dp[4 * t1 + r1], dp[4 * t1 + r1 + 1])
-                    e2 = _pack(BF16, dp[4 * t2 + r2], dp[4 * t2 + r2 + 1])
-                    e3 = _pack(BF16, dp[4 * t3 + r3], dp[4 * t3 + r3 + 1])
+                    p0, p1, p2, p3 = pack_a(BF16, s, kk)
+                    e0, e1, e2, e3 = pack_a(BF16, dp, kk)
                     for p in range(SLP):
                         pp = ds * SLP + p
                         if pp < PAIRS:
                             off = uint32(16 * kk * RSB + 32 * pp)
                             b0, b1, b2, b3 = ptx.ldmatrix_x4_trans(ot + off)
-                            (dva[8 * p], dva[8 * p + 1], dva[8 * p + 2],
-                             dva[8 * p + 3]) = _mma(BF16, p0, p1, p2, p3, b0, b1, dva[8 * p],
-                                                    dva[8 * p + 1], dva[8 * p + 2],
-                                                    dva[8 * p + 3])
-                            (dva[8 * p + 4], dva[8 * p + 5], dva[8 * p + 6],
-                             dva[8 * p + 7]) = _mma(BF16, p0, p1, p2, p3, b2, b3,
-                                                    dva[8 * p + 4], dva[8 * p + 5],
-                                                    dva[8 * p + 6], dva[8 * p + 7])
+                            mma_pair(BF16, p0, p1, p2, p3, b0, b1, b2, b3, dva, 8 * p)
                             b0, b1, b2, b3 = ptx.ldmatrix_x4_trans(qt + off)
-                            (dka[8 * p], dka[8 * p + 1], dka[8 * p + 2],
-                             dka[8 * p + 3]) = _mma(BF16, e0, e1, e2, e3, b0, b1, dka[8 * p],
-                                                    dka[8 * p + 1], dka[8 * p + 2],
-                                                    dka[8 * p + 3])
-                            (dka[8 * p + 4], dka[8 * p + 5], dka[8 * p + 6],
-                             dka[8 * p + 7]) = _mma(BF16, e0, e1, e2, e3, b2, b3,
-                                                    dka[8 * p + 4], dka[8 * p + 5],
-                                                    dka[8 * p + 6], dka[8 * p + 7])
+                            mma_pair(BF16, e0, e1, e2, e3, b0, b1, b2, b3, dka, 8 * p)
             if STAGES == 1:
                 cuda.syncthreads()      # everyone is done with the tile before it is replaced
                 if it + 1 < total:

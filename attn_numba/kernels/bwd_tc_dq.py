@@ -12,17 +12,17 @@
 """
 import functools
 
-import numpy as np
 from numba import config as numba_config
 from numba import cuda, float32, uint8, uint32
 
 from . import ptx
-from .bwd_tc_dkdv import NEG_INF, ZERO, _a_ldsm_rc, row_delta, row_lse_log2
+from .bwd_tc_device import (NEG_INF, ZERO, _a_ldsm_rc, mma_pair, pack_a, row_delta,
+                            row_lse_log2, scores_loop)
 from .bwd_tc_layout import WARPS, padded, row_bytes
 from .bwd_tc_ptx import unpack_bf16x2, unpack_f16x2
 from .common import key_range, seq_span
 from .tile_range import full_key_tiles, key_tiles
-from .v4_device import _c_frag_rc, _k_ldsm_rc, _mma, _p_from_s, _pack, _v_ldsm_rc, tile_loader
+from .v4_device import _c_frag_rc, _k_ldsm_rc, _pack, _v_ldsm_rc, tile_loader
 
 #: warps per block of the preprocess (one (row, head) each)
 DELTA_WARPS = 8
@@ -42,6 +42,7 @@ def _dot2(bf16, x, y):
 
 @functools.lru_cache(maxsize=None)
 def build_delta(head_size, bf16):
+    """The preprocess kernel ``delta = rowsum(dO * O)`` for ``head_size``, fp16 or ``bf16``."""
     DW = head_size // 2
     BF16 = bool(bf16)
     NT = 32 * DELTA_WARPS
@@ -71,6 +72,8 @@ def build_delta(head_size, bf16):
 
 
 def build_dq(head_size, bf16, bmq, bn, nstages):
+    """The dQ kernel for ``head_size``, fp16 or ``bf16``, ``bmq`` queries per block (16 per
+    warp), ``bn`` keys per tile and ``nstages`` (1 or 2) K/V pipeline stages; lru-cached."""
     return _build_dq(int(head_size), bool(bf16), int(bmq), int(bn), int(nstages))
 
 
@@ -95,6 +98,7 @@ def _build_dq(head_size, bf16, bmq, bn, nstages):
     STAGE_BYTES = 2 * TILE_BYTES
     load_q = tile_loader(D, BMQ, NT)
     load_kv = tile_loader(D, BN, NT)
+    scores = scores_loop(QK_STEPS, S_TILES, RSB)
 
     jit_kw = dict(cache=True)
     if not numba_config.ENABLE_CUDASIM:
@@ -174,32 +178,9 @@ def _build_dq(head_size, bf16, bmq, bn, nstages):
                 load_kv(kb + nxt, kg, n0 + BN, k0, sk, hk, hkv, tid)
                 load_kv(vb + nxt, vg, n0 + BN, k0, sk, hk, hkv, tid)
             if has_rows and w_lo <= n0 and n0 < w_hi:
-                for i in range(S_LEN):
-                    s[i] = ZERO
-                    dp[i] = ZERO
-                qa = ptx.opaque_u32(qb + a_off)
-                oa = ptx.opaque_u32(ob + a_off)
-                kn = ptx.opaque_u32(kb + st + b_off)
-                vn = ptx.opaque_u32(vb + st + b_off)
-                for kk in range(QK_STEPS):
-                    a0, a1, a2, a3 = ptx.ldmatrix_x4(qa + uint32(32 * kk))
-                    for p in range(S_TILES // 2):
-                        b0, b1, b2, b3 = ptx.ldmatrix_x4(kn + uint32(16 * p * RSB + 32 * kk))
-                        s[8 * p], s[8 * p + 1], s[8 * p + 2], s[8 * p + 3] = _mma(
-                            BF16, a0, a1, a2, a3, b0, b1,
-                            s[8 * p], s[8 * p + 1], s[8 * p + 2], s[8 * p + 3])
-                        s[8 * p + 4], s[8 * p + 5], s[8 * p + 6], s[8 * p + 7] = _mma(
-                            BF16, a0, a1, a2, a3, b2, b3,
-                            s[8 * p + 4], s[8 * p + 5], s[8 * p + 6], s[8 * p + 7])
-                    a0, a1, a2, a3 = ptx.ldmatrix_x4(oa + uint32(32 * kk))
-                    for p in range(S_TILES // 2):
-                        b0, b1, b2, b3 = ptx.ldmatrix_x4(vn + uint32(16 * p * RSB + 32 * kk))
-                        dp[8 * p], dp[8 * p + 1], dp[8 * p + 2], dp[8 * p + 3] = _mma(
-                            BF16, a0, a1, a2, a3, b0, b1,
-                            dp[8 * p], dp[8 * p + 1], dp[8 * p + 2], dp[8 * p + 3])
-                        dp[8 * p + 4], dp[8 * p + 5], dp[8 * p + 6], dp[8 * p + 7] = _mma(
-                            BF16, a0, a1, a2, a3, b2, b3,
-                            dp[8 * p + 4], dp[8 * p + 5], dp[8 * p + 6], dp[8 * p + 7])
+                # S = Q K^T and dP = dO V^T
+                scores(BF16, ptx.opaque_u32(qb + a_off), ptx.opaque_u32(kb + st + b_off), s,
+                       ptx.opaque_u32(ob + a_off), ptx.opaque_u32(vb + st + b_off), dp)
                 full = f_lo <= n0 and n0 < f_hi
                 for nt in range(S_TILES):
                     for r in range(4):
@@ -219,23 +200,11 @@ def _build_dq(head_size, bf16, bmq, bn, nstages):
                 # dQ += dS K (K through ldmatrix.trans)
                 kt = ptx.opaque_u32(kb + st + t_off)
                 for kk in range(PV_STEPS):
-                    t0, r0 = _p_from_s(kk, 0)
-                    t1, r1 = _p_from_s(kk, 1)
-                    t2, r2 = _p_from_s(kk, 2)
-                    t3, r3 = _p_from_s(kk, 3)
-                    e0 = _pack(BF16, dp[4 * t0 + r0], dp[4 * t0 + r0 + 1])
-                    e1 = _pack(BF16, dp[4 * t1 + r1], dp[4 * t1 + r1 + 1])
-                    e2 = _pack(BF16, dp[4 * t2 + r2], dp[4 * t2 + r2 + 1])
-                    e3 = _pack(BF16, dp[4 * t3 + r3], dp[4 * t3 + r3 + 1])
+                    e0, e1, e2, e3 = pack_a(BF16, dp, kk)
                     for p in range(PAIRS):
                         b0, b1, b2, b3 = ptx.ldmatrix_x4_trans(
                             kt + uint32(16 * kk * RSB + 32 * p))
-                        acc[8 * p], acc[8 * p + 1], acc[8 * p + 2], acc[8 * p + 3] = _mma(
-                            BF16, e0, e1, e2, e3, b0, b1,
-                            acc[8 * p], acc[8 * p + 1], acc[8 * p + 2], acc[8 * p + 3])
-                        (acc[8 * p + 4], acc[8 * p + 5], acc[8 * p + 6],
-                         acc[8 * p + 7]) = _mma(BF16, e0, e1, e2, e3, b2, b3, acc[8 * p + 4],
-                                                acc[8 * p + 5], acc[8 * p + 6], acc[8 * p + 7])
+                        mma_pair(BF16, e0, e1, e2, e3, b0, b1, b2, b3, acc, 8 * p)
             if STAGES == 1:
                 cuda.syncthreads()
                 if n0 + BN < n_hi:

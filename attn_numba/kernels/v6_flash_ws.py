@@ -1,0 +1,241 @@
+"""v6: warp-specialised flash attention for Hopper (sm_90a): TMA loads on an mbarrier pipeline,
+one producer warpgroup and two consumer warpgroups per block, after FlashAttention-3's
+structure, in Numba (inline PTX: :mod:`attn_numba.kernels.ptx_tma`, ``ptx_sm90``).
+
+A block has 384 threads (``launch_bounds=(384, 1)``) and 128 query rows: (position, head)
+pairs of one GQA group, 64 per consumer warpgroup, packed as flash_wgmma packs them
+(:mod:`attn_numba.kernels.v6_layout`).
+
+* Warpgroup 0, the producer, gives registers back (``setmaxnreg.dec`` to 24); one of its
+  threads issues every load: both Q tiles once, then the K and V tiles of the block's key
+  band into ``S`` >= 2 stages, each stage guarded by full barriers (K and V apart, so QK^T
+  can start before V has landed) and an empty barrier the consumers arrive on.
+* Warpgroups 1 and 2, the consumers (``setmaxnreg.inc`` to 240), share every K/V tile: per
+  tile S = Q K^T (wgmma, both operands in shared memory), the online softmax on the
+  fragments (the element mask only on the band's partial tiles: ``tile_range``), O += P V
+  (P from registers), then release the stage; the epilogue writes O and lse from registers.
+* Loads are TMA boxes through ``CUtensorMap``s in global memory (:mod:`attn_numba.tensormap`):
+  a first launch writes the call's q, k, v addresses into the specialisation's maps
+  (``tensormap.replace``), the kernel acquires them (``fence.proxy.tensormap``) once per
+  block. The 128B-swizzled boxes land in the tile layout of ``wgmma_layout``.
+
+Semantics as every kernel: GQA, windows (bottom-right), causal, varlen, lse; rows without a
+key give 0 and -inf. Not runnable on the simulator; PTX checked with ``compile_ptx(...,
+cc=(9, 0, "a"))`` and ptxas. Notes: notes/v6_flash_ws.md.
+"""
+import functools
+import math
+
+import numpy as np
+from numba import config as numba_config
+from numba import cuda, types, uint32, uint64
+
+from . import ptx_sm90 as px
+from . import ptx_tma as pt
+from . import v6_layout as lay
+from . import v6_roles
+from .common import array_type, seq_span
+from .config import heads_per_block
+from .tile_range import full_key_tiles, key_tiles
+from .v5_flash_wgmma import kind_of, opt_in_shared
+
+NAME = "flash_ws"
+
+THREADS = 128 * (1 + lay.CONSUMERS)
+PRODUCER_REGS = 24
+CONSUMER_REGS = 240
+#: the budgets add up to the entry allocation of 384 threads at one block per SM (3 x 168)
+assert PRODUCER_REGS + lay.CONSUMERS * CONSUMER_REGS == 3 * ((65536 // THREADS) // 8 * 8)
+HEAD_SIZES = (64, 128)
+#: keys per tile, per head size (unmeasured: the GPU script times 64 and 128)
+BLOCK_N = {64: 64, 128: 64}
+#: K/V stages
+STAGES = 2
+#: consumer loop with FlashAttention-3's intra-warpgroup overlap (QK^T of tile j issued with
+#: PV of tile j-1); off until a GPU sweep has passed with it
+OVERLAP = False
+MAX_SHARED = 227 * 1024
+
+
+def build(head_size, kind="f16", heads=4, block_n=None, stages=None, overlap=None,
+          debug_waits=False):
+    """The kernel for ``head_size``, ``kind`` ('f16'/'bf16'), ``heads`` query heads per tile
+    (4, 2 or 1 of a GQA group), key tile ``block_n``, ``stages`` and the consumer loop
+    ``overlap`` (None = the module defaults); ``debug_waits``: bounded waits that print
+    the one that timed out (v6_roles.roles), for diagnosing a hang."""
+    bn = BLOCK_N[head_size] if block_n is None else block_n
+    return _build(head_size, kind, heads, bn, STAGES if stages is None else stages,
+                  OVERLAP if overlap is None else bool(overlap), bool(debug_waits))
+
+
+@functools.lru_cache(maxsize=None)
+def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False):
+    assert D in HEAD_SIZES and BN in (64, 128) and S >= 2 and HB in (1, 2, 4)
+    assert lay.shared_bytes(D, BN, S) <= MAX_SHARED
+    PB = lay.positions_per_tile(HB)
+    ROWS = lay.CONSUMERS * PB            # positions per block
+    r = v6_roles.roles(D, BN, kind, HB, S, overlap, debug_waits)
+    init_barriers, produce, consume = r.init_barriers, r.produce, r.consume
+    dec = pt.setmaxnreg_dec(PRODUCER_REGS)
+    inc = pt.setmaxnreg_inc(CONSUMER_REGS)
+
+    jit_kw = dict(cache=True)
+    if not numba_config.ENABLE_CUDASIM:
+        jit_kw["launch_bounds"] = (THREADS, 1)   # the 1 makes ptxas honour setmaxnreg
+
+    @cuda.jit(**jit_kw)
+    def flash_ws_kernel(q, k, v, out, lse, cu_q, cu_k, scale_log2, left, right, lse_batched,
+                        maps):
+        """q, k, v: uint16 (total, heads, D) views (read through the maps at ``maps``: Q, K,
+        V, 128 bytes each); out: uint32 (total_q, H, D/2). Block (x, y, z) = (positions
+        x*ROWS.., heads y*HB.., sequence z)."""
+        tid = cuda.threadIdx.x
+        wg = tid >> 7
+        b = cuda.blockIdx.z
+        q0, sq = seq_span(cu_q, b)
+        row0 = cuda.blockIdx.x * ROWS
+        if row0 >= sq:
+            return
+        k0, sk = seq_span(cu_k, b)
+        hbase = cuda.blockIdx.y * HB
+        hkv = hbase // (q.shape[1] // k.shape[1])
+        last = min(row0 + ROWS, sq) - 1
+        n_lo, n_hi = key_tiles(row0, last, sq, sk, left, right, BN)
+        ntiles = max(n_hi - n_lo, 0) // BN
+        smem = cuda.shared.array(0, types.uint8)
+        base = (px.smem_addr(smem) + uint32(1023)) & uint32(0xFFFFFC00)
+        if tid == 0:
+            init_barriers(base)
+        cuda.syncthreads()
+        if wg == 0:
+            dec()
+            if tid == 0 and ntiles > 0:
+                produce(base, maps, q0, sq, row0, hbase, k0, hkv, n_lo, ntiles)
+        else:
+            inc()
+            f_lo, f_hi = full_key_tiles(row0, last, sq, sk, left, right, BN)
+            consume(base, wg - 1, tid & 127, out, lse, b, q0, sq, sk, row0, hbase, n_lo,
+                    ntiles, f_lo, f_hi, left, right, scale_log2, lse_batched)
+
+    return flash_ws_kernel
+
+
+@functools.lru_cache(maxsize=None)
+def _build_prepare():
+    @cuda.jit(cache=True)
+    def flash_ws_prepare(q, k, v, maps):
+        """Write the call's q, k, v data addresses into the three maps at ``maps``."""
+        if cuda.threadIdx.x == 0:
+            m = uint64(maps)
+            pt.tensormap_replace_address(m, px.data_ptr(q))
+            pt.tensormap_replace_address(m + uint64(128), px.data_ptr(k))
+            pt.tensormap_replace_address(m + uint64(256), px.data_ptr(v))
+            pt.fence_tensormap_release()
+    return flash_ws_prepare
+
+
+# --------------------------------------------------------------------------- module contract
+
+def _signature():
+    u2 = array_type(np.uint16, 3)
+    return (u2, u2, u2, array_type(np.uint32, 3), array_type(np.float32, 3),
+            array_type(np.int32, 1), array_type(np.int32, 1), types.float32, types.int32,
+            types.int32, types.boolean, types.int64)
+
+
+def _prepare_signature():
+    u2 = array_type(np.uint16, 3)
+    return (u2, u2, u2, types.int64)
+
+
+def compile_targets(head_size, dtype, heads=(4,)):
+    """``[(label, python function, signature)]`` for ``compile_ptx(..., cc=(9, 0, "a"))``:
+    the kernel per ``heads`` and the map-address launch."""
+    kind = kind_of(dtype)
+    if kind is None or head_size not in HEAD_SIZES:
+        return []
+    return ([(f"flash_ws_kernel_{kind}_d{head_size}_h{hb}", build(head_size, kind, hb).py_func,
+              _signature()) for hb in heads] +
+            [("flash_ws_prepare", _build_prepare().py_func, _prepare_signature())])
+
+
+def supports(problem):
+    """Why this kernel cannot run ``problem`` (None when it can). Not yet run on a GPU:
+    scripts/gpu_v6_check.py is its first check (notes/v6_flash_ws.md)."""
+    if problem.on_simulator:
+        return "the CUDA simulator cannot run inline PTX (TMA, wgmma)"
+    if kind_of(problem.dtype) is None:
+        return f"flash_ws is fp16/bf16 only, got {np.dtype(problem.dtype)}"
+    if problem.head_size not in HEAD_SIZES:
+        return f"flash_ws supports head_size in {HEAD_SIZES}, got {problem.head_size}"
+    cc = cuda.get_current_device().compute_capability
+    if tuple(cc) != (9, 0):
+        return f"flash_ws needs sm_90 (Hopper: TMA, wgmma), this device is sm_{cc[0]}{cc[1]}"
+    return None
+
+
+def configure(problem, heads=None, block_n=None, stages=None, overlap=None,
+              debug_waits=False):
+    """(kernel, grid, dynamic shared bytes, heads, block_n) for ``problem``."""
+    hb = heads_per_block(problem.group_size) if heads is None else heads
+    d = problem.head_size
+    bn = BLOCK_N[d] if block_n is None else block_n
+    st = STAGES if stages is None else stages
+    kernel = build(d, kind_of(problem.dtype), hb, bn, st, overlap, debug_waits)
+    rows = lay.CONSUMERS * lay.positions_per_tile(hb)
+    grid = ((max(problem.max_seqlen_q, 1) + rows - 1) // rows, problem.num_heads // hb,
+            problem.batch)
+    return kernel, grid, lay.shared_bytes(d, bn, st), hb, bn
+
+
+def map_specs(problem, heads, block_n):
+    """The TiledSpecs of the Q, K and V maps (boxes: PB positions of one head; BN keys)."""
+    from ..tensormap import tiled_spec
+    kind = kind_of(problem.dtype)
+    d = problem.head_size
+    return (tiled_spec(kind, (problem.total_q, problem.num_heads, d),
+                       lay.positions_per_tile(heads)),
+            tiled_spec(kind, (problem.total_k, problem.num_kv_heads, d), block_n),
+            tiled_spec(kind, (problem.total_k, problem.num_kv_heads, d), block_n))
+
+
+def _scalars(problem):
+    return (np.float32(problem.softmax_scale * math.log2(math.e)),
+            np.int32(problem.window_left), np.int32(problem.window_right),
+            bool(problem.lse_batched))
+
+
+def plan(problem, **kw):
+    """Two launches: the map-address writer (one warp) and the kernel. The maps are the
+    specialisation's own (:func:`attn_numba.tensormap.template_maps`, made once); calls that
+    share a specialisation must run on one stream (the first launch rewrites the maps).
+    Keyword overrides (``heads``, ``block_n``, ``stages``, ``overlap``, ``debug_waits``) as
+    in :func:`build`."""
+    from .. import tensormap
+    from . import Plan
+    kernel, grid, shared, hb, bn = configure(problem, **kw)
+    specs = map_specs(problem, hb, bn)
+    dev = cuda.get_current_device().id
+    maps = tensormap.template_maps(specs, (NAME, dev, specs)).address
+    opt_in_shared(kernel, _signature(), shared)
+    prep = Plan(_build_prepare(), (1,), 32, (np.uint16,) * 3, (np.int64(maps),),
+                arrays=("q", "k", "v"))
+    views = (np.uint16, np.uint16, np.uint16, np.uint32)
+    main = Plan(kernel, grid, THREADS, views, _scalars(problem) + (np.int64(maps),), shared)
+    return (prep, main)
+
+
+def plan_direct(problem, q_ptr, k_ptr, v_ptr, **kw):
+    """The kernel's launch alone, with maps of the arrays at these data pointers
+    (:func:`attn_numba.tensormap.maps_for`, cached per pointers): for a call path that
+    passes per-call pointers to the module (the contract's :func:`plan` cannot), and for
+    timing what the map-address launch costs. The maps stay alive while they are among
+    the 256 most recent of ``maps_for``'s cache. Keywords as in :func:`plan`."""
+    from .. import tensormap
+    from . import Plan
+    kernel, grid, shared, hb, bn = configure(problem, **kw)
+    specs = map_specs(problem, hb, bn)
+    maps = tensormap.maps_for(zip((q_ptr, k_ptr, v_ptr), specs)).address
+    opt_in_shared(kernel, _signature(), shared)
+    views = (np.uint16, np.uint16, np.uint16, np.uint32)
+    return (Plan(kernel, grid, THREADS, views, _scalars(problem) + (np.int64(maps),), shared),)

@@ -1,0 +1,89 @@
+"""Plain-Python index maps of flash_ws (v6, :mod:`attn_numba.kernels.v6_flash_ws`): where each
+TMA box lands in shared memory, the shared-memory plan (tiles, then mbarriers) and the rows a
+consumer thread owns. Compiled into the kernel and run by the NumPy emulation of
+``tests/test_v6_layout.py``; the tile layout is :mod:`attn_numba.kernels.wgmma_layout`'s.
+
+A block has ``CONSUMERS`` = 2 consumer warpgroups, each owning a 64-row Q tile; a row is a
+(head, position) pair of one GQA group: ``heads`` query heads x ``PB = 64 / heads``
+positions, row ``r`` = head ``r // PB``, position ``r % PB``; consumer ``c`` takes the
+positions ``row0 + c PB ..``. So a block covers ``2 PB`` positions of ``heads`` heads.
+
+TMA boxes (:func:`attn_numba.tensormap.tiled_spec`): ``(64, 1, PB)`` for Q (PB positions of
+one head, 64 elements of D) and ``(64, 1, BN)`` for K and V. With the 128B swizzle a box of
+``n`` rows lands as ``n`` 128-byte rows, 16-byte chunk ``c`` of row ``r`` at chunk
+``c ^ (r % 8)`` counted from a 1024-byte aligned address, which is exactly rows
+``r0 .. r0 + n - 1`` of a column block of a wgmma tile when ``r0 % 8 == 0``.
+"""
+
+SWIZZLE_BYTES = 128
+ATOM_BYTES = 1024
+BLOCK_M = 64          # rows per consumer warpgroup
+CONSUMERS = 2
+BOX_COLS = 64         # elements of D per box (128 bytes)
+BAR_BYTES = 8
+
+
+def positions_per_tile(heads):
+    """PB: positions per 64-row tile when it packs ``heads`` heads of a GQA group."""
+    return BLOCK_M // heads
+
+
+def q_tile_bytes(head_size):
+    return 2 * BLOCK_M * head_size
+
+
+def kv_tile_bytes(head_size, block_n):
+    return 2 * block_n * head_size
+
+
+def q_box_offset(consumer, head_slot, cb, head_size, heads):
+    """Byte offset from the (1024-aligned) shared base of the Q box of ``head_slot`` (0 ..
+    heads-1) and column block ``cb`` (elements ``64 cb ..`` of D) of ``consumer``'s tile
+    (a leaf function: the kernel compiles it)."""
+    pb = 64 // heads
+    return (consumer * 128 * head_size + cb * 64 * SWIZZLE_BYTES +
+            head_slot * pb * SWIZZLE_BYTES)
+
+
+def kv_box_offset(cb, block_n):
+    """Byte offset, inside a K (or V) tile of ``block_n`` keys, of column block ``cb``."""
+    return cb * block_n * SWIZZLE_BYTES
+
+
+def stage_offset(stage, head_size, block_n):
+    """Byte offset of stage ``stage``'s K tile (its V tile follows at + kv_tile_bytes)."""
+    return CONSUMERS * q_tile_bytes(head_size) + stage * 2 * kv_tile_bytes(head_size, block_n)
+
+
+def barrier_offsets(head_size, block_n, stages):
+    """(q_full, k_full, v_full, empty) byte offsets: one Q barrier, then ``stages`` each of
+    K-full, V-full and empty barriers (stage ``s`` at + 8 s), after the tiles."""
+    base = stage_offset(stages, head_size, block_n)
+    return (base, base + BAR_BYTES, base + BAR_BYTES * (1 + stages),
+            base + BAR_BYTES * (1 + 2 * stages))
+
+
+def shared_bytes(head_size, block_n, stages):
+    """Dynamic shared memory of a block: tiles, barriers, and 1024 bytes of slack for the
+    base's alignment to the swizzle atom."""
+    return (barrier_offsets(head_size, block_n, stages)[3] + BAR_BYTES * stages +
+            ATOM_BYTES)
+
+
+def box_swizzled_offset(r, e):
+    """Byte offset, from a box's (1024-aligned) landing address, of element ``e`` (0..63) of
+    row ``r`` of a 128-byte-wide box loaded with the 128B swizzle (the TMA's layout)."""
+    return r * SWIZZLE_BYTES + (((e >> 3) ^ (r & 7)) << 4) + (e & 7) * 2
+
+
+def consumer_rows(warp, lane, heads):
+    """(head slot, position offset of row a) of thread (warp 0..3, lane) of a consumer
+    warpgroup: warp ``w`` has rows ``16 w .. 16 w + 15`` (one head); row b is 8 positions
+    further (the accumulator layout of wgmma_layout.acc_rc)."""
+    pb = 64 // heads
+    return (16 * warp) // pb, (16 * warp) % pb + (lane >> 2)
+
+
+def stage_phase(j, stages):
+    """(stage, parity) of key tile ``j``: its full barriers complete phase ``j // stages``."""
+    return j % stages, (j // stages) & 1

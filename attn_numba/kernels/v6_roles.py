@@ -1,0 +1,277 @@
+"""The two roles of flash_ws (v6) as device functions, built per specialisation: the producer
+(one thread issuing every TMA load of a block) and a consumer warpgroup (QK^T, online
+softmax, PV and the epilogue on 64 rows). They meet only at mbarriers in shared memory:
+
+* ``q_full``: one arrival (the producer's ``arrive.expect_tx``) plus the bytes of the Q
+  tiles it loads (a consumer whose rows all lie past the sequence gets none); completes
+  phase 0 once.
+* ``k_full[s]``, ``v_full[s]``: one arrival plus a K (V) tile's bytes; phase ``j // S``
+  completes when tile ``j`` has landed in stage ``s = j % S``.
+* ``empty[s]``: ``EMPTY_ARRIVALS`` = 8 arrivals, lane 0 of every consumer warp after its
+  PV wgmma of the stage's tile has completed; the producer waits for phase ``j // S - 1``
+  before loading tile ``j`` into stage ``s``.
+
+A consumer's key loop is the plain one (wait K, QK^T, softmax, wait V, PV, release) or
+the overlapped one (QK^T of tile j issued with PV of tile j-1). The maths steps (QK^T / PV
+issue, softmax, rescale and pack, epilogue) are flash_wgmma's
+(:func:`attn_numba.kernels.v5_steps.steps` with two warpgroups per block), unchanged: the
+tile layout the TMA writes is the one v5's cp.async wrote. Index maps: ``v6_layout``.
+"""
+import functools
+from collections import namedtuple
+
+import numpy as np
+from numba import cuda, float32, uint32, uint64
+
+from . import ptx_sm90 as px
+from . import ptx_tma as pt
+from . import v5_steps
+from . import v6_layout as lay
+from .common import NEG_INF, key_range
+
+ZERO = np.float32(0.0)
+EMPTY_ARRIVALS = 4 * lay.CONSUMERS
+#: try_wait attempts before a debug build reports a wait as hung (each attempt waits a
+#: hardware-chosen time: a few microseconds, so about seconds in all)
+WAIT_LIMIT = 1 << 20
+Roles = namedtuple("Roles", "init_barriers produce consume")
+
+_stage_phase = cuda.jit(device=True, inline=True, cache=True)(lay.stage_phase)
+_consumer_rows = cuda.jit(device=True, inline=True, cache=True)(lay.consumer_rows)
+_q_box_offset = cuda.jit(device=True, inline=True, cache=True)(lay.q_box_offset)
+_kv_box_offset = cuda.jit(device=True, inline=True, cache=True)(lay.kv_box_offset)
+
+
+@functools.lru_cache(maxsize=None)
+def _wait(debug_waits):
+    """``wait(bar, parity, what, j)``: an mbarrier wait; with ``debug_waits`` bounded to
+    ``WAIT_LIMIT`` attempts, printing which one ran out."""
+    if debug_waits:
+        @cuda.jit(device=True, inline=True, cache=True)
+        def wait(bar, parity, what, j):
+            """Wait for barrier ``what`` (0 Q, 1 K, 2 V, 3 empty) of tile ``j``."""
+            if pt.mbarrier_wait_bounded(bar, parity, WAIT_LIMIT) == 0:
+                print("flash_ws: wait timed out: barrier", what, "tile", j, "parity", parity,
+                      "block", cuda.blockIdx.x, cuda.blockIdx.y, cuda.blockIdx.z, "thread",
+                      cuda.threadIdx.x)
+    else:
+        @cuda.jit(device=True, inline=True, cache=True)
+        def wait(bar, parity, what, j):
+            pt.mbarrier_wait(bar, parity)
+
+    return wait
+
+
+def _producer(D, BN, HB, S, wait, stage_k):
+    """(init_barriers, produce) for one specialisation."""
+    PB = lay.positions_per_tile(HB)
+    CB = D // lay.BOX_COLS
+    BC = lay.BOX_COLS
+    NC = lay.CONSUMERS
+    Q_TILE = lay.q_tile_bytes(D)
+    KV_BYTES = lay.kv_tile_bytes(D, BN)
+    QF, KF, VF, EM = lay.barrier_offsets(D, BN, S)
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def init_barriers(base):
+        """Thread 0: every mbarrier of the block, then the init fence (a block barrier must
+        follow before any use)."""
+        pt.mbarrier_init(base + uint32(QF), 1)
+        for s in range(S):
+            pt.mbarrier_init(base + uint32(KF + 8 * s), 1)
+            pt.mbarrier_init(base + uint32(VF + 8 * s), 1)
+            pt.mbarrier_init(base + uint32(EM + 8 * s), EMPTY_ARRIVALS)
+        pt.fence_mbarrier_init()
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def produce(base, maps, q0, sq, row0, hbase, k0, hkv, n_lo, ntiles):
+        """One thread: Q of both consumers once, then K/V tile j (keys n_lo + j BN ..) into
+        stage j % S as soon as that stage is empty. Box rows past the tensor are zero-filled
+        (and still counted in the barrier's bytes); no box starts past it."""
+        mq = uint64(maps)
+        mk = mq + uint64(128)
+        mv = mq + uint64(256)
+        pt.fence_tensormap_acquire(mq)
+        pt.fence_tensormap_acquire(mk)
+        pt.fence_tensormap_acquire(mv)
+        qbar = base + uint32(QF)
+        # a consumer whose rows all lie past the sequence gets no Q (its box would start
+        # past the tensor); its rows are never written. Every other box starts inside it.
+        nq = 0
+        for c in range(NC):
+            if row0 + c * PB < sq:
+                nq += 1
+        pt.mbarrier_arrive_expect_tx(qbar, uint32(nq * Q_TILE))
+        for c in range(nq):
+            for hi in range(HB):
+                for cb in range(CB):
+                    pt.tma_load_3d(base + uint32(_q_box_offset(c, hi, cb, D, HB)), mq,
+                                   uint32(cb * BC), uint32(hbase + hi),
+                                   uint32(q0 + row0 + c * PB), qbar)
+        for j in range(ntiles):
+            s, ph = _stage_phase(j, S)
+            if j >= S:
+                wait(base + uint32(EM + 8 * s), uint32(ph ^ 1), 3, j)
+            sk_ = stage_k(base, j)
+            key = uint32(k0 + n_lo + j * BN)
+            kb = base + uint32(KF + 8 * s)
+            pt.mbarrier_arrive_expect_tx(kb, uint32(KV_BYTES))
+            for cb in range(CB):
+                pt.tma_load_3d(sk_ + uint32(_kv_box_offset(cb, BN)), mk,
+                               uint32(cb * BC), uint32(hkv), key, kb)
+            vb = base + uint32(VF + 8 * s)
+            pt.mbarrier_arrive_expect_tx(vb, uint32(KV_BYTES))
+            for cb in range(CB):
+                pt.tma_load_3d(sk_ + uint32(KV_BYTES + _kv_box_offset(cb, BN)), mv,
+                               uint32(cb * BC), uint32(hkv), key, vb)
+
+    return init_barriers, produce
+
+
+def _loops(D, BN, S, st, wait):
+    """(loop_plain, loop_overlap): a consumer's key loop, from v5's steps ``st``."""
+    KV_BYTES = lay.kv_tile_bytes(D, BN)
+    _, KF, VF, EM = lay.barrier_offsets(D, BN, S)
+    stage_k, issue_qk, issue_pv = st.stage_k, st.issue_qk, st.issue_pv
+    softmax, rescale_pack = st.softmax, st.rescale_pack
+    fence_s = px.fence_acc(BN // 2)
+    fence_o = px.fence_acc(D // 2)
+    wait0 = px.wgmma_wait(0)
+    wait1 = px.wgmma_wait(1)
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def loop_plain(base, sQw, s, o, pa, n_lo, ntiles, f_lo, f_hi, t, lane, lo_a, hi_a, lo_b,
+                   hi_b, scale_log2):
+        """The simplest pipeline: per tile wait K, S = QK^T, softmax, wait V, O += PV, then
+        release the stage. Returns the rows' (m_a, m_b, l_a, l_b)."""
+        m_a = NEG_INF
+        m_b = NEG_INF
+        l_a = ZERO
+        l_b = ZERO
+        for j in range(ntiles):
+            stg, ph = _stage_phase(j, S)
+            n0 = n_lo + j * BN
+            sk_ = stage_k(base, j)
+            wait(base + uint32(KF + 8 * stg), uint32(ph), 1, j)
+            px.wgmma_fence()
+            issue_qk(s, sQw, sk_)
+            px.wgmma_commit()
+            wait0()
+            fence_s(s)
+            masked = not (f_lo <= n0 and n0 + BN <= f_hi)
+            m_a, m_b, l_a, l_b, al_a, al_b = softmax(
+                s, n0, masked, t, lo_a, hi_a, lo_b, hi_b, m_a, m_b, l_a, l_b, scale_log2)
+            rescale_pack(o, s, pa, al_a, al_b)
+            wait(base + uint32(VF + 8 * stg), uint32(ph), 2, j)
+            px.wgmma_fence()
+            issue_pv(o, pa, sk_ + uint32(KV_BYTES))
+            px.wgmma_commit()
+            wait0()
+            fence_o(o)
+            if lane == 0:
+                pt.mbarrier_arrive(base + uint32(EM + 8 * stg))
+        return m_a, m_b, l_a, l_b
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def loop_overlap(base, sQw, s, o, pa, n_lo, ntiles, f_lo, f_hi, t, lane, lo_a, hi_a,
+                     lo_b, hi_b, scale_log2):
+        """FlashAttention-3's intra-warpgroup overlap (as flash_wgmma's ``overlap``): QK^T of
+        tile j and PV of tile j-1 are issued together and the softmax of tile j runs while
+        PV still runs; stage j-1 is released once PV has completed. ``ntiles >= 1``; the
+        last iteration is peeled (no QK^T), so no accumulator is a phi across a wgmma."""
+        n0 = n_lo
+        wait(base + uint32(KF), uint32(0), 1, 0)
+        px.wgmma_fence()
+        issue_qk(s, sQw, stage_k(base, 0))
+        px.wgmma_commit()
+        wait0()
+        fence_s(s)
+        m_a, m_b, l_a, l_b, al_a, al_b = softmax(
+            s, n0, not (f_lo <= n0 and n0 + BN <= f_hi), t, lo_a, hi_a, lo_b, hi_b, NEG_INF,
+            NEG_INF, ZERO, ZERO, scale_log2)
+        rescale_pack(o, s, pa, al_a, al_b)
+        for j in range(1, ntiles):
+            stg, ph = _stage_phase(j, S)
+            prv, pph = _stage_phase(j - 1, S)
+            n0 = n_lo + j * BN
+            wait(base + uint32(KF + 8 * stg), uint32(ph), 1, j)
+            wait(base + uint32(VF + 8 * prv), uint32(pph), 2, j - 1)
+            px.wgmma_fence()
+            issue_qk(s, sQw, stage_k(base, j))
+            px.wgmma_commit()
+            issue_pv(o, pa, stage_k(base, j - 1) + uint32(KV_BYTES))
+            px.wgmma_commit()
+            wait1()                             # S of tile j is ready; PV of j-1 still runs
+            fence_s(s)
+            m_a, m_b, l_a, l_b, al_a, al_b = softmax(
+                s, n0, not (f_lo <= n0 and n0 + BN <= f_hi), t, lo_a, hi_a, lo_b, hi_b, m_a,
+                m_b, l_a, l_b, scale_log2)
+            wait0()
+            fence_o(o)
+            if lane == 0:
+                pt.mbarrier_arrive(base + uint32(EM + 8 * prv))
+            rescale_pack(o, s, pa, al_a, al_b)
+        stg, ph = _stage_phase(ntiles - 1, S)
+        wait(base + uint32(VF + 8 * stg), uint32(ph), 2, ntiles - 1)
+        px.wgmma_fence()
+        issue_pv(o, pa, stage_k(base, ntiles - 1) + uint32(KV_BYTES))
+        px.wgmma_commit()
+        wait0()
+        fence_o(o)
+        if lane == 0:
+            pt.mbarrier_arrive(base + uint32(EM + 8 * stg))
+        return m_a, m_b, l_a, l_b
+
+    return loop_plain, loop_overlap
+
+
+@functools.lru_cache(maxsize=None)
+def roles(D, BN, kind, HB, S, overlap=False, debug_waits=False):
+    """Device functions for head size ``D``, key tile ``BN``, ``kind`` ('f16'/'bf16'),
+    ``HB`` heads per tile, ``S`` K/V stages and the consumer loop (``overlap``: QK^T of tile
+    j with PV of tile j-1). ``debug_waits``: every mbarrier wait gives up after
+    ``WAIT_LIMIT`` attempts and prints which one (a hang becomes a wrong result and a line
+    on stdout)."""
+    PB = lay.positions_per_tile(HB)
+    Q_TILE = lay.q_tile_bytes(D)
+    QF = lay.barrier_offsets(D, BN, S)[0]
+    S_LEN = BN // 2
+    PA_LEN = 4 * (BN // 16)
+    O_LEN = D // 2
+    st = v5_steps.steps(D, BN, kind, HB, False, S, lay.CONSUMERS)
+    finish = st.finish
+    wait = _wait(debug_waits)
+    init_barriers, produce = _producer(D, BN, HB, S, wait, st.stage_k)
+    loop = _loops(D, BN, S, st, wait)[1 if overlap else 0]
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def consume(base, grp, ctid, out, lse, b, q0, sq, sk, row0, hbase, n_lo, ntiles,
+                f_lo, f_hi, left, right, scale_log2, lse_batched):
+        """Consumer warpgroup ``grp`` (thread ``ctid`` 0..127 of it): its rows, the key
+        loop, the epilogue."""
+        warp = ctid >> 5
+        lane = ctid & 31
+        t = lane & 3
+        slot, prow = _consumer_rows(warp, lane, HB)
+        hw = hbase + slot
+        pos_a = row0 + grp * PB + prow
+        pos_b = pos_a + 8
+        lo_a, hi_a = key_range(pos_a, sq, sk, left, right)
+        lo_b, hi_b = key_range(pos_b, sq, sk, left, right)
+        sQw = base + uint32(grp * Q_TILE)
+        s = cuda.local.array(S_LEN, float32)
+        o = cuda.local.array(O_LEN, float32)
+        pa = cuda.local.array(PA_LEN, uint32)
+        for i in range(O_LEN):
+            o[i] = ZERO
+        m_a = NEG_INF
+        m_b = NEG_INF
+        l_a = ZERO
+        l_b = ZERO
+        if ntiles > 0:
+            wait(base + uint32(QF), uint32(0), 0, 0)
+            m_a, m_b, l_a, l_b = loop(base, sQw, s, o, pa, n_lo, ntiles, f_lo, f_hi, t, lane,
+                                      lo_a, hi_a, lo_b, hi_b, scale_log2)
+        finish(o, m_a, m_b, l_a, l_b, out, lse, b, hw, q0, pos_a, pos_b, sq, t, lse_batched)
+
+    return Roles(init_barriers, produce, consume)

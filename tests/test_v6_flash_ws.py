@@ -1,0 +1,272 @@
+"""flash_ws (v6) on the CPU: the tensor-map arithmetic, the module contract (what it refuses, and
+why), and the kernel compiled for sm_90a and assembled by ptxas (registers at entry with the
+setmaxnreg budgets honoured, no spills, the TMA and wgmma instructions present). The encode
+and the kernel itself run on the H200 only: scripts/gpu_v6_check.py."""
+import dataclasses
+import json
+import re
+import textwrap
+
+import numpy as np
+import pytest
+
+from attn_numba import tensormap
+from attn_numba.kernels import v6_flash_ws as v6
+from attn_numba.kernels import v6_layout as lay
+from attn_numba.problem import Problem
+from test_ptx_tma import compile_ptx_of, ptxas
+
+
+def test_tiled_spec_of_a_q_array():
+    s = tensormap.tiled_spec("f16", (8192, 32, 128), 16)
+    assert s.dims == (128, 32, 8192)
+    assert s.strides == (256, 32 * 256)            # bytes, rank - 1 entries
+    assert s.box == (64, 1, 16)
+    assert tensormap.box_bytes(s) == 16 * 128
+
+
+def test_tiled_spec_keeps_empty_tensors_encodable():
+    assert tensormap.tiled_spec("bf16", (0, 8, 64), 64).dims == (64, 8, 1)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(kind="f32", shape=(4, 2, 64), box_rows=16), "kind"),
+    (dict(kind="f16", shape=(4, 64), box_rows=16), "shape"),
+    (dict(kind="f16", shape=(4, 2, 96), box_rows=16), "box_cols"),
+    (dict(kind="f16", shape=(4, 2, 64), box_rows=16, box_cols=128), "box_cols"),
+    (dict(kind="f16", shape=(4, 2, 64), box_rows=257), "box_rows"),
+    (dict(kind="f16", shape=(4, 0, 64), box_rows=16), "heads"),
+])
+def test_tiled_spec_rejects_what_the_hardware_refuses(kw, match):
+    with pytest.raises(ValueError, match=match):
+        tensormap.tiled_spec(**kw)
+
+
+def test_map_cache_keys_on_pointers(monkeypatch):
+    calls = []
+    monkeypatch.setattr(tensormap, "encode", lambda spec, addr: calls.append(addr) or
+                        bytes(tensormap.MAP_BYTES))
+    monkeypatch.setattr(tensormap, "_upload", lambda blobs, buffer=None: b"".join(blobs))
+    monkeypatch.setattr(tensormap, "_address", lambda buf: 4096)
+    tensormap.clear()
+    spec = tensormap.tiled_spec("f16", (100, 4, 64), 16)
+    a = tensormap.maps_for(((256, spec), (512, spec)))
+    b = tensormap.maps_for(((256, spec), (512, spec)))
+    c = tensormap.maps_for(((256, spec), (768, spec)))
+    assert a is b and a is not c and calls == [256, 512, 256, 768]
+    assert len(a.buffer) == 2 * tensormap.MAP_BYTES
+    tensormap.clear()
+
+
+def _problem(**kw):
+    base = dict(batch=1, total_q=97, total_k=97, max_seqlen_q=97, max_seqlen_k=97,
+                num_heads=8, num_kv_heads=2, head_size=128, dtype=np.dtype(np.float16),
+                softmax_scale=0.1, window_left=-1, window_right=-1, causal=False,
+                lse_batched=True, on_simulator=False)
+    base.update(kw)
+    return Problem(**base)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(on_simulator=True), "simulator"),
+    (dict(dtype=np.dtype(np.float32)), "fp16/bf16"),
+    (dict(head_size=256), "head_size"),
+    (dict(head_size=96), "head_size"),
+])
+def test_supports_says_why_not(kw, match):
+    assert re.search(match, v6.supports(_problem(**kw)))
+
+
+def test_configure_packs_a_gqa_group_into_128_rows():
+    p = _problem(max_seqlen_q=8192, total_q=8192, total_k=8192, max_seqlen_k=8192,
+                 num_heads=32, num_kv_heads=8)
+    _, grid, shared, hb, bn = v6.configure(p)
+    assert (hb, bn) == (4, 64) and grid == (256, 8, 1)         # 32 positions x 4 heads
+    assert shared == lay.shared_bytes(128, 64, 2)
+    q, k, v = v6.map_specs(p, hb, bn)
+    assert q.box == (64, 1, 16) and k.box == (64, 1, 64) and k == v
+    _, grid1, *_ = v6.configure(dataclasses.replace(p, num_kv_heads=32))
+    assert grid1 == (64, 32, 1)                                  # 128 positions x 1 head
+
+
+def test_compile_targets_cover_kernel_and_map_writer():
+    labels = [t[0] for t in v6.compile_targets(128, np.float16)]
+    assert labels == ["flash_ws_kernel_f16_d128_h4", "flash_ws_prepare"]
+    assert v6.compile_targets(256, np.float16) == []
+    assert v6.compile_targets(64, np.float32) == []
+
+
+_COMPILE = textwrap.dedent("""
+    import json, sys
+    from numba import cuda
+    from attn_numba.kernels import v6_flash_ws as v6
+    out = {}
+    for d, kind, hb, bn, st, *ov in json.loads(sys.argv[1]):
+        k = v6.build(d, kind, hb, bn, st, bool(ov and ov[0]))
+        ptx, _ = cuda.compile_ptx(k.py_func, v6._signature(), cc=(9, 0, "a"),
+                                  launch_bounds=(v6.THREADS, 1))
+        out["-".join(map(str, [d, kind, hb, bn, st, *ov]))] = ptx
+    ptx, _ = cuda.compile_ptx(v6._build_prepare().py_func, v6._prepare_signature(),
+                              cc=(9, 0, "a"))
+    out["prepare"] = ptx
+    print(json.dumps(out))
+""")
+
+
+def _check_variant(ptx, d, bn, tmp_path, name, overlap=False):
+    # the overlapped loop peels its first QK^T and last PV: every wgmma appears twice
+    assert ptx.count("wgmma.mma_async") == (d // 16 + bn // 16) * (2 if overlap else 1)
+    assert "cp.async.bulk.tensor.3d" in ptx
+    assert "setmaxnreg.dec.sync.aligned.u32 24" in ptx
+    assert "setmaxnreg.inc.sync.aligned.u32 240" in ptx
+    assert ".maxntid 384" in ptx and ".minnctapersm 1" in ptx
+    assert "ld.local" not in ptx and "st.local" not in ptx
+    rc, log = ptxas(ptx, tmp_path, name)
+    assert rc == 0, log[-3000:]
+    assert "C7508" not in log, "ptxas ignored setmaxnreg"
+    assert "C7514" not in log and "C7519" not in log, log   # no serialised wgmma
+    assert " 0 bytes spill stores" in log
+    regs = int(re.search(r"Used (\d+) registers", log).group(1))
+    assert regs <= 168, regs                                # the entry budget of 384 threads
+
+
+def _compile(tmp_path, variants):
+    script = _COMPILE.replace("json.loads(sys.argv[1])", repr(json.loads(json.dumps(variants))))
+    return compile_ptx_of(script)
+
+
+def test_kernel_compiles_and_assembles_d128_f16(tmp_path):
+    ptxs = _compile(tmp_path, [[128, "f16", 4, 64, 2]])
+    _check_variant(ptxs["128-f16-4-64-2"], 128, 64, tmp_path, "main")
+    prep = ptxs["prepare"]
+    assert prep.count("tensormap.replace.tile.global_address.global.b1024.b64") == 3
+    rc, log = ptxas(prep, tmp_path, "prep")
+    assert rc == 0, log[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", [[64, "bf16", 1, 64, 2], [128, "bf16", 2, 128, 2],
+                                     [64, "f16", 4, 128, 3], [128, "f16", 4, 64, 3],
+                                     [128, "f16", 4, 64, 2, 1], [64, "bf16", 1, 128, 2, 1]])
+def test_kernel_variants_compile_and_assemble(tmp_path, variant):
+    d, kind, hb, bn, st, *ov = variant
+    ptx = _compile(tmp_path, [variant])["-".join(map(str, variant))]
+    _check_variant(ptx, d, bn, tmp_path, "v", overlap=bool(ov and ov[0]))
+
+
+_KEYS = textwrap.dedent("""
+    import json, sys
+    from numba import cuda
+    from numba.cuda.dispatcher import CUDACache
+    from attn_numba.kernels import v6_flash_ws as v6
+
+    class Codegen:
+        def magic_tuple(self):
+            return ("test",)
+
+    keys = {}
+    for label, fn, sig in v6.compile_targets(128, "float16"):
+        cache = CUDACache(fn)
+        before = str(cache._index_key(tuple(sig), Codegen()))
+        after = None
+        if sys.argv[1:] == ["compile"]:
+            cuda.compile_ptx(fn, sig, cc=(9, 0, "a"))
+            after = str(cache._index_key(tuple(sig), Codegen()))
+        keys[label] = [before, after]
+    print(json.dumps(keys))
+""")
+
+
+@pytest.mark.slow
+def test_disk_cache_key_is_stable_across_compile_and_processes():
+    """As tests/test_cache_key.py for the registered kernels (flash_ws is not registered
+    yet): Numba's key of each flash_ws kernel is the same before and after compiling and in
+    a new process, so a warm disk cache hits (the ptx_tma typers pickle by reference)."""
+    import os
+    import subprocess
+    import sys
+
+    def run(mode):
+        env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        p = subprocess.run([sys.executable, "-c", _KEYS, mode], env=env, text=True,
+                           capture_output=True, timeout=900)
+        assert p.returncode == 0, p.stderr[-3000:]
+        return json.loads(p.stdout.strip().splitlines()[-1])
+
+    first, second = run("compile"), run("keys")
+    assert set(first) == {"flash_ws_kernel_f16_d128_h4", "flash_ws_prepare"}
+    assert all(b == a for b, a in first.values()), "compiling changed a disk-cache key"
+    assert all(second[k][0] == first[k][0] for k in first), "a new process has another key"
+
+
+GPU_CASES = [  # seq_q, seq_k, H, Hkv, D, dtype name, window, causal, plan options
+    ([1025], [1025], 8, 2, 128, "float16", (128, 128), False, {}),
+    ([97, 0, 300], [97, 5, 77], 8, 1, 64, "bfloat16", (-1, -1), True, {}),
+    ([513], [1100], 4, 4, 128, "float16", (-1, -1), True, dict(overlap=True, stages=3)),
+    ([1], [1], 8, 8, 64, "float16", (0, 0), False, dict(block_n=128)),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_CASES)
+def test_flash_ws_on_the_gpu_matches_reference(rng, case):
+    """The kernel through its plan() (map-address launch, then the kernel) on an sm_90 GPU."""
+    import math
+
+    from numba import cuda
+
+    from attn_numba import kernels
+    from attn_numba.reference import mha_varlen_fwd_ref
+    seq_q, seq_k, h, hkv, d, dt, window, causal, kw = case
+    if cuda.get_current_device().compute_capability != (9, 0):
+        pytest.skip("flash_ws needs sm_90")
+    if dt == "bfloat16":
+        import ml_dtypes
+        dtype = np.dtype(ml_dtypes.bfloat16)
+    else:
+        dtype = np.dtype(dt)
+    cu_q = np.concatenate([[0], np.cumsum(seq_q)]).astype(np.int32)
+    cu_k = np.concatenate([[0], np.cumsum(seq_k)]).astype(np.int32)
+    q = rng.standard_normal((cu_q[-1], h, d)).astype(dtype)
+    k = rng.standard_normal((cu_k[-1], hkv, d)).astype(dtype)
+    v = rng.standard_normal((cu_k[-1], hkv, d)).astype(dtype)
+    p = _problem(batch=len(seq_q), total_q=int(cu_q[-1]), total_k=int(cu_k[-1]),
+                 max_seqlen_q=max(seq_q), max_seqlen_k=max(seq_k), num_heads=h,
+                 num_kv_heads=hkv, head_size=d, dtype=dtype, softmax_scale=1 / math.sqrt(d),
+                 window_left=window[0], window_right=0 if causal else window[1],
+                 causal=causal, lse_batched=False)
+    assert v6.supports(p) is None
+    arrays = dict(q=cuda.to_device(q.view(np.uint16)), k=cuda.to_device(k.view(np.uint16)),
+                  v=cuda.to_device(v.view(np.uint16)),
+                  out=cuda.to_device(np.full(q.shape, 0xFFFF, np.uint16)),
+                  lse=cuda.to_device(np.full((1, h, p.total_q), np.nan, np.float32)),
+                  cu_seqlens_q=cuda.to_device(cu_q), cu_seqlens_k=cuda.to_device(cu_k))
+    kernels.launch_plans(v6.plan(p, **kw), arrays)
+    out = arrays["out"].copy_to_host().view(dtype).astype(np.float64)
+    lse = arrays["lse"].copy_to_host()[0]
+    ref, ref_lse = mha_varlen_fwd_ref(q, k, v, cu_q, cu_k, causal=causal, window_size=window)
+    low, _ = mha_varlen_fwd_ref(q, k, v, cu_q, cu_k, causal=causal, window_size=window,
+                                p_dtype=dtype)
+    floor = 2e-3 if dtype == np.float16 else 1.6e-2
+    tol = 2 * np.abs(low.astype(dtype).astype(np.float64) - ref).max(initial=0) + floor
+    assert np.isfinite(out).all() and np.abs(out - ref).max(initial=0) <= tol
+    ref_lse = np.asarray(ref_lse).reshape(lse.shape)
+    np.testing.assert_array_equal(np.isneginf(lse), np.isneginf(ref_lse))
+    fin = np.isfinite(ref_lse)
+    np.testing.assert_allclose(lse[fin], ref_lse[fin], rtol=1e-4, atol=1e-3)
+
+
+def test_template_maps_outlive_the_pointer_cache(monkeypatch):
+    """A cached plan holds only the template's address: it must never be evicted."""
+    monkeypatch.setattr(tensormap, "encode", lambda spec, addr: bytes(tensormap.MAP_BYTES))
+    monkeypatch.setattr(tensormap, "_upload", lambda blobs, buffer=None: buffer or b"")
+    monkeypatch.setattr(tensormap, "_address", lambda buf: 4096)
+    spec = tensormap.tiled_spec("f16", (100, 4, 64), 16)
+    first = tensormap.template_maps((spec,) * 3, "owner")
+    for i in range(300):                      # more than the per-pointer cache holds
+        tensormap.maps_for(((256 * (i + 1), spec),))
+    tensormap.clear()
+    assert tensormap.template_maps((spec,) * 3, "owner") is first
+    assert len(first.buffer) == 3 * tensormap.MAP_BYTES

@@ -1,0 +1,222 @@
+"""flash_ws (v6) index maps, emulated in NumPy: the TMA boxes land in the tile layout the wgmma
+descriptors read (wgmma_layout), the shared-memory plan is consistent, each consumer thread
+owns the rows the accumulator layout gives it, and the full/empty mbarrier protocol of the
+producer and the two consumers never lets a consumer read a stage before its tile landed or
+the producer overwrite one still in use (a model of the barriers under random schedules)."""
+import numpy as np
+import pytest
+
+from attn_numba import tensormap
+from attn_numba.kernels import v6_roles
+from attn_numba.kernels import v6_layout as lay
+from attn_numba.kernels import wgmma_layout as wl
+
+
+def tma_box(x, c0, c1, c2, box):
+    """What a TMA tile load reads: ``x[c2 + r, c1, c0 + e]`` for the box ``(cols, 1, rows)``,
+    zero where the coordinates leave the tensor."""
+    cols, _, rows = box
+    out = np.zeros((rows, cols), x.dtype)
+    for r in range(rows):
+        for e in range(cols):
+            p, d = c2 + r, c0 + e
+            if 0 <= p < x.shape[0] and 0 <= c1 < x.shape[1] and 0 <= d < x.shape[2]:
+                out[r, e] = x[p, c1, d]
+    return out
+
+
+def land(smem, offset, box_data):
+    """Write a box into a uint16 shared-memory image with the 128B swizzle (TMA's layout)."""
+    assert offset % 1024 == 0
+    for r in range(box_data.shape[0]):
+        for e in range(box_data.shape[1]):
+            smem[(offset + lay.box_swizzled_offset(r, e)) // 2] = box_data[r, e]
+
+
+def read_tile(smem, offset, rows, cols):
+    """The tile that wgmma's descriptors see at ``offset`` (wgmma_layout.smem_offset)."""
+    return np.array([[smem[(offset + wl.smem_offset(r, c, rows)) // 2] for c in range(cols)]
+                     for r in range(rows)], dtype=smem.dtype)
+
+
+@pytest.mark.parametrize("rows", [16, 32, 64, 128])
+def test_a_swizzled_box_is_rows_of_a_wgmma_column_block(rows):
+    for r0 in range(0, rows, 8):
+        for r in range(8):
+            for e in range(64):
+                assert (wl.smem_offset(r0 + r, e, rows) - wl.smem_offset(r0, 0, rows) ==
+                        lay.box_swizzled_offset(r, e))
+
+
+@pytest.mark.parametrize("heads,d", [(4, 128), (2, 64), (1, 128)])
+def test_q_boxes_fill_both_consumer_tiles(rng, heads, d):
+    pb = lay.positions_per_tile(heads)
+    total, nh = 150, 8
+    x = rng.integers(1, 60000, size=(total, nh, d)).astype(np.uint16)
+    spec = tensormap.tiled_spec("f16", x.shape, pb)
+    q0, row0, hbase = 7, 2 * pb, 4 if heads < 8 else 0
+    smem = np.zeros(lay.shared_bytes(d, 64, 2) // 2, np.uint16)
+    for c in range(lay.CONSUMERS):
+        for hi in range(heads):
+            for cb in range(d // 64):
+                box = tma_box(x, 64 * cb, hbase + hi, q0 + row0 + c * pb, spec.box)
+                land(smem, lay.q_box_offset(c, hi, cb, d, heads), box)
+    for c in range(lay.CONSUMERS):
+        tile = read_tile(smem, c * lay.q_tile_bytes(d), 64, d)
+        for r in range(64):
+            pos = q0 + row0 + c * pb + r % pb
+            want = x[pos, hbase + r // pb] if pos < total else np.zeros(d, np.uint16)
+            np.testing.assert_array_equal(tile[r], want)
+
+
+@pytest.mark.parametrize("bn,d", [(64, 128), (128, 64), (64, 64)])
+def test_kv_boxes_fill_a_stage_and_zero_past_the_tensor(rng, bn, d):
+    total, nkv, hkv = 200, 2, 1
+    x = rng.integers(1, 60000, size=(total, nkv, d)).astype(np.uint16)
+    spec = tensormap.tiled_spec("bf16", x.shape, bn)
+    smem = np.zeros(lay.shared_bytes(d, bn, 2) // 2, np.uint16)
+    key = total - bn // 2                     # the tile reaches past the last key
+    st = lay.stage_offset(1, d, bn)
+    for cb in range(d // 64):
+        land(smem, st + lay.kv_box_offset(cb, bn), tma_box(x, 64 * cb, hkv, key, spec.box))
+    tile = read_tile(smem, st, bn, d)
+    np.testing.assert_array_equal(tile[:bn // 2], x[key:, hkv])
+    assert not tile[bn // 2:].any()
+
+
+@pytest.mark.parametrize("d,bn,s", [(128, 64, 2), (128, 128, 2), (64, 64, 3), (64, 128, 2)])
+def test_shared_plan_matches_v5_steps_and_fits(d, bn, s):
+    kv = lay.kv_tile_bytes(d, bn)
+    for j in range(2 * s):
+        # v5_steps.stage_k with two warpgroups: Q_BYTES + (j % S) * 2 * KV_BYTES
+        assert lay.stage_offset(j % s, d, bn) == 2 * lay.q_tile_bytes(d) + (j % s) * 2 * kv
+    qf, kf, vf, em = lay.barrier_offsets(d, bn, s)
+    assert qf == lay.stage_offset(s, d, bn)          # barriers after the last V tile
+    offs = [qf] + [kf + 8 * i for i in range(s)] + [vf + 8 * i for i in range(s)] + \
+           [em + 8 * i for i in range(s)]
+    assert len(set(offs)) == len(offs) and all(o % 8 == 0 for o in offs)
+    assert max(offs) + 8 + 1024 == lay.shared_bytes(d, bn, s) <= 227 * 1024
+    assert all(lay.stage_offset(i, d, bn) % 1024 == 0 for i in range(s + 1))
+
+
+@pytest.mark.parametrize("heads", [1, 2, 4])
+def test_consumer_rows_follow_the_accumulator_layout(heads):
+    pb = lay.positions_per_tile(heads)
+    for warp in range(4):
+        for lane in range(32):
+            slot, prow = lay.consumer_rows(warp, lane, heads)
+            for i, off in ((0, 0), (2, 8)):   # registers 0 and 2: rows a and b
+                r, _ = wl.acc_rc(warp, lane, i)
+                assert (slot, prow + off) == (r // pb, r % pb)
+
+
+class Barrier:
+    """An mbarrier: ``count`` arrivals and the expected transaction bytes complete a phase."""
+
+    def __init__(self, count):
+        self.count, self.pending, self.tx, self.phase = count, count, 0, 0
+
+    def arrive(self, expect_tx=0):
+        self.tx += expect_tx
+        self.pending -= 1
+        self._maybe_flip()
+
+    def complete_tx(self, n):
+        self.tx -= n
+        self._maybe_flip()
+
+    def _maybe_flip(self):
+        if self.pending == 0 and self.tx == 0:
+            self.phase += 1
+            self.pending = self.count
+
+    def done(self, parity):   # try_wait.parity: the phase with this parity has completed
+        return (self.phase & 1) != parity
+
+
+def _protocol(ntiles, stages, rng, overlap=False):
+    """Run the producer and 4 warps x 2 consumers of v6_roles against the barrier model in a
+    random order (the consumers' plain loop, or the overlapped one: K of tile j with V of
+    tile j-1); returns, per consumer warp, the K and the V tiles it read, in order."""
+    full = {"K": [Barrier(1) for _ in range(stages)], "V": [Barrier(1) for _ in range(stages)]}
+    empty = [Barrier(v6_roles.EMPTY_ARRIVALS) for _ in range(stages)]
+    data = {}
+    in_use = [set() for _ in range(stages)]
+    flights = []                                    # TMA loads in flight
+    seen = {w: {"K": [], "V": []} for w in range(v6_roles.EMPTY_ARRIVALS)}
+
+    def producer():
+        for j in range(ntiles):
+            s, ph = lay.stage_phase(j, stages)
+            if j >= stages:
+                while not empty[s].done(ph ^ 1):
+                    yield
+            assert not in_use[s], f"tile {j} overwrites stage {s} in use"
+            for kind in "KV":
+                full[kind][s].arrive(expect_tx=100)
+                flights.append((kind, s, j))
+            yield
+
+    def use(w, kind, j):
+        s, ph = lay.stage_phase(j, stages)
+        while not full[kind][s].done(ph):
+            yield
+        in_use[s].add(w)
+        seen[w][kind].append(data[kind, s])
+
+    def release(w, j):
+        s, _ = lay.stage_phase(j, stages)
+        in_use[s].discard(w)
+        empty[s].arrive()
+
+    def consumer(w):
+        if not overlap:
+            for j in range(ntiles):
+                yield from use(w, "K", j)
+                yield
+                yield from use(w, "V", j)
+                yield
+                release(w, j)
+            return
+        yield from use(w, "K", 0)
+        for j in range(1, ntiles):
+            yield from use(w, "K", j)
+            yield from use(w, "V", j - 1)
+            yield
+            release(w, j - 1)
+            yield
+        yield from use(w, "V", ntiles - 1)
+        yield
+        release(w, ntiles - 1)
+
+    actors = [producer()] + [consumer(w) for w in seen]
+    steps = 0
+    while actors or flights:
+        steps += 1
+        assert steps < 100000, "deadlock"
+        if flights and rng.random() < 0.3:
+            kind, s, j = flights.pop(rng.integers(len(flights)))
+            data[kind, s] = j
+            full[kind][s].complete_tx(100)
+            continue
+        if actors:
+            a = actors[rng.integers(len(actors))]
+            try:
+                next(a)
+            except StopIteration:
+                actors.remove(a)
+    return seen
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+@pytest.mark.parametrize("ntiles,stages", [(1, 2), (5, 2), (9, 3), (2, 3)])
+def test_mbarrier_protocol_orders_every_tile(rng, ntiles, stages, overlap):
+    for _ in range(20):
+        seen = _protocol(ntiles, stages, rng, overlap)
+        for w, tiles in seen.items():
+            assert tiles == {"K": list(range(ntiles)), "V": list(range(ntiles))}, (w, tiles)
+
+
+def test_stage_phase_cycles_stages_and_flips_parity_per_round():
+    assert [lay.stage_phase(j, 3) for j in range(7)] == [
+        (0, 0), (1, 0), (2, 0), (0, 1), (1, 1), (2, 1), (0, 0)]

@@ -1,0 +1,111 @@
+"""flash_ws's whole kernel on Numba's CUDA simulator: the map-address launch, then both roles
+with the TMA / mbarrier intrinsics replaced by their models (attn_numba.kernels.v6_ptx_sim)
+and wgmma by flash_wgmma's (ptx_sm90_sim). Checks the producer's boxes, the consumers' rows,
+masks, GQA packing, varlen with empty sequences, lse and the overlapped loop against the
+float64 reference, outputs poisoned first. With at least as many stages as key tiles (the
+model's limit: see v6_ptx_sim); not the asynchronous hazards (scripts/gpu_v6_check.py)."""
+import math
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from attn_numba.kernels import v6_flash_ws as v6
+from attn_numba.problem import Problem
+from attn_numba.reference import mha_varlen_fwd_ref
+
+from conftest import SIM
+
+pytestmark = pytest.mark.skipif(not SIM, reason="simulator models of the intrinsics")
+BF16 = np.dtype(ml_dtypes.bfloat16)
+FLOOR = {np.dtype(np.float16): 2e-3, BF16: 1.6e-2}
+
+
+def _run(rng, seq_q, seq_k, h, hkv, d, dtype, window, causal, **kw):
+    from attn_numba.kernels import v6_ptx_sim
+    dtype = np.dtype(dtype)
+    cu_q = np.concatenate([[0], np.cumsum(seq_q)]).astype(np.int32)
+    cu_k = np.concatenate([[0], np.cumsum(seq_k)]).astype(np.int32)
+    q = rng.standard_normal((cu_q[-1], h, d)).astype(dtype)
+    k = rng.standard_normal((cu_k[-1], hkv, d)).astype(dtype)
+    v = rng.standard_normal((cu_k[-1], hkv, d)).astype(dtype)
+    left, right = window[0], 0 if causal else window[1]
+    p = Problem(batch=len(seq_q), total_q=int(cu_q[-1]), total_k=int(cu_k[-1]),
+                max_seqlen_q=max(seq_q), max_seqlen_k=max(seq_k), num_heads=h,
+                num_kv_heads=hkv, head_size=d, dtype=dtype, softmax_scale=1 / math.sqrt(d),
+                window_left=left, window_right=right, causal=causal, lse_batched=False,
+                on_simulator=True)
+    kernel, grid, shared, hb, bn = v6.configure(p, **kw)
+    maps = np.int64(v6_ptx_sim.model_maps(v6.map_specs(p, hb, bn)))
+    q16, k16, v16 = (x.view(np.uint16) for x in (q, k, v))
+    out = np.full(q.shape, 0xFFFF, np.uint16)                 # NaN in fp16 and bf16
+    lse = np.full((1, h, p.total_q), np.nan, np.float32)
+    v6._build_prepare()[1, 32](q16, k16, v16, maps)
+    kernel[grid, v6.THREADS, 0, shared](q16, k16, v16, out.view(np.uint32), lse, cu_q, cu_k,
+                                        *v6._scalars(p), maps)
+    ref, ref_lse = mha_varlen_fwd_ref(q, k, v, cu_q, cu_k, causal=causal, window_size=window)
+    low, _ = mha_varlen_fwd_ref(q, k, v, cu_q, cu_k, causal=causal, window_size=window,
+                                p_dtype=dtype)
+    tol = 2 * np.abs(low.astype(dtype).astype(np.float64) - ref).max(initial=0) + FLOOR[dtype]
+    return out.view(dtype).astype(np.float64), lse[0], ref, ref_lse, tol
+
+
+_SLOW = pytest.mark.slow
+CASES = [  # seq_q, seq_k, H, Hkv, D, dtype, window, causal, options (stages >= key tiles)
+    ([20], [20], 4, 1, 64, np.float16, (-1, -1), False, dict(stages=2)),
+    ([30, 0, 5, 40], [40, 3, 0, 66], 8, 2, 64, np.float16, (20, 20), False, dict(stages=2)),
+    pytest.param(([70], [150], 2, 2, 128, BF16, (-1, -1), True, dict(stages=3)), marks=_SLOW),
+    pytest.param(([1], [1], 8, 1, 128, np.float16, (0, 0), False, dict(stages=2)), marks=_SLOW),
+    ([60], [120], 4, 2, 64, np.float16, (-1, -1), False, dict(stages=2, overlap=True)),
+    pytest.param(([100], [180], 2, 2, 64, BF16, (16, 8), False, dict(stages=3, overlap=True)),
+                 marks=_SLOW),
+    pytest.param(([90], [40], 4, 4, 128, np.float16, (-1, -1), True,
+                  dict(stages=2, block_n=128)), marks=_SLOW),
+]
+
+
+def _id(c):
+    return (f"{c[0]}x{c[1]}-h{c[2]}/{c[3]}-d{c[4]}-{np.dtype(c[5]).name}-{c[6]}-{c[7]}-"
+            f"{sorted(c[8].items())}")
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: _id(c) if isinstance(c, tuple) else None)
+def test_flash_ws_matches_reference_on_the_models(rng, case):
+    *args, kw = case
+    out, lse, ref, ref_lse, tol = _run(rng, *args, **kw)
+    assert np.isfinite(out).all()
+    err = np.abs(out - ref).max(initial=0)
+    assert err <= tol, (err, tol)
+    ref_lse = np.asarray(ref_lse).reshape(lse.shape)
+    np.testing.assert_array_equal(np.isneginf(lse), np.isneginf(ref_lse))
+    fin = np.isfinite(ref_lse)
+    np.testing.assert_allclose(lse[fin], ref_lse[fin], rtol=1e-4, atol=1e-3)
+
+
+def test_a_wrong_q_box_offset_fails_the_check(rng, monkeypatch):
+    """The check can fail: Q boxes of the second head slot landing one 8-row group off."""
+    from attn_numba.kernels import v6_layout, v6_roles
+    good = v6_layout.q_box_offset
+
+    def shifted(consumer, head_slot, cb, head_size, heads):
+        return good(consumer, head_slot, cb, head_size, heads) + 1024 * (head_slot == 1)
+
+    monkeypatch.setattr(v6_roles, "_q_box_offset", shifted)
+    v6_roles.roles.cache_clear()
+    v6._build.cache_clear()
+    try:
+        out, _, ref, _, tol = _run(rng, [20], [20], 4, 1, 64, np.float16, (-1, -1), False,
+                                   stages=2)
+        assert not np.abs(out - ref).max(initial=0) <= tol
+    finally:
+        v6_roles.roles.cache_clear()
+        v6._build.cache_clear()
+
+
+def test_debug_build_with_bounded_waits_still_matches(rng, capsys):
+    """debug_waits=True (bounded waits that print a timeout) changes nothing when no wait
+    hangs: same result, no timeout line."""
+    out, _, ref, _, tol = _run(rng, [20], [20], 4, 1, 64, np.float16, (-1, -1), False,
+                               stages=2, debug_waits=True)
+    assert np.abs(out - ref).max(initial=0) <= tol
+    assert "timed out" not in capsys.readouterr().out
