@@ -1,9 +1,11 @@
 """The import rule of notes/architecture.md, checked on the source (no imports executed).
 
 * the kernel layer (``attn_numba/kernels/``) imports only itself, ``attn_numba.problem`` and,
-  inside a function, ``attn_numba.launcher`` (the disk-cache loader); never the call path,
-  the API, the backward's host side, benchmarks, explain or reports;
-* ``attn_numba.problem`` and ``attn_numba.arrays`` import nothing of the package;
+  inside a function, ``attn_numba.launcher`` (the disk-cache loader) and
+  ``attn_numba.tensormap`` (TMA descriptors for a plan); never the call path, the API, the
+  backward's host side, benchmarks, explain or reports;
+* ``attn_numba.problem``, ``attn_numba.arrays`` and ``attn_numba.tensormap`` import nothing
+  of the package;
 * no import circle among the package's modules, counting imports inside functions too.
 """
 import ast
@@ -11,8 +13,8 @@ import os
 
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "attn_numba")
 KERNEL_MAY_IMPORT = ("attn_numba.kernels", "attn_numba.problem")
-KERNEL_MAY_IMPORT_LAZILY = ("attn_numba.launcher",)
-LEAVES = ("attn_numba.problem", "attn_numba.arrays")
+KERNEL_MAY_IMPORT_LAZILY = ("attn_numba.launcher", "attn_numba.tensormap")
+LEAVES = ("attn_numba.problem", "attn_numba.arrays", "attn_numba.tensormap")
 
 
 def _modules():
