@@ -1,7 +1,7 @@
 """compile_ptx of the tensor-core backward (bwd_flash_tc) on this CPU, for sm_80 and sm_90:
 the PTX holds the instructions themselves (mma.sync of the dtype, ldmatrix, ldmatrix.trans,
-cp.async; no calls), and no local memory (the atomic-dQ variant's dK/dV kernel also red.global.add.f32 and
-st.shared); where ptxas is on PATH, its report shows no spill
+cp.async; no calls; the atomic-dQ variant's dK/dV kernel also red.global.add.f32), and no
+local memory; where ptxas is on PATH, its report shows no spill
 and no stack frame. One specialisation in the quick run, the rest marked slow.
 
 Registers and spills of every specialisation: notes/bwd_tensor_core.md.
