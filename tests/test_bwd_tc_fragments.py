@@ -194,7 +194,7 @@ def test_supports_and_targets():
         assert isinstance(reason, str) and reason, bad
     assert tc.compile_targets(128, np.float32) == [] and tc.compile_targets(100, "float16") == []
     labels = [t[0] for t in tc.compile_targets(128, "bfloat16")]
-    assert len(labels) == 3 and all("d128_bfloat16" in x for x in labels)
+    assert len(labels) == 6 and all("d128_bfloat16" in x for x in labels)   # 3 + 3 atomic-dQ
 
 
 @pytest.mark.parametrize("d,group,lse_batched,total_q", [(128, 4, True, 8192), (256, 1, False, 97),
