@@ -36,13 +36,27 @@ def kernel_dtype(dtype):
 
 class Info(NamedTuple):
     """Raw facts about one array. ``ptr``/``device`` are None for NumPy arrays (and ptr for
-    simulated ones); ``contiguous`` means C-contiguous."""
+    simulated ones); ``contiguous`` means C-contiguous. ``host`` is the address of a simulated
+    device array's host memory (None otherwise), so that :func:`overlaps` also works on the
+    simulator. A torch dtype with no NumPy match is a zero-size void dtype whose metadata
+    keeps the torch name (:func:`dtype_name`)."""
 
     shape: tuple
     dtype: np.dtype
     contiguous: bool
     ptr: int | None
     device: int | None
+    host: int | None = None
+
+
+def dtype_name(dtype, kind=None):
+    """``dtype`` as the caller wrote it: ``torch.int8`` for torch tensors, ``float16`` for
+    NumPy, CuPy and Numba arrays."""
+    meta = dtype.metadata or {}
+    if "torch" in meta:
+        return meta["torch"]
+    name = dtype.name
+    return f"torch.{name}" if kind == "torch" else name
 
 
 # --------------------------------------------------------------------------- kinds
@@ -89,8 +103,8 @@ def info(x, kind):
     """:class:`Info` of ``x`` (of kind ``kind``)."""
     if kind == "torch":  # torch.Size is a tuple; the dtype table is built on first use
         dt = (_TORCH_DTYPES or _torch_dtypes()).get(x.dtype)
-        if dt is None:  # reported by the caller's dtype check
-            dt = np.dtype(np.void)
+        if dt is None:  # reported by the caller's dtype check, under its torch name
+            dt = np.dtype(np.void, metadata={"torch": str(x.dtype)})
         return Info(x.shape, dt, x.is_contiguous(), x.data_ptr(), x.get_device())
     if kind == "numpy":
         return Info(x.shape, x.dtype, x.flags.c_contiguous, None, None)
@@ -99,7 +113,9 @@ def info(x, kind):
     if kind == "numba":
         ptr = getattr(x, "device_ctypes_pointer", None)
         ptr = None if ptr is None else (ptr.value or 0)
-        return Info(tuple(x.shape), np.dtype(x.dtype), x.is_c_contiguous(), ptr, None)
+        sim = getattr(x, "_ary", None) if ptr is None else None  # the simulator's host array
+        host = sim.__array_interface__["data"][0] if isinstance(sim, np.ndarray) else None
+        return Info(tuple(x.shape), np.dtype(x.dtype), x.is_c_contiguous(), ptr, None, host)
     cai = x.__cuda_array_interface__
     shape, dt = tuple(cai["shape"]), np.dtype(cai["typestr"])
     strides = cai.get("strides")
@@ -124,11 +140,15 @@ def nbytes(inf):
 
 
 def overlaps(a, b):
-    """Do the device memory ranges of Infos ``a`` and ``b`` intersect?"""
-    if a.ptr is None or b.ptr is None:
+    """Do the memory ranges of Infos ``a`` and ``b`` intersect? Device pointers on a GPU,
+    host addresses of simulated device arrays on the simulator; False when either is unknown
+    (NumPy arrays: the caller uses ``np.may_share_memory``)."""
+    pa = a.ptr if a.ptr is not None else a.host
+    pb = b.ptr if b.ptr is not None else b.host
+    if pa is None or pb is None:
         return False
     na, nb = nbytes(a), nbytes(b)
-    return na > 0 and nb > 0 and a.ptr < b.ptr + nb and b.ptr < a.ptr + na
+    return na > 0 and nb > 0 and pa < pb + nb and pb < pa + na
 
 
 # --------------------------------------------------------------------------- streams

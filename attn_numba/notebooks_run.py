@@ -258,8 +258,8 @@ def main(args):
         import jupytext  # noqa: F401
         import nbclient  # noqa: F401
     except ImportError as exc:
-        print(f"attn-numba notebooks: {exc.name} is missing; pip install -e .[dev]",
-              file=sys.stderr)
+        from .cli import INSTALL_DEV
+        print(f"attn-numba notebooks: {exc.name} is missing; {INSTALL_DEV}", file=sys.stderr)
         return 2
     try:
         folder = Path(args.folder) if args.folder else notebook_folder()

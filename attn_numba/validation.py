@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from . import arrays
-from .arrays import BF16, F16, F32
+from .arrays import BF16, F16, F32, dtype_name
 from .kernels import KERNEL_NAMES
 from .problem import MAX_HEAD_SIZE, default_scale, normalize_window
 
@@ -38,10 +38,11 @@ def check_tensors(iq, ik, iv, rank, kind):
             raise ValueError(f"{name} must have rank {rank}, got shape {tuple(x.shape)}")
     dq = iq.dtype
     if dq not in SUPPORTED_DTYPES:
-        raise TypeError(f"q dtype must be {_DTYPE_NAMES}, got {dq}")
+        raise TypeError(f"q dtype must be {_DTYPE_NAMES}, got {dtype_name(dq, kind)}")
     for name, x in (("k", ik), ("v", iv)):
         if x.dtype != dq:
-            raise TypeError(f"{name} dtype {x.dtype} does not match q dtype {dq}")
+            raise TypeError(f"{name} dtype {dtype_name(x.dtype, kind)} does not match q dtype "
+                            f"{dtype_name(dq, kind)}")
     if ik.shape != iv.shape:
         raise ValueError(f"k shape {ik.shape} and v shape {iv.shape} must match")
     head_size = int(iq.shape[-1])
@@ -91,7 +92,8 @@ def check_kernel(kernel):
 
 def check_out(buf, name, kind, shape, dtype, others):
     """Validate a caller-supplied output buffer; its Info (None when ``buf`` is None).
-    ``others``: ((name, Info, array), ...) it must not overlap."""
+    ``others``: ((name, Info, array), ...) it must not overlap (device pointers on a GPU,
+    host memory on the simulator and for NumPy arrays)."""
     if buf is None:
         return None
     bkind = arrays.kind_of(buf, name)
@@ -102,7 +104,8 @@ def check_out(buf, name, kind, shape, dtype, others):
     if tuple(int(s) for s in inf.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(inf.shape)}")
     if inf.dtype != dtype:
-        raise TypeError(f"{name} must have dtype {dtype}, got {inf.dtype}")
+        raise TypeError(f"{name} must have dtype {dtype_name(dtype, bkind)}, got "
+                        f"{dtype_name(inf.dtype, bkind)}")
     if not inf.contiguous:
         raise ValueError(f"{name} must be C-contiguous")
     ref = others[0][1]
@@ -130,7 +133,7 @@ def cu_seqlens_arg(cu, name, kind):
             raise TypeError(f"{name} is a CUDA array but q, k, v are NumPy arrays")
     inf = arrays.info(cu, ckind)
     if inf.dtype != np.int32:
-        raise TypeError(f"{name} must be int32, got {inf.dtype}")
+        raise TypeError(f"{name} must be int32, got {dtype_name(inf.dtype, ckind)}")
     if len(inf.shape) != 1 or inf.shape[0] < 2:
         raise ValueError(f"{name} must have shape (num_seqs + 1,) with num_seqs >= 1, "
                          f"got shape {tuple(inf.shape)}")

@@ -11,6 +11,11 @@
 #                        comes back in r/, to be merged into results/h200/first_call.json)
 #   gpu_tests[:EXPR]     the GPU suites (tests/test_gpu*.py: forward, call path, backward,
 #                        torch ops) [-k EXPR]
+#   gpu_par[:LIMIT]      the same suites, one pytest process per file at once (and the gpu
+#                        cases of test_bwd_flash, test_v6_flash_ws, test_warmup): compiling
+#                        dominates a fresh machine, and the host has 16 cores
+#   breakdown_base       scripts/call_breakdown.py of the baseline tree carried in .baseline/
+#                        (git archive of an earlier commit), for a before/after in one run
 #   bench_bwd:K1,K2[:S]  attn-numba bench --backward --kernels K1,K2 [--seq-lens S1,S2]
 #                        --out results/h200 (bwd and fwd+bwd, gradients checked first)
 #   bwd_check[:A,B]      scripts/gpu_bwd_check.py A B (backward sweep and timing; JSON in r/)
@@ -42,7 +47,7 @@ run() {  # run LOG LIMIT command...: bounded, output to $R/LOG.log, exit status 
 }
 sanitizer() { command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1; }
 
-STEPS=" bench long flex_long first_call gpu_tests breakdown sanitize wgmma_check v4_check package notebooks bench_bwd bwd_check v6_check "
+STEPS=" bench long flex_long first_call gpu_tests gpu_par breakdown breakdown_base sanitize wgmma_check v4_check package notebooks bench_bwd bwd_check v6_check "
 for spec in "$@"; do  # every step known before any runs
     [[ $STEPS == *" ${spec%%:*} "* ]] || { echo "unknown step ${spec%%:*}; steps:$STEPS"; exit 2; }
 done
@@ -64,6 +69,18 @@ for spec in "$@"; do
                         --kernels $list --runs 2 ;;
         gpu_tests) ATTN_NUMBA_TEST_GPU=1 run pytest_gpu 330 python3 -m pytest -q \
                        -p no:cacheprovider -rs tests/test_gpu*.py ${a:+-k "$a"} ;;
+        gpu_par) n=0
+                 for files in tests/test_gpu.py tests/test_gpu_call_path.py tests/test_gpu_bwd.py \
+                     tests/test_gpu_torch.py \
+                     "-m gpu tests/test_bwd_flash.py tests/test_v6_flash_ws.py tests/test_warmup.py"; do
+                     n=$((n + 1))
+                     # shellcheck disable=SC2086
+                     ATTN_NUMBA_TEST_GPU=1 run "pytest_gpu$n" "${a:-330}" python3 -m pytest -q \
+                         -p no:cacheprovider -rs $files &
+                 done
+                 wait ;;
+        breakdown_base) OUT="$R/base" PYTHONPATH="/tmp/site:$PWD/.baseline" run \
+                            call_breakdown_base 120 python3 .baseline/scripts/call_breakdown.py ;;
         bench_bwd) run "bench_bwd_${a//,/-}" 300 python3 -m attn_numba.cli bench --backward \
                        --kernels "$a" ${b:+--seq-lens ${b//,/ }} --out results/h200 ;;
         bwd_check) OUT="$R" run bwd_check 200 python3 scripts/gpu_bwd_check.py $list ;;

@@ -14,6 +14,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 _SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np
@@ -60,6 +62,7 @@ def _run(mode):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_cache_key_is_stable_across_compile_and_processes():
     first = _run("compile")
     second = _run("keys")

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -147,6 +148,37 @@ def test_repeated_calls_do_not_compile_again(rng):
     assert snapshot() == before
 
 
+_ONE_PTX = textwrap.dedent("""
+    import json, re
+    import numpy as np
+    from numba import cuda
+    from attn_numba import kernels
+    from attn_numba.compile_check import targets
+    HOPPER = ("flash_wgmma", "flash_ws")  # sm_90a kernels (wgmma, TMA); the others sm_80
+    rows = []
+    for name in kernels.available():
+        label, fn, sig = targets(kernels.get(name), 64, np.float16)[0]
+        ptx, _ = cuda.compile_ptx(fn, sig, cc=(9, 0, "a") if name in HOPPER else (8, 0))
+        rows.append(dict(kernel=name, func=label, entry=".entry" in ptx,
+                         f64_ops=len(re.findall(r"\\.f64\\b", ptx))))
+    print(json.dumps(rows))
+""")
+
+
+def test_each_kernel_compiles_one_specialisation_to_ptx():
+    """The quick run's real compile: one specialisation per kernel (head size 64, float16,
+    the kernel's first launch), the simulator off. The full run compiles them all (below)."""
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
+    res = subprocess.run([sys.executable, "-c", _ONE_PTX], env=env, capture_output=True,
+                         text=True, timeout=900)
+    assert res.returncode == 0 and res.stdout.strip(), res.stderr[-3000:]
+    rows = json.loads(res.stdout.strip().splitlines()[-1])
+    assert [r["kernel"] for r in rows] == KERNELS
+    assert all(r["entry"] for r in rows), rows
+    assert not [r for r in rows if r["f64_ops"]], rows
+
+
+@pytest.mark.slow
 def test_every_kernel_compiles_to_ptx_for_sm80_and_sm90():
     """The simulator runs Python; this compiles each kernel for real (no GPU needed)."""
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")

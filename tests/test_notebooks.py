@@ -42,7 +42,12 @@ def test_sync_check_fails_on_drift(tmp_path):
     assert "missing" in R.pair_problems(py, nb)[0]
 
 
-@pytest.mark.parametrize("stem", STEMS)
+#: notebooks that run in seconds on the simulator: the quick run's; the others are slow
+QUICK = ("01_naive", "06_explaining_the_log")
+
+
+@pytest.mark.parametrize("stem", [s if s in QUICK else pytest.param(s, marks=pytest.mark.slow)
+                                  for s in STEMS])
 def test_notebook_runs(stem):
     ipynb = FOLDER / f"{stem}.ipynb"
     before = ipynb.read_bytes() if ipynb.exists() else None

@@ -15,6 +15,7 @@ from attn_numba.testing import check_mha_fwd, check_mha_varlen_fwd
 
 from conftest import SIM
 
+pytestmark = pytest.mark.slow  # minutes on the simulator; tests/test_kernels.py is the quick run's
 EXAMPLES = int(os.environ.get("ATTN_NUMBA_HYPOTHESIS_EXAMPLES", "12" if SIM else "60"))
 MAX_LEN = 24 if SIM else 300
 KERNELS = attn_numba.available_kernels()

@@ -194,6 +194,7 @@ _COMPILE_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_compile_ptx_on_cpu():
     """compile_ptx of sample specialisations for sm_80 and sm_90, outside the simulator: the
     PTX holds the instructions themselves (no calls to linked code), fully unrolled, with no

@@ -46,14 +46,18 @@ def _run(rng, seq_q, seq_k, h, hkv, d, dtype, window, causal, **kw):
     return out.view(dtype).astype(np.float64), lse[0], ref, ref_lse, tol
 
 
+def _slow(*case):  # seconds each on the simulator: the full run's
+    return pytest.param(case, marks=pytest.mark.slow)
+
+
 CASES = [  # seq_q, seq_k, H, Hkv, D, dtype, window, causal, options
     ([20], [20], 4, 1, 64, np.float16, (-1, -1), False, dict(block_n=64)),
-    ([37], [37], 8, 1, 64, np.float16, (-1, -1), True, dict(block_n=64)),
+    _slow([37], [37], 8, 1, 64, np.float16, (-1, -1), True, dict(block_n=64)),
     ([40], [90], 2, 2, 64, BF16, (16, 8), False, dict(block_n=64, overlap=True)),
-    ([80], [40], 4, 1, 128, np.float16, (-1, -1), True, dict(overlap=True)),
-    ([30, 0, 5, 66], [40, 3, 0, 66], 8, 2, 64, np.float16, (20, 20), False,
-     dict(block_n=64, groups=2, overlap=True)),
-    ([50], [140], 4, 4, 64, BF16, (-1, -1), False, dict(block_n=64, groups=2)),
+    _slow([80], [40], 4, 1, 128, np.float16, (-1, -1), True, dict(overlap=True)),
+    _slow([30, 0, 5, 66], [40, 3, 0, 66], 8, 2, 64, np.float16, (20, 20), False,
+          dict(block_n=64, groups=2, overlap=True)),
+    _slow([50], [140], 4, 4, 64, BF16, (-1, -1), False, dict(block_n=64, groups=2)),
     ([1], [1], 4, 1, 256, np.float16, (-1, -1), False, {}),
     ([33], [33], 2, 1, 256, BF16, (0, 0), False, dict(overlap=True)),
 ]

@@ -359,7 +359,8 @@ def run(kernels, grid, out, nvbench_args, ceilings):
     import cuda.bench as bench
     from .grid import iter_configs
     from .nvbench_def import Progress
-    names = "-".join(kernels)
+    seqs = sorted(grid["seq_len"])
+    names = "-".join(kernels) + f"_S{seqs[0]}" + (f"-{seqs[-1]}" if len(seqs) > 1 else "")
     json_path, md_path = out / f"nvbench_backward_{names}.json", out / f"nvbench_backward_{names}.md"
     results = {}
     total = len(list(iter_configs(grid))) * len(kernels) * len(PASSES)

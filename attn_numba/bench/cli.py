@@ -1,12 +1,6 @@
 """``attn-numba bench``: run the NVBench benchmark ``run_mha_fwd`` and write ``summary.json``.
 
-    attn-numba bench                                # the log's grid, every kernel + peers
-    attn-numba bench --quick --kernels naive,sdpa   # S in {1024, 8192}, causal 0 and 1
-    attn-numba bench --seq-lens 512 4096 --causal 1 --out results/mine
-    attn-numba bench --simulate                     # no GPU: tiny sizes on Numba's simulator
-    attn-numba bench --long                         # 16k..512k tokens: flash_tc(, flash_wgmma),
-                                                    # flexattention, merged into summary.json
-
+The command's help (:func:`help_texts`) gives the examples, what it needs and the kernels.
 Writes into ``--out`` (default ``results/<device-slug>``, ``-quick`` appended for ``--quick``):
 NVBench's own JSON (``--json``) and markdown table (also printed to stdout, like the log), and the
 flat ``summary.json`` (see :mod:`attn_numba.bench.summary`) with ceilings measured in the same
@@ -25,14 +19,25 @@ import sys
 import time
 from pathlib import Path
 
+from ..cli import INSTALL_GPU, examples
 from . import grid as G
 from . import summary as S
 
 NO_GPU_MESSAGE = (
     "attn-numba bench: no CUDA GPU available ({why}); nothing was measured.\n"
-    "  Run it on a machine with an NVIDIA GPU and `pip install -e .[gpu]` (cuda-bench, torch),\n"
+    "  Run it on a machine with an NVIDIA GPU and the gpu extra (cuda-bench, torch):\n"
+    f"    {INSTALL_GPU}\n"
     "  or check the pipeline end to end without a GPU: attn-numba bench --simulate\n"
     "  (committed results under results/ can be plotted with: attn-numba plot)")
+
+EXAMPLES = examples(
+    ("attn-numba bench", "the log's grid, every kernel, both peers"),
+    ("attn-numba bench --quick --kernels naive,sdpa", "seq_len 1024 and 8192, causal 0 and 1"),
+    ("attn-numba bench --seq-lens 512 4096 --causal 1 --out results/mine", ""),
+    ("attn-numba bench --kernels flash_tc,sdpa --merge", "added to the summary.json in --out"),
+    ("attn-numba bench --long", "16k to 512k tokens, into the same summary"),
+    ("attn-numba bench --list", "the states that would run; no GPU needed"),
+    ("attn-numba bench --simulate", "no GPU: tiny sizes on Numba's simulator"))
 
 #: NVBench stopping criteria used unless overridden: a measurement (cold, and batch for the
 #: peers) stops at 1 % noise after 5 samples and 0.5 s of GPU time, or after 1.5 s of wall time,
@@ -41,6 +46,22 @@ NO_GPU_MESSAGE = (
 DEFAULT_MIN_SAMPLES = 5
 DEFAULT_MAX_NOISE = 1.0  # percent
 DEFAULT_TIMEOUT = 1.5  # seconds
+
+
+def help_texts():
+    """``(description, epilog)`` of ``attn-numba bench --help``: what it needs, and the kernels
+    from the registry (:func:`attn_numba.available_kernels`, which imports every kernel
+    module, so this runs only when the help is printed)."""
+    from .. import available_kernels
+    description = (
+        "Run the NVBench (cuda-bench) benchmark run_mha_fwd over a grid of shapes and\n"
+        "write summary.json, NVBench's JSON and its markdown table into --out.\n\n"
+        "Needs an NVIDIA GPU and the gpu extra (cuda-bench, torch for the peers):\n"
+        f"  {INSTALL_GPU}\n"
+        "Without a GPU, --list and --simulate still run.\n\n"
+        f"kernels of this build: {', '.join(available_kernels())}\n"
+        f"peers (PyTorch): {', '.join(G.PEERS)}")
+    return description, EXAMPLES
 
 
 def _int_list(text):
@@ -272,7 +293,7 @@ def main(args):
         cuda.bench.State  # loads the native extension matching cuda-bindings' CUDA major
     except (ImportError, AttributeError) as exc:
         print(f"attn-numba bench: cuda-bench (NVBench's Python package) is not importable ({exc}); "
-              "install it with `pip install -e .[gpu]`", file=sys.stderr)
+              f"install the gpu extra: {INSTALL_GPU}", file=sys.stderr)
         return 2
 
     device = info
