@@ -23,16 +23,25 @@ DTYPES = (np.float16, np.float32)
 
 
 def targets(module, head_size, dtype):
-    """(label, python function, signature) for every kernel of ``module`` at this spec."""
-    if hasattr(module, "compile_targets"):  # factories: (fn, sig) or (label, fn, sig)
-        out = []
-        for t in module.compile_targets(head_size, dtype):
-            label, fn, sig = t if len(t) == 3 else (getattr(t[0], "__name__", "kernel"), *t)
-            out.append((label, getattr(fn, "py_func", fn), sig))
-        return out
-    sigs = module.ptx_signatures(head_size, dtype)
-    return [(name, getattr(fn, "py_func", fn), sigs[name])
-            for name, fn in module.KERNEL_FUNCS.items() if name in sigs]
+    """(label, python function, signature) for every kernel of ``module`` at this spec: its
+    ``compile_targets`` with each kernel's Python function (what ``compile_ptx`` takes)."""
+    return [(label, getattr(fn, "py_func", fn), sig)
+            for label, fn, sig in module.compile_targets(head_size, dtype)]
+
+
+def kernel_targets(module, head_sizes=HEAD_SIZES, dtypes=DTYPES):
+    """``[(label, dispatcher, signature, head_size, dtype)]`` of ``module``'s
+    ``compile_targets`` over head sizes and dtypes, each dispatcher and signature once
+    (kernels not specialised on the head size appear at the first one)."""
+    out, seen = [], set()
+    for dtype in dtypes:
+        for hs in head_sizes:
+            for label, disp, sig in module.compile_targets(hs, dtype):
+                key = (id(disp), str(sig))
+                if key not in seen:
+                    seen.add(key)
+                    out.append((label, disp, sig, hs, dtype))
+    return out
 
 
 def compile_all(kernel_names=None, head_sizes=HEAD_SIZES, dtypes=DTYPES, ccs=CCS):
@@ -47,10 +56,7 @@ def compile_all(kernel_names=None, head_sizes=HEAD_SIZES, dtypes=DTYPES, ccs=CCS
         mod = kernels.get(name)
         for dtype in dtypes:
             for hs in head_sizes:
-                try:
-                    tgts = targets(mod, hs, dtype)
-                except NotImplementedError:  # this spec is not offered by the module
-                    continue
+                tgts = targets(mod, hs, dtype)
                 for label, fn, sig in tgts:
                     for cc in ccs:
                         key = (name, label, id(fn), str(sig), cc)

@@ -27,14 +27,15 @@ import shutil
 import sys
 from pathlib import Path
 
+from .cli import INSTALL_GPU
+
 #: result sets in order of preference: the newest GPU first
 PREFERRED = ("h200", "h100")
 #: the summary shipped in the package (a copy of the preferred one when it was packaged)
 PACKAGED_RESULTS = Path(__file__).resolve().parent / "data" / "results"
 #: what to do on a machine with no GPU, said once by ``attn-numba report`` and ``explain``
 NO_GPU_HINT = ("With no GPU the committed results are shown; to time the kernels yourself, run "
-               "`attn-numba bench` on a machine with an NVIDIA GPU after "
-               "`python -m pip install -e \".[dev,gpu]\"`.")
+               f"`attn-numba bench` on a machine with an NVIDIA GPU after `{INSTALL_GPU}`.")
 
 
 def _checkout_results(start):

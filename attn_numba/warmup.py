@@ -16,7 +16,7 @@ the work: host-side compilation inside the timed region. Two tools against that:
   factories), which also works on the simulator.
 
 :func:`compile_eager` is the lower-level variant: ``dispatcher.compile(sig)`` with the explicit
-signatures from each kernel module's ``ptx_signatures`` plus ``kernel.bind()`` (module load),
+signatures from each kernel module's ``compile_targets`` plus ``kernel.bind()`` (module load),
 timed per step, so one can see where the first-call time goes.
 """
 from __future__ import annotations
@@ -29,6 +29,7 @@ import time
 import numpy as np
 
 from . import kernels as _kernels
+from .compile_check import kernel_targets
 from .launcher import load_cached  # noqa: F401 - part of this module's API
 from .kernels import KERNEL_NAMES
 
@@ -119,16 +120,16 @@ def _factories(mod):
 def specialization_count():
     """{'overloads': n, 'factory_misses': n, 'dispatchers': n} over every available kernel module.
 
-    ``overloads``: compiled specializations of the dispatchers in ``KERNEL_FUNCS`` (0 on the
-    simulator, which does not compile); ``factory_misses``: lru_cache misses of kernel
-    factories (each miss builds new kernels); ``dispatchers``: number of KERNEL_FUNCS entries.
+    ``overloads``: compiled specializations of the dispatchers that ``compile_targets`` lists
+    (0 on the simulator, which does not compile); ``factory_misses``: lru_cache misses of
+    kernel factories (each miss builds new kernels); ``dispatchers``: how many there are.
     """
     overloads = misses = ndisp = 0
     for name in KERNEL_NAMES:
         mod = _kernels.get(name)
         if mod is None:
             continue
-        for disp in getattr(mod, "KERNEL_FUNCS", {}).values():
+        for _, disp, *_ in kernel_targets(mod):
             ndisp += 1
             overloads += len(getattr(disp, "overloads", {}) or {})
         for _, fac in _factories(mod):
@@ -209,13 +210,12 @@ def warmup_async(**kwargs):
 
 
 def compile_eager(kernel_names=("naive",), dtypes=(np.float16,), head_sizes=(128,)):
-    """``dispatcher.compile(sig)`` for each kernel module's ``ptx_signatures`` and then
+    """``dispatcher.compile(sig)`` for each kernel module's ``compile_targets`` and then
     ``kernel.bind()`` (cubin -> loaded module), timed per step.
 
     Returns a list of {kernel, func, dtype, head_size, compile_or_load_s, bind_s, compiles}.
     With ``cache=True`` and a warm disk cache ``compile`` is a cache load (``compiles == 0``).
-    Empty on the simulator. Kernels built by factories that are not in ``KERNEL_FUNCS`` are not
-    covered; use :func:`warmup` for them.
+    Empty on the simulator.
     """
     out = []
     for row, disp, sig in _signatures(kernel_names, dtypes, head_sizes):
@@ -230,26 +230,18 @@ def compile_eager(kernel_names=("naive",), dtypes=(np.float16,), head_sizes=(128
 
 
 def _signatures(kernel_names, dtypes, head_sizes):
-    """(row, dispatcher, signature) for every ``KERNEL_FUNCS`` entry with a ``ptx_signatures``
-    signature of the given kernels; row = {kernel, func, dtype, head_size}. Nothing on the
-    simulator."""
+    """(row, dispatcher, signature) for every ``compile_targets`` entry of the given kernels;
+    row = {kernel, func, dtype, head_size}. Nothing on the simulator."""
     if _on_simulator():
         return
     for name in kernel_names:
         mod = _kernels.get(name)
         if mod is None:
             continue
-        for dt in dtypes:
-            for d in head_sizes:
-                try:
-                    sigs = mod.ptx_signatures(d, np.dtype(dt))
-                except Exception:  # noqa: BLE001 - a module may not support this combination
-                    continue
-                for fname, sig in sigs.items():
-                    disp = mod.KERNEL_FUNCS.get(fname)
-                    if disp is not None:
-                        yield ({"kernel": name, "func": fname, "dtype": np.dtype(dt).name,
-                                "head_size": int(d)}, disp, sig)
+        for label, disp, sig, d, dt in kernel_targets(mod, head_sizes,
+                                                      [np.dtype(x) for x in dtypes]):
+            yield ({"kernel": name, "func": label, "dtype": np.dtype(dt).name,
+                    "head_size": int(d)}, disp, sig)
 
 
 # --------------------------------------------------------------------------- fast cache load
@@ -258,8 +250,8 @@ def _signatures(kernel_names, dtypes, head_sizes):
 
 def fast_load(kernel_names=("naive",), dtypes=(np.float16,), head_sizes=(128,), bind=True,
               compile_on_miss=True):
-    """:func:`load_cached` (+ ``bind()``: module load) for every ``KERNEL_FUNCS`` entry and
-    ``ptx_signatures`` of the given kernels. Returns [{kernel, func, dtype, head_size, how,
+    """:func:`load_cached` (+ ``bind()``: module load) for every ``compile_targets`` entry of
+    the given kernels. Returns [{kernel, func, dtype, head_size, how,
     load_s, bind_s}]. Empty on the simulator. With ``compile_on_miss=False`` a cache miss
     is skipped (how = "miss") instead of compiled: the interface uses that on its first call
     of each (kernel, dtype, head_size), so a cold cache costs nothing extra."""

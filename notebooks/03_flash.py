@@ -129,7 +129,7 @@ print(f"per key tile: {fl // NT} FMAs per thread, {(BM + 2 * BN) * D // NT} stag
 
 # %%
 print(v3_flash.__doc__.split("Spec")[0])
-src = inspect.getsource(v3_flash._build)
+src = inspect.getsource(v3_flash.build)
 start = src.index("                for d0 in range(0, DK, UNROLL_S):")
 print(src[start:src.index("            # ---- online softmax")])
 

@@ -36,7 +36,7 @@
 import glob, inspect, json, os
 import numpy as np
 import attn_numba
-from attn_numba.kernels import ptx, v4_layout as L, v4_tensor_core as v4
+from attn_numba.kernels import ptx, v4_layout as L, v4_flash_tc as v4
 from attn_numba.kernels.v4_emulation import emulate_flash_tc
 from attn_numba.reference import mha_fwd_ref
 from attn_numba.testing import compare
@@ -175,7 +175,7 @@ import subprocess, sys
 prog = '''
 import re, numpy as np
 from numba import cuda
-from attn_numba.kernels import v4_tensor_core as v4
+from attn_numba.kernels import v4_flash_tc as v4
 for label, fn, sig in v4.compile_targets(128, np.float16, heads=(4,)):
     ptx_text, _ = cuda.compile_ptx(fn, sig, cc=(9, 0))
     print(label + ": " + ", ".join(f"{len(re.findall(pat, ptx_text))} {name}" for name, pat in (
@@ -192,12 +192,12 @@ except Exception as exc:
 # %% [markdown]
 # ## The kernel
 #
-# `attn_numba/kernels/v4_tensor_core.py`, `build(head_size, heads, bf16, bn)`: 4 warps per block,
+# `attn_numba/kernels/v4_flash_tc.py`, `build(Config(head_size, dtype, heads, block_n))`: 4 warps per block,
 # 16 query positions per warp; with GQA a block covers `heads` query heads of one group so that
 # each staged K/V tile serves all of them. The key loop:
 
 # %%
-src = inspect.getsource(v4._build)
+src = inspect.getsource(v4.build)
 start = src.index("        for n0 in range(")
 print(src[start:src.index("        # epilogue")])
 

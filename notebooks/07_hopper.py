@@ -180,7 +180,7 @@ for dtype in (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)):
 from numba import config as numba_config
 
 if numba_config.ENABLE_CUDASIM:
-    from attn_numba.kernels import v5_wgmma
+    from attn_numba.kernels import FWD_ARRAYS, launch_plans, named, v5_flash_wgmma
     from attn_numba.problem import Problem
     from attn_numba.reference import mha_varlen_fwd_ref
 
@@ -192,11 +192,11 @@ if numba_config.ENABLE_CUDASIM:
                 num_heads=h_, num_kv_heads=hkv_, head_size=d_, dtype=np.dtype(np.float16),
                 softmax_scale=1 / math.sqrt(d_), window_left=-1, window_right=0, causal=True,
                 lse_batched=False, on_simulator=True)
-    kernel, grid_, threads, shared = v5_wgmma.configure(p, block_n=64, overlap=True)
+    (plan,) = v5_flash_wgmma.plan(p, v5_flash_wgmma.config_for(p, block_n=64, overlap=True))
+    grid_, threads, shared = plan.griddim, plan.blockdim, plan.shared
     out = np.zeros((sq_, h_, d_), np.float16)
     lse = np.zeros((1, h_, sq_), np.float32)
-    kernel[grid_, threads, 0, shared](q.view(np.uint16), k.view(np.uint16), v.view(np.uint16),
-                                      out.view(np.uint32), lse, cu, cu, *v5_wgmma._scalars(p))
+    launch_plans((plan,), named(FWD_ARRAYS, q, k, v, out, lse, cu, cu))
     ref, ref_lse = mha_varlen_fwd_ref(q, k, v, cu, cu, causal=True)
     print(f"grid {grid_}, {threads} threads, {shared} bytes of shared memory")
     print(f"max |kernel - float64| = {np.abs(out - ref).max():.2e}, "
@@ -232,7 +232,7 @@ else:
 code = r'''
 import re, numpy as np
 from numba import cuda
-from attn_numba.kernels import v5_wgmma as v5
+from attn_numba.kernels import v5_flash_wgmma as v5
 label, fn, sig = v5.compile_targets(128, np.float16, heads=(4,))[0]
 ptx, _ = cuda.compile_ptx(fn, sig, cc=(9, 0, "a"))
 print(re.search(r"\.target\s+\S+", ptx).group(0))

@@ -16,6 +16,8 @@
 #                        dominates a fresh machine, and the host has 16 cores
 #   breakdown_base       scripts/call_breakdown.py of the baseline tree carried in .baseline/
 #                        (git archive of an earlier commit), for a before/after in one run
+#   fwd_ab               scripts/fwd_timing.py of the baseline tree (.baseline/), then of this
+#                        one: flash_tc and flash_wgmma at the log's 10 configs, one run
 #   bench_bwd:K1,K2[:S]  attn-numba bench --backward --kernels K1,K2 [--seq-lens S1,S2]
 #                        --out results/h200 (bwd and fwd+bwd, gradients checked first)
 #   bwd_check[:A,B]      scripts/gpu_bwd_check.py A B (backward sweep and timing; JSON in r/)
@@ -47,7 +49,7 @@ run() {  # run LOG LIMIT command...: bounded, output to $R/LOG.log, exit status 
 }
 sanitizer() { command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1; }
 
-STEPS=" bench long flex_long first_call gpu_tests gpu_par breakdown breakdown_base sanitize wgmma_check v4_check package notebooks bench_bwd bwd_check v6_check "
+STEPS=" bench long flex_long first_call gpu_tests gpu_par breakdown breakdown_base fwd_ab sanitize wgmma_check v4_check package notebooks bench_bwd bwd_check v6_check "
 for spec in "$@"; do  # every step known before any runs
     [[ $STEPS == *" ${spec%%:*} "* ]] || { echo "unknown step ${spec%%:*}; steps:$STEPS"; exit 2; }
 done
@@ -81,6 +83,9 @@ for spec in "$@"; do
                  wait ;;
         breakdown_base) OUT="$R/base" PYTHONPATH="/tmp/site:$PWD/.baseline" run \
                             call_breakdown_base 120 python3 .baseline/scripts/call_breakdown.py ;;
+        fwd_ab) OUT="$R" PYTHONPATH="/tmp/site:$PWD/.baseline" run fwd_timing_base 150 \
+                    python3 scripts/fwd_timing.py --tag base
+                OUT="$R" run fwd_timing_new 150 python3 scripts/fwd_timing.py --tag new ;;
         bench_bwd) run "bench_bwd_${a//,/-}" 300 python3 -m attn_numba.cli bench --backward \
                        --kernels "$a" ${b:+--seq-lens ${b//,/ }} --out results/h200 ;;
         bwd_check) OUT="$R" run bwd_check 200 python3 scripts/gpu_bwd_check.py $list ;;

@@ -4,7 +4,7 @@ directly (not through the public call), so it measures the kernel alone.
 
     python3 scripts/gpu_check_v4.py            # writes $OUT/v4_check.json, prints a table
 
-Variants (``VARIANTS``, keyword arguments of ``v4.launch``) are timed next to the default.
+Variants (``VARIANTS``, Config fields given to ``v4.config_for``) are timed next to the default.
 (Run 8's ``rpw32`` variants, 32 query rows per warp, were deleted with ``v4_two_tile`` after
 they measured no better: ``git show 857efbf:scripts/gpu_check_v4.py``.)
 """
@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from numba import cuda
 
-from attn_numba.kernels import v4_tensor_core as v4
+from attn_numba.kernels import FWD_ARRAYS, launch_plans, named
+from attn_numba.kernels import v4_flash_tc as v4
 from attn_numba.problem import Problem
 from attn_numba.reference import mha_varlen_fwd_ref
 
@@ -56,8 +57,9 @@ def run_varlen(q, k, v, cu_q, cu_k, left, right, causal, dtype_name, stream=0, v
     lse = torch.full((1, H, tq), float("nan"), device=DEV)
     dcq = cuda.to_device(cu_q.astype(np.int32))
     dck = cuda.to_device(cu_k.astype(np.int32))
-    v4.launch(prob, as_numba(q), as_numba(k), as_numba(v), as_numba(out), cuda.as_cuda_array(lse),
-              dcq, dck, cuda.default_stream(), **(variant or {}))
+    launch_plans(v4.plan(prob, v4.config_for(prob, **(variant or {}))),
+                 named(FWD_ARRAYS, as_numba(q), as_numba(k), as_numba(v), as_numba(out),
+                       cuda.as_cuda_array(lse), dcq, dck), cuda.default_stream())
     cuda.synchronize()
     return out, lse[0]
 
@@ -114,7 +116,7 @@ def resources():
     out = []
     for D in (64, 128, 256):
         for dt in ("float16", "bfloat16"):
-            kern = v4.build(D, 4, dt == "bfloat16")
+            kern = v4.build(v4.Config(D, dt, 4, stages=v4.stages(D)))
             for sig, ovl in kern.overloads.items():
                 f = ovl._codelibrary.get_cufunc()
                 out.append(dict(D=D, dtype=dt, regs=f.attrs.regs, local=f.attrs.local,
@@ -156,7 +158,8 @@ def _queued_ms(fn, n=20, sleep_cycles=int(2e7)):
     return float(np.median(times))
 
 
-VARIANTS = {"default": {}, "s1_bn64": dict(nstages=1, bn=64), "s1_bn32": dict(nstages=1, bn=32)}
+VARIANTS = {"default": {}, "s1_bn64": dict(stages=1, block_n=64),
+            "s1_bn32": dict(stages=1, block_n=32)}
 
 
 def timing(variants=VARIANTS, sizes=(512, 1024, 2048, 4096, 8192)):
@@ -192,7 +195,9 @@ def timing(variants=VARIANTS, sizes=(512, 1024, 2048, 4096, 8192)):
             flops = 4 * pairs * H * D
             row = dict(S=S, causal=causal, flex_ms=t_flex)
             for name, kw in variants.items():
-                fn = lambda: v4.launch(prob, *args, cu, cu, stream, **kw)  # noqa: E731
+                fn = lambda kw=kw: launch_plans(  # noqa: E731
+                    v4.plan(prob, v4.config_for(prob, **kw)), named(FWD_ARRAYS, *args, cu, cu),
+                    stream)
                 out.fill_(float("nan"))
                 fn()
                 diff = float((ref[0].transpose(0, 1) - out).abs().max())

@@ -245,11 +245,11 @@ def sweep(stall, end):
 def compile_child(spec):
     """Compile one specialisation (and the map writer) into Numba's disk cache; ``"v5"``:
     flash_wgmma's default D=128 fp16 kernel (timed against)."""
-    from attn_numba.kernels import v5_wgmma as v5
+    from attn_numba.kernels import v5_flash_wgmma as v5
     from attn_numba.kernels import v6_flash_ws as v6
-    from attn_numba.kernels.v5_wgmma import opt_in_shared
+    from attn_numba.kernels.v5_flash_wgmma import opt_in_shared
     if spec == ("v5",):
-        return opt_in_shared(v5.build(128, "f16", 4), v5._signature(), 1024)
+        return opt_in_shared(v5.build(v5.Config(128, "float16", 4)), v5._signature(), 1024)
     d, kind, hb, bn, st, ov = spec
     kernel = v6.build(d, kind, hb, bn, st, ov)
     opt_in_shared(kernel, v6._signature(), 1024)
@@ -348,7 +348,7 @@ def _ptr(a):
 def timing(end):
     from numba import cuda
     from attn_numba import kernels
-    from attn_numba.kernels import v5_wgmma as v5
+    from attn_numba.kernels import v5_flash_wgmma as v5
     from attn_numba.kernels import v6_flash_ws as v6
     from attn_numba.problem import Problem, windowed_flops
     how, bench = _timer()

@@ -103,14 +103,14 @@ def main():
         t, mb = v3.GPU_CONFIG[D]
         gh = v3.stacked_heads(4, t)
         rows.append(dict(measure(f"flash D={D} gh={gh} {tuple(t)} default",
-                                 v3.build(D, t, gh, False, mb).py_func, sig3,
+                                 v3.build(v3.Config(D, t, gh, mb)).py_func, sig3,
                                  (t[2], mb) if mb else None, ptxas, a.nvdisasm, isa),
                          head_size=D, tiles=t.asdict(), min_blocks=mb, gh=gh))
         print(rows[-1], flush=True)
     for t, mb in RUN1_SWEEP:
         gh = v3.stacked_heads(4, t)
         rows.append(dict(measure(f"flash D=128 gh={gh} {tuple(t)} mb={mb} sweep",
-                                 v3.build(128, t, gh, False, mb).py_func, sig3,
+                                 v3.build(v3.Config(128, v3.Tiles(*t), gh, mb)).py_func, sig3,
                                  (t[2], mb) if mb else None, ptxas, a.nvdisasm, isa),
                          head_size=128, tiles=t.asdict(), min_blocks=mb, gh=gh))
         print(rows[-1], flush=True)

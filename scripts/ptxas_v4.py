@@ -16,7 +16,7 @@ import tempfile
 
 from numba import cuda
 
-from attn_numba.kernels import v4_tensor_core as v4
+from attn_numba.kernels import v4_flash_tc as v4
 
 
 def ptxas(ptx, arch):
@@ -48,7 +48,7 @@ def main(argv=None):
                 for cc in ((8, 0), (9, 0)):
                     ptx, _ = cuda.compile_ptx(fn, sig, cc=cc)
                     r = dict(kernel=label, head_size=d, dtype=dt, arch=f"sm_{cc[0]}{cc[1]}",
-                             block_n=v4.block_n(d), stages=v4.stages(d), **ptxas(ptx, f"sm_{cc[0]}{cc[1]}"))
+                             block_n=v4.Config(d).block_n, stages=v4.stages(d), **ptxas(ptx, f"sm_{cc[0]}{cc[1]}"))
                     rows.append(r)
                     print(f"{label:<40} {r['arch']}  regs {r['registers']:>3}  spill st/ld "
                           f"{r['spill_stores']}/{r['spill_loads']}  smem {r['smem']}", flush=True)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from attn_numba import cli, on_simulator
-from attn_numba.bench import cases, grid as G, summary as S
+from attn_numba.bench import cases, grid as G, inputs, summary as S
 from attn_numba.reference import mha_fwd_ref
 from attn_numba.testing import random_qkv
 
@@ -115,7 +115,7 @@ def test_check_blocks():
 
 
 def test_random_normal_is_chunked_reproducible_and_fresh(monkeypatch):
-    monkeypatch.setattr(cases, "_CHUNK", 1000)  # many chunks, several threads
+    monkeypatch.setattr(inputs, "_CHUNK", 1000)  # many chunks, several threads
     a = cases.random_normal([1, 2], (3, 700, 2))
     assert a.dtype == np.float16 and a.shape == (3, 700, 2)
     assert np.array_equal(a, cases.random_normal([1, 2], (3, 700, 2)))

@@ -8,6 +8,7 @@ import pytest
 
 import attn_numba
 from attn_numba import kernels
+from attn_numba.compile_check import kernel_targets
 from attn_numba.testing import check_mha_fwd, check_mha_varlen_fwd, random_qkv, random_varlen
 
 pytestmark = pytest.mark.gpu
@@ -63,13 +64,13 @@ def test_compiles_once_per_specialization(rng):
     for kernel in KERNELS:
         attn_numba.mha_fwd(q, k, v, kernel=kernel, **LOG_KW)
     counts = {(n, f): len(fn.overloads) for n in KERNELS
-              for f, fn in getattr(kernels.get(n), "KERNEL_FUNCS", {}).items()}
+              for f, fn, *_ in kernel_targets(kernels.get(n))}
     for _ in range(3):
         for kernel in KERNELS:
             attn_numba.mha_fwd(q, k, v, kernel=kernel, **LOG_KW)
     cuda.synchronize()
     assert counts == {(n, f): len(fn.overloads) for n in KERNELS
-                      for f, fn in getattr(kernels.get(n), "KERNEL_FUNCS", {}).items()}
+                      for f, fn, *_ in kernel_targets(kernels.get(n))}
 
 
 def test_runs_on_the_callers_stream(rng):

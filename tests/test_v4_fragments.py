@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from attn_numba.kernels import v4_layout as L
-from attn_numba.kernels import v4_tensor_core as v4
+from attn_numba.kernels import v4_flash_tc as v4
 from attn_numba.kernels.v4_emulation import emulate_flash_tc
 from attn_numba.problem import Problem
 from attn_numba.reference import mha_fwd_ref
@@ -174,7 +174,7 @@ _COMPILE_SCRIPT = textwrap.dedent("""
     import json, re
     import numpy as np
     from numba import cuda
-    from attn_numba.kernels import v4_tensor_core as v4
+    from attn_numba.kernels import v4_flash_tc as v4
     res = {}
     for cc in [(8, 0), (9, 0)]:
         for d, dt in [(64, "float16"), (128, "float16"), (128, "bfloat16"), (256, "float16"),
@@ -203,7 +203,7 @@ def test_compile_ptx_on_cpu():
     assert len(res) == 2 * 5
     for key, r in res.items():
         d = int(key.split("_")[1])
-        bn, d16 = v4.block_n(d), v4.padded(d)
+        bn, d16 = v4.Config(d).block_n, v4.padded(d)
         assert r["target"] and r["calls"] == 0 and r["local"] == 0, (key, r)
         # Q.K^T: (bn/16)(d16/16) ldmatrix.x4, 2 mma each; P.V: (bn/16)(d16/16) ldmatrix.x4.trans,
         # 2 mma each, less the P.V mma of padding columns that are never stored (dead code)
@@ -212,7 +212,7 @@ def test_compile_ptx_on_cpu():
         dead = (bn // 16) * ((d16 - d) // 8)
         assert r["mma"] == 4 * steps - dead, (key, r)
         sites = 4 if v4.stages(d) == 2 else 3     # prologue + loop load sites of K and V
-        assert r["cp_async"] == sites * -(-bn * (d16 // 8) // v4.THREADS), (key, r)
+        assert r["cp_async"] == sites * -(-bn * (d16 // 8) // (32 * v4.WARPS)), (key, r)
 
 
 # --------------------------------------------------------------------------- supports
@@ -230,11 +230,15 @@ def test_default_configuration_fits():
     """Static shared memory under 48 KiB for every head size, and GQA packing that divides
     every group size."""
     for d in range(8, 257, 8):
-        assert v4.shared_bytes(d) <= 48 * 1024, d
-    assert v4.shared_bytes(128, 64, 1) == 34816   # what the H200 reported for this build
-    assert v4.shared_bytes(128) == 34816 and v4.stages(128) == 2 and v4.stages(256) == 1
+        assert v4.shared_bytes(v4.config_for(_problem(head_size=d))) <= 48 * 1024, d
+    # what the H200 reported for this build
+    assert v4.shared_bytes(v4.Config(128, block_n=64, stages=1)) == 34816
+    cfg = v4.config_for(_problem())
+    assert v4.shared_bytes(cfg) == 34816 and cfg.stages == 2
+    assert v4.config_for(_problem(head_size=256)).stages == 1
+    assert v4.config_for(_problem(head_size=256), block_n=16).stages == 2
     for group in (1, 2, 3, 4, 6, 8, 16):
-        hb = v4.heads_per_block(group)
+        hb = v4.config_for(_problem(num_heads=group * 2, num_kv_heads=2)).heads_per_block
         assert group % hb == 0 and v4.WARPS % hb == 0
 
 

@@ -168,7 +168,7 @@ def test_supports_needs_no_opt_in_and_says_why_not(monkeypatch):
     ATTN_NUMBA_NO_WGMMA still switches it off."""
     from numba import cuda
 
-    from attn_numba.kernels import v5_wgmma as v5
+    from attn_numba.kernels import v5_flash_wgmma as v5
     monkeypatch.delenv("ATTN_NUMBA_WGMMA", raising=False)
     monkeypatch.delenv("ATTN_NUMBA_NO_WGMMA", raising=False)
     assert "simulator" in v5.supports(_problem(on_simulator=True))

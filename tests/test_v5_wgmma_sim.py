@@ -9,7 +9,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from attn_numba.kernels import v5_wgmma as v5
+from attn_numba.kernels import FWD_ARRAYS, launch_plans, named
+from attn_numba.kernels import v5_flash_wgmma as v5
 from attn_numba.problem import Problem
 from attn_numba.reference import mha_varlen_fwd_ref
 from attn_numba.testing import LSE_ATOL, LSE_RTOL
@@ -34,11 +35,10 @@ def _run(rng, seq_q, seq_k, h, hkv, d, dtype, window, causal, **kw):
                 num_kv_heads=hkv, head_size=d, dtype=dtype, softmax_scale=1 / math.sqrt(d),
                 window_left=left, window_right=right, causal=causal, lse_batched=False,
                 on_simulator=True)
-    kernel, grid, threads, shared = v5.configure(p, **kw)
+    plans = v5.plan(p, v5.config_for(p, **kw))
     out = np.full(q.shape, 0xFFFF, np.uint16)                 # NaN in fp16 and bf16
     lse = np.full((1, h, p.total_q), np.nan, np.float32)
-    kernel[grid, threads, 0, shared](q.view(np.uint16), k.view(np.uint16), v.view(np.uint16),
-                                     out.view(np.uint32), lse, cu_q, cu_k, *v5._scalars(p))
+    launch_plans(plans, named(FWD_ARRAYS, q, k, v, out, lse, cu_q, cu_k))
     ref, ref_lse = mha_varlen_fwd_ref(q, k, v, cu_q, cu_k, causal=causal, window_size=window)
     low, _ = mha_varlen_fwd_ref(q, k, v, cu_q, cu_k, causal=causal, window_size=window,
                                 p_dtype=dtype)

@@ -4,6 +4,7 @@ import pytest
 
 import attn_numba
 from attn_numba import testing, warmup
+from attn_numba.compile_check import kernel_targets
 from attn_numba.kernels import v1_naive
 
 from conftest import SIM
@@ -19,13 +20,13 @@ def test_repeated_calls_build_no_new_specializations(rng):
               num_kv_heads=1, seqlen=8)
     warmup.warmup(**kw)
     before = warmup.specialization_count()
-    disp_before = dict(v1_naive.KERNEL_FUNCS)
+    disp_before = {label: d for label, d, *_ in kernel_targets(v1_naive)}
     warmup.warmup(**kw)
     q, k, v = _tiny(rng)
     for _ in range(2):
         testing.check_mha_fwd(q, k, v, "naive", window_size=(4, 2))
     assert warmup.specialization_count() == before
-    assert all(v1_naive.KERNEL_FUNCS[n] is d for n, d in disp_before.items())
+    assert disp_before == {label: d for label, d, *_ in kernel_targets(v1_naive)}
 
 
 def test_warmup_reports_each_combination():
@@ -78,7 +79,7 @@ def test_gpu_fresh_jit_is_caught(rng):
     with pytest.raises(warmup.CompileInTimedRegion):
         with warmup.no_new_compiles():
             cuda.jit(v1_naive.naive_kernel.py_func).compile(
-                v1_naive.ptx_signatures(64, np.float16)["naive_kernel"])
+                v1_naive.compile_targets(64, np.float16)[0][2])
 
 
 @pytest.mark.gpu

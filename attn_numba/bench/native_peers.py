@@ -18,7 +18,7 @@ case (:mod:`attn_numba.bench.cases`).
 """
 from __future__ import annotations
 
-from .cases import TorchCase
+from .torch_cases import TorchCase
 
 NAMES = ("fa4", "cudnn")
 

@@ -23,8 +23,8 @@ import numpy as np
 #: forward kernels, in the order ``kernel="auto"`` prefers them (the one registry of names)
 _MODULES = {
     "flash_ws": "attn_numba.kernels.v6_flash_ws",  # Hopper (sm_90a) only; opt-in, see AUTO
-    "flash_wgmma": "attn_numba.kernels.v5_wgmma",  # Hopper only; absent from some builds
-    "flash_tc": "attn_numba.kernels.v4_tensor_core",
+    "flash_wgmma": "attn_numba.kernels.v5_flash_wgmma",  # Hopper only; absent from some builds
+    "flash_tc": "attn_numba.kernels.v4_flash_tc",
     "flash": "attn_numba.kernels.v3_flash",
     "tiled": "attn_numba.kernels.v2_tiled",
     "naive": "attn_numba.kernels.v1_naive",
@@ -97,9 +97,11 @@ class KernelModule(Protocol):
     * ``supports(problem) -> str | None``: why it cannot run a
       :class:`~attn_numba.problem.Problem`, or ``None`` when it can;
     * ``plan(problem) -> tuple[Plan, ...]``: the launches that compute the call, in order;
-    * ``compile_targets(head_size, dtype) -> [(label, py_func, signature)]``: every kernel it
-      compiles for that head size and dtype, for ``cuda.compile_ptx`` (empty when
-      unsupported): the one list that ``compile_check`` and the cache-key test use.
+    * ``compile_targets(head_size, dtype) -> [(label, kernel, signature)]``: every kernel it
+      compiles for that head size and dtype (empty when unsupported): the one list that
+      ``compile_check`` and the cache-key test use. ``kernel`` is the ``cuda.jit``
+      dispatcher (the backward modules give its Python function;
+      :func:`attn_numba.compile_check.targets` takes either for ``cuda.compile_ptx``).
 
     A backward module also defines ``scratch(problem) -> tuple[Scratch, ...]``.
     """

@@ -159,7 +159,7 @@ _OPTED = set()
 def opt_in_shared(kernel, argtypes, nbytes):
     """Compile ``kernel`` for ``argtypes`` and allow it ``nbytes`` of dynamic shared memory
     (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, needed above 48 KiB); as
-    ``v5_wgmma.opt_in_shared``. Nothing to do on the simulator."""
+    ``v5_flash_wgmma.opt_in_shared``. Nothing to do on the simulator."""
     if numba_config.ENABLE_CUDASIM or nbytes <= 48 * 1024:
         return
     from ..launcher import load_cached

@@ -61,8 +61,7 @@ def fixed_intrinsic(impl, name):
     process) and its typer ``impl`` (by value, with the llvmlite types its code generator
     uses, which cache their string form once used). Either makes the key of a kernel whose
     closure holds an intrinsic differ between load and save, so every new process compiles
-    again: 3.1 s first calls of flash_tc on the H200 (the uuid), 2.5 s of flash_wgmma (the
-    typer). The uuid is set to ``name``, and ``impl`` is registered as
+    again (what that cost: notes/kernel_layer.md). The uuid is set to ``name``, and ``impl`` is registered as
     ``_TYPERS.<name>`` of this module, so that it pickles as that reference."""
     key = name.replace(".", "__")
     impl.__module__ = __name__

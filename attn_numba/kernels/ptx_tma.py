@@ -36,6 +36,7 @@ from numba import types
 
 from . import ptx_sm90 as _sm90
 from .ptx import fixed_intrinsic
+from .v6_layout import check_nreg
 
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
@@ -143,20 +144,15 @@ bar_arrive = _stmt("bar_arrive", "bar.arrive $0, $1;", (_U32, _U32))
 @functools.lru_cache(maxsize=None)
 def setmaxnreg_dec(n):
     """``setmaxnreg.dec.sync.aligned.u32 n`` (n: multiple of 8 in 24..256)."""
-    _check_nreg(n)
+    check_nreg(n)
     return _stmt(f"setmaxnreg_dec_{n}", f"setmaxnreg.dec.sync.aligned.u32 {n};", ())
 
 
 @functools.lru_cache(maxsize=None)
 def setmaxnreg_inc(n):
     """``setmaxnreg.inc.sync.aligned.u32 n`` (n: multiple of 8 in 24..256)."""
-    _check_nreg(n)
+    check_nreg(n)
     return _stmt(f"setmaxnreg_inc_{n}", f"setmaxnreg.inc.sync.aligned.u32 {n};", ())
-
-
-def _check_nreg(n):
-    if not isinstance(n, int) or n % 8 or not 24 <= n <= 256:
-        raise ValueError(f"setmaxnreg count must be a multiple of 8 in 24..256, got {n!r}")
 
 
 # --------------------------------------------------------------------------- simulator

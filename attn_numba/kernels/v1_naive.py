@@ -9,14 +9,14 @@ import math
 import numpy as np
 from numba import cuda, float32, int32, types
 
-from . import FWD_ARRAYS, Plan, launch_plans, named
+from ..problem import MAX_HEAD_SIZE
+from . import Plan
 from .common import NEG_INF, array_type, key_range, seq_span, supports_cuda_core
 
 NAME = "naive"
 #: threads per block (query rows per block)
 BLOCK = 128
 BLOCK_SIM = 32
-MAX_HEAD_SIZE = 256
 
 
 @cuda.jit(cache=True)
@@ -69,15 +69,18 @@ def naive_kernel(q, k, v, out, lse, cu_q, cu_k, scale, left, right, lse_batched)
         lse[0, h, t] = row_lse
 
 
-KERNEL_FUNCS = {"naive_kernel": naive_kernel}
-
-
-def ptx_signatures(head_size, dtype):
-    """Argument types of ``naive_kernel`` for ``cuda.compile_ptx``."""
+def _signature(dtype):
     a3 = array_type(dtype, 3)
-    return {"naive_kernel": (a3, a3, a3, a3, array_type(np.float32, 3), array_type(np.int32, 1),
-                             array_type(np.int32, 1), types.float32, types.int64, types.int64,
-                             types.boolean)}
+    return (a3, a3, a3, a3, array_type(np.float32, 3), array_type(np.int32, 1),
+            array_type(np.int32, 1), types.float32, types.int64, types.int64, types.boolean)
+
+
+def compile_targets(head_size, dtype):
+    """``[(label, kernel, signature)]`` for ``cuda.compile_ptx`` (one kernel for every head
+    size up to MAX_HEAD_SIZE)."""
+    if head_size > MAX_HEAD_SIZE:
+        return []
+    return [("naive_kernel", naive_kernel, _signature(dtype))]
 
 
 def supports(problem):
@@ -91,8 +94,3 @@ def plan(problem):
     return (Plan(naive_kernel, grid, block, (None, None, None, None),
                  (np.float32(problem.softmax_scale), np.int64(problem.window_left),
                   np.int64(problem.window_right), bool(problem.lse_batched))),)
-
-
-def launch(problem, q, k, v, out, lse, cu_q, cu_k, stream):
-    """:func:`plan`'s launches through Numba's dispatcher (see :mod:`attn_numba.kernels`)."""
-    launch_plans(plan(problem), named(FWD_ARRAYS, q, k, v, out, lse, cu_q, cu_k), stream)

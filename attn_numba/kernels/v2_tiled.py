@@ -27,11 +27,11 @@ import math
 import numpy as np
 from numba import cuda, float32, types
 
-from . import FWD_ARRAYS, Plan, launch_plans, named
+from ..problem import MAX_HEAD_SIZE
+from . import Plan
 from .common import NEG_INF, array_type, key_range, seq_span, supports_cuda_core
 
 NAME = "tiled"
-MAX_HEAD_SIZE = 256
 ZERO = np.float32(0.0)
 ONE = np.float32(1.0)
 U = types.uint64  # unsigned indices: no negative-index wraparound code
@@ -53,6 +53,16 @@ def padded_head_size(head_size, on_simulator=False):
 @functools.lru_cache(maxsize=None)
 def build(D, BN):
     """The tiled kernel for padded head dim ``D`` with ``BN`` keys per tile."""
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def _scores(s, q, Ks, t, h, hs):
+        """s[j] = q[t, h] . K tile row j (unscaled), for the BN keys of the staged tile."""
+        for jj in range(BN):
+            s[jj] = ZERO
+        for d in range(hs):
+            qd = float32(q[U(t), U(h), U(d)])
+            for jj in range(BN):
+                s[jj] += qd * Ks[U(jj), U(d)]
 
     @cuda.jit(cache=True)
     def tiled_kernel(q, k, v, out, lse, cu_q, cu_k, scale, left, right, lse_batched):
@@ -94,12 +104,7 @@ def build(D, BN):
                     val = float32(k[U(k0 + j), U(hk), U(d)])
                 Ks[U(x // D), U(d)] = val
             cuda.syncthreads()
-            for jj in range(BN):
-                s[jj] = ZERO
-            for d in range(hs):
-                qd = float32(q[U(t), U(h), U(d)])
-                for jj in range(BN):
-                    s[jj] += qd * Ks[U(jj), U(d)]
+            _scores(s, q, Ks, t, h, hs)
             m_new = m
             for jj in range(BN):
                 j = kt + jj
@@ -131,12 +136,7 @@ def build(D, BN):
                 Ks[U(x // D), U(d)] = kval
                 Vs[U(x // D), U(d)] = vval
             cuda.syncthreads()
-            for jj in range(BN):
-                s[jj] = ZERO
-            for d in range(hs):
-                qd = float32(q[U(t), U(h), U(d)])
-                for jj in range(BN):
-                    s[jj] += qd * Ks[U(jj), U(d)]
+            _scores(s, q, Ks, t, h, hs)
             for jj in range(BN):
                 j = kt + jj
                 p = ZERO
@@ -182,28 +182,14 @@ def plan(problem):
                   np.int64(problem.window_right), bool(problem.lse_batched))),)
 
 
-def launch(problem, q, k, v, out, lse, cu_q, cu_k, stream):
-    """:func:`plan`'s launches through Numba's dispatcher (see :mod:`attn_numba.kernels`)."""
-    launch_plans(plan(problem), named(FWD_ARRAYS, q, k, v, out, lse, cu_q, cu_k), stream)
-
-
 def _signature(dtype):
     a3 = array_type(dtype, 3)
     return (a3, a3, a3, a3, array_type(np.float32, 3), array_type(np.int32, 1),
             array_type(np.int32, 1), types.float32, types.int64, types.int64, types.boolean)
 
 
-#: the specialised kernels, by name
-KERNEL_FUNCS = {f"tiled_kernel_d{D}": build(D, TILE_FLOATS // D) for D in (64, 128, 256)}
-
-
-def ptx_signatures(head_size, dtype):
-    """Argument types of every kernel in KERNEL_FUNCS (head size is baked into each)."""
-    return {name: _signature(dtype) for name in KERNEL_FUNCS}
-
-
 def compile_targets(head_size, dtype):
-    """``[(label, py_func, signature)]`` of the specialisation that runs ``head_size`` on a
+    """``[(label, kernel, signature)]`` of the specialisation that runs ``head_size`` on a
     GPU, for ``cuda.compile_ptx``."""
     D, BN, _ = tiles_for(head_size, False)
-    return [(f"tiled_kernel_d{D}", build(D, BN).py_func, _signature(dtype))]
+    return [(f"tiled_kernel_d{D}", build(D, BN), _signature(dtype))]

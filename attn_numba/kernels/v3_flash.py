@@ -46,11 +46,15 @@ import numpy as np
 from numba import config as numba_config
 from numba import cuda, float32, types
 
-from . import FLAT, FWD_ARRAYS, Plan, launch_plans, named
+from ..problem import MAX_HEAD_SIZE
+from . import FLAT, Plan
 from .common import NEG_INF, array_type, key_range, seq_span, supports_cuda_core
+from .config import band_scalars
+from .v3_config import (ALIGN, GPU_CONFIG, GPU_TILES, MAX_SHARED, PAD, SIM_TILES,  # noqa: F401
+                        VEC, Config, Tiles, config_for, derived, padded_head_size,
+                        shared_bytes, stacked_heads, tiles_for)  # (re-exported: the ladder's API)
 
 NAME = "flash"
-MAX_HEAD_SIZE = 256
 LOG2E = np.float32(math.log2(math.e))
 LN2 = np.float32(math.log(2.0))
 ZERO = np.float32(0.0)
@@ -60,110 +64,18 @@ ONE = np.float32(1.0)
 U = types.uint64
 
 
-class Tiles(tuple):
-    """Tile configuration ``(BM, BN, NT, TM, TN, DK, BK)``; see the module docstring.
-
-    BM score rows (queries x stacked heads) and BN keys per tile, NT threads, a TM x TN
-    register patch of S per thread, DK head-dim columns per Q/K staging chunk, BK keys per
-    V staging chunk. The PV phase reuses the S phase's thread grid (RG = BM/TM row groups by
-    CG = BN/TN column groups), so each thread owns TM rows by ``TD = D / CG`` output columns.
-    """
-
-    __slots__ = ()
-    names = ("BM", "BN", "NT", "TM", "TN", "DK", "BK")
-
-    def __new__(cls, BM, BN, NT, TM, TN, DK, BK):
-        return super().__new__(cls, (BM, BN, NT, TM, TN, DK, BK))
-
-    def asdict(self):
-        return dict(zip(self.names, self))
-
-    def __repr__(self):
-        return "Tiles(" + ", ".join(f"{n}={v}" for n, v in zip(self.names, self)) + ")"
-
-
-#: GPU defaults per padded head size: (tiles, blocks per SM the register allocator must
-#: allow through launch bounds, 0 = no bound). 128: the best shape of the H100 sweep of run 1
-#: (results/h100/v2_v3_dev.json; notes/kernels_v2_v3.md). 256 threads of 4x4 patches was
-#: 7-11% faster with a warm L2 (results/h100/variants.json) but 11-14% slower under NVBench's
-#: cold (L2-flushed) measurement (results/h100/v3_256t_rerun.summary.json), so it is not the
-#: default. 64 and 256: not re-measured since run 1.
-GPU_CONFIG = {
-    64: (Tiles(BM=64, BN=64, NT=128, TM=8, TN=4, DK=16, BK=16), 0),
-    128: (Tiles(BM=64, BN=64, NT=128, TM=8, TN=4, DK=16, BK=16), 0),
-    256: (Tiles(BM=64, BN=64, NT=256, TM=4, TN=4, DK=16, BK=8), 0),
-}
-GPU_TILES = {d: t for d, (t, _) in GPU_CONFIG.items()}
-#: tiny tiles for the simulator (one Python thread per CUDA thread)
-SIM_TILES = Tiles(BM=8, BN=8, NT=16, TM=2, TN=2, DK=8, BK=4)
-#: width of the vector shared loads (floats), shared-array row padding and alignment (bytes)
-VEC, PAD, ALIGN = 4, 4, 16
-#: inner-loop unrolling by hand (Numba has no unroll pragma): each iteration of the S loop
-#: does about this many FMAs (several head-dim steps), each iteration of the PV loop this many
-UNROLL_S_FMAS, UNROLL_PV_FMAS = 64, 128
-#: static shared memory limit per block (bytes)
-MAX_SHARED = 48 * 1024
-#: most query heads stacked into one block (they must share a KV head)
-MAX_STACKED_HEADS = 8
-
-
-def derived(D, tiles):
-    """Check a configuration for head dim ``D`` and return the derived constants."""
-    BM, BN, NT, TM, TN, DK, BK = tiles
-    RG, CG = BM // TM, BN // TN
-    TD = D // CG if CG else 0
-    VN, VD = min(VEC, TN), min(VEC, TD)
-    errs = []
-    if BM % TM or BN % TN or RG * CG != NT:
-        errs.append("need BM % TM == BN % TN == 0 and (BM/TM)*(BN/TN) == NT")
-    if TD == 0 or D % CG or TD % VD or TN % VN:
-        errs.append(f"head dim {D} must be a multiple of BN/TN = {CG}, with TD = D*TN/BN and TN "
-                    f"multiples of {VEC} (or below it)")
-    if (NT % BM and BM % NT) or (NT % BN and BN % NT) or NT % BK:
-        errs.append("need NT | BM or BM | NT, NT | BN or BN | NT, and BK | NT")
-    # staging: TPR threads per row, each loading E columns (strided by TPR) of PASSES rows
-    tq, tk, tv = max(1, NT // BM), max(1, NT // BN), NT // BK if BK else 1
-    if DK % tq or DK % tk or D % max(tv, 1) or D % DK:
-        errs.append("need DK divisible by NT/BM and NT/BN, D by NT/BK and by DK")
-    if BN % BK:
-        errs.append("need BN % BK == 0")
-    if errs:
-        raise ValueError(f"bad tiles {tiles!r} for D={D}: " + "; ".join(errs))
-    us, upv = 1, 1   # hand unrolling: powers of two dividing DK (BK) near the FMA targets
-    while 2 * us * TM * TN <= UNROLL_S_FMAS and DK % (2 * us) == 0:
-        us *= 2
-    while 2 * upv * TM * TD <= UNROLL_PV_FMAS and BK % (2 * upv) == 0 and upv < 2:
-        upv *= 2
-    return dict(RG=RG, CG=CG, TD=TD, VN=VN, VD=VD, NDC=D // DK, NKC=BN // BK,
-                UNROLL_S=us, UNROLL_PV=upv,
-                Q_TPR=tq, Q_E=DK // tq, Q_PASS=max(1, BM // NT), Q_RSTEP=NT // tq,
-                K_TPR=tk, K_E=DK // tk, K_PASS=max(1, BN // NT), K_RSTEP=NT // tk,
-                V_TPR=tv, V_E=D // tv)
-
-
-def shared_bytes(D, tiles):
-    """Static shared memory of one block, in bytes."""
-    BM, BN, NT, TM, TN, DK, BK = tiles
-    d = derived(D, tiles)
-    xw = -(-max(DK * (BM + PAD) + DK * (BN + PAD), BK * D) // 16) * 16
-    return 4 * (2 * xw + BN * (BM + PAD) + BM * d["CG"])
-
-
-def build(D, tiles, gh=1, sim=False, min_blocks=0, exact=True):
-    """The flash kernel for padded head dim ``D``, tile configuration ``tiles`` and ``gh``
-    stacked query heads per block (see :func:`_build`)."""
-    return _build(int(D), Tiles(*tiles), int(gh), bool(sim), int(min_blocks), bool(exact))
-
-
 @functools.lru_cache(maxsize=None)
-def _build(D, tiles, gh, sim, min_blocks, exact):
-    """Every size is a closure constant, so loops over tiles unroll, the per-thread patches
+def build(config):
+    """The kernel of ``config`` (compiled once per configuration, cached on disk). Every
+    size is a closure constant, so loops over tiles unroll, the per-thread patches
     (``cuda.local.array``) live in registers, and the row -> (query, head) mapping is a shift.
     ``sim`` drops the 16-byte alignment of the shared arrays (which lets the compiler use
     128-bit shared loads) since the simulator does not support it. ``min_blocks`` > 0 asks
     the compiler (launch bounds) to fit that many blocks per SM in the register file.
     ``exact`` means head_size == D: no column of Q, K, V needs bounds checks or zero fill.
     """
+    D, tiles, gh = config.head_size, Tiles(*config.tiles), config.heads_per_block
+    sim, min_blocks, exact = config.sim, config.min_blocks, config.exact
     BM, BN, NT, TM, TN, DK, BK = tiles
     c = derived(D, tiles)
     if shared_bytes(D, tiles) > MAX_SHARED:
@@ -431,63 +343,20 @@ def _build(D, tiles, gh, sim, min_blocks, exact):
     return flash_kernel
 
 
-def padded_head_size(head_size, on_simulator=False):
-    """The compiled head dim that runs ``head_size``: 64, 128 or 256 on a GPU (other sizes
-    are zero-padded up to the next one), a multiple of 16 on the simulator."""
-    if on_simulator:
-        return max(16, -(-head_size // 16) * 16)
-    return 64 if head_size <= 64 else 128 if head_size <= 128 else 256
-
-
-def tiles_for(head_size, on_simulator):
-    """Default tiles for a head size."""
-    if on_simulator:
-        return SIM_TILES
-    return GPU_TILES[padded_head_size(head_size)]
-
-
-def stacked_heads(group_size, tiles):
-    """Query heads stacked per block: the largest divisor of the GQA group size that is at
-    most MAX_STACKED_HEADS, divides BM, divides TM or is a multiple of it, and leaves at
-    least BM/8 queries per block."""
-    BM, TM = tiles[0], tiles[3]
-    best = 1
-    for g in range(1, min(group_size, MAX_STACKED_HEADS) + 1):
-        if (group_size % g == 0 and BM % g == 0 and (TM % g == 0 or g % TM == 0)
-                and BM // g >= max(1, BM // 8)):
-            best = g
-    return best
-
-
 def supports(problem):
     return supports_cuda_core(problem, MAX_HEAD_SIZE)
 
 
-def plan(problem, tiles=None, min_blocks=None):
-    """One launch over flat (1-D) views of q, k, v and out. ``tiles`` and ``min_blocks``
-    override the defaults (used by the tile sweep in scripts/gpu_v2_v3.py)."""
-    sim = bool(problem.on_simulator)
-    D = padded_head_size(problem.head_size, sim)
-    if tiles is None:
-        tiles, mb = (SIM_TILES, 0) if sim else GPU_CONFIG[D]
-        min_blocks = mb if min_blocks is None else min_blocks
-    min_blocks = 0 if sim or min_blocks is None else min_blocks
-    gh = stacked_heads(problem.group_size, tiles)
-    kernel = build(D, tiles, gh, sim, min_blocks, problem.head_size == D)
-    BM, NT = tiles[0], tiles[2]
-    bq = BM // gh
-    grid = ((max(problem.max_seqlen_q, 1) + bq - 1) // bq, problem.num_heads // gh, problem.batch)
-    return (Plan(kernel, grid, NT, (FLAT, FLAT, FLAT, FLAT),
+def plan(problem, config=None):
+    """One launch of ``config`` (default :func:`config_for`) over flat (1-D) views of q, k, v
+    and out."""
+    cfg = config_for(problem) if config is None else config
+    bq = cfg.positions
+    grid = ((max(problem.max_seqlen_q, 1) + bq - 1) // bq,
+            problem.num_heads // cfg.heads_per_block, problem.batch)
+    return (Plan(build(cfg), grid, cfg.threads, (FLAT, FLAT, FLAT, FLAT),
                  (np.int64(problem.num_heads), np.int64(problem.num_kv_heads),
-                  np.int64(problem.head_size), np.float32(problem.softmax_scale * math.log2(math.e)),
-                  np.int64(problem.window_left), np.int64(problem.window_right),
-                  bool(problem.lse_batched))),)
-
-
-def launch(problem, q, k, v, out, lse, cu_q, cu_k, stream, tiles=None, min_blocks=None):
-    """:func:`plan`'s launch through Numba's dispatcher, on ``stream``."""
-    launch_plans(plan(problem, tiles, min_blocks), named(FWD_ARRAYS, q, k, v, out, lse, cu_q, cu_k),
-                 stream)
+                  np.int64(problem.head_size)) + band_scalars(problem, np.int64)),)
 
 
 def _signature(dtype):
@@ -495,16 +364,6 @@ def _signature(dtype):
     i64 = types.int64
     return (a1, a1, a1, a1, array_type(np.float32, 3), array_type(np.int32, 1),
             array_type(np.int32, 1), i64, i64, i64, types.float32, i64, i64, types.boolean)
-
-
-#: the specialised kernels (default GPU tiles, the log's GQA group of 4 stacked), by name
-KERNEL_FUNCS = {f"flash_kernel_d{D}": build(D, t, stacked_heads(4, t), False, mb)
-                for D, (t, mb) in GPU_CONFIG.items()}
-
-
-def ptx_signatures(head_size, dtype):
-    """Argument types of every kernel in KERNEL_FUNCS (head size is baked into each)."""
-    return {name: _signature(dtype) for name in KERNEL_FUNCS}
 
 
 def compile_targets(head_size, dtype, tiles=None, gh=None, min_blocks=None):
@@ -520,5 +379,5 @@ def compile_targets(head_size, dtype, tiles=None, gh=None, min_blocks=None):
     exact = head_size == D
     tag = "" if exact else f"_hs{head_size}"
     return [(f"flash_kernel_d{D}{tag}_gh{g}",
-             build(D, tiles, g, False, min_blocks, exact).py_func, _signature(dtype))
+             build(Config(D, Tiles(*tiles), g, min_blocks, exact)), _signature(dtype))
             for g in ghs]

@@ -1,4 +1,4 @@
-"""Device functions of the v4 kernel (:mod:`v4_tensor_core`):
+"""Device functions of the v4 kernel (:mod:`v4_flash_tc`):
 the index maps of :mod:`v4_layout` compiled as inline device functions, the mma and pack
 wrappers, and the cp.async tile loader."""
 import numpy as np
@@ -25,8 +25,8 @@ _kv_chunk = cuda.jit(device=True, inline=True, cache=True)(kv_chunk)
 
 
 # Numba's cache key pickles a kernel's closure; a plain intrinsic pickles differently in
-# every process, which turned every disk-cache lookup into a miss (measured on the H200: 3.1 s
-# first calls). ptx.fixed_intrinsic gives each intrinsic a fixed identity; the kernels also
+# every process, which turned every disk-cache lookup into a miss (notes/kernel_layer.md).
+# ptx.fixed_intrinsic gives each intrinsic a fixed identity; the kernels also
 # reach intrinsics through module globals, which the key does not pickle.
 
 @cuda.jit(device=True, inline=True, cache=True)

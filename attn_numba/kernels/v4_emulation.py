@@ -1,6 +1,6 @@
 """NumPy emulation of kernel v4 (flash_tc), lane by lane, for CPUs.
 
-Mirrors ``v4_tensor_core.build(D, heads, bf16, bn)`` for one sequence and one head: per-lane
+Mirrors ``v4_flash_tc.build(Config(D, dtype, heads, bn))`` for one sequence and one head: per-lane
 register arrays, 2-D uint16 "shared memory" tiles with the kernel's padded rows, fragments
 loaded by :func:`v4_layout.ldmatrix_py` at the addresses the kernel's index maps give, and
 the mma emulated by :func:`v4_layout.mma_py` (which reassembles the matrices from the PTX
@@ -11,7 +11,7 @@ import numpy as np
 
 from ..problem import key_range_host
 from . import v4_layout as L
-from . import v4_tensor_core as v4
+from . import v4_flash_tc as v4
 
 
 def _quad_reduce(x, op):
@@ -30,7 +30,7 @@ def _tile(x16, n0, bn, d16):
 
 def emulate_flash_tc(q, k, v, scale, left, right, head, kv_head, block_n, heads=1,
                      dtype=np.float16):
-    """Mirror of ``v4.build(D, heads, bn=block_n)`` for one sequence and one head: each warp
+    """Mirror of ``v4.build(v4.Config(D, dtype, heads, block_n))`` for one sequence and one head: each warp
     holds one m16 tile of 16 query rows (:class:`_MTile`).
 
     q: (sq, H, D), k/v: (sk, Hkv, D), all ``dtype`` (float16 or ml_dtypes.bfloat16). Returns

@@ -1,4 +1,4 @@
-"""The per-step device functions of flash_wgmma (attn_numba.kernels.v5_wgmma), built per
+"""The per-step device functions of flash_wgmma (attn_numba.kernels.v5_flash_wgmma), built per
 specialisation: descriptors and stage addresses, the cp.async copies of Q and of K/V tiles,
 issuing the QK^T and PV wgmma groups, the online softmax on the S fragments, rescaling O and
 packing P, and the epilogue. Layout maps: attn_numba.kernels.wgmma_layout."""
@@ -10,7 +10,9 @@ from numba import cuda, int32, uint32, uint64
 
 from . import ptx_sm90 as px
 from . import wgmma_layout as wl
-from .common import NEG_INF, finish_row, store_lse
+from .mask import band_mask, wgmma_acc_rc
+from .pipeline import ring
+from .softmax import epilogue, online_softmax, rescale
 
 THREADS = 128
 BLOCK_M = 64
@@ -56,8 +58,11 @@ def steps(D, BN, kind, heads, v_swap, S, groups=1):
     wg_o = px.wgmma_rs(D, kind, True)
     fence_o = px.fence_acc(O_LEN)
     pack = px.pack2(kind)
-    exp2 = px.ex2
-    shfl = px.shfl_xor
+    stage, _ = ring(S)
+    mask = band_mask(wgmma_acc_rc, S_LEN)
+    update = online_softmax(S_LEN, px.ex2, px.shfl_xor)
+    rescale_o = rescale(O_LEN)
+    finish = epilogue(O_LEN, O_LEN, pack, px.shfl_xor)
 
     @cuda.jit(device=True, inline=True, cache=True)
     def desc(addr, hi):
@@ -66,7 +71,7 @@ def steps(D, BN, kind, heads, v_swap, S, groups=1):
     @cuda.jit(device=True, inline=True, cache=True)
     def stage_k(sQ, j):
         """Shared address of stage (j mod S)'s K tile; its V tile follows at + KV_BYTES."""
-        return sQ + uint32(Q_BYTES + (j % S) * 2 * KV_BYTES)
+        return sQ + uint32(Q_BYTES + stage(j) * 2 * KV_BYTES)
 
     @cuda.jit(device=True, inline=True, cache=True)
     def load_kv(kbase, vbase, sk_, n0, k0, sk, hkv, hkv_n, tid):
@@ -99,55 +104,20 @@ def steps(D, BN, kind, heads, v_swap, S, groups=1):
                  desc(sV + uint32(wl.ATOM_BYTES * 2 * kk), DV), int32(1))
 
     @cuda.jit(device=True, inline=True, cache=True)
-    def softmax(s, n0, masked, t, lo_a, hi_a, lo_b, hi_b, m_a, m_b, l_a, l_b, scale_log2):
+    def softmax(s, n0, masked, lane, lo_a, hi_a, lo_b, hi_b, m_a, m_b, l_a, l_b, scale_log2):
         """Online softmax of the S fragments in place (s becomes P, base 2). Returns the new
         (m_a, m_b, l_a, l_b, alpha_a, alpha_b) of the thread's two rows."""
         for i in range(S_LEN):
             s[i] = s[i] * scale_log2
         if masked:
-            for i in range(S_LEN):
-                col = n0 + 8 * (i >> 2) + 2 * t + (i & 1)
-                if (i >> 1) & 1:
-                    if col < lo_b or col > hi_b:
-                        s[i] = NEG_INF
-                else:
-                    if col < lo_a or col > hi_a:
-                        s[i] = NEG_INF
-        mx_a = NEG_INF
-        mx_b = NEG_INF
-        for i4 in range(S_LEN // 4):
-            mx_a = max(mx_a, max(s[4 * i4], s[4 * i4 + 1]))
-            mx_b = max(mx_b, max(s[4 * i4 + 2], s[4 * i4 + 3]))
-        mx_a = max(mx_a, shfl(mx_a, 1))
-        mx_a = max(mx_a, shfl(mx_a, 2))
-        mx_b = max(mx_b, shfl(mx_b, 1))
-        mx_b = max(mx_b, shfl(mx_b, 2))
-        new_a = max(m_a, mx_a)
-        new_b = max(m_b, mx_b)
-        base_a = ZERO if new_a == NEG_INF else new_a   # no key yet: avoid -inf - -inf
-        base_b = ZERO if new_b == NEG_INF else new_b
-        alpha_a = exp2(m_a - base_a)
-        alpha_b = exp2(m_b - base_b)
-        sum_a = ZERO
-        sum_b = ZERO
-        for i4 in range(S_LEN // 4):
-            s[4 * i4] = exp2(s[4 * i4] - base_a)
-            s[4 * i4 + 1] = exp2(s[4 * i4 + 1] - base_a)
-            s[4 * i4 + 2] = exp2(s[4 * i4 + 2] - base_b)
-            s[4 * i4 + 3] = exp2(s[4 * i4 + 3] - base_b)
-            sum_a += s[4 * i4] + s[4 * i4 + 1]
-            sum_b += s[4 * i4 + 2] + s[4 * i4 + 3]
-        return new_a, new_b, l_a * alpha_a + sum_a, l_b * alpha_b + sum_b, alpha_a, alpha_b
+            mask(s, n0, lane, lo_a, hi_a, lo_b, hi_b)
+        return update(s, m_a, m_b, l_a, l_b)
 
     @cuda.jit(device=True, inline=True, cache=True)
     def rescale_pack(o, s, pa, alpha_a, alpha_b):
         """O *= alpha per row; P registers packed from the S fragments (wgmma_layout.p_regs);
         then the fence that keeps these writes before the next wgmma."""
-        for i4 in range(O_LEN // 4):
-            o[4 * i4] *= alpha_a
-            o[4 * i4 + 1] *= alpha_a
-            o[4 * i4 + 2] *= alpha_b
-            o[4 * i4 + 3] *= alpha_b
+        rescale_o(o, alpha_a, alpha_b)
         for kk in range(PV_STEPS):
             for jj in range(4):
                 ri = _p_regs(kk, jj)
@@ -171,29 +141,6 @@ def steps(D, BN, kind, heads, v_swap, S, groups=1):
             off = uint64((np.int64(row) * nh + hq) * ROW_BYTES + 16 * c)
             px.cp_async_16(sQ + uint32(grp * Q_TILE + _smem_offset(r, 8 * c, BLOCK_M)),
                            qbase + off, nbytes)
-
-    @cuda.jit(device=True, inline=True, cache=True)
-    def finish(o, m_a, m_b, l_a, l_b, out, lse, b, hw, q0, pos_a, pos_b, sq, t, lse_batched):
-        """Epilogue: full row sums over the quad, normalise, write pairs and lse (rows
-        without a key: 0 and -inf)."""
-        l_a += shfl(l_a, 1)
-        l_a += shfl(l_a, 2)
-        l_b += shfl(l_b, 1)
-        l_b += shfl(l_b, 2)
-        inv_a, lse_a = finish_row(l_a, m_a)
-        inv_b, lse_b = finish_row(l_b, m_b)
-        if pos_a < sq:
-            for i4 in range(O_LEN // 4):
-                out[q0 + pos_a, hw, 4 * i4 + t] = pack(o[4 * i4] * inv_a, o[4 * i4 + 1] * inv_a)
-        if pos_b < sq:
-            for i4 in range(O_LEN // 4):
-                out[q0 + pos_b, hw, 4 * i4 + t] = pack(o[4 * i4 + 2] * inv_b,
-                                                       o[4 * i4 + 3] * inv_b)
-        if t == 0:
-            if pos_a < sq:
-                store_lse(lse, lse_batched, b, hw, q0, pos_a, lse_a)
-            if pos_b < sq:
-                store_lse(lse, lse_batched, b, hw, q0, pos_b, lse_b)
 
     return Steps(desc, stage_k, load_q, load_kv, issue_qk, issue_pv, softmax, rescale_pack,
                  finish)

@@ -35,8 +35,9 @@ from . import ptx_tma as pt
 from . import v6_layout as lay
 from . import v6_roles
 from .common import array_type, seq_span
+from .config import heads_per_block
 from .tile_range import full_key_tiles, key_tiles
-from .v5_wgmma import heads_per_block, kind_of, opt_in_shared
+from .v5_flash_wgmma import kind_of, opt_in_shared
 
 NAME = "flash_ws"
 

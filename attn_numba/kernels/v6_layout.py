@@ -87,3 +87,9 @@ def consumer_rows(warp, lane, heads):
 def stage_phase(j, stages):
     """(stage, parity) of key tile ``j``: its full barriers complete phase ``j // stages``."""
     return j % stages, (j // stages) & 1
+
+
+def check_nreg(n):
+    """``setmaxnreg``'s count: a multiple of 8 in 24..256 (ValueError otherwise)."""
+    if not isinstance(n, int) or n % 8 or not 24 <= n <= 256:
+        raise ValueError(f"setmaxnreg count must be a multiple of 8 in 24..256, got {n!r}")

@@ -40,8 +40,7 @@ def fence_tensormap_acquire(m):
 
 
 def setmaxnreg_dec(n):
-    from .ptx_tma import _check_nreg
-    _check_nreg(n)
+    lay.check_nreg(n)
     return _noop
 
 

@@ -1,6 +1,6 @@
 """NumPy model of what a warpgroup MMA reads and writes, written from the PTX ISA's text
 (matrix descriptors, canonical 128B-swizzled layouts, fragment figures), independently of
-how :mod:`attn_numba.kernels.v5_wgmma` lays its tiles out. Tests and ``notebooks/07_hopper``
+how :mod:`attn_numba.kernels.v5_flash_wgmma` lays its tiles out. Tests and ``notebooks/07_hopper``
 use it to check that the kernel's shared-memory layout (wgmma_layout.smem_offset), its
 descriptors and its fragment maps (wgmma_layout.acc_rc / a_rc / p_regs) fit together.
 

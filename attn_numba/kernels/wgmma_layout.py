@@ -1,6 +1,6 @@
 """Pure-Python index maps of Hopper warpgroup MMA (PTX ISA 8.x, ``wgmma``): the 128-byte
 swizzled shared-memory layout, the matrix-descriptor fields and the per-thread fragment
-layouts. The same functions are compiled into :mod:`attn_numba.kernels.v5_wgmma` and run by
+layouts. The same functions are compiled into :mod:`attn_numba.kernels.v5_flash_wgmma` and run by
 the NumPy emulation in ``tests/test_v5_wgmma_layout.py`` and ``notebooks/07_hopper.py``.
 
 Shared-memory tiles (fp16/bf16, 2 bytes per element)

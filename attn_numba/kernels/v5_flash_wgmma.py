@@ -33,18 +33,22 @@ key give 0 and -inf. Tiles outside the block's key band are skipped; the per-ele
 runs only on tiles not inside every row's band. Not runnable on the simulator (inline PTX);
 PTX checked on the CPU with ``compile_ptx(..., cc=(9, 0, "a"))``. Notes: notes/v5_wgmma.md.
 """
+import dataclasses
 import functools
-import math
 import os
 
 import numpy as np
 from numba import config as numba_config
 from numba import cuda, float32, types, uint32
 
+from . import Plan
 from . import ptx_sm90 as px
 from . import v5_steps
+from .pipeline import wait_for_tile
 from . import wgmma_layout as wl
 from .common import NEG_INF, array_type, key_range, seq_span
+from .config import TileConfig, band_scalars, dtype_name, heads_per_block, with_overrides
+from .tile_range import full_key_tiles, key_tiles
 
 NAME = "flash_wgmma"
 
@@ -54,9 +58,8 @@ BLOCK_M = 64
 MAX_SHARED = 227 * 1024
 HEAD_SIZES = (64, 128, 256)
 #: keys per tile (the N of S = Q.K^T) per head size; 256: 64 keeps O (128 regs) + S in budget;
-#: 128 and 64: 64, measured on the H200 at 8192 tokens (D=128: 0.182 / 0.136 ms non-causal /
-#: causal; D=64: 0.107 / 0.084 ms against 0.135 / 0.110 with 128-key tiles; notes/v5_wgmma.md):
-#: more resident blocks, and a band of 257-272 keys walks less masked work
+#: 128 and 64: 64 (more resident blocks, and a band of 257-272 keys walks less masked work;
+#: the measurements: notes/kernel_layer.md, notes/v5_wgmma.md)
 BLOCK_N = {64: 64, 128: 64, 256: 64}
 GQA_PACK = True
 #: overlap the softmax of key tile j with the P.V wgmma of tile j-1 (FlashAttention-3's
@@ -73,13 +76,9 @@ ZERO = np.float32(0.0)
 
 
 def kind_of(dtype):
-    """'f16' or 'bf16' for a Problem dtype (bf16 = ml_dtypes.bfloat16), else None."""
-    dt = np.dtype(dtype)
-    if dt == np.float16:
-        return "f16"
-    if dt.name == "bfloat16":
-        return "bf16"
-    return None
+    """'f16' or 'bf16' for a Problem dtype or its name (bf16 = ml_dtypes.bfloat16), else
+    None."""
+    return {"float16": "f16", "bfloat16": "bf16"}.get(dtype_name(dtype))
 
 
 def shared_bytes(head_size, block_n, stages, groups=1):
@@ -89,26 +88,37 @@ def shared_bytes(head_size, block_n, stages, groups=1):
             wl.ATOM_BYTES)
 
 
-def heads_per_block(group_size):
-    if not GQA_PACK:
-        return 1
-    for hb in (4, 2, 1):
-        if group_size % hb == 0:
-            return hb
+@dataclasses.dataclass(frozen=True)
+class Config(TileConfig):
+    """One flash_wgmma specialisation (:mod:`attn_numba.kernels.config` names the fields);
+    ``heads_per_block`` is per warpgroup (1, 2 or 4), ``stages`` :func:`default_stages`."""
+
+    #: consumer warpgroups per block (each 64 rows, sharing every K/V tile)
+    groups: int = GROUPS
+    overlap: bool = OVERLAP
+    v_swap: bool = V_DESC_SWAP
+
+    @property
+    def block_m(self):
+        """Score rows of a block: 64 per consumer warpgroup."""
+        return BLOCK_M * self.groups
+
+    @property
+    def warps(self):
+        return 4 * self.groups
 
 
-def build(head_size, kind="f16", heads=1, block_n=None, v_swap=None, overlap=None,
-          stages=None, groups=None):
-    """The kernel for ``head_size``, ``kind`` ('f16'/'bf16'), ``heads`` query heads per
-    warpgroup (1, 2 or 4 of one GQA group), key tile ``block_n``, V descriptor variant
-    ``v_swap``, ``overlap`` (softmax of tile j overlapped with P.V of tile j-1), K/V
-    ``stages`` and ``groups`` consumer warpgroups per block (sharing the K/V tiles);
-    None = the module defaults."""
-    bn = BLOCK_N[head_size] if block_n is None else block_n
-    ov = OVERLAP if overlap is None else overlap
-    wg = GROUPS if groups is None else groups
-    return _build(head_size, kind, heads, bn, V_DESC_SWAP if v_swap is None else v_swap, ov,
-                  default_stages(head_size, bn, ov, wg) if stages is None else stages, wg)
+def config_for(problem, **overrides):
+    """The default configuration for ``problem`` (``overrides``: Config fields; the stage
+    count follows the overridden fields unless given)."""
+    d = problem.head_size
+    hb = heads_per_block(problem.group_size, (4, 2, 1) if GQA_PACK else (1,))
+    cfg = with_overrides(Config(d, dtype_name(problem.dtype), hb, BLOCK_N.get(d, 64)),
+                         overrides)
+    if overrides.get("stages") is None:
+        cfg = dataclasses.replace(cfg, stages=default_stages(d, cfg.block_n, cfg.overlap,
+                                                             cfg.groups))
+    return cfg
 
 
 def default_stages(head_size, block_n, overlap, groups=1):
@@ -119,7 +129,12 @@ def default_stages(head_size, block_n, overlap, groups=1):
 
 
 @functools.lru_cache(maxsize=None)
-def _build(head_size, kind, heads, block_n, v_swap, overlap, stages, groups=1):
+def build(config):
+    """The kernel of ``config`` (compiled once per configuration, cached on disk)."""
+    head_size, kind, heads, block_n = (config.head_size, kind_of(config.dtype),
+                                       config.heads_per_block, config.block_n)
+    v_swap, overlap, stages, groups = (config.v_swap, config.overlap, config.stages,
+                                       config.groups)
     D = head_size
     BN = block_n
     HB = heads
@@ -137,16 +152,18 @@ def _build(head_size, kind, heads, block_n, v_swap, overlap, stages, groups=1):
     OVERLAP_ = overlap
     # overlapped loop: tile t is cp.async group t; waiting for tile j leaves S - 2 pending.
     # With 2 stages the next tile can only be loaded after P.V of the previous: 0 pending.
-    ov_wait = px.cp_async_wait(S - 2)
-    cp_wait1 = px.cp_async_wait(1)
+    ov_wait = wait_for_tile(S - 2)
+    cp_wait1 = wait_for_tile(1)         # plain loop: tile j + 1 is issued before the wait
 
     fence_s = px.fence_acc(S_LEN)
     fence_o = px.fence_acc(O_LEN)
     wait0 = px.wgmma_wait(0)
     wait1 = px.wgmma_wait(1)
 
-    (_desc, stage_k, load_q, load_kv, issue_qk, issue_pv, softmax, rescale_pack,
-     finish) = v5_steps.steps(D, BN, kind, HB, v_swap, S, WG)
+    st = v5_steps.steps(D, BN, kind, HB, v_swap, S, WG)
+    stage_k, load_q, load_kv = st.stage_k, st.load_q, st.load_kv
+    issue_qk, issue_pv, softmax = st.issue_qk, st.issue_pv, st.softmax
+    rescale_pack, finish = st.rescale_pack, st.finish
 
     jit_kw = dict(cache=True)
     if not numba_config.ENABLE_CUDASIM:
@@ -181,13 +198,12 @@ def _build(head_size, kind, heads, block_n, v_swap, overlap, stages, groups=1):
         kbase = px.data_ptr(k)
         vbase = px.data_ptr(v)
 
+        # the band's key tiles start at the band, not at multiples of BN: tile_range at key
+        # granularity; [f_lo, f_hi) holds the keys that every row of the block sees
         last = min(row0 + PB * WG, sq) - 1
-        blo, hi_first = key_range(row0, sq, sk, left, right)
-        lo_last, bhi = key_range(last, sq, sk, left, right)
-        n_first = blo                       # tiles start at the band, not at multiples of BN
-        ntiles = 0
-        if bhi >= blo:
-            ntiles = (bhi - n_first) // BN + 1
+        n_first, n_end = key_tiles(row0, last, sq, sk, left, right, 1)
+        f_lo, f_hi = full_key_tiles(row0, last, sq, sk, left, right, 1)
+        ntiles = (n_end - n_first + BN - 1) // BN
 
         # this thread's rows: warp w has rows 16w..16w+15 = one head
         hw = hbase + (16 * warp) // PB
@@ -231,7 +247,7 @@ def _build(head_size, kind, heads, block_n, v_swap, overlap, stages, groups=1):
             wait0()
             fence_s(s)
             m_a, m_b, l_a, l_b, al_a, al_b = softmax(
-                s, n_first, not (lo_last <= n_first and n_first + BN - 1 <= hi_first), t,
+                s, n_first, not (f_lo <= n_first and n_first + BN <= f_hi), lane,
                 lo_a, hi_a, lo_b, hi_b, m_a, m_b, l_a, l_b, scale_log2)
             rescale_pack(o, s, pa, al_a, al_b)
             for j in range(1, ntiles):
@@ -255,7 +271,7 @@ def _build(head_size, kind, heads, block_n, v_swap, overlap, stages, groups=1):
                 wait1()                             # S of tile j is ready; P.V still runs
                 fence_s(s)
                 m_a, m_b, l_a, l_b, al_a, al_b = softmax(
-                    s, n0, not (lo_last <= n0 and n0 + BN - 1 <= hi_first), t, lo_a, hi_a,
+                    s, n0, not (f_lo <= n0 and n0 + BN <= f_hi), lane, lo_a, hi_a,
                     lo_b, hi_b, m_a, m_b, l_a, l_b, scale_log2)
                 wait0()
                 fence_o(o)
@@ -282,7 +298,7 @@ def _build(head_size, kind, heads, block_n, v_swap, overlap, stages, groups=1):
                 wait0()
                 fence_s(s)
                 m_a, m_b, l_a, l_b, al_a, al_b = softmax(
-                    s, n0, not (lo_last <= n0 and n0 + BN - 1 <= hi_first), t, lo_a, hi_a,
+                    s, n0, not (f_lo <= n0 and n0 + BN <= f_hi), lane, lo_a, hi_a,
                     lo_b, hi_b, m_a, m_b, l_a, l_b, scale_log2)
                 rescale_pack(o, s, pa, al_a, al_b)
                 px.wgmma_fence()
@@ -299,7 +315,8 @@ def _build(head_size, kind, heads, block_n, v_swap, overlap, stages, groups=1):
 
 # --------------------------------------------------------------------------- module contract
 
-KERNEL_FUNCS = {}
+#: q, k, v, out are viewed as these dtypes before launch
+VIEWS = (np.uint16, np.uint16, np.uint16, np.uint32)
 
 
 def _signature():
@@ -310,26 +327,21 @@ def _signature():
 
 
 def compile_targets(head_size, dtype, heads=(1, 4)):
-    """``[(label, python function, signature)]`` for ``compile_ptx(..., cc=(9, 0, "a"))``."""
+    """``[(label, kernel, signature)]`` for ``compile_ptx(..., cc=(9, 0, "a"))``."""
     kind = kind_of(dtype)
     if kind is None or head_size not in HEAD_SIZES:
         return []
+    name = dtype_name(dtype)
     return [(f"flash_wgmma_kernel_{kind}_d{head_size}_h{hb}",
-             build(head_size, kind, hb).py_func, _signature()) for hb in heads]
-
-
-def ptx_signatures(head_size, dtype):
-    return {}
+             build(Config(head_size, name, hb, BLOCK_N[head_size],
+                          default_stages(head_size, BLOCK_N[head_size], OVERLAP))),
+             _signature()) for hb in heads]
 
 
 def supports(problem):
-    """Why this kernel cannot run ``problem`` (None when it can).
-
-    Checked on an NVIDIA H200 (2026-11-30): 155 sweep cases of ``scripts/gpu_wgmma_check.py``
-    (fp16/bf16, head sizes 64/128/256, GQA 1/2/4/8, sizes 1/97/1025, sq != sk, varlen with
-    empty sequences, windows, causal; plain, overlapped and two-warpgroup loops) and the GPU
-    tests pass; compute-sanitizer finds no error (notes/v5_wgmma.md). ``auto`` picks it
-    first on sm_90; ``ATTN_NUMBA_NO_WGMMA=1`` refuses it (``auto`` then takes flash_tc)."""
+    """Why this kernel cannot run ``problem`` (None when it can). ``auto`` picks it first on
+    sm_90; ``ATTN_NUMBA_NO_WGMMA=1`` refuses it (``auto`` then takes flash_tc). What checked
+    it on the GPU: notes/kernel_layer.md."""
     if os.environ.get("ATTN_NUMBA_NO_WGMMA", "0") not in ("", "0"):
         return "disabled by ATTN_NUMBA_NO_WGMMA"
     if problem.on_simulator:
@@ -344,39 +356,19 @@ def supports(problem):
     return None
 
 
-def configure(problem, heads=None, block_n=None, v_swap=None, overlap=None, stages=None,
-              groups=None):
-    """(kernel, grid, threads, dynamic shared bytes) for ``problem``; keyword overrides as
-    in :func:`build`."""
-    hb = heads_per_block(problem.group_size) if heads is None else heads
-    d = problem.head_size
-    bn = BLOCK_N[d] if block_n is None else block_n
-    ov = OVERLAP if overlap is None else overlap
-    wg = GROUPS if groups is None else groups
-    st = default_stages(d, bn, ov, wg) if stages is None else stages
-    kernel = build(d, kind_of(problem.dtype), hb, bn, v_swap, ov, st, wg)
-    pb = (BLOCK_M // hb) * wg           # positions per block
-    grid = ((max(problem.max_seqlen_q, 1) + pb - 1) // pb, problem.num_heads // hb,
-            problem.batch)
-    return kernel, grid, THREADS * wg, shared_bytes(d, bn, st, wg)
-
-
-def _scalars(problem):
-    return (np.float32(problem.softmax_scale * math.log2(math.e)),
-            np.int32(problem.window_left), np.int32(problem.window_right),
-            bool(problem.lse_batched))
-
-
-def plan(problem, **kw):
-    """One launch: ``(Plan(kernel, grid, 128, views, scalars, shared),)``. The dynamic
-    shared memory exceeds 48 KiB, so on a GPU this compiles the kernel for its signature
-    and raises its dynamic shared-memory limit (:func:`opt_in_shared`) before returning."""
-    from . import Plan
-    kernel, grid, threads, shared = configure(problem, **kw)
+def plan(problem, config=None):
+    """One launch of ``config`` (default :func:`config_for`). The dynamic shared memory
+    exceeds 48 KiB, so on a GPU this compiles the kernel for its signature and raises its
+    dynamic shared-memory limit (:func:`opt_in_shared`) before returning."""
+    cfg = config_for(problem) if config is None else config
+    kernel = build(cfg)
+    shared = shared_bytes(cfg.head_size, cfg.block_n, cfg.stages, cfg.groups)
     if not problem.on_simulator:
         opt_in_shared(kernel, _signature(), shared)
-    views = (np.uint16, np.uint16, np.uint16, np.uint32)
-    return (Plan(kernel, grid, threads, views, _scalars(problem), shared),)
+    pb = cfg.positions
+    grid = ((max(problem.max_seqlen_q, 1) + pb - 1) // pb,
+            problem.num_heads // cfg.heads_per_block, problem.batch)
+    return (Plan(kernel, grid, THREADS * cfg.groups, VIEWS, band_scalars(problem), shared),)
 
 
 _OPTED = set()
@@ -388,9 +380,9 @@ def opt_in_shared(kernel, argtypes, nbytes):
     to do on the simulator."""
     if numba_config.ENABLE_CUDASIM:
         return
-    # the cached cubin without Numba's target-context refresh, as flash_tc loads it (the
-    # 2.9 s warm first call of run 11 was a disk-cache key that changed on compiling:
-    # notes/v5_wgmma.md, attn_numba.kernels.ptx.fixed_intrinsic, tests/test_cache_key.py)
+    # the cached cubin without Numba's target-context refresh, as flash_tc loads it (a
+    # disk-cache key that changed on compiling made warm first calls slow: notes/v5_wgmma.md,
+    # attn_numba.kernels.ptx.fixed_intrinsic, tests/test_cache_key.py)
     from ..launcher import load_cached
     kern, _ = load_cached(kernel, tuple(argtypes))
     cufunc = kern._codelibrary.get_cufunc()
@@ -401,16 +393,3 @@ def opt_in_shared(kernel, argtypes, nbytes):
     attr = binding.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
     driver.cuKernelSetAttribute(attr, int(nbytes), cufunc.handle, cufunc.device.id)
     _OPTED.add(key)
-
-
-def launch(problem, q, k, v, out, lse, cu_q, cu_k, stream, **kw):
-    """Contract launch; keyword overrides (``heads``, ``block_n``, ``v_swap``, ``overlap``,
-    ``stages``, ``groups``) as in :func:`build`, for experiments."""
-    kernel, grid, threads, shared = configure(problem, **kw)
-    args = (q.view(np.uint16), k.view(np.uint16), v.view(np.uint16), out.view(np.uint32),
-            lse, cu_q, cu_k) + _scalars(problem)
-    if not numba_config.ENABLE_CUDASIM:
-        opt_in_shared(kernel, tuple(kernel.typeof_pyval(a) for a in args), shared)
-    if isinstance(stream, int):
-        stream = cuda.external_stream(stream) if stream else cuda.default_stream()
-    kernel[grid, threads, stream, shared](*args)
