@@ -12,6 +12,11 @@ its GQA group and, per head, over the ``BM``-query tiles that its keys' band rea
 
 Rows that see no key have lse = -inf; their P is 0 (lse_log2 is taken as +inf), as is P of
 query columns past the sequence.
+
+``atomic=True`` (``deterministic=False``): after a tile's dV / dK products the warps store
+dS^T to shared memory and add the tile's ``dS K`` into the fp32 ``dq_accum`` with
+``red.global.add.f32`` (:func:`dq_atomic_tile`); the default kernel's code is the same body
+with that branch compiled out.
 """
 import functools
 
