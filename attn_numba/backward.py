@@ -34,11 +34,16 @@ _KW_DOC = """softmax_scale, causal, window_size: as given to the forward that pr
             C-contiguous, on q's device, overlapping no input nor each other). Written and
             returned.
         stream: where to launch, as in :func:`attn_numba.mha_fwd`; new outputs and scratch
-            are allocated on it."""
+            are allocated on it.
+        deterministic: True (the default): two calls give the same bits. False lets
+            "flash_tc" add dQ with fp32 atomics from its dK/dV pass instead of running a
+            separate dQ pass (FlashAttention-2's default; dq's last bits may then differ
+            between calls, dk and dv do not). "flash" is deterministic either way."""
 
 
 def mha_bwd(dout, q, k, v, out, lse, *, softmax_scale=None, causal=False,
-            window_size=(-1, -1), kernel="auto", dq=None, dk=None, dv=None, stream=None):
+            window_size=(-1, -1), kernel="auto", dq=None, dk=None, dv=None, stream=None,
+            deterministic=True):
     """Gradients of :func:`attn_numba.mha_fwd` with respect to q, k and v.
 
     Arguments:
@@ -51,7 +56,7 @@ def mha_bwd(dout, q, k, v, out, lse, *, softmax_scale=None, causal=False,
     Returns ``(dq, dk, dv)`` of the shapes and dtype of q, k and v, in the caller's array
     type. With GQA, ``dk``/``dv`` of a KV head sum over the query heads that read it. Rows
     that see no key contribute nothing (no NaN). Accumulation is in float32; the result is
-    deterministic (two calls give the same bits).
+    deterministic (two calls give the same bits) unless ``deterministic=False``.
     """
     kind = kinds_of(q, k, v)
     iq, ik, iv = (arrays.info(x, kind) for x in (q, k, v))
@@ -67,6 +72,7 @@ def mha_bwd(dout, q, k, v, out, lse, *, softmax_scale=None, causal=False,
     scale = check_scale(softmax_scale, head_size)
     left, right = check_window(window_size, causal)
     check_bwd_kernel(kernel)
+    det = check_deterministic(deterministic)
     ins = ((dout, ido), (q, iq), (k, ik), (v, iv), (out, io), (lse, il))
     grads = _check_grads(kind, ins, (dq, dk, dv), (iq.shape, ik.shape, iv.shape), dtype)
     sim = on_simulator()
@@ -78,13 +84,13 @@ def mha_bwd(dout, q, k, v, out, lse, *, softmax_scale=None, causal=False,
                           max_seqlen_k=sk, num_heads=num_heads, num_kv_heads=num_kv_heads,
                           head_size=head_size, dtype=dtype, softmax_scale=scale,
                           window_left=left, window_right=right, causal=bool(causal),
-                          lse_batched=True, on_simulator=sim)
+                          lse_batched=True, on_simulator=sim, deterministic=det)
         specs = ((kdt, q3), (kdt, q3), (kdt, k3), (kdt, k3), (kdt, q3), (F32, lse_shape),
                  (kdt, q3), (kdt, k3), (kdt, k3), cu, cu)
         return problem, specs, (sq, sk)
 
     spec = _spec(("bwd", False, kernel, dtype, iq.device, batch, sq, sk, num_heads,
-                  num_kv_heads, head_size, scale, left, right, bool(causal), sim), kernel,
+                  num_kv_heads, head_size, scale, left, right, bool(causal), sim, det), kernel,
                  make, iq.device, backward=True)
     shapes = ((q3, q3, k3, k3, q3, lse_shape), (q3, k3, k3),
               (tuple(iq.shape), tuple(ik.shape), tuple(iv.shape)))
@@ -94,7 +100,7 @@ def mha_bwd(dout, q, k, v, out, lse, *, softmax_scale=None, causal=False,
 def mha_varlen_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=None,
                    max_seqlen_k=None, *, softmax_scale=None, causal=False,
                    window_size=(-1, -1), kernel="auto", dq=None, dk=None, dv=None,
-                   stream=None):
+                   stream=None, deterministic=True):
     """Gradients of :func:`attn_numba.mha_varlen_fwd` with respect to q, k and v.
 
     Arguments:
@@ -121,6 +127,7 @@ def mha_varlen_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seql
     scale = check_scale(softmax_scale, head_size)
     left, right = check_window(window_size, causal)
     check_bwd_kernel(kernel)
+    det = check_deterministic(deterministic)
     ins = ((dout, ido), (q, iq), (k, ik), (v, iv), (out, io), (lse, il))
     grads = _check_grads(kind, ins, (dq, dk, dv), (iq.shape, ik.shape, iv.shape), dtype)
     nseq = int(cq[1].shape[0]) - 1
@@ -133,14 +140,14 @@ def mha_varlen_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seql
                           max_seqlen_k=mk, num_heads=num_heads, num_kv_heads=num_kv_heads,
                           head_size=head_size, dtype=dtype, softmax_scale=scale,
                           window_left=left, window_right=right, causal=bool(causal),
-                          lse_batched=False, on_simulator=sim)
+                          lse_batched=False, on_simulator=sim, deterministic=det)
         specs = ((kdt, q3), (kdt, q3), (kdt, k3), (kdt, k3), (kdt, q3), (F32, lse3),
                  (kdt, q3), (kdt, k3), (kdt, k3), cu, cu)
         return problem, specs, None
 
     spec = _spec(("bwd", True, kernel, dtype, iq.device, nseq, total_q, total_k, mq, mk,
-                  num_heads, num_kv_heads, head_size, scale, left, right, bool(causal), sim),
-                 kernel, make, iq.device, backward=True)
+                  num_heads, num_kv_heads, head_size, scale, left, right, bool(causal), sim,
+                  det), kernel, make, iq.device, backward=True)
     cus = tuple(_cu_device(c, kind, iq.device) for c in (cq, ck))
     shapes = ((q3, q3, k3, k3, q3, lse3), (q3, k3, k3), (q3, k3, k3))
     return _call_bwd(spec, kind, ins, grads, cus, shapes, stream)
@@ -151,6 +158,12 @@ mha_varlen_bwd.__doc__ = mha_varlen_bwd.__doc__.replace("{kw}", _KW_DOC)
 
 
 # --------------------------------------------------------------------------- checks
+
+def check_deterministic(deterministic):
+    if not isinstance(deterministic, (bool, np.bool_)):
+        raise TypeError(f"deterministic must be a bool, got {type(deterministic).__name__}")
+    return bool(deterministic)
+
 
 def check_bwd_kernel(kernel):
     if not isinstance(kernel, str):

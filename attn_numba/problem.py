@@ -80,6 +80,8 @@ class Problem:
     on_simulator: bool
     #: number of (query, key, head) pairs inside the window, or None when not counted
     pairs: int | None = None
+    #: backward only: False lets a kernel sum dQ with fp32 atomics (bwd_flash_tc)
+    deterministic: bool = True
 
     @property
     def group_size(self):

@@ -3,16 +3,21 @@ against torch float64 autograd of the math path, then timing of the backward alo
 forward + backward, ours against FlexAttention. Everything lands in ``$OUT``.
 
     OUT=/some/dir python scripts/gpu_bwd_check.py [--quick] [--no-time] [--seqs 1024,8192]
-        [--variants]
+        [--variants] [--no-atomic]
 
 * correctness: FlashAttention's rule, each of dq, dk, dv: error against float64 at most twice
   the error of torch's own math path in the input dtype, plus 1e-4; outputs start as NaN;
   two runs bit-identical. Cases: the log's shape at 512 and 2048 tokens, sizes 1/97/1025,
   sq != sk, GQA 1/4/8, windows (-1,-1), (0,0), (128,0), causal, varlen with an empty
   sequence, fp16 and bf16, head sizes 64/128/256.
+* the atomic-dQ variant (``deterministic=False``): the same rule on a subset of the cases
+  (dk and dv still bit-identical between two runs; whether dq is, is recorded).
 * timing (triton ``do_bench``, median ms): the log's shape (1 x S tokens, 32 / 8 heads,
   D = 128, window (128, 128), fp16), S = 1024..8192, causal 0/1: ours (flash_tc forward +
-  flash_tc backward) and FlexAttention (compiled, block mask, as attn_numba.bench.cases).
+  flash_tc backward, deterministic and atomic-dQ: "what determinism costs", with the two
+  variants' largest gradient difference) and FlexAttention (compiled, block mask, as
+  attn_numba.bench.cases). Timed calls do not poison their outputs (run 21's did: its
+  backward times include a NaN fill of dq, dk, dv, about 0.1 GB at 8192 tokens).
 
 Writes ``$OUT/bwd_check.json`` after every stage and prints a table last. The helpers
 (:func:`run_ours`, :func:`torch_grads`, :func:`check_case`) are also used by
@@ -43,7 +48,7 @@ def _np_dtype(tdtype):
 
 
 def _direct_bwd(dout, q, k, v, out, lse, cu_q, cu_k, mq, mk, scale, left, right, causal,
-                **variant):
+                deterministic=True, **variant):
     """The three plans of bwd_flash_tc (``variant``: ``plan``'s tile overrides) launched
     through ``kernels.launch_plans`` on torch's current stream (varlen layout; lse
     (H, total_q))."""
@@ -57,14 +62,16 @@ def _direct_bwd(dout, q, k, v, out, lse, cu_q, cu_k, mq, mk, scale, left, right,
                       max_seqlen_q=mq, max_seqlen_k=mk, num_heads=nh, num_kv_heads=k.shape[1],
                       head_size=d, dtype=_np_dtype(q.dtype), softmax_scale=scale,
                       window_left=left, window_right=right, causal=causal, lse_batched=False,
-                      on_simulator=False)
+                      on_simulator=False, deterministic=deterministic)
     dq, dk, dv = (torch.full_like(x, float("nan")) for x in (q, k, v))
-    delta = torch.empty(tc.scratch(problem)[0].shape, dtype=torch.float32, device=q.device)
+    scratch = {sc.name: torch.empty(sc.shape, dtype=torch.float32, device=q.device)
+               for sc in tc.scratch(problem)}
     as16 = lambda t: cuda.as_cuda_array(t.view(torch.int16))  # noqa: E731
     arrays = dict(dout=as16(dout), q=as16(q), k=as16(k), v=as16(v), out=as16(out),
                   lse=cuda.as_cuda_array(lse.view(1, nh, total_q)), dq=as16(dq), dk=as16(dk),
                   dv=as16(dv), cu_seqlens_q=cuda.as_cuda_array(cu_q),
-                  cu_seqlens_k=cuda.as_cuda_array(cu_k), delta=cuda.as_cuda_array(delta))
+                  cu_seqlens_k=cuda.as_cuda_array(cu_k),
+                  **{n: cuda.as_cuda_array(t) for n, t in scratch.items()})
     plans = tc.plan(problem, **variant)
     for p in plans:   # the launch's exact argument types get the shared-memory opt-in
         args = plan_args(p, arrays)
@@ -73,19 +80,25 @@ def _direct_bwd(dout, q, k, v, out, lse, cu_q, cu_k, mq, mk, scale, left, right,
     return dq, dk, dv
 
 
-def run_ours(dout, q, k, v, out, lse, cu_q, cu_k, mq, mk, scale, causal, window):
+def run_ours(dout, q, k, v, out, lse, cu_q, cu_k, mq, mk, scale, causal, window,
+             deterministic=True, poison=True):
     """(dq, dk, dv) of our flash_tc backward, varlen layout: ``attn_numba.mha_varlen_bwd``
-    where main has it, else the plans directly."""
+    where main has it, else the plans directly. ``deterministic=False``: the atomic-dQ
+    variant. ``poison``: new outputs and scratch start as NaN (checks; off when timing, where
+    the NaN fill of the atomic variant's 134 MB ``dq_accum`` would cost it ~0.04 ms)."""
+    import contextlib
     import attn_numba
     from attn_numba.problem import normalize_window
     if hasattr(attn_numba, "mha_varlen_bwd"):
         from attn_numba.testing import poisoned_outputs
-        with poisoned_outputs():
+        kw = {} if deterministic else dict(deterministic=False)
+        with poisoned_outputs() if poison else contextlib.nullcontext():
             return attn_numba.mha_varlen_bwd(dout, q, k, v, out, lse, cu_q, cu_k, mq, mk,
                                              softmax_scale=scale, causal=causal,
-                                             window_size=window, kernel="flash_tc")
+                                             window_size=window, kernel="flash_tc", **kw)
     left, right = normalize_window(window, causal)
-    return _direct_bwd(dout, q, k, v, out, lse, cu_q, cu_k, mq, mk, scale, left, right, causal)
+    return _direct_bwd(dout, q, k, v, out, lse, cu_q, cu_k, mq, mk, scale, left, right, causal,
+                       deterministic)
 
 
 def run_fwd(q, k, v, cu_q, cu_k, mq, mk, scale, causal, window):
@@ -146,23 +159,31 @@ def make_case(seed, seqlens_q, seqlens_k, nh, hkv, d, tdtype, device="cuda"):
             cu(seqlens_k), max(seqlens_q), max(seqlens_k))
 
 
-def check_case(seed, seqlens_q, seqlens_k, nh, hkv, d, tdtype, window, causal):
+def check_case(seed, seqlens_q, seqlens_k, nh, hkv, d, tdtype, window, causal,
+               deterministic=True):
     """Run one case; returns a dict with ``ok`` and the errors (ours vs torch low precision,
-    per gradient) and ``deterministic``."""
+    per gradient) and ``deterministic`` (bit-identical dq, dk, dv over two runs; for the
+    atomic-dQ variant, ``deterministic=False``, dk and dv only, and ``dq_identical``)."""
     import torch
     from attn_numba.problem import normalize_window
     q, k, v, dout, cu_q, cu_k, mq, mk = make_case(seed, seqlens_q, seqlens_k, nh, hkv, d, tdtype)
     scale = d ** -0.5
     left, right = normalize_window(window, causal)
     out, lse = run_fwd(q, k, v, cu_q, cu_k, mq, mk, scale, causal, window)
-    ours = run_ours(dout, q, k, v, out, lse, cu_q, cu_k, mq, mk, scale, causal, window)
-    again = run_ours(dout, q, k, v, out, lse, cu_q, cu_k, mq, mk, scale, causal, window)
+    ours = run_ours(dout, q, k, v, out, lse, cu_q, cu_k, mq, mk, scale, causal, window,
+                    deterministic)
+    again = run_ours(dout, q, k, v, out, lse, cu_q, cu_k, mq, mk, scale, causal, window,
+                     deterministic)
     torch.cuda.synchronize()
     ref = torch_grads(dout, q, k, v, cu_q, cu_k, scale, left, right, torch.float64)
     low = torch_grads(dout, q, k, v, cu_q, cu_k, scale, left, right, tdtype)
     res = dict(seqlens_q=list(seqlens_q), seqlens_k=list(seqlens_k), nh=nh, hkv=hkv, d=d,
                dtype=str(tdtype), window=list(window), causal=causal, ok=True,
-               deterministic=all(torch.equal(a, b) for a, b in zip(ours, again)))
+               variant="deterministic" if deterministic else "atomic_dq",
+               deterministic=all(torch.equal(a, b) for a, b in
+                                 zip(ours[0 if deterministic else 1:],
+                                     again[0 if deterministic else 1:])),
+               dq_identical=torch.equal(ours[0], again[0]))
     for name, a, r, lo in zip(("dq", "dk", "dv"), ours, ref, low):
         e, el = _err(a, r), _err(lo, r)
         finite = bool(torch.isfinite(a).all())
@@ -192,9 +213,18 @@ def sweep_cases(quick=False):
     return cases[::3] if quick else cases
 
 
+def atomic_cases(quick=False):
+    """The cases the atomic-dQ variant is checked on: the log's shape causal, varlen with
+    empty sequences (GQA 4, window, causal; both D = 128 fp16, the timed specialisation),
+    and head size 256 in bf16 (two warps per 16 keys) with --quick (two new compiles); all
+    of them otherwise."""
+    cases = sweep_cases(False)
+    return [cases[i] for i in (1, 7, 9)] if quick else cases
+
+
 # --------------------------------------------------------------------------- timing
 
-def _time_cases(seq_lens, causals):
+def _time_cases(seq_lens, causals, atomic=True):
     import torch
     from triton.testing import do_bench
     from attn_numba.bench.cases import _compiled_flex, _window_mask_mod
@@ -208,16 +238,25 @@ def _time_cases(seq_lens, causals):
             scale = LOG["d"] ** -0.5
             win = LOG["window"]
             out, lse = run_fwd(q, k, v, cu_q, cu_k, mq, mk, scale, causal, win)
-            bwd = lambda: run_ours(dout, q, k, v, out, lse, cu_q, cu_k, mq, mk, scale,  # noqa
-                                   causal, win)
 
-            def fwd_bwd():
+            def bwd(det=True):
+                return run_ours(dout, q, k, v, out, lse, cu_q, cu_k, mq, mk, scale, causal,
+                                win, det, poison=False)
+
+            def fwd_bwd(det=True):
                 o, ls = run_fwd(q, k, v, cu_q, cu_k, mq, mk, scale, causal, win)
-                return run_ours(dout, q, k, v, o, ls, cu_q, cu_k, mq, mk, scale, causal, win)
+                return run_ours(dout, q, k, v, o, ls, cu_q, cu_k, mq, mk, scale, causal, win,
+                                det, poison=False)
             row = dict(seq_len=s, causal=int(causal), ours_fwd=do_bench(
                 lambda: run_fwd(q, k, v, cu_q, cu_k, mq, mk, scale, causal, win),
                 return_mode="median"), ours_bwd=do_bench(bwd, return_mode="median"),
                 ours_fwd_bwd=do_bench(fwd_bwd, return_mode="median"))
+            if atomic:
+                row["atomic_bwd"] = do_bench(lambda: bwd(False), return_mode="median")
+                row["atomic_fwd_bwd"] = do_bench(lambda: fwd_bwd(False), return_mode="median")
+                row["determinism_cost_bwd"] = row["ours_bwd"] / row["atomic_bwd"]
+                row["atomic_max_diff"] = [float((a.float() - b.float()).abs().max())
+                                          for a, b in zip(bwd(True), bwd(False))]
             try:
                 bm = create_block_mask(_window_mask_mod(s, s, left, right), B=None, H=None,
                                        Q_LEN=s, KV_LEN=s, device="cuda")
@@ -278,6 +317,8 @@ def main():
     ap.add_argument("--no-time", action="store_true")
     ap.add_argument("--variants", action="store_true",
                     help="also time the tile variants of VARIANTS at 8192 tokens")
+    ap.add_argument("--no-atomic", action="store_true",
+                    help="skip the atomic-dQ variant (deterministic=False)")
     ap.add_argument("--seqs", default="1024,2048,4096,8192",
                     help="timed token counts (each costs FlexAttention a compile)")
     args = ap.parse_args()
@@ -301,10 +342,20 @@ def main():
         print(("PASS " if r["ok"] else "FAIL ") + json.dumps(r)[:400], flush=True)
         save()
     res["sweep_s"] = time.time() - t0
+    res["atomic_sweep"] = []
+    for i, case in enumerate([] if args.no_atomic else atomic_cases(args.quick)):
+        try:
+            r = check_case(200 + i, *case, deterministic=False)
+        except Exception:  # noqa: BLE001
+            r = dict(case=str(case), ok=False, error=traceback.format_exc()[-2000:])
+        res["atomic_sweep"].append(r)
+        print(("PASS atomic " if r["ok"] else "FAIL atomic ") + json.dumps(r)[:400], flush=True)
+        save()
+    res["atomic_sweep_s"] = time.time() - t0 - res["sweep_s"]
     if not args.no_time:
         try:
             res["timing"] = _time_cases([int(x) for x in args.seqs.split(",")],
-                                        [False, True])
+                                        [False, True], not args.no_atomic)
         except Exception:  # noqa: BLE001
             res["timing_error"] = traceback.format_exc()[-2000:]
         save()
@@ -316,11 +367,20 @@ def main():
         save()
     npass = sum(r["ok"] for r in res["sweep"])
     print(f"\nsweep {npass}/{len(res['sweep'])} pass  ({res['device']})")
+    apass = sum(r["ok"] for r in res["atomic_sweep"])
+    print(f"atomic-dQ sweep {apass}/{len(res['atomic_sweep'])} pass")
     print("tokens causal | ours fwd  bwd  fwd+bwd | flex bwd  fwd+bwd | ours/flex (fwd+bwd)")
     for r in res["timing"]:
         print(f"{r['seq_len']:6d} {r['causal']:6d} | {r['ours_fwd']:.4f} {r['ours_bwd']:.4f} "
               f"{r['ours_fwd_bwd']:.4f} | {r.get('flex_bwd', float('nan')):.4f} "
               f"{r.get('flex_fwd_bwd', float('nan')):.4f} | {r['fwd_bwd_vs_flex'] or 0:.2f}")
+    print("tokens causal | bwd det  atomic  det/atomic | fwd+bwd det  atomic | max diff dq dk dv")
+    for r in res["timing"]:
+        if "atomic_bwd" in r:
+            print(f"{r['seq_len']:6d} {r['causal']:6d} | {r['ours_bwd']:.4f} "
+                  f"{r['atomic_bwd']:.4f} {r['determinism_cost_bwd']:.2f} | "
+                  f"{r['ours_fwd_bwd']:.4f} {r['atomic_fwd_bwd']:.4f} | "
+                  + " ".join(f"{x:.1e}" for x in r["atomic_max_diff"]))
     for r in res.get("variants", []):
         print(f"variant {r['variant']:10s} bwd {r['bwd_ms']:.4f} ms  max diff {r['max_diff']:.2e}")
     save()

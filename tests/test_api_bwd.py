@@ -144,3 +144,29 @@ def test_varlen_call_and_an_empty_batch(rng, standin):
     dq, dk, dv = attn_numba.mha_varlen_bwd(z, z, k, v, z, np.zeros((q.shape[1], 0), np.float32),
                                            np.array([0, 0], np.int32), np.array([0, 7], np.int32))
     assert dq.shape == z.shape and not dk.any() and not dv.any()
+
+
+def test_deterministic_reaches_the_problem_and_the_spec_key(rng, standin, monkeypatch):
+    """``deterministic`` is checked (a bool) before any launch, lands in the Problem the
+    module plans from, and keys the cached specialisation (both values plan separately)."""
+    seen = []
+    plan = standin.plan
+    monkeypatch.setattr(standin, "plan", lambda p: (seen.append(p.deterministic), plan(p))[1])
+    a = _inputs(rng)
+    with pytest.raises(TypeError, match="deterministic must be a bool"):
+        attn_numba.mha_bwd(*a, deterministic=1)
+    with pytest.raises(TypeError, match="deterministic must be a bool"):
+        attn_numba.mha_varlen_bwd(*(x[0] for x in a[:5]), np.ascontiguousarray(a[5][0]),
+                                  np.array([0, 5], np.int32), np.array([0, 7], np.int32),
+                                  deterministic="no")
+    assert seen == []
+    dq, _, _ = attn_numba.mha_bwd(*a)
+    dq2, _, _ = attn_numba.mha_bwd(*a, deterministic=False)
+    attn_numba.mha_bwd(*a, deterministic=False)                      # cached: no new plan
+    np.testing.assert_array_equal(dq, dq2)
+    assert seen == [True, False]
+    dout, q, k, v, out, lse = (x[0] for x in a)
+    attn_numba.mha_varlen_bwd(dout, q, k, v, out, np.ascontiguousarray(lse),
+                              np.array([0, 5], np.int32), np.array([0, 7], np.int32),
+                              deterministic=False)
+    assert seen == [True, False, False]

@@ -1,6 +1,7 @@
 """compile_ptx of the tensor-core backward (bwd_flash_tc) on this CPU, for sm_80 and sm_90:
 the PTX holds the instructions themselves (mma.sync of the dtype, ldmatrix, ldmatrix.trans,
-cp.async; no calls), and no local memory; where ptxas is on PATH, its report shows no spill
+cp.async; no calls; the atomic-dQ variant's dK/dV kernel also red.global.add.f32), and no
+local memory; where ptxas is on PATH, its report shows no spill
 and no stack frame. One specialisation in the quick run, the rest marked slow.
 
 Registers and spills of every specialisation: notes/bwd_tensor_core.md.
@@ -32,6 +33,8 @@ _SCRIPT = textwrap.dedent("""
             ldsm_t=len(re.findall(r"ldmatrix\\.sync\\.aligned\\.m8n8\\.x4\\.trans", ptx)),
             cp_async=len(re.findall(r"cp\\.async\\.cg\\.shared\\.global", ptx)),
             calls=len(re.findall(r"\\bcall\\b", ptx)),
+            red=len(re.findall(r"red\\.global\\.add\\.f32", ptx)),
+            st_shared=len(re.findall(r"st\\.shared\\.u32", ptx)),
             local=len(re.findall(r"ld\\.local|st\\.local", ptx)))
     print(json.dumps(res))
 """)
@@ -74,10 +77,11 @@ def ptxas_report(ptx, arch):
 
 def _check(d, dtype, cc):
     res = _compile(d, dtype, cc)
-    assert len(res) == 3, list(res)
+    assert len(res) == 6, list(res)        # 3 deterministic + 3 atomic-dQ (deterministic=False)
     for label, r in res.items():
         assert r["target"] and r["calls"] == 0 and r["local"] == 0, (label, r)
-        if "delta" in label:
+        assert (r["red"] > 0) == ("atomic" in label), (label, r)
+        if "delta" in label or "convert" in label:
             assert r["mma"] == 0 and r["cp_async"] == 0, (label, r)
         else:
             # five matmuls: S, dP (ldmatrix A and B) and dV, dK / dQ (ldmatrix.trans B)

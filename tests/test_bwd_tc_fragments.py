@@ -194,7 +194,7 @@ def test_supports_and_targets():
         assert isinstance(reason, str) and reason, bad
     assert tc.compile_targets(128, np.float32) == [] and tc.compile_targets(100, "float16") == []
     labels = [t[0] for t in tc.compile_targets(128, "bfloat16")]
-    assert len(labels) == 3 and all("d128_bfloat16" in x for x in labels)
+    assert len(labels) == 6 and all("d128_bfloat16" in x for x in labels)   # 3 + 3 atomic-dQ
 
 
 @pytest.mark.parametrize("d,group,lse_batched,total_q", [(128, 4, True, 8192), (256, 1, False, 97),
@@ -273,7 +273,8 @@ def _sim_case(monkeypatch, rng, seqlens_q, seqlens_k, nh, hkv, D, window, causal
     p, arrays = _sim_arrays(dout, q, k, v, lse, cu_q, cu_k, scale, left, right, causal,
                             lse_batched, dtype)
     arrays["out"] = cuda.to_device(np.ascontiguousarray(out16).view(np.uint16))
-    arrays["delta"] = cuda.to_device(np.full(tc.scratch(p)[0].shape, np.nan, np.float32))
+    for sc in tc.scratch(p, variant.get("deterministic")):   # uninitialised: NaN
+        arrays[sc.name] = cuda.to_device(np.full(sc.shape, np.nan, sc.dtype))
     with bwd_tc_sim.patched(monkeypatch):
         launch_plans(tc.plan(p, **variant), arrays)
     got = {n: arrays[n].copy_to_host().view(dtype).astype(np.float32) for n in ("dq", "dk", "dv")}

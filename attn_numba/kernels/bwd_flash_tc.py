@@ -8,6 +8,11 @@
 3. dQ, one block per query tile and head over its key tiles, deterministic (no atomics):
    :mod:`bwd_tc_dq`.
 
+``deterministic=False`` (FlashAttention-2's default; ``Problem.deterministic`` or the
+``plan`` / ``scratch`` keyword) replaces the dQ pass: the dK/dV pass also adds ``dS K`` into a
+float32 scratch ``dq_accum`` (total_q, H, D) with ``red.global.add.f32``, zeroed by the delta
+launch, and a last launch converts it to dq (:mod:`bwd_tc_atomic`).
+
 Both gradient passes recompute ``P`` from Q, K and the forward's lse; nothing of size
 seqlen x seqlen is stored. Fragment maps: :mod:`bwd_tc_layout` (on top of the forward's
 :mod:`v4_layout`); NumPy emulation: :mod:`bwd_tc_emulation`. Measurements and predictions:
@@ -19,9 +24,11 @@ import numpy as np
 from numba import config as numba_config
 from numba import types
 
+from .bwd_tc_atomic import CONVERT_THREADS, build_convert, build_delta_zero
 from .bwd_tc_dkdv import build_dkdv
 from .bwd_tc_dq import DELTA_WARPS, build_delta, build_dq
-from .bwd_tc_layout import WARPS, dkdv_config, dkdv_shared, dq_config, dq_shared
+from .bwd_tc_layout import (WARPS, dkdv_atomic_shared, dkdv_config, dkdv_shared, dq_config,
+                            dq_shared)
 from .common import array_type
 
 NAME = "flash_tc"
@@ -38,6 +45,11 @@ DKDV_ARRAYS = ("dout", "q", "k", "v", "lse", "delta", "dk", "dv", "cu_seqlens_q"
 DQ_ARRAYS = ("dout", "q", "k", "v", "lse", "delta", "dq", "cu_seqlens_q", "cu_seqlens_k")
 DKDV_VIEWS = (_U16, _U16, _U16, _U16, None, None, _U32, _U32)
 DQ_VIEWS = (_U16, _U16, _U16, _U16, None, None, _U32)
+DELTA_ZERO_ARRAYS = ("dout", "out", "delta", "dq_accum")
+DKDV_ATOMIC_ARRAYS = ("dout", "q", "k", "v", "lse", "delta", "dk", "dv", "dq_accum",
+                      "cu_seqlens_q", "cu_seqlens_k")
+CONVERT_ARRAYS = ("dq_accum", "dq")
+CONVERT_VIEWS = (None, _U32)
 
 
 def _is_bf16(dtype):
@@ -67,6 +79,27 @@ def dq_signature():
             *_scalar_types())
 
 
+def dkdv_atomic_signature():
+    sig = dkdv_signature()
+    return sig[:8] + (array_type(np.float32, 3),) + sig[8:]
+
+
+def delta_zero_signature():
+    return delta_signature() + (array_type(np.float32, 3),)
+
+
+def convert_signature():
+    return (array_type(np.float32, 3), array_type(np.uint32, 3), types.float32)
+
+
+def deterministic_of(problem, deterministic=None):
+    """The variant a plan builds: ``deterministic`` when given, else the problem's
+    (``Problem.deterministic``, True by default)."""
+    if deterministic is None:
+        deterministic = getattr(problem, "deterministic", True)
+    return bool(deterministic)
+
+
 def kernels(head_size, bf16):
     """``(delta, dkdv, dq)`` dispatchers of one specialisation (lru-cached builds)."""
     return (build_delta(head_size, bf16), build_dkdv(head_size, bf16, *dkdv_config(head_size)),
@@ -83,7 +116,19 @@ def compile_targets(head_size, dtype):
     tag = f"d{head_size}_{name}"
     return [(f"bwd_tc_delta_kernel_{tag}", dl.py_func, delta_signature()),
             (f"bwd_tc_dkdv_kernel_{tag}", dkdv.py_func, dkdv_signature()),
-            (f"bwd_tc_dq_kernel_{tag}", dq.py_func, dq_signature())]
+            (f"bwd_tc_dq_kernel_{tag}", dq.py_func, dq_signature()),
+            *atomic_targets(head_size, name == "bfloat16", tag)]
+
+
+def atomic_targets(head_size, bf16, tag):
+    """The atomic-dQ variant's three kernels (delta + zero, dK/dV + dQ atomics, convert)."""
+    return [(f"bwd_tc_delta_zero_kernel_{tag}", build_delta_zero(head_size, bf16).py_func,
+             delta_zero_signature()),
+            (f"bwd_tc_dkdv_atomic_kernel_{tag}",
+             build_dkdv(head_size, bf16, *dkdv_config(head_size), atomic=True).py_func,
+             dkdv_atomic_signature()),
+            (f"bwd_tc_dq_convert_kernel_{tag}", build_convert(head_size, bf16).py_func,
+             convert_signature())]
 
 
 def supports(problem):
@@ -97,10 +142,15 @@ def supports(problem):
     return None
 
 
-def scratch(problem):
-    """The float32 ``delta`` (H, total_q), written by the first launch before it is read."""
+def scratch(problem, deterministic=None):
+    """The float32 ``delta`` (H, total_q), written by the first launch before it is read;
+    the atomic variant adds the float32 ``dq_accum`` (total_q, H, D), zeroed by that launch."""
     from . import Scratch
-    return (Scratch("delta", (problem.num_heads, max(problem.total_q, 1)), np.float32),)
+    out = (Scratch("delta", (problem.num_heads, max(problem.total_q, 1)), np.float32),)
+    if not deterministic_of(problem, deterministic):
+        out += (Scratch("dq_accum", (max(problem.total_q, 1), problem.num_heads,
+                                     problem.head_size), np.float32),)
+    return out
 
 
 _OPTED = set()
@@ -124,12 +174,16 @@ def opt_in_shared(kernel, argtypes, nbytes):
     _OPTED.add(key)
 
 
-def plan(problem, dkdv=None, dq=None):
+def plan(problem, dkdv=None, dq=None, deterministic=None):
     """The three launches (delta, dK/dV, dQ); on a GPU this compiles the gradient kernels
     for their signatures and raises their dynamic shared-memory limit first. ``dkdv`` =
     ``(keys per block, queries per tile, stages)`` and ``dq`` = ``(queries per block, keys
     per tile, stages)`` override :func:`bwd_tc_layout.dkdv_config` / ``dq_config`` (variant
-    timing; the keys per block of dK/dV and queries per block of dQ are fixed by the warps)."""
+    timing; the keys per block of dK/dV and queries per block of dQ are fixed by the warps).
+    ``deterministic=False`` (or ``problem.deterministic`` False): the atomic-dQ launches
+    (delta + zero, dK/dV + dQ atomics, convert; ``dq`` is then unused)."""
+    if not deterministic_of(problem, deterministic):
+        return _atomic_plan(problem, dkdv)
     from . import Plan
     d, bf = problem.head_size, _is_bf16(problem.dtype)
     cfg_kv = dkdv_config(d) if dkdv is None else tuple(dkdv)
@@ -140,9 +194,7 @@ def plan(problem, dkdv=None, dq=None):
     if not problem.on_simulator:
         opt_in_shared(k_kv, dkdv_signature(), sh_kv)
         opt_in_shared(k_q, dq_signature(), sh_q)
-    scalars = (np.float32(problem.softmax_scale * LOG2E), np.float32(problem.softmax_scale),
-               np.int32(problem.window_left), np.int32(problem.window_right),
-               bool(problem.lse_batched))
+    scalars = _scalars(problem)
     plans = []
     items = problem.total_q * problem.num_heads
     if items:
@@ -153,4 +205,37 @@ def plan(problem, dkdv=None, dq=None):
     plans.append(Plan(k_kv, grid_kv, 32 * WARPS, DKDV_VIEWS, scalars, sh_kv, DKDV_ARRAYS))
     grid_q = (max(-(-problem.max_seqlen_q // cfg_q[0]), 1), problem.num_heads, problem.batch)
     plans.append(Plan(k_q, grid_q, 32 * WARPS, DQ_VIEWS, scalars, sh_q, DQ_ARRAYS))
+    return tuple(plans)
+
+
+def _scalars(problem):
+    return (np.float32(problem.softmax_scale * LOG2E), np.float32(problem.softmax_scale),
+            np.int32(problem.window_left), np.int32(problem.window_right),
+            bool(problem.lse_batched))
+
+
+def _atomic_plan(problem, dkdv=None):
+    """delta + ``dq_accum = 0``; dK/dV with ``dq_accum += dS K`` (red.global.add.f32);
+    ``dq = dq_accum * scale``. The first and last launch are skipped when there is no query."""
+    from . import Plan
+    d, bf = problem.head_size, _is_bf16(problem.dtype)
+    cfg_kv = dkdv_config(d) if dkdv is None else tuple(dkdv)
+    k_kv = build_dkdv(d, bf, *cfg_kv, atomic=True)
+    sh_kv = dkdv_atomic_shared(d, *cfg_kv)
+    if not problem.on_simulator:
+        opt_in_shared(k_kv, dkdv_atomic_signature(), sh_kv)
+    items = problem.total_q * problem.num_heads
+    plans = []
+    if items:
+        plans.append(Plan(build_delta_zero(d, bf), (-(-items // DELTA_WARPS),),
+                          32 * DELTA_WARPS, (_U32, _U32), (), 0, DELTA_ZERO_ARRAYS))
+    grid_kv = (max(-(-problem.max_seqlen_k // cfg_kv[0]), 1), problem.num_kv_heads,
+               problem.batch)
+    plans.append(Plan(k_kv, grid_kv, 32 * WARPS, DKDV_VIEWS, _scalars(problem), sh_kv,
+                      DKDV_ATOMIC_ARRAYS))
+    if items:
+        pairs = items * (d // 2)
+        plans.append(Plan(build_convert(d, bf), (-(-pairs // CONVERT_THREADS),),
+                          CONVERT_THREADS, CONVERT_VIEWS,
+                          (np.float32(problem.softmax_scale),), 0, CONVERT_ARRAYS))
     return tuple(plans)

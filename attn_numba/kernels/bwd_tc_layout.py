@@ -32,6 +32,21 @@ def a_ldsm_rc(lane, kstep):
     return (lane & 7) + 8 * (i & 1), 16 * kstep + 8 * (i >> 1)
 
 
+def ds_ldsm_rc(lane, kstep, mtile):
+    """(key row, query column) in the block's row-major dS^T tile (keys x queries) whose
+    address ``lane`` gives to ``ldmatrix.x4.trans`` for the A fragments of ``dQ += dS K``
+    (A = dS: 16 queries of m-tile ``mtile`` x the 16 keys of k-step ``kstep``).
+
+    ``.trans`` hands lane l elements (2 (l % 4), l // 4) and (2 (l % 4) + 1, l // 4) of each
+    stored 8 x 8 matrix, i.e. dS[g, 2t..2t+1] when the matrix's rows are keys: matrix 0 =
+    keys 0..7 x queries 0..7 (a0 = dS[g, 2t:2t+2]), 1 = keys 0..7 x queries 8..15 (a1), 2 =
+    keys 8..15 x queries 0..7 (a2), 3 = keys 8..15 x queries 8..15 (a3); the transpose of
+    :func:`a_ldsm_rc`'s matrix order.
+    """
+    i = lane >> 3
+    return 16 * kstep + (lane & 7) + 8 * (i >> 1), 16 * mtile + 8 * (i & 1)
+
+
 def c_col_pair(ntile, lane):
     """Column (within a tile of 8-column C n-tiles) of accumulators 0 and 2 of ``lane`` in
     n-tile ``ntile``; accumulators 1 and 3 are the next column."""
@@ -56,6 +71,13 @@ def dkdv_config(head_size):
     return 16 * WARPS // dsplit(head_size), 32, 2
 
 
+def ds_row_bytes(bm):
+    """Bytes of one row (one key) of the shared dS^T tile of the atomic variant: ``bm``
+    16-bit queries plus 16 bytes, so that the 8 rows an ``ldmatrix`` reads and the 8 rows a
+    warp's packed stores write fall in distinct banks."""
+    return 2 * bm + 16
+
+
 def dq_config(head_size):
     """``(queries per block, keys per tile, stages)`` of the dQ pass."""
     return 16 * WARPS, 32, 2
@@ -72,6 +94,14 @@ def dkdv_shared(head_size, bnk=None, bm=None, nstages=None):
     d_bnk, d_bm, d_st = dkdv_config(head_size)
     bnk, bm, nstages = bnk or d_bnk, bm or d_bm, nstages or d_st
     return (2 * bnk + 2 * bm * nstages) * row_bytes(head_size)
+
+
+def dkdv_atomic_shared(head_size, bnk=None, bm=None, nstages=None):
+    """Dynamic shared bytes of the atomic-dQ dK/dV pass: :func:`dkdv_shared` plus the
+    block's dS^T tile (``bnk`` keys x ``bm`` queries, :func:`ds_row_bytes` per key)."""
+    d_bnk, d_bm, _ = dkdv_config(head_size)
+    bnk, bm = bnk or d_bnk, bm or d_bm
+    return dkdv_shared(head_size, bnk, bm, nstages) + bnk * ds_row_bytes(bm)
 
 
 def dq_shared(head_size, bmq=None, bn=None, nstages=None):

@@ -50,3 +50,48 @@ def _unpack(kind):
 
 unpack_f16x2 = _unpack("f16")
 unpack_bf16x2 = _unpack("bf16")
+
+
+# ----------------------------------------------------- the atomic-dQ variant (deterministic=False)
+_I64 = ir.IntType(64)
+_VOID = ir.VoidType()
+
+
+def st_shared_u32(typingctx, addr, word):
+    """``st.shared.u32 [addr], word``: one 32-bit store at a shared-state-space address (the
+    packed dS^T pairs that the atomic dQ product reads back through ``ldmatrix.trans``)."""
+    if not (isinstance(addr, types.Integer) and isinstance(word, types.Integer)):
+        return None
+    sig = types.void(addr, word)
+
+    def codegen(context, builder, sig, args):
+        a = context.cast(builder, args[0], sig.args[0], types.uint32)
+        w = context.cast(builder, args[1], sig.args[1], types.uint32)
+        fnty = ir.FunctionType(_VOID, [_I32, _I32])
+        builder.call(ir.InlineAsm(fnty, "st.shared.u32 [$0], $1;", "r,r,~{memory}",
+                                  side_effect=True), [a, w])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def red_add_f32(typingctx, addr, value):
+    """``red.global.add.f32 [addr], value``: a fire-and-forget fp32 add at a global address
+    (``ptx.gaddr`` plus a byte offset), performed in L2; no result comes back."""
+    if not (isinstance(addr, types.Integer) and isinstance(value, types.Float)):
+        return None
+    sig = types.void(addr, value)
+
+    def codegen(context, builder, sig, args):
+        a = context.cast(builder, args[0], sig.args[0], types.uint64)
+        x = context.cast(builder, args[1], sig.args[1], types.float32)
+        fnty = ir.FunctionType(_VOID, [_I64, _F32])
+        builder.call(ir.InlineAsm(fnty, "red.global.add.f32 [$0], $1;", "l,f,~{memory}",
+                                  side_effect=True), [a, x])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+st_shared_u32 = fixed_intrinsic(st_shared_u32, f"{__name__}.st_shared_u32")
+red_add_f32 = fixed_intrinsic(red_add_f32, f"{__name__}.red_add_f32")

@@ -1,5 +1,7 @@
 """Pure-Python models of the warp-level instructions of the tensor-core backward, so that
-its real kernels (:mod:`bwd_tc_dkdv`, :mod:`bwd_tc_dq`, the delta preprocess) run on Numba's
+its real kernels (:mod:`bwd_tc_dkdv`, :mod:`bwd_tc_dq`, the delta preprocess, the atomic-dQ
+variant's :mod:`bwd_tc_atomic`; ``st.shared`` and ``red.global.add`` are plain stores and
+locked adds) run on Numba's
 CUDA simulator in tests. :func:`patched` swaps them in for the inline-PTX intrinsics.
 
 Model (as :mod:`ptx_sm90_sim`, whose shared/global address model and cp.async it reuses):
@@ -100,6 +102,20 @@ def _unpack(dtype):
     return lambda w: tuple(np.float32(x) for x in L.unpack_py(np.uint32(w), dtype))
 
 
+def _st_shared_u32(addr, word):
+    S._TLS.smem[int(addr):int(addr) + 4] = np.array([word], np.uint32).view(np.uint8)
+
+
+def _red_add_f32(addr, value):
+    """The fp32 add in "L2": under a lock, so concurrent simulated threads do not lose one."""
+    addr = int(addr)
+    flat = S._GLOBAL[addr >> S._ADDR_BITS]
+    off = addr & ((1 << S._ADDR_BITS) - 1)
+    with _LOCK:
+        cell = flat[off:off + 4].view(np.float32)
+        cell[0] = np.float32(cell[0] + np.float32(value))
+
+
 def _shfl_xor(self, mask, value, lane_mask):
     return _collective(value, lambda vals: [vals[i ^ int(lane_mask)] for i in range(32)])
 
@@ -111,7 +127,7 @@ def patched(monkeypatch):
     import ml_dtypes
     from numba.cuda.simulator import kernelapi
 
-    from . import bwd_tc_dq, ptx
+    from . import bwd_tc_dkdv, bwd_tc_dq, ptx
     bf16 = np.dtype(ml_dtypes.bfloat16)
     noop = lambda *a: None  # noqa: E731
     models = dict(
@@ -122,6 +138,8 @@ def patched(monkeypatch):
         opaque_u32=lambda x: np.uint32(x), smem_u32=S.smem_addr, gaddr=S.data_ptr)
     for name, fn in models.items():
         monkeypatch.setattr(ptx, name, fn)
+    monkeypatch.setattr(bwd_tc_dkdv, "st_shared_u32", _st_shared_u32)
+    monkeypatch.setattr(bwd_tc_dkdv, "red_add_f32", _red_add_f32)
     monkeypatch.setattr(bwd_tc_dq, "unpack_f16x2", _unpack(np.dtype(np.float16)))
     monkeypatch.setattr(bwd_tc_dq, "unpack_bf16x2", _unpack(bf16))
     monkeypatch.setattr(kernelapi.FakeCUDAModule, "shfl_xor_sync", _shfl_xor, raising=False)
