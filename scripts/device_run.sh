@@ -12,7 +12,7 @@
 #   gpu_tests[:EXPR]     the GPU suites (tests/test_gpu*.py: forward, call path, backward,
 #                        torch ops) [-k EXPR]
 #   gpu_par[:LIMIT]      the same suites, one pytest process per file at once (and the gpu
-#                        cases of test_bwd_flash, test_v6_flash_ws, test_warmup): compiling
+#                        cases of every other test file): compiling
 #                        dominates a fresh machine, and the host has 16 cores
 #   breakdown_base       scripts/call_breakdown.py of the baseline tree carried in .baseline/
 #                        (git archive of an earlier commit), for a before/after in one run
@@ -74,7 +74,7 @@ for spec in "$@"; do
         gpu_par) n=0
                  for files in tests/test_gpu.py tests/test_gpu_call_path.py tests/test_gpu_bwd.py \
                      tests/test_gpu_torch.py \
-                     "-m gpu tests/test_bwd_flash.py tests/test_v6_flash_ws.py tests/test_warmup.py"; do
+                     "-m gpu $(grep -l 'mark.gpu' tests/test_*.py | grep -v '^tests/test_gpu')"; do
                      n=$((n + 1))
                      # shellcheck disable=SC2086
                      ATTN_NUMBA_TEST_GPU=1 run "pytest_gpu$n" "${a:-330}" python3 -m pytest -q \
