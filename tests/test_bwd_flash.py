@@ -154,7 +154,8 @@ class Codegen:   # the disk-cache key's codegen part is the device's; only the c
         return ("test",)
 
 rows = []
-for label, fn, sig in bwd_flash.compile_targets(128, np.float16):
+for label, disp, sig in bwd_flash.compile_targets(128, np.float16):
+    fn = disp.py_func
     key = lambda: str(CUDACache(fn)._index_key(tuple(sig), Codegen()))
     row = dict(label=label, key_before=key())
     if sys.argv[1] == "compile":

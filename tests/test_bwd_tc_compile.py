@@ -24,8 +24,8 @@ _SCRIPT = textwrap.dedent("""
     d, dt, cc = int(sys.argv[1]), sys.argv[2], (int(sys.argv[3]), 0)
     res = {}
     tag = "bf16" if dt == "bfloat16" else "f16"
-    for label, fn, sig in tc.compile_targets(d, dt):
-        ptx, _ = cuda.compile_ptx(fn, sig, cc=cc)
+    for label, disp, sig in tc.compile_targets(d, dt):
+        ptx, _ = cuda.compile_ptx(disp.py_func, sig, cc=cc)
         res[label] = dict(
             ptx=ptx, target=f".target sm_{cc[0]}0" in ptx,
             mma=len(re.findall(r"mma\\.sync\\.aligned\\.m16n8k16\\.row\\.col\\.f32\\." + tag, ptx)),

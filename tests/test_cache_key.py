@@ -32,8 +32,8 @@ _SCRIPT = textwrap.dedent("""
     keys = {}
     for name in kernels.available():
         mod = kernels.get(name)
-        cc = (9, 0, "a") if name == "flash_wgmma" else (8, 0)
-        bf16 = ("bfloat16",) if name in ("flash_tc", "flash_wgmma") else ()
+        cc = (9, 0, "a") if name in ("flash_wgmma", "flash_ws") else (8, 0)
+        bf16 = ("bfloat16",) if name in ("flash_tc", "flash_wgmma", "flash_ws") else ()
         for dtype in (np.float16,) + bf16:
             try:
                 tgts = targets(mod, 128, dtype)

@@ -20,6 +20,17 @@ def _runs(kernel, dtype=np.float16):
     return kernel != "flash_tc" or np.dtype(dtype) == np.float16
 
 
+def _check_or_skip(check, *args, **kw):
+    """Run a check; a kernel that refuses the case (its supports(), before any launch: flash_ws
+    takes head sizes 64 and 128 only) skips it with the reason."""
+    try:
+        check(*args, **kw)
+    except ValueError as exc:
+        if "cannot run this call" not in str(exc):
+            raise
+        pytest.skip(str(exc))
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("seq_len", [512, 8192])
 @pytest.mark.parametrize("causal", [False, True])
@@ -41,7 +52,7 @@ def test_log_sizes(rng, kernel, seq_len, causal):
 def test_awkward_sizes(rng, kernel, case):
     b, sq, sk, h, hkv, d, window, causal = case
     q, k, v = random_qkv(rng, b, sq, sk, h, hkv, d, np.float16)
-    check_mha_fwd(q, k, v, kernel, causal=causal, window_size=window)
+    _check_or_skip(check_mha_fwd, q, k, v, kernel, causal=causal, window_size=window)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -52,7 +63,8 @@ def test_varlen_with_empty_sequences(rng, kernel):
     check_mha_varlen_fwd(q, k, v, cu_q, cu_k, kernel)
 
 
-@pytest.mark.parametrize("kernel", [k for k in KERNELS if k not in ("flash_tc", "flash_wgmma")])
+@pytest.mark.parametrize("kernel", [k for k in KERNELS
+                                    if k not in ("flash_tc", "flash_wgmma", "flash_ws")])
 def test_fp32(rng, kernel):
     q, k, v = random_qkv(rng, 1, 600, 600, 8, 2, 128, np.float32)
     check_mha_fwd(q, k, v, kernel, causal=True, window_size=(128, 128))

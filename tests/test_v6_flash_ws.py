@@ -165,7 +165,8 @@ _KEYS = textwrap.dedent("""
             return ("test",)
 
     keys = {}
-    for label, fn, sig in v6.compile_targets(128, "float16"):
+    for label, disp, sig in v6.compile_targets(128, "float16"):
+        fn = disp.py_func
         cache = CUDACache(fn)
         before = str(cache._index_key(tuple(sig), Codegen()))
         after = None

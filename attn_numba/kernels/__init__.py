@@ -100,8 +100,7 @@ class KernelModule(Protocol):
     * ``compile_targets(head_size, dtype) -> [(label, kernel, signature)]``: every kernel it
       compiles for that head size and dtype (empty when unsupported): the one list that
       ``compile_check`` and the cache-key test use. ``kernel`` is the ``cuda.jit``
-      dispatcher (the backward modules give its Python function;
-      :func:`attn_numba.compile_check.targets` takes either for ``cuda.compile_ptx``).
+      dispatcher (its ``py_func`` is what ``cuda.compile_ptx`` takes).
 
     A backward module also defines ``scratch(problem) -> tuple[Scratch, ...]``.
     """

@@ -328,10 +328,10 @@ def _signatures(dtype):
 
 
 def compile_targets(head_size, dtype):
-    """``[(label, py_func, signature)]`` of the three kernels that run ``head_size`` on a GPU,
+    """``[(label, kernel, signature)]`` of the three kernels that run ``head_size`` on a GPU,
     for ``cuda.compile_ptx``."""
     D, tiles = tiles_for(head_size, False)
     pre, dkdv, dq = _signatures(dtype)
-    return [("bwd_preprocess", build_preprocess(PRE_THREADS).py_func, pre),
-            (f"bwd_dkdv_d{D}", build_dkdv(D, tiles).py_func, dkdv),
-            (f"bwd_dq_d{D}", build_dq(D, tiles).py_func, dq)]
+    return [("bwd_preprocess", build_preprocess(PRE_THREADS), pre),
+            (f"bwd_dkdv_d{D}", build_dkdv(D, tiles), dkdv),
+            (f"bwd_dq_d{D}", build_dq(D, tiles), dq)]

@@ -107,27 +107,27 @@ def kernels(head_size, bf16):
 
 
 def compile_targets(head_size, dtype):
-    """``[(label, python function, signature)]`` for ``cuda.compile_ptx``, one per kernel
+    """``[(label, kernel, signature)]`` for ``cuda.compile_ptx``, one per kernel
     (empty when this specialisation is not supported)."""
     name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
     if name not in DTYPE_NAMES or head_size % 8 or not 8 <= head_size <= MAX_HEAD_SIZE:
         return []
     dl, dkdv, dq = kernels(head_size, name == "bfloat16")
     tag = f"d{head_size}_{name}"
-    return [(f"bwd_tc_delta_kernel_{tag}", dl.py_func, delta_signature()),
-            (f"bwd_tc_dkdv_kernel_{tag}", dkdv.py_func, dkdv_signature()),
-            (f"bwd_tc_dq_kernel_{tag}", dq.py_func, dq_signature()),
+    return [(f"bwd_tc_delta_kernel_{tag}", dl, delta_signature()),
+            (f"bwd_tc_dkdv_kernel_{tag}", dkdv, dkdv_signature()),
+            (f"bwd_tc_dq_kernel_{tag}", dq, dq_signature()),
             *atomic_targets(head_size, name == "bfloat16", tag)]
 
 
 def atomic_targets(head_size, bf16, tag):
     """The atomic-dQ variant's three kernels (delta + zero, dK/dV + dQ atomics, convert)."""
-    return [(f"bwd_tc_delta_zero_kernel_{tag}", build_delta_zero(head_size, bf16).py_func,
+    return [(f"bwd_tc_delta_zero_kernel_{tag}", build_delta_zero(head_size, bf16),
              delta_zero_signature()),
             (f"bwd_tc_dkdv_atomic_kernel_{tag}",
-             build_dkdv(head_size, bf16, *dkdv_config(head_size), atomic=True).py_func,
+             build_dkdv(head_size, bf16, *dkdv_config(head_size), atomic=True),
              dkdv_atomic_signature()),
-            (f"bwd_tc_dq_convert_kernel_{tag}", build_convert(head_size, bf16).py_func,
+            (f"bwd_tc_dq_convert_kernel_{tag}", build_convert(head_size, bf16),
              convert_signature())]
 
 

@@ -149,14 +149,14 @@ def _prepare_signature():
 
 
 def compile_targets(head_size, dtype, heads=(4,)):
-    """``[(label, python function, signature)]`` for ``compile_ptx(..., cc=(9, 0, "a"))``:
+    """``[(label, kernel, signature)]`` for ``compile_ptx(..., cc=(9, 0, "a"))``:
     the kernel per ``heads`` and the map-address launch."""
     kind = kind_of(dtype)
     if kind is None or head_size not in HEAD_SIZES:
         return []
-    return ([(f"flash_ws_kernel_{kind}_d{head_size}_h{hb}", build(head_size, kind, hb).py_func,
+    return ([(f"flash_ws_kernel_{kind}_d{head_size}_h{hb}", build(head_size, kind, hb),
               _signature()) for hb in heads] +
-            [("flash_ws_prepare", _build_prepare().py_func, _prepare_signature())])
+            [("flash_ws_prepare", _build_prepare(), _prepare_signature())])
 
 
 def supports(problem):
