@@ -79,7 +79,8 @@ def check(rng, lens_q, lens_k, H, Hkv, D, dtype, window, causal, lse_batched=Fal
     ([17], [40], 2, 1, 16, F32, (5, 0), False),      # (W, 0), sq < sk: keys no row sees
     ([40], [17], 2, 2, 16, F16, (-1, -1), True),     # sq > sk: rows with lse = -inf
     ([33], [33], 4, 4, 24, F16, (6, 0), False),      # head size 24 (padded to 32)
-    ([97], [97], 2, 1, 16, F16, (-1, -1), True),     # size 97
+    pytest.param([97], [97], 2, 1, 16, F16, (-1, -1), True,   # size 97
+                 marks=pytest.mark.slow),
     ([97], [60], 4, 4, 16, F32, (9, 0), False),
 ])
 def test_matches_reference(rng, lens_q, lens_k, H, Hkv, D, dtype, window, causal):

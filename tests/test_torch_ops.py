@@ -398,6 +398,7 @@ def test_compile_fullgraph_forward(rng):
     assert "attn_numba.varlen_fwd" in str(explained.graphs[0].graph)
 
 
+@pytest.mark.slow
 def test_compile_fullgraph_training_step(rng):
     torch._dynamo.reset()
     torch.manual_seed(int(rng.integers(2**31)))

@@ -10,7 +10,8 @@ from attn_numba.testing import check_mha_fwd, check_mha_varlen_fwd, random_qkv, 
 
 @pytest.mark.parametrize("case", [
     # (sq, sk, H, Hkv, D, dtype, window, causal): several BN=8 key tiles per block
-    (33, 33, 8, 1, 16, np.float16, (-1, -1), False),    # GQA 8: 8 heads stacked, 1 query each
+    pytest.param((33, 33, 8, 1, 16, np.float16, (-1, -1), False),  # GQA 8: 8 heads stacked
+                 marks=pytest.mark.slow),
     (17, 40, 4, 1, 16, np.float32, (-1, -1), True),     # sq < sk causal
     (40, 17, 2, 2, 16, np.float16, (3, 3), False),      # sq > sk window: empty rows
     (33, 33, 4, 4, 24, np.float16, (6, 0), False),      # awkward head size (padded to 32)
