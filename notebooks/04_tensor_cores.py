@@ -199,7 +199,7 @@ except Exception as exc:
 # %%
 src = inspect.getsource(v4.build)
 start = src.index("        for n0 in range(")
-print(src[start:src.index("        # epilogue")])
+print(src[start:src.index("\n", src.index("        _finish("))])
 
 # %% [markdown]
 # ## On a GPU: check it (skipped on a CPU)

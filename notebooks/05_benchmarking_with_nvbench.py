@@ -207,6 +207,8 @@ print("top level:")
 for k, v in DOC.items():
     if k in ("records", "nvbench_runs"):
         v = f"{len(v)} entries"
+    elif k == "backward":
+        v = f"{len(v['records'])} records of `attn-numba bench --backward` (notebook 08)"
     elif k == "versions":
         v = sources.versions_text(v)
     elif isinstance(v, dict):
