@@ -126,6 +126,7 @@ def test_atomic_plan_contract(total_q):
     assert [pl.arrays for pl in tc.plan(p)][-1] == tc.DQ_ARRAYS      # the default unchanged
 
 
+@pytest.mark.slow
 def test_atomic_kernels_on_simulator_quick(monkeypatch, rng):
     """The real atomic variant (delta + zero, dK/dV + red.add of dS K, convert) from NaN
     scratch and outputs, against float64: causal, sq != sk, GQA 2."""

@@ -93,6 +93,7 @@ def _check(d, dtype, cc):
             assert spill == 0 and stack == 0 and regs <= 255, (label, rep)
 
 
+@pytest.mark.slow
 def test_compile_d128_fp16_sm80():
     _check(128, "float16", 8)
 

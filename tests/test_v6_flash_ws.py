@@ -135,6 +135,7 @@ def _compile(tmp_path, variants):
     return compile_ptx_of(script)
 
 
+@pytest.mark.slow
 def test_kernel_compiles_and_assembles_d128_f16(tmp_path):
     ptxs = _compile(tmp_path, [[128, "f16", 4, 64, 2]])
     _check_variant(ptxs["128-f16-4-64-2"], 128, 64, tmp_path, "main")

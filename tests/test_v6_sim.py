@@ -84,6 +84,7 @@ def test_flash_ws_matches_reference_on_the_models(rng, case):
     np.testing.assert_allclose(lse[fin], ref_lse[fin], rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_a_wrong_q_box_offset_fails_the_check(rng, monkeypatch):
     """The check can fail: Q boxes of the second head slot landing one 8-row group off."""
     from attn_numba.kernels import v6_layout, v6_roles
@@ -104,6 +105,7 @@ def test_a_wrong_q_box_offset_fails_the_check(rng, monkeypatch):
         v6._build.cache_clear()
 
 
+@pytest.mark.slow
 def test_debug_build_with_bounded_waits_still_matches(rng, capsys):
     """debug_waits=True (bounded waits that print a timeout) changes nothing when no wait
     hangs: same result, no timeout line."""
