@@ -29,7 +29,7 @@ from .bwd_tc_dkdv import build_dkdv
 from .bwd_tc_dq import DELTA_WARPS, build_delta, build_dq
 from .bwd_tc_layout import (WARPS, dkdv_atomic_shared, dkdv_config, dkdv_shared, dq_config,
                             dq_shared)
-from .common import array_type
+from .common import array_type, supports_mma_sync
 
 NAME = "flash_tc"
 DTYPE_NAMES = ("float16", "bfloat16")
@@ -132,14 +132,7 @@ def atomic_targets(head_size, bf16, tag):
 
 
 def supports(problem):
-    if problem.on_simulator:
-        return "the CUDA simulator cannot run inline PTX (mma.sync, ldmatrix, cp.async)"
-    name = np.dtype(problem.dtype).name
-    if name not in DTYPE_NAMES:
-        return f"tensor-core backward takes float16 or bfloat16, got {name}"
-    if problem.head_size % 8 or problem.head_size > MAX_HEAD_SIZE:
-        return f"head_size must be a multiple of 8 up to {MAX_HEAD_SIZE}, got {problem.head_size}"
-    return None
+    return supports_mma_sync(problem, "tensor-core backward", DTYPE_NAMES, MAX_HEAD_SIZE)
 
 
 def scratch(problem, deterministic=None):

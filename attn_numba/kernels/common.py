@@ -20,6 +20,20 @@ def supports_cuda_core(problem, max_head_size):
     return None
 
 
+def supports_mma_sync(problem, what, dtype_names, max_head_size):
+    """``supports`` of the mma.sync kernels (flash_tc, forward and backward): not on the
+    simulator (inline PTX), float16 or bfloat16 (``dtype_names``), a head size that is a
+    multiple of 8 up to ``max_head_size``. ``what`` names the kernel in the reason."""
+    if problem.on_simulator:
+        return "the CUDA simulator cannot run inline PTX (mma.sync, ldmatrix, cp.async)"
+    name = np.dtype(problem.dtype).name
+    if name not in dtype_names:
+        return f"{what} takes float16 or bfloat16, got {name}"
+    if problem.head_size % 8 or problem.head_size > max_head_size:
+        return f"head_size must be a multiple of 8 up to {max_head_size}, got {problem.head_size}"
+    return None
+
+
 @cuda.jit(device=True, inline=True, cache=True)
 def key_range(i, seqlen_q, seqlen_k, left, right):
     """Inclusive key range (lo, hi) seen by query row i; empty when hi < lo.

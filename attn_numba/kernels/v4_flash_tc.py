@@ -33,7 +33,7 @@ from numba import cuda, float32, types, uint16, uint32
 
 from . import Plan, ptx, v4_steps
 from ..problem import MAX_HEAD_SIZE
-from .common import NEG_INF, array_type, key_range, seq_span
+from .common import NEG_INF, array_type, key_range, seq_span, supports_mma_sync
 from .config import TileConfig, band_scalars, dtype_name, heads_per_block, with_overrides
 from .mask import band_mask, mma_c_rc
 from .pipeline import ring
@@ -256,14 +256,7 @@ def compile_targets(head_size, dtype, heads=(1, 4)):
 
 
 def supports(problem):
-    if problem.on_simulator:
-        return "the CUDA simulator cannot run inline PTX (mma.sync, ldmatrix, cp.async)"
-    name = np.dtype(problem.dtype).name
-    if name not in DTYPE_NAMES:
-        return f"tensor-core kernel takes float16 or bfloat16, got {name}"
-    if problem.head_size % 8 or problem.head_size > MAX_HEAD_SIZE:
-        return f"head_size must be a multiple of 8 up to {MAX_HEAD_SIZE}, got {problem.head_size}"
-    return None
+    return supports_mma_sync(problem, "tensor-core kernel", DTYPE_NAMES, MAX_HEAD_SIZE)
 
 
 def plan(problem, config=None):
