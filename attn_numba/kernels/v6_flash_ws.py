@@ -160,8 +160,8 @@ def compile_targets(head_size, dtype, heads=(4,)):
 
 
 def supports(problem):
-    """Why this kernel cannot run ``problem`` (None when it can). Not yet run on a GPU:
-    scripts/gpu_v6_check.py is its first check (notes/v6_flash_ws.md)."""
+    """Why this kernel cannot run ``problem`` (None when it can). Opt-in (``kernels.OPT_IN``):
+    what checked it on the GPU is in notes/v6_flash_ws.md."""
     if problem.on_simulator:
         return "the CUDA simulator cannot run inline PTX (TMA, wgmma)"
     if kind_of(problem.dtype) is None:
