@@ -176,9 +176,10 @@ def check_mha_bwd(dout, q, k, v, kernel, fwd_kernel="auto", **kw):
     poisoned outputs, compared with the reference backward. Returns the
     :class:`GradComparison`; raises AssertionError with details if it fails."""
     from .backward import mha_bwd
+    kw, bkw = _split_bwd_kw(kw)
     out, lse = interface.mha_fwd(q, k, v, kernel=fwd_kernel, return_lse=True, **kw)
     with poisoned_outputs():
-        grads = mha_bwd(dout, q, k, v, out, lse, kernel=kernel, **kw)
+        grads = mha_bwd(dout, q, k, v, out, lse, kernel=kernel, **kw, **bkw)
     return _check_grads(grads, (q, k, v), bwd_references(dout, q, k, v, **_ref_kw(kw)),
                         kernel, kw)
 
@@ -186,12 +187,20 @@ def check_mha_bwd(dout, q, k, v, kernel, fwd_kernel="auto", **kw):
 def check_mha_varlen_bwd(dout, q, k, v, cu_q, cu_k, kernel, fwd_kernel="auto", **kw):
     """Varlen twin of :func:`check_mha_bwd`."""
     from .backward import mha_varlen_bwd
+    kw, bkw = _split_bwd_kw(kw)
     out, lse = interface.mha_varlen_fwd(q, k, v, cu_q, cu_k, kernel=fwd_kernel,
                                         return_lse=True, **kw)
     with poisoned_outputs():
-        grads = mha_varlen_bwd(dout, q, k, v, out, lse, cu_q, cu_k, kernel=kernel, **kw)
+        grads = mha_varlen_bwd(dout, q, k, v, out, lse, cu_q, cu_k, kernel=kernel, **kw,
+                               **bkw)
     return _check_grads(grads, (q, k, v), bwd_references(dout, q, k, v, cu_q, cu_k,
                                                          **_ref_kw(kw)), kernel, kw)
+
+
+def _split_bwd_kw(kw):
+    """(forward keywords, backward-only keywords): ``deterministic`` is the backward's."""
+    kw = dict(kw)
+    return kw, ({"deterministic": kw.pop("deterministic")} if "deterministic" in kw else {})
 
 
 def _ref_kw(kw):

@@ -16,15 +16,16 @@
 #                        dominates a fresh machine, and the host has 16 cores
 #   breakdown_base       scripts/call_breakdown.py of the baseline tree carried in .baseline/
 #                        (git archive of an earlier commit), for a before/after in one run
-#   fwd_ab               scripts/fwd_timing.py of the baseline tree (.baseline/), then of this
-#                        one: flash_tc and flash_wgmma at the log's 10 configs, one run
+#   fwd_ab[:N]           scripts/fwd_timing.py of the baseline tree (.baseline/), then of this
+#                        one, N rounds alternating (tags base1, new1, ...): flash_tc and
+#                        flash_wgmma at the log's 10 configs, one run
 #   bench_bwd:K1,K2[:S]  attn-numba bench --backward --kernels K1,K2 [--seq-lens S1,S2]
 #                        --out results/h200 (bwd and fwd+bwd, gradients checked first)
 #   bwd_check[:A,B]      scripts/gpu_bwd_check.py A B (backward sweep and timing; JSON in r/)
 #   v6_check[:A,B]       scripts/gpu_v6_check.py A B (the warp-specialised kernel; JSON in r/)
 #   breakdown            scripts/call_breakdown.py (host time per stage of a public call)
 #   sanitize[:K1,K2]     compute-sanitizer memcheck, racecheck, synccheck, initcheck on
-#                        scripts/sanitize.py (default: every kernel)
+#                        scripts/sanitize.py (default: every forward and backward kernel)
 #   wgmma_check[:A,B]    scripts/gpu_wgmma_check.py A B (flash_wgmma microtest, sweeps, timing;
 #                        JSON, PTX and SASS in r/wgmma/)
 #   v4_check[:A,B]       scripts/gpu_check_v4.py A B (flash_tc checks and variants; JSON in r/)
@@ -83,9 +84,11 @@ for spec in "$@"; do
                  wait ;;
         breakdown_base) OUT="$R/base" PYTHONPATH="/tmp/site:$PWD/.baseline" run \
                             call_breakdown_base 120 python3 .baseline/scripts/call_breakdown.py ;;
-        fwd_ab) OUT="$R" PYTHONPATH="/tmp/site:$PWD/.baseline" run fwd_timing_base 150 \
-                    python3 scripts/fwd_timing.py --tag base
-                OUT="$R" run fwd_timing_new 150 python3 scripts/fwd_timing.py --tag new ;;
+        fwd_ab) for i in $(seq "${a:-1}"); do  # rounds alternate base, new (noise shows)
+                    OUT="$R" PYTHONPATH="/tmp/site:$PWD/.baseline" run fwd_timing_base$i 150 \
+                        python3 scripts/fwd_timing.py --tag "base$i"
+                    OUT="$R" run fwd_timing_new$i 150 python3 scripts/fwd_timing.py --tag "new$i"
+                done ;;
         bench_bwd) run "bench_bwd_${a//,/-}" 300 python3 -m attn_numba.cli bench --backward \
                        --kernels "$a" ${b:+--seq-lens ${b//,/ }} --out results/h200 ;;
         bwd_check) OUT="$R" run bwd_check 200 python3 scripts/gpu_bwd_check.py $list ;;
@@ -94,7 +97,7 @@ for spec in "$@"; do
         sanitize) cs=$(sanitizer)
                   for tool in memcheck racecheck synccheck initcheck; do
                       small=--small; [ "$tool" = memcheck ] && small=
-                      run "sanitize_$tool" 100 "$cs" --tool "$tool" --error-exitcode 1 \
+                      run "sanitize_$tool" 150 "$cs" --tool "$tool" --error-exitcode 1 \
                           python3 scripts/sanitize.py ${list:+--kernels $list} $small
                   done ;;
         wgmma_check) OUT="$R/wgmma" run wgmma_check 160 python3 scripts/gpu_wgmma_check.py $list ;;

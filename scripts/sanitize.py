@@ -1,4 +1,5 @@
-"""Run every GPU kernel at a few awkward sizes and the log's smallest size, for compute-sanitizer.
+"""Run every GPU kernel, forward and backward (the backward's atomic-dQ variant too), at a
+few awkward sizes and the log's smallest size, for compute-sanitizer.
 
     compute-sanitizer --tool memcheck  --error-exitcode 1 python3 scripts/sanitize.py
     compute-sanitizer --tool racecheck --error-exitcode 1 python3 scripts/sanitize.py --small
@@ -13,7 +14,8 @@ import sys
 import numpy as np
 
 import attn_numba
-from attn_numba.testing import check_mha_fwd, check_mha_varlen_fwd, random_qkv, random_varlen
+from attn_numba.testing import (check_mha_bwd, check_mha_fwd, check_mha_varlen_bwd,
+                                check_mha_varlen_fwd, random_qkv, random_varlen)
 
 CASES = [  # (batch, sq, sk, H, Hkv, D, window, causal)
     (1, 97, 97, 4, 1, 128, (-1, -1), False),
@@ -24,9 +26,19 @@ CASES = [  # (batch, sq, sk, H, Hkv, D, window, causal)
 ]
 
 
+def _backward_variants(names):
+    """(kernel, keywords) of every backward kernel: flash_tc also as its atomic-dQ variant."""
+    for name in names:
+        yield name, {}
+        if name == "flash_tc":
+            yield name, {"deterministic": False}
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--kernels", nargs="*", default=attn_numba.available_kernels())
+    p.add_argument("--bwd-kernels", nargs="*",
+                   default=attn_numba.available_kernels(backward=True))
     p.add_argument("--small", action="store_true", help="skip the 512-token cases (racecheck is slow)")
     a = p.parse_args()
     rng = np.random.default_rng(1)
@@ -41,7 +53,23 @@ def main():
         q, k, v, cu_q, cu_k = random_varlen(rng, [5, 0, 70, 1], [9, 3, 70, 0], 4, 2, 128, np.float16)
         check_mha_varlen_fwd(q, k, v, cu_q, cu_k, kernel, causal=True, window_size=(8, 8))
         n += 1
-    print(f"sanitize.py: {n} cases checked against the reference: {', '.join(a.kernels)}")
+    print(f"sanitize.py: {n} forward cases checked against the reference: {', '.join(a.kernels)}")
+    m = 0
+    for kernel, kw in _backward_variants(a.bwd_kernels):
+        for b, sq, sk, h, hkv, d, window, causal in CASES:
+            if a.small and sq >= 512:
+                continue
+            q, k, v = random_qkv(rng, b, sq, sk, h, hkv, d, np.float16)
+            dout = rng.standard_normal(q.shape).astype(q.dtype)
+            check_mha_bwd(dout, q, k, v, kernel, causal=causal, window_size=window, **kw)
+            m += 1
+        q, k, v, cu_q, cu_k = random_varlen(rng, [5, 0, 70, 1], [9, 3, 70, 0], 4, 2, 128, np.float16)
+        dout = rng.standard_normal(q.shape).astype(q.dtype)
+        check_mha_varlen_bwd(dout, q, k, v, cu_q, cu_k, kernel, causal=True, window_size=(8, 8),
+                             **kw)
+        m += 1
+    print(f"sanitize.py: {m} backward cases checked against the reference: "
+          f"{', '.join(k + (' (atomic dQ)' if kw else '') for k, kw in _backward_variants(a.bwd_kernels))}")
     return 0
 
 
