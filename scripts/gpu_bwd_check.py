@@ -55,6 +55,7 @@ def _direct_bwd(dout, q, k, v, out, lse, cu_q, cu_k, mq, mk, scale, left, right,
     import torch
     from numba import cuda
     from attn_numba.kernels import bwd_flash_tc as tc
+    from attn_numba.kernels.occupancy import opt_in_shared
     from attn_numba.kernels import launch_plans, plan_args
     from attn_numba.problem import Problem
     total_q, nh, d = q.shape
@@ -75,7 +76,7 @@ def _direct_bwd(dout, q, k, v, out, lse, cu_q, cu_k, mq, mk, scale, left, right,
     plans = tc.plan(problem, **variant)
     for p in plans:   # the launch's exact argument types get the shared-memory opt-in
         args = plan_args(p, arrays)
-        tc.opt_in_shared(p.kernel, tuple(p.kernel.typeof_pyval(a) for a in args), p.shared)
+        opt_in_shared(p.kernel, tuple(p.kernel.typeof_pyval(a) for a in args), p.shared)
     launch_plans(plans, arrays, torch.cuda.current_stream().cuda_stream)
     return dq, dk, dv
 
@@ -227,7 +228,7 @@ def atomic_cases(quick=False):
 def _time_cases(seq_lens, causals, atomic=True):
     import torch
     from triton.testing import do_bench
-    from attn_numba.bench.cases import _compiled_flex, _window_mask_mod
+    from attn_numba.bench.torch_cases import _compiled_flex, _window_mask_mod
     from torch.nn.attention.flex_attention import create_block_mask
     rows = []
     for s in seq_lens:
@@ -315,6 +316,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="every third sweep case")
     ap.add_argument("--no-time", action="store_true")
+    ap.add_argument("--no-sweep", action="store_true", help="timing only (no correctness sweep)")
     ap.add_argument("--variants", action="store_true",
                     help="also time the tile variants of VARIANTS at 8192 tokens")
     ap.add_argument("--no-atomic", action="store_true",
@@ -333,7 +335,7 @@ def main():
             json.dump(res, f, indent=1)
 
     t0 = time.time()
-    for i, case in enumerate(sweep_cases(args.quick)):
+    for i, case in enumerate([] if args.no_sweep else sweep_cases(args.quick)):
         try:
             r = check_case(100 + i, *case)
         except Exception:  # noqa: BLE001
@@ -343,7 +345,8 @@ def main():
         save()
     res["sweep_s"] = time.time() - t0
     res["atomic_sweep"] = []
-    for i, case in enumerate([] if args.no_atomic else atomic_cases(args.quick)):
+    for i, case in enumerate([] if args.no_atomic or args.no_sweep
+                             else atomic_cases(args.quick)):
         try:
             r = check_case(200 + i, *case, deterministic=False)
         except Exception:  # noqa: BLE001

@@ -158,7 +158,7 @@ def _queued_ms(fn, n=20, sleep_cycles=int(2e7)):
     return float(np.median(times))
 
 
-VARIANTS = {"default": {}, "s1_bn64": dict(stages=1, block_n=64),
+VARIANTS = {"default": {}, "cap2": dict(blocks_per_sm=2), "cap1": dict(blocks_per_sm=1),
             "s1_bn32": dict(stages=1, block_n=32)}
 
 

@@ -21,7 +21,6 @@ notes/bwd_tensor_core.md.
 import math
 
 import numpy as np
-from numba import config as numba_config
 from numba import types
 
 from .bwd_tc_atomic import CONVERT_THREADS, build_convert, build_delta_zero
@@ -29,6 +28,7 @@ from .bwd_tc_dkdv import build_dkdv
 from .bwd_tc_dq import DELTA_WARPS, build_delta, build_dq
 from .bwd_tc_layout import (WARPS, dkdv_atomic_shared, dkdv_config, dkdv_shared, dq_config,
                             dq_shared)
+from .occupancy import opt_in_shared
 from .common import array_type, supports_mma_sync
 
 NAME = "flash_tc"
@@ -146,25 +146,6 @@ def scratch(problem, deterministic=None):
     return out
 
 
-_OPTED = set()
-
-
-def opt_in_shared(kernel, argtypes, nbytes):
-    """Compile ``kernel`` for ``argtypes`` and allow it ``nbytes`` of dynamic shared memory
-    (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, needed above 48 KiB); as
-    ``v5_flash_wgmma.opt_in_shared``. Nothing to do on the simulator."""
-    if numba_config.ENABLE_CUDASIM or nbytes <= 48 * 1024:
-        return
-    from ..launcher import load_cached
-    kern, _ = load_cached(kernel, tuple(argtypes))
-    cufunc = kern._codelibrary.get_cufunc()
-    key = (id(cufunc), nbytes)
-    if key in _OPTED:
-        return
-    from numba.cuda.cudadrv.driver import binding, driver
-    attr = binding.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-    driver.cuKernelSetAttribute(attr, int(nbytes), cufunc.handle, cufunc.device.id)
-    _OPTED.add(key)
 
 
 def plan(problem, dkdv=None, dq=None, deterministic=None):

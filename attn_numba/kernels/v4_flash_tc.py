@@ -31,7 +31,7 @@ import numpy as np
 from numba import config as numba_config
 from numba import cuda, float32, types, uint16, uint32
 
-from . import Plan, ptx, v4_steps
+from . import Plan, occupancy, ptx, v4_steps
 from ..problem import MAX_HEAD_SIZE
 from .common import NEG_INF, array_type, key_range, seq_span, supports_mma_sync
 from .config import TileConfig, band_scalars, dtype_name, heads_per_block, with_overrides
@@ -60,6 +60,9 @@ class Config(TileConfig):
 
     block_n: int = 32
     warps: int = WARPS
+    #: at most this many blocks per SM (0: as many as fit), a launch parameter only
+    #: (:mod:`attn_numba.kernels.occupancy`): the kernel is built without it
+    blocks_per_sm: int = 0
 
     @property
     def block_m(self):
@@ -262,7 +265,10 @@ def supports(problem):
 def plan(problem, config=None):
     """One launch of ``config`` (default :func:`config_for`)."""
     cfg = config_for(problem) if config is None else config
+    kernel = build(dataclasses.replace(cfg, blocks_per_sm=0))
     pb = cfg.positions
     grid = ((max(problem.max_seqlen_q, 1) + pb - 1) // pb,
             problem.num_heads // cfg.heads_per_block, problem.batch)
-    return (Plan(build(cfg), grid, 32 * cfg.warps, VIEWS, band_scalars(problem)),)
+    shared = 0 if problem.on_simulator else occupancy.launch_shared(
+        kernel, _signature(), shared_bytes(cfg), cfg.blocks_per_sm)
+    return (Plan(kernel, grid, 32 * cfg.warps, VIEWS, band_scalars(problem), shared),)

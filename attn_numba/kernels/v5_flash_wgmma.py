@@ -46,6 +46,7 @@ from . import ptx_sm90 as px
 from . import v5_steps
 from .pipeline import wait_for_tile
 from . import wgmma_layout as wl
+from .occupancy import opt_in_shared
 from .common import NEG_INF, array_type, key_range, seq_span
 from .config import TileConfig, band_scalars, dtype_name, heads_per_block, with_overrides
 from .tile_range import full_key_tiles, key_tiles
@@ -369,27 +370,3 @@ def plan(problem, config=None):
     grid = ((max(problem.max_seqlen_q, 1) + pb - 1) // pb,
             problem.num_heads // cfg.heads_per_block, problem.batch)
     return (Plan(kernel, grid, THREADS * cfg.groups, VIEWS, band_scalars(problem), shared),)
-
-
-_OPTED = set()
-
-
-def opt_in_shared(kernel, argtypes, nbytes):
-    """Compile ``kernel`` for the Numba ``argtypes`` and allow it ``nbytes`` of dynamic shared
-    memory (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES; needed above 48 KiB). Nothing
-    to do on the simulator."""
-    if numba_config.ENABLE_CUDASIM:
-        return
-    # the cached cubin without Numba's target-context refresh, as flash_tc loads it (a
-    # disk-cache key that changed on compiling made warm first calls slow: notes/v5_wgmma.md,
-    # attn_numba.kernels.ptx.fixed_intrinsic, tests/test_cache_key.py)
-    from ..launcher import load_cached
-    kern, _ = load_cached(kernel, tuple(argtypes))
-    cufunc = kern._codelibrary.get_cufunc()
-    key = (id(cufunc), nbytes)
-    if key in _OPTED:
-        return
-    from numba.cuda.cudadrv.driver import binding, driver
-    attr = binding.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-    driver.cuKernelSetAttribute(attr, int(nbytes), cufunc.handle, cufunc.device.id)
-    _OPTED.add(key)
