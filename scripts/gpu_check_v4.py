@@ -158,8 +158,8 @@ def _queued_ms(fn, n=20, sleep_cycles=int(2e7)):
     return float(np.median(times))
 
 
-VARIANTS = {"default": {}, "cap2": dict(blocks_per_sm=2), "cap1": dict(blocks_per_sm=1),
-            "s1_bn32": dict(stages=1, block_n=32)}
+VARIANTS = {"default": {}, "nocap": dict(blocks_per_sm=0), "cap2": dict(blocks_per_sm=2),
+            "cap1": dict(blocks_per_sm=1)}
 
 
 def timing(variants=VARIANTS, sizes=(512, 1024, 2048, 4096, 8192)):

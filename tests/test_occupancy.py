@@ -51,3 +51,18 @@ def test_wave_rule():
     assert occ.best_cap(256, 3, 132, RATE) == 0      # 2 per SM: a cap of 2 changes nothing
     assert occ.best_cap(1024, 3, 132, RATE) == 0     # 8 per SM: 3 + 3 + 2 beats 4 x 2
     assert occ.best_cap(512, 3, 132, (1.0, 1.0, 1.0)) == 0   # no gain: a tie keeps 3
+
+
+def test_resident_blocks():
+    # flash_tc at D = 128 on the H200 (ptxas, sm_90): 165 registers now, 206 before issue 19
+    assert occ.resident_blocks(165, 128, 34816, H200) == 3
+    assert occ.resident_blocks(206, 128, 34816, H200) == 2
+    assert occ.resident_blocks(127, 128, 18432, H200) == 4
+    assert occ.resident_blocks(165, 128, 34816 + occ.pad_for_cap(2, 34816, H200), H200) == 2
+    assert occ.resident_blocks(32, 1024, 0, H200) == 2        # by threads
+
+
+def test_flash_tc_sm_rate_picks_a_cap_only_at_1024_tokens_on_the_h200():
+    from attn_numba.kernels import v4_flash_tc as v4
+    caps = {s: occ.best_cap((s // 16) * 8, 3, 132, v4.SM_RATE) for s in (512, 1024, 2048, 4096, 8192)}
+    assert caps == {512: 0, 1024: 2, 2048: 0, 4096: 0, 8192: 0}

@@ -22,6 +22,9 @@ class SMLimits(NamedTuple):
     smem_per_sm: int
     reserved_per_block: int
     optin_per_block: int
+    regs_per_sm: int = 65536
+    threads_per_sm: int = 2048
+    blocks_per_sm: int = 32
 
 
 @functools.lru_cache(maxsize=None)
@@ -30,7 +33,10 @@ def _limits(device_id):
     dev = cuda.get_current_device()
     return SMLimits(int(dev.MULTIPROCESSOR_COUNT), int(dev.MAX_SHARED_MEMORY_PER_MULTIPROCESSOR),
                     int(dev.RESERVED_SHARED_MEMORY_PER_BLOCK),
-                    int(dev.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN))
+                    int(dev.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN),
+                    int(dev.MAX_REGISTERS_PER_MULTIPROCESSOR),
+                    int(dev.MAX_THREADS_PER_MULTIPROCESSOR),
+                    int(dev.MAX_BLOCKS_PER_MULTIPROCESSOR))
 
 
 def limits():
@@ -55,6 +61,16 @@ def pad_for_cap(cap, static_bytes, lim):
     return pad
 
 
+def resident_blocks(regs, threads, shared_bytes, lim):
+    """Blocks of a kernel that fit on one SM at once: by registers (``regs`` per thread,
+    rounded up to 8, allocated per warp), by ``shared_bytes`` per block (static plus dynamic,
+    and the reserved 1 KiB), by threads and by the block limit."""
+    warps = -(-threads // 32)
+    by_regs = lim.regs_per_sm // (warps * 32 * (-(-regs // 8) * 8)) if regs else lim.blocks_per_sm
+    by_smem = lim.smem_per_sm // (shared_bytes + lim.reserved_per_block)
+    return max(0, min(by_regs, by_smem, lim.threads_per_sm // threads, lim.blocks_per_sm))
+
+
 def sm_time(n, c, rate):
     """Time for one SM to run ``n`` equal blocks at most ``c`` at a time, in units of one
     block alone: full rounds of ``c``, then the remainder together, where ``rate[k - 1]`` is
@@ -72,6 +88,18 @@ def best_cap(blocks, occupancy, sms, rate):
     n = -(-blocks // sms)
     best = min(range(occupancy, 0, -1), key=lambda c: sm_time(n, c, rate))
     return 0 if best == occupancy else best
+
+
+def auto_cap(kernel, argtypes, threads, blocks, rate):
+    """:func:`best_cap` for a grid of ``blocks`` of ``kernel`` (compiled for ``argtypes`` if
+    it is not yet) on the current device; 0 on the simulator."""
+    if numba_config.ENABLE_CUDASIM:
+        return 0
+    from ..launcher import load_cached
+    kern, _ = load_cached(kernel, tuple(argtypes))
+    lim = limits()
+    resident = resident_blocks(kern.regs_per_thread, threads, kern.shared_mem_per_block, lim)
+    return best_cap(blocks, min(resident, len(rate)), lim.sms, rate) if resident > 1 else 0
 
 
 def launch_shared(kernel, argtypes, static_bytes, cap):

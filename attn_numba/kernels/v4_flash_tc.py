@@ -47,6 +47,9 @@ NAME = "flash_tc"
 DTYPE_NAMES = ("float16", "bfloat16")
 WARPS = 4
 ZERO = np.float32(0.0)
+#: an SM's relative throughput with 1, 2, 3 blocks of this kernel resident, for the wave rule
+#: (:func:`attn_numba.kernels.occupancy.best_cap`); notes/occupancy.md says where it comes from
+SM_RATE = (1.0, 1.7, 1.85)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,9 +63,10 @@ class Config(TileConfig):
 
     block_n: int = 32
     warps: int = WARPS
-    #: at most this many blocks per SM (0: as many as fit), a launch parameter only
-    #: (:mod:`attn_numba.kernels.occupancy`): the kernel is built without it
-    blocks_per_sm: int = 0
+    #: at most this many blocks per SM (0: as many as fit; None: the wave rule of
+    #: :mod:`attn_numba.kernels.occupancy` picks), a launch parameter only: the kernel is
+    #: built without it
+    blocks_per_sm: int | None = None
 
     @property
     def block_m(self):
@@ -265,10 +269,15 @@ def supports(problem):
 def plan(problem, config=None):
     """One launch of ``config`` (default :func:`config_for`)."""
     cfg = config_for(problem) if config is None else config
-    kernel = build(dataclasses.replace(cfg, blocks_per_sm=0))
+    kernel = build(dataclasses.replace(cfg, blocks_per_sm=None))
     pb = cfg.positions
     grid = ((max(problem.max_seqlen_q, 1) + pb - 1) // pb,
             problem.num_heads // cfg.heads_per_block, problem.batch)
-    shared = 0 if problem.on_simulator else occupancy.launch_shared(
-        kernel, _signature(), shared_bytes(cfg), cfg.blocks_per_sm)
+    shared = 0
+    if not problem.on_simulator:
+        cap = cfg.blocks_per_sm
+        if cap is None:
+            cap = occupancy.auto_cap(kernel, _signature(), 32 * cfg.warps,
+                                     grid[0] * grid[1] * grid[2], SM_RATE)
+        shared = occupancy.launch_shared(kernel, _signature(), shared_bytes(cfg), cap)
     return (Plan(kernel, grid, 32 * cfg.warps, VIEWS, band_scalars(problem), shared),)
