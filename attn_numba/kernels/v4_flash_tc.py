@@ -48,8 +48,9 @@ DTYPE_NAMES = ("float16", "bfloat16")
 WARPS = 4
 ZERO = np.float32(0.0)
 #: an SM's relative throughput with 1, 2, 3 blocks of this kernel resident, for the wave rule
-#: (:func:`attn_numba.kernels.occupancy.best_cap`); notes/occupancy.md says where it comes from
-SM_RATE = (1.0, 1.7, 1.85)
+#: (:func:`attn_numba.kernels.occupancy.best_cap`): fitted to run 26 on the H200
+#: (notes/occupancy.md)
+SM_RATE = (1.0, 2.0, 2.38)
 
 
 @dataclasses.dataclass(frozen=True)
