@@ -15,6 +15,7 @@ prefixed with the folder name):
 * ``<set>_long_sequences.png`` (only when the summary has the ``attn-numba bench --long``
   sweep): time against tokens from 512 to 512k for the kernels of the sweep, one panel per
   ``causal``, a slope-1 guide, and the skipped states with their reasons under the panels.
+* ``<set>_backward.png`` (only with a ``"backward"`` section): :mod:`attn_numba.plots_backward`.
 
 The first four figures show the log's grid (up to 8192 tokens); the long sweep has its own.
 
@@ -24,17 +25,14 @@ from __future__ import annotations
 
 import re
 import sys
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 
+# the shared look, re-exported: attn_numba.plots.run_label, _style, ... as before
+from .plot_style import (OTHER_AXES, ORDER, PEER_LABEL, _common_slice, _kernels,  # noqa: F401
+                         _save, _seqlen_log_axes, _series, _shape_text, _style, run_label)
+
 LOG_DEFAULT = Path(__file__).resolve().parent / "data" / "nvbench_run_mha_fwd_a30.log"
-OTHER_AXES = ("num_seqs", "num_heads", "num_kv_heads", "head_size", "window_left", "window_right")
-#: draw order and colours: package kernels, then peers
-ORDER = ("naive", "tiled", "flash", "flash_tc", "flash_wgmma", "flexattention", "sdpa", "fa4",
-         "cudnn")
-#: the peers, drawn dotted with square markers, and who makes each
-PEER_LABEL = {"flexattention": "PyTorch", "sdpa": "PyTorch", "fa4": "FlashAttention-4",
-              "cudnn": "cuDNN"}
 
 
 def add_arguments(p):
@@ -63,73 +61,7 @@ def parse_log_times(path):
             for r in res["rows"] if r.get("seq_len") is not None]
 
 
-# --------------------------------------------------------------------------- data selection
-
-def _common_slice(records):
-    """Records at the most common value of the axes other than seq_len and causal, so that
-    each line is a sequence-length sweep of one shape."""
-    if not records:
-        return records, {}
-    fixed = {}
-    for a in OTHER_AXES:
-        fixed[a] = Counter(r[a] for r in records).most_common(1)[0][0]
-    return [r for r in records if all(r[a] == fixed[a] for a in OTHER_AXES)], fixed
-
-
-def _kernels(records):
-    names = {r["kernel"] for r in records}
-    return [k for k in ORDER if k in names] + sorted(names - set(ORDER))
-
-
-def _series(records, kernel, causal, field="gpu_time_s"):
-    pts = sorted((r["seq_len"], r[field]) for r in records
-                 if r["kernel"] == kernel and r["causal"] == causal and r.get(field))
-    return [p[0] for p in pts], [p[1] for p in pts]
-
-
-def _style(kernel):
-    """Colour, marker, line and label of a kernel: fixed by :data:`ORDER` (a name outside it
-    gets a colour from its characters, the same in every process)."""
-    import matplotlib.pyplot as plt
-    cyc = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    i = ORDER.index(kernel) if kernel in ORDER else len(ORDER) + sum(map(ord, kernel)) % 4
-    peer = kernel in PEER_LABEL
-    return dict(color=cyc[i % len(cyc)], marker="s" if peer else "o",
-                linestyle=":" if peer else "-",
-                label=kernel + (f" ({PEER_LABEL[kernel]})" if peer else ""))
-
-
-def _shape_text(fixed):
-    if not fixed:
-        return ""
-    return (f"{fixed['num_seqs']} seq, {fixed['num_heads']} heads / {fixed['num_kv_heads']} KV "
-            f"heads, D={fixed['head_size']}, window ({fixed['window_left']}, "
-            f"{fixed['window_right']}), fp16")
-
-
 # --------------------------------------------------------------------------- figures
-
-def _seqlen_log_axes(ax, ylabel, title=None):
-    """Log-log axes with sequence length (base 2) on x, shared by the figures."""
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("sequence length (tokens)")
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-
-
-def _save(fig, path, title=None, rect=None):
-    """Title the figure (run_mha_fwd on the device, then the shape line), lay it out, write
-    the PNG and free it."""
-    import matplotlib.pyplot as plt
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=rect) if rect else fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
 
 def fig_time(records, device, fixed, log_rows, path):
     import matplotlib.pyplot as plt
@@ -326,24 +258,16 @@ def fig_long(records, skipped, device, fixed, path):
           rect=(0, 0.03 + 0.028 * max(1, len(notes)), 1, 1))
 
 
-def run_label(doc, prefix):
-    """Which run a figure shows: ``NVIDIA H100 80GB HBM3, run h100-quick (2026-11-24)``."""
-    device = doc.get("device", "unknown device") + (" (SIMULATED)" if doc.get("simulated") else "")
-    return f"{device}, run {prefix} ({str(doc.get('date') or 'undated')[:10]})"
-
-
 def plot_summary(doc, prefix, out_dir, log_rows):
     """All figures of one summary; returns the written paths."""
-    from .bench.grid import is_long
+    from .bench.grid import DEFAULT_GRID, LONG_KERNELS, is_long
     all_records = doc["records"]
     long_skipped = [r for r in all_records if is_long(r["seq_len"]) and not r.get("gpu_time_s")]
     timed = [r for r in all_records if r.get("gpu_time_s")]
-    from .bench.grid import LONG_KERNELS
     long_kernels = {r["kernel"] for r in all_records if is_long(r["seq_len"])}
     if long_kernels:  # the sweep's other kernels, drawn over the lengths they have
         long_kernels |= {r["kernel"] for r in timed if r["kernel"] in LONG_KERNELS}
     records, fixed = _common_slice([r for r in timed if not is_long(r["seq_len"])])
-    from .bench.grid import DEFAULT_GRID
     if any(fixed.get(a) != DEFAULT_GRID[a][0] for a in OTHER_AXES):
         log_rows = []  # the log's times are only comparable at the log's shape
     device = run_label(doc, prefix)
@@ -360,7 +284,8 @@ def plot_summary(doc, prefix, out_dir, log_rows):
                  and all(r[a] == fixed.get(a, r[a]) for a in OTHER_AXES)]
         paths.append(out_dir / f"{prefix}_long_sequences.png")
         fig_long(sweep, long_skipped, device, fixed, paths[-1])
-    return paths
+    from .plots_backward import plot_backward  # <set>_backward.png, when the summary has one
+    return paths + plot_backward(doc, prefix, out_dir)
 
 
 def plot_all(results, out_dir, log=str(LOG_DEFAULT), include_simulated=False):

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from attn_numba import plots
+from attn_numba import plot_style, plots, plots_backward
 from attn_numba.bench import grid as G, summary as S
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,8 +65,11 @@ def test_plot_committed_results(tmp_path):
     done = plots.plot_all(ROOT / "results", tmp_path)
     assert len(done) == len(found)
     for spath, pngs in done:
-        has_long = any(G.is_long(r["seq_len"]) for r in S.load(spath)["records"])
-        _assert_pngs(pngs, 5 if has_long else 4)
+        doc = S.load(spath)
+        has_long = any(G.is_long(r["seq_len"]) for r in doc["records"])
+        has_bwd = bool(plots_backward.timed_records(doc)[0])
+        _assert_pngs(pngs, 4 + has_long + has_bwd)
+        assert (Path(pngs[-1]).name.endswith("_backward.png")) == has_bwd
 
 
 def test_long_sweep_figure(tmp_path):
@@ -148,3 +151,57 @@ def test_figures_name_their_run_every_kernel_and_keep_legends_off_the_data(tmp_p
     fig, _ = figs["h100_causal_vs_noncausal.png"]
     leg = fig.axes[0].get_legend()
     assert leg is not None and leg.get_bbox_to_anchor().x0 >= fig.axes[0].bbox.x1 - 1
+
+
+def _with_backward(path, kernels=("flash_tc", "flexattention"), timed=True):
+    """The synthetic summary at ``path`` plus a backward section: both passes of ``kernels``
+    on the log's grid (``timed=False``: every state skipped)."""
+    doc = S.load(path)
+    recs = []
+    for n, k in enumerate(kernels):
+        for cfg in G.iter_configs(G.DEFAULT_GRID):
+            for p, f in (("bwd", 1.0), ("fwd+bwd", 1.3)):
+                t = 2e-4 * f * cfg.seq_len / 512 / (n + 1) if timed else None
+                r = S.make_record(k, cfg, gpu_time_s=t, skipped=not timed,
+                                  skip_reason=None if timed else "error: out of memory")
+                recs.append(dict(r, **{"pass": p}))
+    doc["backward"] = {"date": "2026-12-02T10:00:00+00:00", "records": recs}
+    return S.write(path, doc)
+
+
+def test_backward_figure_only_with_a_backward_section(tmp_path, monkeypatch):
+    """A summary with a timed backward section gets <set>_backward.png (a PNG; its title
+    names the run and the section's date, its subtitle every kernel, its legend is off the
+    data); one without the section, or with every backward state skipped, gets none."""
+    _with_backward(synthetic_summary(tmp_path / "res" / "g" / "summary.json"))
+    pngs = plots.plot_all(tmp_path / "res", tmp_path / "figs")[0][1]
+    _assert_pngs(pngs, 5)
+    assert Path(pngs[-1]).name == "g_backward.png"
+    synthetic_summary(tmp_path / "res2" / "g" / "summary.json")
+    assert len(plots.plot_all(tmp_path / "res2", tmp_path / "figs2")[0][1]) == 4
+    _with_backward(synthetic_summary(tmp_path / "res3" / "g" / "summary.json"), timed=False)
+    assert len(plots.plot_all(tmp_path / "res3", tmp_path / "figs3")[0][1]) == 4
+    assert not list((tmp_path / "figs2").glob("*backward*")) + list(
+        (tmp_path / "figs3").glob("*backward*"))
+
+    import matplotlib
+    matplotlib.use("Agg")
+    seen = {}
+    monkeypatch.setattr(plot_style, "_save", lambda fig, path, title=None, rect=None:
+                        seen.update({Path(path).name: (fig, title)}))
+    doc = S.load(_with_backward(synthetic_summary(tmp_path / "r4" / "h200" / "summary.json"),
+                                kernels=("flash_tc", "flash", "flexattention")))
+    assert plots_backward.plot_backward(doc, "h200", tmp_path / "f4")
+    fig, title = seen["h200_backward.png"]
+    assert "Synthetic GPU, run h200 (2026-12-02)" in title
+    assert "32 heads / 8 KV heads, D=128, window (128, 128)" in title
+    for k in ("flash_tc", "flash", "flexattention"):
+        assert f"{k} (" in title.splitlines()[-1], k
+    assert len(fig.axes) == 4  # time panels over ratio panels, causal 0 and 1
+    assert all(ax.get_legend() is None for ax in fig.axes) and fig.legends
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "flash_tc fwd+bwd" in labels and "flexattention (PyTorch) bwd alone" in labels
+    # the ratio panels: each of ours over FlexAttention, per pass (times 1/(n+1), n = 0, 1, 2)
+    for ax in fig.axes[2:]:
+        ratios = sorted({round(float(y), 9) for ln in ax.lines[:4] for y in ln.get_ydata()})
+        assert ratios == [1.5, 3.0] and len(ax.lines) == 5  # 2 kernels x 2 passes, parity
