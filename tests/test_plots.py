@@ -58,6 +58,7 @@ def test_plot_cli_and_simulated_summaries(tmp_path):
     assert len(list((tmp_path / "f").glob("sim_*.png"))) == 4
 
 
+@pytest.mark.slow  # draws every committed figure (about 9 s on 2 cores); the synthetic tests cover the code
 def test_plot_committed_results(tmp_path):
     found = [p for p in S.find(ROOT / "results") if not S.load(p).get("simulated")]
     if not found:
