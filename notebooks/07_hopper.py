@@ -314,3 +314,39 @@ for path in found:
     for e in res.get("evidence", []):
         print(f"  D={e['d']} {e['kind']} BN={e['block_n']}: {e.get('regs', '?')} registers, "
               f"HGMMA in SASS: {'not recorded' if e.get('hgmma') is None else e['hgmma']}")
+
+# %% [markdown]
+# ## 7. What v6 (`flash_ws`) adds, and why it is not faster yet
+#
+# v5 is one block of one warpgroup (128 threads) per 16 positions x 4 heads; every warp both
+# copies K/V (`cp.async`) and computes. FlashAttention-3 and -4 split the roles, and v6
+# (`attn_numba/kernels/v6_flash_ws.py`, opt-in: `mha_fwd(..., kernel="flash_ws")`) does the
+# same from Numba:
+#
+# * **TMA** loads: one thread of a **producer warpgroup** issues
+#   `cp.async.bulk.tensor` boxes of Q, K and V through `CUtensorMap`s in global memory
+#   (`attn_numba/tensormap.py`, `kernels/ptx_tma.py`); the boxes land 128B-swizzled, the
+#   layout of section 1, so wgmma reads them as they are;
+# * an **mbarrier pipeline** of K/V stages (full and empty barriers per stage,
+#   `kernels/pipeline.py` keeps the stage index and parity);
+# * `setmaxnreg`: the producer gives up registers (24), the **two consumer warpgroups** take
+#   them (240 each), 384 threads per block under `launch_bounds=(384, 1)`;
+# * 128-row tiles (32 positions x 4 heads of a GQA group), so each K/V tile serves twice as
+#   many rows as in v5.
+#
+# Measured on the H200 (run 22, `scripts/gpu_v6_check.py`, `do_bench_cudagraph`, the log's
+# shape, `notes/v6_flash_ws.md`): correct on all 61 cases of its sweep; at 8192 tokens
+# 0.1842 ms non-causal against v5's 0.1836, 0.1559 ms causal against 0.1338. Over the grid
+# v6/v5 is 0.97-1.00 non-causal and 1.10-1.14 causal, so `auto` keeps v5.
+#
+# What ncu said about v5 against FlashAttention-4 at 8192 non-causal (issue 21, H200,
+# `--clock-control none`): v5 keeps 49.6% of issue slots busy (IPC 2.03) for 187 us, FA4
+# 26.7% (IPC 1.15) for 134 us: v5 issues about twice the instructions for the same work.
+# v6 removed the copies from the computing warps, yet its time did not move: the critical
+# path is the per-tile chain QK^T -> softmax -> PV on one consumer warpgroup, which v6 runs
+# as v5 does. FlashAttention-3's answers are the next steps, not yet built or measured here:
+# the two consumers **ping-ponging** on named barriers (one in softmax while the other's
+# wgmma runs, in a fixed order), QK^T of the next tile issued during this tile's softmax (built
+# as `overlap=True`; it was slower in run 22), and tiles matched to the band for the causal
+# case. ncu of v6 itself has not been run.
+
