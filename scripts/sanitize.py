@@ -45,44 +45,55 @@ def _backward_variants(names):
             yield name, {"deterministic": False}
 
 
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--kernels", nargs="*", default=attn_numba.available_kernels())
-    p.add_argument("--bwd-kernels", nargs="*",
-                   default=attn_numba.available_kernels(backward=True))
-    p.add_argument("--small", action="store_true", help="skip the 512-token cases (racecheck is slow)")
-    a = p.parse_args()
-    rng = np.random.default_rng(1)
+def _forward(kernels, rng, small):
     n = 0
-    for kernel in a.kernels:
+    for kernel in kernels:
         for b, sq, sk, h, hkv, d, window, causal in CASES:
-            if a.small and sq >= 512:
+            if small and sq >= 512:
                 continue
             q, k, v = random_qkv(rng, b, sq, sk, h, hkv, d, np.float16)
             if not _runs(kernel, d):
                 continue
             check_mha_fwd(q, k, v, kernel, causal=causal, window_size=window)
             n += 1
-        q, k, v, cu_q, cu_k = random_varlen(rng, [5, 0, 70, 1], [9, 3, 70, 0], 4, 2, 128, np.float16)
+        q, k, v, cu_q, cu_k = random_varlen(rng, [5, 0, 70, 1], [9, 3, 70, 0], 4, 2, 128,
+                                            np.float16)
         check_mha_varlen_fwd(q, k, v, cu_q, cu_k, kernel, causal=True, window_size=(8, 8))
         n += 1
-    print(f"sanitize.py: {n} forward cases checked against the reference: {', '.join(a.kernels)}")
+    print(f"sanitize.py: {n} forward cases checked against the reference: {', '.join(kernels)}")
+
+
+def _backward(kernels, rng, small):
     m = 0
-    for kernel, kw in _backward_variants(a.bwd_kernels):
+    for kernel, kw in _backward_variants(kernels):
         for b, sq, sk, h, hkv, d, window, causal in CASES:
-            if a.small and sq >= 512:
+            if small and sq >= 512:
                 continue
             q, k, v = random_qkv(rng, b, sq, sk, h, hkv, d, np.float16)
             dout = rng.standard_normal(q.shape).astype(q.dtype)
             check_mha_bwd(dout, q, k, v, kernel, causal=causal, window_size=window, **kw)
             m += 1
-        q, k, v, cu_q, cu_k = random_varlen(rng, [5, 0, 70, 1], [9, 3, 70, 0], 4, 2, 128, np.float16)
+        q, k, v, cu_q, cu_k = random_varlen(rng, [5, 0, 70, 1], [9, 3, 70, 0], 4, 2, 128,
+                                            np.float16)
         dout = rng.standard_normal(q.shape).astype(q.dtype)
         check_mha_varlen_bwd(dout, q, k, v, cu_q, cu_k, kernel, causal=True, window_size=(8, 8),
                              **kw)
         m += 1
-    print(f"sanitize.py: {m} backward cases checked against the reference: "
-          f"{', '.join(k + (' (atomic dQ)' if kw else '') for k, kw in _backward_variants(a.bwd_kernels))}")
+    names = [k + (" (atomic dQ)" if kw else "") for k, kw in _backward_variants(kernels)]
+    print(f"sanitize.py: {m} backward cases checked against the reference: {', '.join(names)}")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--kernels", nargs="*", default=attn_numba.available_kernels())
+    p.add_argument("--bwd-kernels", nargs="*",
+                   default=attn_numba.available_kernels(backward=True))
+    p.add_argument("--small", action="store_true",
+                   help="skip the 512-token cases (racecheck is slow)")
+    a = p.parse_args()
+    rng = np.random.default_rng(1)
+    _forward(a.kernels, rng, a.small)
+    _backward(a.bwd_kernels, rng, a.small)
     return 0
 
 

@@ -64,5 +64,14 @@ def test_resident_blocks():
 
 def test_flash_tc_sm_rate_picks_a_cap_only_at_1024_tokens_on_the_h200():
     from attn_numba.kernels import v4_flash_tc as v4
-    caps = {s: occ.best_cap((s // 16) * 8, 3, 132, v4.SM_RATE) for s in (512, 1024, 2048, 4096, 8192)}
+    caps = {s: occ.best_cap((s // 16) * 8, 3, 132, v4.SM_RATE)
+            for s in (512, 1024, 2048, 4096, 8192)}
     assert caps == {512: 0, 1024: 2, 2048: 0, 4096: 0, 8192: 0}
+
+
+def test_no_cap_beyond_what_the_rates_describe():
+    # flash_tc at D = 64 (127 registers): 4 blocks fit, SM_RATE describes 3: leave it alone
+    from attn_numba.kernels import v4_flash_tc as v4
+    assert occ.cap_for(512, 4, 132, v4.SM_RATE) == 0
+    assert occ.cap_for(512, 3, 132, v4.SM_RATE) == 2
+    assert occ.cap_for(512, 1, 132, v4.SM_RATE) == 0

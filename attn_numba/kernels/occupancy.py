@@ -1,13 +1,15 @@
 """Shared memory and occupancy at launch: the one ``opt_in_shared`` (dynamic shared memory
-above 48 KiB), and blocks per SM as a launch parameter: a cap on how many blocks of a kernel share an SM, set
-by dynamic shared memory the kernel never touches, and the wave rule that picks it.
+above 48 KiB), and blocks per SM as a launch parameter: a cap on how many blocks of a kernel
+share an SM, set by dynamic shared memory the kernel never touches, and the wave rule that
+picks it.
 
 Why: a grid of ``B`` blocks on ``N`` SMs gives each SM about ``B / N`` of them. At ``o``
 resident blocks per SM, an SM whose count is not a multiple of ``o`` ends on a round of fewer
 blocks, which run slower per block than a full round; a lower ``o`` that divides the count
 can finish first (flash_tc at 1024 tokens on the H200: 512 blocks, 4 per SM, 3 resident by
-registers; measured in notes/occupancy.md). The cap changes no instruction: the kernel, its PTX and its
-disk-cache entry are the same, only the launch's dynamic shared-memory size differs.
+registers; measured in notes/occupancy.md). The cap changes no instruction: the kernel, its
+PTX and its disk-cache entry are the same, only the launch's dynamic shared-memory size
+differs.
 """
 import functools
 from typing import NamedTuple
@@ -92,14 +94,20 @@ def best_cap(blocks, occupancy, sms, rate):
 
 def auto_cap(kernel, argtypes, threads, blocks, rate):
     """:func:`best_cap` for a grid of ``blocks`` of ``kernel`` (compiled for ``argtypes`` if
-    it is not yet) on the current device; 0 on the simulator."""
+    it is not yet) on the current device; 0 (no cap) on the simulator, and where more blocks
+    fit than ``rate`` describes (the rule knows nothing of those rounds)."""
     if numba_config.ENABLE_CUDASIM:
         return 0
     from ..launcher import load_cached
     kern, _ = load_cached(kernel, tuple(argtypes))
     lim = limits()
     resident = resident_blocks(kern.regs_per_thread, threads, kern.shared_mem_per_block, lim)
-    return best_cap(blocks, min(resident, len(rate)), lim.sms, rate) if resident > 1 else 0
+    return cap_for(blocks, resident, lim.sms, rate)
+
+
+def cap_for(blocks, resident, sms, rate):
+    """:func:`best_cap` where ``rate`` covers ``resident`` blocks per SM, else 0."""
+    return best_cap(blocks, resident, sms, rate) if 1 < resident <= len(rate) else 0
 
 
 def launch_shared(kernel, argtypes, static_bytes, cap):
