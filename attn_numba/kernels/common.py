@@ -34,6 +34,22 @@ def supports_mma_sync(problem, what, dtype_names, max_head_size):
     return None
 
 
+def supports_hopper(problem, what, head_sizes, features):
+    """``supports`` of the sm_90 kernels (flash_wgmma, flash_ws): not on the simulator (inline
+    PTX: ``features`` names what), float16 or bfloat16, a head size in ``head_sizes``, and a
+    Hopper device. ``what`` names the kernel in the reason."""
+    if problem.on_simulator:
+        return f"the CUDA simulator cannot run inline PTX ({features})"
+    if np.dtype(problem.dtype).name not in ("float16", "bfloat16"):
+        return f"{what} is fp16/bf16 only, got {np.dtype(problem.dtype)}"
+    if problem.head_size not in head_sizes:
+        return f"{what} supports head_size in {head_sizes}, got {problem.head_size}"
+    cc = cuda.get_current_device().compute_capability
+    if tuple(cc) != (9, 0):
+        return f"{what} needs sm_90 (Hopper: {features}), this device is sm_{cc[0]}{cc[1]}"
+    return None
+
+
 @cuda.jit(device=True, inline=True, cache=True)
 def key_range(i, seqlen_q, seqlen_k, left, right):
     """Inclusive key range (lo, hi) seen by query row i; empty when hi < lo.

@@ -47,7 +47,7 @@ from . import v5_steps
 from .pipeline import wait_for_tile
 from . import wgmma_layout as wl
 from .occupancy import opt_in_shared
-from .common import NEG_INF, array_type, key_range, seq_span
+from .common import NEG_INF, array_type, key_range, seq_span, supports_hopper
 from .config import TileConfig, band_scalars, dtype_name, heads_per_block, with_overrides
 from .tile_range import full_key_tiles, key_tiles
 
@@ -345,16 +345,7 @@ def supports(problem):
     it on the GPU: notes/kernel_layer.md."""
     if os.environ.get("ATTN_NUMBA_NO_WGMMA", "0") not in ("", "0"):
         return "disabled by ATTN_NUMBA_NO_WGMMA"
-    if problem.on_simulator:
-        return "the CUDA simulator cannot run inline PTX"
-    if kind_of(problem.dtype) is None:
-        return f"wgmma kernel is fp16/bf16 only, got {np.dtype(problem.dtype)}"
-    if problem.head_size not in HEAD_SIZES:
-        return f"head_size {problem.head_size} not in {HEAD_SIZES}"
-    cc = cuda.get_current_device().compute_capability
-    if tuple(cc) != (9, 0):
-        return f"wgmma needs sm_90 (Hopper), this device is sm_{cc[0]}{cc[1]}"
-    return None
+    return supports_hopper(problem, NAME, HEAD_SIZES, "wgmma")
 
 
 def plan(problem, config=None):

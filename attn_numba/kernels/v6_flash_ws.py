@@ -34,10 +34,11 @@ from . import ptx_sm90 as px
 from . import ptx_tma as pt
 from . import v6_layout as lay
 from . import v6_roles
-from .common import array_type, seq_span
+from .common import array_type, seq_span, supports_hopper
 from .config import heads_per_block
+from .occupancy import opt_in_shared
 from .tile_range import full_key_tiles, key_tiles
-from .v5_flash_wgmma import kind_of, opt_in_shared
+from .v5_flash_wgmma import kind_of
 
 NAME = "flash_ws"
 
@@ -162,16 +163,7 @@ def compile_targets(head_size, dtype, heads=(4,)):
 def supports(problem):
     """Why this kernel cannot run ``problem`` (None when it can). Opt-in (``kernels.OPT_IN``):
     what checked it on the GPU is in notes/v6_flash_ws.md."""
-    if problem.on_simulator:
-        return "the CUDA simulator cannot run inline PTX (TMA, wgmma)"
-    if kind_of(problem.dtype) is None:
-        return f"flash_ws is fp16/bf16 only, got {np.dtype(problem.dtype)}"
-    if problem.head_size not in HEAD_SIZES:
-        return f"flash_ws supports head_size in {HEAD_SIZES}, got {problem.head_size}"
-    cc = cuda.get_current_device().compute_capability
-    if tuple(cc) != (9, 0):
-        return f"flash_ws needs sm_90 (Hopper: TMA, wgmma), this device is sm_{cc[0]}{cc[1]}"
-    return None
+    return supports_hopper(problem, NAME, HEAD_SIZES, "TMA, wgmma")
 
 
 def configure(problem, heads=None, block_n=None, stages=None, overlap=None,
