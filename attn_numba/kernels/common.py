@@ -43,7 +43,7 @@ def supports_hopper(problem, what, head_sizes, features):
     if np.dtype(problem.dtype).name not in ("float16", "bfloat16"):
         return f"{what} is fp16/bf16 only, got {np.dtype(problem.dtype)}"
     if problem.head_size not in head_sizes:
-        return f"{what} supports head_size in {head_sizes}, got {problem.head_size}"
+        return f"head_size {problem.head_size} is not one {what} takes {head_sizes}"
     cc = cuda.get_current_device().compute_capability
     if tuple(cc) != (9, 0):
         return f"{what} needs sm_90 (Hopper: {features}), this device is sm_{cc[0]}{cc[1]}"
