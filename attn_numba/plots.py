@@ -28,9 +28,9 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-# the shared look, re-exported: attn_numba.plots.run_label, _style, ... as before
-from .plot_style import (OTHER_AXES, ORDER, PEER_LABEL, _common_slice, _kernels,  # noqa: F401
-                         _save, _seqlen_log_axes, _series, _shape_text, _style, run_label)
+# the shared look (the notebooks call plots._style and plots._kernels, as before)
+from .plot_style import (OTHER_AXES, _common_slice, _kernels, _save, _seqlen_log_axes,
+                         _series, _shape_text, _style, run_label)
 
 LOG_DEFAULT = Path(__file__).resolve().parent / "data" / "nvbench_run_mha_fwd_a30.log"
 
