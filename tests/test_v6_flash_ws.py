@@ -102,7 +102,8 @@ _COMPILE = textwrap.dedent("""
     from attn_numba.kernels import v6_flash_ws as v6
     out = {}
     for d, kind, hb, bn, st, *ov in json.loads(sys.argv[1]):
-        k = v6.build(d, kind, hb, bn, st, bool(ov and ov[0]))
+        k = v6.build(d, kind, hb, bn, st, bool(ov and ov[0]),
+                     pingpong=bool(len(ov) > 1 and ov[1]))
         ptx, _ = cuda.compile_ptx(k.py_func, v6._signature(), cc=(9, 0, "a"),
                                   launch_bounds=(v6.THREADS, 1))
         out["-".join(map(str, [d, kind, hb, bn, st, *ov]))] = ptx
@@ -113,9 +114,14 @@ _COMPILE = textwrap.dedent("""
 """)
 
 
-def _check_variant(ptx, d, bn, tmp_path, name, overlap=False):
+def _check_variant(ptx, d, bn, tmp_path, name, overlap=False, pingpong=False):
     # the overlapped loop peels its first QK^T and last PV: every wgmma appears twice
     assert ptx.count("wgmma.mma_async") == (d // 16 + bn // 16) * (2 if overlap else 1)
+    # the consumers' turns (v6_roles._scheduler): the block's one __syncthreads, then the
+    # plain loop's sync before it and before PV, its init, in-loop and final arrive; the
+    # overlapped loop's one sync and its init and in-loop arrive
+    turns = ((2, 3) if not overlap else (1, 2)) if pingpong else (0, 0)
+    assert (ptx.count("bar.sync") - 1, ptx.count("bar.arrive")) == turns
     assert "cp.async.bulk.tensor.3d" in ptx
     assert "setmaxnreg.dec.sync.aligned.u32 24" in ptx
     assert "setmaxnreg.inc.sync.aligned.u32 240" in ptx
@@ -148,11 +154,14 @@ def test_kernel_compiles_and_assembles_d128_f16(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", [[64, "bf16", 1, 64, 2], [128, "bf16", 2, 128, 2],
                                      [64, "f16", 4, 128, 3], [128, "f16", 4, 64, 3],
-                                     [128, "f16", 4, 64, 2, 1], [64, "bf16", 1, 128, 2, 1]])
+                                     [128, "f16", 4, 64, 2, 1], [64, "bf16", 1, 128, 2, 1],
+                                     [128, "f16", 4, 64, 2, 0, 1], [128, "f16", 4, 128, 2, 1, 1]])
 def test_kernel_variants_compile_and_assemble(tmp_path, variant):
+    """[D, kind, heads, BN, stages, (overlap, (pingpong))]."""
     d, kind, hb, bn, st, *ov = variant
     ptx = _compile(tmp_path, [variant])["-".join(map(str, variant))]
-    _check_variant(ptx, d, bn, tmp_path, "v", overlap=bool(ov and ov[0]))
+    _check_variant(ptx, d, bn, tmp_path, "v", overlap=bool(ov and ov[0]),
+                   pingpong=bool(len(ov) > 1 and ov[1]))
 
 
 _KEYS = textwrap.dedent("""
@@ -208,6 +217,9 @@ GPU_CASES = [  # seq_q, seq_k, H, Hkv, D, dtype name, window, causal, plan optio
     ([97, 0, 300], [97, 5, 77], 8, 1, 64, "bfloat16", (-1, -1), True, {}),
     ([513], [1100], 4, 4, 128, "float16", (-1, -1), True, dict(overlap=True, stages=3)),
     ([1], [1], 8, 8, 64, "float16", (0, 0), False, dict(block_n=128)),
+    ([97, 0, 300], [97, 5, 77], 8, 2, 128, "float16", (128, 0), True, dict(pingpong=True)),
+    ([1025], [1025], 8, 2, 128, "bfloat16", (128, 128), False,
+     dict(overlap=True, pingpong=True, block_n=128)),
 ]
 
 

@@ -90,10 +90,9 @@ def test_shared_plan_matches_v5_steps_and_fits(d, bn, s):
     for j in range(2 * s):
         # v5_steps.stage_k with two warpgroups: Q_BYTES + (j % S) * 2 * KV_BYTES
         assert lay.stage_offset(j % s, d, bn) == 2 * lay.q_tile_bytes(d) + (j % s) * 2 * kv
-    qf, kf, vf, em = lay.barrier_offsets(d, bn, s)
+    qf, kf, vf, ke, ve = lay.barrier_offsets(d, bn, s)
     assert qf == lay.stage_offset(s, d, bn)          # barriers after the last V tile
-    offs = [qf] + [kf + 8 * i for i in range(s)] + [vf + 8 * i for i in range(s)] + \
-           [em + 8 * i for i in range(s)]
+    offs = [qf] + [b + 8 * i for b in (kf, vf, ke, ve) for i in range(s)]
     assert len(set(offs)) == len(offs) and all(o % 8 == 0 for o in offs)
     assert max(offs) + 8 + 1024 == lay.shared_bytes(d, bn, s) <= 227 * 1024
     assert all(lay.stage_offset(i, d, bn) % 1024 == 0 for i in range(s + 1))
@@ -134,60 +133,113 @@ class Barrier:
         return (self.phase & 1) != parity
 
 
-def _protocol(ntiles, stages, rng, overlap=False):
-    """Run the producer and 4 warps x 2 consumers of v6_roles against the barrier model in a
-    random order (the consumers' plain loop, or the overlapped one: K of tile j with V of
-    tile j-1); returns, per consumer warp, the K and the V tiles it read, in order."""
+class NamedBarrier:
+    """``bar.sync`` / ``bar.arrive`` with ``count`` threads, counted per warp (32 each): a
+    phase completes when ``count / 32`` warps have arrived or synced; a sync waits for it."""
+
+    def __init__(self, count, log, bar_id):
+        self.warps, self.arrived, self.phase = count // 32, 0, 0
+        self.log, self.id = log, bar_id
+
+    def arrive(self):
+        self.arrived += 1
+        if self.arrived == self.warps:
+            self.arrived, self.phase = 0, self.phase + 1
+            self.log.append(self.id)
+        return self.phase
+
+    def sync(self):
+        """A generator: arrive, then wait until the phase this warp arrived in completes."""
+        mine = self.phase
+        self.arrive()
+        while self.phase == mine:
+            yield
+
+
+def _protocol(ntiles, stages, rng, overlap=False, pingpong=False):
+    """Run the producer and 4 warps x 2 consumers of v6_roles against the barrier models in
+    a random order: the consumers' plain loop or the overlapped one (K of tile j with V of
+    tile j-1), with or without their tensor-core turns on named barriers (``pingpong``, in
+    the places v6_roles puts ``sched_init``, ``sched_sync`` and ``sched_arrive``). Returns,
+    per consumer warp, the K and the V tiles it read, in order, and the sequence of turns
+    (which consumer's barrier completed a phase)."""
     full = {"K": [Barrier(1) for _ in range(stages)], "V": [Barrier(1) for _ in range(stages)]}
-    empty = [Barrier(v6_roles.EMPTY_ARRIVALS) for _ in range(stages)]
+    empty = {kind: [Barrier(v6_roles.EMPTY_ARRIVALS) for _ in range(stages)] for kind in "KV"}
     data = {}
-    in_use = [set() for _ in range(stages)]
+    in_use = {kind: [set() for _ in range(stages)] for kind in "KV"}
     flights = []                                    # TMA loads in flight
     seen = {w: {"K": [], "V": []} for w in range(v6_roles.EMPTY_ARRIVALS)}
+    turns = []
+    sched = [NamedBarrier(v6_roles.SCHED_THREADS, turns, g) for g in range(lay.CONSUMERS)]
 
     def producer():
         for j in range(ntiles):
             s, ph = lay.stage_phase(j, stages)
-            if j >= stages:
-                while not empty[s].done(ph ^ 1):
-                    yield
-            assert not in_use[s], f"tile {j} overwrites stage {s} in use"
             for kind in "KV":
+                if j >= stages:
+                    while not empty[kind][s].done(ph ^ 1):
+                        yield
+                assert not in_use[kind][s], f"tile {j} overwrites {kind} of stage {s} in use"
                 full[kind][s].arrive(expect_tx=100)
                 flights.append((kind, s, j))
-            yield
+                yield
 
     def use(w, kind, j):
         s, ph = lay.stage_phase(j, stages)
         while not full[kind][s].done(ph):
             yield
-        in_use[s].add(w)
+        in_use[kind][s].add(w)
         seen[w][kind].append(data[kind, s])
 
-    def release(w, j):
+    def release(w, kind, j):
         s, _ = lay.stage_phase(j, stages)
-        in_use[s].discard(w)
-        empty[s].arrive()
+        in_use[kind][s].discard(w)
+        empty[kind][s].arrive()
+
+    def init(g):
+        if pingpong and g == 0:
+            sched[0].arrive()
+
+    def turn(g):
+        if pingpong:
+            yield from sched[g].sync()
+
+    def done(g):
+        if pingpong:
+            sched[1 - g].arrive()
 
     def consumer(w):
+        g = w // 4
         if not overlap:
+            init(g)
+            yield from turn(g)
             for j in range(ntiles):
                 yield from use(w, "K", j)
                 yield
+                done(g)
+                release(w, "K", j)
                 yield from use(w, "V", j)
+                yield from turn(g)
                 yield
-                release(w, j)
+                release(w, "V", j)
+            done(g)
             return
         yield from use(w, "K", 0)
+        yield
+        release(w, "K", 0)
+        init(g)
         for j in range(1, ntiles):
             yield from use(w, "K", j)
             yield from use(w, "V", j - 1)
+            yield from turn(g)
             yield
-            release(w, j - 1)
+            done(g)
+            release(w, "K", j)
             yield
+            release(w, "V", j - 1)
         yield from use(w, "V", ntiles - 1)
         yield
-        release(w, ntiles - 1)
+        release(w, "V", ntiles - 1)
 
     actors = [producer()] + [consumer(w) for w in seen]
     steps = 0
@@ -205,16 +257,37 @@ def _protocol(ntiles, stages, rng, overlap=False):
                 next(a)
             except StopIteration:
                 actors.remove(a)
-    return seen
+    return seen, turns
 
 
+@pytest.mark.parametrize("pingpong", [False, True])
 @pytest.mark.parametrize("overlap", [False, True])
 @pytest.mark.parametrize("ntiles,stages", [(1, 2), (5, 2), (9, 3), (2, 3)])
-def test_mbarrier_protocol_orders_every_tile(rng, ntiles, stages, overlap):
+def test_mbarrier_protocol_orders_every_tile(rng, ntiles, stages, overlap, pingpong):
     for _ in range(20):
-        seen = _protocol(ntiles, stages, rng, overlap)
+        seen, turns = _protocol(ntiles, stages, rng, overlap, pingpong)
         for w, tiles in seen.items():
             assert tiles == {"K": list(range(ntiles)), "V": list(range(ntiles))}, (w, tiles)
+        # the consumers' turns alternate, consumer 0 first, one per tile (the plain loop:
+        # one more, its first QK^T)
+        n = (ntiles + 1 if not overlap else ntiles - 1) if pingpong else 0
+        assert turns == [i % 2 for i in range(2 * n)], turns
+
+
+def test_a_consumer_without_its_init_arrive_deadlocks(rng, monkeypatch):
+    """The turn model can fail: without consumer 0's first arrive neither consumer starts."""
+    real = NamedBarrier.arrive
+    calls = []
+
+    def skip_first(self):
+        calls.append(self.id)
+        if len(calls) == 1:
+            return self.phase
+        return real(self)
+
+    monkeypatch.setattr(NamedBarrier, "arrive", skip_first)
+    with pytest.raises(AssertionError, match="deadlock"):
+        _protocol(5, 2, rng, overlap=False, pingpong=True)
 
 
 def test_stage_phase_cycles_stages_and_flips_parity_per_round():

@@ -1,9 +1,10 @@
 """flash_ws's whole kernel on Numba's CUDA simulator: the map-address launch, then both roles
 with the TMA / mbarrier intrinsics replaced by their models (attn_numba.kernels.v6_ptx_sim)
 and wgmma by flash_wgmma's (ptx_sm90_sim). Checks the producer's boxes, the consumers' rows,
-masks, GQA packing, varlen with empty sequences, lse and the overlapped loop against the
-float64 reference, outputs poisoned first. With at least as many stages as key tiles (the
-model's limit: see v6_ptx_sim); not the asynchronous hazards (scripts/gpu_v6_check.py)."""
+masks, GQA packing, varlen with empty sequences, lse, the overlapped loop and the consumers'
+turns (pingpong) against the float64 reference, outputs poisoned first. With at least as
+many stages as key tiles (the model's limit: see v6_ptx_sim); not the asynchronous hazards
+(scripts/gpu_v6_check.py)."""
 import math
 
 import ml_dtypes
@@ -63,6 +64,11 @@ CASES = [  # seq_q, seq_k, H, Hkv, D, dtype, window, causal, options (stages >= 
                  marks=_SLOW),
     pytest.param(([90], [40], 4, 4, 128, np.float16, (-1, -1), True,
                   dict(stages=2, block_n=128)), marks=_SLOW),
+    # the consumers' tensor-core turns (named barriers: order only, no-ops in the model)
+    ([40, 0, 25], [70, 9, 0], 4, 1, 64, np.float16, (16, 16), False,
+     dict(stages=2, pingpong=True)),
+    pytest.param(([100], [180], 2, 2, 64, BF16, (16, 8), False,
+                  dict(stages=3, overlap=True, pingpong=True)), marks=_SLOW),
 ]
 
 

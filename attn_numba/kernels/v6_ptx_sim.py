@@ -166,4 +166,15 @@ def _unsupported(*args):
     raise NotImplementedError("no simulator model of this instruction")
 
 
-tma_load_2d = bar_sync = bar_arrive = _unsupported
+def _order_only(bar_id, count):
+    """``bar.sync`` / ``bar.arrive`` on a named barrier: here a no-op. flash_ws uses them
+    only to order the consumers' tensor-core turns (``v6_roles._scheduler``), never for
+    data; the block-barrier models of wgmma and shuffles need both consumers in step, which
+    a real turn would break. The turns' protocol is checked by the model in
+    ``tests/test_v6_layout.py``."""
+    if not 0 < int(bar_id) < 16 or int(count) % 32:
+        raise ValueError(f"named barrier {bar_id} with {count} threads")
+
+
+tma_load_2d = _unsupported
+bar_sync = bar_arrive = _order_only

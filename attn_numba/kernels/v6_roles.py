@@ -7,15 +7,19 @@ softmax, PV and the epilogue on 64 rows). They meet only at mbarriers in shared 
   phase 0 once.
 * ``k_full[s]``, ``v_full[s]``: one arrival plus a K (V) tile's bytes; phase ``j // S``
   completes when tile ``j`` has landed in stage ``s = j % S``.
-* ``empty[s]``: ``EMPTY_ARRIVALS`` = 8 arrivals, lane 0 of every consumer warp after its
-  PV wgmma of the stage's tile has completed; the producer waits for phase ``j // S - 1``
-  before loading tile ``j`` into stage ``s``.
+* ``k_empty[s]``, ``v_empty[s]``: ``EMPTY_ARRIVALS`` = 8 arrivals, lane 0 of every consumer
+  warp once its QK^T (PV) wgmma of the stage's tile has completed; the producer waits for
+  phase ``j // S - 1`` of each before loading tile ``j``'s K (V) into stage ``s``.
 
-A consumer's key loop is the plain one (wait K, QK^T, softmax, wait V, PV, release) or
-the overlapped one (QK^T of tile j issued with PV of tile j-1). The maths steps (QK^T / PV
-issue, softmax, rescale and pack, epilogue) are flash_wgmma's
-(:func:`attn_numba.kernels.v5_steps.steps` with two warpgroups per block), unchanged: the
-tile layout the TMA writes is the one v5's cp.async wrote. Index maps: ``v6_layout``.
+A consumer's key loop is the plain one (wait K, QK^T, softmax, wait V, PV) or the
+overlapped one (QK^T of tile j issued with PV of tile j-1). With ``pingpong`` the two
+consumer warpgroups also take turns at the tensor cores on two named barriers
+(FlashAttention-3's warp-scheduler barriers, :func:`_scheduler`): the wgmma a warpgroup
+issues between ``sched_sync`` and ``sched_arrive`` run while the other one does its
+softmax. The maths steps (QK^T / PV issue, softmax, rescale and pack, epilogue) are
+flash_wgmma's (:func:`attn_numba.kernels.v5_steps.steps` with two warpgroups per block),
+unchanged: the tile layout the TMA writes is the one v5's cp.async wrote. Index maps:
+``v6_layout``.
 """
 import functools
 from collections import namedtuple
@@ -31,6 +35,10 @@ from .common import NEG_INF, key_range
 
 ZERO = np.float32(0.0)
 EMPTY_ARRIVALS = 4 * lay.CONSUMERS
+#: the named barriers of the consumers' tensor-core turns (id 0 is __syncthreads'), and the
+#: threads that complete one: both consumer warpgroups
+SCHED_BAR = 1
+SCHED_THREADS = 128 * lay.CONSUMERS
 #: try_wait attempts before a debug build reports a wait as hung (each attempt waits a
 #: hardware-chosen time: a few microseconds, so about seconds in all)
 WAIT_LIMIT = 1 << 20
@@ -49,7 +57,7 @@ def _wait(debug_waits):
     if debug_waits:
         @cuda.jit(device=True, inline=True, cache=True)
         def wait(bar, parity, what, j):
-            """Wait for barrier ``what`` (0 Q, 1 K, 2 V, 3 empty) of tile ``j``."""
+            """Wait for barrier ``what`` (0 Q, 1 K, 2 V, 3 K empty, 4 V empty) of tile ``j``."""
             if pt.mbarrier_wait_bounded(bar, parity, WAIT_LIMIT) == 0:
                 print("flash_ws: wait timed out: barrier", what, "tile", j, "parity", parity,
                       "block", cuda.blockIdx.x, cuda.blockIdx.y, cuda.blockIdx.z, "thread",
@@ -70,7 +78,7 @@ def _producer(D, BN, HB, S, wait, stage_k):
     NC = lay.CONSUMERS
     Q_TILE = lay.q_tile_bytes(D)
     KV_BYTES = lay.kv_tile_bytes(D, BN)
-    QF, KF, VF, EM = lay.barrier_offsets(D, BN, S)
+    QF, KF, VF, KE, VE = lay.barrier_offsets(D, BN, S)
 
     @cuda.jit(device=True, inline=True, cache=True)
     def init_barriers(base):
@@ -80,14 +88,16 @@ def _producer(D, BN, HB, S, wait, stage_k):
         for s in range(S):
             pt.mbarrier_init(base + uint32(KF + 8 * s), 1)
             pt.mbarrier_init(base + uint32(VF + 8 * s), 1)
-            pt.mbarrier_init(base + uint32(EM + 8 * s), EMPTY_ARRIVALS)
+            pt.mbarrier_init(base + uint32(KE + 8 * s), EMPTY_ARRIVALS)
+            pt.mbarrier_init(base + uint32(VE + 8 * s), EMPTY_ARRIVALS)
         pt.fence_mbarrier_init()
 
     @cuda.jit(device=True, inline=True, cache=True)
     def produce(base, maps, q0, sq, row0, hbase, k0, hkv, n_lo, ntiles):
         """One thread: Q of both consumers once, then K/V tile j (keys n_lo + j BN ..) into
-        stage j % S as soon as that stage is empty. Box rows past the tensor are zero-filled
-        (and still counted in the barrier's bytes); no box starts past it."""
+        stage j % S, K as soon as that stage's K is free, then V likewise. Box rows past the
+        tensor are zero-filled (and still counted in the barrier's bytes); no box starts
+        past it."""
         mq = uint64(maps)
         mk = mq + uint64(128)
         mv = mq + uint64(256)
@@ -110,15 +120,17 @@ def _producer(D, BN, HB, S, wait, stage_k):
                                    uint32(q0 + row0 + c * PB), qbar)
         for j in range(ntiles):
             s, ph = _stage_phase(j, S)
-            if j >= S:
-                wait(base + uint32(EM + 8 * s), uint32(ph ^ 1), 3, j)
             sk_ = stage_k(base, j)
             key = uint32(k0 + n_lo + j * BN)
+            if j >= S:
+                wait(base + uint32(KE + 8 * s), uint32(ph ^ 1), 3, j)
             kb = base + uint32(KF + 8 * s)
             pt.mbarrier_arrive_expect_tx(kb, uint32(KV_BYTES))
             for cb in range(CB):
                 pt.tma_load_3d(sk_ + uint32(_kv_box_offset(cb, BN)), mk,
                                uint32(cb * BC), uint32(hkv), key, kb)
+            if j >= S:
+                wait(base + uint32(VE + 8 * s), uint32(ph ^ 1), 4, j)
             vb = base + uint32(VF + 8 * s)
             pt.mbarrier_arrive_expect_tx(vb, uint32(KV_BYTES))
             for cb in range(CB):
@@ -128,26 +140,67 @@ def _producer(D, BN, HB, S, wait, stage_k):
     return init_barriers, produce
 
 
-def _loops(D, BN, S, st, wait):
+def _scheduler(pingpong):
+    """(sched_init, sched_sync, sched_arrive) of consumer warpgroup ``grp`` (0 or 1).
+
+    With ``pingpong``: named barrier ``SCHED_BAR + g`` belongs to consumer ``g``; it
+    completes when consumer ``g``'s 128 threads sync on it and the other consumer's 128
+    arrive (``SCHED_THREADS`` = 256). ``sched_init`` (consumer 0 arrives on its own barrier)
+    lets consumer 0 go first. Each sync of consumer ``g`` is matched by the init or by the
+    other consumer's previous arrive, so the two strictly alternate, and both run the same
+    number of syncs and arrives per block (the same key tiles): no wait is left unmatched.
+    At most one arrive stays pending when the block exits. Without ``pingpong``: no-ops."""
+    if pingpong:
+        @cuda.jit(device=True, inline=True, cache=True)
+        def sched_init(grp):
+            if grp == 0:
+                pt.bar_arrive(uint32(SCHED_BAR), uint32(SCHED_THREADS))
+
+        @cuda.jit(device=True, inline=True, cache=True)
+        def sched_sync(grp):
+            pt.bar_sync(uint32(SCHED_BAR + grp), uint32(SCHED_THREADS))
+
+        @cuda.jit(device=True, inline=True, cache=True)
+        def sched_arrive(grp):
+            pt.bar_arrive(uint32(SCHED_BAR + 1 - grp), uint32(SCHED_THREADS))
+    else:
+        @cuda.jit(device=True, inline=True, cache=True)
+        def sched_init(grp):
+            pass
+
+        sched_sync = sched_arrive = sched_init
+    return sched_init, sched_sync, sched_arrive
+
+
+def _loops(D, BN, S, st, wait, pingpong):
     """(loop_plain, loop_overlap): a consumer's key loop, from v5's steps ``st``."""
     KV_BYTES = lay.kv_tile_bytes(D, BN)
-    _, KF, VF, EM = lay.barrier_offsets(D, BN, S)
+    _, KF, VF, KE, VE = lay.barrier_offsets(D, BN, S)
     stage_k, issue_qk, issue_pv = st.stage_k, st.issue_qk, st.issue_pv
     softmax, rescale_pack = st.softmax, st.rescale_pack
     fence_s = px.fence_acc(BN // 2)
     fence_o = px.fence_acc(D // 2)
     wait0 = px.wgmma_wait(0)
     wait1 = px.wgmma_wait(1)
+    sched_init, sched_sync, sched_arrive = _scheduler(pingpong)
 
     @cuda.jit(device=True, inline=True, cache=True)
-    def loop_plain(base, sQw, s, o, pa, n_lo, ntiles, f_lo, f_hi, t, lane, lo_a, hi_a, lo_b,
-                   hi_b, scale_log2):
-        """The simplest pipeline: per tile wait K, S = QK^T, softmax, wait V, O += PV, then
-        release the stage. Returns the rows' (m_a, m_b, l_a, l_b)."""
+    def release(base, bar, stg, lane):
+        if lane == 0:
+            pt.mbarrier_arrive(base + uint32(bar + 8 * stg))
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def loop_plain(base, grp, sQw, s, o, pa, n_lo, ntiles, f_lo, f_hi, t, lane, lo_a, hi_a,
+                   lo_b, hi_b, scale_log2):
+        """The simplest pipeline: per tile wait K, S = QK^T, release K, softmax, wait V,
+        O += PV, release V. With pingpong a warpgroup's turn at the tensor cores is PV of
+        tile j-1 and QK^T of tile j. Returns the rows' (m_a, m_b, l_a, l_b)."""
         m_a = NEG_INF
         m_b = NEG_INF
         l_a = ZERO
         l_b = ZERO
+        sched_init(grp)
+        sched_sync(grp)
         for j in range(ntiles):
             stg, ph = _stage_phase(j, S)
             n0 = n_lo + j * BN
@@ -156,29 +209,34 @@ def _loops(D, BN, S, st, wait):
             px.wgmma_fence()
             issue_qk(s, sQw, sk_)
             px.wgmma_commit()
+            sched_arrive(grp)
             wait0()
             fence_s(s)
+            release(base, KE, stg, lane)
             masked = not (f_lo <= n0 and n0 + BN <= f_hi)
             m_a, m_b, l_a, l_b, al_a, al_b = softmax(
                 s, n0, masked, t, lo_a, hi_a, lo_b, hi_b, m_a, m_b, l_a, l_b, scale_log2)
             rescale_pack(o, s, pa, al_a, al_b)
             wait(base + uint32(VF + 8 * stg), uint32(ph), 2, j)
+            sched_sync(grp)
             px.wgmma_fence()
             issue_pv(o, pa, sk_ + uint32(KV_BYTES))
             px.wgmma_commit()
             wait0()
             fence_o(o)
-            if lane == 0:
-                pt.mbarrier_arrive(base + uint32(EM + 8 * stg))
+            release(base, VE, stg, lane)
+        sched_arrive(grp)
         return m_a, m_b, l_a, l_b
 
     @cuda.jit(device=True, inline=True, cache=True)
-    def loop_overlap(base, sQw, s, o, pa, n_lo, ntiles, f_lo, f_hi, t, lane, lo_a, hi_a,
-                     lo_b, hi_b, scale_log2):
+    def loop_overlap(base, grp, sQw, s, o, pa, n_lo, ntiles, f_lo, f_hi, t, lane, lo_a,
+                     hi_a, lo_b, hi_b, scale_log2):
         """FlashAttention-3's intra-warpgroup overlap (as flash_wgmma's ``overlap``): QK^T of
         tile j and PV of tile j-1 are issued together and the softmax of tile j runs while
-        PV still runs; stage j-1 is released once PV has completed. ``ntiles >= 1``; the
-        last iteration is peeled (no QK^T), so no accumulator is a phi across a wgmma."""
+        PV still runs; K of tile j is released once QK^T has completed, V of tile j-1 once
+        PV has. With pingpong a warpgroup's turn at the tensor cores is that pair of issues.
+        ``ntiles >= 1``; the first QK^T and the last PV are peeled (no accumulator is a phi
+        across a wgmma)."""
         n0 = n_lo
         wait(base + uint32(KF), uint32(0), 1, 0)
         px.wgmma_fence()
@@ -186,30 +244,34 @@ def _loops(D, BN, S, st, wait):
         px.wgmma_commit()
         wait0()
         fence_s(s)
+        release(base, KE, 0, lane)
         m_a, m_b, l_a, l_b, al_a, al_b = softmax(
             s, n0, not (f_lo <= n0 and n0 + BN <= f_hi), t, lo_a, hi_a, lo_b, hi_b, NEG_INF,
             NEG_INF, ZERO, ZERO, scale_log2)
         rescale_pack(o, s, pa, al_a, al_b)
+        sched_init(grp)
         for j in range(1, ntiles):
             stg, ph = _stage_phase(j, S)
             prv, pph = _stage_phase(j - 1, S)
             n0 = n_lo + j * BN
             wait(base + uint32(KF + 8 * stg), uint32(ph), 1, j)
             wait(base + uint32(VF + 8 * prv), uint32(pph), 2, j - 1)
+            sched_sync(grp)
             px.wgmma_fence()
             issue_qk(s, sQw, stage_k(base, j))
             px.wgmma_commit()
             issue_pv(o, pa, stage_k(base, j - 1) + uint32(KV_BYTES))
             px.wgmma_commit()
+            sched_arrive(grp)
             wait1()                             # S of tile j is ready; PV of j-1 still runs
             fence_s(s)
+            release(base, KE, stg, lane)
             m_a, m_b, l_a, l_b, al_a, al_b = softmax(
                 s, n0, not (f_lo <= n0 and n0 + BN <= f_hi), t, lo_a, hi_a, lo_b, hi_b, m_a,
                 m_b, l_a, l_b, scale_log2)
             wait0()
             fence_o(o)
-            if lane == 0:
-                pt.mbarrier_arrive(base + uint32(EM + 8 * prv))
+            release(base, VE, prv, lane)
             rescale_pack(o, s, pa, al_a, al_b)
         stg, ph = _stage_phase(ntiles - 1, S)
         wait(base + uint32(VF + 8 * stg), uint32(ph), 2, ntiles - 1)
@@ -218,18 +280,18 @@ def _loops(D, BN, S, st, wait):
         px.wgmma_commit()
         wait0()
         fence_o(o)
-        if lane == 0:
-            pt.mbarrier_arrive(base + uint32(EM + 8 * stg))
+        release(base, VE, stg, lane)
         return m_a, m_b, l_a, l_b
 
     return loop_plain, loop_overlap
 
 
 @functools.lru_cache(maxsize=None)
-def roles(D, BN, kind, HB, S, overlap=False, debug_waits=False):
+def roles(D, BN, kind, HB, S, overlap=False, debug_waits=False, pingpong=False):
     """Device functions for head size ``D``, key tile ``BN``, ``kind`` ('f16'/'bf16'),
     ``HB`` heads per tile, ``S`` K/V stages and the consumer loop (``overlap``: QK^T of tile
-    j with PV of tile j-1). ``debug_waits``: every mbarrier wait gives up after
+    j with PV of tile j-1), ``pingpong`` (the consumers take turns at the tensor cores:
+    :func:`_scheduler`). ``debug_waits``: every mbarrier wait gives up after
     ``WAIT_LIMIT`` attempts and prints which one (a hang becomes a wrong result and a line
     on stdout)."""
     PB = lay.positions_per_tile(HB)
@@ -242,7 +304,7 @@ def roles(D, BN, kind, HB, S, overlap=False, debug_waits=False):
     finish = st.finish
     wait = _wait(debug_waits)
     init_barriers, produce = _producer(D, BN, HB, S, wait, st.stage_k)
-    loop = _loops(D, BN, S, st, wait)[1 if overlap else 0]
+    loop = _loops(D, BN, S, st, wait, pingpong)[1 if overlap else 0]
 
     @cuda.jit(device=True, inline=True, cache=True)
     def consume(base, grp, ctid, out, lse, b, q0, sq, sk, row0, hbase, n_lo, ntiles,
@@ -270,8 +332,8 @@ def roles(D, BN, kind, HB, S, overlap=False, debug_waits=False):
         l_b = ZERO
         if ntiles > 0:
             wait(base + uint32(QF), uint32(0), 0, 0)
-            m_a, m_b, l_a, l_b = loop(base, sQw, s, o, pa, n_lo, ntiles, f_lo, f_hi, t, lane,
-                                      lo_a, hi_a, lo_b, hi_b, scale_log2)
+            m_a, m_b, l_a, l_b = loop(base, grp, sQw, s, o, pa, n_lo, ntiles, f_lo, f_hi, t,
+                                      lane, lo_a, hi_a, lo_b, hi_b, scale_log2)
         finish(o, m_a, m_b, l_a, l_b, out, lse, b, hw, q0, pos_a, pos_b, sq, t, lse_batched)
 
     return Roles(init_barriers, produce, consume)
