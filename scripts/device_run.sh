@@ -23,6 +23,8 @@
 #                        --out results/h200 (bwd and fwd+bwd, gradients checked first)
 #   bwd_check[:A,B]      scripts/gpu_bwd_check.py A B (backward sweep and timing; JSON in r/)
 #   v6_check[:A,B]       scripts/gpu_v6_check.py A B (the warp-specialised kernel; JSON in r/)
+#   ncu_v6[:A]           ncu (SpeedOfLight, scheduler, warp state, launch, occupancy) of
+#                        scripts/ncu_v6.py A: v5, flash_ws variants and FA4, one call each
 #   breakdown            scripts/call_breakdown.py (host time per stage of a public call)
 #   sanitize[:K1,K2]     compute-sanitizer memcheck, racecheck, synccheck, initcheck on
 #                        scripts/sanitize.py (default: every forward and backward kernel)
@@ -50,7 +52,7 @@ run() {  # run LOG LIMIT command...: bounded, output to $R/LOG.log, exit status 
 }
 sanitizer() { command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1; }
 
-STEPS=" bench long flex_long first_call gpu_tests gpu_par breakdown breakdown_base fwd_ab sanitize wgmma_check v4_check package notebooks bench_bwd bwd_check v6_check "
+STEPS=" bench long flex_long first_call gpu_tests gpu_par breakdown breakdown_base fwd_ab sanitize wgmma_check v4_check package notebooks bench_bwd bwd_check v6_check ncu_v6 "
 for spec in "$@"; do  # every step known before any runs
     [[ $STEPS == *" ${spec%%:*} "* ]] || { echo "unknown step ${spec%%:*}; steps:$STEPS"; exit 2; }
 done
@@ -92,7 +94,12 @@ for spec in "$@"; do
         bench_bwd) run "bench_bwd_${a//,/-}" 300 python3 -m attn_numba.cli bench --backward \
                        --kernels "$a" ${b:+--seq-lens ${b//,/ }} --out results/h200 ;;
         bwd_check) OUT="$R" run bwd_check 200 python3 scripts/gpu_bwd_check.py $list ;;
-        v6_check) OUT="$R" run v6_check 200 python3 scripts/gpu_v6_check.py $list ;;
+        v6_check) OUT="$R" run v6_check 340 python3 scripts/gpu_v6_check.py $list ;;
+        ncu_v6) nc=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
+                run ncu_v6 150 "$nc" --clock-control none --section SpeedOfLight \
+                    --section SchedulerStats --section WarpStateStats --section LaunchStats \
+                    --section Occupancy --section ComputeWorkloadAnalysis --csv \
+                    python3 scripts/ncu_v6.py $list ;;
         breakdown) OUT=results/h200 run call_breakdown 60 python3 scripts/call_breakdown.py ;;
         sanitize) cs=$(sanitizer)
                   for tool in memcheck racecheck synccheck initcheck; do

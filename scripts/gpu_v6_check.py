@@ -10,14 +10,17 @@ against flash_wgmma (v5) at the log's 10 configurations. Needs an sm_90 device.
    first: fp16/bf16, D 64/128, GQA 1/4/8, sizes 1/97/1025, sq != sk, varlen with an empty
    sequence, windows (-1,-1), (0,0), (128,0), (128,128), causal; one call repeated on new
    buffers (the maps must follow the pointers); a sequence with queries and no keys; 10
-   cases of the overlapped loop (opt-in). One line per case. Cases run in a child
-   process that is restarted after a fault or a hang (no progress for ``--stall`` s): the
-   case it was on is recorded as failed and the sweep goes on with the next.
+   cases of the overlapped loop and 36 of the consumers' turns (both opt-in). One line per
+   case. Cases run in a child process that is restarted after a fault or a hang (no
+   progress for ``--stall`` s): the case it was on is recorded as failed and the sweep goes
+   on with the next.
 3. timing: 1 sequence, 32/8 heads, D=128, window (128,128), fp16, 512..8192 tokens, causal
    0/1: CUDA-graph replay (triton's ``do_bench_cudagraph`` when torch and triton import,
-   else CUDA events over 20 launches queued behind a sleeper kernel, median of 7), v6
-   (key tiles 64 and 128, 4 stages, the overlapped loop with 3 stages, and without the
-   map-address launch: ``plan_direct``) against v5.
+   else CUDA events over 20 launches queued behind a sleeper kernel, median of 7), the
+   flash_ws variants of ``TIMED`` (key tiles 64 / 128, the plain and the overlapped loop,
+   with and without the consumers' turns, and without the map-address launch:
+   ``plan_direct``) against v5, and FlashAttention-4 where ``flash_attn.cute`` imports
+   (its output compared with ours first).
 
 Everything goes to ``$OUT/v6.json`` (rewritten after every case); a table comes last.
 """
@@ -89,7 +92,25 @@ def cases():
                             causal=causal, overlap=True))
         out.append(dict(dtype=dt, d=d, group=g, seq_q=[130, 0, 7, 513],
                         seq_k=[64, 0, 300, 513], window=(128, 0), causal=False, overlap=True))
+    # the consumers' tensor-core turns (opt-in, v6.PINGPONG), plain and overlapped, BN 64/128
+    for ov, bn, st in ((False, 64, 2), (True, 64, 3), (True, 128, 2), (False, 128, 2)):
+        for dt, d, g in (("float16", 128, 4), ("bfloat16", 64, 1)):
+            for (window, causal), s in zip(WINDOWS[1:], (1025, 97, 1025, 1025)):
+                out.append(dict(dtype=dt, d=d, group=g, seq_q=[s], seq_k=[s], window=window,
+                                causal=causal, overlap=ov, pingpong=True, block_n=bn,
+                                stages=st))
+        out.append(dict(dtype="float16", d=128, group=8, seq_q=[130, 0, 7, 513],
+                        seq_k=[64, 0, 300, 513], window=(128, 0), causal=False, overlap=ov,
+                        pingpong=True, block_n=bn, stages=st))
     return out
+
+
+#: plan options of a case (the defaults where a case names none)
+OPTS = dict(overlap=False, pingpong=False, block_n=64, stages=2)
+
+
+def opts_of(c):
+    return {k: c.get(k, v) for k, v in OPTS.items()}
 
 
 def problem_for(c):
@@ -141,8 +162,8 @@ def check(c, rng):
         q = rng.standard_normal((p.total_q, p.num_heads, c["d"])).astype(dt)
         k = rng.standard_normal((p.total_k, 2, c["d"])).astype(dt)
         v = rng.standard_normal((p.total_k, 2, c["d"])).astype(dt)
-        out, lse = run_plans(v6, p, q, k, v, cu_q, cu_k, overlap=c.get("overlap", False),
-                             debug_waits=c.get("debug_waits", False))
+        out, lse = run_plans(v6, p, q, k, v, cu_q, cu_k, debug_waits=c.get("debug_waits", False),
+                             **opts_of(c))
         kw = dict(causal=c["causal"], window_size=c["window"])
         ref, ref_lse = mha_varlen_fwd_ref(q, k, v, cu_q, cu_k, **kw)
         low, _ = mha_varlen_fwd_ref(q, k, v, cu_q, cu_k, p_dtype=dt, **kw)
@@ -250,19 +271,19 @@ def compile_child(spec):
     from attn_numba.kernels.v5_flash_wgmma import opt_in_shared
     if spec == ("v5",):
         return opt_in_shared(v5.build(v5.Config(128, "float16", 4)), v5._signature(), 1024)
-    d, kind, hb, bn, st, ov = spec
-    kernel = v6.build(d, kind, hb, bn, st, ov)
+    d, kind, hb, bn, st, ov, pp = spec
+    kernel = v6.build(d, kind, hb, bn, st, ov, pingpong=pp)
     opt_in_shared(kernel, v6._signature(), 1024)
     from attn_numba.launcher import load_cached
     load_cached(v6._build_prepare(), v6._prepare_signature())
 
 
 def precompile(end):
-    specs = {(c["d"], "f16" if c["dtype"] == "float16" else "bf16",
-              4 if c["group"] % 4 == 0 else 1, 64, 2, c.get("overlap", False))
-             for c in cases()}
-    specs |= {(128, "f16", 4, 128, 2, False), (128, "f16", 4, 64, 4, False),
-              (128, "f16", 4, 64, 3, True)}                                  # timed
+    def spec(d, kind, hb, o):
+        return (d, kind, hb, o["block_n"], o["stages"], o["overlap"], o["pingpong"])
+    specs = {spec(c["d"], "f16" if c["dtype"] == "float16" else "bf16",
+                  4 if c["group"] % 4 == 0 else 1, opts_of(c)) for c in cases()}
+    specs |= {spec(128, "f16", 4, dict(OPTS, **kw)) for _, kw in TIMED if kw is not None}
     specs = sorted(specs) + [("v5",)]
     procs = [(s, subprocess.Popen([sys.executable, os.path.abspath(__file__), "--compile",
                                    json.dumps(s)], stdout=subprocess.PIPE,
@@ -345,6 +366,46 @@ def _ptr(a):
     return int(a.device_ctypes_pointer.value)
 
 
+#: (name, flash_ws plan options) timed at each configuration; flash_wgmma is v5's default
+TIMED = (("flash_wgmma", None),
+         ("flash_ws_bn64", dict(block_n=64)),
+         ("flash_ws_bn64_direct", dict(block_n=64)),
+         ("flash_ws_bn64_pp", dict(block_n=64, pingpong=True)),
+         ("flash_ws_bn64_ov", dict(block_n=64, stages=3, overlap=True)),
+         ("flash_ws_bn64_ov_pp", dict(block_n=64, stages=3, overlap=True, pingpong=True)),
+         ("flash_ws_bn128_pp", dict(block_n=128, pingpong=True)),
+         ("flash_ws_bn128_ov_pp", dict(block_n=128, overlap=True, pingpong=True)))
+
+
+def _fa4(row, q, k, v, arrays, causal, flops):
+    """FlashAttention-4 (CuTe DSL) at the same configuration, in the same process, where it
+    imports: its output checked against flash_wgmma's first (``fa4_max_diff``), then timed
+    the same way (``fa4``)."""
+    try:
+        import torch
+        from flash_attn.cute import flash_attn_func
+        from triton.testing import do_bench_cudagraph
+    except Exception as exc:  # noqa: BLE001
+        row["fa4_error"] = f"{type(exc).__name__}: {exc}"[:200]
+        return
+    try:
+        tq, tk, tv = (torch.from_numpy(x).cuda().unsqueeze(0) for x in (q, k, v))
+        win = (128, 0 if causal else 128)
+
+        def call():
+            return flash_attn_func(tq, tk, tv, causal=causal, window_size=win)[0]
+        o = call()
+        torch.cuda.synchronize()
+        ours = arrays["out"].copy_to_host().view(np.float16)
+        row["fa4_max_diff"] = float(np.abs(o[0].float().cpu().numpy() -
+                                           ours.astype(np.float32)).max())
+        ms = float(do_bench_cudagraph(call, rep=100, return_mode="median"))
+        row["fa4"] = ms
+        row["fa4_tflops"] = flops / (ms * 1e-3) / 1e12
+    except Exception as exc:  # noqa: BLE001
+        row["fa4_error"] = f"{type(exc).__name__}: {exc}"[:400]
+
+
 def timing(end):
     from numba import cuda
     from attn_numba import kernels
@@ -373,22 +434,21 @@ def timing(end):
                           cu_seqlens_k=cuda.to_device(np.array([0, s], np.int32)))
             flops = windowed_flops([s], [s], 32, 128, 128, 0 if causal else 128)
             row = dict(tokens=s, causal=int(causal))
-            for name, plans in (("flash_wgmma", lambda: v5.plan(p)),
-                                ("flash_ws_bn64", lambda: v6.plan(p, block_n=64)),
-                                ("flash_ws_bn64_direct", lambda: v6.plan_direct(
-                                    p, *(_ptr(arrays[n]) for n in "qkv"), block_n=64)),
-                                ("flash_ws_bn64_s4", lambda: v6.plan(p, block_n=64, stages=4)),
-                                ("flash_ws_bn64_ov", lambda: v6.plan(p, block_n=64, stages=3,
-                                                                     overlap=True)),
-                                ("flash_ws_bn128", lambda: v6.plan(p, block_n=128))):
+            for name, kw in TIMED:
                 try:
-                    pl = plans()
+                    if name == "flash_wgmma":
+                        pl = v5.plan(p)
+                    elif name.endswith("_direct"):
+                        pl = v6.plan_direct(p, *(_ptr(arrays[n]) for n in "qkv"), **kw)
+                    else:
+                        pl = v6.plan(p, **kw)
                     ms = bench(lambda st, pl=pl: kernels.launch_plans(pl, arrays, st))
                     row[name] = ms
                     row[name + "_tflops"] = flops / (ms * 1e-3) / 1e12
                 except Exception as exc:  # noqa: BLE001
                     row[name] = None
                     row[name + "_error"] = f"{type(exc).__name__}: {exc}"[:400]
+            _fa4(row, q, k, v, arrays, causal, flops)
             rows.append(row)
             log("time", row)
             RES["timing"] = dict(method=how, device=str(cuda.get_current_device().name),
@@ -398,17 +458,19 @@ def timing(end):
 
 
 def table():
-    print("\nflash_ws (v6) vs flash_wgmma (v5), ms per call,", RES.get("timing", {}).get("method"))
-    names = ("flash_wgmma", "flash_ws_bn64", "flash_ws_bn64_direct", "flash_ws_bn64_s4",
-             "flash_ws_bn64_ov", "flash_ws_bn128")
-    print(f"{'tokens':>6} {'causal':>6} " + " ".join(f"{n[6:] or 'v5':>14}" for n in names) +
-          "  best v6/v5")
+    print("\nflash_ws (v6) vs flash_wgmma (v5) and FA4, ms per call,",
+          RES.get("timing", {}).get("method"))
+    names = [n for n, _ in TIMED] + ["fa4"]
+    labels = [n[9:] if n.startswith("flash_ws_") else n for n in names]
+    print(f"{'tokens':>6} {'causal':>6} " + " ".join(f"{x:>11}" for x in labels) +
+          "  best v6/v5  best v6/fa4")
     for r in RES.get("timing", {}).get("rows", []):
         ts = [r.get(n) for n in names]
-        best = min([x for x in ts[1:] if x], default=None)
-        ratio = f"{best / ts[0]:6.2f}" if best and ts[0] else "     -"
+        best = min([x for x in ts[1:-1] if x], default=None)
+        ratio = f"{best / ts[0]:10.2f}" if best and ts[0] else f"{'-':>10}"
+        fa = f"{best / ts[-1]:12.2f}" if best and ts[-1] else f"{'-':>12}"
         print(f"{r['tokens']:>6} {r['causal']:>6} " +
-              " ".join(f"{x:14.4f}" if x else f"{'-':>14}" for x in ts) + f"  {ratio}")
+              " ".join(f"{x:11.4f}" if x else f"{'-':>11}" for x in ts) + f"  {ratio} {fa}")
     sw = RES.get("sweep", {})
     print(f"sweep: {sw.get('passed')}/{sw.get('total')} pass; compile: "
           f"{RES.get('compile', {}).get('specs')}")
