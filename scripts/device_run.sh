@@ -23,7 +23,8 @@
 #                        --out results/h200 (bwd and fwd+bwd, gradients checked first)
 #   bwd_check[:A,B]      scripts/gpu_bwd_check.py A B (backward sweep and timing; JSON in r/)
 #   v6_check[:A,B]       scripts/gpu_v6_check.py A B (the warp-specialised kernel; JSON in r/)
-#   ncu_v6[:A]           ncu (SpeedOfLight, scheduler, warp state, launch, occupancy) of
+#   ncu_v6[:A]           ncu (SpeedOfLight, scheduler, warp state, launch, occupancy,
+#                        instruction mix) of
 #                        scripts/ncu_v6.py A: v5, flash_ws variants and FA4, one call each
 #   breakdown            scripts/call_breakdown.py (host time per stage of a public call)
 #   sanitize[:K1,K2]     compute-sanitizer memcheck, racecheck, synccheck, initcheck on
@@ -98,7 +99,8 @@ for spec in "$@"; do
         ncu_v6) nc=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
                 run ncu_v6 150 "$nc" --clock-control none --section SpeedOfLight \
                     --section SchedulerStats --section WarpStateStats --section LaunchStats \
-                    --section Occupancy --section ComputeWorkloadAnalysis --csv \
+                    --section Occupancy --section ComputeWorkloadAnalysis \
+                    --section InstructionStats --csv \
                     python3 scripts/ncu_v6.py $list ;;
         breakdown) OUT=results/h200 run call_breakdown 60 python3 scripts/call_breakdown.py ;;
         sanitize) cs=$(sanitizer)

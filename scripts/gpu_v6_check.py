@@ -10,7 +10,8 @@ against flash_wgmma (v5) at the log's 10 configurations. Needs an sm_90 device.
    first: fp16/bf16, D 64/128, GQA 1/4/8, sizes 1/97/1025, sq != sk, varlen with an empty
    sequence, windows (-1,-1), (0,0), (128,0), (128,128), causal; one call repeated on new
    buffers (the maps must follow the pointers); a sequence with queries and no keys; 10
-   cases of the overlapped loop and 36 of the consumers' turns (both opt-in). One line per
+   cases of the overlapped loop and 45 of the consumers' turns and the lean softmax (all
+   opt-in). One line per
    case. Cases run in a child process that is restarted after a fault or a hang (no
    progress for ``--stall`` s): the case it was on is recorded as failed and the sweep goes
    on with the next.
@@ -93,20 +94,22 @@ def cases():
         out.append(dict(dtype=dt, d=d, group=g, seq_q=[130, 0, 7, 513],
                         seq_k=[64, 0, 300, 513], window=(128, 0), causal=False, overlap=True))
     # the consumers' tensor-core turns (opt-in, v6.PINGPONG), plain and overlapped, BN 64/128
-    for ov, bn, st in ((False, 64, 2), (True, 64, 3), (True, 128, 2), (False, 128, 2)):
+    # and the lean softmax (v6.LEAN: scale in the exponent's fma, 32-bit mask)
+    for ov, bn, st, lean in ((False, 64, 2, False), (False, 64, 2, True), (True, 64, 3, True),
+                             (True, 128, 2, True), (False, 128, 2, True)):
         for dt, d, g in (("float16", 128, 4), ("bfloat16", 64, 1)):
             for (window, causal), s in zip(WINDOWS[1:], (1025, 97, 1025, 1025)):
                 out.append(dict(dtype=dt, d=d, group=g, seq_q=[s], seq_k=[s], window=window,
                                 causal=causal, overlap=ov, pingpong=True, block_n=bn,
-                                stages=st))
+                                stages=st, lean=lean))
         out.append(dict(dtype="float16", d=128, group=8, seq_q=[130, 0, 7, 513],
                         seq_k=[64, 0, 300, 513], window=(128, 0), causal=False, overlap=ov,
-                        pingpong=True, block_n=bn, stages=st))
+                        pingpong=True, block_n=bn, stages=st, lean=lean))
     return out
 
 
 #: plan options of a case (the defaults where a case names none)
-OPTS = dict(overlap=False, pingpong=False, block_n=64, stages=2)
+OPTS = dict(overlap=False, pingpong=False, block_n=64, stages=2, lean=False)
 
 
 def opts_of(c):
@@ -271,8 +274,8 @@ def compile_child(spec):
     from attn_numba.kernels.v5_flash_wgmma import opt_in_shared
     if spec == ("v5",):
         return opt_in_shared(v5.build(v5.Config(128, "float16", 4)), v5._signature(), 1024)
-    d, kind, hb, bn, st, ov, pp = spec
-    kernel = v6.build(d, kind, hb, bn, st, ov, pingpong=pp)
+    d, kind, hb, bn, st, ov, pp, lean = spec
+    kernel = v6.build(d, kind, hb, bn, st, ov, pingpong=pp, lean=lean)
     opt_in_shared(kernel, v6._signature(), 1024)
     from attn_numba.launcher import load_cached
     load_cached(v6._build_prepare(), v6._prepare_signature())
@@ -280,7 +283,8 @@ def compile_child(spec):
 
 def precompile(end):
     def spec(d, kind, hb, o):
-        return (d, kind, hb, o["block_n"], o["stages"], o["overlap"], o["pingpong"])
+        return (d, kind, hb, o["block_n"], o["stages"], o["overlap"], o["pingpong"],
+                o["lean"])
     specs = {spec(c["d"], "f16" if c["dtype"] == "float16" else "bf16",
                   4 if c["group"] % 4 == 0 else 1, opts_of(c)) for c in cases()}
     specs |= {spec(128, "f16", 4, dict(OPTS, **kw)) for _, kw in TIMED if kw is not None}
@@ -369,12 +373,14 @@ def _ptr(a):
 #: (name, flash_ws plan options) timed at each configuration; flash_wgmma is v5's default
 TIMED = (("flash_wgmma", None),
          ("flash_ws_bn64", dict(block_n=64)),
-         ("flash_ws_bn64_direct", dict(block_n=64)),
          ("flash_ws_bn64_pp", dict(block_n=64, pingpong=True)),
-         ("flash_ws_bn64_ov", dict(block_n=64, stages=3, overlap=True)),
-         ("flash_ws_bn64_ov_pp", dict(block_n=64, stages=3, overlap=True, pingpong=True)),
-         ("flash_ws_bn128_pp", dict(block_n=128, pingpong=True)),
-         ("flash_ws_bn128_ov_pp", dict(block_n=128, overlap=True, pingpong=True)))
+         ("flash_ws_bn64_pp_ln", dict(block_n=64, pingpong=True, lean=True)),
+         ("flash_ws_bn64_pp_ln_direct", dict(block_n=64, pingpong=True, lean=True)),
+         ("flash_ws_bn64_ov_pp_ln", dict(block_n=64, stages=3, overlap=True, pingpong=True,
+                                         lean=True)),
+         ("flash_ws_bn128_pp_ln", dict(block_n=128, pingpong=True, lean=True)),
+         ("flash_ws_bn128_ov_pp_ln", dict(block_n=128, overlap=True, pingpong=True,
+                                          lean=True)))
 
 
 def _fa4(row, q, k, v, arrays, causal, flops):
@@ -461,7 +467,8 @@ def table():
     print("\nflash_ws (v6) vs flash_wgmma (v5) and FA4, ms per call,",
           RES.get("timing", {}).get("method"))
     names = [n for n, _ in TIMED] + ["fa4"]
-    labels = [n[9:] if n.startswith("flash_ws_") else n for n in names]
+    labels = [n[9:].replace("_direct", "_dir") if n.startswith("flash_ws_") else n
+              for n in names]
     print(f"{'tokens':>6} {'causal':>6} " + " ".join(f"{x:>11}" for x in labels) +
           "  best v6/v5  best v6/fa4")
     for r in RES.get("timing", {}).get("rows", []):

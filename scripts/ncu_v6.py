@@ -14,9 +14,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-VARIANTS = (("bn64", dict(block_n=64)),
-            ("bn64_pp", dict(block_n=64, pingpong=True)),
-            ("bn128_ov_pp", dict(block_n=128, overlap=True, pingpong=True)))
+VARIANTS = (("bn64_pp", dict(block_n=64, pingpong=True)),
+            ("bn64_pp_ln", dict(block_n=64, pingpong=True, lean=True)),
+            ("bn128_pp_ln", dict(block_n=128, pingpong=True, lean=True)),
+            ("bn128_ov_pp_ln", dict(block_n=128, overlap=True, pingpong=True, lean=True)))
 
 
 def main():

@@ -69,6 +69,12 @@ CASES = [  # seq_q, seq_k, H, Hkv, D, dtype, window, causal, options (stages >= 
      dict(stages=2, pingpong=True)),
     pytest.param(([100], [180], 2, 2, 64, BF16, (16, 8), False,
                   dict(stages=3, overlap=True, pingpong=True)), marks=_SLOW),
+    # the lean softmax (scale folded into the exponent, 32-bit mask), masked tiles and rows with no key
+    ([30, 0, 5, 40], [40, 3, 0, 66], 8, 2, 64, BF16, (20, 20), False,
+     dict(stages=2, pingpong=True, lean=True)),
+    pytest.param(([90], [140], 4, 4, 128, np.float16, (-1, -1), True,
+                  dict(stages=2, block_n=128, overlap=True, pingpong=True, lean=True)),
+                 marks=_SLOW),
 ]
 
 

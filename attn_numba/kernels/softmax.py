@@ -36,13 +36,13 @@ def check_quad_layout(frag_rc, n_regs):
                                  f"not in the quad layout")
 
 
-def online_softmax(n_regs, exp2, shfl):
-    """Device function ``update(s, m_a, m_b, l_a, l_b) -> (m_a, m_b, l_a, l_b, alpha_a,
-    alpha_b)`` over the ``n_regs`` scores ``s`` (masked scores are -inf)."""
+def _quad_max(n_regs, shfl):
+    """Device function ``row_max(s) -> (mx_a, mx_b)``: the largest score of rows a and b
+    over the quad (the 4 lanes that share a row)."""
     N4 = n_regs // 4
 
     @cuda.jit(device=True, inline=True, cache=True)
-    def update(s, m_a, m_b, l_a, l_b):
+    def row_max(s):
         mx_a = NEG_INF
         mx_b = NEG_INF
         for i4 in range(N4):
@@ -52,6 +52,24 @@ def online_softmax(n_regs, exp2, shfl):
         mx_a = max(mx_a, shfl(mx_a, 2))
         mx_b = max(mx_b, shfl(mx_b, 1))
         mx_b = max(mx_b, shfl(mx_b, 2))
+        return mx_a, mx_b
+    return row_max
+
+
+def online_softmax(n_regs, exp2, shfl, fused=False):
+    """Device function ``update(s, m_a, m_b, l_a, l_b) -> (m_a, m_b, l_a, l_b, alpha_a,
+    alpha_b)`` over the ``n_regs`` scores ``s`` (masked scores are -inf), already in base 2.
+
+    ``fused``: ``update(s, m_a, m_b, l_a, l_b, scale)`` takes the raw scores and the base-2
+    scale (``softmax_scale * log2(e)``, positive): the maxima are taken on the raw scores
+    and scaled once per row, and each score's scale folds into the exponent's ``fma``, which
+    saves one multiply per score. The maxima and sums are the same quantities (in base 2)."""
+    N4 = n_regs // 4
+    row_max = _quad_max(n_regs, shfl)
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def update(s, m_a, m_b, l_a, l_b):
+        mx_a, mx_b = row_max(s)
         new_a = max(m_a, mx_a)
         new_b = max(m_b, mx_b)
         base_a = ZERO if new_a == NEG_INF else new_a   # no key yet: avoid -inf - -inf
@@ -69,7 +87,30 @@ def online_softmax(n_regs, exp2, shfl):
             sum_b += s[4 * i4 + 2] + s[4 * i4 + 3]
         # per-lane partial sums; the epilogue reduces them over the quad
         return new_a, new_b, l_a * alpha_a + sum_a, l_b * alpha_b + sum_b, alpha_a, alpha_b
-    return update
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def update_fused(s, m_a, m_b, l_a, l_b, scale):
+        mx_a, mx_b = row_max(s)
+        new_a = max(m_a, mx_a * scale)                 # -inf stays -inf (scale > 0)
+        new_b = max(m_b, mx_b * scale)
+        base_a = ZERO if new_a == NEG_INF else new_a
+        base_b = ZERO if new_b == NEG_INF else new_b
+        alpha_a = exp2(m_a - base_a)
+        alpha_b = exp2(m_b - base_b)
+        nb_a = -base_a
+        nb_b = -base_b
+        sum_a = ZERO
+        sum_b = ZERO
+        for i4 in range(N4):
+            s[4 * i4] = exp2(cuda.fma(s[4 * i4], scale, nb_a))
+            s[4 * i4 + 1] = exp2(cuda.fma(s[4 * i4 + 1], scale, nb_a))
+            s[4 * i4 + 2] = exp2(cuda.fma(s[4 * i4 + 2], scale, nb_b))
+            s[4 * i4 + 3] = exp2(cuda.fma(s[4 * i4 + 3], scale, nb_b))
+            sum_a += s[4 * i4] + s[4 * i4 + 1]
+            sum_b += s[4 * i4 + 2] + s[4 * i4 + 3]
+        return new_a, new_b, l_a * alpha_a + sum_a, l_b * alpha_b + sum_b, alpha_a, alpha_b
+
+    return update_fused if fused else update
 
 
 def rescale(n_regs):

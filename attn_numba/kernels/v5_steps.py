@@ -10,7 +10,7 @@ from numba import cuda, int32, uint32, uint64
 
 from . import ptx_sm90 as px
 from . import wgmma_layout as wl
-from .mask import band_mask, wgmma_acc_rc
+from .mask import band_mask, band_mask_rel, wgmma_acc_rc
 from .pipeline import ring
 from .softmax import epilogue, online_softmax, rescale
 
@@ -33,10 +33,12 @@ def desc_hi(lbo, sbo):
 
 
 @functools.lru_cache(maxsize=None)
-def steps(D, BN, kind, heads, v_swap, S, groups=1):
+def steps(D, BN, kind, heads, v_swap, S, groups=1, lean=False):
     """The device functions for head size ``D``, key tile ``BN``, ``kind`` ('f16'/'bf16'),
     ``heads`` per warpgroup, V descriptor variant ``v_swap``, ``S`` K/V stages and
-    ``groups`` consumer warpgroups per block (each with its own 64-row Q tile)."""
+    ``groups`` consumer warpgroups per block (each with its own 64-row Q tile); ``lean``:
+    the softmax folds the scale into its exponent (``softmax.online_softmax(fused=True)``)
+    and masks on 32-bit offsets (``mask.band_mask_rel``)."""
     PB = BLOCK_M // heads
     NT = THREADS * groups               # threads of the block (all of them copy)
     CH = D // 8                         # 16-byte chunks per row
@@ -59,8 +61,8 @@ def steps(D, BN, kind, heads, v_swap, S, groups=1):
     fence_o = px.fence_acc(O_LEN)
     pack = px.pack2(kind)
     stage, _ = ring(S)
-    mask = band_mask(wgmma_acc_rc, S_LEN)
-    update = online_softmax(S_LEN, px.ex2, px.shfl_xor)
+    mask = (band_mask_rel if lean else band_mask)(wgmma_acc_rc, S_LEN)
+    update = online_softmax(S_LEN, px.ex2, px.shfl_xor, lean)
     rescale_o = rescale(O_LEN)
     finish = epilogue(O_LEN, O_LEN, pack, px.shfl_xor)
 
@@ -114,6 +116,14 @@ def steps(D, BN, kind, heads, v_swap, S, groups=1):
         return update(s, m_a, m_b, l_a, l_b)
 
     @cuda.jit(device=True, inline=True, cache=True)
+    def softmax_lean(s, n0, masked, lane, lo_a, hi_a, lo_b, hi_b, m_a, m_b, l_a, l_b,
+                     scale_log2):
+        """As ``softmax``, the scale folded into the exponent (masked raw scores: -inf)."""
+        if masked:
+            mask(s, n0, lane, lo_a, hi_a, lo_b, hi_b)
+        return update(s, m_a, m_b, l_a, l_b, scale_log2)
+
+    @cuda.jit(device=True, inline=True, cache=True)
     def rescale_pack(o, s, pa, alpha_a, alpha_b):
         """O *= alpha per row; P registers packed from the S fragments (wgmma_layout.p_regs);
         then the fence that keeps these writes before the next wgmma."""
@@ -142,5 +152,5 @@ def steps(D, BN, kind, heads, v_swap, S, groups=1):
             px.cp_async_16(sQ + uint32(grp * Q_TILE + _smem_offset(r, 8 * c, BLOCK_M)),
                            qbase + off, nbytes)
 
-    return Steps(desc, stage_k, load_q, load_kv, issue_qk, issue_pv, softmax, rescale_pack,
-                 finish)
+    return Steps(desc, stage_k, load_q, load_kv, issue_qk, issue_pv,
+                 softmax_lean if lean else softmax, rescale_pack, finish)

@@ -58,29 +58,35 @@ OVERLAP = False
 #: the two consumer warpgroups take turns at the tensor cores (named barriers,
 #: v6_roles._scheduler); off until a GPU sweep has passed with it
 PINGPONG = False
+#: the lean softmax: the scale folded into the exponent's fma (one multiply less per score)
+#: and the mask on 32-bit offsets (v5_steps.steps)
+LEAN = False
 MAX_SHARED = 227 * 1024
 
 
 def build(head_size, kind="f16", heads=4, block_n=None, stages=None, overlap=None,
-          debug_waits=False, pingpong=None):
+          debug_waits=False, pingpong=None, lean=None):
     """The kernel for ``head_size``, ``kind`` ('f16'/'bf16'), ``heads`` query heads per tile
     (4, 2 or 1 of a GQA group), key tile ``block_n``, ``stages``, the consumer loop
-    ``overlap`` and the consumers' turns ``pingpong`` (None = the module defaults);
+    ``overlap``, the consumers' turns ``pingpong`` and the ``lean`` softmax (None =
+    the module defaults);
     ``debug_waits``: bounded waits that print
     the one that timed out (v6_roles.roles), for diagnosing a hang."""
     bn = BLOCK_N[head_size] if block_n is None else block_n
     return _build(head_size, kind, heads, bn, STAGES if stages is None else stages,
                   OVERLAP if overlap is None else bool(overlap), bool(debug_waits),
-                  PINGPONG if pingpong is None else bool(pingpong))
+                  PINGPONG if pingpong is None else bool(pingpong),
+                  LEAN if lean is None else bool(lean))
 
 
 @functools.lru_cache(maxsize=None)
-def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False):
+def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
+           lean=False):
     assert D in HEAD_SIZES and BN in (64, 128) and S >= 2 and HB in (1, 2, 4)
     assert lay.shared_bytes(D, BN, S) <= MAX_SHARED
     PB = lay.positions_per_tile(HB)
     ROWS = lay.CONSUMERS * PB            # positions per block
-    r = v6_roles.roles(D, BN, kind, HB, S, overlap, debug_waits, pingpong)
+    r = v6_roles.roles(D, BN, kind, HB, S, overlap, debug_waits, pingpong, lean)
     init_barriers, produce, consume = r.init_barriers, r.produce, r.consume
     dec = pt.setmaxnreg_dec(PRODUCER_REGS)
     inc = pt.setmaxnreg_inc(CONSUMER_REGS)
@@ -172,13 +178,14 @@ def supports(problem):
 
 
 def configure(problem, heads=None, block_n=None, stages=None, overlap=None,
-              debug_waits=False, pingpong=None):
+              debug_waits=False, pingpong=None, lean=None):
     """(kernel, grid, dynamic shared bytes, heads, block_n) for ``problem``."""
     hb = heads_per_block(problem.group_size) if heads is None else heads
     d = problem.head_size
     bn = BLOCK_N[d] if block_n is None else block_n
     st = STAGES if stages is None else stages
-    kernel = build(d, kind_of(problem.dtype), hb, bn, st, overlap, debug_waits, pingpong)
+    kernel = build(d, kind_of(problem.dtype), hb, bn, st, overlap, debug_waits, pingpong,
+                   lean)
     rows = lay.CONSUMERS * lay.positions_per_tile(hb)
     grid = ((max(problem.max_seqlen_q, 1) + rows - 1) // rows, problem.num_heads // hb,
             problem.batch)
@@ -207,7 +214,7 @@ def plan(problem, **kw):
     specialisation's own (:func:`attn_numba.tensormap.template_maps`, made once); calls that
     share a specialisation must run on one stream (the first launch rewrites the maps).
     Keyword overrides (``heads``, ``block_n``, ``stages``, ``overlap``, ``pingpong``,
-    ``debug_waits``) as
+    ``lean``, ``debug_waits``) as
     in :func:`build`."""
     from .. import tensormap
     from . import Plan

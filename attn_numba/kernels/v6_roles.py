@@ -119,8 +119,9 @@ def _producer(D, BN, HB, S, wait, stage_k):
                                    uint32(cb * BC), uint32(hbase + hi),
                                    uint32(q0 + row0 + c * PB), qbar)
         for j in range(ntiles):
-            s, ph = _stage_phase(j, S)
-            sk_ = stage_k(base, j)
+            ju = uint32(j)          # unsigned: j % S and j // S without a sign fix-up
+            s, ph = _stage_phase(ju, S)
+            sk_ = stage_k(base, ju)
             key = uint32(k0 + n_lo + j * BN)
             if j >= S:
                 wait(base + uint32(KE + 8 * s), uint32(ph ^ 1), 3, j)
@@ -202,9 +203,10 @@ def _loops(D, BN, S, st, wait, pingpong):
         sched_init(grp)
         sched_sync(grp)
         for j in range(ntiles):
-            stg, ph = _stage_phase(j, S)
+            ju = uint32(j)
+            stg, ph = _stage_phase(ju, S)
             n0 = n_lo + j * BN
-            sk_ = stage_k(base, j)
+            sk_ = stage_k(base, ju)
             wait(base + uint32(KF + 8 * stg), uint32(ph), 1, j)
             px.wgmma_fence()
             issue_qk(s, sQw, sk_)
@@ -251,16 +253,17 @@ def _loops(D, BN, S, st, wait, pingpong):
         rescale_pack(o, s, pa, al_a, al_b)
         sched_init(grp)
         for j in range(1, ntiles):
-            stg, ph = _stage_phase(j, S)
-            prv, pph = _stage_phase(j - 1, S)
+            ju = uint32(j)
+            stg, ph = _stage_phase(ju, S)
+            prv, pph = _stage_phase(ju - uint32(1), S)
             n0 = n_lo + j * BN
             wait(base + uint32(KF + 8 * stg), uint32(ph), 1, j)
-            wait(base + uint32(VF + 8 * prv), uint32(pph), 2, j - 1)
+            wait(base + uint32(VF + 8 * prv), uint32(pph), 2, ju - uint32(1))
             sched_sync(grp)
             px.wgmma_fence()
-            issue_qk(s, sQw, stage_k(base, j))
+            issue_qk(s, sQw, stage_k(base, ju))
             px.wgmma_commit()
-            issue_pv(o, pa, stage_k(base, j - 1) + uint32(KV_BYTES))
+            issue_pv(o, pa, stage_k(base, ju - uint32(1)) + uint32(KV_BYTES))
             px.wgmma_commit()
             sched_arrive(grp)
             wait1()                             # S of tile j is ready; PV of j-1 still runs
@@ -273,10 +276,11 @@ def _loops(D, BN, S, st, wait, pingpong):
             fence_o(o)
             release(base, VE, prv, lane)
             rescale_pack(o, s, pa, al_a, al_b)
-        stg, ph = _stage_phase(ntiles - 1, S)
-        wait(base + uint32(VF + 8 * stg), uint32(ph), 2, ntiles - 1)
+        last = uint32(ntiles - 1)
+        stg, ph = _stage_phase(last, S)
+        wait(base + uint32(VF + 8 * stg), uint32(ph), 2, last)
         px.wgmma_fence()
-        issue_pv(o, pa, stage_k(base, ntiles - 1) + uint32(KV_BYTES))
+        issue_pv(o, pa, stage_k(base, last) + uint32(KV_BYTES))
         px.wgmma_commit()
         wait0()
         fence_o(o)
@@ -287,11 +291,13 @@ def _loops(D, BN, S, st, wait, pingpong):
 
 
 @functools.lru_cache(maxsize=None)
-def roles(D, BN, kind, HB, S, overlap=False, debug_waits=False, pingpong=False):
+def roles(D, BN, kind, HB, S, overlap=False, debug_waits=False, pingpong=False, lean=False):
     """Device functions for head size ``D``, key tile ``BN``, ``kind`` ('f16'/'bf16'),
     ``HB`` heads per tile, ``S`` K/V stages and the consumer loop (``overlap``: QK^T of tile
     j with PV of tile j-1), ``pingpong`` (the consumers take turns at the tensor cores:
-    :func:`_scheduler`). ``debug_waits``: every mbarrier wait gives up after
+    :func:`_scheduler`), ``lean`` (the softmax folds the scale into its exponent and masks
+    on 32-bit offsets: ``v5_steps.steps``).
+    ``debug_waits``: every mbarrier wait gives up after
     ``WAIT_LIMIT`` attempts and prints which one (a hang becomes a wrong result and a line
     on stdout)."""
     PB = lay.positions_per_tile(HB)
@@ -300,7 +306,7 @@ def roles(D, BN, kind, HB, S, overlap=False, debug_waits=False, pingpong=False):
     S_LEN = BN // 2
     PA_LEN = 4 * (BN // 16)
     O_LEN = D // 2
-    st = v5_steps.steps(D, BN, kind, HB, False, S, lay.CONSUMERS)
+    st = v5_steps.steps(D, BN, kind, HB, False, S, lay.CONSUMERS, lean)
     finish = st.finish
     wait = _wait(debug_waits)
     init_barriers, produce = _producer(D, BN, HB, S, wait, st.stage_k)
