@@ -38,7 +38,8 @@ def steps(D, BN, kind, heads, v_swap, S, groups=1, lean=False):
     ``heads`` per warpgroup, V descriptor variant ``v_swap``, ``S`` K/V stages and
     ``groups`` consumer warpgroups per block (each with its own 64-row Q tile); ``lean``:
     the softmax folds the scale into its exponent (``softmax.online_softmax(fused=True)``)
-    and masks on 32-bit offsets (``mask.band_mask_rel``)."""
+    and masks on 32-bit offsets (``mask.band_mask_rel``), and the wgmma descriptors are
+    built once per tile (``issue_qk_lean``)."""
     PB = BLOCK_M // heads
     NT = THREADS * groups               # threads of the block (all of them copy)
     CH = D // 8                         # 16-byte chunks per row
@@ -99,6 +100,26 @@ def steps(D, BN, kind, heads, v_swap, S, groups=1, lean=False):
                  desc(sK + uint32(_kmajor_step(kk, BN)), DQ), int32(1 if kk > 0 else 0))
 
     @cuda.jit(device=True, inline=True, cache=True)
+    def issue_qk_lean(s, sQ, sK):
+        """As ``issue_qk``, the descriptors of the two tile bases built once and each k-step's
+        one added to them: a descriptor's address field is ``addr >> 4`` (14 bits), so
+        ``desc(a + off) == desc(a) + off / 16`` for 16-byte multiples while ``a + off`` stays
+        under 2^18, which every shared address does."""
+        dq = desc(sQ, DQ)
+        dk = desc(sK, DQ)
+        for kk in range(QK_STEPS):
+            wg_s(s, dq + uint64(_kmajor_step(kk, BLOCK_M) >> 4),
+                 dk + uint64(_kmajor_step(kk, BN) >> 4), int32(1 if kk > 0 else 0))
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def issue_pv_lean(o, pa, sV):
+        """As ``issue_pv``, with the descriptor arithmetic of ``issue_qk_lean``."""
+        dv = desc(sV, DV)
+        for kk in range(PV_STEPS):
+            wg_o(o, pa[4 * kk], pa[4 * kk + 1], pa[4 * kk + 2], pa[4 * kk + 3],
+                 dv + uint64((wl.ATOM_BYTES * 2 * kk) >> 4), int32(1))
+
+    @cuda.jit(device=True, inline=True, cache=True)
     def issue_pv(o, pa, sV):
         """O += P V: BN/16 wgmma, P from registers (not committed, not waited)."""
         for kk in range(PV_STEPS):
@@ -152,5 +173,8 @@ def steps(D, BN, kind, heads, v_swap, S, groups=1, lean=False):
             px.cp_async_16(sQ + uint32(grp * Q_TILE + _smem_offset(r, 8 * c, BLOCK_M)),
                            qbase + off, nbytes)
 
-    return Steps(desc, stage_k, load_q, load_kv, issue_qk, issue_pv,
-                 softmax_lean if lean else softmax, rescale_pack, finish)
+    if lean:
+        return Steps(desc, stage_k, load_q, load_kv, issue_qk_lean, issue_pv_lean,
+                     softmax_lean, rescale_pack, finish)
+    return Steps(desc, stage_k, load_q, load_kv, issue_qk, issue_pv, softmax, rescale_pack,
+                 finish)
