@@ -26,6 +26,8 @@
 #   ncu_v6[:A]           ncu (SpeedOfLight, scheduler, warp state, launch, occupancy,
 #                        instruction mix) of
 #                        scripts/ncu_v6.py A: v5, flash_ws variants and FA4, one call each
+#   sass_v6[:A]          ncu SourceCounters of scripts/ncu_v6.py A, exported per SASS
+#                        instruction (r/v6_sass.csv.gz), and cuobjdump -sass of sass_in/*.cubin
 #   breakdown            scripts/call_breakdown.py (host time per stage of a public call)
 #   sanitize[:K1,K2]     compute-sanitizer memcheck, racecheck, synccheck, initcheck on
 #                        scripts/sanitize.py (default: every forward and backward kernel)
@@ -53,7 +55,7 @@ run() {  # run LOG LIMIT command...: bounded, output to $R/LOG.log, exit status 
 }
 sanitizer() { command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1; }
 
-STEPS=" bench long flex_long first_call gpu_tests gpu_par breakdown breakdown_base fwd_ab sanitize wgmma_check v4_check package notebooks bench_bwd bwd_check v6_check ncu_v6 "
+STEPS=" bench long flex_long first_call gpu_tests gpu_par breakdown breakdown_base fwd_ab sanitize wgmma_check v4_check package notebooks bench_bwd bwd_check v6_check ncu_v6 sass_v6 "
 for spec in "$@"; do  # every step known before any runs
     [[ $STEPS == *" ${spec%%:*} "* ]] || { echo "unknown step ${spec%%:*}; steps:$STEPS"; exit 2; }
 done
@@ -102,6 +104,15 @@ for spec in "$@"; do
                     --section Occupancy --section ComputeWorkloadAnalysis \
                     --section InstructionStats --csv \
                     python3 scripts/ncu_v6.py $list ;;
+        sass_v6) nc=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
+                 run sass_v6 200 "$nc" --clock-control none --section SourceCounters \
+                     --section WarpStateStats -f -o "$R/v6src" python3 scripts/ncu_v6.py $list
+                 run sass_v6_export 100 bash -c "'$nc' -i '$R/v6src.ncu-rep' --page source \
+                     --csv --print-source sass | gzip > '$R/v6_sass.csv.gz'"
+                 rm -f "$R/v6src.ncu-rep"
+                 cb=$(command -v cuobjdump || ls /usr/local/cuda*/bin/cuobjdump 2>/dev/null | head -1)
+                 run cubin_sass 60 bash -c "for f in sass_in/*.cubin; do echo \"== \$f\"; \
+                     '$cb' -sass \"\$f\"; done | gzip > '$R/cubin_sass.txt.gz'" ;;
         breakdown) OUT=results/h200 run call_breakdown 60 python3 scripts/call_breakdown.py ;;
         sanitize) cs=$(sanitizer)
                   for tool in memcheck racecheck synccheck initcheck; do

@@ -10,8 +10,9 @@ against flash_wgmma (v5) at the log's 10 configurations. Needs an sm_90 device.
    first: fp16/bf16, D 64/128, GQA 1/4/8, sizes 1/97/1025, sq != sk, varlen with an empty
    sequence, windows (-1,-1), (0,0), (128,0), (128,128), causal; one call repeated on new
    buffers (the maps must follow the pointers); a sequence with queries and no keys; 10
-   cases of the overlapped loop and 45 of the consumers' turns and the lean softmax (all
-   opt-in). One line per
+   cases of the overlapped loop, 45 of the other variants (without the consumers' turns
+   and the lean softmax, which are the defaults; turns alone; BN 128) and 44 of the
+   persistent grid (one block per SM, and 3-7 blocks so that each takes many work tiles). One line per
    case. Cases run in a child process that is restarted after a fault or a hang (no
    progress for ``--stall`` s): the case it was on is recorded as failed and the sweep goes
    on with the next.
@@ -93,27 +94,47 @@ def cases():
                             causal=causal, overlap=True))
         out.append(dict(dtype=dt, d=d, group=g, seq_q=[130, 0, 7, 513],
                         seq_k=[64, 0, 300, 513], window=(128, 0), causal=False, overlap=True))
-    # the consumers' tensor-core turns (opt-in, v6.PINGPONG), plain and overlapped, BN 64/128
-    # and the lean softmax (v6.LEAN: scale in the exponent's fma, 32-bit mask)
-    for ov, bn, st, lean in ((False, 64, 2, False), (False, 64, 2, True), (True, 64, 3, True),
-                             (True, 128, 2, True), (False, 128, 2, True)):
+    # without the consumers' turns and the lean softmax (v6.PINGPONG, v6.LEAN: the defaults,
+    # which every case above runs), with the turns alone, and both with the overlapped loop
+    # and BN 128
+    for ov, bn, st, pp, lean in ((False, 64, 2, False, False), (False, 64, 2, True, False),
+                                 (True, 64, 3, True, True), (True, 128, 2, True, True),
+                                 (False, 128, 2, True, True)):
         for dt, d, g in (("float16", 128, 4), ("bfloat16", 64, 1)):
             for (window, causal), s in zip(WINDOWS[1:], (1025, 97, 1025, 1025)):
                 out.append(dict(dtype=dt, d=d, group=g, seq_q=[s], seq_k=[s], window=window,
-                                causal=causal, overlap=ov, pingpong=True, block_n=bn,
+                                causal=causal, overlap=ov, pingpong=pp, block_n=bn,
                                 stages=st, lean=lean))
         out.append(dict(dtype="float16", d=128, group=8, seq_q=[130, 0, 7, 513],
                         seq_k=[64, 0, 300, 513], window=(128, 0), causal=False, overlap=ov,
-                        pingpong=True, block_n=bn, stages=st, lean=lean))
+                        pingpong=pp, block_n=bn, stages=st, lean=lean))
+    # the persistent grid: one block per SM, and 3 or 7 blocks (many work tiles per block:
+    # Q reloads, the ring running on across work tiles, turns across work tiles)
+    for blocks, ov, bn, st in ((None, False, 64, 2), (3, False, 64, 2), (7, True, 64, 3),
+                               (5, False, 128, 2)):
+        for dt, d, g in (("float16", 128, 4), ("bfloat16", 64, 1)):
+            for (window, causal), s in zip(WINDOWS, (1025, 1025, 97, 1025, 1025)):
+                out.append(dict(dtype=dt, d=d, group=g, seq_q=[s], seq_k=[s], window=window,
+                                causal=causal, overlap=ov, block_n=bn, stages=st,
+                                persistent=True, blocks=blocks))
+        out.append(dict(dtype="float16", d=128, group=8, seq_q=[130, 0, 7, 513],
+                        seq_k=[64, 0, 300, 513], window=(128, 0), causal=False, overlap=ov,
+                        block_n=bn, stages=st, persistent=True, blocks=blocks))
     return out
 
 
 #: plan options of a case (the defaults where a case names none)
-OPTS = dict(overlap=False, pingpong=False, block_n=64, stages=2, lean=False)
+OPTS = dict(overlap=False, pingpong=None, block_n=64, stages=2, lean=None, persistent=False,
+            blocks=None)
 
 
 def opts_of(c):
-    return {k: c.get(k, v) for k, v in OPTS.items()}
+    """The case's plan options; pingpong and lean default to the module's defaults."""
+    from attn_numba.kernels import v6_flash_ws as v6
+    o = {k: c.get(k, v) for k, v in OPTS.items()}
+    o["pingpong"] = v6.PINGPONG if o["pingpong"] is None else o["pingpong"]
+    o["lean"] = v6.LEAN if o["lean"] is None else o["lean"]
+    return o
 
 
 def problem_for(c):
@@ -274,9 +295,9 @@ def compile_child(spec):
     from attn_numba.kernels.v5_flash_wgmma import opt_in_shared
     if spec == ("v5",):
         return opt_in_shared(v5.build(v5.Config(128, "float16", 4)), v5._signature(), 1024)
-    d, kind, hb, bn, st, ov, pp, lean = spec
-    kernel = v6.build(d, kind, hb, bn, st, ov, pingpong=pp, lean=lean)
-    opt_in_shared(kernel, v6._signature(), 1024)
+    d, kind, hb, bn, st, ov, pp, lean, pers = spec
+    kernel = v6.build(d, kind, hb, bn, st, ov, pingpong=pp, lean=lean, persistent=pers)
+    opt_in_shared(kernel, v6._signature(pers), 1024)
     from attn_numba.launcher import load_cached
     load_cached(v6._build_prepare(), v6._prepare_signature())
 
@@ -284,10 +305,10 @@ def compile_child(spec):
 def precompile(end):
     def spec(d, kind, hb, o):
         return (d, kind, hb, o["block_n"], o["stages"], o["overlap"], o["pingpong"],
-                o["lean"])
+                o["lean"], o["persistent"])
     specs = {spec(c["d"], "f16" if c["dtype"] == "float16" else "bf16",
                   4 if c["group"] % 4 == 0 else 1, opts_of(c)) for c in cases()}
-    specs |= {spec(128, "f16", 4, dict(OPTS, **kw)) for _, kw in TIMED if kw is not None}
+    specs |= {spec(128, "f16", 4, opts_of(kw)) for _, kw in TIMED if kw is not None}
     specs = sorted(specs) + [("v5",)]
     procs = [(s, subprocess.Popen([sys.executable, os.path.abspath(__file__), "--compile",
                                    json.dumps(s)], stdout=subprocess.PIPE,
@@ -372,15 +393,15 @@ def _ptr(a):
 
 #: (name, flash_ws plan options) timed at each configuration; flash_wgmma is v5's default
 TIMED = (("flash_wgmma", None),
-         ("flash_ws_bn64", dict(block_n=64)),
-         ("flash_ws_bn64_pp", dict(block_n=64, pingpong=True)),
-         ("flash_ws_bn64_pp_ln", dict(block_n=64, pingpong=True, lean=True)),
-         ("flash_ws_bn64_pp_ln_direct", dict(block_n=64, pingpong=True, lean=True)),
-         ("flash_ws_bn64_ov_pp_ln", dict(block_n=64, stages=3, overlap=True, pingpong=True,
-                                         lean=True)),
-         ("flash_ws_bn128_pp_ln", dict(block_n=128, pingpong=True, lean=True)),
-         ("flash_ws_bn128_ov_pp_ln", dict(block_n=128, overlap=True, pingpong=True,
-                                          lean=True)))
+         ("flash_ws", {}),                                   # the module's defaults
+         ("flash_ws_direct", {}),
+         ("flash_ws_bn128", dict(block_n=128)),
+         ("flash_ws_ov", dict(stages=3, overlap=True)),
+         ("flash_ws_turns_only", dict(lean=False)),
+         ("flash_ws_neither", dict(pingpong=False, lean=False)),
+         ("flash_ws_persist", dict(persistent=True)),
+         ("flash_ws_persist_dir", dict(persistent=True)),
+         ("flash_ws_persist_bn128", dict(persistent=True, block_n=128)))
 
 
 def _fa4(row, q, k, v, arrays, causal, flops):
@@ -444,7 +465,7 @@ def timing(end):
                 try:
                     if name == "flash_wgmma":
                         pl = v5.plan(p)
-                    elif name.endswith("_direct"):
+                    elif name.endswith("_direct") or name.endswith("_dir"):
                         pl = v6.plan_direct(p, *(_ptr(arrays[n]) for n in "qkv"), **kw)
                     else:
                         pl = v6.plan(p, **kw)
@@ -467,8 +488,7 @@ def table():
     print("\nflash_ws (v6) vs flash_wgmma (v5) and FA4, ms per call,",
           RES.get("timing", {}).get("method"))
     names = [n for n, _ in TIMED] + ["fa4"]
-    labels = [n[9:].replace("_direct", "_dir") if n.startswith("flash_ws_") else n
-              for n in names]
+    labels = [n[9:] if n.startswith("flash_ws_") else n for n in names]
     print(f"{'tokens':>6} {'causal':>6} " + " ".join(f"{x:>11}" for x in labels) +
           "  best v6/v5  best v6/fa4")
     for r in RES.get("timing", {}).get("rows", []):

@@ -1,11 +1,13 @@
 """The element mask: :func:`band_mask_rel` (32-bit offsets from the thread's first column)
-against :func:`band_mask` and against the key ranges themselves, for both tensor-core
-layouts, on Numba's simulator (the masks are device functions)."""
+and :func:`band_mask_bits` (keep-masks) against :func:`band_mask` and against the key ranges
+themselves, for both tensor-core layouts, on Numba's simulator (the masks are device
+functions)."""
 import numpy as np
 import pytest
 from numba import cuda
 
 from attn_numba.kernels import mask
+from attn_numba.kernels import ptx_sm90 as px
 
 from conftest import SIM
 
@@ -33,12 +35,13 @@ def test_relative_mask_equals_the_mask_and_the_key_ranges(rng, layout, n_regs):
     for trial in range(4):
         n0 = np.array([int(rng.integers(0, 5000)) // 8 * 8], np.int64)
         # ranges that start before, inside and after the tile, empty rows (lo > hi) too
-        lo = (n0[0] + rng.integers(-40, 80, (32, 2))).astype(np.int64)
-        hi = (lo + rng.integers(-3, 60, (32, 2))).astype(np.int64)
+        lo = (n0[0] + rng.integers(-40, 140, (32, 2))).astype(np.int64)
+        hi = (lo + rng.integers(-3, 150, (32, 2))).astype(np.int64)
         s0 = rng.standard_normal((32, n_regs)).astype(np.float32)
         got = {}
         for name, fn in (("abs", mask.band_mask(frag, n_regs)),
-                         ("rel", mask.band_mask_rel(frag, n_regs))):
+                         ("rel", mask.band_mask_rel(frag, n_regs)),
+                         ("bits", mask.band_mask_bits(frag, n_regs, px.shl_clamp))):
             s = s0.copy()
             _kernel(fn, n_regs)[1, 32](s, n0, lo, hi)
             got[name] = s
@@ -51,6 +54,13 @@ def test_relative_mask_equals_the_mask_and_the_key_ranges(rng, layout, n_regs):
                     want[lane, i] = NEG
         np.testing.assert_array_equal(got["abs"], want)
         np.testing.assert_array_equal(got["rel"], want)
+        np.testing.assert_array_equal(got["bits"], want)
+
+
+def test_shl_clamp_model_gives_zero_at_32():
+    assert px.shl_clamp(np.uint32(0xFFFFFFFF), 32) == 0
+    assert px.shl_clamp(np.uint32(0xFFFFFFFF), 31) == 0x80000000
+    assert px.shl_clamp(np.uint32(1), 0) == 1
 
 
 def test_a_layout_that_is_not_separable_is_refused():

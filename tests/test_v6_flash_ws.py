@@ -80,7 +80,7 @@ def test_supports_says_why_not(kw, match):
 def test_configure_packs_a_gqa_group_into_128_rows():
     p = _problem(max_seqlen_q=8192, total_q=8192, total_k=8192, max_seqlen_k=8192,
                  num_heads=32, num_kv_heads=8)
-    _, grid, shared, hb, bn = v6.configure(p)
+    _, grid, shared, hb, bn, _ = v6.configure(p)
     assert (hb, bn) == (4, 64) and grid == (256, 8, 1)         # 32 positions x 4 heads
     assert shared == lay.shared_bytes(128, 64, 2)
     q, k, v = v6.map_specs(p, hb, bn)
@@ -103,7 +103,7 @@ _COMPILE = textwrap.dedent("""
     out = {}
     for d, kind, hb, bn, st, *ov in json.loads(sys.argv[1]):
         k = v6.build(d, kind, hb, bn, st, bool(ov and ov[0]),
-                     pingpong=bool(len(ov) > 1 and ov[1]))
+                     pingpong=bool(len(ov) > 1 and ov[1]), lean=bool(len(ov) > 2 and ov[2]))
         ptx, _ = cuda.compile_ptx(k.py_func, v6._signature(), cc=(9, 0, "a"),
                                   launch_bounds=(v6.THREADS, 1))
         out["-".join(map(str, [d, kind, hb, bn, st, *ov]))] = ptx
@@ -143,8 +143,9 @@ def _compile(tmp_path, variants):
 
 @pytest.mark.slow
 def test_kernel_compiles_and_assembles_d128_f16(tmp_path):
-    ptxs = _compile(tmp_path, [[128, "f16", 4, 64, 2]])
-    _check_variant(ptxs["128-f16-4-64-2"], 128, 64, tmp_path, "main")
+    ptxs = _compile(tmp_path, [[128, "f16", 4, 64, 2, 0, 1, 1]])       # the defaults
+    assert (v6.OVERLAP, v6.PINGPONG, v6.LEAN) == (False, True, True)
+    _check_variant(ptxs["128-f16-4-64-2-0-1-1"], 128, 64, tmp_path, "main", pingpong=True)
     prep = ptxs["prepare"]
     assert prep.count("tensormap.replace.tile.global_address.global.b1024.b64") == 3
     rc, log = ptxas(prep, tmp_path, "prep")
@@ -155,9 +156,11 @@ def test_kernel_compiles_and_assembles_d128_f16(tmp_path):
 @pytest.mark.parametrize("variant", [[64, "bf16", 1, 64, 2], [128, "bf16", 2, 128, 2],
                                      [64, "f16", 4, 128, 3], [128, "f16", 4, 64, 3],
                                      [128, "f16", 4, 64, 2, 1], [64, "bf16", 1, 128, 2, 1],
-                                     [128, "f16", 4, 64, 2, 0, 1], [128, "f16", 4, 128, 2, 1, 1]])
+                                     [128, "f16", 4, 64, 2, 0, 1], [128, "f16", 4, 128, 2, 1, 1],
+                                     [64, "bf16", 1, 128, 2, 0, 1, 1],
+                                     [128, "f16", 4, 128, 2, 1, 1, 1]])
 def test_kernel_variants_compile_and_assemble(tmp_path, variant):
-    """[D, kind, heads, BN, stages, (overlap, (pingpong))]."""
+    """[D, kind, heads, BN, stages, (overlap, (pingpong, (lean)))]."""
     d, kind, hb, bn, st, *ov = variant
     ptx = _compile(tmp_path, [variant])["-".join(map(str, variant))]
     _check_variant(ptx, d, bn, tmp_path, "v", overlap=bool(ov and ov[0]),
@@ -217,7 +220,8 @@ GPU_CASES = [  # seq_q, seq_k, H, Hkv, D, dtype name, window, causal, plan optio
     ([97, 0, 300], [97, 5, 77], 8, 1, 64, "bfloat16", (-1, -1), True, {}),
     ([513], [1100], 4, 4, 128, "float16", (-1, -1), True, dict(overlap=True, stages=3)),
     ([1], [1], 8, 8, 64, "float16", (0, 0), False, dict(block_n=128)),
-    ([97, 0, 300], [97, 5, 77], 8, 2, 128, "float16", (128, 0), True, dict(pingpong=True)),
+    ([97, 0, 300], [97, 5, 77], 8, 2, 128, "float16", (128, 0), True,
+     dict(pingpong=False, lean=False)),
     ([1025], [1025], 8, 2, 128, "bfloat16", (128, 128), False,
      dict(overlap=True, pingpong=True, block_n=128)),
 ]

@@ -90,9 +90,9 @@ def test_shared_plan_matches_v5_steps_and_fits(d, bn, s):
     for j in range(2 * s):
         # v5_steps.stage_k with two warpgroups: Q_BYTES + (j % S) * 2 * KV_BYTES
         assert lay.stage_offset(j % s, d, bn) == 2 * lay.q_tile_bytes(d) + (j % s) * 2 * kv
-    qf, kf, vf, ke, ve = lay.barrier_offsets(d, bn, s)
+    qf, kf, vf, ke, ve, qe = lay.barrier_offsets(d, bn, s)
     assert qf == lay.stage_offset(s, d, bn)          # barriers after the last V tile
-    offs = [qf] + [b + 8 * i for b in (kf, vf, ke, ve) for i in range(s)]
+    offs = [qf, qe] + [b + 8 * i for b in (kf, vf, ke, ve) for i in range(s)]
     assert len(set(offs)) == len(offs) and all(o % 8 == 0 for o in offs)
     assert max(offs) + 8 + 1024 == lay.shared_bytes(d, bn, s) <= 227 * 1024
     assert all(lay.stage_offset(i, d, bn) % 1024 == 0 for i in range(s + 1))
@@ -156,33 +156,47 @@ class NamedBarrier:
             yield
 
 
-def _protocol(ntiles, stages, rng, overlap=False, pingpong=False):
+def _protocol(work, stages, rng, overlap=False, pingpong=False, q_wait=True):
     """Run the producer and 4 warps x 2 consumers of v6_roles against the barrier models in
-    a random order: the consumers' plain loop or the overlapped one (K of tile j with V of
-    tile j-1), with or without their tensor-core turns on named barriers (``pingpong``, in
-    the places v6_roles puts ``sched_init``, ``sched_sync`` and ``sched_arrive``). Returns,
-    per consumer warp, the K and the V tiles it read, in order, and the sequence of turns
-    (which consumer's barrier completed a phase)."""
+    a random order, over a block's ``work`` tiles (a list of key-tile counts, or one count):
+    the consumers' plain loop or the overlapped one (K of tile j with V of tile j-1), with
+    or without their tensor-core turns on named barriers (``pingpong``, in the places
+    v6_roles puts ``sched_init``, ``sched_sync`` and ``sched_arrive``), key tiles counted on
+    across work tiles, Q reloaded per work tile after Q-empty. Returns, per consumer warp,
+    the K and V tiles and the Q loads it read, in order, and the sequence of turns (which
+    consumer's barrier completed a phase)."""
+    work = [work] if isinstance(work, int) else list(work)
     full = {"K": [Barrier(1) for _ in range(stages)], "V": [Barrier(1) for _ in range(stages)]}
     empty = {kind: [Barrier(v6_roles.EMPTY_ARRIVALS) for _ in range(stages)] for kind in "KV"}
+    q_full, q_empty = Barrier(1), Barrier(v6_roles.EMPTY_ARRIVALS)
     data = {}
-    in_use = {kind: [set() for _ in range(stages)] for kind in "KV"}
+    in_use = {kind: [set() for _ in range(stages)] for kind in "KVQ"}
     flights = []                                    # TMA loads in flight
-    seen = {w: {"K": [], "V": []} for w in range(v6_roles.EMPTY_ARRIVALS)}
+    seen = {w: {"K": [], "V": [], "Q": []} for w in range(v6_roles.EMPTY_ARRIVALS)}
     turns = []
     sched = [NamedBarrier(v6_roles.SCHED_THREADS, turns, g) for g in range(lay.CONSUMERS)]
 
     def producer():
-        for j in range(ntiles):
-            s, ph = lay.stage_phase(j, stages)
-            for kind in "KV":
-                if j >= stages:
-                    while not empty[kind][s].done(ph ^ 1):
-                        yield
-                assert not in_use[kind][s], f"tile {j} overwrites {kind} of stage {s} in use"
-                full[kind][s].arrive(expect_tx=100)
-                flights.append((kind, s, j))
-                yield
+        c = 0
+        for qn, ntiles in enumerate(work):
+            if qn > 0 and q_wait:
+                while not q_empty.done((qn - 1) & 1):
+                    yield
+            assert not in_use["Q"][0], f"Q load {qn} overwrites Q in use"
+            q_full.arrive(expect_tx=100)
+            flights.append(("Q", 0, qn))
+            yield
+            for j in range(c, c + ntiles):
+                s, ph = lay.stage_phase(j, stages)
+                for kind in "KV":
+                    if j >= stages:
+                        while not empty[kind][s].done(ph ^ 1):
+                            yield
+                    assert not in_use[kind][s], f"tile {j} overwrites {kind} of stage {s}"
+                    full[kind][s].arrive(expect_tx=100)
+                    flights.append((kind, s, j))
+                    yield
+            c += ntiles
 
     def use(w, kind, j):
         s, ph = lay.stage_phase(j, stages)
@@ -196,10 +210,6 @@ def _protocol(ntiles, stages, rng, overlap=False, pingpong=False):
         in_use[kind][s].discard(w)
         empty[kind][s].arrive()
 
-    def init(g):
-        if pingpong and g == 0:
-            sched[0].arrive()
-
     def turn(g):
         if pingpong:
             yield from sched[g].sync()
@@ -208,12 +218,10 @@ def _protocol(ntiles, stages, rng, overlap=False, pingpong=False):
         if pingpong:
             sched[1 - g].arrive()
 
-    def consumer(w):
-        g = w // 4
+    def key_loop(w, g, c, ntiles):
         if not overlap:
-            init(g)
             yield from turn(g)
-            for j in range(ntiles):
+            for j in range(c, c + ntiles):
                 yield from use(w, "K", j)
                 yield
                 done(g)
@@ -224,11 +232,10 @@ def _protocol(ntiles, stages, rng, overlap=False, pingpong=False):
                 release(w, "V", j)
             done(g)
             return
-        yield from use(w, "K", 0)
+        yield from use(w, "K", c)
         yield
-        release(w, "K", 0)
-        init(g)
-        for j in range(1, ntiles):
+        release(w, "K", c)
+        for j in range(c + 1, c + ntiles):
             yield from use(w, "K", j)
             yield from use(w, "V", j - 1)
             yield from turn(g)
@@ -237,19 +244,35 @@ def _protocol(ntiles, stages, rng, overlap=False, pingpong=False):
             release(w, "K", j)
             yield
             release(w, "V", j - 1)
-        yield from use(w, "V", ntiles - 1)
+        yield from use(w, "V", c + ntiles - 1)
         yield
-        release(w, "V", ntiles - 1)
+        release(w, "V", c + ntiles - 1)
+
+    def consumer(w):
+        g = w // 4
+        if pingpong and g == 0:                     # sched_init, once per block
+            sched[0].arrive()
+        c = 0
+        for qn, ntiles in enumerate(work):
+            while not q_full.done(qn & 1):
+                yield
+            in_use["Q"][0].add(w)
+            seen[w]["Q"].append(data["Q", 0])
+            yield from key_loop(w, g, c, ntiles)
+            in_use["Q"][0].discard(w)
+            q_empty.arrive()
+            c += ntiles
+            yield                                   # the epilogue
 
     actors = [producer()] + [consumer(w) for w in seen]
     steps = 0
     while actors or flights:
         steps += 1
-        assert steps < 100000, "deadlock"
+        assert steps < 200000, "deadlock"
         if flights and rng.random() < 0.3:
             kind, s, j = flights.pop(rng.integers(len(flights)))
             data[kind, s] = j
-            full[kind][s].complete_tx(100)
+            (q_full if kind == "Q" else full[kind][s]).complete_tx(100)
             continue
         if actors:
             a = actors[rng.integers(len(actors))]
@@ -262,16 +285,33 @@ def _protocol(ntiles, stages, rng, overlap=False, pingpong=False):
 
 @pytest.mark.parametrize("pingpong", [False, True])
 @pytest.mark.parametrize("overlap", [False, True])
-@pytest.mark.parametrize("ntiles,stages", [(1, 2), (5, 2), (9, 3), (2, 3)])
-def test_mbarrier_protocol_orders_every_tile(rng, ntiles, stages, overlap, pingpong):
+@pytest.mark.parametrize("work,stages", [(1, 2), (5, 2), (9, 3), (2, 3), ([5, 4, 6], 2),
+                                         ([1, 3, 1, 2], 2), ([4, 5], 3)])
+def test_mbarrier_protocol_orders_every_tile(rng, work, stages, overlap, pingpong):
+    """Every consumer warp reads every key tile in order and each work tile's Q; no stage
+    and no Q is overwritten in use; the turns alternate."""
+    tiles = [work] if isinstance(work, int) else work
     for _ in range(20):
-        seen, turns = _protocol(ntiles, stages, rng, overlap, pingpong)
-        for w, tiles in seen.items():
-            assert tiles == {"K": list(range(ntiles)), "V": list(range(ntiles))}, (w, tiles)
-        # the consumers' turns alternate, consumer 0 first, one per tile (the plain loop:
-        # one more, its first QK^T)
-        n = (ntiles + 1 if not overlap else ntiles - 1) if pingpong else 0
+        seen, turns = _protocol(work, stages, rng, overlap, pingpong)
+        for w, got in seen.items():
+            assert got == {"K": list(range(sum(tiles))), "V": list(range(sum(tiles))),
+                           "Q": list(range(len(tiles)))}, (w, got)
+        # the consumers' turns alternate, consumer 0 first, one per key tile and work tile
+        # (the plain loop: one more per work tile, its first QK^T; the overlapped: one less)
+        n = sum(t + 1 if not overlap else t - 1 for t in tiles) if pingpong else 0
         assert turns == [i % 2 for i in range(2 * n)], turns
+
+
+def test_a_producer_that_skips_the_q_empty_wait_is_caught(rng):
+    """The model can fail: loading the next work tile's Q without waiting for Q-empty
+    overwrites a Q that a consumer still reads, in some of the random schedules."""
+    caught = 0
+    for _ in range(20):
+        try:
+            _protocol([3, 3, 3], 2, rng, q_wait=False)
+        except AssertionError as exc:
+            caught += "overwrites Q" in str(exc)
+    assert caught > 0
 
 
 def test_a_consumer_without_its_init_arrive_deadlocks(rng, monkeypatch):

@@ -36,14 +36,14 @@ def _run(rng, seq_q, seq_k, h, hkv, d, dtype, window, causal, **kw):
                 num_kv_heads=hkv, head_size=d, dtype=dtype, softmax_scale=1 / math.sqrt(d),
                 window_left=left, window_right=right, causal=causal, lse_batched=False,
                 on_simulator=True)
-    kernel, grid, shared, hb, bn = v6.configure(p, **kw)
+    kernel, grid, shared, hb, bn, extra = v6.configure(p, **kw)
     maps = np.int64(v6_ptx_sim.model_maps(v6.map_specs(p, hb, bn)))
     q16, k16, v16 = (x.view(np.uint16) for x in (q, k, v))
     out = np.full(q.shape, 0xFFFF, np.uint16)                 # NaN in fp16 and bf16
     lse = np.full((1, h, p.total_q), np.nan, np.float32)
     v6._build_prepare()[1, 32](q16, k16, v16, maps)
     kernel[grid, v6.THREADS, 0, shared](q16, k16, v16, out.view(np.uint32), lse, cu_q, cu_k,
-                                        *v6._scalars(p), maps)
+                                        *v6._scalars(p), maps, *extra)
     ref, ref_lse = mha_varlen_fwd_ref(q, k, v, cu_q, cu_k, causal=causal, window_size=window)
     low, _ = mha_varlen_fwd_ref(q, k, v, cu_q, cu_k, causal=causal, window_size=window,
                                 p_dtype=dtype)
@@ -69,6 +69,10 @@ CASES = [  # seq_q, seq_k, H, Hkv, D, dtype, window, causal, options (stages >= 
      dict(stages=2, pingpong=True)),
     pytest.param(([100], [180], 2, 2, 64, BF16, (16, 8), False,
                   dict(stages=3, overlap=True, pingpong=True)), marks=_SLOW),
+    # the persistent grid, one work tile per block (the model's limit: a producer that
+    # waits for Q-empty would hold the consumers' block-barrier models)
+    ([30, 0, 5, 40], [40, 3, 0, 66], 8, 2, 64, np.float16, (20, 20), False,
+     dict(stages=2, persistent=True, blocks=10 ** 6)),
     # the lean softmax (scale folded into the exponent, 32-bit mask), masked tiles and rows with no key
     ([30, 0, 5, 40], [40, 3, 0, 66], 8, 2, 64, BF16, (20, 20), False,
      dict(stages=2, pingpong=True, lean=True)),

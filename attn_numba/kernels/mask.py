@@ -12,9 +12,12 @@ Which tiles need this mask at all is :func:`attn_numba.kernels.tile_range.full_k
 answer (or the kernel's own test for tiles that do not start at multiples of the tile size).
 Layouts: mma.sync's C fragment (:func:`mma_c_rc`), wgmma's accumulator (:func:`wgmma_acc_rc`).
 :func:`band_mask_rel` is the same mask in 32-bit offsets from the thread's first column, for
-layouts whose column is a lane part plus a register part (fewer instructions per score).
+layouts whose column is a lane part plus a register part (fewer instructions per score);
+:func:`band_mask_bits` turns each row's range into a 32-bit keep-mask first, so that a score
+costs a bit test and a select (ptxas turns runs of bit tests into ``R2P``).
 """
-from numba import cuda, int32
+import numpy as np
+from numba import cuda, int32, uint32
 
 from .common import NEG_INF
 from .v4_layout import c_frag_rc
@@ -105,4 +108,54 @@ def band_mask_rel(frag_rc, n_regs):
             else:
                 if k < lb or k > hb:
                     s[i] = NEG_INF
+    return mask
+
+
+def check_quad_columns(frag_rc, n_regs):
+    """Raise unless register ``i``'s column is ``col(lane, 0) + 8 (i // 4) + i % 2`` and its
+    row half is ``(i // 2) % 2`` (mma.sync's C fragment and wgmma's accumulator)."""
+    check_separable(frag_rc, n_regs)
+    rc = _host_rc(frag_rc)
+    for i in range(n_regs):
+        row, col = rc(0, i)
+        if col != 8 * (i >> 2) + (i & 1) or (row >= 8) != bool((i >> 1) & 1):
+            raise ValueError(f"frag_rc: register {i} at ({row}, {col}) is not in the quad "
+                             f"column layout")
+
+
+def band_mask_bits(frag_rc, n_regs, shl):
+    """:func:`band_mask` through keep-masks: a thread's ``n_regs / 2`` scores of a row sit at
+    columns ``8 m + e`` (e = 0, 1) from its first column, so the scores of a row at columns
+    below ``L`` number ``2 (L // 8) + min(L % 8, 2)``; each row's range becomes the bits
+    ``[count(lo), count(hi + 1))`` of a 32-bit word (``shl``: a shift that gives 0 at 32,
+    ``ptx.shl_clamp``), and score ``b`` of the row is kept where bit ``b`` is set."""
+    check_quad_columns(frag_rc, n_regs)
+    NE = n_regs // 2                      # scores per row
+    assert NE <= 32, "one keep-mask word per row"
+    W = np.int32(4 * NE)                  # columns spanned, from the thread's first one
+    ONES = np.uint32(0xFFFFFFFF)
+    Z = np.int32(0)
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def below(lim):
+        """How many of a row's scores lie at relative columns < ``lim``."""
+        c = min(max(lim, Z), W)
+        return (c >> 3) * 2 + min(c & 7, 2)
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def keep(lo, hi):
+        return shl(ONES, uint32(below(lo))) & ~shl(ONES, uint32(below(hi + 1)))
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def mask(s, n0, lane, lo_a, hi_a, lo_b, hi_b):
+        _, c_lane = frag_rc(lane, 0)
+        c0 = n0 + c_lane
+        ka = keep(int32(lo_a - c0), int32(hi_a - c0))
+        kb = keep(int32(lo_b - c0), int32(hi_b - c0))
+        for b in range(NE):
+            i = 4 * (b >> 1) + (b & 1)
+            if (ka >> b) & 1 == 0:
+                s[i] = NEG_INF
+            if (kb >> b) & 1 == 0:
+                s[i + 2] = NEG_INF
     return mask

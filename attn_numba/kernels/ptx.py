@@ -191,6 +191,8 @@ pack_f16x2 = _make("pack_f16x2", "cvt.rn.f16x2.f32 $0, $2, $1;", "=r,f,f", (_F, 
 pack_bf16x2 = _make("pack_bf16x2", "cvt.rn.bf16x2.f32 $0, $2, $1;", "=r,f,f", (_F, _F), (_U,))
 #: ex2(x) -> 2**x, SFU approximation, ex2(-inf) = 0
 ex2 = _make("ex2", "ex2.approx.ftz.f32 $0, $1;", "=f,f", (_F,), (_F,))
+#: shl_clamp(x, n) -> x << n, 0 for n >= 32 (PTX clamps the shift; LLVM's shl would be poison)
+shl_clamp = _make("shl_clamp", "shl.b32 $0, $1, $2;", "=r,r,r", (_U, _U), (_U,))
 #: opaque(x) -> x, through a volatile ``mov``: LLVM cannot hoist what is computed from the
 #: result out of a loop (keeps per-lane addresses from occupying registers across the loop)
 opaque_u32 = _make("opaque_u32", "mov.b32 $0, $1;", "=r,r", (_U,), (_U,), side_effect=True)

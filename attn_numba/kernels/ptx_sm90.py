@@ -83,6 +83,7 @@ cp_async_16 = ptx.cp_async16      # cp.async.cg 16 bytes, zero-fill past src_byt
 cp_async_commit = ptx.cp_async_commit
 cp_async_wait = ptx.cp_async_wait
 ex2 = ptx.ex2                     # ex2.approx.ftz.f32
+shl_clamp = ptx.shl_clamp         # shl.b32: x << n, 0 for n >= 32
 
 
 # --------------------------------------------------------------------------- mbarrier
@@ -283,6 +284,7 @@ from numba import config as _config  # noqa: E402
 if _config.ENABLE_CUDASIM:
     from .ptx_sm90_sim import (cp_async_16, cp_async_bulk_g2s, cp_async_commit,  # noqa: E402,F401,F811
                                cp_async_wait, data_ptr, ex2, fence_acc, fence_proxy_async,
+                               shl_clamp,
                                mbarrier_arrive, mbarrier_arrive_expect_tx, mbarrier_init,
                                mbarrier_try_wait, pack2, shfl_xor, smem_addr, wgmma_commit,
                                wgmma_fence, wgmma_rs, wgmma_ss, wgmma_wait)

@@ -82,6 +82,11 @@ def pack2(kind):
     return pack
 
 
+def shl_clamp(x, n):
+    n = int(n)
+    return np.uint32((int(x) << n) & 0xFFFFFFFF) if n < 32 else np.uint32(0)
+
+
 def ex2(x):
     with np.errstate(over="ignore"):
         return np.float32(np.exp2(np.float32(x)))

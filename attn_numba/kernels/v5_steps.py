@@ -10,7 +10,7 @@ from numba import cuda, int32, uint32, uint64
 
 from . import ptx_sm90 as px
 from . import wgmma_layout as wl
-from .mask import band_mask, band_mask_rel, wgmma_acc_rc
+from .mask import band_mask, band_mask_bits, wgmma_acc_rc
 from .pipeline import ring
 from .softmax import epilogue, online_softmax, rescale
 
@@ -38,7 +38,7 @@ def steps(D, BN, kind, heads, v_swap, S, groups=1, lean=False):
     ``heads`` per warpgroup, V descriptor variant ``v_swap``, ``S`` K/V stages and
     ``groups`` consumer warpgroups per block (each with its own 64-row Q tile); ``lean``:
     the softmax folds the scale into its exponent (``softmax.online_softmax(fused=True)``)
-    and masks on 32-bit offsets (``mask.band_mask_rel``), and the wgmma descriptors are
+    and masks through 32-bit keep-masks (``mask.band_mask_bits``), and the wgmma descriptors are
     built once per tile (``issue_qk_lean``)."""
     PB = BLOCK_M // heads
     NT = THREADS * groups               # threads of the block (all of them copy)
@@ -62,7 +62,8 @@ def steps(D, BN, kind, heads, v_swap, S, groups=1, lean=False):
     fence_o = px.fence_acc(O_LEN)
     pack = px.pack2(kind)
     stage, _ = ring(S)
-    mask = (band_mask_rel if lean else band_mask)(wgmma_acc_rc, S_LEN)
+    mask = (band_mask_bits(wgmma_acc_rc, S_LEN, px.shl_clamp) if lean else
+            band_mask(wgmma_acc_rc, S_LEN))
     update = online_softmax(S_LEN, px.ex2, px.shfl_xor, lean)
     rescale_o = rescale(O_LEN)
     finish = epilogue(O_LEN, O_LEN, pack, px.shfl_xor)

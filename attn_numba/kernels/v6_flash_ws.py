@@ -56,38 +56,44 @@ STAGES = 2
 #: PV of tile j-1); off until a GPU sweep has passed with it
 OVERLAP = False
 #: the two consumer warpgroups take turns at the tensor cores (named barriers,
-#: v6_roles._scheduler); off until a GPU sweep has passed with it
-PINGPONG = False
-#: the lean softmax: the scale folded into the exponent's fma (one multiply less per score)
-#: and the mask on 32-bit offsets (v5_steps.steps)
-LEAN = False
+#: v6_roles._scheduler): 3-6% faster on the H200 (runs 29-31, notes/v6_flash_ws.md)
+PINGPONG = True
+#: the lean softmax: the scale folded into the exponent's fma (one multiply less per score),
+#: keep-mask masking, descriptors stepped by constants (v5_steps.steps): 4% faster (run 30)
+LEAN = True
+#: one block per SM taking work tiles in turn (next tile's loads under this one's epilogue)
+PERSISTENT = False
 MAX_SHARED = 227 * 1024
 
 
 def build(head_size, kind="f16", heads=4, block_n=None, stages=None, overlap=None,
-          debug_waits=False, pingpong=None, lean=None):
+          debug_waits=False, pingpong=None, lean=None, persistent=None):
     """The kernel for ``head_size``, ``kind`` ('f16'/'bf16'), ``heads`` query heads per tile
     (4, 2 or 1 of a GQA group), key tile ``block_n``, ``stages``, the consumer loop
-    ``overlap``, the consumers' turns ``pingpong`` and the ``lean`` softmax (None =
-    the module defaults);
+    ``overlap``, the consumers' turns ``pingpong``, the ``lean`` softmax and the
+    ``persistent`` grid (None = the module defaults);
     ``debug_waits``: bounded waits that print
     the one that timed out (v6_roles.roles), for diagnosing a hang."""
     bn = BLOCK_N[head_size] if block_n is None else block_n
     return _build(head_size, kind, heads, bn, STAGES if stages is None else stages,
                   OVERLAP if overlap is None else bool(overlap), bool(debug_waits),
                   PINGPONG if pingpong is None else bool(pingpong),
-                  LEAN if lean is None else bool(lean))
+                  LEAN if lean is None else bool(lean),
+                  PERSISTENT if persistent is None else bool(persistent))
 
 
 @functools.lru_cache(maxsize=None)
 def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
-           lean=False):
+           lean=False, persistent=False):
     assert D in HEAD_SIZES and BN in (64, 128) and S >= 2 and HB in (1, 2, 4)
+    # work tiles: ROWS positions of HB heads of one sequence
     assert lay.shared_bytes(D, BN, S) <= MAX_SHARED
     PB = lay.positions_per_tile(HB)
     ROWS = lay.CONSUMERS * PB            # positions per block
     r = v6_roles.roles(D, BN, kind, HB, S, overlap, debug_waits, pingpong, lean)
-    init_barriers, produce, consume = r.init_barriers, r.produce, r.consume
+    init_barriers, acquire, produce_tile, consume = (r.init_barriers, r.acquire,
+                                                     r.produce_tile, r.consume)
+    sched_init = r.sched_init
     dec = pt.setmaxnreg_dec(PRODUCER_REGS)
     inc = pt.setmaxnreg_inc(CONSUMER_REGS)
 
@@ -95,25 +101,63 @@ def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
     if not numba_config.ENABLE_CUDASIM:
         jit_kw["launch_bounds"] = (THREADS, 1)   # the 1 makes ptxas honour setmaxnreg
 
-    @cuda.jit(**jit_kw)
-    def flash_ws_kernel(q, k, v, out, lse, cu_q, cu_k, scale_log2, left, right, lse_batched,
-                        maps):
-        """q, k, v: uint16 (total, heads, D) views (read through the maps at ``maps``: Q, K,
-        V, 128 bytes each); out: uint32 (total_q, H, D/2). Block (x, y, z) = (positions
-        x*ROWS.., heads y*HB.., sequence z)."""
-        tid = cuda.threadIdx.x
-        wg = tid >> 7
-        b = cuda.blockIdx.z
+    @cuda.jit(device=True, inline=True, cache=True)
+    def work_tile(q, k, cu_q, cu_k, left, right, x, y, b):
+        """Work tile (positions x*ROWS.., heads y*HB.., sequence b): (q0, sq, row0, k0, sk,
+        hbase, hkv, n_lo, ntiles); ``row0 >= sq`` when it lies past its sequence."""
         q0, sq = seq_span(cu_q, b)
-        row0 = cuda.blockIdx.x * ROWS
-        if row0 >= sq:
-            return
+        row0 = x * ROWS
         k0, sk = seq_span(cu_k, b)
-        hbase = cuda.blockIdx.y * HB
+        hbase = y * HB
         hkv = hbase // (q.shape[1] // k.shape[1])
         last = min(row0 + ROWS, sq) - 1
         n_lo, n_hi = key_tiles(row0, last, sq, sk, left, right, BN)
         ntiles = max(n_hi - n_lo, 0) // BN
+        return q0, sq, row0, k0, sk, hbase, hkv, n_lo, ntiles
+
+    if not persistent:
+        @cuda.jit(**jit_kw)
+        def flash_ws_kernel(q, k, v, out, lse, cu_q, cu_k, scale_log2, left, right,
+                            lse_batched, maps):
+            """q, k, v: uint16 (total, heads, D) views (read through the maps at ``maps``:
+            Q, K, V, 128 bytes each); out: uint32 (total_q, H, D/2). Block (x, y, z) =
+            (positions x*ROWS.., heads y*HB.., sequence z)."""
+            tid = cuda.threadIdx.x
+            wg = tid >> 7
+            b = cuda.blockIdx.z
+            q0, sq, row0, k0, sk, hbase, hkv, n_lo, ntiles = work_tile(
+                q, k, cu_q, cu_k, left, right, cuda.blockIdx.x, cuda.blockIdx.y, b)
+            if row0 >= sq:
+                return
+            smem = cuda.shared.array(0, types.uint8)
+            base = (px.smem_addr(smem) + uint32(1023)) & uint32(0xFFFFFC00)
+            if tid == 0:
+                init_barriers(base)
+            cuda.syncthreads()
+            if wg == 0:
+                dec()
+                if tid == 0 and ntiles > 0:
+                    mq, mk, mv = acquire(maps)
+                    produce_tile(base, mq, mk, mv, q0, sq, row0, hbase, k0, hkv, n_lo,
+                                 ntiles, 0, 0)
+            else:
+                inc()
+                last = min(row0 + ROWS, sq) - 1
+                f_lo, f_hi = full_key_tiles(row0, last, sq, sk, left, right, BN)
+                sched_init(wg - 1)
+                consume(base, wg - 1, tid & 127, out, lse, b, q0, sq, sk, row0, hbase, n_lo,
+                        ntiles, f_lo, f_hi, left, right, scale_log2, lse_batched, 0, 0)
+
+        return flash_ws_kernel
+
+    @cuda.jit(**jit_kw)
+    def flash_ws_persistent(q, k, v, out, lse, cu_q, cu_k, scale_log2, left, right,
+                            lse_batched, maps, nx, ny, n_work):
+        """As flash_ws_kernel, each block taking work tiles w = blockIdx.x, + gridDim.x, ...
+        of the ``n_work`` = nx * ny * batch tiles (w = x + nx (y + ny b)): the producer
+        loads the next tile's Q and K/V while the consumers finish this one."""
+        tid = cuda.threadIdx.x
+        wg = tid >> 7
         smem = cuda.shared.array(0, types.uint8)
         base = (px.smem_addr(smem) + uint32(1023)) & uint32(0xFFFFFC00)
         if tid == 0:
@@ -121,15 +165,41 @@ def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
         cuda.syncthreads()
         if wg == 0:
             dec()
-            if tid == 0 and ntiles > 0:
-                produce(base, maps, q0, sq, row0, hbase, k0, hkv, n_lo, ntiles)
+            if tid == 0:
+                mq, mk, mv = acquire(maps)
+                c = 0
+                qn = 0
+                for w in range(cuda.blockIdx.x, n_work, cuda.gridDim.x):
+                    r = w // nx
+                    q0, sq, row0, k0, sk, hbase, hkv, n_lo, ntiles = work_tile(
+                        q, k, cu_q, cu_k, left, right, w - r * nx, r % ny, r // ny)
+                    if row0 < sq and ntiles > 0:
+                        produce_tile(base, mq, mk, mv, q0, sq, row0, hbase, k0, hkv, n_lo,
+                                     ntiles, c, qn)
+                        c += ntiles
+                        qn += 1
         else:
             inc()
-            f_lo, f_hi = full_key_tiles(row0, last, sq, sk, left, right, BN)
-            consume(base, wg - 1, tid & 127, out, lse, b, q0, sq, sk, row0, hbase, n_lo,
-                    ntiles, f_lo, f_hi, left, right, scale_log2, lse_batched)
+            grp = wg - 1
+            sched_init(grp)
+            c = 0
+            qn = 0
+            for w in range(cuda.blockIdx.x, n_work, cuda.gridDim.x):
+                r = w // nx
+                b = r // ny
+                q0, sq, row0, k0, sk, hbase, hkv, n_lo, ntiles = work_tile(
+                    q, k, cu_q, cu_k, left, right, w - r * nx, r % ny, b)
+                if row0 < sq:
+                    last = min(row0 + ROWS, sq) - 1
+                    f_lo, f_hi = full_key_tiles(row0, last, sq, sk, left, right, BN)
+                    consume(base, grp, tid & 127, out, lse, b, q0, sq, sk, row0, hbase,
+                            n_lo, ntiles, f_lo, f_hi, left, right, scale_log2, lse_batched,
+                            c, qn)
+                    if ntiles > 0:
+                        c += ntiles
+                        qn += 1
 
-    return flash_ws_kernel
+    return flash_ws_persistent
 
 
 @functools.lru_cache(maxsize=None)
@@ -148,11 +218,12 @@ def _build_prepare():
 
 # --------------------------------------------------------------------------- module contract
 
-def _signature():
+def _signature(persistent=False):
     u2 = array_type(np.uint16, 3)
-    return (u2, u2, u2, array_type(np.uint32, 3), array_type(np.float32, 3),
-            array_type(np.int32, 1), array_type(np.int32, 1), types.float32, types.int32,
-            types.int32, types.boolean, types.int64)
+    return ((u2, u2, u2, array_type(np.uint32, 3), array_type(np.float32, 3),
+             array_type(np.int32, 1), array_type(np.int32, 1), types.float32, types.int32,
+             types.int32, types.boolean, types.int64) +
+            ((types.int32,) * 3 if persistent else ()))
 
 
 def _prepare_signature():
@@ -178,18 +249,28 @@ def supports(problem):
 
 
 def configure(problem, heads=None, block_n=None, stages=None, overlap=None,
-              debug_waits=False, pingpong=None, lean=None):
-    """(kernel, grid, dynamic shared bytes, heads, block_n) for ``problem``."""
+              debug_waits=False, pingpong=None, lean=None, persistent=None, blocks=None):
+    """(kernel, grid, dynamic shared bytes, heads, block_n, extra scalars) for ``problem``.
+    ``persistent``: a grid of ``blocks`` (default: the device's SMs, at most the work
+    tiles) taking the work tiles in turn; extra scalars ``(nx, ny, n_work)``."""
     hb = heads_per_block(problem.group_size) if heads is None else heads
     d = problem.head_size
     bn = BLOCK_N[d] if block_n is None else block_n
     st = STAGES if stages is None else stages
+    pers = PERSISTENT if persistent is None else bool(persistent)
     kernel = build(d, kind_of(problem.dtype), hb, bn, st, overlap, debug_waits, pingpong,
-                   lean)
+                   lean, pers)
     rows = lay.CONSUMERS * lay.positions_per_tile(hb)
     grid = ((max(problem.max_seqlen_q, 1) + rows - 1) // rows, problem.num_heads // hb,
             problem.batch)
-    return kernel, grid, lay.shared_bytes(d, bn, st), hb, bn
+    extra = ()
+    if pers:
+        n_work = grid[0] * grid[1] * grid[2]
+        if blocks is None:
+            blocks = cuda.get_current_device().MULTIPROCESSOR_COUNT
+        extra = (np.int32(grid[0]), np.int32(grid[1]), np.int32(n_work))
+        grid = (max(min(int(blocks), n_work), 1), 1, 1)
+    return kernel, grid, lay.shared_bytes(d, bn, st), hb, bn, extra
 
 
 def map_specs(problem, heads, block_n):
@@ -214,19 +295,20 @@ def plan(problem, **kw):
     specialisation's own (:func:`attn_numba.tensormap.template_maps`, made once); calls that
     share a specialisation must run on one stream (the first launch rewrites the maps).
     Keyword overrides (``heads``, ``block_n``, ``stages``, ``overlap``, ``pingpong``,
-    ``lean``, ``debug_waits``) as
-    in :func:`build`."""
+    ``lean``, ``persistent``, ``blocks``, ``debug_waits``) as in :func:`build` and
+    :func:`configure`."""
     from .. import tensormap
     from . import Plan
-    kernel, grid, shared, hb, bn = configure(problem, **kw)
+    kernel, grid, shared, hb, bn, extra = configure(problem, **kw)
     specs = map_specs(problem, hb, bn)
     dev = cuda.get_current_device().id
     maps = tensormap.template_maps(specs, (NAME, dev, specs)).address
-    opt_in_shared(kernel, _signature(), shared)
+    opt_in_shared(kernel, _signature(bool(extra)), shared)
     prep = Plan(_build_prepare(), (1,), 32, (np.uint16,) * 3, (np.int64(maps),),
                 arrays=("q", "k", "v"))
     views = (np.uint16, np.uint16, np.uint16, np.uint32)
-    main = Plan(kernel, grid, THREADS, views, _scalars(problem) + (np.int64(maps),), shared)
+    main = Plan(kernel, grid, THREADS, views,
+                _scalars(problem) + (np.int64(maps),) + extra, shared)
     return (prep, main)
 
 
@@ -238,9 +320,10 @@ def plan_direct(problem, q_ptr, k_ptr, v_ptr, **kw):
     the 256 most recent of ``maps_for``'s cache. Keywords as in :func:`plan`."""
     from .. import tensormap
     from . import Plan
-    kernel, grid, shared, hb, bn = configure(problem, **kw)
+    kernel, grid, shared, hb, bn, extra = configure(problem, **kw)
     specs = map_specs(problem, hb, bn)
     maps = tensormap.maps_for(zip((q_ptr, k_ptr, v_ptr), specs)).address
-    opt_in_shared(kernel, _signature(), shared)
+    opt_in_shared(kernel, _signature(bool(extra)), shared)
     views = (np.uint16, np.uint16, np.uint16, np.uint32)
-    return (Plan(kernel, grid, THREADS, views, _scalars(problem) + (np.int64(maps),), shared),)
+    return (Plan(kernel, grid, THREADS, views,
+                 _scalars(problem) + (np.int64(maps),) + extra, shared),)

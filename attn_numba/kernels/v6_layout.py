@@ -56,19 +56,19 @@ def stage_offset(stage, head_size, block_n):
 
 
 def barrier_offsets(head_size, block_n, stages):
-    """(q_full, k_full, v_full, k_empty, v_empty) byte offsets: one Q barrier, then
+    """(q_full, k_full, v_full, k_empty, v_empty, q_empty) byte offsets: the Q barrier, then
     ``stages`` each of K-full, V-full, K-empty and V-empty barriers (stage ``s`` at + 8 s),
-    after the tiles. K and V have their own empty barriers so that a stage's K can be
-    refilled as soon as QK^T has read it, while PV still reads its V."""
+    then Q-empty, after the tiles. K and V have their own empty barriers so that a stage's K
+    can be refilled as soon as QK^T has read it, while PV still reads its V; Q-empty lets
+    the persistent kernel load its next tile's Q once the consumers are done with this one."""
     base = stage_offset(stages, head_size, block_n)
-    return tuple(base + BAR_BYTES * (1 + (i - 1) * stages) if i else base for i in range(5))
+    return (base,) + tuple(base + BAR_BYTES * (1 + i * stages) for i in range(5))
 
 
 def shared_bytes(head_size, block_n, stages):
     """Dynamic shared memory of a block: tiles, barriers, and 1024 bytes of slack for the
     base's alignment to the swizzle atom."""
-    return (barrier_offsets(head_size, block_n, stages)[4] + BAR_BYTES * stages +
-            ATOM_BYTES)
+    return barrier_offsets(head_size, block_n, stages)[5] + BAR_BYTES + ATOM_BYTES
 
 
 def box_swizzled_offset(r, e):

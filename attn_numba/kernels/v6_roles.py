@@ -10,6 +10,12 @@ softmax, PV and the epilogue on 64 rows). They meet only at mbarriers in shared 
 * ``k_empty[s]``, ``v_empty[s]``: ``EMPTY_ARRIVALS`` = 8 arrivals, lane 0 of every consumer
   warp once its QK^T (PV) wgmma of the stage's tile has completed; the producer waits for
   phase ``j // S - 1`` of each before loading tile ``j``'s K (V) into stage ``s``.
+* ``q_empty``: 8 arrivals once a consumer warp's key loop is over; the persistent kernel's
+  producer waits for it before loading the next work tile's Q (Q load ``n`` waits for phase
+  ``n - 1``; ``q_full`` completes phase ``n``).
+
+Key tiles are counted over the block's whole life (``c0``: the tiles of its earlier work
+tiles), so the ring and its parities run on from one work tile to the next.
 
 A consumer's key loop is the plain one (wait K, QK^T, softmax, wait V, PV) or the
 overlapped one (QK^T of tile j issued with PV of tile j-1). With ``pingpong`` the two
@@ -42,7 +48,7 @@ SCHED_THREADS = 128 * lay.CONSUMERS
 #: try_wait attempts before a debug build reports a wait as hung (each attempt waits a
 #: hardware-chosen time: a few microseconds, so about seconds in all)
 WAIT_LIMIT = 1 << 20
-Roles = namedtuple("Roles", "init_barriers produce consume")
+Roles = namedtuple("Roles", "init_barriers acquire produce_tile consume sched_init")
 
 _stage_phase = cuda.jit(device=True, inline=True, cache=True)(lay.stage_phase)
 _consumer_rows = cuda.jit(device=True, inline=True, cache=True)(lay.consumer_rows)
@@ -57,7 +63,8 @@ def _wait(debug_waits):
     if debug_waits:
         @cuda.jit(device=True, inline=True, cache=True)
         def wait(bar, parity, what, j):
-            """Wait for barrier ``what`` (0 Q, 1 K, 2 V, 3 K empty, 4 V empty) of tile ``j``."""
+            """Wait for barrier ``what`` (0 Q, 1 K, 2 V, 3 K empty, 4 V empty, 5 Q empty) of
+            tile ``j``."""
             if pt.mbarrier_wait_bounded(bar, parity, WAIT_LIMIT) == 0:
                 print("flash_ws: wait timed out: barrier", what, "tile", j, "parity", parity,
                       "block", cuda.blockIdx.x, cuda.blockIdx.y, cuda.blockIdx.z, "thread",
@@ -78,7 +85,7 @@ def _producer(D, BN, HB, S, wait, stage_k):
     NC = lay.CONSUMERS
     Q_TILE = lay.q_tile_bytes(D)
     KV_BYTES = lay.kv_tile_bytes(D, BN)
-    QF, KF, VF, KE, VE = lay.barrier_offsets(D, BN, S)
+    QF, KF, VF, KE, VE, QE = lay.barrier_offsets(D, BN, S)
 
     @cuda.jit(device=True, inline=True, cache=True)
     def init_barriers(base):
@@ -90,21 +97,30 @@ def _producer(D, BN, HB, S, wait, stage_k):
             pt.mbarrier_init(base + uint32(VF + 8 * s), 1)
             pt.mbarrier_init(base + uint32(KE + 8 * s), EMPTY_ARRIVALS)
             pt.mbarrier_init(base + uint32(VE + 8 * s), EMPTY_ARRIVALS)
+        pt.mbarrier_init(base + uint32(QE), EMPTY_ARRIVALS)
         pt.fence_mbarrier_init()
 
     @cuda.jit(device=True, inline=True, cache=True)
-    def produce(base, maps, q0, sq, row0, hbase, k0, hkv, n_lo, ntiles):
-        """One thread: Q of both consumers once, then K/V tile j (keys n_lo + j BN ..) into
-        stage j % S, K as soon as that stage's K is free, then V likewise. Box rows past the
-        tensor are zero-filled (and still counted in the barrier's bytes); no box starts
-        past it."""
+    def acquire(maps):
+        """The Q, K and V maps' addresses, acquired (once per block, before any TMA)."""
         mq = uint64(maps)
         mk = mq + uint64(128)
         mv = mq + uint64(256)
         pt.fence_tensormap_acquire(mq)
         pt.fence_tensormap_acquire(mk)
         pt.fence_tensormap_acquire(mv)
+        return mq, mk, mv
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def produce_tile(base, mq, mk, mv, q0, sq, row0, hbase, k0, hkv, n_lo, ntiles, c0, qn):
+        """One thread, one work tile: Q of both consumers (load ``qn`` of the block: after
+        the consumers released load ``qn - 1``), then K/V tile j (keys n_lo + j BN ..) into
+        stage (c0 + j) % S, K as soon as that stage's K is free, then V likewise. Box rows
+        past the tensor are zero-filled (and still counted in the barrier's bytes); no box
+        starts past it."""
         qbar = base + uint32(QF)
+        if qn > 0:
+            wait(base + uint32(QE), uint32((qn - 1) & 1), 5, qn)
         # a consumer whose rows all lie past the sequence gets no Q (its box would start
         # past the tensor); its rows are never written. Every other box starts inside it.
         nq = 0
@@ -119,18 +135,18 @@ def _producer(D, BN, HB, S, wait, stage_k):
                                    uint32(cb * BC), uint32(hbase + hi),
                                    uint32(q0 + row0 + c * PB), qbar)
         for j in range(ntiles):
-            ju = uint32(j)          # unsigned: j % S and j // S without a sign fix-up
+            ju = uint32(c0 + j)     # unsigned: j % S and j // S without a sign fix-up
             s, ph = _stage_phase(ju, S)
             sk_ = stage_k(base, ju)
             key = uint32(k0 + n_lo + j * BN)
-            if j >= S:
+            if ju >= S:
                 wait(base + uint32(KE + 8 * s), uint32(ph ^ 1), 3, j)
             kb = base + uint32(KF + 8 * s)
             pt.mbarrier_arrive_expect_tx(kb, uint32(KV_BYTES))
             for cb in range(CB):
                 pt.tma_load_3d(sk_ + uint32(_kv_box_offset(cb, BN)), mk,
                                uint32(cb * BC), uint32(hkv), key, kb)
-            if j >= S:
+            if ju >= S:
                 wait(base + uint32(VE + 8 * s), uint32(ph ^ 1), 4, j)
             vb = base + uint32(VF + 8 * s)
             pt.mbarrier_arrive_expect_tx(vb, uint32(KV_BYTES))
@@ -138,7 +154,7 @@ def _producer(D, BN, HB, S, wait, stage_k):
                 pt.tma_load_3d(sk_ + uint32(KV_BYTES + _kv_box_offset(cb, BN)), mv,
                                uint32(cb * BC), uint32(hkv), key, vb)
 
-    return init_barriers, produce
+    return init_barriers, acquire, produce_tile
 
 
 def _scheduler(pingpong):
@@ -176,7 +192,7 @@ def _scheduler(pingpong):
 def _loops(D, BN, S, st, wait, pingpong):
     """(loop_plain, loop_overlap): a consumer's key loop, from v5's steps ``st``."""
     KV_BYTES = lay.kv_tile_bytes(D, BN)
-    _, KF, VF, KE, VE = lay.barrier_offsets(D, BN, S)
+    _, KF, VF, KE, VE, _ = lay.barrier_offsets(D, BN, S)
     stage_k, issue_qk, issue_pv = st.stage_k, st.issue_qk, st.issue_pv
     softmax, rescale_pack = st.softmax, st.rescale_pack
     fence_s = px.fence_acc(BN // 2)
@@ -191,8 +207,8 @@ def _loops(D, BN, S, st, wait, pingpong):
             pt.mbarrier_arrive(base + uint32(bar + 8 * stg))
 
     @cuda.jit(device=True, inline=True, cache=True)
-    def loop_plain(base, grp, sQw, s, o, pa, n_lo, ntiles, f_lo, f_hi, t, lane, lo_a, hi_a,
-                   lo_b, hi_b, scale_log2):
+    def loop_plain(base, grp, sQw, s, o, pa, n_lo, ntiles, c0, f_lo, f_hi, t, lane, lo_a,
+                   hi_a, lo_b, hi_b, scale_log2):
         """The simplest pipeline: per tile wait K, S = QK^T, release K, softmax, wait V,
         O += PV, release V. With pingpong a warpgroup's turn at the tensor cores is PV of
         tile j-1 and QK^T of tile j. Returns the rows' (m_a, m_b, l_a, l_b)."""
@@ -200,10 +216,9 @@ def _loops(D, BN, S, st, wait, pingpong):
         m_b = NEG_INF
         l_a = ZERO
         l_b = ZERO
-        sched_init(grp)
         sched_sync(grp)
         for j in range(ntiles):
-            ju = uint32(j)
+            ju = uint32(c0 + j)
             stg, ph = _stage_phase(ju, S)
             n0 = n_lo + j * BN
             sk_ = stage_k(base, ju)
@@ -231,7 +246,7 @@ def _loops(D, BN, S, st, wait, pingpong):
         return m_a, m_b, l_a, l_b
 
     @cuda.jit(device=True, inline=True, cache=True)
-    def loop_overlap(base, grp, sQw, s, o, pa, n_lo, ntiles, f_lo, f_hi, t, lane, lo_a,
+    def loop_overlap(base, grp, sQw, s, o, pa, n_lo, ntiles, c0, f_lo, f_hi, t, lane, lo_a,
                      hi_a, lo_b, hi_b, scale_log2):
         """FlashAttention-3's intra-warpgroup overlap (as flash_wgmma's ``overlap``): QK^T of
         tile j and PV of tile j-1 are issued together and the softmax of tile j runs while
@@ -240,20 +255,21 @@ def _loops(D, BN, S, st, wait, pingpong):
         ``ntiles >= 1``; the first QK^T and the last PV are peeled (no accumulator is a phi
         across a wgmma)."""
         n0 = n_lo
-        wait(base + uint32(KF), uint32(0), 1, 0)
+        first = uint32(c0)
+        stg, ph = _stage_phase(first, S)
+        wait(base + uint32(KF + 8 * stg), uint32(ph), 1, 0)
         px.wgmma_fence()
-        issue_qk(s, sQw, stage_k(base, 0))
+        issue_qk(s, sQw, stage_k(base, first))
         px.wgmma_commit()
         wait0()
         fence_s(s)
-        release(base, KE, 0, lane)
+        release(base, KE, stg, lane)
         m_a, m_b, l_a, l_b, al_a, al_b = softmax(
             s, n0, not (f_lo <= n0 and n0 + BN <= f_hi), t, lo_a, hi_a, lo_b, hi_b, NEG_INF,
             NEG_INF, ZERO, ZERO, scale_log2)
         rescale_pack(o, s, pa, al_a, al_b)
-        sched_init(grp)
         for j in range(1, ntiles):
-            ju = uint32(j)
+            ju = uint32(c0 + j)
             stg, ph = _stage_phase(ju, S)
             prv, pph = _stage_phase(ju - uint32(1), S)
             n0 = n_lo + j * BN
@@ -276,7 +292,7 @@ def _loops(D, BN, S, st, wait, pingpong):
             fence_o(o)
             release(base, VE, prv, lane)
             rescale_pack(o, s, pa, al_a, al_b)
-        last = uint32(ntiles - 1)
+        last = uint32(c0 + ntiles - 1)
         stg, ph = _stage_phase(last, S)
         wait(base + uint32(VF + 8 * stg), uint32(ph), 2, last)
         px.wgmma_fence()
@@ -287,7 +303,7 @@ def _loops(D, BN, S, st, wait, pingpong):
         release(base, VE, stg, lane)
         return m_a, m_b, l_a, l_b
 
-    return loop_plain, loop_overlap
+    return loop_plain, loop_overlap, sched_init
 
 
 @functools.lru_cache(maxsize=None)
@@ -309,14 +325,17 @@ def roles(D, BN, kind, HB, S, overlap=False, debug_waits=False, pingpong=False, 
     st = v5_steps.steps(D, BN, kind, HB, False, S, lay.CONSUMERS, lean)
     finish = st.finish
     wait = _wait(debug_waits)
-    init_barriers, produce = _producer(D, BN, HB, S, wait, st.stage_k)
-    loop = _loops(D, BN, S, st, wait, pingpong)[1 if overlap else 0]
+    init_barriers, acquire, produce_tile = _producer(D, BN, HB, S, wait, st.stage_k)
+    plain, overlapped, sched_init = _loops(D, BN, S, st, wait, pingpong)
+    loop = overlapped if overlap else plain
+    QE = lay.barrier_offsets(D, BN, S)[5]
 
     @cuda.jit(device=True, inline=True, cache=True)
     def consume(base, grp, ctid, out, lse, b, q0, sq, sk, row0, hbase, n_lo, ntiles,
-                f_lo, f_hi, left, right, scale_log2, lse_batched):
-        """Consumer warpgroup ``grp`` (thread ``ctid`` 0..127 of it): its rows, the key
-        loop, the epilogue."""
+                f_lo, f_hi, left, right, scale_log2, lse_batched, c0, qn):
+        """Consumer warpgroup ``grp`` (thread ``ctid`` 0..127 of it), one work tile: its
+        rows, the key loop (key tiles ``c0 ..`` of the block, Q load ``qn``), the release of
+        Q, the epilogue."""
         warp = ctid >> 5
         lane = ctid & 31
         t = lane & 3
@@ -337,9 +356,11 @@ def roles(D, BN, kind, HB, S, overlap=False, debug_waits=False, pingpong=False, 
         l_a = ZERO
         l_b = ZERO
         if ntiles > 0:
-            wait(base + uint32(QF), uint32(0), 0, 0)
-            m_a, m_b, l_a, l_b = loop(base, grp, sQw, s, o, pa, n_lo, ntiles, f_lo, f_hi, t,
-                                      lane, lo_a, hi_a, lo_b, hi_b, scale_log2)
+            wait(base + uint32(QF), uint32(qn & 1), 0, qn)
+            m_a, m_b, l_a, l_b = loop(base, grp, sQw, s, o, pa, n_lo, ntiles, c0, f_lo, f_hi,
+                                      t, lane, lo_a, hi_a, lo_b, hi_b, scale_log2)
+            if lane == 0:
+                pt.mbarrier_arrive(base + uint32(QE))
         finish(o, m_a, m_b, l_a, l_b, out, lse, b, hw, q0, pos_a, pos_b, sq, t, lse_batched)
 
-    return Roles(init_barriers, produce, consume)
+    return Roles(init_barriers, acquire, produce_tile, consume, sched_init)
