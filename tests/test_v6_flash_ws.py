@@ -80,13 +80,26 @@ def test_supports_says_why_not(kw, match):
 def test_configure_packs_a_gqa_group_into_128_rows():
     p = _problem(max_seqlen_q=8192, total_q=8192, total_k=8192, max_seqlen_k=8192,
                  num_heads=32, num_kv_heads=8)
-    _, grid, shared, hb, bn, _ = v6.configure(p)
+    _, grid, shared, hb, bn, extra = v6.configure(p, persistent=False, block_n=64)
     assert (hb, bn) == (4, 64) and grid == (256, 8, 1)         # 32 positions x 4 heads
-    assert shared == lay.shared_bytes(128, 64, 2)
+    assert shared == lay.shared_bytes(128, 64, 2) and extra == ()
     q, k, v = v6.map_specs(p, hb, bn)
     assert q.box == (64, 1, 16) and k.box == (64, 1, 64) and k == v
-    _, grid1, *_ = v6.configure(dataclasses.replace(p, num_kv_heads=32))
+    _, grid1, *_ = v6.configure(dataclasses.replace(p, num_kv_heads=32), persistent=False)
     assert grid1 == (64, 32, 1)                                  # 128 positions x 1 head
+
+
+def test_configure_persistent_grid_takes_the_work_tiles_in_turn():
+    """The defaults: BN 128, one block per SM (here 132) over the 256 x 8 work tiles, whose
+    shape goes to the kernel as (nx, ny, n_work); never more blocks than work tiles."""
+    p = _problem(max_seqlen_q=8192, total_q=8192, total_k=8192, max_seqlen_k=8192,
+                 num_heads=32, num_kv_heads=8)
+    _, grid, shared, hb, bn, extra = v6.configure(p, blocks=132)
+    assert (hb, bn, grid) == (4, 128, (132, 1, 1))
+    assert tuple(map(int, extra)) == (256, 8, 2048) and shared == lay.shared_bytes(128, 128, 2)
+    small = dataclasses.replace(p, max_seqlen_q=40, total_q=40)
+    _, grid, _, _, _, extra = v6.configure(small, blocks=132)
+    assert grid == (16, 1, 1) and tuple(map(int, extra)) == (2, 8, 16)
 
 
 def test_compile_targets_cover_kernel_and_map_writer():
@@ -102,9 +115,11 @@ _COMPILE = textwrap.dedent("""
     from attn_numba.kernels import v6_flash_ws as v6
     out = {}
     for d, kind, hb, bn, st, *ov in json.loads(sys.argv[1]):
+        pers = bool(len(ov) > 3 and ov[3])
         k = v6.build(d, kind, hb, bn, st, bool(ov and ov[0]),
-                     pingpong=bool(len(ov) > 1 and ov[1]), lean=bool(len(ov) > 2 and ov[2]))
-        ptx, _ = cuda.compile_ptx(k.py_func, v6._signature(), cc=(9, 0, "a"),
+                     pingpong=bool(len(ov) > 1 and ov[1]), lean=bool(len(ov) > 2 and ov[2]),
+                     persistent=pers)
+        ptx, _ = cuda.compile_ptx(k.py_func, v6._signature(pers), cc=(9, 0, "a"),
                                   launch_bounds=(v6.THREADS, 1))
         out["-".join(map(str, [d, kind, hb, bn, st, *ov]))] = ptx
     ptx, _ = cuda.compile_ptx(v6._build_prepare().py_func, v6._prepare_signature(),
@@ -143,9 +158,11 @@ def _compile(tmp_path, variants):
 
 @pytest.mark.slow
 def test_kernel_compiles_and_assembles_d128_f16(tmp_path):
-    ptxs = _compile(tmp_path, [[128, "f16", 4, 64, 2, 0, 1, 1]])       # the defaults
-    assert (v6.OVERLAP, v6.PINGPONG, v6.LEAN) == (False, True, True)
-    _check_variant(ptxs["128-f16-4-64-2-0-1-1"], 128, 64, tmp_path, "main", pingpong=True)
+    ptxs = _compile(tmp_path, [[128, "f16", 4, 128, 2, 0, 1, 1, 1]])      # the defaults
+    assert (v6.OVERLAP, v6.PINGPONG, v6.LEAN, v6.PERSISTENT) == (False, True, True, True)
+    assert v6.BLOCK_N[128] == 128 and v6.STAGES == 2
+    _check_variant(ptxs["128-f16-4-128-2-0-1-1-1"], 128, 128, tmp_path, "main",
+                   pingpong=True)
     prep = ptxs["prepare"]
     assert prep.count("tensormap.replace.tile.global_address.global.b1024.b64") == 3
     rc, log = ptxas(prep, tmp_path, "prep")
@@ -158,9 +175,11 @@ def test_kernel_compiles_and_assembles_d128_f16(tmp_path):
                                      [128, "f16", 4, 64, 2, 1], [64, "bf16", 1, 128, 2, 1],
                                      [128, "f16", 4, 64, 2, 0, 1], [128, "f16", 4, 128, 2, 1, 1],
                                      [64, "bf16", 1, 128, 2, 0, 1, 1],
-                                     [128, "f16", 4, 128, 2, 1, 1, 1]])
+                                     [128, "f16", 4, 128, 2, 1, 1, 1],
+                                     [128, "f16", 4, 64, 2, 0, 1, 1, 0],
+                                     [64, "bf16", 1, 64, 3, 1, 1, 1, 1]])
 def test_kernel_variants_compile_and_assemble(tmp_path, variant):
-    """[D, kind, heads, BN, stages, (overlap, (pingpong, (lean)))]."""
+    """[D, kind, heads, BN, stages, (overlap, (pingpong, (lean, (persistent))))]."""
     d, kind, hb, bn, st, *ov = variant
     ptx = _compile(tmp_path, [variant])["-".join(map(str, variant))]
     _check_variant(ptx, d, bn, tmp_path, "v", overlap=bool(ov and ov[0]),

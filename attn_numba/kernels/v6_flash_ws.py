@@ -48,8 +48,9 @@ CONSUMER_REGS = 240
 #: the budgets add up to the entry allocation of 384 threads at one block per SM (3 x 168)
 assert PRODUCER_REGS + lay.CONSUMERS * CONSUMER_REGS == 3 * ((65536 // THREADS) // 8 * 8)
 HEAD_SIZES = (64, 128)
-#: keys per tile, per head size (unmeasured: the GPU script times 64 and 128)
-BLOCK_N = {64: 64, 128: 64}
+#: keys per tile, per head size: 128 at D = 128 is faster than 64 with the persistent grid
+#: at 9 of the log's 10 configurations (run 33); D = 64 unmeasured
+BLOCK_N = {64: 64, 128: 128}
 #: K/V stages
 STAGES = 2
 #: consumer loop with FlashAttention-3's intra-warpgroup overlap (QK^T of tile j issued with
@@ -61,8 +62,9 @@ PINGPONG = True
 #: the lean softmax: the scale folded into the exponent's fma (one multiply less per score),
 #: keep-mask masking, descriptors stepped by constants (v5_steps.steps): 4% faster (run 30)
 LEAN = True
-#: one block per SM taking work tiles in turn (next tile's loads under this one's epilogue)
-PERSISTENT = False
+#: one block per SM taking work tiles in turn (next tile's loads under this one's epilogue):
+#: 9-20% faster from 2048 tokens up (run 33, notes/v6_flash_ws.md)
+PERSISTENT = True
 MAX_SHARED = 227 * 1024
 
 
@@ -238,7 +240,7 @@ def compile_targets(head_size, dtype, heads=(4,)):
     if kind is None or head_size not in HEAD_SIZES:
         return []
     return ([(f"flash_ws_kernel_{kind}_d{head_size}_h{hb}", build(head_size, kind, hb),
-              _signature()) for hb in heads] +
+              _signature(PERSISTENT)) for hb in heads] +
             [("flash_ws_prepare", _build_prepare(), _prepare_signature())])
 
 
@@ -266,8 +268,8 @@ def configure(problem, heads=None, block_n=None, stages=None, overlap=None,
     extra = ()
     if pers:
         n_work = grid[0] * grid[1] * grid[2]
-        if blocks is None:
-            blocks = cuda.get_current_device().MULTIPROCESSOR_COUNT
+        if blocks is None:   # the simulator's device has no SM count: a block per tile
+            blocks = getattr(cuda.get_current_device(), "MULTIPROCESSOR_COUNT", n_work)
         extra = (np.int32(grid[0]), np.int32(grid[1]), np.int32(n_work))
         grid = (max(min(int(blocks), n_work), 1), 1, 1)
     return kernel, grid, lay.shared_bytes(d, bn, st), hb, bn, extra
