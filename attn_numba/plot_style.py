@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections import Counter
 
 OTHER_AXES = ("num_seqs", "num_heads", "num_kv_heads", "head_size", "window_left", "window_right")
-#: draw order and colours: package kernels, then peers
+#: draw order and colours: package kernels, then peers (flash_ws last, so that the colours
+#: of the figures drawn before it existed stay as they were)
 ORDER = ("naive", "tiled", "flash", "flash_tc", "flash_wgmma", "flexattention", "sdpa", "fa4",
-         "cudnn")
+         "cudnn", "flash_ws")
 #: the peers, drawn dotted with square markers, and who makes each
 PEER_LABEL = {"flexattention": "PyTorch", "sdpa": "PyTorch", "fa4": "FlashAttention-4",
               "cudnn": "cuDNN"}

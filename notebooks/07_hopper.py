@@ -316,7 +316,7 @@ for path in found:
               f"HGMMA in SASS: {'not recorded' if e.get('hgmma') is None else e['hgmma']}")
 
 # %% [markdown]
-# ## 7. What v6 (`flash_ws`) adds, and why it is not faster yet
+# ## 7. What v6 (`flash_ws`) adds, step by step
 #
 # v5 is one block of one warpgroup (128 threads) per 16 positions x 4 heads; every warp both
 # copies K/V (`cp.async`) and computes. FlashAttention-3 and -4 split the roles, and v6
@@ -327,26 +327,34 @@ for path in found:
 #   `cp.async.bulk.tensor` boxes of Q, K and V through `CUtensorMap`s in global memory
 #   (`attn_numba/tensormap.py`, `kernels/ptx_tma.py`); the boxes land 128B-swizzled, the
 #   layout of section 1, so wgmma reads them as they are;
-# * an **mbarrier pipeline** of K/V stages (full and empty barriers per stage,
-#   `kernels/pipeline.py` keeps the stage index and parity);
+# * an **mbarrier pipeline** of K/V stages (full barriers, and empty barriers for K and V
+#   apart, so a stage's K is refilled while PV still reads its V);
 # * `setmaxnreg`: the producer gives up registers (24), the **two consumer warpgroups** take
 #   them (240 each), 384 threads per block under `launch_bounds=(384, 1)`;
 # * 128-row tiles (32 positions x 4 heads of a GQA group), so each K/V tile serves twice as
 #   many rows as in v5.
 #
-# Measured on the H200 (run 22, `scripts/gpu_v6_check.py`, `do_bench_cudagraph`, the log's
-# shape, `notes/v6_flash_ws.md`): correct on all 61 cases of its sweep; at 8192 tokens
-# 0.1842 ms non-causal against v5's 0.1836, 0.1559 ms causal against 0.1338. Over the grid
-# v6/v5 is 0.97-1.00 non-causal and 1.10-1.14 causal, so `auto` keeps v5.
+# That alone ran at v5's speed (run 22: 0.97-1.00x non-causal, 1.10-1.14x causal). ncu then
+# showed where the time went (run 29, 8192 tokens non-causal, `--clock-control none`): v6
+# issued 1.8x FlashAttention-4's instructions for the same work, so the consumers' instruction
+# count, not the loads, was the gap. Then came three steps, each measured on the H200 in the
+# same process as FA4 (`scripts/gpu_v6_check.py`, `do_bench_cudagraph`, the log's shape,
+# ms at 8192 tokens non-causal):
 #
-# What ncu said about v5 against FlashAttention-4 at 8192 non-causal (issue 21, H200,
-# `--clock-control none`): v5 keeps 49.6% of issue slots busy (IPC 2.03) for 187 us, FA4
-# 26.7% (IPC 1.15) for 134 us: v5 issues about twice the instructions for the same work.
-# v6 removed the copies from the computing warps, yet its time did not move: the critical
-# path is the per-tile chain QK^T -> softmax -> PV on one consumer warpgroup, which v6 runs
-# as v5 does. FlashAttention-3's answers are the next steps, not yet built or measured here:
-# the two consumers **ping-ponging** on named barriers (one in softmax while the other's
-# wgmma runs, in a fixed order), QK^T of the next tile issued during this tile's softmax (built
-# as `overlap=True`; it was slower in run 22), and tiles matched to the band for the causal
-# case. ncu of v6 itself has not been run.
+# | step | v6 | FA4 |
+# |---|---:|---:|
+# | v6 as first built (run 29) | 0.1811 | 0.1371 |
+# | + the consumers take **turns** at the tensor cores on two named barriers (run 29) | 0.1744 | |
+# | + a **lean softmax**: scale folded into the exponent's fma, 32-bit masks (run 30) | 0.1687 | 0.1374 |
+# | + a **persistent grid**, one block per SM, 128-key tiles (run 33) | 0.1450 | 0.1366 |
+#
+# The persistent grid helps most because each block has only a few key tiles of the 288-key
+# band: with one block per SM, the next work tile's Q and K/V loads now run under this tile's
+# epilogue instead of after it. The overlapped loop (QK^T of the next tile issued during this
+# tile's softmax) is still slower, with or without the turns.
+#
+# The public calls, NVBench (run 34, `attn-numba bench`): flash_ws is within 1.09x of FA4
+# from 4096 tokens up, and under cuDNN there. At 512 and 1024 tokens (one or two waves of
+# blocks) it is slower than v5, and its maps are rewritten per call, which two streams could
+# race on. So `auto` keeps v5; the table is in the README.
 
