@@ -63,7 +63,7 @@ PINGPONG = True
 #: keep-mask masking, descriptors stepped by constants (v5_steps.steps): 4% faster (run 30)
 LEAN = True
 #: one block per SM taking work tiles in turn (next tile's loads under this one's epilogue):
-#: 9-20% faster from 2048 tokens up (run 33, notes/v6_flash_ws.md)
+#: with 128-key tiles 13-16% faster from 2048 tokens up (run 33, notes/v6_flash_ws.md)
 PERSISTENT = True
 MAX_SHARED = 227 * 1024
 
