@@ -1,7 +1,6 @@
-"""The element mask: :func:`band_mask_rel` (32-bit offsets from the thread's first column)
-and :func:`band_mask_bits` (keep-masks) against :func:`band_mask` and against the key ranges
-themselves, for both tensor-core layouts, on Numba's simulator (the masks are device
-functions)."""
+"""The element mask: :func:`band_mask_bits` (keep-masks) against :func:`band_mask` and against
+the key ranges themselves, for both tensor-core layouts, on Numba's simulator (the masks are
+device functions)."""
 import numpy as np
 import pytest
 from numba import cuda
@@ -29,7 +28,7 @@ def _kernel(fn, n_regs):
 
 
 @pytest.mark.parametrize("layout,n_regs", [("wgmma", 32), ("wgmma", 64), ("mma", 16)])
-def test_relative_mask_equals_the_mask_and_the_key_ranges(rng, layout, n_regs):
+def test_keep_mask_equals_the_mask_and_the_key_ranges(rng, layout, n_regs):
     frag = mask.wgmma_acc_rc if layout == "wgmma" else mask.mma_c_rc
     host = mask._host_rc(frag)
     for trial in range(4):
@@ -40,7 +39,6 @@ def test_relative_mask_equals_the_mask_and_the_key_ranges(rng, layout, n_regs):
         s0 = rng.standard_normal((32, n_regs)).astype(np.float32)
         got = {}
         for name, fn in (("abs", mask.band_mask(frag, n_regs)),
-                         ("rel", mask.band_mask_rel(frag, n_regs)),
                          ("bits", mask.band_mask_bits(frag, n_regs, px.shl_clamp))):
             s = s0.copy()
             _kernel(fn, n_regs)[1, 32](s, n0, lo, hi)
@@ -53,7 +51,6 @@ def test_relative_mask_equals_the_mask_and_the_key_ranges(rng, layout, n_regs):
                 if not lo[lane, b] <= n0[0] + col <= hi[lane, b]:
                     want[lane, i] = NEG
         np.testing.assert_array_equal(got["abs"], want)
-        np.testing.assert_array_equal(got["rel"], want)
         np.testing.assert_array_equal(got["bits"], want)
 
 

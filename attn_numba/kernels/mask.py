@@ -11,10 +11,9 @@ sequence end (``hi <= sk - 1``). A score outside its row's range becomes ``-inf`
 Which tiles need this mask at all is :func:`attn_numba.kernels.tile_range.full_key_tiles`'s
 answer (or the kernel's own test for tiles that do not start at multiples of the tile size).
 Layouts: mma.sync's C fragment (:func:`mma_c_rc`), wgmma's accumulator (:func:`wgmma_acc_rc`).
-:func:`band_mask_rel` is the same mask in 32-bit offsets from the thread's first column, for
-layouts whose column is a lane part plus a register part (fewer instructions per score);
-:func:`band_mask_bits` turns each row's range into a 32-bit keep-mask first, so that a score
-costs a bit test and a select (ptxas turns runs of bit tests into ``R2P``).
+:func:`band_mask_bits` is the same mask for layouts whose column is a lane part plus a
+register part: each row's range becomes a 32-bit keep-mask first, so that a score costs a
+bit test and a select instead of two compares and a select.
 """
 import numpy as np
 from numba import cuda, int32, uint32
@@ -81,34 +80,6 @@ def check_separable(frag_rc, n_regs):
             if col != rc(lane, 0)[1] + rc(0, i)[1] or (row < 8) != (rc(0, i)[0] < 8):
                 raise ValueError(f"frag_rc: register {i} of lane {lane} at ({row}, {col}) "
                                  f"is not a lane part plus a register part")
-
-
-def band_mask_rel(frag_rc, n_regs):
-    """:func:`band_mask` computed on 32-bit offsets: each row's key range is taken relative
-    to the thread's first column ``n0 + col(lane, 0)`` once, then every register compares
-    its constant offset ``col(0, i)`` with it (two compares and a select per score, no
-    64-bit arithmetic). Needs a separable layout (:func:`check_separable`) and key ranges
-    within 2^31 of the tile."""
-    check_separable(frag_rc, n_regs)
-
-    @cuda.jit(device=True, inline=True, cache=True)
-    def mask(s, n0, lane, lo_a, hi_a, lo_b, hi_b):
-        _, c_lane = frag_rc(lane, 0)
-        c0 = n0 + c_lane
-        la = int32(lo_a - c0)
-        ha = int32(hi_a - c0)
-        lb = int32(lo_b - c0)
-        hb = int32(hi_b - c0)
-        for i in range(n_regs):
-            rr, cc = frag_rc(0, i)
-            k = int32(cc)
-            if rr < 8:
-                if k < la or k > ha:
-                    s[i] = NEG_INF
-            else:
-                if k < lb or k > hb:
-                    s[i] = NEG_INF
-    return mask
 
 
 def check_quad_columns(frag_rc, n_regs):
