@@ -25,6 +25,7 @@ call (``gpu_us``: CUDA events around a call queued behind a sleep kernel, median
 Writes ``$OUT/call_breakdown.json`` (or ./call_breakdown.json) and prints a table.
 
     python scripts/call_breakdown.py
+    BREAKDOWN_KERNELS=flash_ws,flash_wgmma BREAKDOWN_MODES=driver python scripts/call_breakdown.py
 """
 from __future__ import annotations
 
@@ -160,8 +161,10 @@ def main():
     rng = np.random.default_rng(0)
     q, k, v = (torch.from_numpy(x).cuda() for x in random_qkv(rng, 1, 512, 512, 32, 8, 128))
     rows = []
-    for kernel in [n for n in ("flash_tc", "flash") if n in available_kernels()]:
-        for mode in ("driver", "bindings", "dispatcher"):
+    names = os.environ.get("BREAKDOWN_KERNELS", "flash_tc,flash").split(",")
+    modes = os.environ.get("BREAKDOWN_MODES", "driver,bindings,dispatcher").split(",")
+    for kernel in [n for n in names if n in available_kernels()]:
+        for mode in modes:
             launcher.MODE = mode
             from attn_numba import callpath
             callpath._SPECS.clear()
