@@ -31,7 +31,7 @@ def _kernel(fn, n_regs):
 def test_keep_mask_equals_the_mask_and_the_key_ranges(rng, layout, n_regs):
     frag = mask.wgmma_acc_rc if layout == "wgmma" else mask.mma_c_rc
     host = mask._host_rc(frag)
-    for trial in range(4):
+    for trial in range(3):
         n0 = np.array([int(rng.integers(0, 5000)) // 8 * 8], np.int64)
         # ranges that start before, inside and after the tile, empty rows (lo > hi) too
         lo = (n0[0] + rng.integers(-40, 140, (32, 2))).astype(np.int64)

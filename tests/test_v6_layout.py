@@ -291,7 +291,7 @@ def test_mbarrier_protocol_orders_every_tile(rng, work, stages, overlap, pingpon
     """Every consumer warp reads every key tile in order and each work tile's Q; no stage
     and no Q is overwritten in use; the turns alternate."""
     tiles = [work] if isinstance(work, int) else work
-    for _ in range(20):
+    for _ in range(10):
         seen, turns = _protocol(work, stages, rng, overlap, pingpong)
         for w, got in seen.items():
             assert got == {"K": list(range(sum(tiles))), "V": list(range(sum(tiles))),
