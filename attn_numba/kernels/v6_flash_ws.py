@@ -7,13 +7,17 @@ pairs of one GQA group, 64 per consumer warpgroup, packed as flash_wgmma packs t
 (:mod:`attn_numba.kernels.v6_layout`).
 
 * Warpgroup 0, the producer, gives registers back (``setmaxnreg.dec`` to 24); one of its
-  threads issues every load: both Q tiles once, then the K and V tiles of the block's key
+  threads issues every load: a work tile's two Q tiles, then the K and V tiles of its key
   band into ``S`` >= 2 stages, each stage guarded by full barriers (K and V apart, so QK^T
-  can start before V has landed) and an empty barrier the consumers arrive on.
+  can start before V has landed) and empty barriers the consumers arrive on.
 * Warpgroups 1 and 2, the consumers (``setmaxnreg.inc`` to 240), share every K/V tile: per
   tile S = Q K^T (wgmma, both operands in shared memory), the online softmax on the
   fragments (the element mask only on the band's partial tiles: ``tile_range``), O += P V
   (P from registers), then release the stage; the epilogue writes O and lse from registers.
+  With ``pingpong`` they take turns issuing wgmma (named barriers, ``v6_roles``).
+* The grid: one block per work tile, or (``persistent``, the default) one block per SM that
+  takes work tiles in turn, so that the next tile's Q and K/V loads run under this one's
+  epilogue (a Q-empty barrier; the K/V ring runs on across work tiles).
 * Loads are TMA boxes through ``CUtensorMap``s in global memory (:mod:`attn_numba.tensormap`):
   a first launch writes the call's q, k, v addresses into the specialisation's maps
   (``tensormap.replace``), the kernel acquires them (``fence.proxy.tensormap``) once per
@@ -73,9 +77,8 @@ def build(head_size, kind="f16", heads=4, block_n=None, stages=None, overlap=Non
     """The kernel for ``head_size``, ``kind`` ('f16'/'bf16'), ``heads`` query heads per tile
     (4, 2 or 1 of a GQA group), key tile ``block_n``, ``stages``, the consumer loop
     ``overlap``, the consumers' turns ``pingpong``, the ``lean`` softmax and the
-    ``persistent`` grid (None = the module defaults);
-    ``debug_waits``: bounded waits that print
-    the one that timed out (v6_roles.roles), for diagnosing a hang."""
+    ``persistent`` grid (None = the module defaults); ``debug_waits``: bounded waits that
+    print the one that timed out (v6_roles.roles), for diagnosing a hang."""
     bn = BLOCK_N[head_size] if block_n is None else block_n
     return _build(head_size, kind, heads, bn, STAGES if stages is None else stages,
                   OVERLAP if overlap is None else bool(overlap), bool(debug_waits),
@@ -88,10 +91,9 @@ def build(head_size, kind="f16", heads=4, block_n=None, stages=None, overlap=Non
 def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
            lean=False, persistent=False):
     assert D in HEAD_SIZES and BN in (64, 128) and S >= 2 and HB in (1, 2, 4)
-    # work tiles: ROWS positions of HB heads of one sequence
     assert lay.shared_bytes(D, BN, S) <= MAX_SHARED
     PB = lay.positions_per_tile(HB)
-    ROWS = lay.CONSUMERS * PB            # positions per block
+    ROWS = lay.CONSUMERS * PB            # positions per work tile (of HB heads, one sequence)
     r = v6_roles.roles(D, BN, kind, HB, S, overlap, debug_waits, pingpong, lean)
     init_barriers, acquire, produce_tile, consume = (r.init_barriers, r.acquire,
                                                      r.produce_tile, r.consume)
