@@ -165,7 +165,8 @@ def _scheduler(pingpong):
     arrive (``SCHED_THREADS`` = 256). ``sched_init`` (consumer 0 arrives on its own barrier)
     lets consumer 0 go first. Each sync of consumer ``g`` is matched by the init or by the
     other consumer's previous arrive, so the two strictly alternate, and both run the same
-    number of syncs and arrives per block (the same key tiles): no wait is left unmatched.
+    number of syncs and arrives per block (the same work tiles and key tiles): no wait is
+    left unmatched.
     At most one arrive stays pending when the block exits. Without ``pingpong``: no-ops."""
     if pingpong:
         @cuda.jit(device=True, inline=True, cache=True)
@@ -190,7 +191,8 @@ def _scheduler(pingpong):
 
 
 def _loops(D, BN, S, st, wait, pingpong):
-    """(loop_plain, loop_overlap): a consumer's key loop, from v5's steps ``st``."""
+    """(loop_plain, loop_overlap, sched_init): a consumer's key loop, from v5's steps
+    ``st``, and the once-per-block start of the turns (:func:`_scheduler`)."""
     KV_BYTES = lay.kv_tile_bytes(D, BN)
     _, KF, VF, KE, VE, _ = lay.barrier_offsets(D, BN, S)
     stage_k, issue_qk, issue_pv = st.stage_k, st.issue_qk, st.issue_pv
