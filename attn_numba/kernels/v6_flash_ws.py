@@ -119,6 +119,17 @@ def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
         ntiles = max(n_hi - n_lo, 0) // BN
         return q0, sq, row0, k0, sk, hbase, hkv, n_lo, ntiles
 
+    @cuda.jit(device=True, inline=True, cache=True)
+    def block_base(tid):
+        """The block's 1024-aligned shared base, its mbarriers initialised (thread 0) and
+        visible to every thread."""
+        smem = cuda.shared.array(0, types.uint8)
+        base = (px.smem_addr(smem) + uint32(1023)) & uint32(0xFFFFFC00)
+        if tid == 0:
+            init_barriers(base)
+        cuda.syncthreads()
+        return base
+
     if not persistent:
         @cuda.jit(**jit_kw)
         def flash_ws_kernel(q, k, v, out, lse, cu_q, cu_k, scale_log2, left, right,
@@ -133,11 +144,7 @@ def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
                 q, k, cu_q, cu_k, left, right, cuda.blockIdx.x, cuda.blockIdx.y, b)
             if row0 >= sq:
                 return
-            smem = cuda.shared.array(0, types.uint8)
-            base = (px.smem_addr(smem) + uint32(1023)) & uint32(0xFFFFFC00)
-            if tid == 0:
-                init_barriers(base)
-            cuda.syncthreads()
+            base = block_base(tid)
             if wg == 0:
                 dec()
                 if tid == 0 and ntiles > 0:
@@ -162,11 +169,7 @@ def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
         loads the next tile's Q and K/V while the consumers finish this one."""
         tid = cuda.threadIdx.x
         wg = tid >> 7
-        smem = cuda.shared.array(0, types.uint8)
-        base = (px.smem_addr(smem) + uint32(1023)) & uint32(0xFFFFFC00)
-        if tid == 0:
-            init_barriers(base)
-        cuda.syncthreads()
+        base = block_base(tid)
         if wg == 0:
             dec()
             if tid == 0:
