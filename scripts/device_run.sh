@@ -27,7 +27,8 @@
 #                        instruction mix) of
 #                        scripts/ncu_v6.py A: v5, flash_ws variants and FA4, one call each
 #   sass_v6[:A]          ncu SourceCounters of scripts/ncu_v6.py A, exported per SASS
-#                        instruction (r/v6_sass.csv.gz), and cuobjdump -sass of sass_in/*.cubin
+#                        instruction (r/v6_sass.csv.gz); cubins' SASS needs no device:
+#                        notes/v6_flash_ws.md says where cuobjdump comes from
 #   breakdown            scripts/call_breakdown.py (host time per stage of a public call)
 #   sanitize[:K1,K2]     compute-sanitizer memcheck, racecheck, synccheck, initcheck on
 #                        scripts/sanitize.py (default: every forward and backward kernel)
@@ -109,10 +110,7 @@ for spec in "$@"; do
                      --section WarpStateStats -f -o "$R/v6src" python3 scripts/ncu_v6.py $list
                  run sass_v6_export 100 bash -c "'$nc' -i '$R/v6src.ncu-rep' --page source \
                      --csv --print-source sass | gzip > '$R/v6_sass.csv.gz'"
-                 rm -f "$R/v6src.ncu-rep"
-                 cb=$(command -v cuobjdump || ls /usr/local/cuda*/bin/cuobjdump 2>/dev/null | head -1)
-                 run cubin_sass 60 bash -c "for f in sass_in/*.cubin; do echo \"== \$f\"; \
-                     '$cb' -sass \"\$f\"; done | gzip > '$R/cubin_sass.txt.gz'" ;;
+                 rm -f "$R/v6src.ncu-rep" ;;
         breakdown) OUT=results/h200 run call_breakdown 60 python3 scripts/call_breakdown.py ;;
         sanitize) cs=$(sanitizer)
                   for tool in memcheck racecheck synccheck initcheck; do
