@@ -54,6 +54,9 @@ def _resolve_kernel(kernel, problem, backward=False):
         if mod is None:
             continue
         reason = mod.supports(problem)
+        declines = getattr(mod, "auto_declines", None)
+        if not reason and declines is not None:
+            reason = declines(problem)   # it can, but the next kernel is as fast here
         if not reason:
             return mod
         reasons.append(f"{name}: {reason}")
@@ -105,7 +108,7 @@ def _spec(key, kernel, make, device, backward=False):
     mod = _resolve_kernel(kernel, problem, backward)
     plans = tuple(mod.plan(problem))
     named = dict(zip(BWD_ARRAYS if backward else FWD_ARRAYS, specs))
-    scratch = tuple(mod.scratch(problem)) if backward else ()
+    scratch = kernels.scratch_of(mod, problem)
     for s in scratch:
         named[s.name] = (np.dtype(s.dtype), tuple(s.shape))
     bounds, cu = None, None
@@ -190,12 +193,18 @@ def _call(spec, kind, ins, outs, cus, shapes, stream, return_lse):
     (cq, icq), (ck, ick) = cus
     ptrs = (iq.ptr, ik.ptr, iv.ptr, io.ptr if io is not None else _ptr(out, okind),
             il.ptr if il is not None else _ptr(lse, okind), icq.ptr, ick.ptr)
+    scratch = ()
+    if spec.scratch:   # the module's per-call buffers, in stream order on the launch stream
+        scratch = tuple(arrays.empty(okind, q, s.shape, np.dtype(s.dtype), ls, device)
+                        for s in spec.scratch)
+        ptrs += tuple(_ptr(x, okind) for x in scratch)
     sq, sk, sv, slse = shapes[:4]
     _run(spec, ptrs, lambda: (
         (q, iq, sq), (k, ik, sk), (v, iv, sv),
         (out, io if io is not None else arrays.info(out, okind), sq),
         (lse, il if il is not None else arrays.info(lse, okind), slse),
-        (cq, icq, None), (ck, ick, None)), ls)
+        (cq, icq, None), (ck, ick, None),
+        *((x, arrays.info(x, okind), None) for x in scratch)), ls)
     return (out, lse) if return_lse else out
 
 
@@ -218,7 +227,10 @@ def _host_call(spec, ins, outs, cus, shapes, ls, return_lse):
             c = cuda.to_device(c, stream=s)
             inf = arrays.info(c, "numba")
         cu.append((c, inf, None))
-    args = (*dev, (out_d, io, shapes[0]), (lse_d, il, shapes[3]), *cu)
+    scratch = [arrays.empty("numba", None, sc.shape, np.dtype(sc.dtype), ls, None)
+               for sc in spec.scratch]
+    args = (*dev, (out_d, io, shapes[0]), (lse_d, il, shapes[3]), *cu,
+            *((x, arrays.info(x, "numba"), None) for x in scratch))
     _run(spec, tuple(a[1].ptr for a in args), lambda: args, ls)
     (out, _), (lse, _) = outs
     out_shape, lse_shape = shapes[4], shapes[5]

@@ -10,20 +10,17 @@ block of :mod:`attn_numba.kernels.wgmma_layout` (16-byte chunk ``c`` of row ``r`
 ``c ^ (r % 8)``, from a 1024-byte aligned address). Boxes reaching past ``rows`` are
 zero-filled.
 
-Two ways to get maps on the device, both cached so that a call's host work stays small:
-
-* :func:`maps_for`: maps of arrays at known pointers, encoded and uploaded once per
-  ``(kind, pointers, shapes, boxes)``;
-* :func:`template_maps`: maps of one call specialisation (shapes, boxes) with a placeholder
-  address, in a buffer of their own; a kernel writes each call's data pointers into them
-  (``tensormap.replace``) before the kernel that loads through them (v6's plan does).
+:func:`template_maps` makes the maps of one call specialisation (shapes, boxes) with a
+placeholder address, once, in a buffer of their own: a kernel copies them into the call's
+own memory and writes the call's data pointers there (``tensormap.replace``) before it loads
+through them (v6 does, per block), so a call's host work stays small and calls on
+different streams never share a map.
 
 The encode needs the CUDA driver (a GPU); the shape arithmetic (:func:`tiled_spec`) is plain
 Python and tested on the CPU.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import NamedTuple
 
 import numpy as np
@@ -33,7 +30,6 @@ MAP_BYTES = 128
 #: the 128B swizzle's widest inner box, in bytes
 SWIZZLE_BYTES = 128
 _MAX_BOX = 256
-_CACHE_MAX = 256
 
 
 class TiledSpec(NamedTuple):
@@ -109,44 +105,13 @@ class DeviceMaps(NamedTuple):
     address: int
 
 
-def _upload(blobs, buffer=None):
-    from numba import cuda
-    host = np.frombuffer(b"".join(blobs), dtype=np.uint8)
-    if buffer is None:
-        return cuda.to_device(host)
-    buffer.copy_to_device(host)
+def _upload(blobs, buffer):
+    buffer.copy_to_device(np.frombuffer(b"".join(blobs), dtype=np.uint8))
     return buffer
 
 
 def _address(buf):
     return int(buf.device_ctypes_pointer.value)
-
-
-_MAPS = OrderedDict()
-
-
-def _cached(key, make):
-    hit = _MAPS.get(key)
-    if hit is not None:
-        _MAPS.move_to_end(key)
-        return hit
-    value = make()
-    _MAPS[key] = value
-    if len(_MAPS) > _CACHE_MAX:
-        _MAPS.popitem(last=False)
-    return value
-
-
-def maps_for(items):
-    """Device maps of ``items = ((address, TiledSpec), ...)``, encoded and uploaded once per
-    distinct ``items`` (an LRU cache of the 256 most recent): keep the returned DeviceMaps
-    while a launch may still use its address."""
-    items = tuple(items)
-
-    def make():
-        buf = _upload([encode(spec, addr) for addr, spec in items])
-        return DeviceMaps(buf, _address(buf))
-    return _cached(("at", items), make)
 
 
 #: template maps, never evicted: a cached plan holds only their address (384 bytes of device
@@ -156,8 +121,8 @@ _TEMPLATES = {}
 
 def template_maps(specs, owner):
     """Device maps of ``specs`` with a placeholder data address (the buffer's own), in a
-    buffer of their own for ``owner`` (a hashable: one call specialisation); a kernel writes
-    each call's data addresses into them before use. Made once per ``(owner, specs)`` and
+    buffer of their own for ``owner`` (a hashable: one call specialisation); a kernel copies
+    them and writes each call's data addresses into its copies before use. Made once per ``(owner, specs)`` and
     kept for the life of the process (plans hold their address)."""
     specs = tuple(specs)
     key = (owner, specs)
@@ -170,8 +135,3 @@ def template_maps(specs, owner):
         got = _TEMPLATES[key] = DeviceMaps(buf, addr)
     return got
 
-
-def clear():
-    """Forget the cached per-pointer maps (:func:`maps_for`; their buffers are freed once
-    unreferenced). Template maps stay: plans may still hold their addresses."""
-    _MAPS.clear()

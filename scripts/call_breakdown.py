@@ -17,6 +17,11 @@ that cannot fill the launch queue, and the waits between groups are not counted)
 * ``wrapping``: the seven kernel arguments (pointers; Numba views on the dispatcher path);
 * ``launch``: the kernel launch(es).
 
+Every kernel and mode is measured ``BREAKDOWN_ROUNDS`` (default 3) times, the kernels
+interleaved round by round, and each number is its minimum over the rounds (``rounds`` keeps
+them all): in run 35 the first kernel measured was slower in every stage, the same code
+included.
+
 Then the whole public call: ``host_us`` = host time per call in a loop (the GPU keeps up or
 not, it is not waited for inside the loop) and ``call_us`` = :mod:`attn_numba.bench.calltime`'s
 median per-call time from CUDA events (what a user's loop sees), next to the GPU time of one
@@ -39,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 N = 2000          # calls per stage measurement
+ROUNDS = int(os.environ.get("BREAKDOWN_ROUNDS", "3"))  # interleaved rounds; minimum kept
 GROUP = 200       # launches per group (well below the launch queue's depth)
 KW = dict(window_size=(128, 128))
 
@@ -116,18 +122,22 @@ def stages(torch, kernel, q, k, v):
     res["stream"] = per_call_us(lambda: arrays.resolve_stream(None, "torch", dev))
     ls = arrays.resolve_stream(None, "torch", dev)
 
-    def alloc():
+    def alloc():  # the outputs and the module's scratch (flash_ws: the blocks' own maps)
         return (callpath._new("torch", q, shapes[4], spec.problem.dtype, ls, dev),
-                callpath._new("torch", q, shapes[5], F32, ls, dev))
+                callpath._new("torch", q, shapes[5], F32, ls, dev),
+                *(arrays.empty("torch", q, sc.shape, np.dtype(sc.dtype), ls, dev)
+                  for sc in spec.scratch))
 
     res["allocation"] = per_call_us(alloc)
-    out, lse = alloc()
+    out, lse, *scratch = alloc()
     (cq, icq), (ck, ick) = spec.cu
     bounds = spec.bounds
     if bounds is not None:
         res["wrapping"] = per_call_us(lambda: (iq.ptr, ik.ptr, iv.ptr, out.data_ptr(),
-                                               lse.data_ptr(), icq.ptr, ick.ptr))
-        ptrs = (iq.ptr, ik.ptr, iv.ptr, out.data_ptr(), lse.data_ptr(), icq.ptr, ick.ptr)
+                                               lse.data_ptr(), icq.ptr, ick.ptr,
+                                               *(x.data_ptr() for x in scratch)))
+        ptrs = (iq.ptr, ik.ptr, iv.ptr, out.data_ptr(), lse.data_ptr(), icq.ptr, ick.ptr,
+                *(x.data_ptr() for x in scratch))
 
         def launch():
             for b in bounds:
@@ -135,7 +145,8 @@ def stages(torch, kernel, q, k, v):
     else:
         io, il = arrays.info(out, "torch"), arrays.info(lse, "torch")
         args = ((q, iq, shapes[0]), (k, ik, shapes[1]), (v, iv, shapes[2]), (out, io, shapes[0]),
-                (lse, il, shapes[3]), (cq, icq, None), (ck, ick, None))
+                (lse, il, shapes[3]), (cq, icq, None), (ck, ick, None),
+                *((x, arrays.info(x, "torch"), None) for x in scratch))
         res["wrapping"] = per_call_us(lambda: [as_numba(x, i, s) for x, i, s in args], n=200)
         nargs = {n: as_numba(x, i, s) for n, (x, i, s) in zip(spec.names, args)}
         stream = arrays.numba_stream(ls)
@@ -163,19 +174,32 @@ def main():
     rows = []
     names = os.environ.get("BREAKDOWN_KERNELS", "flash_tc,flash").split(",")
     modes = os.environ.get("BREAKDOWN_MODES", "driver,bindings,dispatcher").split(",")
-    for kernel in [n for n in names if n in available_kernels()]:
-        for mode in modes:
-            launcher.MODE = mode
-            from attn_numba import callpath
-            callpath._SPECS.clear()
-            callpath._HOT.clear()
-            try:
-                st, call, bound = stages(torch, kernel, q, k, v)
-            except Exception as exc:  # noqa: BLE001 - report and go on
-                rows.append({"name": kernel, "mode": mode, "error": f"{type(exc).__name__}: {exc}"})
-                continue
-            rows.append({"name": kernel, "mode": mode, "bound": bound, **st,
-                         "call_us": call_time_s(call) * 1e6, "gpu_us": gpu_us(torch, call)})
+    got = {}   # (kernel, mode) -> one stages dict per round, or the error
+    for rnd in range(ROUNDS):  # kernels interleaved: drift of the host hits each alike
+        for kernel in [n for n in names if n in available_kernels()]:
+            for mode in modes:
+                if isinstance(got.get((kernel, mode)), str):
+                    continue
+                launcher.MODE = mode
+                from attn_numba import callpath
+                callpath._SPECS.clear()
+                callpath._HOT.clear()
+                try:
+                    st, call, bound = stages(torch, kernel, q, k, v)
+                except Exception as exc:  # noqa: BLE001 - report and go on
+                    got[kernel, mode] = f"{type(exc).__name__}: {exc}"
+                    continue
+                st.update(bound=bound, call_us=call_time_s(call) * 1e6,
+                          gpu_us=gpu_us(torch, call))
+                got.setdefault((kernel, mode), []).append(st)
+    for (kernel, mode), runs in got.items():
+        if isinstance(runs, str):
+            rows.append({"name": kernel, "mode": mode, "error": runs})
+            continue
+        # each stage's minimum over the rounds (host noise only adds), and every round
+        best = {c: min(r[c] for r in runs) for c in runs[0] if c != "bound"}
+        rows.append({"name": kernel, "mode": mode, "bound": runs[0]["bound"], **best,
+                     "rounds": runs})
     launcher.MODE = "driver"
     cfg = Config(num_seqs=1, seq_len=512, num_heads=32, num_kv_heads=8, head_size=128,
                  window_left=128, window_right=128, causal=0)

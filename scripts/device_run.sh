@@ -111,7 +111,7 @@ for spec in "$@"; do
                  run sass_v6_export 100 bash -c "'$nc' -i '$R/v6src.ncu-rep' --page source \
                      --csv --print-source sass | gzip > '$R/v6_sass.csv.gz'"
                  rm -f "$R/v6src.ncu-rep" ;;
-        breakdown) OUT=results/h200 run call_breakdown 60 python3 scripts/call_breakdown.py ;;
+        breakdown) OUT=results/h200 run call_breakdown 150 python3 scripts/call_breakdown.py ;;
         sanitize) cs=$(sanitizer)
                   for tool in memcheck racecheck synccheck initcheck; do
                       small=--small; [ "$tool" = memcheck ] && small=

@@ -5,8 +5,8 @@ against flash_wgmma (v5) at the log's 10 configurations. Needs an sm_90 device.
 
 1. compile: every specialisation the sweep uses, in parallel processes (Numba's disk cache
    keeps them for the later stages).
-2. sweep: flash_ws through its own ``plan()`` (the map-address launch, then the kernel)
-   against ``attn_numba.reference`` (float64) on fresh random inputs, outputs poisoned (NaN)
+2. sweep: flash_ws through its own ``plan()`` and ``scratch()`` (one launch: every block
+   writes its own maps) against ``attn_numba.reference`` (float64) on fresh random inputs, outputs poisoned (NaN)
    first: fp16/bf16, D 64/128, GQA 1/4/8, sizes 1/97/1025, sq != sk, varlen with an empty
    sequence, windows (-1,-1), (0,0), (128,0), (128,128), causal; one call repeated on new
    buffers (the maps must follow the pointers); a sequence with queries and no keys; 10
@@ -19,10 +19,9 @@ against flash_wgmma (v5) at the log's 10 configurations. Needs an sm_90 device.
 3. timing: 1 sequence, 32/8 heads, D=128, window (128,128), fp16, 512..8192 tokens, causal
    0/1: CUDA-graph replay (triton's ``do_bench_cudagraph`` when torch and triton import,
    else CUDA events over 20 launches queued behind a sleeper kernel, median of 7), the
-   flash_ws variants of ``TIMED`` (key tiles 64 / 128, the plain and the overlapped loop,
-   with and without the consumers' turns, and without the map-address launch:
-   ``plan_direct``) against v5, and FlashAttention-4 where ``flash_attn.cute`` imports
-   (its output compared with ours first).
+   flash_ws variants of ``TIMED`` (the defaults, one block per work tile instead of the
+   persistent grid, key tiles of 64, the overlapped loop) against v5, and FlashAttention-4
+   where ``flash_attn.cute`` imports (its output compared with ours first).
 
 Everything goes to ``$OUT/v6.json`` (rewritten after every case); a table comes last.
 """
@@ -159,6 +158,7 @@ def run_plans(mod, p, q, k, v, cu_q, cu_k, **kw):
                   out=cuda.to_device(np.full(q.shape, 0xFFFF, np.uint16)),   # NaN
                   lse=cuda.to_device(np.full((1, p.num_heads, p.total_q), np.nan, np.float32)),
                   cu_seqlens_q=cuda.to_device(cu_q), cu_seqlens_k=cuda.to_device(cu_k))
+    arrays.update(kernels.scratch_arrays(mod, p, **kw))
     kernels.launch_plans(mod.plan(p, **kw), arrays)
     cuda.synchronize()
     return arrays["out"].copy_to_host().view(q.dtype), arrays["lse"].copy_to_host()
@@ -288,7 +288,7 @@ def sweep(stall, end):
 
 
 def compile_child(spec):
-    """Compile one specialisation (and the map writer) into Numba's disk cache; ``"v5"``:
+    """Compile one specialisation into Numba's disk cache; ``"v5"``:
     flash_wgmma's default D=128 fp16 kernel (timed against)."""
     from attn_numba.kernels import v5_flash_wgmma as v5
     from attn_numba.kernels import v6_flash_ws as v6
@@ -298,8 +298,6 @@ def compile_child(spec):
     d, kind, hb, bn, st, ov, pp, lean, pers = spec
     kernel = v6.build(d, kind, hb, bn, st, ov, pingpong=pp, lean=lean, persistent=pers)
     opt_in_shared(kernel, v6._signature(pers), 1024)
-    from attn_numba.launcher import load_cached
-    load_cached(v6._build_prepare(), v6._prepare_signature())
 
 
 def precompile(end):
@@ -387,21 +385,12 @@ def _timer():
     return "cuda events (sleeper-queued, 20 launches, median of 7)", events
 
 
-def _ptr(a):
-    return int(a.device_ctypes_pointer.value)
-
-
 #: (name, flash_ws plan options) timed at each configuration; flash_wgmma is v5's default
 TIMED = (("flash_wgmma", None),
          ("flash_ws", {}),                                   # the module's defaults
-         ("flash_ws_direct", {}),
-         ("flash_ws_bn128", dict(block_n=128)),
-         ("flash_ws_ov", dict(stages=3, overlap=True)),
-         ("flash_ws_turns_only", dict(lean=False)),
-         ("flash_ws_neither", dict(pingpong=False, lean=False)),
-         ("flash_ws_persist", dict(persistent=True)),
-         ("flash_ws_persist_dir", dict(persistent=True)),
-         ("flash_ws_persist_bn128", dict(persistent=True, block_n=128)))
+         ("flash_ws_tile_grid", dict(persistent=False)),     # one block per work tile
+         ("flash_ws_bn64", dict(block_n=64)),
+         ("flash_ws_ov", dict(stages=3, overlap=True)))
 
 
 def _fa4(row, q, k, v, arrays, causal, flops):
@@ -464,12 +453,11 @@ def timing(end):
             for name, kw in TIMED:
                 try:
                     if name == "flash_wgmma":
-                        pl = v5.plan(p)
-                    elif name.endswith("_direct") or name.endswith("_dir"):
-                        pl = v6.plan_direct(p, *(_ptr(arrays[n]) for n in "qkv"), **kw)
+                        pl, args = v5.plan(p), arrays
                     else:
                         pl = v6.plan(p, **kw)
-                    ms = bench(lambda st, pl=pl: kernels.launch_plans(pl, arrays, st))
+                        args = dict(arrays, **kernels.scratch_arrays(v6, p, **kw))
+                    ms = bench(lambda st, pl=pl, a=args: kernels.launch_plans(pl, a, st))
                     row[name] = ms
                     row[name + "_tflops"] = flops / (ms * 1e-3) / 1e12
                 except Exception as exc:  # noqa: BLE001

@@ -43,9 +43,10 @@ def main():
                   lse=cuda.device_array((1, 32, s), np.float32),
                   cu_seqlens_q=cuda.to_device(np.array([0, s], np.int32)),
                   cu_seqlens_k=cuda.to_device(np.array([0, s], np.int32)))
-    for name, plans in [("flash_wgmma", v5.plan(p))] + [
-            ("flash_ws_" + n, v6.plan(p, **kw)) for n, kw in VARIANTS]:
-        kernels.launch_plans(plans, arrays)
+    for name, plans, extra in [("flash_wgmma", v5.plan(p), {})] + [
+            ("flash_ws_" + n, v6.plan(p, **kw), kernels.scratch_arrays(v6, p, **kw))
+            for n, kw in VARIANTS]:
+        kernels.launch_plans(plans, dict(arrays, **extra))
         cuda.synchronize()
         print("launched", name, flush=True)
     try:

@@ -291,3 +291,39 @@ def test_out_on_the_validated_fast_path(qkv):
                 lse_out=cuda.device_array((2, 5, 4), np.float32))
     with pytest.raises(TypeError, match="lse_out must be"):
         mha_fwd(*d, kernel="flash", window_size=(3, 3), lse_out=[1.0])
+
+
+def test_auto_passes_over_a_kernel_that_declines(monkeypatch):
+    """``auto`` takes the first kernel that can run a call and does not decline it
+    (``auto_declines``, flash_ws below its key-tile count); a named kernel is taken even
+    where auto would decline it; the error lists every reason."""
+    import types
+
+    from attn_numba import callpath
+    from attn_numba.problem import Problem
+
+    def module(name, why_not=None, declines=None):
+        mod = types.SimpleNamespace(NAME=name, supports=lambda p: why_not)
+        if declines is not None:
+            mod.auto_declines = lambda p: declines
+        return mod
+
+    table = {"flash_ws": module("flash_ws", declines="too few key tiles"),
+             "flash_wgmma": module("flash_wgmma"),
+             "flash_tc": module("flash_tc")}
+    monkeypatch.setattr(kernels, "get", lambda name, t=None: table.get(name))
+    p = Problem(batch=1, total_q=512, total_k=512, max_seqlen_q=512, max_seqlen_k=512,
+                num_heads=32, num_kv_heads=8, head_size=128, dtype=np.dtype(np.float16),
+                softmax_scale=128 ** -0.5, window_left=128, window_right=128, causal=False,
+                lse_batched=False, on_simulator=True)
+    assert callpath._resolve_kernel("auto", p).NAME == "flash_wgmma"
+    assert callpath._resolve_kernel("flash_ws", p).NAME == "flash_ws"
+    table["flash_ws"] = module("flash_ws", declines=None)
+    assert callpath._resolve_kernel("auto", p).NAME == "flash_ws"
+    table.update(flash_ws=module("flash_ws", declines="too few"),
+                 flash_wgmma=module("flash_wgmma", why_not="needs sm_90"),
+                 flash_tc=module("flash_tc", why_not="no"))
+    monkeypatch.setattr(kernels, "KERNEL_NAMES", ("flash_ws", "flash_wgmma", "flash_tc"))
+    monkeypatch.setattr(callpath, "KERNEL_NAMES", ("flash_ws", "flash_wgmma", "flash_tc"))
+    with pytest.raises(ValueError, match="flash_ws: too few.*flash_wgmma: needs sm_90"):
+        callpath._resolve_kernel("auto", p)

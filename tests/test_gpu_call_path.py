@@ -126,9 +126,40 @@ def test_out_and_lse_out(rng, monkeypatch):
             mha_fwd(q, k, v, **kw, **LOG_KW)
 
 
-@pytest.mark.parametrize("kernel", FAST)
+@pytest.mark.parametrize("tokens", [512, 2048])
+def test_flash_ws_calls_on_two_streams_at_once(rng, tokens):
+    """flash_ws reads q, k and v through tensor maps that hold their addresses: calls of one
+    specialisation on two streams at the same time must each use their own (every block
+    writes its maps into the call's scratch). Before, one set of maps per specialisation
+    was rewritten by each call's first launch, and a call could read the other's inputs."""
+    torch = pytest.importorskip("torch")
+    if "flash_ws" not in KERNELS:
+        pytest.skip("flash_ws is not in this build")
+    pairs = [_torch_qkv(torch, rng, tokens) for _ in range(2)]
+    try:
+        refs = [mha_fwd(*qkv, kernel="flash_ws", **LOG_KW).clone() for qkv in pairs]
+    except ValueError as exc:      # not a Hopper GPU
+        pytest.skip(str(exc))
+    torch.cuda.synchronize()
+    streams = [torch.cuda.Stream() for _ in range(2)]
+    for rnd in range(20):
+        outs = []
+        for s, qkv in zip(streams, pairs):
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s):
+                outs.append(mha_fwd(*qkv, kernel="flash_ws", **LOG_KW))
+        for s in streams:
+            torch.cuda.current_stream().wait_stream(s)
+        torch.cuda.synchronize()
+        for i, (o, r) in enumerate(zip(outs, refs)):
+            assert torch.equal(o, r), f"round {rnd}: the call on stream {i} read other inputs"
+
+
+@pytest.mark.parametrize("kernel", FAST + [k for k in ("flash_ws",) if k in KERNELS])
 def test_cuda_graph_capture_and_replay(rng, kernel):
     torch = pytest.importorskip("torch")
+    if kernel == "flash_ws" and torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("flash_ws needs sm_90")
     q, k, v = _torch_qkv(torch, rng)
     q2, k2, v2 = _torch_qkv(torch, rng)
     s = torch.cuda.Stream()

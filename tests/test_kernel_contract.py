@@ -41,7 +41,7 @@ def test_module_keeps_the_contract(name, backward):
         problem, why = _problem(np.float32), None
     if why is not None:
         pytest.skip(f"{name} cannot plan here: {why}")
-    scratch = tuple(mod.scratch(problem)) if backward else ()
+    scratch = kernels.scratch_of(mod, problem)
     assert all(isinstance(s, Scratch) for s in scratch)
     names |= {s.name for s in scratch}
     plans = mod.plan(problem)

@@ -17,6 +17,7 @@ _SCRIPT = textwrap.dedent("""
 
     dec = pt.setmaxnreg_dec(24)
     inc = pt.setmaxnreg_inc(240)
+    copy1 = pt.tensormap_copy(1)
 
     def kern(maps, out):
         smem = cuda.shared.array(0, types.uint8)
@@ -31,6 +32,7 @@ _SCRIPT = textwrap.dedent("""
         if tid < 128:
             dec()
             if tid == 0:
+                copy1(m + uint64(384), m)
                 pt.tensormap_replace_address(m, uint64(maps + 256))
                 pt.fence_tensormap_release()
                 pt.fence_tensormap_acquire(m)
@@ -63,6 +65,8 @@ NEEDLES = (
     "fence.proxy.tensormap::generic.acquire.gpu",
     "fence.proxy.tensormap::generic.release.gpu",
     "tensormap.replace.tile.global_address.global.b1024.b64",
+    "ld.global.v2.b64",
+    "st.global.v2.b64",
     "fence.proxy.async.shared::cta",
     "setmaxnreg.dec.sync.aligned.u32 24",
     "setmaxnreg.inc.sync.aligned.u32 240",
@@ -87,6 +91,8 @@ def test_every_intrinsic_emits_its_instruction():
     assert not missing, missing
     # the wait loop's label is scoped to its asm block; the loop branches back to it
     assert "@!P bra WAIT_LOOP" in ptx
+    assert "0x989680" in ptx                                   # the suspend-time hint
+    assert ptx.count("ld.global.v2.b64") == 8 == ptx.count("st.global.v2.b64")  # one map
     assert "@P bra BWAIT" in ptx and "selp.u32" in ptx      # the bounded wait's loop
 
 

@@ -42,20 +42,21 @@ def test_tiled_spec_rejects_what_the_hardware_refuses(kw, match):
         tensormap.tiled_spec(**kw)
 
 
-def test_map_cache_keys_on_pointers(monkeypatch):
+def test_template_maps_made_once_per_specialisation(monkeypatch):
+    """Template maps are encoded once per (owner, specs), over their own buffer's address
+    (a placeholder: each block replaces it with the call's), and kept."""
     calls = []
     monkeypatch.setattr(tensormap, "encode", lambda spec, addr: calls.append(addr) or
                         bytes(tensormap.MAP_BYTES))
-    monkeypatch.setattr(tensormap, "_upload", lambda blobs, buffer=None: b"".join(blobs))
+    monkeypatch.setattr(tensormap, "_upload", lambda blobs, buffer: buffer)
     monkeypatch.setattr(tensormap, "_address", lambda buf: 4096)
-    tensormap.clear()
+    monkeypatch.setattr(tensormap, "_TEMPLATES", {})
     spec = tensormap.tiled_spec("f16", (100, 4, 64), 16)
-    a = tensormap.maps_for(((256, spec), (512, spec)))
-    b = tensormap.maps_for(((256, spec), (512, spec)))
-    c = tensormap.maps_for(((256, spec), (768, spec)))
-    assert a is b and a is not c and calls == [256, 512, 256, 768]
-    assert len(a.buffer) == 2 * tensormap.MAP_BYTES
-    tensormap.clear()
+    a = tensormap.template_maps((spec,) * 3, "one")
+    b = tensormap.template_maps((spec,) * 3, "one")
+    c = tensormap.template_maps((spec,) * 3, "two")
+    assert a is b and a is not c and calls == [4096] * 6
+    assert len(a.buffer) == 3 * tensormap.MAP_BYTES and a.address == 4096
 
 
 def _problem(**kw):
@@ -102,9 +103,9 @@ def test_configure_persistent_grid_takes_the_work_tiles_in_turn():
     assert grid == (16, 1, 1) and tuple(map(int, extra)) == (2, 8, 16)
 
 
-def test_compile_targets_cover_kernel_and_map_writer():
+def test_compile_targets_cover_the_kernel():
     labels = [t[0] for t in v6.compile_targets(128, np.float16)]
-    assert labels == ["flash_ws_kernel_f16_d128_h4", "flash_ws_prepare"]
+    assert labels == ["flash_ws_kernel_f16_d128_h4"]
     assert v6.compile_targets(256, np.float16) == []
     assert v6.compile_targets(64, np.float32) == []
 
@@ -122,9 +123,6 @@ _COMPILE = textwrap.dedent("""
         ptx, _ = cuda.compile_ptx(k.py_func, v6._signature(pers), cc=(9, 0, "a"),
                                   launch_bounds=(v6.THREADS, 1))
         out["-".join(map(str, [d, kind, hb, bn, st, *ov]))] = ptx
-    ptx, _ = cuda.compile_ptx(v6._build_prepare().py_func, v6._prepare_signature(),
-                              cc=(9, 0, "a"))
-    out["prepare"] = ptx
     print(json.dumps(out))
 """)
 
@@ -138,6 +136,15 @@ def _check_variant(ptx, d, bn, tmp_path, name, overlap=False, pingpong=False):
     turns = ((2, 3) if not overlap else (1, 2)) if pingpong else (0, 0)
     assert (ptx.count("bar.sync") - 1, ptx.count("bar.arrive")) == turns
     assert "cp.async.bulk.tensor.3d" in ptx
+    # the block's own maps: three templates copied (24 x 16 bytes, one asm block), the call's
+    # addresses written, one release, three acquires; every wait has the suspend hint
+    assert ptx.count("ld.global.v2.b64") == 24 and ptx.count("st.global.v2.b64") == 24
+    assert ptx.count("tensormap.replace.tile.global_address.global.b1024.b64") == 3
+    assert ptx.count("fence.proxy.tensormap::generic.release.gpu") == 1
+    assert ptx.count("fence.proxy.tensormap::generic.acquire.gpu") == 3
+    hint = "0x989680"
+    waits = ptx.count("mbarrier.try_wait.parity.shared::cta.b64")
+    assert waits > 0 and ptx.count(hint) == waits
     assert "setmaxnreg.dec.sync.aligned.u32 24" in ptx
     assert "setmaxnreg.inc.sync.aligned.u32 240" in ptx
     assert ".maxntid 384" in ptx and ".minnctapersm 1" in ptx
@@ -163,10 +170,6 @@ def test_kernel_compiles_and_assembles_d128_f16(tmp_path):
     assert v6.BLOCK_N[128] == 128 and v6.STAGES == 2
     _check_variant(ptxs["128-f16-4-128-2-0-1-1-1"], 128, 128, tmp_path, "main",
                    pingpong=True)
-    prep = ptxs["prepare"]
-    assert prep.count("tensormap.replace.tile.global_address.global.b1024.b64") == 3
-    rc, log = ptxas(prep, tmp_path, "prep")
-    assert rc == 0, log[-3000:]
 
 
 @pytest.mark.slow
@@ -229,7 +232,7 @@ def test_disk_cache_key_is_stable_across_compile_and_processes():
         return json.loads(p.stdout.strip().splitlines()[-1])
 
     first, second = run("compile"), run("keys")
-    assert set(first) == {"flash_ws_kernel_f16_d128_h4", "flash_ws_prepare"}
+    assert set(first) == {"flash_ws_kernel_f16_d128_h4"}
     assert all(b == a for b, a in first.values()), "compiling changed a disk-cache key"
     assert all(second[k][0] == first[k][0] for k in first), "a new process has another key"
 
@@ -280,6 +283,7 @@ def test_flash_ws_on_the_gpu_matches_reference(rng, case):
                   out=cuda.to_device(np.full(q.shape, 0xFFFF, np.uint16)),
                   lse=cuda.to_device(np.full((1, h, p.total_q), np.nan, np.float32)),
                   cu_seqlens_q=cuda.to_device(cu_q), cu_seqlens_k=cuda.to_device(cu_k))
+    arrays.update(kernels.scratch_arrays(v6, p, **kw))
     kernels.launch_plans(v6.plan(p, **kw), arrays)
     out = arrays["out"].copy_to_host().view(dtype).astype(np.float64)
     lse = arrays["lse"].copy_to_host()[0]
@@ -295,15 +299,35 @@ def test_flash_ws_on_the_gpu_matches_reference(rng, case):
     np.testing.assert_allclose(lse[fin], ref_lse[fin], rtol=1e-4, atol=1e-3)
 
 
-def test_template_maps_outlive_the_pointer_cache(monkeypatch):
-    """A cached plan holds only the template's address: it must never be evicted."""
-    monkeypatch.setattr(tensormap, "encode", lambda spec, addr: bytes(tensormap.MAP_BYTES))
-    monkeypatch.setattr(tensormap, "_upload", lambda blobs, buffer=None: buffer or b"")
-    monkeypatch.setattr(tensormap, "_address", lambda buf: 4096)
-    spec = tensormap.tiled_spec("f16", (100, 4, 64), 16)
-    first = tensormap.template_maps((spec,) * 3, "owner")
-    for i in range(300):                      # more than the per-pointer cache holds
-        tensormap.maps_for(((256 * (i + 1), spec),))
-    tensormap.clear()
-    assert tensormap.template_maps((spec,) * 3, "owner") is first
-    assert len(first.buffer) == 3 * tensormap.MAP_BYTES
+def test_scratch_holds_every_blocks_maps():
+    """One 384-byte slot per block of the grid the plan launches (persistent or not)."""
+    p = _problem(max_seqlen_q=8192, total_q=8192, total_k=8192, max_seqlen_k=8192,
+                 num_heads=32, num_kv_heads=8)
+    for kw in (dict(blocks=132), dict(persistent=False), dict(blocks=7)):
+        (maps,) = v6.scratch(p, **kw)
+        _, grid, *_ = v6.configure(p, **kw)
+        assert maps.name == "maps" and np.dtype(maps.dtype).itemsize == 8
+        assert maps.shape == (grid[0] * grid[1] * grid[2] * 3 * 128 // 8,)
+
+
+def test_auto_takes_flash_ws_only_with_enough_key_tiles():
+    """At the log's shape (32/8 heads, D 128, window (128, 128)) the grid's key tiles grow
+    with the tokens; auto takes flash_ws from 2048 tokens non-causal and 4096 causal (the
+    H200's crossover against flash_wgmma), never at head size 64 (not timed)."""
+    counts, taken = {}, set()
+    for causal in (False, True):
+        for s in (512, 1024, 2048, 4096, 8192):
+            p = _problem(max_seqlen_q=s, total_q=s, total_k=s, max_seqlen_k=s, num_heads=32,
+                         num_kv_heads=8, window_left=128, window_right=0 if causal else 128,
+                         causal=causal)
+            counts[s, causal] = v6.grid_key_tiles(p, 4, 128)
+            if v6.auto_declines(p) is None:
+                taken.add((s, causal))
+            assert v6.auto_declines(dataclasses.replace(p, head_size=64)) is not None
+    assert counts[512, False] == 320 and counts[8192, False] == 6080
+    assert counts[2048, True] < v6.AUTO_MIN_KEY_TILES < counts[2048, False]
+    assert taken == {(2048, False), (4096, False), (8192, False), (4096, True), (8192, True)}
+    # the count stops early once past the limit
+    p = _problem(max_seqlen_q=131072, total_q=131072, total_k=131072, max_seqlen_k=131072,
+                 num_heads=32, num_kv_heads=8, window_left=128, window_right=128)
+    assert v6.AUTO_MIN_KEY_TILES < v6.grid_key_tiles(p, 4, 128, limit=v6.AUTO_MIN_KEY_TILES) < 2000

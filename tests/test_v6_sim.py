@@ -1,4 +1,5 @@
-"""flash_ws's whole kernel on Numba's CUDA simulator: the map-address launch, then both roles
+"""flash_ws's whole kernel on Numba's CUDA simulator, launched from its plan: every block's
+own maps (the template copied into the call's scratch, the call's addresses written), both roles
 with the TMA / mbarrier intrinsics replaced by their models (attn_numba.kernels.v6_ptx_sim)
 and wgmma by flash_wgmma's (ptx_sm90_sim). Checks the producer's boxes, the consumers' rows,
 masks, GQA packing, varlen with empty sequences, lse, the overlapped loop and the consumers'
@@ -23,7 +24,7 @@ FLOOR = {np.dtype(np.float16): 2e-3, BF16: 1.6e-2}
 
 
 def _run(rng, seq_q, seq_k, h, hkv, d, dtype, window, causal, **kw):
-    from attn_numba.kernels import v6_ptx_sim
+    from attn_numba.kernels import launch_plans
     dtype = np.dtype(dtype)
     cu_q = np.concatenate([[0], np.cumsum(seq_q)]).astype(np.int32)
     cu_k = np.concatenate([[0], np.cumsum(seq_k)]).astype(np.int32)
@@ -37,14 +38,17 @@ def _run(rng, seq_q, seq_k, h, hkv, d, dtype, window, causal, **kw):
                 window_left=left, window_right=right, causal=causal, lse_batched=False,
                 on_simulator=True)
     kw.setdefault("persistent", False)   # the model's limit: a producer never waits
-    kernel, grid, shared, hb, bn, extra = v6.configure(p, **kw)
-    maps = np.int64(v6_ptx_sim.model_maps(v6.map_specs(p, hb, bn)))
     q16, k16, v16 = (x.view(np.uint16) for x in (q, k, v))
     out = np.full(q.shape, 0xFFFF, np.uint16)                 # NaN in fp16 and bf16
     lse = np.full((1, h, p.total_q), np.nan, np.float32)
-    v6._build_prepare()[1, 32](q16, k16, v16, maps)
-    kernel[grid, v6.THREADS, 0, shared](q16, k16, v16, out.view(np.uint32), lse, cu_q, cu_k,
-                                        *v6._scalars(p), maps, *extra)
+    # the module's own plan and scratch (every block copies the template maps into its
+    # slot and writes the call's addresses there), as the call path launches them
+    (plan,) = v6.plan(p, **kw)
+    (maps,) = v6.scratch(p, **kw)
+    assert maps.shape[0] == plan.griddim[0] * plan.griddim[1] * plan.griddim[2] * 48
+    arrays = dict(q=q16, k=k16, v=v16, out=out, lse=lse, cu_seqlens_q=cu_q,
+                  cu_seqlens_k=cu_k, maps=np.full(maps.shape, -1, np.int64))
+    launch_plans((plan,), arrays)
     ref, ref_lse = mha_varlen_fwd_ref(q, k, v, cu_q, cu_k, causal=causal, window_size=window)
     low, _ = mha_varlen_fwd_ref(q, k, v, cu_q, cu_k, causal=causal, window_size=window,
                                 p_dtype=dtype)

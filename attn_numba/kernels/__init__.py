@@ -22,7 +22,7 @@ import numpy as np
 
 #: forward kernels, in the order ``kernel="auto"`` prefers them (the one registry of names)
 _MODULES = {
-    "flash_ws": "attn_numba.kernels.v6_flash_ws",  # Hopper (sm_90a) only; opt-in, see AUTO
+    "flash_ws": "attn_numba.kernels.v6_flash_ws",  # Hopper (sm_90a) only; see auto_declines
     "flash_wgmma": "attn_numba.kernels.v5_flash_wgmma",  # Hopper only; absent from some builds
     "flash_tc": "attn_numba.kernels.v4_flash_tc",
     "flash": "attn_numba.kernels.v3_flash",
@@ -36,9 +36,10 @@ _BWD_MODULES = {
 }
 KERNEL_NAMES = tuple(_MODULES)
 BWD_KERNEL_NAMES = tuple(_BWD_MODULES)
-#: kernels ``auto`` never picks (they run only when named): flash_ws until the H200 shows
-#: it correct and faster than flash_wgmma (notes/v6_flash_ws.md)
-OPT_IN = frozenset({"flash_ws"})
+#: kernels ``auto`` never picks (they run only when named); a module may also define
+#: ``auto_declines(problem) -> str | None``, why auto passes it over for one problem
+#: (flash_ws: below a number of key tiles, where flash_wgmma is as fast)
+OPT_IN = frozenset()
 
 #: the array arguments of a forward call, in the order the call path passes their pointers
 FWD_ARRAYS = ("q", "k", "v", "out", "lse", "cu_seqlens_q", "cu_seqlens_k")
@@ -80,7 +81,7 @@ class Plan(NamedTuple):
 
 
 class Scratch(NamedTuple):
-    """A buffer a backward call needs besides its arguments: allocated uninitialised by the
+    """A buffer a call needs besides its arguments: allocated uninitialised by the
     call path (the caller's allocator, on the launch stream) and passed to every plan whose
     ``arrays`` name it. The plans initialise whatever they read."""
 
@@ -102,7 +103,9 @@ class KernelModule(Protocol):
       ``compile_check`` and the cache-key test use. ``kernel`` is the ``cuda.jit``
       dispatcher (its ``py_func`` is what ``cuda.compile_ptx`` takes).
 
-    A backward module also defines ``scratch(problem) -> tuple[Scratch, ...]``.
+    A backward module also defines ``scratch(problem) -> tuple[Scratch, ...]``; a forward
+    module may (flash_ws: each block's own tensor maps). :func:`scratch_of` gives a
+    module's list either way.
     """
 
     NAME: str
@@ -112,6 +115,21 @@ class KernelModule(Protocol):
     def plan(self, problem): ...
 
     def compile_targets(self, head_size, dtype): ...
+
+
+def scratch_of(mod, problem, **kw):
+    """``mod``'s scratch buffers for ``problem`` (``()`` for a module that needs none);
+    ``kw``: the keywords given to its ``plan``."""
+    fn = getattr(mod, "scratch", None)
+    return () if fn is None else tuple(fn(problem, **kw))
+
+
+def scratch_arrays(mod, problem, stream=0, **kw):
+    """``{name: Numba device array}`` of ``mod``'s scratch for ``problem`` (uninitialised),
+    to add to :func:`launch_plans`' ``arrays`` in scripts and tests."""
+    from numba import cuda
+    return {s.name: cuda.device_array(s.shape, np.dtype(s.dtype), stream=stream)
+            for s in scratch_of(mod, problem, **kw)}
 
 
 def _view(x, how):

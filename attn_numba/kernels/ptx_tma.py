@@ -9,8 +9,9 @@ kernel holding it keeps a reproducible disk-cache key (``tests/test_cache_key.py
 Compile for ``cc=(9, 0, "a")``; the CUDA simulator runs none of this.
 
 * ``mbarrier_init``, ``mbarrier_arrive``, ``mbarrier_arrive_expect_tx``,
-  ``mbarrier_try_wait`` are :mod:`ptx_sm90`'s; :data:`mbarrier_wait` is a spin loop on
-  ``mbarrier.try_wait.parity`` in one asm block (labels are local to its ``{ }`` scope).
+  ``mbarrier_try_wait`` are :mod:`ptx_sm90`'s; :data:`mbarrier_wait` is a loop on
+  ``mbarrier.try_wait.parity`` with a suspend-time hint, in one asm block (labels are local
+  to its ``{ }`` scope).
 * ``tma_load_2d`` / ``tma_load_3d(dst, map, c0, c1[, c2], bar)``:
   ``cp.async.bulk.tensor.{2,3}d.shared::cluster.global.tile.mbarrier::complete_tx::bytes``.
   ``map`` is the generic address (u64) of a 128-byte ``CUtensorMap`` in global memory
@@ -19,8 +20,10 @@ Compile for ``cc=(9, 0, "a")``; the CUDA simulator runs none of this.
 * ``fence_tensormap_acquire(map)``: ``fence.proxy.tensormap::generic.acquire.gpu [map],
   128`` (once per block before the first TMA through ``map``: the PTX memory model asks for
   it when the map lives in global memory); ``fence_tensormap_release()`` for the writer.
-* ``tensormap_replace_address(map, addr)``: ``tensormap.replace.tile.global_address`` of a
-  map in global memory (the per-call data pointer, written on the device).
+* ``tensormap_copy(n)(dst, src)``: ``n`` 128-byte maps copied in global memory (a template
+  into the call's own slot); ``tensormap_replace_address(map, addr)``:
+  ``tensormap.replace.tile.global_address`` of a map in global memory (the per-call data
+  pointer, written on the device).
 * ``fence_mbarrier_init()``: ``fence.mbarrier_init.release.cluster`` (after ``mbarrier_init``,
   before the block barrier that publishes the barriers to the async proxy).
 * ``fence_proxy_async``: :mod:`ptx_sm90`'s ``fence.proxy.async.shared::cta``.
@@ -86,11 +89,15 @@ def _stmt(name, text, argtys):
 
 _U32, _U64 = types.uint32, types.uint64
 
-#: mbarrier_wait(bar, parity): spin until the phase of parity ``parity`` has completed
+#: the suspend-time hint of :data:`mbarrier_wait`'s ``try_wait`` (nanoseconds; CUTLASS's
+#: ``ClusterBarrier::wait`` value): a waiting thread sleeps until the phase completes or the
+#: hint runs out, instead of retrying after the hardware's default time limit
+SUSPEND_NS = 0x989680
+#: mbarrier_wait(bar, parity): wait until the phase of parity ``parity`` has completed
 mbarrier_wait = _stmt(
     "mbarrier_wait",
-    "{ .reg .pred P; WAIT_LOOP: mbarrier.try_wait.parity.shared::cta.b64 P, [$0], $1; "
-    "@!P bra WAIT_LOOP; }", (_U32, _U32))
+    "{ .reg .pred P; WAIT_LOOP: mbarrier.try_wait.parity.shared::cta.b64 P, [$0], $1, "
+    f"{SUSPEND_NS:#x}; @!P bra WAIT_LOOP; }}", (_U32, _U32))
 
 
 def mbarrier_wait_bounded(typingctx, bar, parity, limit):
@@ -136,6 +143,24 @@ fence_tensormap_release = _stmt(
 tensormap_replace_address = _stmt(
     "tensormap_replace_address",
     "tensormap.replace.tile.global_address.global.b1024.b64 [$0], $1;", (_U64, _U64))
+@functools.lru_cache(maxsize=None)
+def tensormap_copy(n):
+    """``tensormap_copy(n)(dst u64, src u64)``: ``n`` consecutive 128-byte maps copied in
+    global memory by this thread, every load issued before the first store (one memory
+    round trip; ``16 n`` 64-bit registers, so call it with registers to spare: before
+    a ``setmaxnreg.dec``). For a template copied into a call's own slot, before
+    ``tensormap_replace_address`` and the release fence."""
+    if not 1 <= int(n) <= 4:
+        raise ValueError(f"tensormap_copy: 1 to 4 maps, got {n}")
+    m = 8 * int(n)
+    text = ("{ .reg .b64 t<%d>; " % (2 * m)
+            + " ".join(f"ld.global.v2.b64 {{t{2 * i}, t{2 * i + 1}}}, [$1+{16 * i}];"
+                       for i in range(m)) + " "
+            + " ".join(f"st.global.v2.b64 [$0+{16 * i}], {{t{2 * i}, t{2 * i + 1}}};"
+                       for i in range(m)) + " }")
+    return _stmt(f"tensormap_copy_{n}", text, (_U64, _U64))
+
+
 #: bar_sync(id, count) / bar_arrive(id, count): named barriers
 bar_sync = _stmt("bar_sync", "bar.sync $0, $1;", (_U32, _U32))
 bar_arrive = _stmt("bar_arrive", "bar.arrive $0, $1;", (_U32, _U32))
@@ -165,5 +190,6 @@ if _config.ENABLE_CUDASIM:
                              fence_proxy_async, fence_tensormap_acquire,
                              fence_tensormap_release, mbarrier_arrive,
                              mbarrier_arrive_expect_tx, mbarrier_init, mbarrier_try_wait,
-                             mbarrier_wait, mbarrier_wait_bounded, setmaxnreg_dec, setmaxnreg_inc, tma_load_2d,
-                             tma_load_3d, tensormap_replace_address)
+                             mbarrier_wait, mbarrier_wait_bounded, setmaxnreg_dec, setmaxnreg_inc,
+                             tma_load_2d, tma_load_3d, tensormap_copy,
+                             tensormap_replace_address)

@@ -19,9 +19,11 @@ pairs of one GQA group, 64 per consumer warpgroup, packed as flash_wgmma packs t
   takes work tiles in turn, so that the next tile's Q and K/V loads run under this one's
   epilogue (a Q-empty barrier; the K/V ring runs on across work tiles).
 * Loads are TMA boxes through ``CUtensorMap``s in global memory (:mod:`attn_numba.tensormap`):
-  a first launch writes the call's q, k, v addresses into the specialisation's maps
-  (``tensormap.replace``), the kernel acquires them (``fence.proxy.tensormap``) once per
-  block. The 128B-swizzled boxes land in the tile layout of ``wgmma_layout``.
+  each block's producer copies the specialisation's template maps into its own slot of the
+  call's ``maps`` scratch, writes the call's q, k, v addresses there
+  (``tensormap.replace``), releases and acquires them (``fence.proxy.tensormap``), all
+  before its first TMA: one launch per call, and no map shared between calls. The
+  128B-swizzled boxes land in the tile layout of ``wgmma_layout``.
 
 Semantics as every kernel: GQA, windows (bottom-right), causal, varlen, lse; rows without a
 key give 0 and -inf. Not runnable on the simulator; PTX checked with ``compile_ptx(...,
@@ -70,6 +72,11 @@ LEAN = True
 #: with 128-key tiles 13-16% faster from 2048 tokens up (run 33, notes/v6_flash_ws.md)
 PERSISTENT = True
 MAX_SHARED = 227 * 1024
+#: maps per block (Q, K, V), 128 bytes each, in the call's ``maps`` scratch
+MAPS_PER_BLOCK = 3
+#: ``auto`` takes flash_ws over flash_wgmma above this many key tiles in the grid (128-key
+#: tiles at D = 128; the log's shape: 704 at 1024 tokens, 1472 at 2048, causal 480 / 992)
+AUTO_MIN_KEY_TILES = 1200
 
 
 def build(head_size, kind="f16", heads=4, block_n=None, stages=None, overlap=None,
@@ -120,6 +127,11 @@ def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
         return q0, sq, row0, k0, sk, hbase, hkv, n_lo, ntiles
 
     @cuda.jit(device=True, inline=True, cache=True)
+    def slot(maps, blk):
+        """Address of block ``blk``'s three maps in the call's scratch ``maps``."""
+        return px.data_ptr(maps) + uint64(MAPS_PER_BLOCK * 128) * uint64(blk)
+
+    @cuda.jit(device=True, inline=True, cache=True)
     def block_base(tid):
         """The block's 1024-aligned shared base, its mbarriers initialised (thread 0) and
         visible to every thread."""
@@ -132,11 +144,12 @@ def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
 
     if not persistent:
         @cuda.jit(**jit_kw)
-        def flash_ws_kernel(q, k, v, out, lse, cu_q, cu_k, scale_log2, left, right,
-                            lse_batched, maps):
-            """q, k, v: uint16 (total, heads, D) views (read through the maps at ``maps``:
-            Q, K, V, 128 bytes each); out: uint32 (total_q, H, D/2). Block (x, y, z) =
-            (positions x*ROWS.., heads y*HB.., sequence z)."""
+        def flash_ws_kernel(q, k, v, out, lse, cu_q, cu_k, maps, scale_log2, left, right,
+                            lse_batched, tmpl):
+            """q, k, v: uint16 (total, heads, D) views, read through the block's own maps
+            (Q, K, V: 384 bytes of ``maps``, the call's scratch, made from the template maps
+            at ``tmpl``); out: uint32 (total_q, H, D/2). Block (x, y, z) = (positions
+            x*ROWS.., heads y*HB.., sequence z)."""
             tid = cuda.threadIdx.x
             wg = tid >> 7
             b = cuda.blockIdx.z
@@ -146,9 +159,14 @@ def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
                 return
             base = block_base(tid)
             if wg == 0:
+                # the maps before setmaxnreg.dec: their copy needs more than 24 registers
+                mq = mk = mv = uint64(0)
+                if tid == 0 and ntiles > 0:
+                    blk = cuda.blockIdx.x + cuda.gridDim.x * (cuda.blockIdx.y
+                                                              + cuda.gridDim.y * b)
+                    mq, mk, mv = acquire(slot(maps, blk), tmpl, q, k, v)
                 dec()
                 if tid == 0 and ntiles > 0:
-                    mq, mk, mv = acquire(maps)
                     produce_tile(base, mq, mk, mv, q0, sq, row0, hbase, k0, hkv, n_lo,
                                  ntiles, 0, 0)
             else:
@@ -162,8 +180,8 @@ def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
         return flash_ws_kernel
 
     @cuda.jit(**jit_kw)
-    def flash_ws_persistent(q, k, v, out, lse, cu_q, cu_k, scale_log2, left, right,
-                            lse_batched, maps, nx, ny, n_work):
+    def flash_ws_persistent(q, k, v, out, lse, cu_q, cu_k, maps, scale_log2, left, right,
+                            lse_batched, tmpl, nx, ny, n_work):
         """As flash_ws_kernel, each block taking work tiles w = blockIdx.x, + gridDim.x, ...
         of the ``n_work`` = nx * ny * batch tiles (w = x + nx (y + ny b)): the producer
         loads the next tile's Q and K/V while the consumers finish this one."""
@@ -171,9 +189,12 @@ def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
         wg = tid >> 7
         base = block_base(tid)
         if wg == 0:
+            # the maps before setmaxnreg.dec: their copy needs more than 24 registers
+            mq = mk = mv = uint64(0)
+            if tid == 0:
+                mq, mk, mv = acquire(slot(maps, cuda.blockIdx.x), tmpl, q, k, v)
             dec()
             if tid == 0:
-                mq, mk, mv = acquire(maps)
                 c = 0
                 qn = 0
                 for w in range(cuda.blockIdx.x, n_work, cuda.gridDim.x):
@@ -209,50 +230,61 @@ def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
     return flash_ws_persistent
 
 
-@functools.lru_cache(maxsize=None)
-def _build_prepare():
-    @cuda.jit(cache=True)
-    def flash_ws_prepare(q, k, v, maps):
-        """Write the call's q, k, v data addresses into the three maps at ``maps``."""
-        if cuda.threadIdx.x == 0:
-            m = uint64(maps)
-            pt.tensormap_replace_address(m, px.data_ptr(q))
-            pt.tensormap_replace_address(m + uint64(128), px.data_ptr(k))
-            pt.tensormap_replace_address(m + uint64(256), px.data_ptr(v))
-            pt.fence_tensormap_release()
-    return flash_ws_prepare
-
-
 # --------------------------------------------------------------------------- module contract
 
 def _signature(persistent=False):
     u2 = array_type(np.uint16, 3)
     return ((u2, u2, u2, array_type(np.uint32, 3), array_type(np.float32, 3),
-             array_type(np.int32, 1), array_type(np.int32, 1), types.float32, types.int32,
-             types.int32, types.boolean, types.int64) +
+             array_type(np.int32, 1), array_type(np.int32, 1), array_type(np.int64, 1),
+             types.float32, types.int32, types.int32, types.boolean, types.int64) +
             ((types.int32,) * 3 if persistent else ()))
 
 
-def _prepare_signature():
-    u2 = array_type(np.uint16, 3)
-    return (u2, u2, u2, types.int64)
-
-
 def compile_targets(head_size, dtype, heads=(4,)):
-    """``[(label, kernel, signature)]`` for ``compile_ptx(..., cc=(9, 0, "a"))``:
-    the kernel per ``heads`` and the map-address launch."""
+    """``[(label, kernel, signature)]`` for ``compile_ptx(..., cc=(9, 0, "a"))``: the
+    kernel per ``heads``."""
     kind = kind_of(dtype)
     if kind is None or head_size not in HEAD_SIZES:
         return []
-    return ([(f"flash_ws_kernel_{kind}_d{head_size}_h{hb}", build(head_size, kind, hb),
-              _signature(PERSISTENT)) for hb in heads] +
-            [("flash_ws_prepare", _build_prepare(), _prepare_signature())])
+    return [(f"flash_ws_kernel_{kind}_d{head_size}_h{hb}", build(head_size, kind, hb),
+             _signature(PERSISTENT)) for hb in heads]
 
 
 def supports(problem):
-    """Why this kernel cannot run ``problem`` (None when it can). Opt-in (``kernels.OPT_IN``):
-    what checked it on the GPU is in notes/v6_flash_ws.md."""
+    """Why this kernel cannot run ``problem`` (None when it can)."""
     return supports_hopper(problem, NAME, HEAD_SIZES, "TMA, wgmma")
+
+
+def grid_key_tiles(problem, heads, block_n, limit=None):
+    """Key tiles the grid's work tiles load, counted with every sequence at the longest
+    length (an upper bound for varlen); the count stops once past ``limit``."""
+    from .tile_range import key_tiles_host
+    rows = lay.CONSUMERS * lay.positions_per_tile(heads)
+    sq, sk = problem.max_seqlen_q, problem.max_seqlen_k
+    per_x = (problem.num_heads // heads) * problem.batch
+    n = 0
+    for row0 in range(0, sq, rows):
+        lo, hi = key_tiles_host(row0, min(row0 + rows, sq) - 1, sq, sk, problem.window_left,
+                                problem.window_right, block_n)
+        n += max(hi - lo, 0) // block_n * per_x
+        if limit is not None and n > limit:
+            break
+    return n
+
+
+def auto_declines(problem):
+    """Why ``kernel="auto"`` takes the next kernel (flash_wgmma) for ``problem`` although
+    this one can run it (None: auto takes this one). flash_ws's fixed costs per block (its
+    maps, barriers, the producer's start) pay off only once each SM has several key tiles
+    to stream: at most ``AUTO_MIN_KEY_TILES`` in the grid, flash_wgmma was as fast or
+    faster on the H200 (notes/v6_flash_ws.md). Head size 64 was never timed against it."""
+    if problem.head_size != 128:
+        return "flash_ws is timed only at head size 128"
+    hb = heads_per_block(problem.group_size)
+    n = grid_key_tiles(problem, hb, BLOCK_N[128], AUTO_MIN_KEY_TILES)
+    if n <= AUTO_MIN_KEY_TILES:
+        return f"{n} key tiles: flash_wgmma is as fast up to {AUTO_MIN_KEY_TILES}"
+    return None
 
 
 def configure(problem, heads=None, block_n=None, stages=None, overlap=None,
@@ -297,40 +329,40 @@ def _scalars(problem):
             bool(problem.lse_batched))
 
 
-def plan(problem, **kw):
-    """Two launches: the map-address writer (one warp) and the kernel. The maps are the
-    specialisation's own (:func:`attn_numba.tensormap.template_maps`, made once); calls that
-    share a specialisation must run on one stream (the first launch rewrites the maps).
-    Keyword overrides (``heads``, ``block_n``, ``stages``, ``overlap``, ``pingpong``,
-    ``lean``, ``persistent``, ``blocks``, ``debug_waits``) as in :func:`build` and
-    :func:`configure`."""
+def template_address(problem, heads, block_n):
+    """Address of the specialisation's template Q, K and V maps (placeholder data addresses;
+    made once per device and specs, :func:`attn_numba.tensormap.template_maps`; on the
+    simulator, model maps)."""
+    specs = map_specs(problem, heads, block_n)
+    if numba_config.ENABLE_CUDASIM:
+        from .v6_ptx_sim import model_maps
+        return model_maps(specs)
     from .. import tensormap
-    from . import Plan
-    kernel, grid, shared, hb, bn, extra = configure(problem, **kw)
-    specs = map_specs(problem, hb, bn)
     dev = cuda.get_current_device().id
-    maps = tensormap.template_maps(specs, (NAME, dev, specs)).address
-    opt_in_shared(kernel, _signature(bool(extra)), shared)
-    prep = Plan(_build_prepare(), (1,), 32, (np.uint16,) * 3, (np.int64(maps),),
-                arrays=("q", "k", "v"))
-    views = (np.uint16, np.uint16, np.uint16, np.uint32)
-    main = Plan(kernel, grid, THREADS, views,
-                _scalars(problem) + (np.int64(maps),) + extra, shared)
-    return (prep, main)
+    return tensormap.template_maps(specs, (NAME, dev, specs)).address
 
 
-def plan_direct(problem, q_ptr, k_ptr, v_ptr, **kw):
-    """The kernel's launch alone, with maps of the arrays at these data pointers
-    (:func:`attn_numba.tensormap.maps_for`, cached per pointers): for a call path that
-    passes per-call pointers to the module (the contract's :func:`plan` cannot), and for
-    timing what the map-address launch costs. The maps stay alive while they are among
-    the 256 most recent of ``maps_for``'s cache. Keywords as in :func:`plan`."""
-    from .. import tensormap
-    from . import Plan
+def scratch(problem, **kw):
+    """The call's own maps: 384 bytes per block of the grid (``maps``, int64), written by
+    each block from the template before its first TMA, so that calls on any streams never
+    share a map. Keywords as in :func:`plan`."""
+    from . import Scratch
+    _, grid, *_ = configure(problem, **kw)
+    return (Scratch("maps", (grid[0] * grid[1] * grid[2] * MAPS_PER_BLOCK * 16,), np.int64),)
+
+
+def plan(problem, **kw):
+    """One launch: every block copies the template maps into its slot of the ``maps``
+    scratch (:func:`scratch`), writes the call's q, k, v addresses there
+    (``tensormap.replace``) and loads through them. Keyword overrides (``heads``,
+    ``block_n``, ``stages``, ``overlap``, ``pingpong``, ``lean``, ``persistent``,
+    ``blocks``, ``debug_waits``) as in :func:`build` and :func:`configure`; :func:`scratch`
+    takes the same."""
+    from . import FWD_ARRAYS, Plan
     kernel, grid, shared, hb, bn, extra = configure(problem, **kw)
-    specs = map_specs(problem, hb, bn)
-    maps = tensormap.maps_for(zip((q_ptr, k_ptr, v_ptr), specs)).address
+    tmpl = template_address(problem, hb, bn)
     opt_in_shared(kernel, _signature(bool(extra)), shared)
     views = (np.uint16, np.uint16, np.uint16, np.uint32)
     return (Plan(kernel, grid, THREADS, views,
-                 _scalars(problem) + (np.int64(maps),) + extra, shared),)
+                 _scalars(problem) + (np.int64(tmpl),) + extra, shared,
+                 arrays=FWD_ARRAYS + ("maps",)),)

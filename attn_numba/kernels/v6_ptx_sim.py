@@ -12,7 +12,9 @@ count on every live thread taking part in the same ones). A producer that waited
 least as many stages as key tiles (the producer never waits); the barrier protocol with
 fewer stages is checked by the model in ``tests/test_v6_layout.py``. Tensor maps are
 :func:`model_maps` handles; ``tensormap_replace_address`` points one at a kernel argument
-(``ptx_sm90_sim.data_ptr``'s address), as the device instruction does.
+(``ptx_sm90_sim.data_ptr``'s address), as the device instruction does; ``tensormap_copy``
+copies a template handle to a call's slot (any integer address, as a slot in a scratch
+array is).
 """
 import threading
 import time
@@ -114,6 +116,16 @@ def model_maps(specs):
         for i, s in enumerate(specs):
             _MAPS[base + 128 * i] = [s, None]
     return base
+
+
+def tensormap_copy(n):
+    """``tensormap_copy(n)(dst, src)``: the ``n`` model maps from ``src`` (spec and data
+    address, 128 bytes apart) copied to ``dst``."""
+    def copy(dst, src):
+        with _LOCK:
+            for i in range(int(n)):
+                _MAPS[int(dst) + 128 * i] = list(_MAPS[int(src) + 128 * i])
+    return copy
 
 
 def tensormap_replace_address(m, addr):

@@ -78,7 +78,8 @@ def _wait(debug_waits):
 
 
 def _producer(D, BN, HB, S, wait, stage_k):
-    """(init_barriers, produce) for one specialisation."""
+    """(init_barriers, acquire, produce) for one specialisation."""
+    copy3 = pt.tensormap_copy(3)
     PB = lay.positions_per_tile(HB)
     CB = D // lay.BOX_COLS
     BC = lay.BOX_COLS
@@ -101,11 +102,19 @@ def _producer(D, BN, HB, S, wait, stage_k):
         pt.fence_mbarrier_init()
 
     @cuda.jit(device=True, inline=True, cache=True)
-    def acquire(maps):
-        """The Q, K and V maps' addresses, acquired (once per block, before any TMA)."""
-        mq = uint64(maps)
+    def acquire(slot, tmpl, q, k, v):
+        """The block's own Q, K and V maps at ``slot`` (384 bytes of the call's scratch):
+        the specialisation's template maps at ``tmpl`` copied there, the call's data
+        addresses written in, released and acquired by this thread (once per block, before
+        any TMA). Returns their addresses."""
+        mq = uint64(slot)
         mk = mq + uint64(128)
         mv = mq + uint64(256)
+        copy3(mq, uint64(tmpl))
+        pt.tensormap_replace_address(mq, px.data_ptr(q))
+        pt.tensormap_replace_address(mk, px.data_ptr(k))
+        pt.tensormap_replace_address(mv, px.data_ptr(v))
+        pt.fence_tensormap_release()
         pt.fence_tensormap_acquire(mq)
         pt.fence_tensormap_acquire(mk)
         pt.fence_tensormap_acquire(mv)
