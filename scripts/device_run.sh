@@ -32,6 +32,9 @@
 #   breakdown            scripts/call_breakdown.py (host time per stage of a public call)
 #   sanitize[:K1,K2]     compute-sanitizer memcheck, racecheck, synccheck, initcheck on
 #                        scripts/sanitize.py (default: every forward and backward kernel)
+#   sanitize_fwd:K1,K2   the same for forward kernels K1,K2 alone (no backward kernel)
+#   v6_tests             the flash_ws GPU tests: tests/test_v6_flash_ws.py and the GPU suites'
+#                        flash_ws cases (-k flash_ws: calls, streams, graphs)
 #   wgmma_check[:A,B]    scripts/gpu_wgmma_check.py A B (flash_wgmma microtest, sweeps, timing;
 #                        JSON, PTX and SASS in r/wgmma/)
 #   v4_check[:A,B]       scripts/gpu_check_v4.py A B (flash_tc checks and variants; JSON in r/)
@@ -56,7 +59,7 @@ run() {  # run LOG LIMIT command...: bounded, output to $R/LOG.log, exit status 
 }
 sanitizer() { command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1; }
 
-STEPS=" bench long flex_long first_call gpu_tests gpu_par breakdown breakdown_base fwd_ab sanitize wgmma_check v4_check package notebooks bench_bwd bwd_check v6_check ncu_v6 sass_v6 "
+STEPS=" bench long flex_long first_call gpu_tests gpu_par breakdown breakdown_base fwd_ab sanitize sanitize_fwd v6_tests wgmma_check v4_check package notebooks bench_bwd bwd_check v6_check ncu_v6 sass_v6 "
 for spec in "$@"; do  # every step known before any runs
     [[ $STEPS == *" ${spec%%:*} "* ]] || { echo "unknown step ${spec%%:*}; steps:$STEPS"; exit 2; }
 done
@@ -118,6 +121,15 @@ for spec in "$@"; do
                       run "sanitize_$tool" 150 "$cs" --tool "$tool" --error-exitcode 1 \
                           python3 scripts/sanitize.py ${list:+--kernels $list} $small
                   done ;;
+        sanitize_fwd) cs=$(sanitizer)
+                      for tool in memcheck racecheck synccheck initcheck; do
+                          small=--small; [ "$tool" = memcheck ] && small=
+                          run "sanitize_$tool" 150 "$cs" --tool "$tool" --error-exitcode 1 \
+                              python3 scripts/sanitize.py --kernels $list --bwd-kernels $small
+                      done ;;
+        v6_tests) ATTN_NUMBA_TEST_GPU=1 run pytest_v6 200 python3 -m pytest -q \
+                      -p no:cacheprovider -rs tests/test_v6_flash_ws.py tests/test_gpu.py \
+                      tests/test_gpu_call_path.py -k flash_ws ;;
         wgmma_check) OUT="$R/wgmma" run wgmma_check 160 python3 scripts/gpu_wgmma_check.py $list ;;
         v4_check) OUT="$R" run v4_check 200 python3 scripts/gpu_check_v4.py $list ;;
         package) run package 60 python3 -m attn_numba.sources --package ;;

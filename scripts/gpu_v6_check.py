@@ -20,7 +20,7 @@ against flash_wgmma (v5) at the log's 10 configurations. Needs an sm_90 device.
    0/1: CUDA-graph replay (triton's ``do_bench_cudagraph`` when torch and triton import,
    else CUDA events over 20 launches queued behind a sleeper kernel, median of 7), the
    flash_ws variants of ``TIMED`` (the defaults, one block per work tile instead of the
-   persistent grid, key tiles of 64, the overlapped loop) against v5, and FlashAttention-4
+   persistent grid, key tiles of 64, three K/V stages, the overlapped loop) against v5, and FlashAttention-4
    where ``flash_attn.cute`` imports (its output compared with ours first).
 
 Everything goes to ``$OUT/v6.json`` (rewritten after every case); a table comes last.
@@ -390,6 +390,7 @@ TIMED = (("flash_wgmma", None),
          ("flash_ws", {}),                                   # the module's defaults
          ("flash_ws_tile_grid", dict(persistent=False)),     # one block per work tile
          ("flash_ws_bn64", dict(block_n=64)),
+         ("flash_ws_s3", dict(stages=3)),                    # a third K/V stage
          ("flash_ws_ov", dict(stages=3, overlap=True)))
 
 
