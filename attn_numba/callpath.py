@@ -193,10 +193,8 @@ def _call(spec, kind, ins, outs, cus, shapes, stream, return_lse):
     (cq, icq), (ck, ick) = cus
     ptrs = (iq.ptr, ik.ptr, iv.ptr, io.ptr if io is not None else _ptr(out, okind),
             il.ptr if il is not None else _ptr(lse, okind), icq.ptr, ick.ptr)
-    scratch = ()
-    if spec.scratch:   # the module's per-call buffers, in stream order on the launch stream
-        scratch = tuple(arrays.empty(okind, q, s.shape, np.dtype(s.dtype), ls, device)
-                        for s in spec.scratch)
+    scratch = _scratch(spec, okind, q, ls, device) if spec.scratch else ()
+    if scratch:
         ptrs += tuple(_ptr(x, okind) for x in scratch)
     sq, sk, sv, slse = shapes[:4]
     _run(spec, ptrs, lambda: (
@@ -206,6 +204,37 @@ def _call(spec, kind, ins, outs, cus, shapes, stream, return_lse):
         (cq, icq, None), (ck, ick, None),
         *((x, arrays.info(x, okind), None) for x in scratch)), ls)
     return (out, lse) if return_lse else out
+
+
+#: (device, stream handle, scratch specs) -> Numba scratch arrays, reused by the calls on
+#: that stream (see _scratch)
+_STREAM_SCRATCH = {}
+_MAX_STREAM_SCRATCH = 64
+
+
+def _scratch(spec, kind, like, ls, device):
+    """The module's scratch buffers for one call on :class:`~arrays.LaunchStream` ``ls``.
+
+    torch and CuPy callers: new buffers from their stream-ordered pools, on the launch stream
+    (so CUDA-graph capture gives each captured call its own). Numba callers have no such
+    pool: a new device array per call costs a ``cuMemAlloc``, and Numba's deferred frees
+    call ``cuMemFree``, which waits for the device (a host synchronisation: it deadlocked
+    NVBench's blocking kernel). So they get buffers made once per (device, stream) and
+    reused by every call on that stream: stream order keeps two calls from overlapping, and
+    each call's plans write what they read. What this cannot see: a stream destroyed with
+    such a call still running and its handle reused at once by a new stream."""
+    if kind in ("torch", "cupy"):
+        return tuple(arrays.empty(kind, like, s.shape, np.dtype(s.dtype), ls, device)
+                     for s in spec.scratch)
+    key = (device, ls.handle, spec.scratch)
+    hit = _STREAM_SCRATCH.get(key)
+    if hit is None:
+        if len(_STREAM_SCRATCH) >= _MAX_STREAM_SCRATCH:
+            _STREAM_SCRATCH.clear()
+        hit = _STREAM_SCRATCH[key] = tuple(
+            arrays.empty("numba", None, s.shape, np.dtype(s.dtype), ls, None)
+            for s in spec.scratch)
+    return hit
 
 
 def _host_call(spec, ins, outs, cus, shapes, ls, return_lse):
@@ -227,8 +256,7 @@ def _host_call(spec, ins, outs, cus, shapes, ls, return_lse):
             c = cuda.to_device(c, stream=s)
             inf = arrays.info(c, "numba")
         cu.append((c, inf, None))
-    scratch = [arrays.empty("numba", None, sc.shape, np.dtype(sc.dtype), ls, None)
-               for sc in spec.scratch]
+    scratch = _scratch(spec, "numba", None, ls, None) if spec.scratch else ()
     args = (*dev, (out_d, io, shapes[0]), (lse_d, il, shapes[3]), *cu,
             *((x, arrays.info(x, "numba"), None) for x in scratch))
     _run(spec, tuple(a[1].ptr for a in args), lambda: args, ls)

@@ -19,8 +19,8 @@ against flash_wgmma (v5) at the log's 10 configurations. Needs an sm_90 device.
 3. timing: 1 sequence, 32/8 heads, D=128, window (128,128), fp16, 512..8192 tokens, causal
    0/1: CUDA-graph replay (triton's ``do_bench_cudagraph`` when torch and triton import,
    else CUDA events over 20 launches queued behind a sleeper kernel, median of 7), the
-   flash_ws variants of ``TIMED`` (the defaults, one block per work tile instead of the
-   persistent grid, key tiles of 64, three K/V stages, the overlapped loop) against v5, and FlashAttention-4
+   flash_ws variants of ``TIMED`` (the defaults, always the persistent grid, always one
+   block per work tile, key tiles of 64, three K/V stages, the overlapped loop) against v5, and FlashAttention-4
    where ``flash_attn.cute`` imports (its output compared with ours first).
 
 Everything goes to ``$OUT/v6.json`` (rewritten after every case); a table comes last.
@@ -388,6 +388,7 @@ def _timer():
 #: (name, flash_ws plan options) timed at each configuration; flash_wgmma is v5's default
 TIMED = (("flash_wgmma", None),
          ("flash_ws", {}),                                   # the module's defaults
+         ("flash_ws_persistent", dict(persistent=True)),     # one block per SM, always
          ("flash_ws_tile_grid", dict(persistent=False)),     # one block per work tile
          ("flash_ws_bn64", dict(block_n=64)),
          ("flash_ws_s3", dict(stages=3)),                    # a third K/V stage

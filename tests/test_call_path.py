@@ -327,3 +327,22 @@ def test_auto_passes_over_a_kernel_that_declines(monkeypatch):
     monkeypatch.setattr(callpath, "KERNEL_NAMES", ("flash_ws", "flash_wgmma", "flash_tc"))
     with pytest.raises(ValueError, match="flash_ws: too few.*flash_wgmma: needs sm_90"):
         callpath._resolve_kernel("auto", p)
+
+
+def test_numba_callers_reuse_scratch_per_stream(monkeypatch):
+    """Scratch for Numba callers is made once per (device, stream) and reused by the calls on
+    that stream (a new device array per call would cost a cuMemAlloc, and Numba's deferred
+    cuMemFree waits for the device); another stream gets its own."""
+    from attn_numba import callpath
+    from attn_numba.arrays import LaunchStream
+    from attn_numba.kernels import Scratch
+
+    monkeypatch.setattr(callpath, "_STREAM_SCRATCH", {})
+    spec = callpath._Spec(None, None, (), None, None, (), (Scratch("maps", (48,), np.int64),))
+    s1, s2 = LaunchStream(11, None, True), LaunchStream(22, None, True)
+    a = callpath._scratch(spec, "numba", None, s1, 0)
+    b = callpath._scratch(spec, "numba", None, s1, 0)
+    c = callpath._scratch(spec, "numba", None, s2, 0)
+    assert a is b and a is not c and a[0] is not c[0]
+    assert a[0].shape == (48,) and a[0].dtype == np.int64
+    assert callpath._scratch(spec, "numba", None, s1, 1) is not a     # another device

@@ -99,13 +99,19 @@ def test_configure_persistent_grid_takes_the_work_tiles_in_turn():
     assert (hb, bn, grid) == (4, 128, (132, 1, 1))
     assert tuple(map(int, extra)) == (256, 8, 2048) and shared == lay.shared_bytes(128, 128, 2)
     small = dataclasses.replace(p, max_seqlen_q=40, total_q=40)
-    _, grid, _, _, _, extra = v6.configure(small, blocks=132)
+    _, grid, _, _, _, extra = v6.configure(small, blocks=132, persistent=True)
     assert grid == (16, 1, 1) and tuple(map(int, extra)) == (2, 8, 16)
+    # by default, 16 work tiles for 132 blocks: one block per tile, not the persistent grid
+    k_tiles, grid, _, _, _, extra = v6.configure(small, blocks=132)
+    assert grid == (2, 8, 1) and extra == ()
+    assert k_tiles is v6.build(128, "f16", 4, persistent=False)
+    assert v6.configure(small, blocks=16)[1] == (2, 8, 1)        # 16 tiles, 16 blocks
+    assert v6.configure(small, blocks=15)[1] == (15, 1, 1)       # one more tile than blocks
 
 
 def test_compile_targets_cover_the_kernel():
     labels = [t[0] for t in v6.compile_targets(128, np.float16)]
-    assert labels == ["flash_ws_kernel_f16_d128_h4"]
+    assert labels == ["flash_ws_kernel_f16_d128_h4", "flash_ws_kernel_f16_d128_h4_tiles"]
     assert v6.compile_targets(256, np.float16) == []
     assert v6.compile_targets(64, np.float32) == []
 
@@ -232,7 +238,7 @@ def test_disk_cache_key_is_stable_across_compile_and_processes():
         return json.loads(p.stdout.strip().splitlines()[-1])
 
     first, second = run("compile"), run("keys")
-    assert set(first) == {"flash_ws_kernel_f16_d128_h4"}
+    assert set(first) == {"flash_ws_kernel_f16_d128_h4", "flash_ws_kernel_f16_d128_h4_tiles"}
     assert all(b == a for b, a in first.values()), "compiling changed a disk-cache key"
     assert all(second[k][0] == first[k][0] for k in first), "a new process has another key"
 

@@ -69,7 +69,8 @@ PINGPONG = True
 #: keep-mask masking, descriptors stepped by constants (v5_steps.steps): 4% faster (run 30)
 LEAN = True
 #: one block per SM taking work tiles in turn (next tile's loads under this one's epilogue):
-#: with 128-key tiles 13-16% faster from 2048 tokens up (run 33, notes/v6_flash_ws.md)
+#: with 128-key tiles 13-16% faster from 2048 tokens up (run 33, notes/v6_flash_ws.md); used
+#: when there are more work tiles than SMs (configure)
 PERSISTENT = True
 MAX_SHARED = 227 * 1024
 #: maps per block (Q, K, V), 128 bytes each, in the call's ``maps`` scratch
@@ -241,13 +242,14 @@ def _signature(persistent=False):
 
 
 def compile_targets(head_size, dtype, heads=(4,)):
-    """``[(label, kernel, signature)]`` for ``compile_ptx(..., cc=(9, 0, "a"))``: the
-    kernel per ``heads``."""
+    """``[(label, kernel, signature)]`` for ``compile_ptx(..., cc=(9, 0, "a"))``: per
+    ``heads``, the persistent kernel and the one-block-per-tile kernel (configure picks)."""
     kind = kind_of(dtype)
     if kind is None or head_size not in HEAD_SIZES:
         return []
-    return [(f"flash_ws_kernel_{kind}_d{head_size}_h{hb}", build(head_size, kind, hb),
-             _signature(PERSISTENT)) for hb in heads]
+    return [(f"flash_ws_kernel_{kind}_d{head_size}_h{hb}{'' if pers else '_tiles'}",
+             build(head_size, kind, hb, persistent=pers), _signature(pers))
+            for hb in heads for pers in (True, False)]
 
 
 def supports(problem):
@@ -291,22 +293,26 @@ def configure(problem, heads=None, block_n=None, stages=None, overlap=None,
               debug_waits=False, pingpong=None, lean=None, persistent=None, blocks=None):
     """(kernel, grid, dynamic shared bytes, heads, block_n, extra scalars) for ``problem``.
     ``persistent``: a grid of ``blocks`` (default: the device's SMs, at most the work
-    tiles) taking the work tiles in turn; extra scalars ``(nx, ny, n_work)``."""
+    tiles) taking the work tiles in turn, extra scalars ``(nx, ny, n_work)``; None (the
+    default): persistent when there are more work tiles than ``blocks``, else one block per
+    tile (with one tile per block the persistent kernel's ring bookkeeping only costs: 6-8%
+    slower at 512 tokens on the H200, run 36)."""
     hb = heads_per_block(problem.group_size) if heads is None else heads
     d = problem.head_size
     bn = BLOCK_N[d] if block_n is None else block_n
     st = STAGES if stages is None else stages
-    pers = PERSISTENT if persistent is None else bool(persistent)
-    kernel = build(d, kind_of(problem.dtype), hb, bn, st, overlap, debug_waits, pingpong,
-                   lean, pers)
     rows = lay.CONSUMERS * lay.positions_per_tile(hb)
     grid = ((max(problem.max_seqlen_q, 1) + rows - 1) // rows, problem.num_heads // hb,
             problem.batch)
+    n_work = grid[0] * grid[1] * grid[2]
+    if blocks is None:   # the simulator's device has no SM count: a block per tile
+        blocks = getattr(cuda.get_current_device(), "MULTIPROCESSOR_COUNT", n_work)
+    # the persistent grid only pays with more work tiles than blocks
+    pers = (PERSISTENT and n_work > blocks) if persistent is None else bool(persistent)
+    kernel = build(d, kind_of(problem.dtype), hb, bn, st, overlap, debug_waits, pingpong,
+                   lean, pers)
     extra = ()
     if pers:
-        n_work = grid[0] * grid[1] * grid[2]
-        if blocks is None:   # the simulator's device has no SM count: a block per tile
-            blocks = getattr(cuda.get_current_device(), "MULTIPROCESSOR_COUNT", n_work)
         extra = (np.int32(grid[0]), np.int32(grid[1]), np.int32(n_work))
         grid = (max(min(int(blocks), n_work), 1), 1, 1)
     return kernel, grid, lay.shared_bytes(d, bn, st), hb, bn, extra
