@@ -320,7 +320,7 @@ for path in found:
 #
 # v5 is one block of one warpgroup (128 threads) per 16 positions x 4 heads; every warp both
 # copies K/V (`cp.async`) and computes. FlashAttention-3 and -4 split the roles, and v6
-# (`attn_numba/kernels/v6_flash_ws.py`, opt-in: `mha_fwd(..., kernel="flash_ws")`) does the
+# (`attn_numba/kernels/v6_flash_ws.py`, `mha_fwd(..., kernel="flash_ws")`) does the
 # same from Numba:
 #
 # * **TMA** loads: one thread of a **producer warpgroup** issues
@@ -353,8 +353,18 @@ for path in found:
 # epilogue instead of after it. The overlapped loop (QK^T of the next tile issued during this
 # tile's softmax) is still slower, with or without the turns.
 #
-# The public calls, NVBench (run 34, `attn-numba bench`): flash_ws is within 1.09x of FA4
-# from 4096 tokens up, and under cuDNN there. At 512 and 1024 tokens (one or two waves of
-# blocks) it is slower than v5, and its maps are rewritten per call, which two streams could
-# race on. So `auto` keeps v5; the table is in the README.
+# The public calls, NVBench (run 38, `attn-numba bench`, one process with FA4 and cuDNN):
+# flash_ws / FA4 is 1.25, 1.22, 1.13, 1.08, 1.06 from 512 to 8192 tokens (non-causal) and
+# 1.33, 1.26, 1.14, 1.07, 1.05 (causal), at most cuDNN's time at 7 of the 10
+# configurations. Two changes since run 34 helped most at small sizes:
+#
+# * each block writes its own maps: it copies the templates into the call's scratch and
+#   writes the call's addresses there, so a call is one launch, not two, and two streams
+#   never share a map;
+# * the persistent grid only when there are more work tiles than SMs.
+#
+# At 512 and 1024 tokens, one work tile per SM, the time is latency, not throughput.
+# Back-to-back calls there are bound by host work, and flash_ws's call allocates one buffer
+# more. So `auto` takes flash_ws above 1,200 key tiles in the grid (`auto_declines`) and v5
+# below. The table is in the README.
 
