@@ -4,8 +4,8 @@ ncu to profile (scripts/device_run.sh step ``ncu_v6``):
 
     ncu --clock-control none --section SpeedOfLight ... python3 scripts/ncu_v6.py
 
-Every kernel is launched once (the map-address launch of flash_ws too: filter it out by
-name). Inputs come from NumPy through host-to-device copies, so no other kernel runs."""
+Every kernel is launched once (flash_ws: one launch per variant; ``--variants`` picks them).
+Inputs come from NumPy through host-to-device copies, so no other kernel runs."""
 import argparse
 import os
 import sys
@@ -14,17 +14,20 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-VARIANTS = (("bn64_pp", dict(block_n=64, pingpong=True)),
-            ("bn64_pp_ln", dict(block_n=64, pingpong=True, lean=True)),
-            ("bn128_pp_ln", dict(block_n=128, pingpong=True, lean=True)),
-            ("bn128_ov_pp_ln", dict(block_n=128, overlap=True, pingpong=True, lean=True)))
+VARIANTS = (("default", {}),                              # the module's defaults
+            ("persistent", dict(persistent=True)),         # one block per SM, always
+            ("tiles", dict(persistent=False)),             # one block per work tile
+            ("ov", dict(overlap=True)))                    # the overlapped loop
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--causal", action="store_true")
     ap.add_argument("--tokens", type=int, default=8192)
+    ap.add_argument("--variants", default=",".join(n for n, _ in VARIANTS),
+                    help="flash_ws variants to launch, by name (default: all)")
     a = ap.parse_args()
+    chosen = [(n, kw) for n, kw in VARIANTS if n in a.variants.split(",")]
     from numba import cuda
     from attn_numba import kernels
     from attn_numba.kernels import v5_flash_wgmma as v5
@@ -45,7 +48,7 @@ def main():
                   cu_seqlens_k=cuda.to_device(np.array([0, s], np.int32)))
     for name, plans, extra in [("flash_wgmma", v5.plan(p), {})] + [
             ("flash_ws_" + n, v6.plan(p, **kw), kernels.scratch_arrays(v6, p, **kw))
-            for n, kw in VARIANTS]:
+            for n, kw in chosen]:
         kernels.launch_plans(plans, dict(arrays, **extra))
         cuda.synchronize()
         print("launched", name, flush=True)
