@@ -337,3 +337,34 @@ def test_auto_takes_flash_ws_only_with_enough_key_tiles():
     p = _problem(max_seqlen_q=131072, total_q=131072, total_k=131072, max_seqlen_k=131072,
                  num_heads=32, num_kv_heads=8, window_left=128, window_right=128)
     assert v6.AUTO_MIN_KEY_TILES < v6.grid_key_tiles(p, 4, 128, limit=v6.AUTO_MIN_KEY_TILES) < 2000
+
+
+def test_sass_regions_reads_an_ncu_source_export(tmp_path):
+    """scripts/sass_regions.py (the SASS profile of notes/v6_flash_ws.md, run 40): opcodes
+    without their predicates, totals per kernel, chunks with the per-instruction maximum."""
+    import gzip
+    import importlib.util
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location(
+        "sass_regions", os.path.join(root, "scripts", "sass_regions.py"))
+    sr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sr)
+    text = "\n".join([
+        '"Kernel Name","k_one"',
+        '"Address","Source","Instructions Executed"',
+        '"0x0","      IMAD.WIDE R2, R3, 0x4, R4","1536"',
+        '"0x10","  @!P0 BRA 0x0","20000"',
+        '"0x20","      @P1 FSEL R5, R6, -INF , P2","1024"',
+        '"Kernel Name","k_two"',
+        '"Address","Source","Instructions Executed"',
+        '"0x0","      EXIT","128"', ""])
+    path = tmp_path / "s.csv.gz"
+    with gzip.open(path, "wt") as f:
+        f.write(text)
+    ks = sr.kernels_of(path)
+    assert list(ks) == ["k_one", "k_two"]
+    assert [sr.opcode(r) for r in ks["k_one"]] == ["IMAD", "BRA", "FSEL"]
+    out = sr.summary(ks["k_one"], chunk=2)
+    assert "total warp-instructions 22,560" in out
+    assert "    0     21,536 max/instr  20000" in out and "    2      1,024 max/instr   1024" in out
