@@ -258,7 +258,8 @@ GPU_CASES = [  # seq_q, seq_k, H, Hkv, D, dtype name, window, causal, plan optio
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", GPU_CASES)
 def test_flash_ws_on_the_gpu_matches_reference(rng, case):
-    """The kernel through its plan() (map-address launch, then the kernel) on an sm_90 GPU."""
+    """The kernel through its plan() and scratch() (one launch; each block writes its own
+    maps) on an sm_90 GPU."""
     import math
 
     from numba import cuda

@@ -1,5 +1,5 @@
 """Pure-Python models of :mod:`attn_numba.kernels.ptx_tma` for Numba's CUDA simulator, so that
-flash_ws's whole kernel (both roles, the map-address launch, Q/K/V boxes, barriers, masks)
+flash_ws's whole kernel (both roles, each block's own maps, Q/K/V boxes, barriers, masks)
 runs on the CPU in tests; ptx_tma swaps them in when the simulator is on. The wgmma, shuffle
 and address models are :mod:`ptx_sm90_sim`'s.
 
