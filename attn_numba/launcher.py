@@ -128,6 +128,19 @@ def _scalar_bits(ty, val):
     raise NotImplementedError(f"scalar parameter of type {ty}")
 
 
+def scalar_slots(tys, vals):
+    """The uint64 parameter slots of a plan's scalars of Numba types ``tys``: one per scalar,
+    and one per member of a tuple (Numba passes a tuple member by member)."""
+    from numba import types
+    out = []
+    for ty, val in zip(tys, vals):
+        if isinstance(ty, types.UniTuple):
+            out += [_scalar_bits(ty.dtype, x) for x in val]
+        else:
+            out.append(_scalar_bits(ty, val))
+    return out
+
+
 def _dim3(d):
     d = (d,) if isinstance(d, int) else tuple(d)
     return tuple(int(x) for x in d) + (1,) * (3 - len(d))
@@ -159,8 +172,7 @@ class Bound:
             size = int(np.prod(shape, dtype=np.int64))
             slots.append(len(values) + 4)  # meminfo, parent, nitems, itemsize, *data*
             values += [0, 0, size, dt.itemsize, 0, *shape, *c_strides(shape, dt.itemsize)]
-        for ty, val in zip(sig[len(plan.arrays):], plan.scalars):
-            values.append(_scalar_bits(ty, val))
+        values += scalar_slots(sig[len(plan.arrays):], plan.scalars)
         sizes = _param_sizes(int(cufunc.handle), len(values))
         if sizes is not None and max(sizes, default=0) > 8:
             raise NotImplementedError(f"kernel parameters of {sizes} bytes, expected "

@@ -98,11 +98,18 @@ def encode(spec, address):
 
 
 class DeviceMaps(NamedTuple):
-    """Maps in global memory: ``buffer`` (a Numba device array kept alive with them) and
-    ``address`` (of map 0; map ``i`` at ``address + 128 i``)."""
+    """Maps in global memory: ``buffer`` (a Numba device array kept alive with them),
+    ``address`` (of map 0; map ``i`` at ``address + 128 i``) and ``words``, their bytes as
+    int64 scalars (16 per map: for a kernel that takes the maps as parameters)."""
 
     buffer: object
     address: int
+    words: tuple = ()
+
+
+def words_of(blob):
+    """The int64 words (little-endian) of ``blob``, a multiple of 8 bytes."""
+    return tuple(np.frombuffer(blob, dtype="<i8").astype(np.int64))
 
 
 def _upload(blobs, buffer):
@@ -131,7 +138,8 @@ def template_maps(specs, owner):
         from numba import cuda
         buf = cuda.device_array(MAP_BYTES * len(specs), dtype=np.uint8)
         addr = _address(buf)
-        _upload([encode(s, addr) for s in specs], buf)
-        got = _TEMPLATES[key] = DeviceMaps(buf, addr)
+        blobs = [encode(s, addr) for s in specs]
+        _upload(blobs, buf)
+        got = _TEMPLATES[key] = DeviceMaps(buf, addr, words_of(b"".join(blobs)))
     return got
 

@@ -6,14 +6,15 @@ against flash_wgmma (v5) at the log's 10 configurations. Needs an sm_90 device.
 1. compile: every specialisation the sweep uses, in parallel processes (Numba's disk cache
    keeps them for the later stages).
 2. sweep: flash_ws through its own ``plan()`` and ``scratch()`` (one launch: every block
-   writes its own maps) against ``attn_numba.reference`` (float64) on fresh random inputs, outputs poisoned (NaN)
-   first: fp16/bf16, D 64/128, GQA 1/4/8, sizes 1/97/1025, sq != sk, varlen with an empty
-   sequence, windows (-1,-1), (0,0), (128,0), (128,128), causal; one call repeated on new
-   buffers (the maps must follow the pointers); a sequence with queries and no keys; 10
-   cases of the overlapped loop, 45 of the other variants (without the consumers' turns
-   and the lean softmax, which are the defaults; turns alone; BN 128) and 44 of the
-   persistent grid (one block per SM, and 3-7 blocks so that each takes many work tiles). One line per
-   case. Cases run in a child process that is restarted after a fault or a hang (no
+   writes its own maps) against ``attn_numba.reference`` (float64) on fresh random inputs,
+   outputs poisoned (NaN) first: fp16/bf16, D 64/128, GQA 1/4/8, sizes 1/97/1025,
+   sq != sk, varlen with an empty sequence, windows (-1,-1), (0,0), (128,0), (128,128),
+   causal; one call repeated on new buffers (the maps must follow the pointers); a sequence
+   with queries and no keys; 10 cases of the overlapped loop, 45 of the other variants
+   (without the consumers' turns and the lean softmax, which are the defaults; turns alone;
+   BN 128), 44 of the persistent grid (one block per SM, and 3-7 blocks so that each takes
+   many work tiles) and 22 of the template maps as kernel parameters (``param_maps``): 172
+   in all. One line per case. Cases run in a child process that is restarted after a fault or a hang (no
    progress for ``--stall`` s): the case it was on is recorded as failed and the sweep goes
    on with the next.
 3. timing: 1 sequence, 32/8 heads, D=128, window (128,128), fp16, 512..8192 tokens, causal
@@ -119,12 +120,23 @@ def cases():
         out.append(dict(dtype="float16", d=128, group=8, seq_q=[130, 0, 7, 513],
                         seq_k=[64, 0, 300, 513], window=(128, 0), causal=False, overlap=ov,
                         block_n=bn, stages=st, persistent=True, blocks=blocks))
+    # the template maps as kernel parameters (param_maps, opt-in): one block per tile, and
+    # the persistent grid with 5 blocks
+    for pers, blocks in ((False, None), (True, 5)):
+        for dt, d, g in (("float16", 128, 4), ("bfloat16", 64, 1)):
+            for (window, causal), s in zip(WINDOWS, (1025, 1025, 97, 1025, 1025)):
+                out.append(dict(dtype=dt, d=d, group=g, seq_q=[s], seq_k=[s], window=window,
+                                causal=causal, block_n=128, persistent=pers, blocks=blocks,
+                                param_maps=True))
+        out.append(dict(dtype="float16", d=128, group=8, seq_q=[130, 0, 7, 513],
+                        seq_k=[64, 0, 300, 513], window=(128, 0), causal=False, block_n=128,
+                        persistent=pers, blocks=blocks, param_maps=True))
     return out
 
 
 #: plan options of a case (the defaults where a case names none)
 OPTS = dict(overlap=False, pingpong=None, block_n=64, stages=2, lean=None, persistent=False,
-            blocks=None)
+            blocks=None, param_maps=False)
 
 
 def opts_of(c):
@@ -295,15 +307,16 @@ def compile_child(spec):
     from attn_numba.kernels.v5_flash_wgmma import opt_in_shared
     if spec == ("v5",):
         return opt_in_shared(v5.build(v5.Config(128, "float16", 4)), v5._signature(), 1024)
-    d, kind, hb, bn, st, ov, pp, lean, pers = spec
-    kernel = v6.build(d, kind, hb, bn, st, ov, pingpong=pp, lean=lean, persistent=pers)
-    opt_in_shared(kernel, v6._signature(pers), 1024)
+    d, kind, hb, bn, st, ov, pp, lean, pers, pm = spec
+    kernel = v6.build(d, kind, hb, bn, st, ov, pingpong=pp, lean=lean, persistent=pers,
+                      param_maps=pm)
+    opt_in_shared(kernel, v6._signature(pers, pm), 1024)
 
 
 def precompile(end):
     def spec(d, kind, hb, o):
         return (d, kind, hb, o["block_n"], o["stages"], o["overlap"], o["pingpong"],
-                o["lean"], o["persistent"])
+                o["lean"], o["persistent"], o["param_maps"])
     specs = {spec(c["d"], "f16" if c["dtype"] == "float16" else "bf16",
                   4 if c["group"] % 4 == 0 else 1, opts_of(c)) for c in cases()}
     specs |= {spec(128, "f16", 4, opts_of(kw)) for _, kw in TIMED if kw is not None}
@@ -392,6 +405,7 @@ TIMED = (("flash_wgmma", None),
          ("flash_ws_tile_grid", dict(persistent=False)),     # one block per work tile
          ("flash_ws_bn64", dict(block_n=64)),
          ("flash_ws_s3", dict(stages=3)),                    # a third K/V stage
+         ("flash_ws_pmaps", dict(param_maps=True)),          # template maps as parameters
          ("flash_ws_ov", dict(stages=3, overlap=True)))
 
 

@@ -190,6 +190,11 @@ def test_launcher_views_and_parameter_bits():
     assert launcher._scalar_bits(types.float32, 1.0) == 0x3F800000
     assert launcher._scalar_bits(types.int64, -1) == 0xFFFFFFFFFFFFFFFF
     assert launcher._scalar_bits(types.boolean, True) == 1
+    # a tuple scalar (flash_ws's template words) takes one slot per member, in order
+    words = tuple(np.int64(x) for x in (5, -2, 7))
+    assert launcher.scalar_slots((types.float32, types.UniTuple(types.int64, 3), types.int32),
+                                 (np.float32(1.0), words, np.int32(3))) == \
+        [0x3F800000, 5, 0xFFFFFFFFFFFFFFFE, 7, 3]
     assert launcher.bind_plans((), ()) is None or not attn_numba.on_simulator()
 
 

@@ -123,17 +123,19 @@ _COMPILE = textwrap.dedent("""
     out = {}
     for d, kind, hb, bn, st, *ov in json.loads(sys.argv[1]):
         pers = bool(len(ov) > 3 and ov[3])
+        pm = bool(len(ov) > 4 and ov[4])
         k = v6.build(d, kind, hb, bn, st, bool(ov and ov[0]),
                      pingpong=bool(len(ov) > 1 and ov[1]), lean=bool(len(ov) > 2 and ov[2]),
-                     persistent=pers)
-        ptx, _ = cuda.compile_ptx(k.py_func, v6._signature(pers), cc=(9, 0, "a"),
+                     persistent=pers, param_maps=pm)
+        ptx, _ = cuda.compile_ptx(k.py_func, v6._signature(pers, pm), cc=(9, 0, "a"),
                                   launch_bounds=(v6.THREADS, 1))
         out["-".join(map(str, [d, kind, hb, bn, st, *ov]))] = ptx
     print(json.dumps(out))
 """)
 
 
-def _check_variant(ptx, d, bn, tmp_path, name, overlap=False, pingpong=False):
+def _check_variant(ptx, d, bn, tmp_path, name, overlap=False, pingpong=False,
+                   param_maps=False):
     # the overlapped loop peels its first QK^T and last PV: every wgmma appears twice
     assert ptx.count("wgmma.mma_async") == (d // 16 + bn // 16) * (2 if overlap else 1)
     # the consumers' turns (v6_roles._scheduler): the block's one __syncthreads, then the
@@ -142,9 +144,11 @@ def _check_variant(ptx, d, bn, tmp_path, name, overlap=False, pingpong=False):
     turns = ((2, 3) if not overlap else (1, 2)) if pingpong else (0, 0)
     assert (ptx.count("bar.sync") - 1, ptx.count("bar.arrive")) == turns
     assert "cp.async.bulk.tensor.3d" in ptx
-    # the block's own maps: three templates copied (24 x 16 bytes, one asm block), the call's
-    # addresses written, one release, three acquires; every wait has the suspend hint
-    assert ptx.count("ld.global.v2.b64") == 24 and ptx.count("st.global.v2.b64") == 24
+    # the block's own maps: three templates copied (24 x 16 bytes, one asm block; with
+    # param_maps stored from the kernel's parameters, no load), the call's addresses
+    # written, one release, three acquires; every wait has the suspend hint
+    assert ptx.count("ld.global.v2.b64") == (0 if param_maps else 24)
+    assert ptx.count("st.global.v2.b64") == 24
     assert ptx.count("tensormap.replace.tile.global_address.global.b1024.b64") == 3
     assert ptx.count("fence.proxy.tensormap::generic.release.gpu") == 1
     assert ptx.count("fence.proxy.tensormap::generic.acquire.gpu") == 3
@@ -172,7 +176,8 @@ def _compile(tmp_path, variants):
 @pytest.mark.slow
 def test_kernel_compiles_and_assembles_d128_f16(tmp_path):
     ptxs = _compile(tmp_path, [[128, "f16", 4, 128, 2, 0, 1, 1, 1]])      # the defaults
-    assert (v6.OVERLAP, v6.PINGPONG, v6.LEAN, v6.PERSISTENT) == (False, True, True, True)
+    assert (v6.OVERLAP, v6.PINGPONG, v6.LEAN, v6.PERSISTENT, v6.PARAM_MAPS) == \
+        (False, True, True, True, False)
     assert v6.BLOCK_N[128] == 128 and v6.STAGES == 2
     _check_variant(ptxs["128-f16-4-128-2-0-1-1-1"], 128, 128, tmp_path, "main",
                    pingpong=True)
@@ -186,13 +191,16 @@ def test_kernel_compiles_and_assembles_d128_f16(tmp_path):
                                      [64, "bf16", 1, 128, 2, 0, 1, 1],
                                      [128, "f16", 4, 128, 2, 1, 1, 1],
                                      [128, "f16", 4, 64, 2, 0, 1, 1, 0],
-                                     [64, "bf16", 1, 64, 3, 1, 1, 1, 1]])
+                                     [64, "bf16", 1, 64, 3, 1, 1, 1, 1],
+                                     [128, "f16", 4, 128, 2, 0, 1, 1, 0, 1],
+                                     [128, "bf16", 4, 128, 2, 0, 1, 1, 1, 1]])
 def test_kernel_variants_compile_and_assemble(tmp_path, variant):
-    """[D, kind, heads, BN, stages, (overlap, (pingpong, (lean, (persistent))))]."""
+    """[D, kind, heads, BN, stages, (overlap, (pingpong, (lean, (persistent,
+    (param_maps)))))]."""
     d, kind, hb, bn, st, *ov = variant
     ptx = _compile(tmp_path, [variant])["-".join(map(str, variant))]
     _check_variant(ptx, d, bn, tmp_path, "v", overlap=bool(ov and ov[0]),
-                   pingpong=bool(len(ov) > 1 and ov[1]))
+                   pingpong=bool(len(ov) > 1 and ov[1]), param_maps=bool(len(ov) > 4 and ov[4]))
 
 
 _KEYS = textwrap.dedent("""

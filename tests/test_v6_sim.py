@@ -82,6 +82,12 @@ CASES = [  # seq_q, seq_k, H, Hkv, D, dtype, window, causal, options (stages >= 
                   dict(stages=2, persistent=True, blocks=10 ** 6)), marks=_SLOW),
     pytest.param(([30, 0, 5, 40], [40, 3, 0, 66], 8, 2, 64, np.float16, (20, 20), False,
                   dict(stages=2, persistent=True, blocks=10 ** 6)), marks=_SLOW),
+    # the template maps as kernel parameters (param_maps): one block per tile and persistent
+    ([20, 0, 9], [20, 3, 0], 4, 1, 64, np.float16, (8, 8), False,
+     dict(stages=2, param_maps=True)),
+    pytest.param(([30, 0, 5, 40], [40, 3, 0, 66], 8, 2, 64, np.float16, (20, 20), False,
+                  dict(stages=2, persistent=True, blocks=10 ** 6, param_maps=True)),
+                 marks=_SLOW),
     # the lean softmax (scale in the exponent, keep-mask masks), masked tiles, rows with no key
     pytest.param(([30, 0, 5, 40], [40, 3, 0, 66], 8, 2, 64, BF16, (20, 20), False,
                   dict(stages=2, pingpong=True, lean=True)), marks=_SLOW),

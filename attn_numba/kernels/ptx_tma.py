@@ -21,7 +21,8 @@ Compile for ``cc=(9, 0, "a")``; the CUDA simulator runs none of this.
   128`` (once per block before the first TMA through ``map``: the PTX memory model asks for
   it when the map lives in global memory); ``fence_tensormap_release()`` for the writer.
 * ``tensormap_copy(n)(dst, src)``: ``n`` 128-byte maps copied in global memory (a template
-  into the call's own slot); ``tensormap_replace_address(map, addr)``:
+  into the call's own slot); ``tensormap_store(first)(dst, words)``: one map written from
+  16 words of a tuple (a template passed as kernel parameters); ``tensormap_replace_address(map, addr)``:
   ``tensormap.replace.tile.global_address`` of a map in global memory (the per-call data
   pointer, written on the device).
 * ``fence_mbarrier_init()``: ``fence.mbarrier_init.release.cluster`` (after ``mbarrier_init``,
@@ -161,6 +162,32 @@ def tensormap_copy(n):
     return _stmt(f"tensormap_copy_{n}", text, (_U64, _U64))
 
 
+@functools.lru_cache(maxsize=None)
+def tensormap_store(first):
+    """``tensormap_store(first)(dst u64, words)``: one 128-byte map written to ``dst`` in
+    global memory from ``words[first:first + 16]`` of a tuple of 64-bit integers (a
+    template's words passed as kernel parameters: no load), eight 16-byte stores."""
+    first = int(first)
+
+    def store(typingctx, dst, words):
+        if not (isinstance(dst, types.Integer) and isinstance(words, types.UniTuple)
+                and isinstance(words.dtype, types.Integer) and words.dtype.bitwidth == 64
+                and words.count >= first + 16):
+            return None
+
+        def codegen(context, builder, sig, args):
+            d = context.cast(builder, args[0], sig.args[0], types.uint64)
+            vals = [builder.extract_value(args[1], first + i) for i in range(16)]
+            text = " ".join(f"st.global.v2.b64 [$0+{16 * i}], {{${2 * i + 1}, ${2 * i + 2}}};"
+                            for i in range(8))
+            _asm(builder, text, ",".join(["l"] * 17 + ["~{memory}"]), [_I64] * 17, [d, *vals])
+            return context.get_dummy_value()
+        return types.void(dst, words), codegen
+
+    store.__name__ = f"tensormap_store_{first}"
+    return _intrinsic(store, f"tensormap_store_{first}")
+
+
 #: bar_sync(id, count) / bar_arrive(id, count): named barriers
 bar_sync = _stmt("bar_sync", "bar.sync $0, $1;", (_U32, _U32))
 bar_arrive = _stmt("bar_arrive", "bar.arrive $0, $1;", (_U32, _U32))
@@ -191,5 +218,5 @@ if _config.ENABLE_CUDASIM:
                              fence_tensormap_release, mbarrier_arrive,
                              mbarrier_arrive_expect_tx, mbarrier_init, mbarrier_try_wait,
                              mbarrier_wait, mbarrier_wait_bounded, setmaxnreg_dec, setmaxnreg_inc,
-                             tma_load_2d, tma_load_3d, tensormap_copy,
+                             tma_load_2d, tma_load_3d, tensormap_copy, tensormap_store,
                              tensormap_replace_address)

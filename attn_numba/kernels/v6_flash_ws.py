@@ -75,36 +75,45 @@ PERSISTENT = True
 MAX_SHARED = 227 * 1024
 #: maps per block (Q, K, V), 128 bytes each, in the call's ``maps`` scratch
 MAPS_PER_BLOCK = 3
+#: the template maps' 48 words as kernel parameters, each block's maps set up first thing
+#: (no load of the template, before the work tile's loads); off until an H200 run has
+#: timed it (notes/v6_flash_ws.md, "Run 40")
+PARAM_MAPS = False
 #: ``auto`` takes flash_ws over flash_wgmma above this many key tiles in the grid (128-key
 #: tiles at D = 128; the log's shape: 704 at 1024 tokens, 1472 at 2048, causal 480 / 992)
 AUTO_MIN_KEY_TILES = 1200
 
 
 def build(head_size, kind="f16", heads=4, block_n=None, stages=None, overlap=None,
-          debug_waits=False, pingpong=None, lean=None, persistent=None):
+          debug_waits=False, pingpong=None, lean=None, persistent=None, param_maps=None):
     """The kernel for ``head_size``, ``kind`` ('f16'/'bf16'), ``heads`` query heads per tile
     (4, 2 or 1 of a GQA group), key tile ``block_n``, ``stages``, the consumer loop
-    ``overlap``, the consumers' turns ``pingpong``, the ``lean`` softmax and the
-    ``persistent`` grid (None = the module defaults); ``debug_waits``: bounded waits that
-    print the one that timed out (v6_roles.roles), for diagnosing a hang."""
+    ``overlap``, the consumers' turns ``pingpong``, the ``lean`` softmax, the
+    ``persistent`` grid and the template maps as kernel parameters ``param_maps`` (None =
+    the module defaults); ``debug_waits``: bounded waits that print the one that timed out
+    (v6_roles.roles), for diagnosing a hang."""
     bn = BLOCK_N[head_size] if block_n is None else block_n
     return _build(head_size, kind, heads, bn, STAGES if stages is None else stages,
                   OVERLAP if overlap is None else bool(overlap), bool(debug_waits),
                   PINGPONG if pingpong is None else bool(pingpong),
                   LEAN if lean is None else bool(lean),
-                  PERSISTENT if persistent is None else bool(persistent))
+                  PERSISTENT if persistent is None else bool(persistent),
+                  PARAM_MAPS if param_maps is None else bool(param_maps))
 
 
 @functools.lru_cache(maxsize=None)
 def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
-           lean=False, persistent=False):
+           lean=False, persistent=False, param_maps=False):
     assert D in HEAD_SIZES and BN in (64, 128) and S >= 2 and HB in (1, 2, 4)
     assert lay.shared_bytes(D, BN, S) <= MAX_SHARED
     PB = lay.positions_per_tile(HB)
     ROWS = lay.CONSUMERS * PB            # positions per work tile (of HB heads, one sequence)
     r = v6_roles.roles(D, BN, kind, HB, S, overlap, debug_waits, pingpong, lean)
-    init_barriers, acquire, produce_tile, consume = (r.init_barriers, r.acquire,
-                                                     r.produce_tile, r.consume)
+    init_barriers, produce_tile, consume = r.init_barriers, r.produce_tile, r.consume
+    # each block's maps: from the template in global memory (``tmpl`` its address), or from
+    # its words passed as parameters (``tmpl`` the tuple), then set up first thing
+    acquire = r.acquire_words if param_maps else r.acquire
+    EARLY = param_maps
     sched_init = r.sched_init
     dec = pt.setmaxnreg_dec(PRODUCER_REGS)
     inc = pt.setmaxnreg_inc(CONSUMER_REGS)
@@ -126,6 +135,11 @@ def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
         n_lo, n_hi = key_tiles(row0, last, sq, sk, left, right, BN)
         ntiles = max(n_hi - n_lo, 0) // BN
         return q0, sq, row0, k0, sk, hbase, hkv, n_lo, ntiles
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def block_id(b):
+        """The linear index of this block of a one-block-per-tile grid (z = ``b``)."""
+        return cuda.blockIdx.x + cuda.gridDim.x * (cuda.blockIdx.y + cuda.gridDim.y * b)
 
     @cuda.jit(device=True, inline=True, cache=True)
     def slot(maps, blk):
@@ -154,18 +168,21 @@ def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
             tid = cuda.threadIdx.x
             wg = tid >> 7
             b = cuda.blockIdx.z
+            if EARLY:   # no load to wait for: the maps before the work tile's loads
+                mq = mk = mv = uint64(0)
+                if tid == 0:
+                    mq, mk, mv = acquire(slot(maps, block_id(b)), tmpl, q, k, v)
             q0, sq, row0, k0, sk, hbase, hkv, n_lo, ntiles = work_tile(
                 q, k, cu_q, cu_k, left, right, cuda.blockIdx.x, cuda.blockIdx.y, b)
             if row0 >= sq:
                 return
             base = block_base(tid)
             if wg == 0:
-                # the maps before setmaxnreg.dec: their copy needs more than 24 registers
-                mq = mk = mv = uint64(0)
-                if tid == 0 and ntiles > 0:
-                    blk = cuda.blockIdx.x + cuda.gridDim.x * (cuda.blockIdx.y
-                                                              + cuda.gridDim.y * b)
-                    mq, mk, mv = acquire(slot(maps, blk), tmpl, q, k, v)
+                if not EARLY:
+                    # the maps before setmaxnreg.dec: their copy needs more than 24 registers
+                    mq = mk = mv = uint64(0)
+                    if tid == 0 and ntiles > 0:
+                        mq, mk, mv = acquire(slot(maps, block_id(b)), tmpl, q, k, v)
                 dec()
                 if tid == 0 and ntiles > 0:
                     produce_tile(base, mq, mk, mv, q0, sq, row0, hbase, k0, hkv, n_lo,
@@ -188,12 +205,17 @@ def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
         loads the next tile's Q and K/V while the consumers finish this one."""
         tid = cuda.threadIdx.x
         wg = tid >> 7
-        base = block_base(tid)
-        if wg == 0:
-            # the maps before setmaxnreg.dec: their copy needs more than 24 registers
+        if EARLY:   # no load to wait for: the maps before the barriers' set-up
             mq = mk = mv = uint64(0)
             if tid == 0:
                 mq, mk, mv = acquire(slot(maps, cuda.blockIdx.x), tmpl, q, k, v)
+        base = block_base(tid)
+        if wg == 0:
+            if not EARLY:
+                # the maps before setmaxnreg.dec: their copy needs more than 24 registers
+                mq = mk = mv = uint64(0)
+                if tid == 0:
+                    mq, mk, mv = acquire(slot(maps, cuda.blockIdx.x), tmpl, q, k, v)
             dec()
             if tid == 0:
                 c = 0
@@ -233,11 +255,12 @@ def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
 
 # --------------------------------------------------------------------------- module contract
 
-def _signature(persistent=False):
+def _signature(persistent=False, param_maps=False):
     u2 = array_type(np.uint16, 3)
+    tmpl = types.UniTuple(types.int64, 16 * MAPS_PER_BLOCK) if param_maps else types.int64
     return ((u2, u2, u2, array_type(np.uint32, 3), array_type(np.float32, 3),
              array_type(np.int32, 1), array_type(np.int32, 1), array_type(np.int64, 1),
-             types.float32, types.int32, types.int32, types.boolean, types.int64) +
+             types.float32, types.int32, types.int32, types.boolean, tmpl) +
             ((types.int32,) * 3 if persistent else ()))
 
 
@@ -290,7 +313,8 @@ def auto_declines(problem):
 
 
 def configure(problem, heads=None, block_n=None, stages=None, overlap=None,
-              debug_waits=False, pingpong=None, lean=None, persistent=None, blocks=None):
+              debug_waits=False, pingpong=None, lean=None, persistent=None, blocks=None,
+              param_maps=None):
     """(kernel, grid, dynamic shared bytes, heads, block_n, extra scalars) for ``problem``.
     ``persistent``: a grid of ``blocks`` (default: the device's SMs, at most the work
     tiles) taking the work tiles in turn, extra scalars ``(nx, ny, n_work)``; None (the
@@ -310,7 +334,7 @@ def configure(problem, heads=None, block_n=None, stages=None, overlap=None,
     # the persistent grid only pays with more work tiles than blocks
     pers = (PERSISTENT and n_work > blocks) if persistent is None else bool(persistent)
     kernel = build(d, kind_of(problem.dtype), hb, bn, st, overlap, debug_waits, pingpong,
-                   lean, pers)
+                   lean, pers, param_maps)
     extra = ()
     if pers:
         extra = (np.int32(grid[0]), np.int32(grid[1]), np.int32(n_work))
@@ -335,17 +359,19 @@ def _scalars(problem):
             bool(problem.lse_batched))
 
 
-def template_address(problem, heads, block_n):
-    """Address of the specialisation's template Q, K and V maps (placeholder data addresses;
-    made once per device and specs, :func:`attn_numba.tensormap.template_maps`; on the
-    simulator, model maps)."""
+def template(problem, heads, block_n, words=False):
+    """The specialisation's template Q, K and V maps (placeholder data addresses; made once
+    per device and specs, :func:`attn_numba.tensormap.template_maps`; on the simulator,
+    model maps): their address (np.int64), or with ``words`` their 48 words (a tuple of
+    np.int64, the kernel parameters of ``param_maps``)."""
     specs = map_specs(problem, heads, block_n)
     if numba_config.ENABLE_CUDASIM:
-        from .v6_ptx_sim import model_maps
-        return model_maps(specs)
+        from .v6_ptx_sim import model_maps, model_words
+        return model_words(specs) if words else np.int64(model_maps(specs))
     from .. import tensormap
     dev = cuda.get_current_device().id
-    return tensormap.template_maps(specs, (NAME, dev, specs)).address
+    got = tensormap.template_maps(specs, (NAME, dev, specs))
+    return got.words if words else np.int64(got.address)
 
 
 def scratch(problem, **kw):
@@ -362,13 +388,14 @@ def plan(problem, **kw):
     scratch (:func:`scratch`), writes the call's q, k, v addresses there
     (``tensormap.replace``) and loads through them. Keyword overrides (``heads``,
     ``block_n``, ``stages``, ``overlap``, ``pingpong``, ``lean``, ``persistent``,
-    ``blocks``, ``debug_waits``) as in :func:`build` and :func:`configure`; :func:`scratch`
-    takes the same."""
+    ``param_maps``, ``blocks``, ``debug_waits``) as in :func:`build` and :func:`configure`;
+    :func:`scratch` takes the same."""
     from . import FWD_ARRAYS, Plan
     kernel, grid, shared, hb, bn, extra = configure(problem, **kw)
-    tmpl = template_address(problem, hb, bn)
-    opt_in_shared(kernel, _signature(bool(extra)), shared)
+    pm = PARAM_MAPS if kw.get("param_maps") is None else bool(kw["param_maps"])
+    tmpl = template(problem, hb, bn, words=pm)
+    opt_in_shared(kernel, _signature(bool(extra), pm), shared)
     views = (np.uint16, np.uint16, np.uint16, np.uint32)
     return (Plan(kernel, grid, THREADS, views,
-                 _scalars(problem) + (np.int64(tmpl),) + extra, shared,
+                 _scalars(problem) + (tmpl,) + extra, shared,
                  arrays=FWD_ARRAYS + ("maps",)),)

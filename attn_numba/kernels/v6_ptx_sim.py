@@ -128,6 +128,23 @@ def tensormap_copy(n):
     return copy
 
 
+def tensormap_store(first):
+    """``tensormap_store(first)(dst, words)``: the model map whose handle is
+    ``words[first]`` (:func:`model_words`) copied to ``dst``."""
+    def store(dst, words):
+        with _LOCK:
+            _MAPS[int(dst)] = list(_MAPS[int(words[first])])
+    return store
+
+
+def model_words(specs):
+    """The words of :func:`model_maps` ``(specs)`` as a kernel's template parameters: 16
+    per map, the first the model map's handle, the rest 0."""
+    base = model_maps(specs)
+    return tuple(np.int64(base + 128 * i) if j == 0 else np.int64(0)
+                 for i in range(len(specs)) for j in range(16))
+
+
 def tensormap_replace_address(m, addr):
     with _LOCK:
         _MAPS[int(m)][1] = int(addr)

@@ -48,7 +48,8 @@ SCHED_THREADS = 128 * lay.CONSUMERS
 #: try_wait attempts before a debug build reports a wait as hung (each attempt waits a
 #: hardware-chosen time: a few microseconds, so about seconds in all)
 WAIT_LIMIT = 1 << 20
-Roles = namedtuple("Roles", "init_barriers acquire produce_tile consume sched_init")
+Roles = namedtuple("Roles",
+                   "init_barriers acquire acquire_words produce_tile consume sched_init")
 
 _stage_phase = cuda.jit(device=True, inline=True, cache=True)(lay.stage_phase)
 _consumer_rows = cuda.jit(device=True, inline=True, cache=True)(lay.consumer_rows)
@@ -78,8 +79,9 @@ def _wait(debug_waits):
 
 
 def _producer(D, BN, HB, S, wait, stage_k):
-    """(init_barriers, acquire, produce) for one specialisation."""
+    """(init_barriers, acquire, acquire_words, produce) for one specialisation."""
     copy3 = pt.tensormap_copy(3)
+    store_q, store_k, store_v = (pt.tensormap_store(16 * i) for i in range(3))
     PB = lay.positions_per_tile(HB)
     CB = D // lay.BOX_COLS
     BC = lay.BOX_COLS
@@ -102,15 +104,9 @@ def _producer(D, BN, HB, S, wait, stage_k):
         pt.fence_mbarrier_init()
 
     @cuda.jit(device=True, inline=True, cache=True)
-    def acquire(slot, tmpl, q, k, v):
-        """The block's own Q, K and V maps at ``slot`` (384 bytes of the call's scratch):
-        the specialisation's template maps at ``tmpl`` copied there, the call's data
-        addresses written in, released and acquired by this thread (once per block, before
-        any TMA). Returns their addresses."""
-        mq = uint64(slot)
-        mk = mq + uint64(128)
-        mv = mq + uint64(256)
-        copy3(mq, uint64(tmpl))
+    def publish(mq, mk, mv, q, k, v):
+        """The call's q, k, v addresses written into the maps at ``mq``, ``mk``, ``mv``,
+        released and acquired by this thread. Returns the three maps' addresses."""
         pt.tensormap_replace_address(mq, px.data_ptr(q))
         pt.tensormap_replace_address(mk, px.data_ptr(k))
         pt.tensormap_replace_address(mv, px.data_ptr(v))
@@ -119,6 +115,29 @@ def _producer(D, BN, HB, S, wait, stage_k):
         pt.fence_tensormap_acquire(mk)
         pt.fence_tensormap_acquire(mv)
         return mq, mk, mv
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def acquire(slot, tmpl, q, k, v):
+        """The block's own Q, K and V maps at ``slot`` (384 bytes of the call's scratch):
+        the specialisation's template maps at ``tmpl`` copied there, then :func:`publish`
+        (once per block, before any TMA)."""
+        mq = uint64(slot)
+        mk = mq + uint64(128)
+        mv = mq + uint64(256)
+        copy3(mq, uint64(tmpl))
+        return publish(mq, mk, mv, q, k, v)
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def acquire_words(slot, words, q, k, v):
+        """As :func:`acquire`, the template's 48 words taken from ``words`` (kernel
+        parameters) instead of loaded from global memory: stores, no load."""
+        mq = uint64(slot)
+        mk = mq + uint64(128)
+        mv = mq + uint64(256)
+        store_q(mq, words)
+        store_k(mk, words)
+        store_v(mv, words)
+        return publish(mq, mk, mv, q, k, v)
 
     @cuda.jit(device=True, inline=True, cache=True)
     def produce_tile(base, mq, mk, mv, q0, sq, row0, hbase, k0, hkv, n_lo, ntiles, c0, qn):
@@ -163,7 +182,7 @@ def _producer(D, BN, HB, S, wait, stage_k):
                 pt.tma_load_3d(sk_ + uint32(KV_BYTES + _kv_box_offset(cb, BN)), mv,
                                uint32(cb * BC), uint32(hkv), key, vb)
 
-    return init_barriers, acquire, produce_tile
+    return init_barriers, acquire, acquire_words, produce_tile
 
 
 def _scheduler(pingpong):
@@ -336,7 +355,8 @@ def roles(D, BN, kind, HB, S, overlap=False, debug_waits=False, pingpong=False, 
     st = v5_steps.steps(D, BN, kind, HB, False, S, lay.CONSUMERS, lean)
     finish = st.finish
     wait = _wait(debug_waits)
-    init_barriers, acquire, produce_tile = _producer(D, BN, HB, S, wait, st.stage_k)
+    init_barriers, acquire, acquire_words, produce_tile = _producer(D, BN, HB, S, wait,
+                                                                   st.stage_k)
     plain, overlapped, sched_init = _loops(D, BN, S, st, wait, pingpong)
     loop = overlapped if overlap else plain
     QE = lay.barrier_offsets(D, BN, S)[5]
@@ -374,4 +394,4 @@ def roles(D, BN, kind, HB, S, overlap=False, debug_waits=False, pingpong=False, 
                 pt.mbarrier_arrive(base + uint32(QE))
         finish(o, m_a, m_b, l_a, l_b, out, lse, b, hw, q0, pos_a, pos_b, sq, t, lse_batched)
 
-    return Roles(init_barriers, acquire, produce_tile, consume, sched_init)
+    return Roles(init_barriers, acquire, acquire_words, produce_tile, consume, sched_init)
