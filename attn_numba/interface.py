@@ -61,8 +61,8 @@ def mha_fwd(q, k, v, *, softmax_scale=None, causal=False, window_size=(-1, -1),
             key ``j`` iff ``i + seqlen_k - seqlen_q - left <= j <= i + seqlen_k - seqlen_q + right``
             (inclusive), with ``0 <= j < seqlen_k``.
         kernel: "auto", "naive", "tiled", "flash", "flash_tc", "flash_wgmma" or "flash_ws".
-            "auto" picks the fastest kernel that can run the inputs; only the tensor-core kernels take
-            bfloat16 (``auto`` then picks one of them or raises ValueError).
+            "auto" picks the fastest kernel that can run the inputs; only the tensor-core
+            kernels take bfloat16 (``auto`` then picks one of them or raises ValueError).
         return_lse: also return the log-sum-exp of each row's scaled scores.
         stream: where to launch: a Numba, PyTorch or CuPy stream, or a raw ``cudaStream_t``
             int. Default, as in FlashAttention: ``torch.cuda.current_stream()`` for torch

@@ -129,8 +129,8 @@ _TEMPLATES = {}
 def template_maps(specs, owner):
     """Device maps of ``specs`` with a placeholder data address (the buffer's own), in a
     buffer of their own for ``owner`` (a hashable: one call specialisation); a kernel copies
-    them and writes each call's data addresses into its copies before use. Made once per ``(owner, specs)`` and
-    kept for the life of the process (plans hold their address)."""
+    them and writes each call's data addresses into its copies before use. Made once per
+    ``(owner, specs)`` and kept for the life of the process (plans hold their address)."""
     specs = tuple(specs)
     key = (owner, specs)
     got = _TEMPLATES.get(key)

@@ -14,15 +14,16 @@ against flash_wgmma (v5) at the log's 10 configurations. Needs an sm_90 device.
    (without the consumers' turns and the lean softmax, which are the defaults; turns alone;
    BN 128), 44 of the persistent grid (one block per SM, and 3-7 blocks so that each takes
    many work tiles) and 22 of the template maps as kernel parameters (``param_maps``): 172
-   in all. One line per case. Cases run in a child process that is restarted after a fault or a hang (no
-   progress for ``--stall`` s): the case it was on is recorded as failed and the sweep goes
-   on with the next.
+   in all. One line per case. Cases run in a child process that is restarted after a fault
+   or a hang (no progress for ``--stall`` s): the case it was on is recorded as failed and
+   the sweep goes on with the next.
 3. timing: 1 sequence, 32/8 heads, D=128, window (128,128), fp16, 512..8192 tokens, causal
    0/1: CUDA-graph replay (triton's ``do_bench_cudagraph`` when torch and triton import,
    else CUDA events over 20 launches queued behind a sleeper kernel, median of 7), the
    flash_ws variants of ``TIMED`` (the defaults, always the persistent grid, always one
-   block per work tile, key tiles of 64, three K/V stages, the overlapped loop) against v5, and FlashAttention-4
-   where ``flash_attn.cute`` imports (its output compared with ours first).
+   block per work tile, key tiles of 64, three K/V stages, the overlapped loop, the
+   template maps as parameters) against v5, and FlashAttention-4 where ``flash_attn.cute``
+   imports (its output compared with ours first).
 
 Everything goes to ``$OUT/v6.json`` (rewritten after every case); a table comes last.
 """

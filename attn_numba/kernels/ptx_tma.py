@@ -22,9 +22,9 @@ Compile for ``cc=(9, 0, "a")``; the CUDA simulator runs none of this.
   it when the map lives in global memory); ``fence_tensormap_release()`` for the writer.
 * ``tensormap_copy(n)(dst, src)``: ``n`` 128-byte maps copied in global memory (a template
   into the call's own slot); ``tensormap_store(first)(dst, words)``: one map written from
-  16 words of a tuple (a template passed as kernel parameters); ``tensormap_replace_address(map, addr)``:
-  ``tensormap.replace.tile.global_address`` of a map in global memory (the per-call data
-  pointer, written on the device).
+  16 words of a tuple (a template passed as kernel parameters);
+  ``tensormap_replace_address(map, addr)``: ``tensormap.replace.tile.global_address`` of a
+  map in global memory (the per-call data pointer, written on the device).
 * ``fence_mbarrier_init()``: ``fence.mbarrier_init.release.cluster`` (after ``mbarrier_init``,
   before the block barrier that publishes the barriers to the async proxy).
 * ``fence_proxy_async``: :mod:`ptx_sm90`'s ``fence.proxy.async.shared::cta``.
@@ -144,6 +144,8 @@ fence_tensormap_release = _stmt(
 tensormap_replace_address = _stmt(
     "tensormap_replace_address",
     "tensormap.replace.tile.global_address.global.b1024.b64 [$0], $1;", (_U64, _U64))
+
+
 @functools.lru_cache(maxsize=None)
 def tensormap_copy(n):
     """``tensormap_copy(n)(dst u64, src u64)``: ``n`` consecutive 128-byte maps copied in
