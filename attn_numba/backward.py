@@ -27,7 +27,8 @@ __all__ = ["mha_bwd", "mha_varlen_bwd"]
 
 _KW_DOC = """softmax_scale, causal, window_size: as given to the forward that produced
             ``out`` and ``lse``.
-        kernel: "auto", "flash_tc" (tensor cores, mma.sync; float16/bfloat16) or "flash"
+        kernel: "auto", "flash_wgmma" (Hopper warpgroup MMA, sm_90; float16/bfloat16, head
+            size 64 or 128), "flash_tc" (tensor cores, mma.sync; float16/bfloat16) or "flash"
             (CUDA cores; float16/float32, and the kernel the simulator runs). "auto" picks the
             first of those that can run the call.
         dq, dk, dv: optional output buffers (the shapes and dtypes of q, k and v,

@@ -33,6 +33,9 @@
 #   sanitize[:K1,K2]     compute-sanitizer memcheck, racecheck, synccheck, initcheck on
 #                        scripts/sanitize.py (default: every forward and backward kernel)
 #   sanitize_fwd:K1,K2   the same for forward kernels K1,K2 alone (no backward kernel)
+#   sanitize_bwd:K1,K2   the same for backward kernels K1,K2 alone (no forward kernel)
+#   bwd_tests            the wgmma backward's GPU tests and the torch ops' (autograd, compile,
+#                        graphs: `auto` takes the wgmma backward on sm_90)
 #   v6_tests             the flash_ws GPU tests: tests/test_v6_flash_ws.py and the GPU suites'
 #                        flash_ws cases (-k flash_ws: calls, streams, graphs)
 #   wgmma_check[:A,B]    scripts/gpu_wgmma_check.py A B (flash_wgmma microtest, sweeps, timing;
@@ -59,7 +62,7 @@ run() {  # run LOG LIMIT command...: bounded, output to $R/LOG.log, exit status 
 }
 sanitizer() { command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1; }
 
-STEPS=" bench long flex_long first_call gpu_tests gpu_par breakdown breakdown_base fwd_ab sanitize sanitize_fwd v6_tests wgmma_check v4_check package notebooks bench_bwd bwd_check v6_check ncu_v6 sass_v6 "
+STEPS=" bench long flex_long first_call gpu_tests gpu_par breakdown breakdown_base fwd_ab sanitize sanitize_fwd sanitize_bwd bwd_tests v6_tests wgmma_check v4_check package notebooks bench_bwd bwd_check v6_check ncu_v6 sass_v6 "
 for spec in "$@"; do  # every step known before any runs
     [[ $STEPS == *" ${spec%%:*} "* ]] || { echo "unknown step ${spec%%:*}; steps:$STEPS"; exit 2; }
 done
@@ -127,6 +130,14 @@ for spec in "$@"; do
                           run "sanitize_$tool" 150 "$cs" --tool "$tool" --error-exitcode 1 \
                               python3 scripts/sanitize.py --kernels $list --bwd-kernels $small
                       done ;;
+        sanitize_bwd) cs=$(sanitizer)
+                      for tool in memcheck racecheck synccheck initcheck; do
+                          small=--small; [ "$tool" = memcheck ] && small=
+                          run "sanitize_bwd_$tool" 150 "$cs" --tool "$tool" --error-exitcode 1 \
+                              python3 scripts/sanitize.py --kernels --bwd-kernels $list $small
+                      done ;;
+        bwd_tests) ATTN_NUMBA_TEST_GPU=1 run pytest_bwd 240 python3 -m pytest -q \
+                       -p no:cacheprovider -rs tests/test_gpu_bwd_wgmma.py tests/test_gpu_torch.py ;;
         v6_tests) ATTN_NUMBA_TEST_GPU=1 run pytest_v6 200 python3 -m pytest -q \
                       -p no:cacheprovider -rs tests/test_v6_flash_ws.py tests/test_gpu.py \
                       tests/test_gpu_call_path.py -k flash_ws ;;

@@ -35,6 +35,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 LOG = dict(nh=32, hkv=8, d=128, window=(128, 128))
+#: the backward kernel checked and timed, and the forward that makes its out / lse
+#: (``--kernel``, ``--fwd-kernel``)
+KERNEL = {"bwd": "flash_tc", "fwd": "flash_tc"}
 
 
 def _bf16():
@@ -82,7 +85,7 @@ def _direct_bwd(dout, q, k, v, out, lse, cu_q, cu_k, mq, mk, scale, left, right,
 
 
 def run_ours(dout, q, k, v, out, lse, cu_q, cu_k, mq, mk, scale, causal, window,
-             deterministic=True, poison=True):
+             deterministic=True, poison=True, kernel=None):
     """(dq, dk, dv) of our flash_tc backward, varlen layout: ``attn_numba.mha_varlen_bwd``
     where main has it, else the plans directly. ``deterministic=False``: the atomic-dQ
     variant. ``poison``: new outputs and scratch start as NaN (checks; off when timing, where
@@ -96,7 +99,8 @@ def run_ours(dout, q, k, v, out, lse, cu_q, cu_k, mq, mk, scale, causal, window,
         with poisoned_outputs() if poison else contextlib.nullcontext():
             return attn_numba.mha_varlen_bwd(dout, q, k, v, out, lse, cu_q, cu_k, mq, mk,
                                              softmax_scale=scale, causal=causal,
-                                             window_size=window, kernel="flash_tc", **kw)
+                                             window_size=window, kernel=kernel or KERNEL["bwd"],
+                                             **kw)
     left, right = normalize_window(window, causal)
     return _direct_bwd(dout, q, k, v, out, lse, cu_q, cu_k, mq, mk, scale, left, right, causal,
                        deterministic)
@@ -106,7 +110,7 @@ def run_fwd(q, k, v, cu_q, cu_k, mq, mk, scale, causal, window):
     import attn_numba
     return attn_numba.mha_varlen_fwd(q, k, v, cu_q, cu_k, max_seqlen_q=mq, max_seqlen_k=mk,
                                      softmax_scale=scale, causal=causal, window_size=window,
-                                     kernel="flash_tc", return_lse=True)
+                                     kernel=KERNEL["fwd"], return_lse=True)
 
 
 def torch_grads(dout, q, k, v, cu_q, cu_k, scale, left, right, dtype):
@@ -161,7 +165,7 @@ def make_case(seed, seqlens_q, seqlens_k, nh, hkv, d, tdtype, device="cuda"):
 
 
 def check_case(seed, seqlens_q, seqlens_k, nh, hkv, d, tdtype, window, causal,
-               deterministic=True):
+               deterministic=True, kernel=None):
     """Run one case; returns a dict with ``ok`` and the errors (ours vs torch low precision,
     per gradient) and ``deterministic`` (bit-identical dq, dk, dv over two runs; for the
     atomic-dQ variant, ``deterministic=False``, dk and dv only, and ``dq_identical``)."""
@@ -172,15 +176,16 @@ def check_case(seed, seqlens_q, seqlens_k, nh, hkv, d, tdtype, window, causal,
     left, right = normalize_window(window, causal)
     out, lse = run_fwd(q, k, v, cu_q, cu_k, mq, mk, scale, causal, window)
     ours = run_ours(dout, q, k, v, out, lse, cu_q, cu_k, mq, mk, scale, causal, window,
-                    deterministic)
+                    deterministic, kernel=kernel)
     again = run_ours(dout, q, k, v, out, lse, cu_q, cu_k, mq, mk, scale, causal, window,
-                     deterministic)
+                     deterministic, kernel=kernel)
     torch.cuda.synchronize()
     ref = torch_grads(dout, q, k, v, cu_q, cu_k, scale, left, right, torch.float64)
     low = torch_grads(dout, q, k, v, cu_q, cu_k, scale, left, right, tdtype)
     res = dict(seqlens_q=list(seqlens_q), seqlens_k=list(seqlens_k), nh=nh, hkv=hkv, d=d,
                dtype=str(tdtype), window=list(window), causal=causal, ok=True,
                variant="deterministic" if deterministic else "atomic_dq",
+               kernel=kernel or KERNEL["bwd"],
                deterministic=all(torch.equal(a, b) for a, b in
                                  zip(ours[0 if deterministic else 1:],
                                      again[0 if deterministic else 1:])),
@@ -211,6 +216,9 @@ def sweep_cases(quick=False):
         ([777], [777], 8, 1, 256, bf16, (-1, -1), True),
         ([97], [97], 8, 8, 72, f16, (0, 0), False),
     ]
+    if KERNEL["bwd"] == "flash_wgmma":
+        from attn_numba.kernels.bwd_flash_wgmma import HEAD_SIZES
+        cases = [c for c in cases if c[4] in HEAD_SIZES]
     return cases[::3] if quick else cases
 
 
@@ -251,7 +259,15 @@ def _time_cases(seq_lens, causals, atomic=True):
             row = dict(seq_len=s, causal=int(causal), ours_fwd=do_bench(
                 lambda: run_fwd(q, k, v, cu_q, cu_k, mq, mk, scale, causal, win),
                 return_mode="median"), ours_bwd=do_bench(bwd, return_mode="median"),
-                ours_fwd_bwd=do_bench(fwd_bwd, return_mode="median"))
+                ours_fwd_bwd=do_bench(fwd_bwd, return_mode="median"), kernel=KERNEL["bwd"])
+            if KERNEL["bwd"] != "flash_tc":
+                row["tc_bwd"] = do_bench(lambda: run_ours(
+                    dout, q, k, v, out, lse, cu_q, cu_k, mq, mk, scale, causal, win,
+                    poison=False, kernel="flash_tc"), return_mode="median")
+                row["tc_max_diff"] = [float((a.float() - b.float()).abs().max()) for a, b in
+                                      zip(bwd(), run_ours(dout, q, k, v, out, lse, cu_q, cu_k,
+                                                          mq, mk, scale, causal, win,
+                                                          poison=False, kernel="flash_tc"))]
             if atomic:
                 row["atomic_bwd"] = do_bench(lambda: bwd(False), return_mode="median")
                 row["atomic_fwd_bwd"] = do_bench(lambda: fwd_bwd(False), return_mode="median")
@@ -323,10 +339,17 @@ def main():
                     help="skip the atomic-dQ variant (deterministic=False)")
     ap.add_argument("--seqs", default="1024,2048,4096,8192",
                     help="timed token counts (each costs FlexAttention a compile)")
+    ap.add_argument("--kernel", default="flash_tc", help="the backward kernel (mha_bwd's)")
+    ap.add_argument("--fwd-kernel", default="flash_tc", help="the forward making out and lse")
     args = ap.parse_args()
+    KERNEL.update(bwd=args.kernel, fwd=args.fwd_kernel)
+    if args.kernel != "flash_tc":
+        args.no_atomic = True          # the atomic-dQ variant is flash_tc's
     out_dir = os.environ.get("OUT", ".")
-    path = os.path.join(out_dir, "bwd_check.json")
-    res = dict(started=time.strftime("%Y-%m-%d %H:%M:%S"), sweep=[], timing=[])
+    path = os.path.join(out_dir, f"bwd_check_{args.kernel}.json" if args.kernel != "flash_tc"
+                        else "bwd_check.json")
+    res = dict(started=time.strftime("%Y-%m-%d %H:%M:%S"), sweep=[], timing=[],
+               kernel=dict(KERNEL))
     import torch
     res["device"] = torch.cuda.get_device_name()
 
@@ -384,6 +407,10 @@ def main():
                   f"{r['atomic_bwd']:.4f} {r['determinism_cost_bwd']:.2f} | "
                   f"{r['ours_fwd_bwd']:.4f} {r['atomic_fwd_bwd']:.4f} | "
                   + " ".join(f"{x:.1e}" for x in r["atomic_max_diff"]))
+    for r in res["timing"]:
+        if "tc_bwd" in r:
+            print(f"{r['seq_len']:6d} {r['causal']:6d} | {r['kernel']} bwd {r['ours_bwd']:.4f} "
+                  f"flash_tc bwd {r['tc_bwd']:.4f} ratio {r['ours_bwd'] / r['tc_bwd']:.2f}")
     for r in res.get("variants", []):
         print(f"variant {r['variant']:10s} bwd {r['bwd_ms']:.4f} ms  max diff {r['max_diff']:.2e}")
     save()

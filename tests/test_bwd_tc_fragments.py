@@ -250,7 +250,8 @@ def _sim_arrays(dout, q, k, v, lse, cu_q, cu_k, scale, left, right, causal, lse_
 
 
 def _sim_case(monkeypatch, rng, seqlens_q, seqlens_k, nh, hkv, D, window, causal,
-              lse_batched, dtype=np.float16, **variant):
+              lse_batched, dtype=np.float16, module=None, **variant):
+    """One call of ``module``'s plan (default: flash_tc's) on the simulator, checked."""
     from numba import cuda
     from attn_numba.kernels import bwd_tc_sim, launch_plans
     left, right = normalize_window(window, causal)
@@ -273,10 +274,11 @@ def _sim_case(monkeypatch, rng, seqlens_q, seqlens_k, nh, hkv, D, window, causal
     p, arrays = _sim_arrays(dout, q, k, v, lse, cu_q, cu_k, scale, left, right, causal,
                             lse_batched, dtype)
     arrays["out"] = cuda.to_device(np.ascontiguousarray(out16).view(np.uint16))
-    for sc in tc.scratch(p, variant.get("deterministic")):   # uninitialised: NaN
+    mod = tc if module is None else module
+    for sc in mod.scratch(p, variant.get("deterministic")):   # uninitialised: NaN
         arrays[sc.name] = cuda.to_device(np.full(sc.shape, np.nan, sc.dtype))
     with bwd_tc_sim.patched(monkeypatch):
-        launch_plans(tc.plan(p, **variant), arrays)
+        launch_plans(mod.plan(p, **variant), arrays)
     got = {n: arrays[n].copy_to_host().view(dtype).astype(np.float32) for n in ("dq", "dk", "dv")}
     delta_ref = (dout.astype(np.float32) * out16.astype(np.float32)).sum(2).T
     if q.shape[0]:

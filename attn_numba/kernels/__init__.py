@@ -31,6 +31,7 @@ _MODULES = {
 }
 #: backward kernels, in the order ``mha_bwd(kernel="auto")`` prefers them
 _BWD_MODULES = {
+    "flash_wgmma": "attn_numba.kernels.bwd_flash_wgmma",  # Hopper (sm_90a), D 64 / 128
     "flash_tc": "attn_numba.kernels.bwd_flash_tc",
     "flash": "attn_numba.kernels.bwd_flash",
 }
