@@ -103,7 +103,7 @@ for spec in "$@"; do
                 done ;;
         bench_bwd) run "bench_bwd_${a//,/-}" 300 python3 -m attn_numba.cli bench --backward \
                        --kernels "$a" ${b:+--seq-lens ${b//,/ }} --out results/h200 ;;
-        bwd_check) OUT="$R" run bwd_check 200 python3 scripts/gpu_bwd_check.py $list ;;
+        bwd_check) OUT="$R" run bwd_check "${BWD_LIMIT:-200}" python3 scripts/gpu_bwd_check.py $list ;;
         v6_check) OUT="$R" run v6_check 340 python3 scripts/gpu_v6_check.py $list ;;
         ncu_v6) nc=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
                 run ncu_v6 150 "$nc" --clock-control none --section SpeedOfLight \
