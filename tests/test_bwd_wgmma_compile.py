@@ -1,0 +1,76 @@
+"""compile_ptx of the Hopper backward (bwd_flash_wgmma) on this CPU for sm_90a: the PTX holds
+the wgmma instructions themselves (every product of the two passes: 4 x D/16 + ... per
+tile), cp.async, no calls and no local memory; where ptxas is on PATH, its report shows the
+registers within 255 and the spills notes/bwd_wgmma.md records. D = 128 fp16 in the quick
+run, D = 64 and bf16 slow."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from test_bwd_tc_compile import ptxas_report
+
+_SCRIPT = textwrap.dedent("""
+    import json, re, sys
+    from numba import cuda
+    from attn_numba.kernels import bwd_flash_wgmma as bw
+    d, dt = int(sys.argv[1]), sys.argv[2]
+    tag = "bf16" if dt == "bfloat16" else "f16"
+    res = {}
+    for label, disp, sig in bw.compile_targets(d, dt, heads=(4,)):
+        ptx, _ = cuda.compile_ptx(disp.py_func, sig, cc=(9, 0, "a"))
+        res[label] = dict(
+            ptx=ptx,
+            ss=len(re.findall(r"wgmma\\.mma_async\\.sync\\.aligned\\.m64n64k16\\.f32\\."
+                              + tag + r"\\." + tag + r" \\{[^}]*\\}, %rd", ptx)),
+            rs=len(re.findall(r"wgmma\\.mma_async\\.sync\\.aligned\\.m64n" + str(d)
+                              + r"k16\\.f32\\." + tag + r"\\." + tag + r" \\{[^}]*\\}, \\{", ptx)),
+            cp_async=len(re.findall(r"cp\\.async\\.cg\\.shared\\.global", ptx)),
+            calls=len(re.findall(r"\\bcall\\b", ptx)),
+            local=len(re.findall(r"ld\\.local|st\\.local", ptx)))
+    print(json.dumps(res))
+""")
+
+
+def _compile(d, dtype):
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-c", _SCRIPT, str(d), dtype], env=env,
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+#: (registers, spill bytes) at most, per (kernel, head size), from notes/bwd_wgmma.md
+LIMITS = {("dkdv", 64): (255, 0), ("dkdv", 128): (255, 16), ("dq", 64): (255, 0),
+          ("dq", 128): (255, 0)}
+
+
+def _check(d, dtype):
+    res = _compile(d, dtype)
+    assert len(res) == 2, list(res)
+    for label, r in res.items():
+        which = "dkdv" if "dkdv" in label else "dq"
+        # dK/dV: S^T and dP^T (D/16 each), dV and dK (BM/16 = 4 each); dQ: S, dP, dQ
+        assert r["ss"] == 2 * (d // 16), (label, r["ss"])
+        assert r["rs"] == (8 if which == "dkdv" else 4), (label, r["rs"])
+        assert r["cp_async"] > 0 and r["calls"] == 0 and r["local"] == 0, label
+        rep = ptxas_report(r["ptx"], "sm_90a")
+        if rep is not None:
+            regs, spill, _ = rep
+            max_regs, max_spill = LIMITS[(which, d)]
+            assert regs <= max_regs and spill <= max_spill, (label, rep)
+
+
+def test_compiles_d128_fp16():
+    _check(128, "float16")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("d,dtype", [(64, "float16"), (64, "bfloat16"), (128, "bfloat16")])
+def test_compiles_other_specialisations(d, dtype):
+    _check(d, dtype)
