@@ -112,7 +112,7 @@ def fig_backward(records, label, fixed, path):
             ax.set_xlabel("")
             _ratio_panel(axes[1][j], records, ours, peer, c)
     _legend(fig, kernels)
-    subtitle = "; ".join(_kernel_text(k) for k in kernels)
+    subtitle = "\n".join(_kernel_text(k) for k in kernels)   # one line each: they are long
     P._save(fig, path, f"run_mha_bwd on {label}: backward alone and forward + backward, "
                        f"NVBench cold GPU time\n{P._shape_text(fixed)}\n{subtitle}",
             rect=(0, 0.06, 1, 1))

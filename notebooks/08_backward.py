@@ -14,7 +14,7 @@
 # ---
 
 # %% [markdown]
-# # 08: the backward pass, FlashAttention-2's algorithm on CUDA cores
+# # 08: the backward pass, FlashAttention-2's algorithm on CUDA cores, then tensor cores
 #
 # Notebooks 01-07 compute `out = softmax(scale Q K^T) V` and stop there. To train a model the
 # library must also give the gradients of a loss with respect to `q`, `k` and `v`, given
@@ -26,6 +26,8 @@
 # * runs the CUDA-core kernel (`attn_numba/kernels/bwd_flash.py`, the teaching step; the
 #   simulator runs the same code) through `attn_numba.mha_bwd` and checks it against the
 #   float64 reference;
+# * shows how the tensor-core backwards (mma.sync, and Hopper's wgmma, which `auto` takes on
+#   an H200) lay out the same products, and checks the wgmma one on a GPU;
 # * shows the measured fwd + bwd times against the peers, from the committed results, each
 #   with its `source:` (device, date, file).
 
@@ -250,6 +252,38 @@ runs = [attn_numba.mha_varlen_bwd(dout, q, k, v, out, lse, cu_q, cu_k, kernel="f
 print("two runs bit-identical:", all(a.tobytes() == b.tobytes() for a, b in zip(*runs)))
 
 # %% [markdown]
+# ## The tensor-core steps: mma.sync, then wgmma
+#
+# The CUDA-core kernel above is the algorithm; the two tensor-core backwards run the same
+# three launches with the products on tensor cores (`notes/bwd_tensor_core.md`,
+# `notes/bwd_wgmma.md`):
+#
+# * `flash_tc` (`bwd_flash_tc`, mma.sync, sm_80 and up: the user's A30);
+# * `flash_wgmma` (`bwd_flash_wgmma`, Hopper warpgroup MMA, sm_90), where `auto` starts.
+#
+# The trick both share: the dK/dV pass computes `S^T = K Q^T` and `dP^T = V dO^T`, with the
+# block's keys as the matrix rows. Then `P^T` and `dS^T` sit in the accumulator layout that
+# packs straight into the A operand of `dV += P^T dO` and `dK += dS^T Q`, so nothing goes
+# through shared memory. On Hopper every product is one of the forward's two wgmma forms
+# (`C = A B^T` from shared memory, and `C += A B` with A in registers); the dQ pass packs 4
+# query heads into its 64 rows as the forward does. The plan of one call at the log's shape:
+
+# %%
+from attn_numba.kernels import bwd_flash_wgmma
+for p in bwd_flash_wgmma.plan(problem):
+    print(f"{p.kernel.py_func.__name__:24s} grid {p.griddim}, {p.blockdim} threads, "
+          f"{p.shared / 1024:.0f} KiB shared")
+if SIM:
+    print("On the simulator the wgmma kernels run only through the instruction models of "
+          "tests/test_bwd_wgmma_sim.py; mha_bwd(kernel='flash_wgmma') needs sm_90.")
+elif bwd_flash_wgmma.supports(problem) is None:
+    q, k, v = testing.random_qkv(rng, 1, 8192, 8192, 32, 8, 128, np.float16)
+    dout = rng.standard_normal(q.shape).astype(q.dtype)
+    c = testing.check_mha_bwd(dout, q, k, v, "flash_wgmma", window_size=(128, 128))
+    print("flash_wgmma at the log's shape:",
+          ", ".join(f"{n} {c.errs[n]:.1e} <= {c.tols[n]:.1e}" for n in testing.GRAD_NAMES))
+
+# %% [markdown]
 # ## Measured: fwd + bwd against the peers
 #
 # `attn-numba bench --backward` times the backward alone (`bwd`) and forward + backward
@@ -278,5 +312,11 @@ else:
         ax.set_xscale("log", base=2); ax.set_yscale("log"); ax.grid(True, which="both", alpha=0.3)
         ax.set_xlabel("seq_len (tokens)"); ax.set_title(f"fwd + bwd, causal={c}", fontsize=9)
         ax.legend(fontsize=7)
+    t = {(r["kernel"], r["pass"], r["seq_len"], r["causal"]): r["gpu_time_s"] for r in rows}
+    for kname in sorted({r["kernel"] for r in rows} - {"flexattention"}):
+        ratios = [f"{t[key] / t[('flexattention',) + key[1:]]:.2f}" for key in sorted(t)
+                  if key[0] == kname and key[1] == "fwd+bwd" and ("flexattention",) + key[1:] in t]
+        if ratios:
+            print(f"{kname} fwd+bwd / FlexAttention's (causal 0 then 1, by seq_len):", " ".join(ratios))
     axes[0].set_ylabel(f"ms per call, {summ['device']}")
     sources.show(fig, sources.source_text(summ, summ_path))
