@@ -317,6 +317,6 @@ else:
         ratios = [f"{t[key] / t[('flexattention',) + key[1:]]:.2f}" for key in sorted(t)
                   if key[0] == kname and key[1] == "fwd+bwd" and ("flexattention",) + key[1:] in t]
         if ratios:
-            print(f"{kname} fwd+bwd / FlexAttention's (causal 0 then 1, by seq_len):", " ".join(ratios))
+            print(f"{kname} fwd+bwd / FlexAttention's (by seq_len, causal 0 and 1 at each):", " ".join(ratios))
     axes[0].set_ylabel(f"ms per call, {summ['device']}")
     sources.show(fig, sources.source_text(summ, summ_path))
