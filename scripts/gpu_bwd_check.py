@@ -57,7 +57,8 @@ def _direct_bwd(dout, q, k, v, out, lse, cu_q, cu_k, mq, mk, scale, left, right,
     (H, total_q))."""
     import torch
     from numba import cuda
-    from attn_numba.kernels import bwd_flash_tc as tc
+    from attn_numba.kernels import get_bwd
+    tc = get_bwd(KERNEL["bwd"])        # flash_tc by default; its plan() takes ``variant``
     from attn_numba.kernels.occupancy import opt_in_shared
     from attn_numba.kernels import launch_plans, plan_args
     from attn_numba.problem import Problem
@@ -300,6 +301,41 @@ def _time_cases(seq_lens, causals, atomic=True):
 #: tile variants of the backward timed at 8192 tokens (``plan``'s dkdv / dq overrides)
 VARIANTS = {"default": {}, "dkdv_bm16": dict(dkdv=(64, 16, 2)), "dq_bn64": dict(dq=(64, 64, 2)),
             "one_stage": dict(dkdv=(64, 32, 1), dq=(64, 32, 1))}
+#: the same for ``--kernel flash_wgmma`` (bwd_flash_wgmma.plan's options)
+WGMMA_VARIANTS = {"default": {}, "overlap": dict(overlap=True), "dq_heads1": dict(heads=1)}
+
+
+def _variants():
+    return WGMMA_VARIANTS if KERNEL["bwd"] == "flash_wgmma" else VARIANTS
+
+
+def check_variants_exact(quick=True):
+    """Each variant's gradients against the default plan's, bit for bit, on sweep cases
+    (the variants add the same products in the same order, so any difference is a bug):
+    ``[{case, variant, identical, max_diff}]``."""
+    import torch
+    from attn_numba.problem import normalize_window
+    rows = []
+    for i, (sq_, sk_, nh, hkv, d, tdt, window, causal) in enumerate(sweep_cases(quick)):
+        q, k, v, dout, cu_q, cu_k, mq, mk = make_case(300 + i, sq_, sk_, nh, hkv, d, tdt)
+        scale = d ** -0.5
+        left, right = normalize_window(window, causal)
+        out, lse = run_fwd(q, k, v, cu_q, cu_k, mq, mk, scale, causal, window)
+        base = _direct_bwd(dout, q, k, v, out, lse, cu_q, cu_k, mq, mk, scale, left, right,
+                           causal)
+        for name, var in _variants().items():
+            if not var:
+                continue
+            g = _direct_bwd(dout, q, k, v, out, lse, cu_q, cu_k, mq, mk, scale, left, right,
+                            causal, **var)
+            torch.cuda.synchronize()
+            same = all(torch.equal(a, b) for a, b in zip(g, base))
+            diff = max(float((a.float() - b.float()).abs().max()) if a.numel() else 0.0
+                       for a, b in zip(g, base))
+            rows.append(dict(case=str((sq_, sk_, nh, hkv, d, str(tdt), window, causal)),
+                             variant=name, identical=same, max_diff=diff))
+            print(("SAME " if same else "DIFF ") + json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def _time_variants(seq_len=8192):
@@ -314,7 +350,7 @@ def _time_variants(seq_len=8192):
     left, right = normalize_window(win, False)
     out, lse = run_fwd(q, k, v, cu_q, cu_k, mq, mk, scale, False, win)
     rows, base = [], None
-    for name, var in VARIANTS.items():
+    for name, var in _variants().items():
         call = lambda: _direct_bwd(dout, q, k, v, out, lse, cu_q, cu_k, mq, mk, scale,  # noqa
                                    left, right, False, **var)
         g = call()
@@ -387,6 +423,11 @@ def main():
         save()
     if args.variants:
         try:
+            res["variants_exact"] = check_variants_exact(args.quick)
+        except Exception:  # noqa: BLE001
+            res["variants_exact_error"] = traceback.format_exc()[-2000:]
+        save()
+        try:
             res["variants"] = _time_variants()
         except Exception:  # noqa: BLE001
             res["variants_error"] = traceback.format_exc()[-2000:]
@@ -413,6 +454,9 @@ def main():
                   f"flash_tc bwd {r['tc_bwd']:.4f} ratio {r['ours_bwd'] / r['tc_bwd']:.2f}")
     for r in res.get("variants", []):
         print(f"variant {r['variant']:10s} bwd {r['bwd_ms']:.4f} ms  max diff {r['max_diff']:.2e}")
+    ex = res.get("variants_exact", [])
+    if ex:
+        print(f"variants bit-identical to the default: {sum(r['identical'] for r in ex)}/{len(ex)}")
     save()
 
 

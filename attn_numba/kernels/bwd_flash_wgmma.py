@@ -19,7 +19,7 @@ import numpy as np
 from .bwd_flash_tc import (DELTA_ARRAYS, DKDV_ARRAYS, DKDV_VIEWS, DQ_ARRAYS, DQ_VIEWS,
                            _scalars, delta_signature, dkdv_signature, dq_signature)
 from .bwd_tc_dq import DELTA_WARPS, build_delta
-from .bwd_wgmma_dkdv import BLOCK_K, build_dkdv
+from .bwd_wgmma_dkdv import BLOCK_K, OVERLAP, build_dkdv
 from .bwd_wgmma_dq import BLOCK_M, build_dq
 from .bwd_wgmma_steps import THREADS, shared_bytes
 from .common import supports_hopper
@@ -38,10 +38,10 @@ def kind_of(dtype):
     return {"float16": "f16", "bfloat16": "bf16"}.get(dtype_name(dtype))
 
 
-def kernels(head_size, dtype, heads=4, bm=BLOCK_Q, bn=BLOCK_N):
+def kernels(head_size, dtype, heads=4, bm=BLOCK_Q, bn=BLOCK_N, overlap=OVERLAP):
     """``(delta, dkdv, dq)`` of one specialisation (lru-cached builds)."""
     kind = kind_of(dtype)
-    return (build_delta(head_size, kind == "bf16"), build_dkdv(head_size, kind, bm),
+    return (build_delta(head_size, kind == "bf16"), build_dkdv(head_size, kind, bm, overlap),
             build_dq(head_size, kind, heads, bn))
 
 
@@ -51,7 +51,9 @@ def compile_targets(head_size, dtype, heads=(1, 4)):
         return []
     tag = f"d{head_size}_{kind_of(dtype)}"
     _, dkdv, _ = kernels(head_size, dtype)
-    out = [(f"bwd_wgmma_dkdv_kernel_{tag}", dkdv, dkdv_signature())]
+    out = [(f"bwd_wgmma_dkdv_kernel_{tag}", dkdv, dkdv_signature()),
+           (f"bwd_wgmma_dkdv_kernel_{tag}_ov", kernels(head_size, dtype, overlap=True)[1],
+            dkdv_signature())]
     for hb in heads:
         out.append((f"bwd_wgmma_dq_kernel_{tag}_h{hb}", kernels(head_size, dtype, hb)[2],
                     dq_signature()))
@@ -72,15 +74,16 @@ def scratch(problem, deterministic=None):
     return (Scratch("delta", (problem.num_heads, max(problem.total_q, 1)), np.float32),)
 
 
-def plan(problem, bm=BLOCK_Q, bn=BLOCK_N, heads=None, deterministic=None):
+def plan(problem, bm=BLOCK_Q, bn=BLOCK_N, heads=None, overlap=OVERLAP, deterministic=None):
     """The three launches (delta, dK/dV, dQ). ``bm``: queries per dK/dV tile, ``bn``: keys
     per dQ tile, ``heads``: query heads per dQ block (default: 4, 2 or 1, the largest that
-    divides the GQA group). On a GPU this raises the gradient kernels' dynamic
+    divides the GQA group), ``overlap``: the dK/dV pass's overlapped tile loop (opt-in,
+    :func:`bwd_wgmma_dkdv.build_dkdv`). On a GPU this raises the gradient kernels' dynamic
     shared-memory limit first."""
     from . import Plan
     d = problem.head_size
     hb = heads_per_block(problem.group_size) if heads is None else int(heads)
-    dl, k_kv, k_q = kernels(d, problem.dtype, hb, bm, bn)
+    dl, k_kv, k_q = kernels(d, problem.dtype, hb, bm, bn, overlap)
     sh_kv, sh_q = shared_bytes(d, bm, 2), shared_bytes(d, bn, 2)
     if not problem.on_simulator:
         opt_in_shared(k_kv, dkdv_signature(), sh_kv)

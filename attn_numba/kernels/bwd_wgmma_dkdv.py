@@ -36,13 +36,16 @@ from .tile_range import query_rows
 
 #: keys per block: the M of every wgmma of the pass
 BLOCK_K = 64
+#: FlashAttention-3's intra-warpgroup overlap in the tile loop (opt-in: ``overlapped``)
+OVERLAP = False
 
 
 @functools.lru_cache(maxsize=None)
-def build_dkdv(head_size, kind, bm):
+def build_dkdv(head_size, kind, bm, overlap=OVERLAP):
     """The dK/dV kernel for ``head_size`` (64 or 128), ``kind`` ('f16' / 'bf16') and ``bm``
-    queries per tile (a multiple of 64), two stages."""
-    D, BM = int(head_size), int(bm)
+    queries per tile (a multiple of 64), two stages; ``overlap``: the tile of
+    :func:`overlapped` instead of the plain one."""
+    D, BM, OVERLAP_ = int(head_size), int(bm), bool(overlap)
     assert D % 64 == 0 and BM % 64 == 0 and BM <= 256
     st = steps(D, BM, kind)
     KT = 2 * BLOCK_K * D            # bytes of the K (or V) tile
@@ -53,6 +56,7 @@ def build_dkdv(head_size, kind, bm):
     stage, _ = ring(2)
     cp_wait1 = wait_for_tile(1)
     wait0 = px.wgmma_wait(0)
+    wait1 = px.wgmma_wait(1)
     mask = band_mask(wgmma_acc_rc, S_LEN)
     load_rows, load_pair, issue_ss, issue_rs = st.load_rows, st.load_pair, st.issue_ss, st.issue_rs
     pack, store, fence_c, fence_o = st.pack, st.store, st.fence_c, st.fence_o
@@ -65,6 +69,53 @@ def build_dkdv(head_size, kind, bm):
     def stage_q(sK, j):
         """Shared address of tile j's Q; its dO follows at + QT."""
         return sK + uint32(2 * KT + stage(j) * 2 * QT)
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def overlapped(s, dp, pa, da, dka, dva, s_lq, s_dl, sK, sV, sQt, sOt, m0, masked, lane,
+                   t, ra_lo, ra_hi, rb_lo, rb_hi, scale_log2):
+        """One tile with FlashAttention-3's intra-warpgroup overlap: S^T and dP^T in two
+        groups, P^T computed while dP^T runs, dV += P^T dO issued before dS^T is computed,
+        dK += dS^T Q last; one wait for all at the end."""
+        # ---- S^T, then dP^T: two groups
+        px.wgmma_fence()
+        issue_ss(s, sK, sQt)
+        px.wgmma_commit()
+        issue_ss(dp, sV, sOt)
+        px.wgmma_commit()
+        wait1()                         # S^T landed; dP^T may still run
+        fence_c(s)
+        # ---- P^T while dP^T runs
+        if masked:
+            mask(s, m0, lane, ra_lo, ra_hi, rb_lo, rb_hi)
+        for c4 in range(S_LEN // 4):
+            for e in range(2):
+                lqv = s_lq[8 * c4 + 2 * t + e]
+                for half in range(2):
+                    i = 4 * c4 + 2 * half + e
+                    s[i] = px.ex2(s[i] * scale_log2 - lqv)
+        pack(s, pa)
+        fence_o(dva)
+        # ---- dV += P^T dO, issued before dS^T exists
+        px.wgmma_fence()
+        issue_rs(dva, pa, sOt)
+        px.wgmma_commit()
+        wait1()                         # dP^T landed; dV may still run
+        fence_c(dp)
+        # ---- dS^T while dV runs, then dK += dS^T Q
+        for c4 in range(S_LEN // 4):
+            for e in range(2):
+                dlv = s_dl[8 * c4 + 2 * t + e]
+                for half in range(2):
+                    i = 4 * c4 + 2 * half + e
+                    dp[i] = s[i] * (dp[i] - dlv)
+        pack(dp, da)
+        fence_o(dka)
+        px.wgmma_fence()
+        issue_rs(dka, da, sQt)
+        px.wgmma_commit()
+        wait0()
+        fence_o(dva)
+        fence_o(dka)
 
     @cuda.jit(**jit_kw)
     def bwd_wgmma_dkdv_kernel(dout, q, k, v, lse, delta, dk, dv, cu_q, cu_k, scale_log2,
@@ -147,39 +198,44 @@ def build_dkdv(head_size, kind, bm):
             cuda.syncthreads()
             sQt = stage_q(sK, it)
             sOt = sQt + uint32(QT)
-            # ---- S^T = K Q^T, dP^T = V dO^T
-            px.wgmma_fence()
-            issue_ss(s, sK, sQt)
-            issue_ss(dp, sV, sOt)
-            px.wgmma_commit()
-            wait0()
-            fence_c(s)
-            fence_c(dp)
-            # ---- P^T and dS^T
-            if not (f_lo <= m0 and m0 + BM - 1 <= f_hi):
-                mask(s, m0, lane, ra_lo, ra_hi, rb_lo, rb_hi)
-            for c4 in range(S_LEN // 4):
-                for e in range(2):
-                    col = 8 * c4 + 2 * t + e       # register 4 c4 + e: key a, + 2: key b
-                    lqv = s_lq[col]
-                    dlv = s_dl[col]
-                    for half in range(2):
-                        i = 4 * c4 + 2 * half + e
-                        pv = px.ex2(s[i] * scale_log2 - lqv)
-                        s[i] = pv
-                        dp[i] = pv * (dp[i] - dlv)
-            pack(s, pa)
-            pack(dp, da)
-            fence_o(dva)
-            fence_o(dka)
-            # ---- dV += P^T dO, dK += dS^T Q
-            px.wgmma_fence()
-            issue_rs(dva, pa, sOt)
-            issue_rs(dka, da, sQt)
-            px.wgmma_commit()
-            wait0()
-            fence_o(dva)
-            fence_o(dka)
+            if OVERLAP_:
+                overlapped(s, dp, pa, da, dka, dva, s_lq, s_dl, sK, sV, sQt, sOt, m0,
+                           not (f_lo <= m0 and m0 + BM - 1 <= f_hi), lane, t, ra_lo, ra_hi,
+                           rb_lo, rb_hi, scale_log2)
+            else:
+                # ---- S^T = K Q^T, dP^T = V dO^T
+                px.wgmma_fence()
+                issue_ss(s, sK, sQt)
+                issue_ss(dp, sV, sOt)
+                px.wgmma_commit()
+                wait0()
+                fence_c(s)
+                fence_c(dp)
+                # ---- P^T and dS^T
+                if not (f_lo <= m0 and m0 + BM - 1 <= f_hi):
+                    mask(s, m0, lane, ra_lo, ra_hi, rb_lo, rb_hi)
+                for c4 in range(S_LEN // 4):
+                    for e in range(2):
+                        col = 8 * c4 + 2 * t + e       # register 4 c4 + e: key a, + 2: key b
+                        lqv = s_lq[col]
+                        dlv = s_dl[col]
+                        for half in range(2):
+                            i = 4 * c4 + 2 * half + e
+                            pv = px.ex2(s[i] * scale_log2 - lqv)
+                            s[i] = pv
+                            dp[i] = pv * (dp[i] - dlv)
+                pack(s, pa)
+                pack(dp, da)
+                fence_o(dva)
+                fence_o(dka)
+                # ---- dV += P^T dO, dK += dS^T Q
+                px.wgmma_fence()
+                issue_rs(dva, pa, sOt)
+                issue_rs(dka, da, sQt)
+                px.wgmma_commit()
+                wait0()
+                fence_o(dva)
+                fence_o(dka)
             cuda.syncthreads()          # stage (it mod 2) is free for tile it + 2
 
         # nothing is in flight here: the last group waited for was the newest but one, empty
