@@ -51,7 +51,7 @@ def _np_dtype(tdtype):
 
 
 def _direct_bwd(dout, q, k, v, out, lse, cu_q, cu_k, mq, mk, scale, left, right, causal,
-                deterministic=True, **variant):
+                deterministic=True, setup_only=False, **variant):
     """The three plans of bwd_flash_tc (``variant``: ``plan``'s tile overrides) launched
     through ``kernels.launch_plans`` on torch's current stream (varlen layout; lse
     (H, total_q))."""
@@ -81,6 +81,9 @@ def _direct_bwd(dout, q, k, v, out, lse, cu_q, cu_k, mq, mk, scale, left, right,
     for p in plans:   # the launch's exact argument types get the shared-memory opt-in
         args = plan_args(p, arrays)
         opt_in_shared(p.kernel, tuple(p.kernel.typeof_pyval(a) for a in args), p.shared)
+    if setup_only:      # (launch, outputs): time the launches alone, on prepared buffers
+        stream = torch.cuda.current_stream().cuda_stream
+        return (lambda: launch_plans(plans, arrays, stream)), (dq, dk, dv)
     launch_plans(plans, arrays, torch.cuda.current_stream().cuda_stream)
     return dq, dk, dv
 
@@ -310,8 +313,10 @@ def _variants():
 
 
 def check_variants_exact(quick=True):
-    """Each variant's gradients against the default plan's, bit for bit, on sweep cases
-    (the variants add the same products in the same order, so any difference is a bug):
+    """Each variant's gradients against the default plan's, bit for bit, on sweep cases. A
+    variant that adds the same products in the same order (flash_wgmma's ``overlap``) must
+    be identical; one that moves tile boundaries (``heads``, which shifts where key tiles
+    start) may differ in the last bits:
     ``[{case, variant, identical, max_diff}]``."""
     import torch
     from attn_numba.problem import normalize_window
@@ -351,11 +356,13 @@ def _time_variants(seq_len=8192):
     out, lse = run_fwd(q, k, v, cu_q, cu_k, mq, mk, scale, False, win)
     rows, base = [], None
     for name, var in _variants().items():
-        call = lambda: _direct_bwd(dout, q, k, v, out, lse, cu_q, cu_k, mq, mk, scale,  # noqa
-                                   left, right, False, **var)
-        g = call()
+        # plans, views and buffers prepared once: the timed call is the launches alone
+        call, g = _direct_bwd(dout, q, k, v, out, lse, cu_q, cu_k, mq, mk, scale, left,
+                              right, False, setup_only=True, **var)
+        call()
         base = g if base is None else base
-        row = dict(variant=name, config={k_: list(v_) for k_, v_ in var.items()},
+        row = dict(variant=name, config={k_: list(v_) if isinstance(v_, (tuple, list)) else v_
+                                         for k_, v_ in var.items()},
                    bwd_ms=do_bench(call, return_mode="median"),
                    max_diff=max(float((a.float() - b.float()).abs().max())
                                 for a, b in zip(g, base)))
@@ -376,6 +383,8 @@ def main():
     ap.add_argument("--seqs", default="1024,2048,4096,8192",
                     help="timed token counts (each costs FlexAttention a compile)")
     ap.add_argument("--kernel", default="flash_tc", help="the backward kernel (mha_bwd's)")
+    ap.add_argument("--no-exact", action="store_true",
+                    help="with --variants: skip their bit-exactness check against the default")
     ap.add_argument("--fwd-kernel", default="flash_tc", help="the forward making out and lse")
     args = ap.parse_args()
     KERNEL.update(bwd=args.kernel, fwd=args.fwd_kernel)
@@ -423,7 +432,7 @@ def main():
         save()
     if args.variants:
         try:
-            res["variants_exact"] = check_variants_exact(args.quick)
+            res["variants_exact"] = [] if args.no_exact else check_variants_exact(args.quick)
         except Exception:  # noqa: BLE001
             res["variants_exact_error"] = traceback.format_exc()[-2000:]
         save()
