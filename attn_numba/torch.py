@@ -52,7 +52,7 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
         softmax_scale, causal, window_size, kernel: as in :func:`attn_numba.mha_fwd`.
         return_lse: also return the float32 (batch, num_heads, seqlen_q) log-sum-exp (natural
             log). lse is not differentiable: a gradient reaching it is ignored.
-        backward_kernel: the gradient kernel, "auto", "flash" or "flash_tc"
+        backward_kernel: the gradient kernel, "auto", "flash", "flash_tc" or "flash_wgmma"
             (see :func:`attn_numba.mha_bwd`).
 
     Returns ``out`` (q's shape and dtype), or ``(out, lse)``. Under ``torch.autocast``, q, k
