@@ -23,7 +23,7 @@ def _slow(*case):
 
 
 CASES = [  # seqlens_q, seqlens_k, H, Hkv, D, window, causal, lse_batched, dtype, plan options
-    ([37], [45], 4, 1, 64, (-1, -1), True, True, np.float16, {}),        # GQA 4 packed, causal
+    ([20], [27], 2, 1, 64, (-1, -1), True, True, np.float16, {}),        # GQA 2 packed, causal
     _slow([21, 0, 70], [50, 9, 33], 2, 2, 64, (-1, -1), False, False, np.float16, {}),
     _slow([75], [30], 2, 1, 64, (0, 0), False, True, BF16, {}),       # rows with no key
     _slow([130], [130], 8, 1, 64, (20, 0), False, True, np.float16, {}),   # GQA 8, (W, 0)
