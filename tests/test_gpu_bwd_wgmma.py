@@ -66,7 +66,6 @@ def test_matches_flash_tc_and_auto_picks_it():
     takes this kernel on sm_90 at head size 128."""
     torch = _hopper()
     import gpu_bwd_check as g
-    from attn_numba.callpath import _spec  # noqa: F401  (the call path is importable)
     q, k, v, dout, cu_q, cu_k, mq, mk = g.make_case(3, [1024], [1024], 32, 8, 128,
                                                     torch.float16)
     scale = 128 ** -0.5
