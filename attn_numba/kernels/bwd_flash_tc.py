@@ -148,6 +148,17 @@ def scratch(problem, deterministic=None):
 
 
 
+def delta_plans(problem, kernel, arrays=DELTA_ARRAYS):
+    """The preprocess launch (``kernel``: delta, or delta + ``dq_accum = 0``), one warp per
+    (row, head); none when there is no query."""
+    from . import Plan
+    items = problem.total_q * problem.num_heads
+    if not items:
+        return ()
+    return (Plan(kernel, (-(-items // DELTA_WARPS),), 32 * DELTA_WARPS, (_U32, _U32), (), 0,
+                 arrays),)
+
+
 def plan(problem, dkdv=None, dq=None, deterministic=None):
     """The three launches (delta, dK/dV, dQ); on a GPU this compiles the gradient kernels
     for their signatures and raises their dynamic shared-memory limit first. ``dkdv`` =
@@ -169,11 +180,7 @@ def plan(problem, dkdv=None, dq=None, deterministic=None):
         opt_in_shared(k_kv, dkdv_signature(), sh_kv)
         opt_in_shared(k_q, dq_signature(), sh_q)
     scalars = _scalars(problem)
-    plans = []
-    items = problem.total_q * problem.num_heads
-    if items:
-        plans.append(Plan(dl, (-(-items // DELTA_WARPS),), 32 * DELTA_WARPS, (_U32, _U32),
-                          (), 0, DELTA_ARRAYS))
+    plans = list(delta_plans(problem, dl))
     grid_kv = (max(-(-problem.max_seqlen_k // cfg_kv[0]), 1), problem.num_kv_heads,
                problem.batch)
     plans.append(Plan(k_kv, grid_kv, 32 * WARPS, DKDV_VIEWS, scalars, sh_kv, DKDV_ARRAYS))
@@ -199,10 +206,7 @@ def _atomic_plan(problem, dkdv=None):
     if not problem.on_simulator:
         opt_in_shared(k_kv, dkdv_atomic_signature(), sh_kv)
     items = problem.total_q * problem.num_heads
-    plans = []
-    if items:
-        plans.append(Plan(build_delta_zero(d, bf), (-(-items // DELTA_WARPS),),
-                          32 * DELTA_WARPS, (_U32, _U32), (), 0, DELTA_ZERO_ARRAYS))
+    plans = list(delta_plans(problem, build_delta_zero(d, bf), DELTA_ZERO_ARRAYS))
     grid_kv = (max(-(-problem.max_seqlen_k // cfg_kv[0]), 1), problem.num_kv_heads,
                problem.batch)
     plans.append(Plan(k_kv, grid_kv, 32 * WARPS, DKDV_VIEWS, _scalars(problem), sh_kv,

@@ -16,9 +16,9 @@ import os
 
 import numpy as np
 
-from .bwd_flash_tc import (DELTA_ARRAYS, DKDV_ARRAYS, DKDV_VIEWS, DQ_ARRAYS, DQ_VIEWS,
-                           _scalars, delta_signature, dkdv_signature, dq_signature)
-from .bwd_tc_dq import DELTA_WARPS, build_delta
+from .bwd_flash_tc import (DKDV_ARRAYS, DKDV_VIEWS, DQ_ARRAYS, DQ_VIEWS, _scalars,
+                           delta_plans, dkdv_signature, dq_signature)
+from .bwd_tc_dq import build_delta
 from .bwd_wgmma_dkdv import BLOCK_K, OVERLAP, build_dkdv
 from .bwd_wgmma_dq import BLOCK_M, build_dq
 from .bwd_wgmma_steps import THREADS, shared_bytes
@@ -31,7 +31,6 @@ HEAD_SIZES = (64, 128)
 #: queries per tile of the dK/dV pass and keys per tile of the dQ pass
 BLOCK_Q = 64
 BLOCK_N = 64
-_U32 = np.uint32
 
 
 def kind_of(dtype):
@@ -89,11 +88,7 @@ def plan(problem, bm=BLOCK_Q, bn=BLOCK_N, heads=None, overlap=OVERLAP, determini
         opt_in_shared(k_kv, dkdv_signature(), sh_kv)
         opt_in_shared(k_q, dq_signature(), sh_q)
     scalars = _scalars(problem)
-    plans = []
-    items = problem.total_q * problem.num_heads
-    if items:
-        plans.append(Plan(dl, (-(-items // DELTA_WARPS),), 32 * DELTA_WARPS, (_U32, _U32),
-                          (), 0, DELTA_ARRAYS))
+    plans = list(delta_plans(problem, dl))
     grid_kv = (max(-(-problem.max_seqlen_k // BLOCK_K), 1), problem.num_kv_heads,
                problem.batch)
     plans.append(Plan(k_kv, grid_kv, THREADS, DKDV_VIEWS, scalars, sh_kv, DKDV_ARRAYS))
