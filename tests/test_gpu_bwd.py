@@ -23,9 +23,10 @@ def _torch():
     return torch
 
 
-def _run(seed, sq, sk, nh, hkv, d, dtype, window, causal):
+def _run(seed, sq, sk, nh, hkv, d, dtype, window, causal, kernel=None):
+    """One case through ``kernel`` (default: the check script's, flash_tc), asserted."""
     import gpu_bwd_check as g
-    res = g.check_case(seed, sq, sk, nh, hkv, d, dtype, window, causal)
+    res = g.check_case(seed, sq, sk, nh, hkv, d, dtype, window, causal, kernel=kernel)
     for name in ("dq", "dk", "dv"):
         r = res[name]
         assert r["finite"], (name, res)

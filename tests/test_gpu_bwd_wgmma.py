@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+import test_gpu_bwd
 from test_gpu_bwd import CASES, _torch
 
 pytestmark = pytest.mark.gpu
@@ -25,15 +26,8 @@ def _hopper():
     return torch
 
 
-def _run(seed, sq, sk, nh, hkv, d, dtype, window, causal):
-    import gpu_bwd_check as g
-    res = g.check_case(seed, sq, sk, nh, hkv, d, dtype, window, causal, kernel=KERNEL)
-    for name in ("dq", "dk", "dv"):
-        r = res[name]
-        assert r["finite"], (name, res)
-        assert r["err"] <= 2 * r["torch_err"] + 1e-4, (name, res)
-    assert res["deterministic"], res
-    return res
+def _run(*case):
+    return test_gpu_bwd._run(*case, kernel=KERNEL)
 
 
 @pytest.mark.parametrize("seq_len", [512, 2048])
