@@ -40,14 +40,20 @@ _SCRIPT = textwrap.dedent("""
 """)
 
 
-def _compile(d, dtype, cc):
+def run_compile_script(script, *args):
+    """Run ``script`` with the simulator off (compile_ptx needs the real target) in a new
+    process; its last stdout line, as JSON."""
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT, str(d), dtype, str(cc)], env=env,
+    proc = subprocess.run([sys.executable, "-c", script, *map(str, args)], env=env,
                           capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _compile(d, dtype, cc):
+    return run_compile_script(_SCRIPT, d, dtype, cc)
 
 
 def ptxas_report(ptx, arch):

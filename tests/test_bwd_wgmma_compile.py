@@ -4,15 +4,11 @@ tile), cp.async, no calls and no local memory; where ptxas is on PATH, its repor
 registers within 255 and the spills notes/bwd_wgmma.md records (the overlapped dK/dV loop
 included). D = 128 fp16 in the quick
 run, D = 64 and bf16 slow."""
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
-from test_bwd_tc_compile import ptxas_report
+from test_bwd_tc_compile import ptxas_report, run_compile_script
 
 _SCRIPT = textwrap.dedent("""
     import json, re, sys
@@ -39,14 +35,7 @@ _SCRIPT = textwrap.dedent("""
 
 
 def _compile(d, dtype, every):
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT, str(d), dtype,
-                           "all" if every else "default"], env=env,
-                          capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_compile_script(_SCRIPT, d, dtype, "all" if every else "default")
 
 
 #: (registers, spill bytes) at most, per (kernel, head size), from notes/bwd_wgmma.md
