@@ -13,16 +13,15 @@ against flash_wgmma (v5) at the log's 10 configurations. Needs an sm_90 device.
    with queries and no keys; 10 cases of the overlapped loop, 45 of the other variants
    (without the consumers' turns and the lean softmax, which are the defaults; turns alone;
    BN 128), 44 of the persistent grid (one block per SM, and 3-7 blocks so that each takes
-   many work tiles) and 22 of the template maps as kernel parameters (``param_maps``): 172
-   in all. One line per case. Cases run in a child process that is restarted after a fault
+   many work tiles), 22 of the template maps as kernel parameters (``param_maps``) and 33
+   of the staged epilogue (``staged``; 11 of them with the overlapped loop): 205 in all. One line per case. Cases run in a child process that is restarted after a fault
    or a hang (no progress for ``--stall`` s): the case it was on is recorded as failed and
    the sweep goes on with the next.
 3. timing: 1 sequence, 32/8 heads, D=128, window (128,128), fp16, 512..8192 tokens, causal
    0/1: CUDA-graph replay (triton's ``do_bench_cudagraph`` when torch and triton import,
    else CUDA events over 20 launches queued behind a sleeper kernel, median of 7), the
-   flash_ws variants of ``TIMED`` (the defaults, always the persistent grid, always one
-   block per work tile, key tiles of 64, three K/V stages, the overlapped loop, the
-   template maps as parameters) against v5, and FlashAttention-4 where ``flash_attn.cute``
+   flash_ws variants of ``TIMED`` (the defaults, the staged epilogue, the overlapped loop
+   with two and three stages, both together) against v5, and FlashAttention-4 where ``flash_attn.cute``
    imports (its output compared with ours first).
 
 Everything goes to ``$OUT/v6.json`` (rewritten after every case); a table comes last.
@@ -132,12 +131,24 @@ def cases():
         out.append(dict(dtype="float16", d=128, group=8, seq_q=[130, 0, 7, 513],
                         seq_k=[64, 0, 300, 513], window=(128, 0), causal=False, block_n=128,
                         persistent=pers, blocks=blocks, param_maps=True))
+    # the staged epilogue (O through shared memory, 16-byte stores; opt-in): one block per
+    # tile and the persistent grid with 5 blocks (the O tile reused across work tiles), then
+    # with the overlapped loop, the turns and the lean softmax (the candidate defaults)
+    for pers, blocks, ov in ((False, None, False), (True, 5, False), (True, 7, True)):
+        for dt, d, g in (("float16", 128, 4), ("bfloat16", 64, 1), ("float16", 128, 2)):
+            for (window, causal), s in zip(WINDOWS, (1025, 1025, 97, 1025, 1025)):
+                out.append(dict(dtype=dt, d=d, group=g, seq_q=[s], seq_k=[s], window=window,
+                                causal=causal, block_n=128, persistent=pers, blocks=blocks,
+                                staged=True, overlap=ov))
+        out.append(dict(dtype="float16", d=128, group=8, seq_q=[130, 0, 7, 513],
+                        seq_k=[64, 0, 300, 513], window=(128, 0), causal=False, block_n=128,
+                        persistent=pers, blocks=blocks, staged=True, overlap=ov))
     return out
 
 
 #: plan options of a case (the defaults where a case names none)
 OPTS = dict(overlap=False, pingpong=None, block_n=64, stages=2, lean=None, persistent=False,
-            blocks=None, param_maps=False)
+            blocks=None, param_maps=False, staged=False)
 
 
 def opts_of(c):
@@ -308,18 +319,20 @@ def compile_child(spec):
     from attn_numba.kernels.v5_flash_wgmma import opt_in_shared
     if spec == ("v5",):
         return opt_in_shared(v5.build(v5.Config(128, "float16", 4)), v5._signature(), 1024)
-    d, kind, hb, bn, st, ov, pp, lean, pers, pm = spec
+    d, kind, hb, bn, st, ov, pp, lean, pers, pm, sg = spec
     kernel = v6.build(d, kind, hb, bn, st, ov, pingpong=pp, lean=lean, persistent=pers,
-                      param_maps=pm)
+                      param_maps=pm, staged=sg)
     opt_in_shared(kernel, v6._signature(pers, pm), 1024)
 
 
 def precompile(end):
+    from attn_numba.kernels.config import heads_per_block
+
     def spec(d, kind, hb, o):
         return (d, kind, hb, o["block_n"], o["stages"], o["overlap"], o["pingpong"],
-                o["lean"], o["persistent"], o["param_maps"])
+                o["lean"], o["persistent"], o["param_maps"], o["staged"])
     specs = {spec(c["d"], "f16" if c["dtype"] == "float16" else "bf16",
-                  4 if c["group"] % 4 == 0 else 1, opts_of(c)) for c in cases()}
+                  heads_per_block(c["group"]), opts_of(c)) for c in cases()}
     specs |= {spec(128, "f16", 4, opts_of(kw)) for _, kw in TIMED if kw is not None}
     specs = sorted(specs) + [("v5",)]
     procs = [(s, subprocess.Popen([sys.executable, os.path.abspath(__file__), "--compile",
@@ -402,12 +415,10 @@ def _timer():
 #: (name, flash_ws plan options) timed at each configuration; flash_wgmma is v5's default
 TIMED = (("flash_wgmma", None),
          ("flash_ws", {}),                                   # the module's defaults
-         ("flash_ws_persistent", dict(persistent=True)),     # one block per SM, always
-         ("flash_ws_tile_grid", dict(persistent=False)),     # one block per work tile
-         ("flash_ws_bn64", dict(block_n=64)),
-         ("flash_ws_s3", dict(stages=3)),                    # a third K/V stage
-         ("flash_ws_pmaps", dict(param_maps=True)),          # template maps as parameters
-         ("flash_ws_ov", dict(stages=3, overlap=True)))
+         ("flash_ws_staged", dict(staged=True)),             # O through shared memory
+         ("flash_ws_ov", dict(overlap=True)),                # FA3's order, two stages
+         ("flash_ws_ov_s3", dict(stages=3, overlap=True)),
+         ("flash_ws_ov_staged", dict(overlap=True, staged=True)))
 
 
 def _fa4(row, q, k, v, arrays, causal, flops):

@@ -126,7 +126,7 @@ _COMPILE = textwrap.dedent("""
         pm = bool(len(ov) > 4 and ov[4])
         k = v6.build(d, kind, hb, bn, st, bool(ov and ov[0]),
                      pingpong=bool(len(ov) > 1 and ov[1]), lean=bool(len(ov) > 2 and ov[2]),
-                     persistent=pers, param_maps=pm)
+                     persistent=pers, param_maps=pm, staged=bool(len(ov) > 5 and ov[5]))
         ptx, _ = cuda.compile_ptx(k.py_func, v6._signature(pers, pm), cc=(9, 0, "a"),
                                   launch_bounds=(v6.THREADS, 1))
         out["-".join(map(str, [d, kind, hb, bn, st, *ov]))] = ptx
@@ -135,14 +135,19 @@ _COMPILE = textwrap.dedent("""
 
 
 def _check_variant(ptx, d, bn, tmp_path, name, overlap=False, pingpong=False,
-                   param_maps=False):
+                   param_maps=False, staged=False):
     # the overlapped loop peels its first QK^T and last PV: every wgmma appears twice
     assert ptx.count("wgmma.mma_async") == (d // 16 + bn // 16) * (2 if overlap else 1)
     # the consumers' turns (v6_roles._scheduler): the block's one __syncthreads, then the
     # plain loop's sync before it and before PV, its init, in-loop and final arrive; the
-    # overlapped loop's one sync and its init and in-loop arrive
-    turns = ((2, 3) if not overlap else (1, 2)) if pingpong else (0, 0)
-    assert (ptx.count("bar.sync") - 1, ptx.count("bar.arrive")) == turns
+    # overlapped loop's sync before its first QK^T and in the loop, its init, first and
+    # in-loop arrive; the staged epilogue's two named barriers
+    turns = (2, 3) if pingpong else (0, 0)
+    assert (ptx.count("bar.sync") - 1 - 2 * staged, ptx.count("bar.arrive")) == turns
+    # the staged epilogue: D/4 32-bit stores per thread into the tile, D/16 chunks out
+    assert ptx.count("st.shared.u32") == (d // 4 if staged else 0)
+    assert ptx.count("ld.shared.v4.b32") == ptx.count("st.global.v4.b32") == \
+        (d // 16 if staged else 0)
     assert "cp.async.bulk.tensor.3d" in ptx
     # the block's own maps: three templates copied (24 x 16 bytes, one asm block; with
     # param_maps stored from the kernel's parameters, no load), the call's addresses
@@ -193,14 +198,18 @@ def test_kernel_compiles_and_assembles_d128_f16(tmp_path):
                                      [128, "f16", 4, 64, 2, 0, 1, 1, 0],
                                      [64, "bf16", 1, 64, 3, 1, 1, 1, 1],
                                      [128, "f16", 4, 128, 2, 0, 1, 1, 0, 1],
-                                     [128, "bf16", 4, 128, 2, 0, 1, 1, 1, 1]])
+                                     [128, "bf16", 4, 128, 2, 0, 1, 1, 1, 1],
+                                     [128, "f16", 4, 128, 2, 0, 1, 1, 1, 0, 1],
+                                     [128, "f16", 4, 128, 2, 1, 1, 1, 1, 0, 1],
+                                     [64, "bf16", 2, 128, 2, 0, 1, 1, 0, 0, 1]])
 def test_kernel_variants_compile_and_assemble(tmp_path, variant):
     """[D, kind, heads, BN, stages, (overlap, (pingpong, (lean, (persistent,
-    (param_maps)))))]."""
+    (param_maps, (staged))))))]."""
     d, kind, hb, bn, st, *ov = variant
     ptx = _compile(tmp_path, [variant])["-".join(map(str, variant))]
     _check_variant(ptx, d, bn, tmp_path, "v", overlap=bool(ov and ov[0]),
-                   pingpong=bool(len(ov) > 1 and ov[1]), param_maps=bool(len(ov) > 4 and ov[4]))
+                   pingpong=bool(len(ov) > 1 and ov[1]), param_maps=bool(len(ov) > 4 and ov[4]),
+                   staged=bool(len(ov) > 5 and ov[5]))
 
 
 _KEYS = textwrap.dedent("""

@@ -333,3 +333,61 @@ def test_a_consumer_without_its_init_arrive_deadlocks(rng, monkeypatch):
 def test_stage_phase_cycles_stages_and_flips_parity_per_round():
     assert [lay.stage_phase(j, 3) for j in range(7)] == [
         (0, 0), (1, 0), (2, 0), (0, 1), (1, 1), (2, 1), (0, 0)]
+
+
+@pytest.mark.parametrize("d,heads", [(128, 4), (128, 2), (128, 1), (64, 4), (64, 1)])
+def test_staged_o_tile_holds_the_output_rows_in_order(rng, d, heads):
+    """The staged epilogue (v6_epilogue.staged), emulated: every thread's 32-bit pairs written
+    at ``o_stage_word``, then 16-byte chunks read at ``o_stage_chunk``, give the output's
+    rows in order (stored row r = position r // heads, head r % heads); the tile is filled
+    exactly once and stays inside ``q_tile_bytes``."""
+    pb = lay.positions_per_tile(heads)
+    words = rng.integers(0, 2 ** 32, (64, d // 2), dtype=np.uint64).astype(np.uint32)
+    tile = np.zeros(lay.q_tile_bytes(d) // 4, np.uint32)
+    seen = np.zeros_like(tile, dtype=np.int64)
+    for warp in range(4):
+        for lane in range(32):
+            slot, prow = lay.consumer_rows(warp, lane, heads)
+            for row in (slot * pb + prow, slot * pb + prow + 8):
+                for i4 in range(d // 8):
+                    w = 4 * i4 + (lane & 3)
+                    off = lay.o_stage_word(row, w, d, heads)
+                    assert off % 4 == 0 and 0 <= off < lay.q_tile_bytes(d)
+                    tile[off // 4] = words[row, w]
+                    seen[off // 4] += 1
+    assert (seen == 1).all()
+    for r in range(64):
+        pos, head = r // heads, r % heads
+        got = np.concatenate([tile[lay.o_stage_chunk(r, c, d, heads) // 4:][:4]
+                              for c in range(d // 8)])
+        np.testing.assert_array_equal(got, words[head * pb + pos])
+
+
+@pytest.mark.parametrize("d,heads", [(128, 4), (128, 1), (64, 2)])
+def test_staged_o_tile_stores_and_reads_avoid_bank_conflicts(d, heads):
+    """A quad-row store instruction (32 lanes, one word each) hits 32 distinct banks; each
+    8-lane phase of a 16-byte read covers 8 distinct 16-byte bank groups."""
+    pb = lay.positions_per_tile(heads)
+    for warp in range(4):
+        for i4 in range(d // 8):
+            for b in (0, 8):
+                banks = set()
+                for lane in range(32):
+                    slot, prow = lay.consumer_rows(warp, lane, heads)
+                    off = lay.o_stage_word(slot * pb + prow + b, 4 * i4 + (lane & 3), d,
+                                           heads)
+                    banks.add((off // 4) % 32)
+                assert len(banks) == 32
+    ch = d // 8
+    for g0 in range(0, 64 * ch, 8):
+        groups = {(lay.o_stage_chunk(g // ch, g % ch, d, heads) // 16) % 8
+                  for g in range(g0, g0 + 8)}
+        assert len(groups) == 8
+
+
+def test_staged_shared_plan_fits_and_follows_the_barriers():
+    for d, bn, s in ((128, 128, 2), (128, 64, 4), (64, 128, 3)):
+        o = lay.o_stage_offset(d, bn, s)
+        assert o % 128 == 0 and o >= lay.barrier_offsets(d, bn, s)[5] + 8
+        assert lay.shared_bytes(d, bn, s, staged=True) == o + 2 * lay.q_tile_bytes(d) + 1024
+        assert lay.shared_bytes(d, bn, s, staged=True) <= 227 * 1024

@@ -94,6 +94,14 @@ CASES = [  # seq_q, seq_k, H, Hkv, D, dtype, window, causal, options (stages >= 
     pytest.param(([90], [140], 4, 4, 128, np.float16, (-1, -1), True,
                   dict(stages=2, block_n=128, overlap=True, pingpong=True, lean=True)),
                  marks=_SLOW),
+    # the staged epilogue (O through shared memory, 16-byte stores): varlen with empty
+    # sequences and partial tiles (rows past a sequence never written), 1, 2 and 4 heads per
+    # tile, the persistent grid, with the overlapped loop
+    ([20, 0, 9], [20, 3, 0], 4, 1, 64, np.float16, (8, 8), False, dict(stages=2, staged=True)),
+    pytest.param(([30, 0, 5, 40], [40, 3, 0, 66], 8, 2, 128, BF16, (20, 20), False,
+                  dict(stages=2, staged=True, persistent=True, blocks=10 ** 6)), marks=_SLOW),
+    pytest.param(([45], [70], 2, 1, 64, np.float16, (-1, -1), True,
+                  dict(stages=2, staged=True, overlap=True)), marks=_SLOW),
 ]
 
 
@@ -134,6 +142,26 @@ def test_a_wrong_q_box_offset_fails_the_check(rng, monkeypatch):
     finally:
         v6_roles.roles.cache_clear()
         v6._build.cache_clear()
+
+
+@pytest.mark.slow
+def test_a_staged_epilogue_reading_unswizzled_chunks_fails_the_check(rng, monkeypatch):
+    """The check can fail: the staged epilogue's reads missing the stores' swizzle."""
+    from attn_numba.kernels import v6_epilogue, v6_roles
+
+    def plain(r, c, head_size, heads):
+        return r * 2 * head_size + (c << 4)
+
+    monkeypatch.setattr(v6_epilogue, "_chunk", plain)
+    for f in (v6_epilogue.staged, v6_roles.roles, v6._build):
+        f.cache_clear()
+    try:
+        out, _, ref, _, tol = _run(rng, [20], [20], 4, 1, 64, np.float16, (-1, -1), False,
+                                   stages=2, staged=True)
+        assert not np.abs(out - ref).max(initial=0) <= tol
+    finally:
+        for f in (v6_epilogue.staged, v6_roles.roles, v6._build):
+            f.cache_clear()
 
 
 @pytest.mark.slow

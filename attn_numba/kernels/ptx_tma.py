@@ -30,6 +30,9 @@ Compile for ``cc=(9, 0, "a")``; the CUDA simulator runs none of this.
 * ``fence_proxy_async``: :mod:`ptx_sm90`'s ``fence.proxy.async.shared::cta``.
 * ``setmaxnreg_dec(n)`` / ``setmaxnreg_inc(n)``: ``setmaxnreg.{dec,inc}.sync.aligned.u32 n``,
   executed by every thread of a warpgroup; honoured only with ``launch_bounds=(threads, 1)``.
+* ``st_shared_u32(addr, word)``, ``ld_shared_v4(addr) -> 4 words``,
+  ``st_global_v4(addr, w0, w1, w2, w3)``: the staged epilogue's stores (16-byte rows of O
+  out of shared memory).
 * ``bar_sync(id, count)`` / ``bar_arrive(id, count)``: named barriers ``bar.sync`` /
   ``bar.arrive`` (``count`` threads, a multiple of 32; id 0 is ``__syncthreads``'s).
 """
@@ -190,9 +193,40 @@ def tensormap_store(first):
     return _intrinsic(store, f"tensormap_store_{first}")
 
 
+#: st_shared_u32(addr, word): one 32-bit store at a shared-state-space address
+st_shared_u32 = _stmt("st_shared_u32", "st.shared.u32 [$0], $1;", (_U32, _U32))
+#: st_global_v4(addr u64, w0, w1, w2, w3): one 16-byte store (``addr`` 16-byte aligned)
+st_global_v4 = _stmt("st_global_v4", "st.global.v4.b32 [$0], {$1, $2, $3, $4};",
+                     (_U64, _U32, _U32, _U32, _U32))
+
+
+def ld_shared_v4(typingctx, addr):
+    """``ld_shared_v4(addr) -> (w0, w1, w2, w3)``: one 16-byte load at a 16-byte aligned
+    shared-state-space address (volatile: kept after the named barrier that publishes the
+    data)."""
+    if not isinstance(addr, types.Integer):
+        return None
+    ret = types.UniTuple(types.uint32, 4)
+
+    def codegen(context, builder, sig, args):
+        a = context.cast(builder, args[0], sig.args[0], types.uint32)
+        struct = ir.LiteralStructType([_I32] * 4)
+        fnty = ir.FunctionType(struct, [_I32])
+        res = builder.call(ir.InlineAsm(fnty, "ld.shared.v4.b32 {$0, $1, $2, $3}, [$4];",
+                                        "=r,=r,=r,=r,r,~{memory}", side_effect=True), [a])
+        return context.make_tuple(builder, sig.return_type,
+                                  [builder.extract_value(res, i) for i in range(4)])
+    return ret(addr), codegen
+
+
+ld_shared_v4 = _intrinsic(ld_shared_v4)
+
 #: bar_sync(id, count) / bar_arrive(id, count): named barriers
 bar_sync = _stmt("bar_sync", "bar.sync $0, $1;", (_U32, _U32))
 bar_arrive = _stmt("bar_arrive", "bar.arrive $0, $1;", (_U32, _U32))
+#: bar_sync_data(id, count): a named barrier that publishes shared-memory data between the
+#: threads it joins (on the device ``bar.sync``; the simulator's model is a block barrier)
+bar_sync_data = bar_sync
 
 
 @functools.lru_cache(maxsize=None)
@@ -215,10 +249,11 @@ def setmaxnreg_inc(n):
 from numba import config as _config  # noqa: E402
 
 if _config.ENABLE_CUDASIM:
-    from .v6_ptx_sim import (bar_arrive, bar_sync, fence_mbarrier_init,  # noqa: E402,F401,F811
+    from .v6_ptx_sim import (bar_arrive, bar_sync, bar_sync_data, fence_mbarrier_init,  # noqa: E402,F401,F811
                              fence_proxy_async, fence_tensormap_acquire,
                              fence_tensormap_release, mbarrier_arrive,
                              mbarrier_arrive_expect_tx, mbarrier_init, mbarrier_try_wait,
+                             ld_shared_v4, st_global_v4, st_shared_u32,
                              mbarrier_wait, mbarrier_wait_bounded, setmaxnreg_dec, setmaxnreg_inc,
                              tma_load_2d, tma_load_3d, tensormap_copy, tensormap_store,
                              tensormap_replace_address)

@@ -24,7 +24,7 @@ _kmajor_step = cuda.jit(device=True, inline=True, cache=True)(wl.kmajor_step_off
 _p_regs = cuda.jit(device=True, inline=True, cache=True)(wl.p_regs)
 
 Steps = namedtuple("Steps", "desc stage_k load_q load_kv issue_qk issue_pv softmax "
-                            "rescale_pack finish")
+                            "rescale_pack finish rescale pack_p")
 
 
 def desc_hi(lbo, sbo):
@@ -156,6 +156,15 @@ def steps(D, BN, kind, heads, v_swap, S, groups=1, lean=False):
                 pa[4 * kk + jj] = pack(s[ri], s[ri + 1])
         fence_o(o)
 
+    @cuda.jit(device=True, inline=True, cache=True)
+    def pack_p(s, pa):
+        """The P registers packed from the S fragments alone (a loop that rescales O
+        elsewhere: flash_ws's overlapped loop)."""
+        for kk in range(PV_STEPS):
+            for jj in range(4):
+                ri = _p_regs(kk, jj)
+                pa[4 * kk + jj] = pack(s[ri], s[ri + 1])
+
 
     @cuda.jit(device=True, inline=True, cache=True)
     def load_q(qbase, sQ, row0, q0, sq, hbase, nh, tid):
@@ -176,6 +185,6 @@ def steps(D, BN, kind, heads, v_swap, S, groups=1, lean=False):
 
     if lean:
         return Steps(desc, stage_k, load_q, load_kv, issue_qk_lean, issue_pv_lean,
-                     softmax_lean, rescale_pack, finish)
+                     softmax_lean, rescale_pack, finish, rescale_o, pack_p)
     return Steps(desc, stage_k, load_q, load_kv, issue_qk, issue_pv, softmax, rescale_pack,
-                 finish)
+                 finish, rescale_o, pack_p)

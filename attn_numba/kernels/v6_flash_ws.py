@@ -79,18 +79,22 @@ MAPS_PER_BLOCK = 3
 #: (no load of the template, before the work tile's loads); off until an H200 run has
 #: timed it (notes/v6_flash_ws.md, "Run 40")
 PARAM_MAPS = False
+#: the epilogue through shared memory, 16-byte stores (v6_epilogue.staged); off until an H200
+#: run has timed it
+STAGED = False
 #: ``auto`` takes flash_ws over flash_wgmma above this many key tiles in the grid (128-key
 #: tiles at D = 128; the log's shape: 704 at 1024 tokens, 1472 at 2048, causal 480 / 992)
 AUTO_MIN_KEY_TILES = 1200
 
 
 def build(head_size, kind="f16", heads=4, block_n=None, stages=None, overlap=None,
-          debug_waits=False, pingpong=None, lean=None, persistent=None, param_maps=None):
+          debug_waits=False, pingpong=None, lean=None, persistent=None, param_maps=None,
+          staged=None):
     """The kernel for ``head_size``, ``kind`` ('f16'/'bf16'), ``heads`` query heads per tile
     (4, 2 or 1 of a GQA group), key tile ``block_n``, ``stages``, the consumer loop
     ``overlap``, the consumers' turns ``pingpong``, the ``lean`` softmax, the
-    ``persistent`` grid and the template maps as kernel parameters ``param_maps`` (None =
-    the module defaults); ``debug_waits``: bounded waits that print the one that timed out
+    ``persistent`` grid, the template maps as kernel parameters ``param_maps`` and the
+    ``staged`` epilogue (None = the module defaults); ``debug_waits``: bounded waits that print the one that timed out
     (v6_roles.roles), for diagnosing a hang."""
     bn = BLOCK_N[head_size] if block_n is None else block_n
     return _build(head_size, kind, heads, bn, STAGES if stages is None else stages,
@@ -98,17 +102,18 @@ def build(head_size, kind="f16", heads=4, block_n=None, stages=None, overlap=Non
                   PINGPONG if pingpong is None else bool(pingpong),
                   LEAN if lean is None else bool(lean),
                   PERSISTENT if persistent is None else bool(persistent),
-                  PARAM_MAPS if param_maps is None else bool(param_maps))
+                  PARAM_MAPS if param_maps is None else bool(param_maps),
+                  STAGED if staged is None else bool(staged))
 
 
 @functools.lru_cache(maxsize=None)
 def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
-           lean=False, persistent=False, param_maps=False):
+           lean=False, persistent=False, param_maps=False, staged=False):
     assert D in HEAD_SIZES and BN in (64, 128) and S >= 2 and HB in (1, 2, 4)
-    assert lay.shared_bytes(D, BN, S) <= MAX_SHARED
+    assert lay.shared_bytes(D, BN, S, staged) <= MAX_SHARED
     PB = lay.positions_per_tile(HB)
     ROWS = lay.CONSUMERS * PB            # positions per work tile (of HB heads, one sequence)
-    r = v6_roles.roles(D, BN, kind, HB, S, overlap, debug_waits, pingpong, lean)
+    r = v6_roles.roles(D, BN, kind, HB, S, overlap, debug_waits, pingpong, lean, staged)
     init_barriers, produce_tile, consume = r.init_barriers, r.produce_tile, r.consume
     # each block's maps: from the template in global memory (``tmpl`` its address), or from
     # its words passed as parameters (``tmpl`` the tuple), then set up first thing
@@ -314,7 +319,7 @@ def auto_declines(problem):
 
 def configure(problem, heads=None, block_n=None, stages=None, overlap=None,
               debug_waits=False, pingpong=None, lean=None, persistent=None, blocks=None,
-              param_maps=None):
+              param_maps=None, staged=None):
     """(kernel, grid, dynamic shared bytes, heads, block_n, extra scalars) for ``problem``.
     ``persistent``: a grid of ``blocks`` (default: the device's SMs, at most the work
     tiles) taking the work tiles in turn, extra scalars ``(nx, ny, n_work)``; None (the
@@ -333,13 +338,14 @@ def configure(problem, heads=None, block_n=None, stages=None, overlap=None,
         blocks = getattr(cuda.get_current_device(), "MULTIPROCESSOR_COUNT", n_work)
     # the persistent grid only pays with more work tiles than blocks
     pers = (PERSISTENT and n_work > blocks) if persistent is None else bool(persistent)
+    stg = STAGED if staged is None else bool(staged)
     kernel = build(d, kind_of(problem.dtype), hb, bn, st, overlap, debug_waits, pingpong,
-                   lean, pers, param_maps)
+                   lean, pers, param_maps, stg)
     extra = ()
     if pers:
         extra = (np.int32(grid[0]), np.int32(grid[1]), np.int32(n_work))
         grid = (max(min(int(blocks), n_work), 1), 1, 1)
-    return kernel, grid, lay.shared_bytes(d, bn, st), hb, bn, extra
+    return kernel, grid, lay.shared_bytes(d, bn, st, stg), hb, bn, extra
 
 
 def map_specs(problem, heads, block_n):
@@ -388,7 +394,7 @@ def plan(problem, **kw):
     scratch (:func:`scratch`), writes the call's q, k, v addresses there
     (``tensormap.replace``) and loads through them. Keyword overrides (``heads``,
     ``block_n``, ``stages``, ``overlap``, ``pingpong``, ``lean``, ``persistent``,
-    ``param_maps``, ``blocks``, ``debug_waits``) as in :func:`build` and :func:`configure`;
+    ``param_maps``, ``staged``, ``blocks``, ``debug_waits``) as in :func:`build` and :func:`configure`;
     :func:`scratch` takes the same."""
     from . import FWD_ARRAYS, Plan
     kernel, grid, shared, hb, bn, extra = configure(problem, **kw)

@@ -65,10 +65,44 @@ def barrier_offsets(head_size, block_n, stages):
     return (base,) + tuple(base + BAR_BYTES * (1 + i * stages) for i in range(5))
 
 
-def shared_bytes(head_size, block_n, stages):
-    """Dynamic shared memory of a block: tiles, barriers, and 1024 bytes of slack for the
-    base's alignment to the swizzle atom."""
-    return barrier_offsets(head_size, block_n, stages)[5] + BAR_BYTES + ATOM_BYTES
+def o_stage_offset(head_size, block_n, stages):
+    """Byte offset of the staged epilogue's O tiles (consumer ``c``'s at + ``c``
+    q_tile_bytes), 128-byte aligned after the barriers."""
+    end = barrier_offsets(head_size, block_n, stages)[5] + BAR_BYTES
+    return (end + 127) // 128 * 128
+
+
+def shared_bytes(head_size, block_n, stages, staged=False):
+    """Dynamic shared memory of a block: tiles, barriers, (``staged``) the epilogue's O
+    tiles, and 1024 bytes of slack for the base's alignment to the swizzle atom."""
+    if staged:
+        end = o_stage_offset(head_size, block_n, stages) + CONSUMERS * q_tile_bytes(head_size)
+    else:
+        end = barrier_offsets(head_size, block_n, stages)[5] + BAR_BYTES
+    return end + ATOM_BYTES
+
+
+def o_stage_word(row, word, head_size, heads):
+    """Byte offset, inside a consumer's staged O tile, of 32-bit word ``word`` (columns
+    ``2 word, 2 word + 1``) of accumulator row ``row`` (head ``row // PB``, position
+    ``row % PB``). The tile holds the rows in the output's order, position-major
+    (``position * heads + head``, ``2 head_size`` bytes each), so that each position's
+    ``heads`` rows are one contiguous run of the output; the 16-byte chunks of a row are
+    swizzled by the position (chunk ``c`` at ``c ^ (position % 8)``), so that the eight rows
+    of a quad's stores (eight positions) and the eight chunks of a 128-byte read fall in
+    distinct banks."""
+    pb = 64 // heads
+    pos, head = row % pb, row // pb
+    chunk = word >> 2
+    return ((pos * heads + head) * 2 * head_size + ((chunk ^ (pos & 7)) << 4)
+            + ((word & 3) << 2))
+
+
+def o_stage_chunk(r, c, head_size, heads):
+    """Byte offset, inside a staged O tile, of 16-byte chunk ``c`` of stored row ``r``
+    (= position ``r // heads``, head ``r % heads``): the reading side of
+    :func:`o_stage_word`."""
+    return r * 2 * head_size + ((c ^ ((r // heads) & 7)) << 4)
 
 
 def box_swizzled_offset(r, e):

@@ -205,5 +205,31 @@ def _order_only(bar_id, count):
         raise ValueError(f"named barrier {bar_id} with {count} threads")
 
 
+def st_shared_u32(addr, word):
+    sim._TLS.smem[int(addr):int(addr) + 4] = np.array([word], np.uint32).view(np.uint8)
+
+
+def ld_shared_v4(addr):
+    a = int(addr)
+    assert a % 16 == 0, f"ld.shared.v4 at {a}"
+    return tuple(np.uint32(w) for w in sim._TLS.smem[a:a + 16].view(np.uint32))
+
+
+def st_global_v4(addr, w0, w1, w2, w3):
+    addr = int(addr)
+    assert addr % 16 == 0, f"st.global.v4 at {addr:#x}"
+    flat = sim._GLOBAL[addr >> sim._ADDR_BITS]
+    off = addr & ((1 << sim._ADDR_BITS) - 1)
+    flat[off:off + 16] = np.array([w0, w1, w2, w3], np.uint32).view(np.uint8)
+
+
+def bar_sync_data(bar_id, count):
+    """A named barrier that publishes data (the staged epilogue's): on the simulator a block
+    barrier, which every live thread of the block reaches the same number of times (both
+    consumers run the same epilogues; the producer has none)."""
+    _order_only(bar_id, count)
+    threading.current_thread().syncthreads()
+
+
 tma_load_2d = _unsupported
 bar_sync = bar_arrive = _order_only

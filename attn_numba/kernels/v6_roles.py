@@ -36,6 +36,7 @@ from numba import cuda, float32, uint32, uint64
 from . import ptx_sm90 as px
 from . import ptx_tma as pt
 from . import v5_steps
+from . import v6_epilogue
 from . import v6_layout as lay
 from .common import NEG_INF, key_range
 
@@ -225,6 +226,7 @@ def _loops(D, BN, S, st, wait, pingpong):
     _, KF, VF, KE, VE, _ = lay.barrier_offsets(D, BN, S)
     stage_k, issue_qk, issue_pv = st.stage_k, st.issue_qk, st.issue_pv
     softmax, rescale_pack = st.softmax, st.rescale_pack
+    rescale_o, pack_p = st.rescale, st.pack_p
     fence_s = px.fence_acc(BN // 2)
     fence_o = px.fence_acc(D // 2)
     wait0 = px.wgmma_wait(0)
@@ -278,37 +280,42 @@ def _loops(D, BN, S, st, wait, pingpong):
     @cuda.jit(device=True, inline=True, cache=True)
     def loop_overlap(base, grp, sQw, s, o, pa, n_lo, ntiles, c0, f_lo, f_hi, t, lane, lo_a,
                      hi_a, lo_b, hi_b, scale_log2):
-        """FlashAttention-3's intra-warpgroup overlap (as flash_wgmma's ``overlap``): QK^T of
-        tile j and PV of tile j-1 are issued together and the softmax of tile j runs while
-        PV still runs; K of tile j is released once QK^T has completed, V of tile j-1 once
-        PV has. With pingpong a warpgroup's turn at the tensor cores is that pair of issues.
+        """FlashAttention-3's intra-warpgroup overlap, in its order: per tile j >= 1, issue
+        QK^T of tile j, rescale O by tile j-1's correction while it runs, issue PV of tile
+        j-1, then the softmax of tile j while PV still runs; K of tile j is released once
+        QK^T has completed, V of tile j-1 once PV has, and P of tile j is packed after that.
+        With pingpong a warpgroup's turn at the tensor cores is that pair of issues.
         ``ntiles >= 1``; the first QK^T and the last PV are peeled (no accumulator is a phi
         across a wgmma)."""
         n0 = n_lo
         first = uint32(c0)
         stg, ph = _stage_phase(first, S)
         wait(base + uint32(KF + 8 * stg), uint32(ph), 1, 0)
+        sched_sync(grp)
         px.wgmma_fence()
         issue_qk(s, sQw, stage_k(base, first))
         px.wgmma_commit()
+        sched_arrive(grp)
         wait0()
         fence_s(s)
         release(base, KE, stg, lane)
         m_a, m_b, l_a, l_b, al_a, al_b = softmax(
             s, n0, not (f_lo <= n0 and n0 + BN <= f_hi), t, lo_a, hi_a, lo_b, hi_b, NEG_INF,
             NEG_INF, ZERO, ZERO, scale_log2)
-        rescale_pack(o, s, pa, al_a, al_b)
+        pack_p(s, pa)
         for j in range(1, ntiles):
             ju = uint32(c0 + j)
             stg, ph = _stage_phase(ju, S)
             prv, pph = _stage_phase(ju - uint32(1), S)
             n0 = n_lo + j * BN
             wait(base + uint32(KF + 8 * stg), uint32(ph), 1, j)
-            wait(base + uint32(VF + 8 * prv), uint32(pph), 2, ju - uint32(1))
             sched_sync(grp)
             px.wgmma_fence()
             issue_qk(s, sQw, stage_k(base, ju))
             px.wgmma_commit()
+            rescale_o(o, al_a, al_b)            # under QK^T of tile j
+            wait(base + uint32(VF + 8 * prv), uint32(pph), 2, ju - uint32(1))
+            px.wgmma_fence()
             issue_pv(o, pa, stage_k(base, ju - uint32(1)) + uint32(KV_BYTES))
             px.wgmma_commit()
             sched_arrive(grp)
@@ -321,9 +328,10 @@ def _loops(D, BN, S, st, wait, pingpong):
             wait0()
             fence_o(o)
             release(base, VE, prv, lane)
-            rescale_pack(o, s, pa, al_a, al_b)
+            pack_p(s, pa)
         last = uint32(c0 + ntiles - 1)
         stg, ph = _stage_phase(last, S)
+        rescale_o(o, al_a, al_b)
         wait(base + uint32(VF + 8 * stg), uint32(ph), 2, last)
         px.wgmma_fence()
         issue_pv(o, pa, stage_k(base, last) + uint32(KV_BYTES))
@@ -337,12 +345,14 @@ def _loops(D, BN, S, st, wait, pingpong):
 
 
 @functools.lru_cache(maxsize=None)
-def roles(D, BN, kind, HB, S, overlap=False, debug_waits=False, pingpong=False, lean=False):
+def roles(D, BN, kind, HB, S, overlap=False, debug_waits=False, pingpong=False, lean=False,
+          staged=False):
     """Device functions for head size ``D``, key tile ``BN``, ``kind`` ('f16'/'bf16'),
     ``HB`` heads per tile, ``S`` K/V stages and the consumer loop (``overlap``: QK^T of tile
     j with PV of tile j-1), ``pingpong`` (the consumers take turns at the tensor cores:
     :func:`_scheduler`), ``lean`` (the softmax folds the scale into its exponent and masks
-    on 32-bit offsets: ``v5_steps.steps``).
+    on 32-bit offsets: ``v5_steps.steps``), ``staged`` (O leaves through shared memory in
+    16-byte chunks: ``v6_epilogue``).
     ``debug_waits``: every mbarrier wait gives up after
     ``WAIT_LIMIT`` attempts and prints which one (a hang becomes a wrong result and a line
     on stdout)."""
@@ -353,7 +363,8 @@ def roles(D, BN, kind, HB, S, overlap=False, debug_waits=False, pingpong=False, 
     PA_LEN = 4 * (BN // 16)
     O_LEN = D // 2
     st = v5_steps.steps(D, BN, kind, HB, False, S, lay.CONSUMERS, lean)
-    finish = st.finish
+    store = (v6_epilogue.staged(D, kind, HB, lay.o_stage_offset(D, BN, S)) if staged else
+             v6_epilogue.direct(D, kind))
     wait = _wait(debug_waits)
     init_barriers, acquire, acquire_words, produce_tile = _producer(D, BN, HB, S, wait,
                                                                    st.stage_k)
@@ -371,8 +382,8 @@ def roles(D, BN, kind, HB, S, overlap=False, debug_waits=False, pingpong=False, 
         lane = ctid & 31
         t = lane & 3
         slot, prow = _consumer_rows(warp, lane, HB)
-        hw = hbase + slot
-        pos_a = row0 + grp * PB + prow
+        pos0 = row0 + grp * PB
+        pos_a = pos0 + prow
         pos_b = pos_a + 8
         lo_a, hi_a = key_range(pos_a, sq, sk, left, right)
         lo_b, hi_b = key_range(pos_b, sq, sk, left, right)
@@ -392,6 +403,7 @@ def roles(D, BN, kind, HB, S, overlap=False, debug_waits=False, pingpong=False, 
                                       t, lane, lo_a, hi_a, lo_b, hi_b, scale_log2)
             if lane == 0:
                 pt.mbarrier_arrive(base + uint32(QE))
-        finish(o, m_a, m_b, l_a, l_b, out, lse, b, hw, q0, pos_a, pos_b, sq, t, lse_batched)
+        store(o, m_a, m_b, l_a, l_b, out, lse, b, q0, sq, t, lse_batched, base, grp, ctid,
+              slot, hbase, prow, pos0)
 
     return Roles(init_barriers, acquire, acquire_words, produce_tile, consume, sched_init)

@@ -1,0 +1,112 @@
+"""flash_ws's two epilogues for a consumer warpgroup's 64 rows, built per specialisation,
+with one signature (``store(acc, m_a, m_b, l_a, l_b, out, lse, b, q0, sq, t, lse_batched,
+base, grp, ctid, slot, hbase, prow, pos0)``):
+
+* ``direct``: flash_wgmma's (``softmax.epilogue``): every thread stores its rows' 32-bit
+  pairs straight to the output, ``D / 4`` stores per row and thread, each warp store
+  touching eight 16-byte pieces of eight rows.
+* ``staged``: the normalised pairs go to the consumer's O tile in shared memory (in the
+  output's row order, swizzled: ``v6_layout.o_stage_word``), the warpgroup meets on its own
+  named barrier, and each thread then copies whole 16-byte chunks out (``D / 16`` loads and
+  stores per thread), so a warp writes 512 contiguous bytes per store; rows past the
+  sequence are never written. A second barrier before the tile is written keeps a
+  persistent block's next work tile from overwriting chunks still being copied out.
+
+Both write the lse from lane ``t == 0`` of each quad. Layout maps: ``v6_layout``."""
+import functools
+
+from numba import cuda, uint32, uint64
+
+from . import ptx_sm90 as px
+from . import ptx_tma as pt
+from . import v6_layout as lay
+from .common import finish_row, store_lse
+from .softmax import epilogue
+
+#: the staged epilogue's named barriers: consumer ``g`` meets on ``EPI_BAR + g`` (ids 1 and 2
+#: are the consumers' tensor-core turns, v6_roles.SCHED_BAR)
+EPI_BAR = 3
+EPI_THREADS = 128
+
+_word = cuda.jit(device=True, inline=True, cache=True)(lay.o_stage_word)
+_chunk = cuda.jit(device=True, inline=True, cache=True)(lay.o_stage_chunk)
+
+
+@functools.lru_cache(maxsize=None)
+def direct(D, kind):
+    """The per-thread epilogue, in the common signature."""
+    finish = epilogue(D // 2, D // 2, px.pack2(kind), px.shfl_xor)
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def store(acc, m_a, m_b, l_a, l_b, out, lse, b, q0, sq, t, lse_batched, base, grp, ctid,
+              slot, hbase, prow, pos0):
+        pos_a = pos0 + prow
+        finish(acc, m_a, m_b, l_a, l_b, out, lse, b, hbase + slot, q0, pos_a, pos_a + 8, sq,
+               t, lse_batched)
+    return store
+
+
+@functools.lru_cache(maxsize=None)
+def staged(D, kind, HB, o_offset):
+    """The epilogue through shared memory: consumer ``grp``'s O tile at ``base + o_offset +
+    grp * q_tile_bytes(D)``."""
+    PB = lay.positions_per_tile(HB)
+    N4 = D // 8                              # 16-byte chunks per row = word quads
+    CH = D // 8
+    COPIES = lay.BLOCK_M * CH // EPI_THREADS
+    WORDS = 4 * COPIES
+    Q_TILE = lay.q_tile_bytes(D)
+    pack = px.pack2(kind)
+    shfl = px.shfl_xor
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def store(acc, m_a, m_b, l_a, l_b, out, lse, b, q0, sq, t, lse_batched, base, grp, ctid,
+              slot, hbase, prow, pos0):
+        l_a += shfl(l_a, 1)
+        l_a += shfl(l_a, 2)
+        l_b += shfl(l_b, 1)
+        l_b += shfl(l_b, 2)
+        inv_a, lse_a = finish_row(l_a, m_a)
+        inv_b, lse_b = finish_row(l_b, m_b)
+        s_o = base + uint32(o_offset + grp * Q_TILE)
+        bar = uint32(EPI_BAR + grp)
+        ra = slot * PB + prow
+        # 1. the rows into the tile (after the previous work tile's copy-out read it)
+        pt.bar_sync_data(bar, uint32(EPI_THREADS))
+        for i4 in range(N4):
+            w = 4 * i4 + t
+            pt.st_shared_u32(s_o + uint32(_word(ra, w, D, HB)),
+                             pack(acc[4 * i4] * inv_a, acc[4 * i4 + 1] * inv_a))
+            pt.st_shared_u32(s_o + uint32(_word(ra + 8, w, D, HB)),
+                             pack(acc[4 * i4 + 2] * inv_b, acc[4 * i4 + 3] * inv_b))
+        pos_a = pos0 + prow
+        if t == 0:
+            if pos_a < sq:
+                store_lse(lse, lse_batched, b, hbase + slot, q0, pos_a, lse_a)
+            if pos_a + 8 < sq:
+                store_lse(lse, lse_batched, b, hbase + slot, q0, pos_a + 8, lse_b)
+        pt.bar_sync_data(bar, uint32(EPI_THREADS))
+        # 2. 16-byte chunks out: chunk g of the tile is chunk g % CH of stored row g // CH
+        #    (position row // HB, head row % HB); all loads first, then the stores
+        words = cuda.local.array(WORDS, uint32)
+        for it in range(COPIES):
+            g = it * EPI_THREADS + ctid
+            r = g // CH
+            w0, w1, w2, w3 = pt.ld_shared_v4(s_o + uint32(_chunk(r, g - r * CH, D, HB)))
+            words[4 * it] = w0
+            words[4 * it + 1] = w1
+            words[4 * it + 2] = w2
+            words[4 * it + 3] = w3
+        obase = px.data_ptr(out)
+        s_row = out.strides[0]
+        s_head = out.strides[1]
+        for it in range(COPIES):
+            g = it * EPI_THREADS + ctid
+            r = g // CH
+            pos = pos0 + r // HB
+            if pos < sq:
+                addr = obase + uint64((q0 + pos) * s_row + (hbase + r % HB) * s_head
+                                      + 16 * (g - r * CH))
+                pt.st_global_v4(addr, words[4 * it], words[4 * it + 1], words[4 * it + 2],
+                                words[4 * it + 3])
+    return store
