@@ -20,8 +20,8 @@ against flash_wgmma (v5) at the log's 10 configurations. Needs an sm_90 device.
 3. timing: 1 sequence, 32/8 heads, D=128, window (128,128), fp16, 512..8192 tokens, causal
    0/1: CUDA-graph replay (triton's ``do_bench_cudagraph`` when torch and triton import,
    else CUDA events over 20 launches queued behind a sleeper kernel, median of 7), the
-   flash_ws variants of ``TIMED`` (the defaults, the staged epilogue, the overlapped loop
-   with two and three stages, both together) against v5, and FlashAttention-4 where ``flash_attn.cute``
+   flash_ws variants of ``TIMED`` (the defaults: overlapped loop and staged epilogue; the
+   plain loop; the template maps as parameters; no turns; 64-key tiles) against v5, and FlashAttention-4 where ``flash_attn.cute``
    imports (its output compared with ours first).
 
 Everything goes to ``$OUT/v6.json`` (rewritten after every case); a table comes last.
@@ -415,10 +415,10 @@ def _timer():
 #: (name, flash_ws plan options) timed at each configuration; flash_wgmma is v5's default
 TIMED = (("flash_wgmma", None),
          ("flash_ws", {}),                                   # the module's defaults
-         ("flash_ws_staged", dict(staged=True)),             # O through shared memory
-         ("flash_ws_ov", dict(overlap=True)),                # FA3's order, two stages
-         ("flash_ws_ov_s3", dict(stages=3, overlap=True)),
-         ("flash_ws_ov_staged", dict(overlap=True, staged=True)))
+         ("flash_ws_plain", dict(overlap=False)),            # the plain loop, staged
+         ("flash_ws_pmaps", dict(param_maps=True)),          # template maps as parameters
+         ("flash_ws_nopp", dict(pingpong=False)),            # no tensor-core turns
+         ("flash_ws_bn64", dict(block_n=64, stages=3)))
 
 
 def _fa4(row, q, k, v, arrays, causal, flops):

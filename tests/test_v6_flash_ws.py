@@ -168,7 +168,11 @@ def _check_variant(ptx, d, bn, tmp_path, name, overlap=False, pingpong=False,
     assert rc == 0, log[-3000:]
     assert "C7508" not in log, "ptxas ignored setmaxnreg"
     assert "C7514" not in log and "C7519" not in log, log   # no serialised wgmma
-    assert " 0 bytes spill stores" in log
+    # the overlapped loop keeps tile j-1's row corrections across the loop's back edge: its
+    # one-block-per-tile kernels spill one 4-byte value, stored in the prologue and loaded
+    # in the epilogue, outside the key loop (cuobjdump -sass, notes/v6_flash_ws.md, run 48)
+    spill = int(re.search(r"(\d+) bytes spill stores", log).group(1))
+    assert spill <= (4 if overlap else 0), log
     regs = int(re.search(r"Used (\d+) registers", log).group(1))
     assert regs <= 168, regs                                # the entry budget of 384 threads
 
@@ -180,12 +184,12 @@ def _compile(tmp_path, variants):
 
 @pytest.mark.slow
 def test_kernel_compiles_and_assembles_d128_f16(tmp_path):
-    ptxs = _compile(tmp_path, [[128, "f16", 4, 128, 2, 0, 1, 1, 1]])      # the defaults
-    assert (v6.OVERLAP, v6.PINGPONG, v6.LEAN, v6.PERSISTENT, v6.PARAM_MAPS) == \
-        (False, True, True, True, False)
+    ptxs = _compile(tmp_path, [[128, "f16", 4, 128, 2, 1, 1, 1, 1, 0, 1]])   # the defaults
+    assert (v6.OVERLAP, v6.PINGPONG, v6.LEAN, v6.PERSISTENT, v6.PARAM_MAPS, v6.STAGED) == \
+        (True, True, True, True, False, True)
     assert v6.BLOCK_N[128] == 128 and v6.STAGES == 2
-    _check_variant(ptxs["128-f16-4-128-2-0-1-1-1"], 128, 128, tmp_path, "main",
-                   pingpong=True)
+    _check_variant(ptxs["128-f16-4-128-2-1-1-1-1-0-1"], 128, 128, tmp_path, "main",
+                   overlap=True, pingpong=True, staged=True)
 
 
 @pytest.mark.slow

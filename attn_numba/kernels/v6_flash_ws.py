@@ -59,9 +59,10 @@ HEAD_SIZES = (64, 128)
 BLOCK_N = {64: 64, 128: 128}
 #: K/V stages
 STAGES = 2
-#: consumer loop with FlashAttention-3's intra-warpgroup overlap (QK^T of tile j issued with
-#: PV of tile j-1); off until a GPU sweep has passed with it
-OVERLAP = False
+#: consumer loop with FlashAttention-3's intra-warpgroup overlap, in its order (QK^T of tile
+#: j issued, O rescaled under it, then PV of tile j-1): with the staged epilogue 1-4% faster
+#: than the plain loop from 1024 tokens up (run 48, notes/v6_flash_ws.md)
+OVERLAP = True
 #: the two consumer warpgroups take turns at the tensor cores (named barriers,
 #: v6_roles._scheduler): 3-6% faster on the H200 (runs 29-31, notes/v6_flash_ws.md)
 PINGPONG = True
@@ -79,9 +80,9 @@ MAPS_PER_BLOCK = 3
 #: (no load of the template, before the work tile's loads); off until an H200 run has
 #: timed it (notes/v6_flash_ws.md, "Run 40")
 PARAM_MAPS = False
-#: the epilogue through shared memory, 16-byte stores (v6_epilogue.staged); off until an H200
-#: run has timed it
-STAGED = False
+#: the epilogue through shared memory, 16-byte stores (v6_epilogue.staged): 3-15% faster
+#: than per-thread stores at 8 of the log's 10 configurations, equal at the other two (run 48)
+STAGED = True
 #: ``auto`` takes flash_ws over flash_wgmma above this many key tiles in the grid (128-key
 #: tiles at D = 128; the log's shape: 704 at 1024 tokens, 1472 at 2048, causal 480 / 992)
 AUTO_MIN_KEY_TILES = 1200
