@@ -13,15 +13,17 @@ against flash_wgmma (v5) at the log's 10 configurations. Needs an sm_90 device.
    with queries and no keys; 10 cases of the overlapped loop, 45 of the other variants
    (without the consumers' turns and the lean softmax, which are the defaults; turns alone;
    BN 128), 44 of the persistent grid (one block per SM, and 3-7 blocks so that each takes
-   many work tiles), 22 of the template maps as kernel parameters (``param_maps``) and 33
-   of the staged epilogue (``staged``; 11 of them with the overlapped loop): 205 in all. One line per case. Cases run in a child process that is restarted after a fault
+   many work tiles), 22 of the template maps as kernel parameters (``param_maps``) and 96
+   of the staged epilogue (``staged``; 64 of them with the overlapped loop, 48 of those
+   with the defaults since run 49: BN 64, 3 stages): 268 in all. One line per case. Cases run in a child process that is restarted after a fault
    or a hang (no progress for ``--stall`` s): the case it was on is recorded as failed and
    the sweep goes on with the next.
 3. timing: 1 sequence, 32/8 heads, D=128, window (128,128), fp16, 512..8192 tokens, causal
    0/1: CUDA-graph replay (triton's ``do_bench_cudagraph`` when torch and triton import,
    else CUDA events over 20 launches queued behind a sleeper kernel, median of 7), the
-   flash_ws variants of ``TIMED`` (the defaults: overlapped loop and staged epilogue; the
-   plain loop; the template maps as parameters; no turns; 64-key tiles) against v5, and FlashAttention-4 where ``flash_attn.cute``
+   flash_ws variants of ``TIMED`` (the defaults: overlapped loop, staged epilogue, 64-key
+   tiles in 3 stages; 128-key tiles in 2; the template maps as parameters; 2 and 4
+   stages) against v5, and FlashAttention-4 where ``flash_attn.cute``
    imports (its output compared with ours first).
 
 Everything goes to ``$OUT/v6.json`` (rewritten after every case); a table comes last.
@@ -131,18 +133,21 @@ def cases():
         out.append(dict(dtype="float16", d=128, group=8, seq_q=[130, 0, 7, 513],
                         seq_k=[64, 0, 300, 513], window=(128, 0), causal=False, block_n=128,
                         persistent=pers, blocks=blocks, param_maps=True))
-    # the staged epilogue (O through shared memory, 16-byte stores; opt-in): one block per
-    # tile and the persistent grid with 5 blocks (the O tile reused across work tiles), then
-    # with the overlapped loop, the turns and the lean softmax (the candidate defaults)
-    for pers, blocks, ov in ((False, None, False), (True, 5, False), (True, 7, True)):
+    # the staged epilogue (O through shared memory, 16-byte stores): one block per tile and
+    # the persistent grid with 5 blocks (the O tile reused across work tiles), then with the
+    # overlapped loop, the turns and the lean softmax; the last three are the module's
+    # defaults since run 49 (BN 64, 3 stages) on each grid
+    for pers, blocks, ov, bn, st in ((False, None, False, 128, 2), (True, 5, False, 128, 2),
+                                     (True, 7, True, 128, 2), (False, None, True, 64, 3),
+                                     (True, 7, True, 64, 3), (True, None, True, 64, 3)):
         for dt, d, g in (("float16", 128, 4), ("bfloat16", 64, 1), ("float16", 128, 2)):
             for (window, causal), s in zip(WINDOWS, (1025, 1025, 97, 1025, 1025)):
                 out.append(dict(dtype=dt, d=d, group=g, seq_q=[s], seq_k=[s], window=window,
-                                causal=causal, block_n=128, persistent=pers, blocks=blocks,
-                                staged=True, overlap=ov))
+                                causal=causal, block_n=bn, stages=st, persistent=pers,
+                                blocks=blocks, staged=True, overlap=ov))
         out.append(dict(dtype="float16", d=128, group=8, seq_q=[130, 0, 7, 513],
-                        seq_k=[64, 0, 300, 513], window=(128, 0), causal=False, block_n=128,
-                        persistent=pers, blocks=blocks, staged=True, overlap=ov))
+                        seq_k=[64, 0, 300, 513], window=(128, 0), causal=False, block_n=bn,
+                        stages=st, persistent=pers, blocks=blocks, staged=True, overlap=ov))
     return out
 
 
@@ -415,10 +420,10 @@ def _timer():
 #: (name, flash_ws plan options) timed at each configuration; flash_wgmma is v5's default
 TIMED = (("flash_wgmma", None),
          ("flash_ws", {}),                                   # the module's defaults
-         ("flash_ws_plain", dict(overlap=False)),            # the plain loop, staged
+         ("flash_ws_bn128", dict(block_n=128, stages=2)),    # run 48's defaults
          ("flash_ws_pmaps", dict(param_maps=True)),          # template maps as parameters
-         ("flash_ws_nopp", dict(pingpong=False)),            # no tensor-core turns
-         ("flash_ws_bn64", dict(block_n=64, stages=3)))
+         ("flash_ws_s2", dict(stages=2)),
+         ("flash_ws_s4", dict(stages=4)))
 
 
 def _fa4(row, q, k, v, arrays, causal, flops):

@@ -83,7 +83,7 @@ def test_configure_packs_a_gqa_group_into_128_rows():
                  num_heads=32, num_kv_heads=8)
     _, grid, shared, hb, bn, extra = v6.configure(p, persistent=False, block_n=64)
     assert (hb, bn) == (4, 64) and grid == (256, 8, 1)         # 32 positions x 4 heads
-    assert shared == lay.shared_bytes(128, 64, 2) and extra == ()
+    assert shared == lay.shared_bytes(128, 64, 3, staged=True) and extra == ()
     q, k, v = v6.map_specs(p, hb, bn)
     assert q.box == (64, 1, 16) and k.box == (64, 1, 64) and k == v
     _, grid1, *_ = v6.configure(dataclasses.replace(p, num_kv_heads=32), persistent=False)
@@ -91,13 +91,15 @@ def test_configure_packs_a_gqa_group_into_128_rows():
 
 
 def test_configure_persistent_grid_takes_the_work_tiles_in_turn():
-    """The defaults: BN 128, one block per SM (here 132) over the 256 x 8 work tiles, whose
-    shape goes to the kernel as (nx, ny, n_work); never more blocks than work tiles."""
+    """The defaults: BN 64 in 3 stages with the staged epilogue, one block per SM (here 132)
+    over the 256 x 8 work tiles, whose shape goes to the kernel as (nx, ny, n_work); never
+    more blocks than work tiles."""
     p = _problem(max_seqlen_q=8192, total_q=8192, total_k=8192, max_seqlen_k=8192,
                  num_heads=32, num_kv_heads=8)
     _, grid, shared, hb, bn, extra = v6.configure(p, blocks=132)
-    assert (hb, bn, grid) == (4, 128, (132, 1, 1))
-    assert tuple(map(int, extra)) == (256, 8, 2048) and shared == lay.shared_bytes(128, 128, 2)
+    assert (hb, bn, grid) == (4, 64, (132, 1, 1))
+    assert tuple(map(int, extra)) == (256, 8, 2048)
+    assert shared == lay.shared_bytes(128, 64, 3, staged=True)
     small = dataclasses.replace(p, max_seqlen_q=40, total_q=40)
     _, grid, _, _, _, extra = v6.configure(small, blocks=132, persistent=True)
     assert grid == (16, 1, 1) and tuple(map(int, extra)) == (2, 8, 16)
@@ -107,6 +109,18 @@ def test_configure_persistent_grid_takes_the_work_tiles_in_turn():
     assert k_tiles is v6.build(128, "f16", 4, persistent=False)
     assert v6.configure(small, blocks=16)[1] == (2, 8, 1)        # 16 tiles, 16 blocks
     assert v6.configure(small, blocks=15)[1] == (15, 1, 1)       # one more tile than blocks
+
+
+def test_configure_drops_the_default_staged_epilogue_where_it_does_not_fit():
+    """BN 128 in 3 stages leaves no room for the O tiles: the default epilogue falls back to
+    direct stores; asking for the staged one there is refused, naming what does not fit."""
+    p = _problem(max_seqlen_q=8192, total_q=8192, total_k=8192, max_seqlen_k=8192,
+                 num_heads=32, num_kv_heads=8)
+    kernel, _, shared, *_ = v6.configure(p, blocks=132, block_n=128, stages=3)
+    assert shared == lay.shared_bytes(128, 128, 3) <= v6.MAX_SHARED
+    assert kernel is v6.build(128, "f16", 4, 128, 3, persistent=True, staged=False)
+    with pytest.raises(ValueError, match=r"block_n=128, stages=3, staged need \d+ bytes"):
+        v6.configure(p, blocks=132, block_n=128, stages=3, staged=True)
 
 
 def test_compile_targets_cover_the_kernel():
@@ -184,11 +198,11 @@ def _compile(tmp_path, variants):
 
 @pytest.mark.slow
 def test_kernel_compiles_and_assembles_d128_f16(tmp_path):
-    ptxs = _compile(tmp_path, [[128, "f16", 4, 128, 2, 1, 1, 1, 1, 0, 1]])   # the defaults
+    ptxs = _compile(tmp_path, [[128, "f16", 4, 64, 3, 1, 1, 1, 1, 0, 1]])   # the defaults
     assert (v6.OVERLAP, v6.PINGPONG, v6.LEAN, v6.PERSISTENT, v6.PARAM_MAPS, v6.STAGED) == \
         (True, True, True, True, False, True)
-    assert v6.BLOCK_N[128] == 128 and v6.STAGES == 2
-    _check_variant(ptxs["128-f16-4-128-2-1-1-1-1-0-1"], 128, 128, tmp_path, "main",
+    assert v6.BLOCK_N[128] == 64 and v6.STAGES[128] == 3
+    _check_variant(ptxs["128-f16-4-64-3-1-1-1-1-0-1"], 128, 64, tmp_path, "main",
                    overlap=True, pingpong=True, staged=True)
 
 

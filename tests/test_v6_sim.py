@@ -103,6 +103,9 @@ CASES = [  # seq_q, seq_k, H, Hkv, D, dtype, window, causal, options (stages >= 
                   dict(stages=2, staged=True, persistent=True, blocks=10 ** 6)), marks=_SLOW),
     pytest.param(([45], [70], 2, 1, 64, np.float16, (-1, -1), True,
                   dict(stages=2, staged=True, overlap=True)), marks=_SLOW),
+    # the module's defaults at D = 128 (BN 64, 3 stages, overlapped loop, staged epilogue)
+    pytest.param(([70, 0, 33], [90, 4, 20], 8, 2, 128, np.float16, (-1, -1), True, {}),
+                 marks=_SLOW),
 ]
 
 

@@ -54,11 +54,14 @@ CONSUMER_REGS = 240
 #: the budgets add up to the entry allocation of 384 threads at one block per SM (3 x 168)
 assert PRODUCER_REGS + lay.CONSUMERS * CONSUMER_REGS == 3 * ((65536 // THREADS) // 8 * 8)
 HEAD_SIZES = (64, 128)
-#: keys per tile, per head size: 128 at D = 128 is faster than 64 with the persistent grid
-#: at 9 of the log's 10 configurations (run 33); D = 64 unmeasured
-BLOCK_N = {64: 64, 128: 128}
-#: K/V stages
-STAGES = 2
+#: keys per tile and K/V stages, per head size: with the overlapped loop and the staged
+#: epilogue, 64 keys in 3 stages at D = 128 are faster than 128 in 2 at all 10 of the log's
+#: configurations (run 49: 4-8% from 2048 tokens up; before them, 128 had won, run 33);
+#: D = 64 untimed
+BLOCK_N = {64: 64, 128: 64}
+STAGES = {64: 2, 128: 3}
+#: the key tile ``auto_declines`` counts in (its threshold was measured in 128-key tiles)
+AUTO_BLOCK_N = 128
 #: consumer loop with FlashAttention-3's intra-warpgroup overlap, in its order (QK^T of tile
 #: j issued, O rescaled under it, then PV of tile j-1): with the staged epilogue 1-4% faster
 #: than the plain loop from 1024 tokens up (run 48, notes/v6_flash_ws.md)
@@ -98,7 +101,7 @@ def build(head_size, kind="f16", heads=4, block_n=None, stages=None, overlap=Non
     ``staged`` epilogue (None = the module defaults); ``debug_waits``: bounded waits that print the one that timed out
     (v6_roles.roles), for diagnosing a hang."""
     bn = BLOCK_N[head_size] if block_n is None else block_n
-    return _build(head_size, kind, heads, bn, STAGES if stages is None else stages,
+    return _build(head_size, kind, heads, bn, STAGES[head_size] if stages is None else stages,
                   OVERLAP if overlap is None else bool(overlap), bool(debug_waits),
                   PINGPONG if pingpong is None else bool(pingpong),
                   LEAN if lean is None else bool(lean),
@@ -312,7 +315,7 @@ def auto_declines(problem):
     if problem.head_size != 128:
         return "flash_ws is timed only at head size 128"
     hb = heads_per_block(problem.group_size)
-    n = grid_key_tiles(problem, hb, BLOCK_N[128], AUTO_MIN_KEY_TILES)
+    n = grid_key_tiles(problem, hb, AUTO_BLOCK_N, AUTO_MIN_KEY_TILES)
     if n <= AUTO_MIN_KEY_TILES:
         return f"{n} key tiles: flash_wgmma is as fast up to {AUTO_MIN_KEY_TILES}"
     return None
@@ -330,7 +333,7 @@ def configure(problem, heads=None, block_n=None, stages=None, overlap=None,
     hb = heads_per_block(problem.group_size) if heads is None else heads
     d = problem.head_size
     bn = BLOCK_N[d] if block_n is None else block_n
-    st = STAGES if stages is None else stages
+    st = STAGES[d] if stages is None else stages
     rows = lay.CONSUMERS * lay.positions_per_tile(hb)
     grid = ((max(problem.max_seqlen_q, 1) + rows - 1) // rows, problem.num_heads // hb,
             problem.batch)
@@ -339,7 +342,13 @@ def configure(problem, heads=None, block_n=None, stages=None, overlap=None,
         blocks = getattr(cuda.get_current_device(), "MULTIPROCESSOR_COUNT", n_work)
     # the persistent grid only pays with more work tiles than blocks
     pers = (PERSISTENT and n_work > blocks) if persistent is None else bool(persistent)
-    stg = STAGED if staged is None else bool(staged)
+    # the default epilogue only where its O tiles fit beside the stages asked for
+    stg = (STAGED and lay.shared_bytes(d, bn, st, True) <= MAX_SHARED) if staged is None \
+        else bool(staged)
+    if lay.shared_bytes(d, bn, st, stg) > MAX_SHARED:
+        raise ValueError(f"flash_ws: block_n={bn}, stages={st}{', staged' if stg else ''} "
+                         f"need {lay.shared_bytes(d, bn, st, stg)} bytes of shared memory "
+                         f"at head size {d}, more than {MAX_SHARED}")
     kernel = build(d, kind_of(problem.dtype), hb, bn, st, overlap, debug_waits, pingpong,
                    lean, pers, param_maps, stg)
     extra = ()
