@@ -347,24 +347,29 @@ for path in found:
 # | + the consumers take **turns** at the tensor cores on two named barriers (run 29) | 0.1744 | |
 # | + a **lean softmax**: scale folded into the exponent's fma, 32-bit masks (run 30) | 0.1687 | 0.1374 |
 # | + a **persistent grid**, one block per SM, 128-key tiles (run 33) | 0.1450 | 0.1366 |
+# | + a **staged epilogue**: O through shared memory, 16-byte stores (run 48) | 0.1395 | 0.1364 |
+# | + the **overlapped loop** in FlashAttention-3's order (run 48) | 0.1379 | 0.1364 |
+# | + **64-key tiles in 3 stages** instead of 128 in 2 (run 49) | 0.1323 | 0.1348 |
 #
 # The persistent grid helps most because each block has only a few key tiles of the 288-key
 # band: with one block per SM, the next work tile's Q and K/V loads now run under this tile's
-# epilogue instead of after it. The overlapped loop (QK^T of the next tile issued during this
-# tile's softmax) is still slower, with or without the turns.
+# epilogue instead of after it. The epilogue itself was the next cost: every thread stored
+# its fragments as 4-byte pieces of eight rows (run 40's SASS counted 2.6x FA4's
+# instructions there); through shared memory, each warp writes 512 contiguous bytes per
+# store. The overlapped loop (QK^T of the next tile issued during this tile's softmax) had
+# been slower until O's rescale moved under the QK^T it waits for, as FlashAttention-3 orders
+# it; with both, the smaller key tile wastes less of the band (288 keys in 320 rather than
+# 384). The number of stages hardly matters there (run 50: 2, 3 and 4 stages within 1% of
+# each other at 8192 tokens).
 #
-# The public calls, NVBench (run 38, `attn-numba bench`, one process with FA4 and cuDNN):
-# flash_ws / FA4 is 1.25, 1.22, 1.13, 1.08, 1.06 from 512 to 8192 tokens (non-causal) and
-# 1.33, 1.26, 1.14, 1.07, 1.05 (causal), at most cuDNN's time at 7 of the 10
-# configurations. Two changes since run 34 helped most at small sizes:
+# The public calls, NVBench (run 51, `attn-numba bench`, one process with FA4 and cuDNN):
+# flash_ws / FA4 is 1.18, 1.08, 1.03, 1.00, 0.99 from 512 to 8192 tokens (non-causal) and
+# 1.17, 1.04, 0.99, 0.95, 0.94 (causal), and under cuDNN's time at all 10 configurations
+# (0.82-0.92x). Run 38, before the last three steps, had 1.06-1.33x FA4.
 #
-# * each block writes its own maps: it copies the templates into the call's scratch and
-#   writes the call's addresses there, so a call is one launch, not two, and two streams
-#   never share a map;
-# * the persistent grid only when there are more work tiles than SMs.
-#
-# At 512 and 1024 tokens, one work tile per SM, the time is latency, not throughput.
-# Back-to-back calls there are bound by host work, and flash_ws's call allocates one buffer
-# more. So `auto` takes flash_ws above 1,200 key tiles in the grid (`auto_declines`) and v5
-# below. The table is in the README.
+# At 512 and 1024 tokens, one work tile per SM, the time is latency, not throughput: the
+# block's set-up (its maps, two memory round trips), the Q load, three to five key tiles,
+# the epilogue. Back-to-back calls there are bound by host work, and flash_ws's call
+# allocates one buffer more. So `auto` takes flash_ws above 1,200 key tiles in the grid
+# (`auto_declines`) and v5 below. The table is in the README.
 

@@ -56,8 +56,8 @@ assert PRODUCER_REGS + lay.CONSUMERS * CONSUMER_REGS == 3 * ((65536 // THREADS) 
 HEAD_SIZES = (64, 128)
 #: keys per tile and K/V stages, per head size: with the overlapped loop and the staged
 #: epilogue, 64 keys in 3 stages at D = 128 are faster than 128 in 2 at all 10 of the log's
-#: configurations (run 49: 4-8% from 2048 tokens up; before them, 128 had won, run 33);
-#: D = 64 untimed
+#: configurations (run 49: 4-8% from 2048 tokens up; before them, 128 had won, run 33); 2,
+#: 3 and 4 stages of 64 keys were within 1% of each other (run 50); D = 64 untimed
 BLOCK_N = {64: 64, 128: 64}
 STAGES = {64: 2, 128: 3}
 #: the key tile ``auto_declines`` counts in (its threshold was measured in 128-key tiles)
