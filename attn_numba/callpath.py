@@ -70,11 +70,14 @@ class _Spec:
     names of the call's arrays (the order of the pointers its launches take: the call's
     arguments, then the module's ``scratch``)."""
 
-    __slots__ = ("mod", "problem", "plans", "bounds", "cu", "names", "scratch")
+    __slots__ = ("mod", "problem", "plans", "bounds", "cu", "names", "scratch", "align")
 
     def __init__(self, mod, problem, plans, bounds, cu, names, scratch=()):
         self.mod, self.problem, self.plans, self.bounds, self.cu = mod, problem, plans, bounds, cu
         self.names, self.scratch = names, scratch
+        #: the byte alignment the kernel's vector loads and stores need of q, k, v and out
+        #: (the module's ``POINTER_ALIGN``; 0: none)
+        self.align = getattr(mod, "POINTER_ALIGN", 0)
 
 
 _SPECS = {}
@@ -193,6 +196,8 @@ def _call(spec, kind, ins, outs, cus, shapes, stream, return_lse):
     (cq, icq), (ck, ick) = cus
     ptrs = (iq.ptr, ik.ptr, iv.ptr, io.ptr if io is not None else _ptr(out, okind),
             il.ptr if il is not None else _ptr(lse, okind), icq.ptr, ick.ptr)
+    if spec.align and ptrs[0] is not None:     # (no pointers on the simulator)
+        check_aligned(spec, ptrs)
     scratch = _scratch(spec, okind, q, ls, device) if spec.scratch else ()
     if scratch:
         ptrs += tuple(_ptr(x, okind) for x in scratch)
@@ -204,6 +209,20 @@ def _call(spec, kind, ins, outs, cus, shapes, stream, return_lse):
         (cq, icq, None), (ck, ick, None),
         *((x, arrays.info(x, okind), None) for x in scratch)), ls)
     return (out, lse) if return_lse else out
+
+
+def check_aligned(spec, ptrs):
+    """ValueError naming the first of q, k, v, out (the first four of ``ptrs``) whose data
+    pointer is not a multiple of ``spec.align`` (the tensor-core kernels read and write
+    16-byte vectors), before any launch."""
+    if not (ptrs[0] | ptrs[1] | ptrs[2] | ptrs[3]) % spec.align:
+        return
+    for name, ptr in zip(("q", "k", "v", "out"), ptrs):
+        if ptr % spec.align:
+            raise ValueError(
+                f"{name}'s data pointer {ptr:#x} is not {spec.align}-byte aligned: kernel "
+                f"{spec.mod.NAME!r} moves {spec.align}-byte vectors (pass an aligned array, for "
+                f"example a fresh copy, or kernel='flash')")
 
 
 #: (device, stream handle, scratch specs) -> Numba scratch arrays, reused by the calls on

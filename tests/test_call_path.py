@@ -351,3 +351,29 @@ def test_numba_callers_reuse_scratch_per_stream(monkeypatch):
     assert a is b and a is not c and a[0] is not c[0]
     assert a[0].shape == (48,) and a[0].dtype == np.int64
     assert callpath._scratch(spec, "numba", None, s1, 1) is not a     # another device
+
+
+@pytest.mark.parametrize("which", [0, 1, 2, 3])
+def test_a_misaligned_pointer_is_refused_by_the_16_byte_kernels(which):
+    """flash_tc, flash_wgmma and flash_ws move 16-byte vectors: a data pointer of q, k, v or
+    out 4 bytes off is refused, naming the argument (the call path checks before any launch;
+    the simulator has no pointers, so the check is exercised here directly and in
+    tests/test_gpu_call_path.py on a GPU); aligned pointers pass."""
+    from types import SimpleNamespace
+
+    from attn_numba import callpath
+    for name in ("flash_tc", "flash_wgmma", "flash_ws"):
+        mod = kernels.get(name)
+        assert mod.POINTER_ALIGN == 16
+        spec = SimpleNamespace(align=mod.POINTER_ALIGN, mod=mod)
+        ptrs = [0x7F0000000000 + 4096 * i for i in range(7)]
+        callpath.check_aligned(spec, ptrs)
+        ptrs[which] += 4
+        arg = ("q", "k", "v", "out")[which]
+        with pytest.raises(ValueError, match=f"^{arg}'s data pointer 0x[0-9a-f]+ is not "
+                                             f"16-byte aligned: kernel '{name}'"):
+            callpath.check_aligned(spec, ptrs)
+        ptrs[4] += 4                     # lse: 4-byte stores, not checked
+        ptrs[which] -= 4
+        callpath.check_aligned(spec, ptrs)
+    assert getattr(kernels.get("flash"), "POINTER_ALIGN", 0) == 0

@@ -241,3 +241,27 @@ def test_bfloat16_torch_and_numpy(rng):
     host = mha_fwd(*(x.float().cpu().numpy().astype(BF16) for x in (tq, tk, tv)), **LOG_KW)
     assert host.dtype == BF16
     np.testing.assert_array_equal(host.view(np.uint16), out.cpu().view(torch.int16).numpy().view(np.uint16))
+
+
+@pytest.mark.parametrize("which", ["q", "out"])
+def test_a_misaligned_tensor_is_refused_before_any_launch(rng, monkeypatch, which):
+    """A contiguous torch view whose data starts 4 bytes into its storage: the 16-byte
+    kernels refuse it with a ValueError naming the argument, and nothing is launched."""
+    torch = pytest.importorskip("torch")
+    kernel = next((k for k in ("flash_ws", "flash_wgmma", "flash_tc") if k in KERNELS), None)
+    if kernel is None:
+        pytest.skip("no 16-byte kernel on this device")
+    q, k, v = _torch_qkv(torch, rng, seq=64)
+    out = torch.empty_like(q)
+    mha_fwd(q, k, v, kernel=kernel, out=out)               # aligned: runs
+    shifted = torch.empty(q.numel() + 8, dtype=q.dtype, device=q.device)[2:2 + q.numel()]
+    shifted = shifted.view(q.shape)
+    shifted.copy_(q)
+    args = dict(q=q, out=out)
+    args[which] = shifted
+
+    def boom(*a, **kw):
+        raise AssertionError("launched")
+    monkeypatch.setattr(callpath, "_run", boom)
+    with pytest.raises(ValueError, match=f"{which}'s data pointer .* not 16-byte aligned"):
+        mha_fwd(args["q"], k, v, kernel=kernel, out=args["out"])

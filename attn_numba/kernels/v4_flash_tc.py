@@ -43,6 +43,8 @@ from .tile_range import key_tiles
 from .v4_device import ROW_PAD, _k_ldsm_rc, _v_ldsm_rc, padded, tile_loader
 
 NAME = "flash_tc"
+#: q, k, v and out must be 16-byte aligned (cp.async of 16 bytes): the call path refuses others
+POINTER_ALIGN = 16
 #: dtypes this kernel accepts (by NumPy name; bfloat16 is ml_dtypes.bfloat16)
 DTYPE_NAMES = ("float16", "bfloat16")
 WARPS = 4

@@ -52,6 +52,8 @@ from .config import TileConfig, band_scalars, dtype_name, heads_per_block, with_
 from .tile_range import full_key_tiles, key_tiles
 
 NAME = "flash_wgmma"
+#: q, k, v and out must be 16-byte aligned (cp.async of 16 bytes): the call path refuses others
+POINTER_ALIGN = 16
 
 THREADS = 128
 BLOCK_M = 64

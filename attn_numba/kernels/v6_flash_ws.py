@@ -47,6 +47,8 @@ from .tile_range import full_key_tiles, key_tiles
 from .v5_flash_wgmma import kind_of
 
 NAME = "flash_ws"
+#: q, k, v and out must be 16-byte aligned (TMA boxes; the staged epilogue stores 16 bytes): the call path refuses others
+POINTER_ALIGN = 16
 
 THREADS = 128 * (1 + lay.CONSUMERS)
 PRODUCER_REGS = 24
