@@ -13,7 +13,9 @@ pairs of one GQA group, 64 per consumer warpgroup, packed as flash_wgmma packs t
 * Warpgroups 1 and 2, the consumers (``setmaxnreg.inc`` to 240), share every K/V tile: per
   tile S = Q K^T (wgmma, both operands in shared memory), the online softmax on the
   fragments (the element mask only on the band's partial tiles: ``tile_range``), O += P V
-  (P from registers), then release the stage; the epilogue writes O and lse from registers.
+  (P from registers), then release the stage; by default QK^T of the next tile runs during
+  this one's softmax (FlashAttention-3's order), and the epilogue writes O through shared
+  memory in 16-byte stores (``v6_epilogue``), lse from registers.
   With ``pingpong`` they take turns issuing wgmma (named barriers, ``v6_roles``).
 * The grid: one block per work tile, or (``persistent``, the default) one block per SM that
   takes work tiles in turn, so that the next tile's Q and K/V loads run under this one's
