@@ -152,7 +152,7 @@ def _check_variant(ptx, d, bn, tmp_path, name, overlap=False, pingpong=False,
                    param_maps=False, staged=False):
     # the overlapped loop peels its first QK^T and last PV: every wgmma appears twice
     assert ptx.count("wgmma.mma_async") == (d // 16 + bn // 16) * (2 if overlap else 1)
-    # the consumers' turns (v6_roles._scheduler): the block's one __syncthreads, then the
+    # the consumers' turns (v6_turns.scheduler): the block's one __syncthreads, then the
     # plain loop's sync before it and before PV, its init, in-loop and final arrive; the
     # overlapped loop's sync before its first QK^T and in the loop, its init, first and
     # in-loop arrive; the staged epilogue's two named barriers

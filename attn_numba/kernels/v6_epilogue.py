@@ -24,7 +24,7 @@ from .common import finish_row, store_lse
 from .softmax import epilogue
 
 #: the staged epilogue's named barriers: consumer ``g`` meets on ``EPI_BAR + g`` (ids 1 and 2
-#: are the consumers' tensor-core turns, v6_roles.SCHED_BAR)
+#: are the consumers' tensor-core turns, v6_turns.SCHED_BAR)
 EPI_BAR = 3
 EPI_THREADS = 128
 

@@ -20,7 +20,7 @@ tiles), so the ring and its parities run on from one work tile to the next.
 A consumer's key loop is the plain one (wait K, QK^T, softmax, wait V, PV) or the
 overlapped one (QK^T of tile j issued with PV of tile j-1). With ``pingpong`` the two
 consumer warpgroups also take turns at the tensor cores on two named barriers
-(FlashAttention-3's warp-scheduler barriers, :func:`_scheduler`): the wgmma a warpgroup
+(FlashAttention-3's warp-scheduler barriers, :mod:`v6_turns`): the wgmma a warpgroup
 issues between ``sched_sync`` and ``sched_arrive`` run while the other one does its
 softmax. The maths steps (QK^T / PV issue, softmax, rescale and pack, epilogue) are
 flash_wgmma's (:func:`attn_numba.kernels.v5_steps.steps` with two warpgroups per block),
@@ -39,13 +39,10 @@ from . import v5_steps
 from . import v6_epilogue
 from . import v6_layout as lay
 from .common import NEG_INF, key_range
+from .v6_turns import SCHED_BAR, SCHED_THREADS, scheduler as _scheduler  # noqa: F401
 
 ZERO = np.float32(0.0)
 EMPTY_ARRIVALS = 4 * lay.CONSUMERS
-#: the named barriers of the consumers' tensor-core turns (id 0 is __syncthreads'), and the
-#: threads that complete one: both consumer warpgroups
-SCHED_BAR = 1
-SCHED_THREADS = 128 * lay.CONSUMERS
 #: try_wait attempts before a debug build reports a wait as hung (each attempt waits a
 #: hardware-chosen time: a few microseconds, so about seconds in all)
 WAIT_LIMIT = 1 << 20
@@ -186,39 +183,6 @@ def _producer(D, BN, HB, S, wait, stage_k):
     return init_barriers, acquire, acquire_words, produce_tile
 
 
-def _scheduler(pingpong):
-    """(sched_init, sched_sync, sched_arrive) of consumer warpgroup ``grp`` (0 or 1).
-
-    With ``pingpong``: named barrier ``SCHED_BAR + g`` belongs to consumer ``g``; it
-    completes when consumer ``g``'s 128 threads sync on it and the other consumer's 128
-    arrive (``SCHED_THREADS`` = 256). ``sched_init`` (consumer 0 arrives on its own barrier)
-    lets consumer 0 go first. Each sync of consumer ``g`` is matched by the init or by the
-    other consumer's previous arrive, so the two strictly alternate, and both run the same
-    number of syncs and arrives per block (the same work tiles and key tiles): no wait is
-    left unmatched.
-    At most one arrive stays pending when the block exits. Without ``pingpong``: no-ops."""
-    if pingpong:
-        @cuda.jit(device=True, inline=True, cache=True)
-        def sched_init(grp):
-            if grp == 0:
-                pt.bar_arrive(uint32(SCHED_BAR), uint32(SCHED_THREADS))
-
-        @cuda.jit(device=True, inline=True, cache=True)
-        def sched_sync(grp):
-            pt.bar_sync(uint32(SCHED_BAR + grp), uint32(SCHED_THREADS))
-
-        @cuda.jit(device=True, inline=True, cache=True)
-        def sched_arrive(grp):
-            pt.bar_arrive(uint32(SCHED_BAR + 1 - grp), uint32(SCHED_THREADS))
-    else:
-        @cuda.jit(device=True, inline=True, cache=True)
-        def sched_init(grp):
-            pass
-
-        sched_sync = sched_arrive = sched_init
-    return sched_init, sched_sync, sched_arrive
-
-
 def _loops(D, BN, S, st, wait, pingpong):
     """(loop_plain, loop_overlap, sched_init): a consumer's key loop, from v5's steps
     ``st``, and the once-per-block start of the turns (:func:`_scheduler`)."""
@@ -350,7 +314,7 @@ def roles(D, BN, kind, HB, S, overlap=False, debug_waits=False, pingpong=False, 
     """Device functions for head size ``D``, key tile ``BN``, ``kind`` ('f16'/'bf16'),
     ``HB`` heads per tile, ``S`` K/V stages and the consumer loop (``overlap``: QK^T of tile
     j with PV of tile j-1), ``pingpong`` (the consumers take turns at the tensor cores:
-    :func:`_scheduler`), ``lean`` (the softmax folds the scale into its exponent and masks
+    :mod:`v6_turns`), ``lean`` (the softmax folds the scale into its exponent and masks
     on 32-bit offsets: ``v5_steps.steps``), ``staged`` (O leaves through shared memory in
     16-byte chunks: ``v6_epilogue``).
     ``debug_waits``: every mbarrier wait gives up after
