@@ -119,6 +119,7 @@ def test_configure_drops_the_default_staged_epilogue_where_it_does_not_fit():
     kernel, _, shared, *_ = v6.configure(p, blocks=132, block_n=128, stages=3)
     assert shared == lay.shared_bytes(128, 128, 3) <= v6.MAX_SHARED
     assert kernel is v6.build(128, "f16", 4, 128, 3, persistent=True, staged=False)
+    assert v6.build(128, "f16", 4, 128, 3) is v6.build(128, "f16", 4, 128, 3, staged=False)
     with pytest.raises(ValueError, match=r"block_n=128, stages=3, staged need \d+ bytes"):
         v6.configure(p, blocks=132, block_n=128, stages=3, staged=True)
 

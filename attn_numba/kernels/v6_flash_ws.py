@@ -49,7 +49,8 @@ from .tile_range import full_key_tiles, key_tiles
 from .v5_flash_wgmma import kind_of
 
 NAME = "flash_ws"
-#: q, k, v and out must be 16-byte aligned (TMA boxes; the staged epilogue stores 16 bytes): the call path refuses others
+#: q, k, v and out must be 16-byte aligned (TMA boxes; the staged epilogue stores 16
+#: bytes): the call path refuses others
 POINTER_ALIGN = 16
 
 THREADS = 128 * (1 + lay.CONSUMERS)
@@ -102,16 +103,19 @@ def build(head_size, kind="f16", heads=4, block_n=None, stages=None, overlap=Non
     (4, 2 or 1 of a GQA group), key tile ``block_n``, ``stages``, the consumer loop
     ``overlap``, the consumers' turns ``pingpong``, the ``lean`` softmax, the
     ``persistent`` grid, the template maps as kernel parameters ``param_maps`` and the
-    ``staged`` epilogue (None = the module defaults); ``debug_waits``: bounded waits that print the one that timed out
+    ``staged`` epilogue (None = the module defaults; the staged epilogue only where its O
+    tiles fit); ``debug_waits``: bounded waits that print the one that timed out
     (v6_roles.roles), for diagnosing a hang."""
     bn = BLOCK_N[head_size] if block_n is None else block_n
-    return _build(head_size, kind, heads, bn, STAGES[head_size] if stages is None else stages,
+    st = STAGES[head_size] if stages is None else stages
+    if staged is None:
+        staged = STAGED and lay.shared_bytes(head_size, bn, st, True) <= MAX_SHARED
+    return _build(head_size, kind, heads, bn, st,
                   OVERLAP if overlap is None else bool(overlap), bool(debug_waits),
                   PINGPONG if pingpong is None else bool(pingpong),
                   LEAN if lean is None else bool(lean),
                   PERSISTENT if persistent is None else bool(persistent),
-                  PARAM_MAPS if param_maps is None else bool(param_maps),
-                  STAGED if staged is None else bool(staged))
+                  PARAM_MAPS if param_maps is None else bool(param_maps), bool(staged))
 
 
 @functools.lru_cache(maxsize=None)
