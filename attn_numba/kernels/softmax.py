@@ -128,6 +128,33 @@ def rescale(n_regs):
     return rescale_acc
 
 
+def finish_rows(shfl):
+    """Device function ``rows(m_a, m_b, l_a, l_b) -> (inv_a, lse_a, inv_b, lse_b)``: each
+    row's sum reduced over its quad (the four lanes that hold its columns), then
+    ``finish_row``'s ``1 / l`` and lse."""
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def rows(m_a, m_b, l_a, l_b):
+        l_a += shfl(l_a, 1)
+        l_a += shfl(l_a, 2)
+        l_b += shfl(l_b, 1)
+        l_b += shfl(l_b, 2)
+        inv_a, lse_a = finish_row(l_a, m_a)
+        inv_b, lse_b = finish_row(l_b, m_b)
+        return inv_a, lse_a, inv_b, lse_b
+    return rows
+
+
+@cuda.jit(device=True, inline=True, cache=True)
+def store_lse_rows(lse, lse_batched, b, h, q0, row_a, row_b, sq, t, lse_a, lse_b):
+    """Rows a and b's lse, from lane ``t == 0`` of the quad, rows past ``sq`` skipped."""
+    if t == 0:
+        if row_a < sq:
+            store_lse(lse, lse_batched, b, h, q0, row_a, lse_a)
+        if row_b < sq:
+            store_lse(lse, lse_batched, b, h, q0, row_b, lse_b)
+
+
 def epilogue(n_regs, words, pack, shfl):
     """Device function ``finish(acc, m_a, m_b, l_a, l_b, out, lse, b, h, q0, row_a, row_b,
     sq, t, lse_batched)``: normalise the ``n_regs`` output registers of rows a and b and
@@ -135,15 +162,11 @@ def epilogue(n_regs, words, pack, shfl):
     which the first ``words`` of a row hold data: the rest is the padding of head sizes that
     are not multiples of 16), and their lse (lane ``t == 0`` of the quad)."""
     N4 = n_regs // 4
+    rows = finish_rows(shfl)
 
     @cuda.jit(device=True, inline=True, cache=True)
     def finish(acc, m_a, m_b, l_a, l_b, out, lse, b, h, q0, row_a, row_b, sq, t, lse_batched):
-        l_a += shfl(l_a, 1)
-        l_a += shfl(l_a, 2)
-        l_b += shfl(l_b, 1)
-        l_b += shfl(l_b, 2)
-        inv_a, lse_a = finish_row(l_a, m_a)
-        inv_b, lse_b = finish_row(l_b, m_b)
+        inv_a, lse_a, inv_b, lse_b = rows(m_a, m_b, l_a, l_b)
         if row_a < sq:
             for i4 in range(N4):
                 w = 4 * i4 + t
@@ -155,9 +178,5 @@ def epilogue(n_regs, words, pack, shfl):
                 if w < words:
                     out[q0 + row_b, h, w] = pack(acc[4 * i4 + 2] * inv_b,
                                                  acc[4 * i4 + 3] * inv_b)
-        if t == 0:
-            if row_a < sq:
-                store_lse(lse, lse_batched, b, h, q0, row_a, lse_a)
-            if row_b < sq:
-                store_lse(lse, lse_batched, b, h, q0, row_b, lse_b)
+        store_lse_rows(lse, lse_batched, b, h, q0, row_a, row_b, sq, t, lse_a, lse_b)
     return finish

@@ -20,8 +20,7 @@ from numba import cuda, uint32, uint64
 from . import ptx_sm90 as px
 from . import ptx_tma as pt
 from . import v6_layout as lay
-from .common import finish_row, store_lse
-from .softmax import epilogue
+from .softmax import epilogue, finish_rows, store_lse_rows
 
 #: the staged epilogue's named barriers: consumer ``g`` meets on ``EPI_BAR + g`` (ids 1 and 2
 #: are the consumers' tensor-core turns, v6_turns.SCHED_BAR)
@@ -51,40 +50,31 @@ def staged(D, kind, HB, o_offset):
     """The epilogue through shared memory: consumer ``grp``'s O tile at ``base + o_offset +
     grp * q_tile_bytes(D)``."""
     PB = lay.positions_per_tile(HB)
-    N4 = D // 8                              # 16-byte chunks per row = word quads
-    CH = D // 8
+    CH = D // 8                              # 16-byte chunks per row = word quads
     COPIES = lay.BLOCK_M * CH // EPI_THREADS
     WORDS = 4 * COPIES
     Q_TILE = lay.q_tile_bytes(D)
     pack = px.pack2(kind)
-    shfl = px.shfl_xor
+    rows = finish_rows(px.shfl_xor)
 
     @cuda.jit(device=True, inline=True, cache=True)
     def store(acc, m_a, m_b, l_a, l_b, out, lse, b, q0, sq, t, lse_batched, base, grp, ctid,
               slot, hbase, prow, pos0):
-        l_a += shfl(l_a, 1)
-        l_a += shfl(l_a, 2)
-        l_b += shfl(l_b, 1)
-        l_b += shfl(l_b, 2)
-        inv_a, lse_a = finish_row(l_a, m_a)
-        inv_b, lse_b = finish_row(l_b, m_b)
+        inv_a, lse_a, inv_b, lse_b = rows(m_a, m_b, l_a, l_b)
         s_o = base + uint32(o_offset + grp * Q_TILE)
         bar = uint32(EPI_BAR + grp)
         ra = slot * PB + prow
         # 1. the rows into the tile (after the previous work tile's copy-out read it)
         pt.bar_sync_data(bar, uint32(EPI_THREADS))
-        for i4 in range(N4):
+        for i4 in range(CH):
             w = 4 * i4 + t
             pt.st_shared_u32(s_o + uint32(_word(ra, w, D, HB)),
                              pack(acc[4 * i4] * inv_a, acc[4 * i4 + 1] * inv_a))
             pt.st_shared_u32(s_o + uint32(_word(ra + 8, w, D, HB)),
                              pack(acc[4 * i4 + 2] * inv_b, acc[4 * i4 + 3] * inv_b))
         pos_a = pos0 + prow
-        if t == 0:
-            if pos_a < sq:
-                store_lse(lse, lse_batched, b, hbase + slot, q0, pos_a, lse_a)
-            if pos_a + 8 < sq:
-                store_lse(lse, lse_batched, b, hbase + slot, q0, pos_a + 8, lse_b)
+        store_lse_rows(lse, lse_batched, b, hbase + slot, q0, pos_a, pos_a + 8, sq, t, lse_a,
+                       lse_b)
         pt.bar_sync_data(bar, uint32(EPI_THREADS))
         # 2. 16-byte chunks out: chunk g of the tile is chunk g % CH of stored row g // CH
         #    (position row // HB, head row % HB); all loads first, then the stores
