@@ -22,7 +22,7 @@ os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "0")
 import numpy as np  # noqa: E402
 
 #: kernel name -> the cc it is compiled for
-CCS = {"flash_tc": (8, 0), "flash_wgmma": (9, 0, "a")}
+CCS = {"flash_tc": (8, 0), "flash_wgmma": (9, 0, "a"), "flash_ws": (9, 0, "a")}
 DTYPES = ("float16", "bfloat16")
 
 _MANGLED = re.compile(r"_ZN[0-9A-Za-z_$]+")

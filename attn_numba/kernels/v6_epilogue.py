@@ -20,7 +20,8 @@ from numba import cuda, uint32, uint64
 from . import ptx_sm90 as px
 from . import ptx_tma as pt
 from . import v6_layout as lay
-from .softmax import epilogue, finish_rows, store_lse_rows
+from .common import store_lse
+from .softmax import epilogue, finish_rows
 
 #: the staged epilogue's named barriers: consumer ``g`` meets on ``EPI_BAR + g`` (ids 1 and 2
 #: are the consumers' tensor-core turns, v6_turns.SCHED_BAR)
@@ -73,8 +74,11 @@ def staged(D, kind, HB, o_offset):
             pt.st_shared_u32(s_o + uint32(_word(ra + 8, w, D, HB)),
                              pack(acc[4 * i4 + 2] * inv_b, acc[4 * i4 + 3] * inv_b))
         pos_a = pos0 + prow
-        store_lse_rows(lse, lse_batched, b, hbase + slot, q0, pos_a, pos_a + 8, sq, t, lse_a,
-                       lse_b)
+        if t == 0:
+            if pos_a < sq:
+                store_lse(lse, lse_batched, b, hbase + slot, q0, pos_a, lse_a)
+            if pos_a + 8 < sq:
+                store_lse(lse, lse_batched, b, hbase + slot, q0, pos_a + 8, lse_b)
         pt.bar_sync_data(bar, uint32(EPI_THREADS))
         # 2. 16-byte chunks out: chunk g of the tile is chunk g % CH of stored row g // CH
         #    (position row // HB, head row % HB); all loads first, then the stores
