@@ -17,13 +17,17 @@ import numpy as np
 
 from . import arrays
 from .arrays import F32, kernel_dtype, on_simulator, resolve_stream
-from .callpath import _cu_device, _new, _ptr, _run, _spec
+from .callpath import _cu_device, _new, _ptr, _run, _spec, check_aligned
 from .kernels import BWD_KERNEL_NAMES
 from .problem import Problem
 from .validation import (check_out, check_scale, check_tensors, check_window, cu_seqlens_arg,
                          kinds_of, max_seqlens)
 
 __all__ = ["mha_bwd", "mha_varlen_bwd"]
+
+#: the backward's pointers that ``callpath.check_aligned`` checks, in the order of a call's
+#: arrays: dout, q, k, v, out, lse (float32, 4-byte loads: not checked), dq, dk, dv
+BWD_ALIGNED = ("dout", "q", "k", "v", "out", None, "dq", "dk", "dv")
 
 _KW_DOC = """softmax_scale, causal, window_size: as given to the forward that produced
             ``out`` and ``lse``.
@@ -240,10 +244,12 @@ def _call_bwd(spec, kind, ins, grads, cus, shapes, stream):
     args = (*((x, inf, shape) for (x, inf), shape in zip(ins, shapes[0])),
             *((x, inf, shape) for (x, inf), shape in zip(outs, shapes[1])),
             (cq, icq, None), (ck, ick, None), *scratch)
+    ptrs = tuple(a[1].ptr if a[1].ptr is not None else _ptr(a[0], okind) for a in args)
+    if spec.align and ptrs[0] is not None:     # (no pointers on the simulator)
+        check_aligned(spec, ptrs, BWD_ALIGNED)
     if spec.problem.total_q == 0:
         _zero(outs, okind, ls)   # no query: dk = dv = 0
-    _run(spec, tuple(a[1].ptr if a[1].ptr is not None else _ptr(a[0], okind) for a in args),
-         lambda: args, ls)
+    _run(spec, ptrs, lambda: args, ls)
     return tuple(x for x, _ in outs)
 
 

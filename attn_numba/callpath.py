@@ -196,8 +196,8 @@ def _call(spec, kind, ins, outs, cus, shapes, stream, return_lse):
     (cq, icq), (ck, ick) = cus
     ptrs = (iq.ptr, ik.ptr, iv.ptr, io.ptr if io is not None else _ptr(out, okind),
             il.ptr if il is not None else _ptr(lse, okind), icq.ptr, ick.ptr)
-    if spec.align and ptrs[0] is not None:     # (no pointers on the simulator)
-        check_aligned(spec, ptrs)
+    if spec.align and ptrs[0] is not None and (ptrs[0] | ptrs[1] | ptrs[2] | ptrs[3]) % spec.align:
+        check_aligned(spec, ptrs)              # raises (no pointers on the simulator)
     scratch = _scratch(spec, okind, q, ls, device) if spec.scratch else ()
     if scratch:
         ptrs += tuple(_ptr(x, okind) for x in scratch)
@@ -211,14 +211,17 @@ def _call(spec, kind, ins, outs, cus, shapes, stream, return_lse):
     return (out, lse) if return_lse else out
 
 
-def check_aligned(spec, ptrs):
-    """ValueError naming the first of q, k, v, out (the first four of ``ptrs``) whose data
-    pointer is not a multiple of ``spec.align`` (the tensor-core kernels read and write
-    16-byte vectors), before any launch."""
-    if not (ptrs[0] | ptrs[1] | ptrs[2] | ptrs[3]) % spec.align:
-        return
-    for name, ptr in zip(("q", "k", "v", "out"), ptrs):
-        if ptr % spec.align:
+#: the forward's pointers that ``check_aligned`` checks (the first four of a call's)
+FWD_ALIGNED = ("q", "k", "v", "out")
+
+
+def check_aligned(spec, ptrs, names=FWD_ALIGNED):
+    """ValueError naming the first array of ``names`` (one name per leading pointer of
+    ``ptrs``; None: not checked, e.g. the float32 lse) whose data pointer is not a multiple
+    of ``spec.align`` (the tensor-core kernels read and write 16-byte vectors), before any
+    launch."""
+    for name, ptr in zip(names, ptrs):
+        if name is not None and ptr % spec.align:
             raise ValueError(
                 f"{name}'s data pointer {ptr:#x} is not {spec.align}-byte aligned: kernel "
                 f"{spec.mod.NAME!r} moves {spec.align}-byte vectors (pass an aligned array, for "

@@ -377,3 +377,27 @@ def test_a_misaligned_pointer_is_refused_by_the_16_byte_kernels(which):
         ptrs[which] -= 4
         callpath.check_aligned(spec, ptrs)
     assert getattr(kernels.get("flash"), "POINTER_ALIGN", 0) == 0
+
+
+@pytest.mark.parametrize("which", ["dout", "q", "k", "v", "out", "dq", "dk", "dv"])
+def test_a_misaligned_pointer_is_refused_by_the_16_byte_backwards(which):
+    """The tensor-core backwards (flash_tc, flash_wgmma) load with 16-byte cp.async: a data
+    pointer of any fp16/bf16 array 4 bytes off is refused, naming it; lse (float32) and the
+    cu_seqlens are not checked."""
+    from types import SimpleNamespace
+
+    from attn_numba import backward, callpath
+    names = backward.BWD_ALIGNED
+    for name in ("flash_tc", "flash_wgmma"):
+        mod = kernels.get_bwd(name)
+        assert mod.POINTER_ALIGN == 16
+        spec = SimpleNamespace(align=mod.POINTER_ALIGN, mod=mod)
+        ptrs = [0x7F0000000000 + 4096 * i for i in range(12)]
+        ptrs[5] += 4                     # lse: not checked
+        ptrs[9] += 4                     # cu_seqlens_q: not checked
+        callpath.check_aligned(spec, ptrs, names)
+        ptrs[names.index(which)] += 4
+        with pytest.raises(ValueError, match=f"^{which}'s data pointer 0x[0-9a-f]+ is not "
+                                             f"16-byte aligned: kernel '{name}'"):
+            callpath.check_aligned(spec, ptrs, names)
+    assert getattr(kernels.get_bwd("flash"), "POINTER_ALIGN", 0) == 0

@@ -265,3 +265,34 @@ def test_a_misaligned_tensor_is_refused_before_any_launch(rng, monkeypatch, whic
     monkeypatch.setattr(callpath, "_run", boom)
     with pytest.raises(ValueError, match=f"{which}'s data pointer .* not 16-byte aligned"):
         mha_fwd(args["q"], k, v, kernel=kernel, out=args["out"])
+
+
+@pytest.mark.parametrize("which", ["dout", "q", "dk"])
+def test_a_misaligned_tensor_is_refused_by_the_backward_before_any_launch(rng, monkeypatch,
+                                                                          which):
+    """The same for mha_bwd's tensor-core kernels (16-byte cp.async loads): an input or a
+    gradient buffer 4 bytes into its storage is refused, naming it; nothing is launched."""
+    torch = pytest.importorskip("torch")
+    from attn_numba import mha_bwd
+    cc = torch.cuda.get_device_capability()
+    kernel = "flash_wgmma" if cc >= (9, 0) else "flash_tc" if cc >= (8, 0) else None
+    if kernel is None:
+        pytest.skip("no 16-byte backward on this device")
+    q, k, v = _torch_qkv(torch, rng, seq=64)
+    out, lse = mha_fwd(q, k, v, return_lse=True)
+    dout = torch.randn_like(out)
+    dk = torch.empty_like(k)
+    mha_bwd(dout, q, k, v, out, lse, kernel=kernel, dk=dk)    # aligned: runs
+    args = dict(dout=dout, q=q, dk=dk)
+    x = args[which]
+    shifted = torch.empty(x.numel() + 8, dtype=x.dtype, device=x.device)[2:2 + x.numel()]
+    shifted = shifted.view(x.shape)
+    shifted.copy_(x)
+    args[which] = shifted
+
+    def boom(*a, **kw):
+        raise AssertionError("launched")
+    monkeypatch.setattr(callpath, "_run", boom)
+    monkeypatch.setattr(attn_numba.backward, "_run", boom)
+    with pytest.raises(ValueError, match=f"{which}'s data pointer .* not 16-byte aligned"):
+        mha_bwd(args["dout"], args["q"], k, v, out, lse, kernel=kernel, dk=args["dk"])

@@ -32,6 +32,9 @@ from .occupancy import opt_in_shared
 from .common import array_type, supports_mma_sync
 
 NAME = "flash_tc"
+#: the byte alignment the passes' 16-byte cp.async loads and vector stores need of every
+#: fp16/bf16 array (callpath.check_aligned refuses others before any launch)
+POINTER_ALIGN = 16
 DTYPE_NAMES = ("float16", "bfloat16")
 MAX_HEAD_SIZE = 256
 LOG2E = math.log2(math.e)

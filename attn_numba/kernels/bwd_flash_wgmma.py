@@ -27,6 +27,9 @@ from .config import dtype_name, heads_per_block
 from .occupancy import opt_in_shared
 
 NAME = "flash_wgmma"
+#: the byte alignment the passes' 16-byte cp.async loads and vector stores need of every
+#: fp16/bf16 array (callpath.check_aligned refuses others before any launch)
+POINTER_ALIGN = 16
 HEAD_SIZES = (64, 128)
 #: queries per tile of the dK/dV pass and keys per tile of the dQ pass
 BLOCK_Q = 64
