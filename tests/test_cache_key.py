@@ -6,7 +6,8 @@ pickle of the kernel's closure. When compiling changed that pickle (intrinsics p
 random uuid, or by value with llvmlite types that cache their string form once used), a warm
 cache never hit: flash_wgmma's first call in a new process took 2.5 s on the H200 with a warm
 cache (results/h200/first_call.json, run 13), against 0.03 s for flash_tc. This test computes
-Numba's own key (``CUDACache._index_key``) on the CPU, with the simulator off.
+Numba's own key (``CUDACache._index_key``) on the CPU, with the simulator off, for every
+forward kernel (fp16, bf16) and every backward kernel (fp16) at head size 128.
 """
 import json
 import os
@@ -30,10 +31,13 @@ _SCRIPT = textwrap.dedent("""
 
     compile_too = sys.argv[1] == "compile"
     keys = {}
-    for name in kernels.available():
-        mod = kernels.get(name)
-        cc = (9, 0, "a") if name in ("flash_wgmma", "flash_ws") else (8, 0)
-        bf16 = ("bfloat16",) if name in ("flash_tc", "flash_wgmma", "flash_ws") else ()
+    # the forward kernels in fp16 and bf16; the backward's (bwd/...) in fp16
+    mods = [(name, kernels.get(name), True) for name in kernels.available()]
+    mods += [("bwd/" + name, kernels.get_bwd(name), False)
+             for name in kernels.available(backward=True)]
+    for name, mod, fwd in mods:
+        cc = (9, 0, "a") if name.split("/")[-1] in ("flash_wgmma", "flash_ws") else (8, 0)
+        bf16 = ("bfloat16",) if fwd and name in ("flash_tc", "flash_wgmma", "flash_ws") else ()
         for dtype in (np.float16,) + bf16:
             try:
                 tgts = targets(mod, 128, dtype)
@@ -68,6 +72,8 @@ def test_cache_key_is_stable_across_compile_and_processes():
     second = _run("keys")
     assert any(k.startswith("flash_wgmma/") for k in first), sorted(first)
     assert any(k.startswith("flash_tc/") for k in first), sorted(first)
+    assert any(k.startswith("bwd/flash_wgmma/") for k in first), sorted(first)
+    assert any(k.startswith("bwd/flash_tc/") for k in first), sorted(first)
     changed = [k for k, (before, after) in first.items() if before != after]
     assert not changed, f"compiling changed the disk-cache key of {changed}"
     differs = [k for k in first if second.get(k, [None])[0] != first[k][0]]
