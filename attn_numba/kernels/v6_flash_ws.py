@@ -31,34 +31,26 @@ Semantics as every kernel: GQA, windows (bottom-right), causal, varlen, lse; row
 key give 0 and -inf. Not runnable on the simulator; PTX checked with ``compile_ptx(...,
 cc=(9, 0, "a"))`` and ptxas. Notes: notes/v6_flash_ws.md.
 """
-import functools
 import math
 
 import numpy as np
 from numba import config as numba_config
-from numba import cuda, types, uint32, uint64
+from numba import cuda
 
-from . import ptx_sm90 as px
-from . import ptx_tma as pt
 from . import v6_layout as lay
-from . import v6_roles
-from .common import array_type, seq_span, supports_hopper
+from .common import supports_hopper
 from .config import heads_per_block
 from .occupancy import opt_in_shared
-from .tile_range import full_key_tiles, key_tiles
 from .v5_flash_wgmma import kind_of
+# the kernel body, its threads, head sizes, shared-memory limit and signature
+from .v6_kernel import HEAD_SIZES, MAPS_PER_BLOCK, MAX_SHARED, THREADS, _build
+from .v6_kernel import signature as _signature
 
 NAME = "flash_ws"
 #: q, k, v and out must be 16-byte aligned (TMA boxes; the staged epilogue stores 16
 #: bytes): the call path refuses others
 POINTER_ALIGN = 16
 
-THREADS = 128 * (1 + lay.CONSUMERS)
-PRODUCER_REGS = 24
-CONSUMER_REGS = 240
-#: the budgets add up to the entry allocation of 384 threads at one block per SM (3 x 168)
-assert PRODUCER_REGS + lay.CONSUMERS * CONSUMER_REGS == 3 * ((65536 // THREADS) // 8 * 8)
-HEAD_SIZES = (64, 128)
 #: keys per tile and K/V stages, per head size: with the overlapped loop and the staged
 #: epilogue, 64 keys in 3 stages at D = 128 are faster than 128 in 2 at all 10 of the log's
 #: configurations (run 49: 4-8% from 2048 tokens up; before them, 128 had won, run 33); 2,
@@ -81,9 +73,6 @@ LEAN = True
 #: with 128-key tiles 13-16% faster from 2048 tokens up (run 33, notes/v6_flash_ws.md); used
 #: when there are more work tiles than SMs (configure)
 PERSISTENT = True
-MAX_SHARED = 227 * 1024
-#: maps per block (Q, K, V), 128 bytes each, in the call's ``maps`` scratch
-MAPS_PER_BLOCK = 3
 #: the template maps' 48 words as kernel parameters, each block's maps set up first thing
 #: (no load of the template, before the work tile's loads); off until an H200 run has
 #: timed it (notes/v6_flash_ws.md, "Run 40")
@@ -118,168 +107,7 @@ def build(head_size, kind="f16", heads=4, block_n=None, stages=None, overlap=Non
                   PARAM_MAPS if param_maps is None else bool(param_maps), bool(staged))
 
 
-@functools.lru_cache(maxsize=None)
-def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
-           lean=False, persistent=False, param_maps=False, staged=False):
-    assert D in HEAD_SIZES and BN in (64, 128) and S >= 2 and HB in (1, 2, 4)
-    assert lay.shared_bytes(D, BN, S, staged) <= MAX_SHARED
-    PB = lay.positions_per_tile(HB)
-    ROWS = lay.CONSUMERS * PB            # positions per work tile (of HB heads, one sequence)
-    r = v6_roles.roles(D, BN, kind, HB, S, overlap, debug_waits, pingpong, lean, staged)
-    init_barriers, produce_tile, consume = r.init_barriers, r.produce_tile, r.consume
-    # each block's maps: from the template in global memory (``tmpl`` its address), or from
-    # its words passed as parameters (``tmpl`` the tuple), then set up first thing
-    acquire = r.acquire_words if param_maps else r.acquire
-    EARLY = param_maps
-    sched_init = r.sched_init
-    dec = pt.setmaxnreg_dec(PRODUCER_REGS)
-    inc = pt.setmaxnreg_inc(CONSUMER_REGS)
-
-    jit_kw = dict(cache=True)
-    if not numba_config.ENABLE_CUDASIM:
-        jit_kw["launch_bounds"] = (THREADS, 1)   # the 1 makes ptxas honour setmaxnreg
-
-    @cuda.jit(device=True, inline=True, cache=True)
-    def work_tile(q, k, cu_q, cu_k, left, right, x, y, b):
-        """Work tile (positions x*ROWS.., heads y*HB.., sequence b): (q0, sq, row0, k0, sk,
-        hbase, hkv, n_lo, ntiles); ``row0 >= sq`` when it lies past its sequence."""
-        q0, sq = seq_span(cu_q, b)
-        row0 = x * ROWS
-        k0, sk = seq_span(cu_k, b)
-        hbase = y * HB
-        hkv = hbase // (q.shape[1] // k.shape[1])
-        last = min(row0 + ROWS, sq) - 1
-        n_lo, n_hi = key_tiles(row0, last, sq, sk, left, right, BN)
-        ntiles = max(n_hi - n_lo, 0) // BN
-        return q0, sq, row0, k0, sk, hbase, hkv, n_lo, ntiles
-
-    @cuda.jit(device=True, inline=True, cache=True)
-    def block_id(b):
-        """The linear index of this block of a one-block-per-tile grid (z = ``b``)."""
-        return cuda.blockIdx.x + cuda.gridDim.x * (cuda.blockIdx.y + cuda.gridDim.y * b)
-
-    @cuda.jit(device=True, inline=True, cache=True)
-    def slot(maps, blk):
-        """Address of block ``blk``'s three maps in the call's scratch ``maps``."""
-        return px.data_ptr(maps) + uint64(MAPS_PER_BLOCK * 128) * uint64(blk)
-
-    @cuda.jit(device=True, inline=True, cache=True)
-    def block_base(tid):
-        """The block's 1024-aligned shared base, its mbarriers initialised (thread 0) and
-        visible to every thread."""
-        smem = cuda.shared.array(0, types.uint8)
-        base = (px.smem_addr(smem) + uint32(1023)) & uint32(0xFFFFFC00)
-        if tid == 0:
-            init_barriers(base)
-        cuda.syncthreads()
-        return base
-
-    if not persistent:
-        @cuda.jit(**jit_kw)
-        def flash_ws_kernel(q, k, v, out, lse, cu_q, cu_k, maps, scale_log2, left, right,
-                            lse_batched, tmpl):
-            """q, k, v: uint16 (total, heads, D) views, read through the block's own maps
-            (Q, K, V: 384 bytes of ``maps``, the call's scratch, made from the template maps
-            at ``tmpl``); out: uint32 (total_q, H, D/2). Block (x, y, z) = (positions
-            x*ROWS.., heads y*HB.., sequence z)."""
-            tid = cuda.threadIdx.x
-            wg = tid >> 7
-            b = cuda.blockIdx.z
-            if EARLY:   # no load to wait for: the maps before the work tile's loads
-                mq = mk = mv = uint64(0)
-                if tid == 0:
-                    mq, mk, mv = acquire(slot(maps, block_id(b)), tmpl, q, k, v)
-            q0, sq, row0, k0, sk, hbase, hkv, n_lo, ntiles = work_tile(
-                q, k, cu_q, cu_k, left, right, cuda.blockIdx.x, cuda.blockIdx.y, b)
-            if row0 >= sq:
-                return
-            base = block_base(tid)
-            if wg == 0:
-                if not EARLY:
-                    # the maps before setmaxnreg.dec: their copy needs more than 24 registers
-                    mq = mk = mv = uint64(0)
-                    if tid == 0 and ntiles > 0:
-                        mq, mk, mv = acquire(slot(maps, block_id(b)), tmpl, q, k, v)
-                dec()
-                if tid == 0 and ntiles > 0:
-                    produce_tile(base, mq, mk, mv, q0, sq, row0, hbase, k0, hkv, n_lo,
-                                 ntiles, 0, 0)
-            else:
-                inc()
-                last = min(row0 + ROWS, sq) - 1
-                f_lo, f_hi = full_key_tiles(row0, last, sq, sk, left, right, BN)
-                sched_init(wg - 1)
-                consume(base, wg - 1, tid & 127, out, lse, b, q0, sq, sk, row0, hbase, n_lo,
-                        ntiles, f_lo, f_hi, left, right, scale_log2, lse_batched, 0, 0)
-
-        return flash_ws_kernel
-
-    @cuda.jit(**jit_kw)
-    def flash_ws_persistent(q, k, v, out, lse, cu_q, cu_k, maps, scale_log2, left, right,
-                            lse_batched, tmpl, nx, ny, n_work):
-        """As flash_ws_kernel, each block taking work tiles w = blockIdx.x, + gridDim.x, ...
-        of the ``n_work`` = nx * ny * batch tiles (w = x + nx (y + ny b)): the producer
-        loads the next tile's Q and K/V while the consumers finish this one."""
-        tid = cuda.threadIdx.x
-        wg = tid >> 7
-        if EARLY:   # no load to wait for: the maps before the barriers' set-up
-            mq = mk = mv = uint64(0)
-            if tid == 0:
-                mq, mk, mv = acquire(slot(maps, cuda.blockIdx.x), tmpl, q, k, v)
-        base = block_base(tid)
-        if wg == 0:
-            if not EARLY:
-                # the maps before setmaxnreg.dec: their copy needs more than 24 registers
-                mq = mk = mv = uint64(0)
-                if tid == 0:
-                    mq, mk, mv = acquire(slot(maps, cuda.blockIdx.x), tmpl, q, k, v)
-            dec()
-            if tid == 0:
-                c = 0
-                qn = 0
-                for w in range(cuda.blockIdx.x, n_work, cuda.gridDim.x):
-                    r = w // nx
-                    q0, sq, row0, k0, sk, hbase, hkv, n_lo, ntiles = work_tile(
-                        q, k, cu_q, cu_k, left, right, w - r * nx, r % ny, r // ny)
-                    if row0 < sq and ntiles > 0:
-                        produce_tile(base, mq, mk, mv, q0, sq, row0, hbase, k0, hkv, n_lo,
-                                     ntiles, c, qn)
-                        c += ntiles
-                        qn += 1
-        else:
-            inc()
-            grp = wg - 1
-            sched_init(grp)
-            c = 0
-            qn = 0
-            for w in range(cuda.blockIdx.x, n_work, cuda.gridDim.x):
-                r = w // nx
-                b = r // ny
-                q0, sq, row0, k0, sk, hbase, hkv, n_lo, ntiles = work_tile(
-                    q, k, cu_q, cu_k, left, right, w - r * nx, r % ny, b)
-                if row0 < sq:
-                    last = min(row0 + ROWS, sq) - 1
-                    f_lo, f_hi = full_key_tiles(row0, last, sq, sk, left, right, BN)
-                    consume(base, grp, tid & 127, out, lse, b, q0, sq, sk, row0, hbase,
-                            n_lo, ntiles, f_lo, f_hi, left, right, scale_log2, lse_batched,
-                            c, qn)
-                    if ntiles > 0:
-                        c += ntiles
-                        qn += 1
-
-    return flash_ws_persistent
-
-
 # --------------------------------------------------------------------------- module contract
-
-def _signature(persistent=False, param_maps=False):
-    u2 = array_type(np.uint16, 3)
-    tmpl = types.UniTuple(types.int64, 16 * MAPS_PER_BLOCK) if param_maps else types.int64
-    return ((u2, u2, u2, array_type(np.uint32, 3), array_type(np.float32, 3),
-             array_type(np.int32, 1), array_type(np.int32, 1), array_type(np.int64, 1),
-             types.float32, types.int32, types.int32, types.boolean, tmpl) +
-            ((types.int32,) * 3 if persistent else ()))
-
 
 def compile_targets(head_size, dtype, heads=(4,)):
     """``[(label, kernel, signature)]`` for ``compile_ptx(..., cc=(9, 0, "a"))``: per
