@@ -1,4 +1,6 @@
-"""Compile every kernel for real, with no GPU: ``numba.cuda.compile_ptx`` for cc 8.0 and 9.0.
+"""Compile every kernel for real, with no GPU: ``numba.cuda.compile_ptx`` for cc 8.0 and 9.0
+(the Hopper-only kernels, flash_wgmma and flash_ws, for 9.0a alone: their PTX cannot run
+elsewhere).
 
 The simulator runs kernels as Python, so it cannot catch code that Numba's CUDA target
 refuses to compile (a float64 promotion, an unsupported call, a local array sized at run
@@ -18,6 +20,9 @@ import time
 import numpy as np
 
 CCS = ((8, 0), (9, 0))
+#: kernels whose inline PTX (wgmma, TMA, setmaxnreg) exists only on sm_90a: compiled for it
+HOPPER_ONLY = ("flash_wgmma", "flash_ws")
+HOPPER_CCS = ((9, 0, "a"),)
 HEAD_SIZES = (64, 128, 256)
 DTYPES = (np.float16, np.float32)
 
@@ -58,13 +63,14 @@ def compile_all(kernel_names=None, head_sizes=HEAD_SIZES, dtypes=DTYPES, ccs=CCS
             for hs in head_sizes:
                 tgts = targets(mod, hs, dtype)
                 for label, fn, sig in tgts:
-                    for cc in ccs:
+                    for cc in (HOPPER_CCS if name in HOPPER_ONLY else ccs):
                         key = (name, label, id(fn), str(sig), cc)
                         if key in seen:  # kernels not specialised on head_size compile once
                             continue
                         seen.add(key)
                         row = dict(kernel=name, func=label, head_size=hs,
-                                   dtype=np.dtype(dtype).name, cc=f"{cc[0]}.{cc[1]}")
+                                   dtype=np.dtype(dtype).name,
+                                   cc=f"{cc[0]}.{cc[1]}" + "".join(cc[2:]))
                         t0 = time.perf_counter()
                         try:
                             ptx, _ = cuda.compile_ptx(fn, sig, cc=cc)

@@ -208,13 +208,9 @@ def test_kernel_compiles_and_assembles_d128_f16(tmp_path):
 
 
 @pytest.mark.slow
+#: each opt-in against its neighbours, both head sizes and dtypes (the defaults: above)
 @pytest.mark.parametrize("variant", [[64, "bf16", 1, 64, 2], [128, "bf16", 2, 128, 2],
-                                     [64, "f16", 4, 128, 3], [128, "f16", 4, 64, 3],
-                                     [128, "f16", 4, 64, 2, 1], [64, "bf16", 1, 128, 2, 1],
-                                     [128, "f16", 4, 64, 2, 0, 1], [128, "f16", 4, 128, 2, 1, 1],
-                                     [64, "bf16", 1, 128, 2, 0, 1, 1],
-                                     [128, "f16", 4, 128, 2, 1, 1, 1],
-                                     [128, "f16", 4, 64, 2, 0, 1, 1, 0],
+                                     [128, "f16", 4, 64, 2, 1], [128, "f16", 4, 128, 2, 1, 1],
                                      [64, "bf16", 1, 64, 3, 1, 1, 1, 1],
                                      [128, "f16", 4, 128, 2, 0, 1, 1, 0, 1],
                                      [128, "bf16", 4, 128, 2, 0, 1, 1, 1, 1],
@@ -229,54 +225,6 @@ def test_kernel_variants_compile_and_assemble(tmp_path, variant):
     _check_variant(ptx, d, bn, tmp_path, "v", overlap=bool(ov and ov[0]),
                    pingpong=bool(len(ov) > 1 and ov[1]), param_maps=bool(len(ov) > 4 and ov[4]),
                    staged=bool(len(ov) > 5 and ov[5]))
-
-
-_KEYS = textwrap.dedent("""
-    import json, sys
-    from numba import cuda
-    from numba.cuda.dispatcher import CUDACache
-    from attn_numba.kernels import v6_flash_ws as v6
-
-    class Codegen:
-        def magic_tuple(self):
-            return ("test",)
-
-    keys = {}
-    for label, disp, sig in v6.compile_targets(128, "float16"):
-        fn = disp.py_func
-        cache = CUDACache(fn)
-        before = str(cache._index_key(tuple(sig), Codegen()))
-        after = None
-        if sys.argv[1:] == ["compile"]:
-            cuda.compile_ptx(fn, sig, cc=(9, 0, "a"))
-            after = str(cache._index_key(tuple(sig), Codegen()))
-        keys[label] = [before, after]
-    print(json.dumps(keys))
-""")
-
-
-@pytest.mark.slow
-def test_disk_cache_key_is_stable_across_compile_and_processes():
-    """As tests/test_cache_key.py for the registered kernels (flash_ws is not registered
-    yet): Numba's key of each flash_ws kernel is the same before and after compiling and in
-    a new process, so a warm disk cache hits (the ptx_tma typers pickle by reference)."""
-    import os
-    import subprocess
-    import sys
-
-    def run(mode):
-        env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-        p = subprocess.run([sys.executable, "-c", _KEYS, mode], env=env, text=True,
-                           capture_output=True, timeout=900)
-        assert p.returncode == 0, p.stderr[-3000:]
-        return json.loads(p.stdout.strip().splitlines()[-1])
-
-    first, second = run("compile"), run("keys")
-    assert set(first) == {"flash_ws_kernel_f16_d128_h4", "flash_ws_kernel_f16_d128_h4_tiles"}
-    assert all(b == a for b, a in first.values()), "compiling changed a disk-cache key"
-    assert all(second[k][0] == first[k][0] for k in first), "a new process has another key"
 
 
 GPU_CASES = [  # seq_q, seq_k, H, Hkv, D, dtype name, window, causal, plan options
