@@ -7,7 +7,8 @@ NUMBA_ENABLE_CUDASIM=1 (force the simulator).
 ``python -m pytest`` is the quick run: tests marked ``@pytest.mark.slow`` are skipped.
 ``python -m pytest --full`` (or ATTN_NUMBA_FULL_TESTS=1, or a ``-m`` expression naming
 ``slow``) runs them too: every specialisation to PTX, the property sweeps, every notebook, the
-long simulator runs. Mark a test, or one ``pytest.param(..., marks=pytest.mark.slow)`` case of
+long simulator runs. ``-n auto`` (pytest-xdist) spreads either over every core, as the README
+and .ci/run do. Mark a test, or one ``pytest.param(..., marks=pytest.mark.slow)`` case of
 a parametrised test, slow when it takes more than a few seconds on 2 CPU cores and a cheaper
 test or case already covers its code in the quick run.
 """
