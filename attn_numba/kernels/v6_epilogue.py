@@ -74,6 +74,8 @@ def staged(D, kind, HB, o_offset):
             pt.st_shared_u32(s_o + uint32(_word(ra + 8, w, D, HB)),
                              pack(acc[4 * i4 + 2] * inv_b, acc[4 * i4 + 3] * inv_b))
         pos_a = pos0 + prow
+        # softmax.store_lse_rows' stores, written out: through it flash_ws's PTX differed from
+        # that of its last GPU run (734b58f, run 50) in 13 lines of index arithmetic
         if t == 0:
             if pos_a < sq:
                 store_lse(lse, lse_batched, b, hbase + slot, q0, pos_a, lse_a)

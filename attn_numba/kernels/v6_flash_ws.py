@@ -85,6 +85,11 @@ STAGED = True
 AUTO_MIN_KEY_TILES = 1200
 
 
+def _staged_fits(head_size, block_n, stages):
+    """The default epilogue: ``STAGED`` where its O tiles fit beside the stages asked for."""
+    return STAGED and lay.shared_bytes(head_size, block_n, stages, True) <= MAX_SHARED
+
+
 def build(head_size, kind="f16", heads=4, block_n=None, stages=None, overlap=None,
           debug_waits=False, pingpong=None, lean=None, persistent=None, param_maps=None,
           staged=None):
@@ -98,7 +103,7 @@ def build(head_size, kind="f16", heads=4, block_n=None, stages=None, overlap=Non
     bn = BLOCK_N[head_size] if block_n is None else block_n
     st = STAGES[head_size] if stages is None else stages
     if staged is None:
-        staged = STAGED and lay.shared_bytes(head_size, bn, st, True) <= MAX_SHARED
+        staged = _staged_fits(head_size, bn, st)
     return _build(head_size, kind, heads, bn, st,
                   OVERLAP if overlap is None else bool(overlap), bool(debug_waits),
                   PINGPONG if pingpong is None else bool(pingpong),
@@ -178,9 +183,7 @@ def configure(problem, heads=None, block_n=None, stages=None, overlap=None,
         blocks = getattr(cuda.get_current_device(), "MULTIPROCESSOR_COUNT", n_work)
     # the persistent grid only pays with more work tiles than blocks
     pers = (PERSISTENT and n_work > blocks) if persistent is None else bool(persistent)
-    # the default epilogue only where its O tiles fit beside the stages asked for
-    stg = (STAGED and lay.shared_bytes(d, bn, st, True) <= MAX_SHARED) if staged is None \
-        else bool(staged)
+    stg = _staged_fits(d, bn, st) if staged is None else bool(staged)
     if lay.shared_bytes(d, bn, st, stg) > MAX_SHARED:
         raise ValueError(f"flash_ws: block_n={bn}, stages={st}{', staged' if stg else ''} "
                          f"need {lay.shared_bytes(d, bn, st, stg)} bytes of shared memory "
