@@ -228,34 +228,46 @@ def check_aligned(spec, ptrs, names=FWD_ALIGNED):
                 f"example a fresh copy, or kernel='flash')")
 
 
-#: (device, stream handle, scratch specs) -> Numba scratch arrays, reused by the calls on
+#: (kind, device, stream handle, scratch specs) -> scratch arrays, reused by the calls on
 #: that stream (see _scratch)
 _STREAM_SCRATCH = {}
 _MAX_STREAM_SCRATCH = 64
 
 
+def _torch_capturing():
+    """Whether torch's current stream is being captured into a CUDA graph."""
+    return sys.modules["torch"].cuda.is_current_stream_capturing()
+
+
 def _scratch(spec, kind, like, ls, device):
     """The module's scratch buffers for one call on :class:`~arrays.LaunchStream` ``ls``.
 
-    torch and CuPy callers: new buffers from their stream-ordered pools, on the launch stream
-    (so CUDA-graph capture gives each captured call its own). Numba callers have no such
-    pool: a new device array per call costs a ``cuMemAlloc``, and Numba's deferred frees
-    call ``cuMemFree``, which waits for the device (a host synchronisation: it deadlocked
-    NVBench's blocking kernel). So they get buffers made once per (device, stream) and
-    reused by every call on that stream: stream order keeps two calls from overlapping, and
-    each call's plans write what they read. What this cannot see: a stream destroyed with
-    such a call still running and its handle reused at once by a new stream."""
-    if kind in ("torch", "cupy"):
+    Buffers made once per (device, stream) and reused by every call on that stream: stream
+    order keeps two calls from overlapping, and each call's plans write what they read. A
+    new buffer per call costs an allocation (Numba: a ``cuMemAlloc``, and Numba's deferred
+    frees call ``cuMemFree``, which waits for the device: a host synchronisation, which
+    deadlocked NVBench's blocking kernel; torch: about 3 us of host time a call, run 52).
+    New buffers per call, from the framework's stream-ordered pool, where a reused one could
+    be shared: torch callers while their stream is being captured into a CUDA graph (each
+    captured call keeps its own, so graphs replayed at once on different streams never
+    share one) or with a stream that is not torch's current one (whose capture this does not
+    ask), and CuPy callers. What this cannot see: a stream destroyed with such a call still
+    running and its handle reused at once by a new stream."""
+    if kind == "cupy" or (kind == "torch" and (ls.explicit or _torch_capturing())):
         return tuple(arrays.empty(kind, like, s.shape, np.dtype(s.dtype), ls, device)
                      for s in spec.scratch)
-    key = (device, ls.handle, spec.scratch)
+    key = (kind, device, ls.handle, spec.scratch)
     hit = _STREAM_SCRATCH.get(key)
     if hit is None:
         if len(_STREAM_SCRATCH) >= _MAX_STREAM_SCRATCH:
             _STREAM_SCRATCH.clear()
-        hit = _STREAM_SCRATCH[key] = tuple(
-            arrays.empty("numba", None, s.shape, np.dtype(s.dtype), ls, None)
-            for s in spec.scratch)
+        if kind == "torch":
+            hit = tuple(arrays.empty(kind, like, s.shape, np.dtype(s.dtype), ls, device)
+                        for s in spec.scratch)
+        else:
+            hit = tuple(arrays.empty("numba", None, s.shape, np.dtype(s.dtype), ls, None)
+                        for s in spec.scratch)
+        _STREAM_SCRATCH[key] = hit
     return hit
 
 

@@ -13,17 +13,19 @@ against flash_wgmma (v5) at the log's 10 configurations. Needs an sm_90 device.
    with queries and no keys; 10 cases of the overlapped loop, 45 of the other variants
    (without the consumers' turns and the lean softmax, which are the defaults; turns alone;
    BN 128), 44 of the persistent grid (one block per SM, and 3-7 blocks so that each takes
-   many work tiles), 22 of the template maps as kernel parameters (``param_maps``) and 96
+   many work tiles), 22 of the template maps as kernel parameters (``param_maps``), 96
    of the staged epilogue (``staged``; 64 of them with the overlapped loop, 48 of those
-   with the defaults since run 49: BN 64, 3 stages): 268 in all. One line per case. Cases run in a child process that is restarted after a fault
+   with the defaults since run 49: BN 64, 3 stages) and 32 of the one-block-per-tile
+   grid's defaults since run 53 (the maps from parameters, written by a second producer
+   thread: ``split_maps``; and by thread 0 itself): 300 in all. One line per case. Cases run in a child process that is restarted after a fault
    or a hang (no progress for ``--stall`` s): the case it was on is recorded as failed and
    the sweep goes on with the next.
 3. timing: 1 sequence, 32/8 heads, D=128, window (128,128), fp16, 512..8192 tokens, causal
    0/1: CUDA-graph replay (triton's ``do_bench_cudagraph`` when torch and triton import,
    else CUDA events over 20 launches queued behind a sleeper kernel, median of 7), the
    flash_ws variants of ``TIMED`` (the defaults: overlapped loop, staged epilogue, 64-key
-   tiles in 3 stages; 128-key tiles in 2; the template maps as parameters; 2 and 4
-   stages) against v5, and FlashAttention-4 where ``flash_attn.cute``
+   tiles in 3 stages, the tile grid's maps from parameters by a second thread; 128-key
+   tiles in 2; run 50's defaults; the maps written by thread 0; 2 and 4 stages) against v5, and FlashAttention-4 where ``flash_attn.cute``
    imports (its output compared with ours first).
 
 Everything goes to ``$OUT/v6.json`` (rewritten after every case); a table comes last.
@@ -148,12 +150,25 @@ def cases():
         out.append(dict(dtype="float16", d=128, group=8, seq_q=[130, 0, 7, 513],
                         seq_k=[64, 0, 300, 513], window=(128, 0), causal=False, block_n=bn,
                         stages=st, persistent=pers, blocks=blocks, staged=True, overlap=ov))
+    # the one-block-per-tile grid's defaults since run 53: the template maps as parameters,
+    # written and released by thread 32 (split_maps), acquired by thread 0; then with thread
+    # 0 writing them itself (param_maps alone)
+    for split in (True, False):
+        for dt, d, g in (("float16", 128, 4), ("bfloat16", 64, 1), ("float16", 128, 2)):
+            for (window, causal), s in zip(WINDOWS, (1025, 1025, 97, 1025, 1025)):
+                out.append(dict(dtype=dt, d=d, group=g, seq_q=[s], seq_k=[s], window=window,
+                                causal=causal, block_n=64, stages=3, persistent=False,
+                                staged=True, overlap=True, param_maps=True, split_maps=split))
+        out.append(dict(dtype="float16", d=128, group=8, seq_q=[130, 0, 7, 513],
+                        seq_k=[64, 0, 300, 513], window=(128, 0), causal=False, block_n=64,
+                        stages=3, persistent=False, staged=True, overlap=True,
+                        param_maps=True, split_maps=split))
     return out
 
 
 #: plan options of a case (the defaults where a case names none)
 OPTS = dict(overlap=False, pingpong=None, block_n=64, stages=2, lean=None, persistent=False,
-            blocks=None, param_maps=False, staged=False)
+            blocks=None, param_maps=False, staged=False, split_maps=False)
 
 
 def opts_of(c):
@@ -324,9 +339,9 @@ def compile_child(spec):
     from attn_numba.kernels.v5_flash_wgmma import opt_in_shared
     if spec == ("v5",):
         return opt_in_shared(v5.build(v5.Config(128, "float16", 4)), v5._signature(), 1024)
-    d, kind, hb, bn, st, ov, pp, lean, pers, pm, sg = spec
+    d, kind, hb, bn, st, ov, pp, lean, pers, pm, sg, sp = spec
     kernel = v6.build(d, kind, hb, bn, st, ov, pingpong=pp, lean=lean, persistent=pers,
-                      param_maps=pm, staged=sg)
+                      param_maps=pm, staged=sg, split_maps=sp)
     opt_in_shared(kernel, v6._signature(pers, pm), 1024)
 
 
@@ -335,7 +350,7 @@ def precompile(end):
 
     def spec(d, kind, hb, o):
         return (d, kind, hb, o["block_n"], o["stages"], o["overlap"], o["pingpong"],
-                o["lean"], o["persistent"], o["param_maps"], o["staged"])
+                o["lean"], o["persistent"], o["param_maps"], o["staged"], o["split_maps"])
     specs = {spec(c["d"], "f16" if c["dtype"] == "float16" else "bf16",
                   heads_per_block(c["group"]), opts_of(c)) for c in cases()}
     specs |= {spec(128, "f16", 4, opts_of(kw)) for _, kw in TIMED if kw is not None}
@@ -421,7 +436,8 @@ def _timer():
 TIMED = (("flash_wgmma", None),
          ("flash_ws", {}),                                   # the module's defaults
          ("flash_ws_bn128", dict(block_n=128, stages=2)),    # run 48's defaults
-         ("flash_ws_pmaps", dict(param_maps=True)),          # template maps as parameters
+         ("flash_ws_run50", dict(param_maps=False)),         # run 50's defaults
+         ("flash_ws_nosplit", dict(split_maps=False)),       # thread 0 writes the maps
          ("flash_ws_s2", dict(stages=2)),
          ("flash_ws_s4", dict(stages=4)))
 

@@ -353,6 +353,50 @@ def test_numba_callers_reuse_scratch_per_stream(monkeypatch):
     assert callpath._scratch(spec, "numba", None, s1, 1) is not a     # another device
 
 
+def test_torch_callers_reuse_scratch_per_stream_outside_graph_capture(monkeypatch):
+    """torch callers on their current stream get one scratch per (device, stream) too (a new
+    tensor per call cost about 3 us of host time, run 52); while that stream is being
+    captured into a CUDA graph, and on a stream that is not torch's current one, each call
+    gets a new buffer from torch's pool (a graph keeps its own; replays on other streams
+    then never share one); CuPy callers always get new ones."""
+    from attn_numba import callpath
+    from attn_numba.arrays import LaunchStream
+    from attn_numba.kernels import Scratch
+
+    made = []
+
+    def empty(kind, like, shape, dtype, ls, device):
+        made.append((kind, like, shape, dtype, ls.handle, device))
+        return object()
+
+    capturing = [False]
+    monkeypatch.setattr(callpath, "_STREAM_SCRATCH", {})
+    monkeypatch.setattr(callpath.arrays, "empty", empty)
+    monkeypatch.setattr(callpath, "_torch_capturing", lambda: capturing[0])
+    spec = callpath._Spec(None, None, (), None, None, (), (Scratch("maps", (48,), np.int64),))
+    cur, other, side = LaunchStream(7, None, False), LaunchStream(8, None, False), \
+        LaunchStream(9, "a torch stream", True)
+    a = callpath._scratch(spec, "torch", "q", cur, 0)
+    assert made == [("torch", "q", (48,), np.dtype(np.int64), 7, 0)]
+    assert callpath._scratch(spec, "torch", "q", cur, 0) is a and len(made) == 1
+    b = callpath._scratch(spec, "torch", "q", other, 0)
+    assert b is not a and b[0] is not a[0] and len(made) == 2
+    assert callpath._scratch(spec, "torch", "q", cur, 1) is not a      # another device
+    assert callpath._scratch(spec, "numba", None, cur, 0) is not a     # another kind
+    n = len(made)
+    capturing[0] = True
+    c1 = callpath._scratch(spec, "torch", "q", cur, 0)
+    c2 = callpath._scratch(spec, "torch", "q", cur, 0)
+    assert c1 is not a and c1[0] is not c2[0] and len(made) == n + 2
+    capturing[0] = False
+    assert callpath._scratch(spec, "torch", "q", cur, 0) is a          # the cached one again
+    e1 = callpath._scratch(spec, "torch", "q", side, 0)
+    e2 = callpath._scratch(spec, "torch", "q", side, 0)
+    assert e1[0] is not e2[0]
+    g1 = callpath._scratch(spec, "cupy", "q", cur, 0)
+    assert g1[0] is not callpath._scratch(spec, "cupy", "q", cur, 0)[0]
+
+
 @pytest.mark.parametrize("which", [0, 1, 2, 3])
 def test_a_misaligned_pointer_is_refused_by_the_16_byte_kernels(which):
     """flash_tc, flash_wgmma and flash_ws move 16-byte vectors: a data pointer of q, k, v or

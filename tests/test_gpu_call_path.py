@@ -155,6 +155,40 @@ def test_flash_ws_calls_on_two_streams_at_once(rng, tokens):
             assert torch.equal(o, r), f"round {rnd}: the call on stream {i} read other inputs"
 
 
+def test_flash_ws_graphs_replayed_at_once_and_eager_calls_keep_their_own_maps(rng):
+    """torch callers reuse one scratch per stream outside graph capture (callpath._scratch);
+    a captured call gets its own. Two graphs of one specialisation replayed at the same time
+    on two streams, with eager calls on the current stream between them, each read their own
+    inputs, 20 rounds, bit-exact."""
+    torch = pytest.importorskip("torch")
+    if "flash_ws" not in KERNELS or torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("flash_ws needs sm_90")
+    from attn_numba import callpath
+    triples = [_torch_qkv(torch, rng, 512) for _ in range(3)]
+    refs = [mha_fwd(*qkv, kernel="flash_ws", **LOG_KW).clone() for qkv in triples]
+    torch.cuda.synchronize()
+    assert any(key[0] == "torch" for key in callpath._STREAM_SCRATCH), "no reused scratch"
+    graphs, outs = [], []
+    for qkv in triples[:2]:
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            outs.append(mha_fwd(*qkv, kernel="flash_ws", **LOG_KW))
+        graphs.append(g)
+    streams = [torch.cuda.Stream() for _ in range(2)]
+    for rnd in range(20):
+        for s, g in zip(streams, graphs):
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s):
+                g.replay()
+        eager = mha_fwd(*triples[2], kernel="flash_ws", **LOG_KW)
+        for s in streams:
+            torch.cuda.current_stream().wait_stream(s)
+        torch.cuda.synchronize()
+        for i in range(2):
+            assert torch.equal(outs[i], refs[i]), f"round {rnd}: graph {i} read other inputs"
+        assert torch.equal(eager, refs[2]), f"round {rnd}: the eager call read other inputs"
+
+
 @pytest.mark.parametrize("kernel", FAST + [k for k in ("flash_ws",) if k in KERNELS])
 def test_cuda_graph_capture_and_replay(rng, kernel):
     torch = pytest.importorskip("torch")

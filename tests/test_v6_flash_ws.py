@@ -111,6 +111,21 @@ def test_configure_persistent_grid_takes_the_work_tiles_in_turn():
     assert v6.configure(small, blocks=15)[1] == (15, 1, 1)       # one more tile than blocks
 
 
+def test_map_mode_per_grid():
+    """The template maps as parameters, written by thread 32, on the one-block-per-tile grid
+    only (the persistent grid loads the template: parameters were slower there, run 44);
+    split_maps never without param_maps or on the persistent grid; overrides win."""
+    assert v6.map_mode(False) == (True, True)
+    assert v6.map_mode(True) == (False, False)
+    assert v6.map_mode(False, split_maps=False) == (True, False)
+    assert v6.map_mode(False, param_maps=False) == (False, False)
+    assert v6.map_mode(False, param_maps=False, split_maps=True) == (False, False)
+    assert v6.map_mode(True, param_maps=True) == (True, False)
+    assert v6.map_mode(True, param_maps=True, split_maps=True) == (True, False)
+    assert v6.build(128, "f16", 4, persistent=False) is \
+        v6.build(128, "f16", 4, persistent=False, param_maps=True, split_maps=True)
+
+
 def test_configure_drops_the_default_staged_epilogue_where_it_does_not_fit():
     """BN 128 in 3 stages leaves no room for the O tiles: the default epilogue falls back to
     direct stores; asking for the staged one there is refused, naming what does not fit."""
@@ -141,7 +156,8 @@ _COMPILE = textwrap.dedent("""
         pm = bool(len(ov) > 4 and ov[4])
         k = v6.build(d, kind, hb, bn, st, bool(ov and ov[0]),
                      pingpong=bool(len(ov) > 1 and ov[1]), lean=bool(len(ov) > 2 and ov[2]),
-                     persistent=pers, param_maps=pm, staged=bool(len(ov) > 5 and ov[5]))
+                     persistent=pers, param_maps=pm, staged=bool(len(ov) > 5 and ov[5]),
+                     split_maps=bool(ov[6]) if len(ov) > 6 else None)
         ptx, _ = cuda.compile_ptx(k.py_func, v6._signature(pers, pm), cc=(9, 0, "a"),
                                   launch_bounds=(v6.THREADS, 1))
         out["-".join(map(str, [d, kind, hb, bn, st, *ov]))] = ptx
@@ -199,12 +215,18 @@ def _compile(tmp_path, variants):
 
 @pytest.mark.slow
 def test_kernel_compiles_and_assembles_d128_f16(tmp_path):
-    ptxs = _compile(tmp_path, [[128, "f16", 4, 64, 3, 1, 1, 1, 1, 0, 1]])   # the defaults
+    # the defaults: the persistent grid, and one block per tile (the maps from parameters,
+    # written by thread 32)
+    ptxs = _compile(tmp_path, [[128, "f16", 4, 64, 3, 1, 1, 1, 1, 0, 1],
+                               [128, "f16", 4, 64, 3, 1, 1, 1, 0, 1, 1, 1]])
     assert (v6.OVERLAP, v6.PINGPONG, v6.LEAN, v6.PERSISTENT, v6.PARAM_MAPS, v6.STAGED) == \
         (True, True, True, True, False, True)
+    assert (v6.PARAM_MAPS_TILES, v6.SPLIT_MAPS) == (True, True)
     assert v6.BLOCK_N[128] == 64 and v6.STAGES[128] == 3
     _check_variant(ptxs["128-f16-4-64-3-1-1-1-1-0-1"], 128, 64, tmp_path, "main",
                    overlap=True, pingpong=True, staged=True)
+    _check_variant(ptxs["128-f16-4-64-3-1-1-1-0-1-1-1"], 128, 64, tmp_path, "tiles",
+                   overlap=True, pingpong=True, param_maps=True, staged=True)
 
 
 @pytest.mark.slow
@@ -219,7 +241,7 @@ def test_kernel_compiles_and_assembles_d128_f16(tmp_path):
                                      [64, "bf16", 2, 128, 2, 0, 1, 1, 0, 0, 1]])
 def test_kernel_variants_compile_and_assemble(tmp_path, variant):
     """[D, kind, heads, BN, stages, (overlap, (pingpong, (lean, (persistent,
-    (param_maps, (staged))))))]."""
+    (param_maps, (staged, (split_maps)))))))]; split_maps the default where not given."""
     d, kind, hb, bn, st, *ov = variant
     ptx = _compile(tmp_path, [variant])["-".join(map(str, variant))]
     _check_variant(ptx, d, bn, tmp_path, "v", overlap=bool(ov and ov[0]),

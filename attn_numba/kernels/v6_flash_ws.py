@@ -22,10 +22,11 @@ pairs of one GQA group, 64 per consumer warpgroup, packed as flash_wgmma packs t
   epilogue (a Q-empty barrier; the K/V ring runs on across work tiles).
 * Loads are TMA boxes through ``CUtensorMap``s in global memory (:mod:`attn_numba.tensormap`):
   each block's producer copies the specialisation's template maps into its own slot of the
-  call's ``maps`` scratch, writes the call's q, k, v addresses there
-  (``tensormap.replace``), releases and acquires them (``fence.proxy.tensormap``), all
-  before its first TMA: one launch per call, and no map shared between calls. The
-  128B-swizzled boxes land in the tile layout of ``wgmma_layout``.
+  call's ``maps`` scratch (on the one-block-per-tile grid from kernel parameters, by a
+  second producer thread while thread 0 loads the work tile), writes the call's q, k, v
+  addresses there (``tensormap.replace``), releases and acquires them
+  (``fence.proxy.tensormap``), all before its first TMA: one launch per call, and no map
+  shared between calls. The 128B-swizzled boxes land in the tile layout of ``wgmma_layout``.
 
 Semantics as every kernel: GQA, windows (bottom-right), causal, varlen, lse; rows without a
 key give 0 and -inf. Not runnable on the simulator; PTX checked with ``compile_ptx(...,
@@ -74,9 +75,15 @@ LEAN = True
 #: when there are more work tiles than SMs (configure)
 PERSISTENT = True
 #: the template maps' 48 words as kernel parameters, each block's maps set up first thing
-#: (no load of the template, before the work tile's loads); off until an H200 run has
-#: timed it (notes/v6_flash_ws.md, "Run 40")
+#: (no load of the template, before the work tile's loads), on the persistent grid: 0.3-0.7
+#: us slower at 1024-2048 tokens (run 44, notes/v6_flash_ws.md), so off
 PARAM_MAPS = False
+#: the same on the one-block-per-tile grid (0.6 us faster at 512 tokens, run 44), and there
+#: the maps written and released by a second producer thread (``split_maps``) while thread
+#: 0 loads the work tile, so that the two round trips overlap; on before its timing (run
+#: 53), as predicted in notes/v6_flash_ws.md ("The maps under the work tile's loads")
+PARAM_MAPS_TILES = True
+SPLIT_MAPS = True
 #: the epilogue through shared memory, 16-byte stores (v6_epilogue.staged): 3-15% faster
 #: than per-thread stores at 8 of the log's 10 configurations, equal at the other two (run 48)
 STAGED = True
@@ -90,26 +97,37 @@ def _staged_fits(head_size, block_n, stages):
     return STAGED and lay.shared_bytes(head_size, block_n, stages, True) <= MAX_SHARED
 
 
+def map_mode(persistent, param_maps=None, split_maps=None):
+    """(param_maps, split_maps) of a kernel on the ``persistent`` grid or not: the module's
+    defaults per grid where None; ``split_maps`` only with ``param_maps`` on the
+    one-block-per-tile grid."""
+    pm = (PARAM_MAPS if persistent else PARAM_MAPS_TILES) if param_maps is None \
+        else bool(param_maps)
+    split = pm and not persistent and (SPLIT_MAPS if split_maps is None else bool(split_maps))
+    return pm, split
+
+
 def build(head_size, kind="f16", heads=4, block_n=None, stages=None, overlap=None,
           debug_waits=False, pingpong=None, lean=None, persistent=None, param_maps=None,
-          staged=None):
+          staged=None, split_maps=None):
     """The kernel for ``head_size``, ``kind`` ('f16'/'bf16'), ``heads`` query heads per tile
     (4, 2 or 1 of a GQA group), key tile ``block_n``, ``stages``, the consumer loop
     ``overlap``, the consumers' turns ``pingpong``, the ``lean`` softmax, the
-    ``persistent`` grid, the template maps as kernel parameters ``param_maps`` and the
-    ``staged`` epilogue (None = the module defaults; the staged epilogue only where its O
-    tiles fit); ``debug_waits``: bounded waits that print the one that timed out
+    ``persistent`` grid, the template maps as kernel parameters ``param_maps``, written by a
+    second producer thread ``split_maps`` (:func:`map_mode`), and the ``staged`` epilogue
+    (None = the module defaults; the staged epilogue only where its O tiles fit);
+    ``debug_waits``: bounded waits that print the one that timed out
     (v6_roles.roles), for diagnosing a hang."""
     bn = BLOCK_N[head_size] if block_n is None else block_n
     st = STAGES[head_size] if stages is None else stages
     if staged is None:
         staged = _staged_fits(head_size, bn, st)
+    pers = PERSISTENT if persistent is None else bool(persistent)
+    pm, split = map_mode(pers, param_maps, split_maps)
     return _build(head_size, kind, heads, bn, st,
                   OVERLAP if overlap is None else bool(overlap), bool(debug_waits),
                   PINGPONG if pingpong is None else bool(pingpong),
-                  LEAN if lean is None else bool(lean),
-                  PERSISTENT if persistent is None else bool(persistent),
-                  PARAM_MAPS if param_maps is None else bool(param_maps), bool(staged))
+                  LEAN if lean is None else bool(lean), pers, pm, bool(staged), split)
 
 
 # --------------------------------------------------------------------------- module contract
@@ -121,7 +139,7 @@ def compile_targets(head_size, dtype, heads=(4,)):
     if kind is None or head_size not in HEAD_SIZES:
         return []
     return [(f"flash_ws_kernel_{kind}_d{head_size}_h{hb}{'' if pers else '_tiles'}",
-             build(head_size, kind, hb, persistent=pers), _signature(pers))
+             build(head_size, kind, hb, persistent=pers), _signature(pers, map_mode(pers)[0]))
             for hb in heads for pers in (True, False)]
 
 
@@ -164,7 +182,7 @@ def auto_declines(problem):
 
 def configure(problem, heads=None, block_n=None, stages=None, overlap=None,
               debug_waits=False, pingpong=None, lean=None, persistent=None, blocks=None,
-              param_maps=None, staged=None):
+              param_maps=None, staged=None, split_maps=None):
     """(kernel, grid, dynamic shared bytes, heads, block_n, extra scalars) for ``problem``.
     ``persistent``: a grid of ``blocks`` (default: the device's SMs, at most the work
     tiles) taking the work tiles in turn, extra scalars ``(nx, ny, n_work)``; None (the
@@ -189,7 +207,7 @@ def configure(problem, heads=None, block_n=None, stages=None, overlap=None,
                          f"need {lay.shared_bytes(d, bn, st, stg)} bytes of shared memory "
                          f"at head size {d}, more than {MAX_SHARED}")
     kernel = build(d, kind_of(problem.dtype), hb, bn, st, overlap, debug_waits, pingpong,
-                   lean, pers, param_maps, stg)
+                   lean, pers, param_maps, stg, split_maps)
     extra = ()
     if pers:
         extra = (np.int32(grid[0]), np.int32(grid[1]), np.int32(n_work))
@@ -243,11 +261,11 @@ def plan(problem, **kw):
     scratch (:func:`scratch`), writes the call's q, k, v addresses there
     (``tensormap.replace``) and loads through them. Keyword overrides (``heads``,
     ``block_n``, ``stages``, ``overlap``, ``pingpong``, ``lean``, ``persistent``,
-    ``param_maps``, ``staged``, ``blocks``, ``debug_waits``) as in :func:`build` and :func:`configure`;
+    ``param_maps``, ``split_maps``, ``staged``, ``blocks``, ``debug_waits``) as in :func:`build` and :func:`configure`;
     :func:`scratch` takes the same."""
     from . import FWD_ARRAYS, Plan
     kernel, grid, shared, hb, bn, extra = configure(problem, **kw)
-    pm = PARAM_MAPS if kw.get("param_maps") is None else bool(kw["param_maps"])
+    pm, _ = map_mode(bool(extra), kw.get("param_maps"), kw.get("split_maps"))
     tmpl = template(problem, hb, bn, words=pm)
     opt_in_shared(kernel, _signature(bool(extra), pm), shared)
     views = (np.uint16, np.uint16, np.uint16, np.uint32)

@@ -25,12 +25,17 @@ HEAD_SIZES = (64, 128)
 MAX_SHARED = 227 * 1024
 #: maps per block (Q, K, V), 128 bytes each, in the call's ``maps`` scratch
 MAPS_PER_BLOCK = 3
+#: with ``split_maps``: the producer thread that writes and releases the block's maps (warp 1
+#: of the producer warpgroup) while thread 0 loads the work tile; thread 0 acquires them
+MAP_WRITER = 32
 
 
 @functools.lru_cache(maxsize=None)
 def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
-           lean=False, persistent=False, param_maps=False, staged=False):
+           lean=False, persistent=False, param_maps=False, staged=False, split_maps=False):
     assert D in HEAD_SIZES and BN in (64, 128) and S >= 2 and HB in (1, 2, 4)
+    # split_maps: the one-block-per-tile kernel with the template as parameters only
+    assert not split_maps or (param_maps and not persistent)
     assert lay.shared_bytes(D, BN, S, staged) <= MAX_SHARED
     PB = lay.positions_per_tile(HB)
     ROWS = lay.CONSUMERS * PB            # positions per work tile (of HB heads, one sequence)
@@ -39,7 +44,9 @@ def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
     # each block's maps: from the template in global memory (``tmpl`` its address), or from
     # its words passed as parameters (``tmpl`` the tuple), then set up first thing
     acquire = r.acquire_words if param_maps else r.acquire
+    release_words, acquire_slot = r.release_words, r.acquire_slot
     EARLY = param_maps
+    SPLIT = split_maps
     sched_init = r.sched_init
     dec = pt.setmaxnreg_dec(PRODUCER_REGS)
     inc = pt.setmaxnreg_inc(CONSUMER_REGS)
@@ -96,15 +103,21 @@ def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
             b = cuda.blockIdx.z
             if EARLY:   # no load to wait for: the maps before the work tile's loads
                 mq = mk = mv = uint64(0)
-                if tid == 0:
+                if SPLIT:   # written and released by another thread, under those loads
+                    if tid == MAP_WRITER:
+                        release_words(slot(maps, block_id(b)), tmpl, q, k, v)
+                elif tid == 0:
                     mq, mk, mv = acquire(slot(maps, block_id(b)), tmpl, q, k, v)
             q0, sq, row0, k0, sk, hbase, hkv, n_lo, ntiles = work_tile(
                 q, k, cu_q, cu_k, left, right, cuda.blockIdx.x, cuda.blockIdx.y, b)
             if row0 >= sq:
                 return
-            base = block_base(tid)
+            base = block_base(tid)   # (with SPLIT: the writer's release before the acquire)
             if wg == 0:
-                if not EARLY:
+                if SPLIT:
+                    if tid == 0 and ntiles > 0:
+                        mq, mk, mv = acquire_slot(slot(maps, block_id(b)))
+                elif not EARLY:
                     # the maps before setmaxnreg.dec: their copy needs more than 24 registers
                     mq = mk = mv = uint64(0)
                     if tid == 0 and ntiles > 0:

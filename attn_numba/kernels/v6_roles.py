@@ -47,7 +47,8 @@ EMPTY_ARRIVALS = 4 * lay.CONSUMERS
 #: hardware-chosen time: a few microseconds, so about seconds in all)
 WAIT_LIMIT = 1 << 20
 Roles = namedtuple("Roles",
-                   "init_barriers acquire acquire_words produce_tile consume sched_init")
+                   "init_barriers acquire acquire_words release_words acquire_slot produce_tile "
+                   "consume sched_init")
 
 _stage_phase = cuda.jit(device=True, inline=True, cache=True)(lay.stage_phase)
 _consumer_rows = cuda.jit(device=True, inline=True, cache=True)(lay.consumer_rows)
@@ -77,7 +78,8 @@ def _wait(debug_waits):
 
 
 def _producer(D, BN, HB, S, wait, stage_k):
-    """(init_barriers, acquire, acquire_words, produce) for one specialisation."""
+    """(init_barriers, acquire, acquire_words, release_words, acquire_slot, produce) for one
+    specialisation."""
     copy3 = pt.tensormap_copy(3)
     store_q, store_k, store_v = (pt.tensormap_store(16 * i) for i in range(3))
     PB = lay.positions_per_tile(HB)
@@ -102,13 +104,22 @@ def _producer(D, BN, HB, S, wait, stage_k):
         pt.fence_mbarrier_init()
 
     @cuda.jit(device=True, inline=True, cache=True)
-    def publish(mq, mk, mv, q, k, v):
-        """The call's q, k, v addresses written into the maps at ``mq``, ``mk``, ``mv``,
-        released and acquired by this thread. Returns the three maps' addresses."""
+    def release_maps(mq, mk, mv, q, k, v):
+        """The call's q, k, v addresses written into the maps at ``mq``, ``mk``, ``mv`` and
+        released (``fence.proxy.tensormap::generic.release.gpu``)."""
         pt.tensormap_replace_address(mq, px.data_ptr(q))
         pt.tensormap_replace_address(mk, px.data_ptr(k))
         pt.tensormap_replace_address(mv, px.data_ptr(v))
         pt.fence_tensormap_release()
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def acquire_slot(slot):
+        """The three maps at ``slot`` acquired by the thread that issues their TMA (after
+        :func:`release_maps` in this thread, or in another one of the block before a block
+        barrier). Returns their addresses."""
+        mq = uint64(slot)
+        mk = mq + uint64(128)
+        mv = mq + uint64(256)
         pt.fence_tensormap_acquire(mq)
         pt.fence_tensormap_acquire(mk)
         pt.fence_tensormap_acquire(mv)
@@ -117,25 +128,32 @@ def _producer(D, BN, HB, S, wait, stage_k):
     @cuda.jit(device=True, inline=True, cache=True)
     def acquire(slot, tmpl, q, k, v):
         """The block's own Q, K and V maps at ``slot`` (384 bytes of the call's scratch):
-        the specialisation's template maps at ``tmpl`` copied there, then :func:`publish`
-        (once per block, before any TMA)."""
+        the specialisation's template maps at ``tmpl`` copied there, the call's addresses
+        written, released and acquired by this thread (once per block, before any TMA)."""
         mq = uint64(slot)
         mk = mq + uint64(128)
         mv = mq + uint64(256)
         copy3(mq, uint64(tmpl))
-        return publish(mq, mk, mv, q, k, v)
+        release_maps(mq, mk, mv, q, k, v)
+        return acquire_slot(slot)
 
     @cuda.jit(device=True, inline=True, cache=True)
-    def acquire_words(slot, words, q, k, v):
-        """As :func:`acquire`, the template's 48 words taken from ``words`` (kernel
-        parameters) instead of loaded from global memory: stores, no load."""
+    def release_words(slot, words, q, k, v):
+        """The maps at ``slot`` written from the template's 48 words ``words`` (kernel
+        parameters: stores, no load), the call's addresses in them, released."""
         mq = uint64(slot)
         mk = mq + uint64(128)
         mv = mq + uint64(256)
         store_q(mq, words)
         store_k(mk, words)
         store_v(mv, words)
-        return publish(mq, mk, mv, q, k, v)
+        release_maps(mq, mk, mv, q, k, v)
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def acquire_words(slot, words, q, k, v):
+        """As :func:`acquire`, from the template's words (:func:`release_words`)."""
+        release_words(slot, words, q, k, v)
+        return acquire_slot(slot)
 
     @cuda.jit(device=True, inline=True, cache=True)
     def produce_tile(base, mq, mk, mv, q0, sq, row0, hbase, k0, hkv, n_lo, ntiles, c0, qn):
@@ -180,7 +198,7 @@ def _producer(D, BN, HB, S, wait, stage_k):
                 pt.tma_load_3d(sk_ + uint32(KV_BYTES + _kv_box_offset(cb, BN)), mv,
                                uint32(cb * BC), uint32(hkv), key, vb)
 
-    return init_barriers, acquire, acquire_words, produce_tile
+    return init_barriers, acquire, acquire_words, release_words, acquire_slot, produce_tile
 
 
 def _loops(D, BN, S, st, wait, pingpong):
@@ -330,8 +348,8 @@ def roles(D, BN, kind, HB, S, overlap=False, debug_waits=False, pingpong=False, 
     store = (v6_epilogue.staged(D, kind, HB, lay.o_stage_offset(D, BN, S)) if staged else
              v6_epilogue.direct(D, kind))
     wait = _wait(debug_waits)
-    init_barriers, acquire, acquire_words, produce_tile = _producer(D, BN, HB, S, wait,
-                                                                   st.stage_k)
+    (init_barriers, acquire, acquire_words, release_words, acquire_slot,
+     produce_tile) = _producer(D, BN, HB, S, wait, st.stage_k)
     plain, overlapped, sched_init = _loops(D, BN, S, st, wait, pingpong)
     loop = overlapped if overlap else plain
     QE = lay.barrier_offsets(D, BN, S)[5]
@@ -370,4 +388,5 @@ def roles(D, BN, kind, HB, S, overlap=False, debug_waits=False, pingpong=False, 
         store(o, m_a, m_b, l_a, l_b, out, lse, b, q0, sq, t, lse_batched, base, grp, ctid,
               slot, hbase, prow, pos0)
 
-    return Roles(init_barriers, acquire, acquire_words, produce_tile, consume, sched_init)
+    return Roles(init_barriers, acquire, acquire_words, release_words, acquire_slot,
+                 produce_tile, consume, sched_init)
