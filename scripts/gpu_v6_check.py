@@ -17,16 +17,16 @@ against flash_wgmma (v5) at the log's 10 configurations. Needs an sm_90 device.
    of the staged epilogue (``staged``; 64 of them with the overlapped loop, 48 of those
    with the defaults since run 49: BN 64, 3 stages) and 32 of the one-block-per-tile
    grid's defaults since run 53 (the maps from parameters, written by a second producer
-   thread: ``split_maps``; and by thread 0 itself): 300 in all. One line per case. Cases run in a child process that is restarted after a fault
+   thread: ``split_maps``; and by thread 0 itself) and 22 batched calls (the lengths passed,
+   no ``cu_seqlens`` read: ``uniform_lengths``): 322 in all. One line per case. Cases run in a child process that is restarted after a fault
    or a hang (no progress for ``--stall`` s): the case it was on is recorded as failed and
    the sweep goes on with the next.
 3. timing: 1 sequence, 32/8 heads, D=128, window (128,128), fp16, 512..8192 tokens, causal
-   0/1: CUDA-graph replay (triton's ``do_bench_cudagraph`` when torch and triton import,
-   else CUDA events over 20 launches queued behind a sleeper kernel, median of 7), the
-   flash_ws variants of ``TIMED`` (the defaults: overlapped loop, staged epilogue, 64-key
-   tiles in 3 stages, the tile grid's maps from parameters by a second thread; 128-key
-   tiles in 2; run 50's defaults; the maps written by thread 0; 2 and 4 stages) against v5, and FlashAttention-4 where ``flash_attn.cute``
-   imports (its output compared with ours first).
+   0/1, as a batched call (lse[b, h, i]): CUDA-graph replay (triton's ``do_bench_cudagraph``
+   when torch and triton import, else CUDA events over 20 launches queued behind a sleeper
+   kernel, median of 7), the flash_ws variants of ``TIMED`` (the defaults; run 50's
+   defaults; ``cu_seqlens`` read; the tile grid's maps written by thread 0) against v5, and
+   FlashAttention-4 where ``flash_attn.cute`` imports (its output compared with ours first).
 
 Everything goes to ``$OUT/v6.json`` (rewritten after every case); a table comes last.
 """
@@ -163,12 +163,26 @@ def cases():
                         seq_k=[64, 0, 300, 513], window=(128, 0), causal=False, block_n=64,
                         stages=3, persistent=False, staged=True, overlap=True,
                         param_maps=True, split_maps=split))
+    # batched calls (every sequence as long, lse[b, h, i]): the lengths passed as scalars,
+    # no cu_seqlens read (uniform_lengths, the default since run 53); the tile grid's and
+    # the persistent grid's defaults, sq != sk
+    for pers in (False, True):
+        for dt, d, g in (("float16", 128, 4), ("bfloat16", 64, 1)):
+            for (window, causal), s in zip(WINDOWS, (1025, 300, 97, 1025, 600)):
+                out.append(dict(dtype=dt, d=d, group=g, seq_q=[s, s], seq_k=[s, s],
+                                window=window, causal=causal, block_n=64, stages=3,
+                                persistent=pers, staged=True, overlap=True, param_maps=None,
+                                batched=True))
+        out.append(dict(dtype="float16", d=128, group=8, seq_q=[200] * 3, seq_k=[520] * 3,
+                        window=(128, 0), causal=False, block_n=64, stages=3, persistent=pers,
+                        staged=True, overlap=True, param_maps=None, batched=True))
     return out
 
 
 #: plan options of a case (the defaults where a case names none)
 OPTS = dict(overlap=False, pingpong=None, block_n=64, stages=2, lean=None, persistent=False,
-            blocks=None, param_maps=False, staged=False, split_maps=False)
+            blocks=None, param_maps=False, staged=False, split_maps=None,
+            uniform_lengths=None)
 
 
 def opts_of(c):
@@ -177,6 +191,9 @@ def opts_of(c):
     o = {k: c.get(k, v) for k, v in OPTS.items()}
     o["pingpong"] = v6.PINGPONG if o["pingpong"] is None else o["pingpong"]
     o["lean"] = v6.LEAN if o["lean"] is None else o["lean"]
+    # the map options as built (precompile's spec): map_mode per grid
+    o["param_maps"], o["split_maps"] = v6.map_mode(o["persistent"], o["param_maps"],
+                                                   o["split_maps"])
     return o
 
 
@@ -190,7 +207,7 @@ def problem_for(c):
                    max_seqlen_q=max(c["seq_q"]), max_seqlen_k=max(c["seq_k"]), num_heads=h,
                    num_kv_heads=2, head_size=c["d"], dtype=dtype_of(c["dtype"]),
                    softmax_scale=1.0 / math.sqrt(c["d"]), window_left=left,
-                   window_right=right, causal=c["causal"], lse_batched=False,
+                   window_right=right, causal=c["causal"], lse_batched=c.get("batched", False),
                    on_simulator=False)
 
 
@@ -200,12 +217,17 @@ def run_plans(mod, p, q, k, v, cu_q, cu_k, **kw):
     arrays = dict(q=cuda.to_device(q.view(np.uint16)), k=cuda.to_device(k.view(np.uint16)),
                   v=cuda.to_device(v.view(np.uint16)),
                   out=cuda.to_device(np.full(q.shape, 0xFFFF, np.uint16)),   # NaN
-                  lse=cuda.to_device(np.full((1, p.num_heads, p.total_q), np.nan, np.float32)),
+                  lse=cuda.to_device(np.full((p.batch, p.num_heads, p.max_seqlen_q)
+                                             if p.lse_batched else (1, p.num_heads, p.total_q),
+                                             np.nan, np.float32)),
                   cu_seqlens_q=cuda.to_device(cu_q), cu_seqlens_k=cuda.to_device(cu_k))
     arrays.update(kernels.scratch_arrays(mod, p, **kw))
     kernels.launch_plans(mod.plan(p, **kw), arrays)
     cuda.synchronize()
-    return arrays["out"].copy_to_host().view(q.dtype), arrays["lse"].copy_to_host()
+    lse = arrays["lse"].copy_to_host()
+    if p.lse_batched:   # lse[b, h, i] -> the varlen layout lse[0, h, b * seqlen + i]
+        lse = lse.transpose(1, 0, 2).reshape(1, p.num_heads, p.total_q)
+    return arrays["out"].copy_to_host().view(q.dtype), lse
 
 
 def _fake_check(c, i):
@@ -345,6 +367,17 @@ def compile_child(spec):
     opt_in_shared(kernel, v6._signature(pers, pm), 1024)
 
 
+def timed_spec(kw, persistent):
+    """The compile spec of a ``TIMED`` variant at the log's shape on either grid (the
+    module's defaults where ``kw`` names none, as ``v6.configure`` resolves them)."""
+    from attn_numba.kernels import v6_flash_ws as v6
+    bn = kw.get("block_n", v6.BLOCK_N[128])
+    st = kw.get("stages", v6.STAGES[128])
+    pm, split = v6.map_mode(bool(persistent), kw.get("param_maps"), kw.get("split_maps"))
+    return (128, "f16", 4, bn, st, kw.get("overlap", v6.OVERLAP), v6.PINGPONG, v6.LEAN,
+            bool(persistent), pm, v6._staged_fits(128, bn, st), split)
+
+
 def precompile(end):
     from attn_numba.kernels.config import heads_per_block
 
@@ -353,7 +386,7 @@ def precompile(end):
                 o["lean"], o["persistent"], o["param_maps"], o["staged"], o["split_maps"])
     specs = {spec(c["d"], "f16" if c["dtype"] == "float16" else "bf16",
                   heads_per_block(c["group"]), opts_of(c)) for c in cases()}
-    specs |= {spec(128, "f16", 4, opts_of(kw)) for _, kw in TIMED if kw is not None}
+    specs |= {timed_spec(kw, pers) for _, kw in TIMED if kw is not None for pers in (0, 1)}
     specs = sorted(specs) + [("v5",)]
     procs = [(s, subprocess.Popen([sys.executable, os.path.abspath(__file__), "--compile",
                                    json.dumps(s)], stdout=subprocess.PIPE,
@@ -435,11 +468,10 @@ def _timer():
 #: (name, flash_ws plan options) timed at each configuration; flash_wgmma is v5's default
 TIMED = (("flash_wgmma", None),
          ("flash_ws", {}),                                   # the module's defaults
-         ("flash_ws_bn128", dict(block_n=128, stages=2)),    # run 48's defaults
-         ("flash_ws_run50", dict(param_maps=False)),         # run 50's defaults
+         ("flash_ws_run50", dict(param_maps=False, uniform_lengths=False)),  # run 50's
+         ("flash_ws_cuseq", dict(uniform_lengths=False)),    # cu_seqlens read
          ("flash_ws_nosplit", dict(split_maps=False)),       # thread 0 writes the maps
-         ("flash_ws_s2", dict(stages=2)),
-         ("flash_ws_s4", dict(stages=4)))
+)
 
 
 def _fa4(row, q, k, v, arrays, causal, flops):
@@ -488,7 +520,7 @@ def timing(end):
                         num_heads=32, num_kv_heads=8, head_size=128,
                         dtype=np.dtype(np.float16), softmax_scale=128 ** -0.5,
                         window_left=128, window_right=0 if causal else 128, causal=causal,
-                        lse_batched=False, on_simulator=False)
+                        lse_batched=True, on_simulator=False)
             q, k, v = (rng.standard_normal((s, n, 128)).astype(np.float16) for n in (32, 8, 8))
             arrays = dict(q=cuda.to_device(q.view(np.uint16)),
                           k=cuda.to_device(k.view(np.uint16)),

@@ -23,7 +23,7 @@ BF16 = np.dtype(ml_dtypes.bfloat16)
 FLOOR = {np.dtype(np.float16): 2e-3, BF16: 1.6e-2}
 
 
-def _run(rng, seq_q, seq_k, h, hkv, d, dtype, window, causal, **kw):
+def _run(rng, seq_q, seq_k, h, hkv, d, dtype, window, causal, batched=False, **kw):
     from attn_numba.kernels import launch_plans
     dtype = np.dtype(dtype)
     cu_q = np.concatenate([[0], np.cumsum(seq_q)]).astype(np.int32)
@@ -35,12 +35,14 @@ def _run(rng, seq_q, seq_k, h, hkv, d, dtype, window, causal, **kw):
     p = Problem(batch=len(seq_q), total_q=int(cu_q[-1]), total_k=int(cu_k[-1]),
                 max_seqlen_q=max(seq_q), max_seqlen_k=max(seq_k), num_heads=h,
                 num_kv_heads=hkv, head_size=d, dtype=dtype, softmax_scale=1 / math.sqrt(d),
-                window_left=left, window_right=right, causal=causal, lse_batched=False,
+                window_left=left, window_right=right, causal=causal, lse_batched=batched,
                 on_simulator=True)
     kw.setdefault("persistent", False)   # the model's limit: a producer never waits
     q16, k16, v16 = (x.view(np.uint16) for x in (q, k, v))
     out = np.full(q.shape, 0xFFFF, np.uint16)                 # NaN in fp16 and bf16
-    lse = np.full((1, h, p.total_q), np.nan, np.float32)
+    # a batched call (equal lengths): lse[b, h, i], and the lengths passed as scalars
+    lse = np.full((len(seq_q), h, max(seq_q)) if batched else (1, h, p.total_q), np.nan,
+                  np.float32)
     # the module's own plan and scratch (every block copies the template maps into its
     # slot and writes the call's addresses there), as the call path launches them
     (plan,) = v6.plan(p, **kw)
@@ -53,6 +55,10 @@ def _run(rng, seq_q, seq_k, h, hkv, d, dtype, window, causal, **kw):
     low, _ = mha_varlen_fwd_ref(q, k, v, cu_q, cu_k, causal=causal, window_size=window,
                                 p_dtype=dtype)
     tol = 2 * np.abs(low.astype(dtype).astype(np.float64) - ref).max(initial=0) + FLOOR[dtype]
+    if batched:
+        if v6.UNIFORM_LENGTHS:
+            assert tuple(map(int, plan.scalars[4:6])) == (max(seq_q), max(seq_k))
+        lse = lse.transpose(1, 0, 2).reshape(1, h, p.total_q)
     return out.view(dtype).astype(np.float64), lse[0], ref, ref_lse, tol
 
 
@@ -108,6 +114,12 @@ CASES = [  # seq_q, seq_k, H, Hkv, D, dtype, window, causal, options (stages >= 
                   dict(stages=2, staged=True, persistent=True, blocks=10 ** 6)), marks=_SLOW),
     pytest.param(([45], [70], 2, 1, 64, np.float16, (-1, -1), True,
                   dict(stages=2, staged=True, overlap=True)), marks=_SLOW),
+    # a batched call (every sequence as long): the lengths passed, no cu_seqlens read; one
+    # block per tile (quick) and persistent, sq != sk
+    ([33, 33, 33], [33, 33, 33], 4, 1, 64, np.float16, (-1, -1), True,
+     dict(stages=2, batched=True)),
+    pytest.param(([20, 20], [50, 50], 4, 2, 64, BF16, (8, 8), False,
+                  dict(stages=2, batched=True, persistent=True, blocks=10 ** 6)), marks=_SLOW),
     # the module's defaults at D = 128 (BN 64, 3 stages, overlapped loop, staged epilogue)
     pytest.param(([20, 0, 9], [130, 3, 0], 4, 1, 128, np.float16, (-1, -1), True, {}),
                  marks=_SLOW),

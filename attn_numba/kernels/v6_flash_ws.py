@@ -84,6 +84,9 @@ PARAM_MAPS = False
 #: 53), as predicted in notes/v6_flash_ws.md ("The maps under the work tile's loads")
 PARAM_MAPS_TILES = True
 SPLIT_MAPS = True
+#: batched calls pass their sequences' lengths (``uniform_lengths``), so that no block loads
+#: ``cu_seqlens`` (a runtime scalar: the same kernels serve varlen calls)
+UNIFORM_LENGTHS = True
 #: the epilogue through shared memory, 16-byte stores (v6_epilogue.staged): 3-15% faster
 #: than per-thread stores at 8 of the log's 10 configurations, equal at the other two (run 48)
 STAGED = True
@@ -226,10 +229,25 @@ def map_specs(problem, heads, block_n):
             tiled_spec(kind, (problem.total_k, problem.num_kv_heads, d), block_n))
 
 
-def _scalars(problem):
+def uniform_lengths(problem):
+    """(queries, keys) of every sequence when a batched call has them all equal, else (-1,
+    -1): the kernel then reads no ``cu_seqlens`` (whose load was on the block's path to its
+    first TMA). A batched call (``lse_batched``) has ``cu_seqlens = arange(batch + 1) *
+    seqlen`` (``Problem``); its totals are checked too, so that a padded varlen layout is
+    never taken for one."""
+    p = problem
+    if (p.lse_batched and p.total_q == p.batch * p.max_seqlen_q
+            and p.total_k == p.batch * p.max_seqlen_k):
+        return p.max_seqlen_q, p.max_seqlen_k
+    return -1, -1
+
+
+def _scalars(problem, uniform=None):
+    use = UNIFORM_LENGTHS if uniform is None else bool(uniform)
+    uq, uk = uniform_lengths(problem) if use else (-1, -1)
     return (np.float32(problem.softmax_scale * math.log2(math.e)),
             np.int32(problem.window_left), np.int32(problem.window_right),
-            bool(problem.lse_batched))
+            bool(problem.lse_batched), np.int32(uq), np.int32(uk))
 
 
 def template(problem, heads, block_n, words=False):
@@ -252,6 +270,7 @@ def scratch(problem, **kw):
     each block from the template before its first TMA, so that calls on any streams never
     share a map. Keywords as in :func:`plan`."""
     from . import Scratch
+    kw.pop("uniform_lengths", None)
     _, grid, *_ = configure(problem, **kw)
     return (Scratch("maps", (grid[0] * grid[1] * grid[2] * MAPS_PER_BLOCK * 16,), np.int64),)
 
@@ -261,14 +280,17 @@ def plan(problem, **kw):
     scratch (:func:`scratch`), writes the call's q, k, v addresses there
     (``tensormap.replace``) and loads through them. Keyword overrides (``heads``,
     ``block_n``, ``stages``, ``overlap``, ``pingpong``, ``lean``, ``persistent``,
-    ``param_maps``, ``split_maps``, ``staged``, ``blocks``, ``debug_waits``) as in :func:`build` and :func:`configure`;
-    :func:`scratch` takes the same."""
+    ``param_maps``, ``split_maps``, ``staged``, ``blocks``, ``debug_waits``) as in
+    :func:`build` and :func:`configure`, and ``uniform_lengths`` (a batched call's lengths
+    passed: :func:`uniform_lengths`; None = ``UNIFORM_LENGTHS``); :func:`scratch` takes the
+    same."""
     from . import FWD_ARRAYS, Plan
+    ul = kw.pop("uniform_lengths", None)
     kernel, grid, shared, hb, bn, extra = configure(problem, **kw)
     pm, _ = map_mode(bool(extra), kw.get("param_maps"), kw.get("split_maps"))
     tmpl = template(problem, hb, bn, words=pm)
     opt_in_shared(kernel, _signature(bool(extra), pm), shared)
     views = (np.uint16, np.uint16, np.uint16, np.uint32)
     return (Plan(kernel, grid, THREADS, views,
-                 _scalars(problem) + (tmpl,) + extra, shared,
+                 _scalars(problem, ul) + (tmpl,) + extra, shared,
                  arrays=FWD_ARRAYS + ("maps",)),)

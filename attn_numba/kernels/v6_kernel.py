@@ -56,12 +56,20 @@ def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
         jit_kw["launch_bounds"] = (THREADS, 1)   # the 1 makes ptxas honour setmaxnreg
 
     @cuda.jit(device=True, inline=True, cache=True)
-    def work_tile(q, k, cu_q, cu_k, left, right, x, y, b):
+    def work_tile(q, k, cu_q, cu_k, left, right, x, y, b, uq, uk):
         """Work tile (positions x*ROWS.., heads y*HB.., sequence b): (q0, sq, row0, k0, sk,
-        hbase, hkv, n_lo, ntiles); ``row0 >= sq`` when it lies past its sequence."""
-        q0, sq = seq_span(cu_q, b)
+        hbase, hkv, n_lo, ntiles); ``row0 >= sq`` when it lies past its sequence. ``uq``,
+        ``uk`` >= 0: every sequence has that many queries and keys (a batched call), so
+        ``cu_seqlens`` is not read (no load before the block's first TMA)."""
+        if uq >= 0:
+            q0 = b * uq
+            sq = uq
+            k0 = b * uk
+            sk = uk
+        else:
+            q0, sq = seq_span(cu_q, b)
+            k0, sk = seq_span(cu_k, b)
         row0 = x * ROWS
-        k0, sk = seq_span(cu_k, b)
         hbase = y * HB
         hkv = hbase // (q.shape[1] // k.shape[1])
         last = min(row0 + ROWS, sq) - 1
@@ -93,11 +101,12 @@ def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
     if not persistent:
         @cuda.jit(**jit_kw)
         def flash_ws_kernel(q, k, v, out, lse, cu_q, cu_k, maps, scale_log2, left, right,
-                            lse_batched, tmpl):
+                            lse_batched, uq, uk, tmpl):
             """q, k, v: uint16 (total, heads, D) views, read through the block's own maps
             (Q, K, V: 384 bytes of ``maps``, the call's scratch, made from the template maps
-            at ``tmpl``); out: uint32 (total_q, H, D/2). Block (x, y, z) = (positions
-            x*ROWS.., heads y*HB.., sequence z)."""
+            at ``tmpl``); out: uint32 (total_q, H, D/2); ``uq``, ``uk``: the sequences'
+            lengths when they are all equal, else -1 (``cu_seqlens`` read). Block (x, y, z) =
+            (positions x*ROWS.., heads y*HB.., sequence z)."""
             tid = cuda.threadIdx.x
             wg = tid >> 7
             b = cuda.blockIdx.z
@@ -109,7 +118,7 @@ def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
                 elif tid == 0:
                     mq, mk, mv = acquire(slot(maps, block_id(b)), tmpl, q, k, v)
             q0, sq, row0, k0, sk, hbase, hkv, n_lo, ntiles = work_tile(
-                q, k, cu_q, cu_k, left, right, cuda.blockIdx.x, cuda.blockIdx.y, b)
+                q, k, cu_q, cu_k, left, right, cuda.blockIdx.x, cuda.blockIdx.y, b, uq, uk)
             if row0 >= sq:
                 return
             base = block_base(tid)   # (with SPLIT: the writer's release before the acquire)
@@ -138,7 +147,7 @@ def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
 
     @cuda.jit(**jit_kw)
     def flash_ws_persistent(q, k, v, out, lse, cu_q, cu_k, maps, scale_log2, left, right,
-                            lse_batched, tmpl, nx, ny, n_work):
+                            lse_batched, uq, uk, tmpl, nx, ny, n_work):
         """As flash_ws_kernel, each block taking work tiles w = blockIdx.x, + gridDim.x, ...
         of the ``n_work`` = nx * ny * batch tiles (w = x + nx (y + ny b)): the producer
         loads the next tile's Q and K/V while the consumers finish this one."""
@@ -162,7 +171,7 @@ def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
                 for w in range(cuda.blockIdx.x, n_work, cuda.gridDim.x):
                     r = w // nx
                     q0, sq, row0, k0, sk, hbase, hkv, n_lo, ntiles = work_tile(
-                        q, k, cu_q, cu_k, left, right, w - r * nx, r % ny, r // ny)
+                        q, k, cu_q, cu_k, left, right, w - r * nx, r % ny, r // ny, uq, uk)
                     if row0 < sq and ntiles > 0:
                         produce_tile(base, mq, mk, mv, q0, sq, row0, hbase, k0, hkv, n_lo,
                                      ntiles, c, qn)
@@ -178,7 +187,7 @@ def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
                 r = w // nx
                 b = r // ny
                 q0, sq, row0, k0, sk, hbase, hkv, n_lo, ntiles = work_tile(
-                    q, k, cu_q, cu_k, left, right, w - r * nx, r % ny, b)
+                    q, k, cu_q, cu_k, left, right, w - r * nx, r % ny, b, uq, uk)
                 if row0 < sq:
                     last = min(row0 + ROWS, sq) - 1
                     f_lo, f_hi = full_key_tiles(row0, last, sq, sk, left, right, BN)
@@ -199,5 +208,6 @@ def signature(persistent=False, param_maps=False):
     tmpl = types.UniTuple(types.int64, 16 * MAPS_PER_BLOCK) if param_maps else types.int64
     return ((u2, u2, u2, array_type(np.uint32, 3), array_type(np.float32, 3),
              array_type(np.int32, 1), array_type(np.int32, 1), array_type(np.int64, 1),
-             types.float32, types.int32, types.int32, types.boolean, tmpl) +
+             types.float32, types.int32, types.int32, types.boolean, types.int32, types.int32,
+             tmpl) +
             ((types.int32,) * 3 if persistent else ()))
