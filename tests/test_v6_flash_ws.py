@@ -112,18 +112,19 @@ def test_configure_persistent_grid_takes_the_work_tiles_in_turn():
 
 
 def test_map_mode_per_grid():
-    """The template maps as parameters, written by thread 32, on the one-block-per-tile grid
-    only (the persistent grid loads the template: parameters were slower there, run 44);
-    split_maps never without param_maps or on the persistent grid; overrides win."""
-    assert v6.map_mode(False) == (True, True)
+    """The template maps as parameters on the one-block-per-tile grid only (the persistent
+    grid loads the template: parameters were slower there, run 44), written by thread 0
+    (thread 32 was slower, run 53); split_maps never without param_maps or on the
+    persistent grid; overrides win."""
+    assert v6.map_mode(False) == (True, False)
     assert v6.map_mode(True) == (False, False)
-    assert v6.map_mode(False, split_maps=False) == (True, False)
+    assert v6.map_mode(False, split_maps=True) == (True, True)
     assert v6.map_mode(False, param_maps=False) == (False, False)
     assert v6.map_mode(False, param_maps=False, split_maps=True) == (False, False)
     assert v6.map_mode(True, param_maps=True) == (True, False)
     assert v6.map_mode(True, param_maps=True, split_maps=True) == (True, False)
     assert v6.build(128, "f16", 4, persistent=False) is \
-        v6.build(128, "f16", 4, persistent=False, param_maps=True, split_maps=True)
+        v6.build(128, "f16", 4, persistent=False, param_maps=True, split_maps=False)
 
 
 def test_configure_drops_the_default_staged_epilogue_where_it_does_not_fit():
@@ -215,17 +216,16 @@ def _compile(tmp_path, variants):
 
 @pytest.mark.slow
 def test_kernel_compiles_and_assembles_d128_f16(tmp_path):
-    # the defaults: the persistent grid, and one block per tile (the maps from parameters,
-    # written by thread 32)
+    # the defaults: the persistent grid, and one block per tile (the maps from parameters)
     ptxs = _compile(tmp_path, [[128, "f16", 4, 64, 3, 1, 1, 1, 1, 0, 1],
-                               [128, "f16", 4, 64, 3, 1, 1, 1, 0, 1, 1, 1]])
+                               [128, "f16", 4, 64, 3, 1, 1, 1, 0, 1, 1, 0]])
     assert (v6.OVERLAP, v6.PINGPONG, v6.LEAN, v6.PERSISTENT, v6.PARAM_MAPS, v6.STAGED) == \
         (True, True, True, True, False, True)
-    assert (v6.PARAM_MAPS_TILES, v6.SPLIT_MAPS) == (True, True)
+    assert (v6.PARAM_MAPS_TILES, v6.SPLIT_MAPS, v6.UNIFORM_LENGTHS) == (True, False, True)
     assert v6.BLOCK_N[128] == 64 and v6.STAGES[128] == 3
     _check_variant(ptxs["128-f16-4-64-3-1-1-1-1-0-1"], 128, 64, tmp_path, "main",
                    overlap=True, pingpong=True, staged=True)
-    _check_variant(ptxs["128-f16-4-64-3-1-1-1-0-1-1-1"], 128, 64, tmp_path, "tiles",
+    _check_variant(ptxs["128-f16-4-64-3-1-1-1-0-1-1-0"], 128, 64, tmp_path, "tiles",
                    overlap=True, pingpong=True, param_maps=True, staged=True)
 
 
@@ -234,7 +234,7 @@ def test_kernel_compiles_and_assembles_d128_f16(tmp_path):
 @pytest.mark.parametrize("variant", [[64, "bf16", 1, 64, 2], [128, "bf16", 2, 128, 2],
                                      [128, "f16", 4, 64, 2, 1], [128, "f16", 4, 128, 2, 1, 1],
                                      [64, "bf16", 1, 64, 3, 1, 1, 1, 1],
-                                     [128, "f16", 4, 128, 2, 0, 1, 1, 0, 1],
+                                     [128, "f16", 4, 128, 2, 0, 1, 1, 0, 1, 0, 1],
                                      [128, "bf16", 4, 128, 2, 0, 1, 1, 1, 1],
                                      [128, "f16", 4, 128, 2, 0, 1, 1, 1, 0, 1],
                                      [128, "f16", 4, 128, 2, 1, 1, 1, 1, 0, 1],

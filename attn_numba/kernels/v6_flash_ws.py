@@ -22,8 +22,8 @@ pairs of one GQA group, 64 per consumer warpgroup, packed as flash_wgmma packs t
   epilogue (a Q-empty barrier; the K/V ring runs on across work tiles).
 * Loads are TMA boxes through ``CUtensorMap``s in global memory (:mod:`attn_numba.tensormap`):
   each block's producer copies the specialisation's template maps into its own slot of the
-  call's ``maps`` scratch (on the one-block-per-tile grid from kernel parameters, by a
-  second producer thread while thread 0 loads the work tile), writes the call's q, k, v
+  call's ``maps`` scratch (on the one-block-per-tile grid from kernel parameters), writes
+  the call's q, k, v
   addresses there (``tensormap.replace``), releases and acquires them
   (``fence.proxy.tensormap``), all before its first TMA: one launch per call, and no map
   shared between calls. The 128B-swizzled boxes land in the tile layout of ``wgmma_layout``.
@@ -78,14 +78,15 @@ PERSISTENT = True
 #: (no load of the template, before the work tile's loads), on the persistent grid: 0.3-0.7
 #: us slower at 1024-2048 tokens (run 44, notes/v6_flash_ws.md), so off
 PARAM_MAPS = False
-#: the same on the one-block-per-tile grid (0.6 us faster at 512 tokens, run 44), and there
-#: the maps written and released by a second producer thread (``split_maps``) while thread
-#: 0 loads the work tile, so that the two round trips overlap; on before its timing (run
-#: 53), as predicted in notes/v6_flash_ws.md ("The maps under the work tile's loads")
+#: the same on the one-block-per-tile grid: 0.4-0.6 us faster at 512 tokens (runs 44, 53)
 PARAM_MAPS_TILES = True
-SPLIT_MAPS = True
+#: the tile grid's maps written and released by a second producer thread (thread 32) while
+#: thread 0 loads the work tile (opt-in ``split_maps``): 0.2 us slower at 512 tokens than
+#: thread 0 writing them itself (run 53, notes/v6_flash_ws.md), so off
+SPLIT_MAPS = False
 #: batched calls pass their sequences' lengths (``uniform_lengths``), so that no block loads
-#: ``cu_seqlens`` (a runtime scalar: the same kernels serve varlen calls)
+#: ``cu_seqlens`` (a runtime scalar: the same kernels serve varlen calls): equal at 512
+#: tokens, up to 1% faster from 1024 up (run 53)
 UNIFORM_LENGTHS = True
 #: the epilogue through shared memory, 16-byte stores (v6_epilogue.staged): 3-15% faster
 #: than per-thread stores at 8 of the log's 10 configurations, equal at the other two (run 48)
