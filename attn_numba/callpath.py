@@ -198,9 +198,10 @@ def _call(spec, kind, ins, outs, cus, shapes, stream, return_lse):
             il.ptr if il is not None else _ptr(lse, okind), icq.ptr, ick.ptr)
     if spec.align and ptrs[0] is not None and (ptrs[0] | ptrs[1] | ptrs[2] | ptrs[3]) % spec.align:
         check_aligned(spec, ptrs)              # raises (no pointers on the simulator)
-    scratch = _scratch(spec, okind, q, ls, device) if spec.scratch else ()
-    if scratch:
-        ptrs += tuple(_ptr(x, okind) for x in scratch)
+    scratch = ()
+    if spec.scratch:
+        scratch, sptrs = _scratch_and_ptrs(spec, okind, q, ls, device)
+        ptrs += sptrs
     sq, sk, sv, slse = shapes[:4]
     _run(spec, ptrs, lambda: (
         (q, iq, sq), (k, ik, sk), (v, iv, sv),
@@ -234,12 +235,25 @@ _STREAM_SCRATCH = {}
 _MAX_STREAM_SCRATCH = 64
 
 
+_IS_CAPTURING = []
+
+
 def _torch_capturing():
-    """Whether torch's current stream is being captured into a CUDA graph."""
-    return sys.modules["torch"].cuda.is_current_stream_capturing()
+    """Whether torch's current stream is being captured into a CUDA graph (torch's C
+    binding behind ``torch.cuda.is_current_stream_capturing``, found once)."""
+    if not _IS_CAPTURING:
+        torch = sys.modules["torch"]
+        _IS_CAPTURING.append(getattr(torch._C, "_cuda_isCurrentStreamCapturing", None)
+                             or torch.cuda.is_current_stream_capturing)
+    return _IS_CAPTURING[0]()
 
 
 def _scratch(spec, kind, like, ls, device):
+    """The module's scratch buffers for one call (:func:`_scratch_and_ptrs`)."""
+    return _scratch_and_ptrs(spec, kind, like, ls, device)[0]
+
+
+def _scratch_and_ptrs(spec, kind, like, ls, device):
     """The module's scratch buffers for one call on :class:`~arrays.LaunchStream` ``ls``.
 
     Buffers made once per (device, stream) and reused by every call on that stream: stream
@@ -252,22 +266,25 @@ def _scratch(spec, kind, like, ls, device):
     captured call keeps its own, so graphs replayed at once on different streams never
     share one) or with a stream that is not torch's current one (whose capture this does not
     ask), and CuPy callers. What this cannot see: a stream destroyed with such a call still
-    running and its handle reused at once by a new stream."""
+    running and its handle reused at once by a new stream. Returns (buffers, their data
+    pointers)."""
     if kind == "cupy" or (kind == "torch" and (ls.explicit or _torch_capturing())):
-        return tuple(arrays.empty(kind, like, s.shape, np.dtype(s.dtype), ls, device)
+        bufs = tuple(arrays.empty(kind, like, s.shape, np.dtype(s.dtype), ls, device)
                      for s in spec.scratch)
+        return bufs, tuple(_ptr(x, kind) for x in bufs)
     key = (kind, device, ls.handle, spec.scratch)
     hit = _STREAM_SCRATCH.get(key)
     if hit is None:
         if len(_STREAM_SCRATCH) >= _MAX_STREAM_SCRATCH:
             _STREAM_SCRATCH.clear()
         if kind == "torch":
-            hit = tuple(arrays.empty(kind, like, s.shape, np.dtype(s.dtype), ls, device)
-                        for s in spec.scratch)
+            bufs = tuple(arrays.empty(kind, like, s.shape, np.dtype(s.dtype), ls, device)
+                         for s in spec.scratch)
         else:
-            hit = tuple(arrays.empty("numba", None, s.shape, np.dtype(s.dtype), ls, None)
-                        for s in spec.scratch)
-        _STREAM_SCRATCH[key] = hit
+            kind = "numba"
+            bufs = tuple(arrays.empty("numba", None, s.shape, np.dtype(s.dtype), ls, None)
+                         for s in spec.scratch)
+        hit = _STREAM_SCRATCH[key] = (bufs, tuple(_ptr(x, kind) for x in bufs))
     return hit
 
 

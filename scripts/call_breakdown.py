@@ -13,7 +13,8 @@ that cannot fill the launch queue, and the waits between groups are not counted)
   reference, is what the checks themselves cost on a first call (not part of the sum);
 * ``specialisation``: the cache lookup alone (key hash);
 * ``stream``: resolving the launch stream (torch's current stream);
-* ``allocation``: the two outputs from torch's caching allocator;
+* ``allocation``: the two outputs from torch's caching allocator (and a module's scratch,
+  reused per stream: ``callpath._scratch``);
 * ``wrapping``: the seven kernel arguments (pointers; Numba views on the dispatcher path);
 * ``launch``: the kernel launch(es).
 
@@ -122,11 +123,11 @@ def stages(torch, kernel, q, k, v):
     res["stream"] = per_call_us(lambda: arrays.resolve_stream(None, "torch", dev))
     ls = arrays.resolve_stream(None, "torch", dev)
 
-    def alloc():  # the outputs and the module's scratch (flash_ws: the blocks' own maps)
+    def alloc():  # the outputs, and the module's scratch (flash_ws: the blocks' own maps),
+        # which torch callers reuse per stream outside graph capture (callpath._scratch)
         return (callpath._new("torch", q, shapes[4], spec.problem.dtype, ls, dev),
                 callpath._new("torch", q, shapes[5], F32, ls, dev),
-                *(arrays.empty("torch", q, sc.shape, np.dtype(sc.dtype), ls, dev)
-                  for sc in spec.scratch))
+                *(callpath._scratch(spec, "torch", q, ls, dev) if spec.scratch else ()))
 
     res["allocation"] = per_call_us(alloc)
     out, lse, *scratch = alloc()

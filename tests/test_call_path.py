@@ -365,9 +365,17 @@ def test_torch_callers_reuse_scratch_per_stream_outside_graph_capture(monkeypatc
 
     made = []
 
+    class Buffer:   # a torch tensor's and a CuPy array's data pointer
+        def __init__(self, n):
+            self.n = n
+            self.data = type("Data", (), {"ptr": n})()
+
+        def data_ptr(self):
+            return self.n
+
     def empty(kind, like, shape, dtype, ls, device):
         made.append((kind, like, shape, dtype, ls.handle, device))
-        return object()
+        return Buffer(4096 * len(made))
 
     capturing = [False]
     monkeypatch.setattr(callpath, "_STREAM_SCRATCH", {})
@@ -395,6 +403,11 @@ def test_torch_callers_reuse_scratch_per_stream_outside_graph_capture(monkeypatc
     assert e1[0] is not e2[0]
     g1 = callpath._scratch(spec, "cupy", "q", cur, 0)
     assert g1[0] is not callpath._scratch(spec, "cupy", "q", cur, 0)[0]
+    # the data pointers come with the buffers (cached with them)
+    for kind, ls in (("torch", cur), ("torch", side), ("cupy", cur)):
+        bufs, ptrs = callpath._scratch_and_ptrs(spec, kind, "q", ls, 0)
+        assert ptrs == tuple(b.n for b in bufs)
+    assert callpath._scratch_and_ptrs(spec, "torch", "q", cur, 0)[0] is a
 
 
 @pytest.mark.parametrize("which", [0, 1, 2, 3])
