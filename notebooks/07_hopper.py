@@ -362,14 +362,18 @@ for path in found:
 # 384). The number of stages hardly matters there (run 50: 2, 3 and 4 stages within 1% of
 # each other at 8192 tokens).
 #
-# The public calls, NVBench (run 51, `attn-numba bench`, one process with FA4 and cuDNN):
-# flash_ws / FA4 is 1.18, 1.08, 1.03, 1.00, 0.99 from 512 to 8192 tokens (non-causal) and
-# 1.17, 1.04, 0.99, 0.95, 0.94 (causal), and under cuDNN's time at all 10 configurations
-# (0.82-0.92x). Run 38, before the last three steps, had 1.06-1.33x FA4.
+# The public calls, NVBench (run 54, `attn-numba bench`, one process with FA4 and cuDNN):
+# flash_ws / FA4 is 1.14, 1.08, 1.04, 1.00, 0.99 from 512 to 8192 tokens (non-causal) and
+# 1.10, 1.03, 0.98, 0.95, 0.93 (causal), and under cuDNN's time at all 10 configurations
+# (0.83-0.92x). Run 38, before the last three steps, had 1.06-1.33x FA4.
 #
-# At 512 and 1024 tokens, one work tile per SM, the time is latency, not throughput: the
-# block's set-up (its maps, two memory round trips), the Q load, three to five key tiles,
-# the epilogue. Back-to-back calls there are bound by host work, and flash_ws's call
-# allocates one buffer more. So `auto` takes flash_ws above 1,200 key tiles in the grid
-# (`auto_declines`) and v5 below. The table is in the README.
+# At 512 and 1024 tokens, one or two work tiles per SM, the time is latency, not
+# throughput: the block's set-up (its maps), the Q load, three to five key tiles, the
+# epilogue. Run 53 took one memory round trip out of the set-up on the one-block-per-tile
+# grid (the template maps as kernel parameters; batched calls pass their lengths, so no
+# block reads `cu_seqlens`): 0.4-0.6 us less at 512 tokens, 1.29x FA4 becoming 1.22x in
+# graph replay. Writing the maps in a second producer thread, to overlap them with the
+# work tile's loads, was 0.2 us slower. `auto` takes flash_ws above 1,200 key tiles in the
+# grid (`auto_declines`) and v5 below, where back-to-back calls were bound by host work. The
+# table is in the README.
 
