@@ -378,15 +378,16 @@ def timed_spec(kw, persistent):
             bool(persistent), pm, v6._staged_fits(128, bn, st), split)
 
 
-def precompile(end):
+def precompile(end, sweep_cases=True):
     from attn_numba.kernels.config import heads_per_block
 
     def spec(d, kind, hb, o):
         return (d, kind, hb, o["block_n"], o["stages"], o["overlap"], o["pingpong"],
                 o["lean"], o["persistent"], o["param_maps"], o["staged"], o["split_maps"])
     specs = {spec(c["d"], "f16" if c["dtype"] == "float16" else "bf16",
-                  heads_per_block(c["group"]), opts_of(c)) for c in cases()}
-    specs |= {timed_spec(kw, pers) for _, kw in TIMED if kw is not None for pers in (0, 1)}
+                  heads_per_block(c["group"]), opts_of(c)) for c in cases()} \
+        if sweep_cases else set()
+    specs |= {timed_spec(kw, pers) for _, kw in timed() if kw is not None for pers in (0, 1)}
     specs = sorted(specs) + [("v5",)]
     procs = [(s, subprocess.Popen([sys.executable, os.path.abspath(__file__), "--compile",
                                    json.dumps(s)], stdout=subprocess.PIPE,
@@ -474,6 +475,27 @@ TIMED = (("flash_wgmma", None),
 )
 
 
+#: variants timed only when named in V6_TIMED (exploration: not the defaults' neighbours)
+EXPLORE = (("flash_ws_bn128", dict(block_n=128, stages=2)),   # 128-key tiles in 2 stages
+           ("flash_ws_s2", dict(stages=2)))
+
+
+def timed():
+    """``TIMED``, or with ``V6_TIMED=name,...`` those of ``TIMED`` and ``EXPLORE`` named
+    (flash_wgmma always first: the others' outputs are compared with its)."""
+    names = os.environ.get("V6_TIMED")
+    if not names:
+        return TIMED
+    pick = set(names.split(","))
+    return (TIMED[0],) + tuple(x for x in TIMED[1:] + EXPLORE if x[0] in pick)
+
+
+def tokens():
+    """``TOKENS``, or ``V6_TOKENS=512,1024``."""
+    got = os.environ.get("V6_TOKENS")
+    return tuple(int(x) for x in got.split(",")) if got else TOKENS
+
+
 def _fa4(row, q, k, v, arrays, causal, flops):
     """FlashAttention-4 (CuTe DSL) at the same configuration, in the same process, where it
     imports: its output checked against flash_wgmma's first (``fa4_max_diff``), then timed
@@ -512,8 +534,9 @@ def timing(end):
     how, bench = _timer()
     rng = np.random.default_rng(1)
     rows = []
+    ref = None
     for causal in (False, True):
-        for s in TOKENS:
+        for s in tokens():
             if time.time() > end:
                 break
             p = Problem(batch=1, total_q=s, total_k=s, max_seqlen_q=s, max_seqlen_k=s,
@@ -531,7 +554,7 @@ def timing(end):
                           cu_seqlens_k=cuda.to_device(np.array([0, s], np.int32)))
             flops = windowed_flops([s], [s], 32, 128, 128, 0 if causal else 128)
             row = dict(tokens=s, causal=int(causal))
-            for name, kw in TIMED:
+            for name, kw in timed():
                 try:
                     if name == "flash_wgmma":
                         pl, args = v5.plan(p), arrays
@@ -541,6 +564,12 @@ def timing(end):
                     ms = bench(lambda st, pl=pl, a=args: kernels.launch_plans(pl, a, st))
                     row[name] = ms
                     row[name + "_tflops"] = flops / (ms * 1e-3) / 1e12
+                    # each output against flash_wgmma's (checked by its own sweeps)
+                    o = arrays["out"].copy_to_host().view(np.float16).astype(np.float32)
+                    if name == "flash_wgmma":
+                        ref = o
+                    else:
+                        row[name + "_max_diff_v5"] = float(np.abs(o - ref).max())
                 except Exception as exc:  # noqa: BLE001
                     row[name] = None
                     row[name + "_error"] = f"{type(exc).__name__}: {exc}"[:400]
@@ -556,7 +585,7 @@ def timing(end):
 def table():
     print("\nflash_ws (v6) vs flash_wgmma (v5) and FA4, ms per call,",
           RES.get("timing", {}).get("method"))
-    names = [n for n, _ in TIMED] + ["fa4"]
+    names = [n for n, _ in timed()] + ["fa4"]
     labels = [n[9:] if n.startswith("flash_ws_") else n for n in names]
     print(f"{'tokens':>6} {'causal':>6} " + " ".join(f"{x:>11}" for x in labels) +
           "  best v6/v5  best v6/fa4")
@@ -578,6 +607,8 @@ def main():
     ap.add_argument("--stall", type=float, default=30.0,
                     help="seconds without a finished case before the sweep child is killed")
     ap.add_argument("--skip-timing", action="store_true")
+    ap.add_argument("--skip-sweep", action="store_true",
+                    help="compile and time only (V6_TIMED's variants; exploration)")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--compile", help=argparse.SUPPRESS)
     ap.add_argument("--timing-child", type=float, help=argparse.SUPPRESS)
@@ -606,9 +637,10 @@ def main():
     dev = cuda.get_current_device()
     RES["device"] = dict(name=str(dev.name), cc=list(dev.compute_capability))
     log("device", RES["device"])
-    precompile(T0 + 0.35 * a.budget)
-    sweep(a.stall, T0 + 0.7 * a.budget)
-    diagnose(T0 + 0.8 * a.budget)
+    precompile(T0 + 0.35 * a.budget, sweep_cases=not a.skip_sweep)
+    if not a.skip_sweep:
+        sweep(a.stall, T0 + 0.7 * a.budget)
+        diagnose(T0 + 0.8 * a.budget)
     if not a.skip_timing:
         tpath = os.path.join(OUT, "v6_timing.json")
         try:
