@@ -230,7 +230,7 @@ def check_aligned(spec, ptrs, names=FWD_ALIGNED):
 
 
 #: (kind, device, stream handle, scratch specs) -> scratch arrays, reused by the calls on
-#: that stream (see _scratch)
+#: that stream (see _scratch_and_ptrs)
 _STREAM_SCRATCH = {}
 _MAX_STREAM_SCRATCH = 64
 

@@ -23,10 +23,10 @@ pairs of one GQA group, 64 per consumer warpgroup, packed as flash_wgmma packs t
 * Loads are TMA boxes through ``CUtensorMap``s in global memory (:mod:`attn_numba.tensormap`):
   each block's producer copies the specialisation's template maps into its own slot of the
   call's ``maps`` scratch (on the one-block-per-tile grid from kernel parameters), writes
-  the call's q, k, v
-  addresses there (``tensormap.replace``), releases and acquires them
+  the call's q, k, v addresses there (``tensormap.replace``), releases and acquires them
   (``fence.proxy.tensormap``), all before its first TMA: one launch per call, and no map
   shared between calls. The 128B-swizzled boxes land in the tile layout of ``wgmma_layout``.
+  A batched call passes its sequences' lengths, so that no block reads ``cu_seqlens``.
 
 Semantics as every kernel: GQA, windows (bottom-right), causal, varlen, lse; rows without a
 key give 0 and -inf. Not runnable on the simulator; PTX checked with ``compile_ptx(...,
