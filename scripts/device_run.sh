@@ -55,8 +55,10 @@ R="$OUT/r"; mkdir -p "$R"; touch "$R/.start"
 t0=$SECONDS; END=${END:-560}
 say() { echo "[$((SECONDS - t0)) s] $*"; }
 cap() { local l=$(( END - (SECONDS - t0) )); [ "$1" -lt "$l" ] && l=$1; [ "$l" -lt 5 ] && l=5; echo "$l"; }
-run() {  # run LOG LIMIT command...: bounded, output to $R/LOG.log, exit status appended
-    local log=$1 lim; lim=$(cap "$2"); shift 2
+run() {  # run LOG LIMIT command...: bounded, output to $R/LOG.log (LOG_2.log, ... when a
+         # step runs again in the same call), exit status appended
+    local base=$1 log=$1 lim n=1; lim=$(cap "$2"); shift 2
+    while [ -e "$R/$log.log" ]; do n=$((n + 1)); log="${base}_$n"; done
     say "$log (limit $lim s)"
     timeout -s ABRT "$lim" "$@" > "$R/$log.log" 2>&1; echo "rc $?" >> "$R/$log.log"
 }
