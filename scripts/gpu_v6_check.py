@@ -18,7 +18,8 @@ against flash_wgmma (v5) at the log's 10 configurations. Needs an sm_90 device.
    with the defaults since run 49: BN 64, 3 stages) and 32 of the one-block-per-tile
    grid's defaults since run 53 (the maps from parameters, written by a second producer
    thread: ``split_maps``; and by thread 0 itself) and 22 batched calls (the lengths passed,
-   no ``cu_seqlens`` read: ``uniform_lengths``): 322 in all. One line per case. Cases run in a child process that is restarted after a fault
+   no ``cu_seqlens`` read: ``uniform_lengths``) and 30 with the maps prefetched
+   (``prefetch_maps``): 352 in all. One line per case. Cases run in a child process that is restarted after a fault
    or a hang (no progress for ``--stall`` s): the case it was on is recorded as failed and
    the sweep goes on with the next.
 3. timing: 1 sequence, 32/8 heads, D=128, window (128,128), fp16, 512..8192 tokens, causal
@@ -163,6 +164,15 @@ def cases():
                         seq_k=[64, 0, 300, 513], window=(128, 0), causal=False, block_n=64,
                         stages=3, persistent=False, staged=True, overlap=True,
                         param_maps=True, split_maps=split))
+    # the maps prefetched into the TMA unit's descriptor cache (prefetch_maps, opt-in since
+    # run 57): the defaults of both grids otherwise
+    for pers, blocks in ((False, None), (True, None), (True, 5)):
+        for dt, d, g in (("float16", 128, 4), ("bfloat16", 64, 1)):
+            for (window, causal), s in zip(WINDOWS, (1025, 1025, 97, 1025, 1025)):
+                out.append(dict(dtype=dt, d=d, group=g, seq_q=[s], seq_k=[s], window=window,
+                                causal=causal, block_n=64, stages=3, persistent=pers,
+                                blocks=blocks, staged=True, overlap=True, param_maps=None,
+                                prefetch_maps=True))
     # batched calls (every sequence as long, lse[b, h, i]): the lengths passed as scalars,
     # no cu_seqlens read (uniform_lengths, the default since run 53); the tile grid's and
     # the persistent grid's defaults, sq != sk
@@ -182,7 +192,7 @@ def cases():
 #: plan options of a case (the defaults where a case names none)
 OPTS = dict(overlap=False, pingpong=None, block_n=64, stages=2, lean=None, persistent=False,
             blocks=None, param_maps=False, staged=False, split_maps=None,
-            uniform_lengths=None)
+            uniform_lengths=None, prefetch_maps=False)
 
 
 def opts_of(c):
@@ -361,9 +371,9 @@ def compile_child(spec):
     from attn_numba.kernels.v5_flash_wgmma import opt_in_shared
     if spec == ("v5",):
         return opt_in_shared(v5.build(v5.Config(128, "float16", 4)), v5._signature(), 1024)
-    d, kind, hb, bn, st, ov, pp, lean, pers, pm, sg, sp = spec
+    d, kind, hb, bn, st, ov, pp, lean, pers, pm, sg, sp, pf = spec
     kernel = v6.build(d, kind, hb, bn, st, ov, pingpong=pp, lean=lean, persistent=pers,
-                      param_maps=pm, staged=sg, split_maps=sp)
+                      param_maps=pm, staged=sg, split_maps=sp, prefetch_maps=pf)
     opt_in_shared(kernel, v6._signature(pers, pm), 1024)
 
 
@@ -375,7 +385,8 @@ def timed_spec(kw, persistent):
     st = kw.get("stages", v6.STAGES[128])
     pm, split = v6.map_mode(bool(persistent), kw.get("param_maps"), kw.get("split_maps"))
     return (128, "f16", 4, bn, st, kw.get("overlap", v6.OVERLAP), v6.PINGPONG, v6.LEAN,
-            bool(persistent), pm, v6._staged_fits(128, bn, st), split)
+            bool(persistent), pm, v6._staged_fits(128, bn, st), split,
+            kw.get("prefetch_maps", v6.PREFETCH_MAPS))
 
 
 def precompile(end, sweep_cases=True):
@@ -383,7 +394,8 @@ def precompile(end, sweep_cases=True):
 
     def spec(d, kind, hb, o):
         return (d, kind, hb, o["block_n"], o["stages"], o["overlap"], o["pingpong"],
-                o["lean"], o["persistent"], o["param_maps"], o["staged"], o["split_maps"])
+                o["lean"], o["persistent"], o["param_maps"], o["staged"], o["split_maps"],
+                o["prefetch_maps"])
     specs = {spec(c["d"], "f16" if c["dtype"] == "float16" else "bf16",
                   heads_per_block(c["group"]), opts_of(c)) for c in cases()} \
         if sweep_cases else set()
@@ -477,7 +489,8 @@ TIMED = (("flash_wgmma", None),
 
 #: variants timed only when named in V6_TIMED (exploration: not the defaults' neighbours)
 EXPLORE = (("flash_ws_bn128", dict(block_n=128, stages=2)),   # 128-key tiles in 2 stages
-           ("flash_ws_s2", dict(stages=2)))
+           ("flash_ws_s2", dict(stages=2)),
+           ("flash_ws_prefetch", dict(prefetch_maps=True)))    # maps prefetched (opt-in)
 
 
 def timed():

@@ -36,6 +36,7 @@ _SCRIPT = textwrap.dedent("""
                 pt.tensormap_replace_address(m, uint64(maps + 256))
                 pt.fence_tensormap_release()
                 pt.fence_tensormap_acquire(m)
+                pt.prefetch_tensormap(m)
                 pt.mbarrier_arrive_expect_tx(bar, 4096)
                 pt.tma_load_2d(base, m, 0, 1, bar)
                 pt.tma_load_3d(base + uint32(2048), m + uint64(128), 0, 1, 2, bar)
@@ -64,6 +65,7 @@ NEEDLES = (
     "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes",
     "fence.proxy.tensormap::generic.acquire.gpu",
     "fence.proxy.tensormap::generic.release.gpu",
+    "prefetch.tensormap [",
     "tensormap.replace.tile.global_address.global.b1024.b64",
     "ld.global.v2.b64",
     "st.global.v2.b64",

@@ -158,7 +158,8 @@ _COMPILE = textwrap.dedent("""
         k = v6.build(d, kind, hb, bn, st, bool(ov and ov[0]),
                      pingpong=bool(len(ov) > 1 and ov[1]), lean=bool(len(ov) > 2 and ov[2]),
                      persistent=pers, param_maps=pm, staged=bool(len(ov) > 5 and ov[5]),
-                     split_maps=bool(ov[6]) if len(ov) > 6 else None)
+                     split_maps=bool(ov[6]) if len(ov) > 6 else None,
+                     prefetch_maps=bool(len(ov) > 7 and ov[7]))
         ptx, _ = cuda.compile_ptx(k.py_func, v6._signature(pers, pm), cc=(9, 0, "a"),
                                   launch_bounds=(v6.THREADS, 1))
         out["-".join(map(str, [d, kind, hb, bn, st, *ov]))] = ptx
@@ -167,7 +168,7 @@ _COMPILE = textwrap.dedent("""
 
 
 def _check_variant(ptx, d, bn, tmp_path, name, overlap=False, pingpong=False,
-                   param_maps=False, staged=False):
+                   param_maps=False, staged=False, prefetch=False):
     # the overlapped loop peels its first QK^T and last PV: every wgmma appears twice
     assert ptx.count("wgmma.mma_async") == (d // 16 + bn // 16) * (2 if overlap else 1)
     # the consumers' turns (v6_turns.scheduler): the block's one __syncthreads, then the
@@ -189,6 +190,7 @@ def _check_variant(ptx, d, bn, tmp_path, name, overlap=False, pingpong=False,
     assert ptx.count("tensormap.replace.tile.global_address.global.b1024.b64") == 3
     assert ptx.count("fence.proxy.tensormap::generic.release.gpu") == 1
     assert ptx.count("fence.proxy.tensormap::generic.acquire.gpu") == 3
+    assert ptx.count("prefetch.tensormap") == (3 if prefetch else 0)   # prefetch_maps
     hint = "0x989680"
     waits = ptx.count("mbarrier.try_wait.parity.shared::cta.b64")
     assert waits > 0 and ptx.count(hint) == waits
@@ -238,15 +240,16 @@ def test_kernel_compiles_and_assembles_d128_f16(tmp_path):
                                      [128, "bf16", 4, 128, 2, 0, 1, 1, 1, 1],
                                      [128, "f16", 4, 128, 2, 0, 1, 1, 1, 0, 1],
                                      [128, "f16", 4, 128, 2, 1, 1, 1, 1, 0, 1],
-                                     [64, "bf16", 2, 128, 2, 0, 1, 1, 0, 0, 1]])
+                                     [64, "bf16", 2, 128, 2, 0, 1, 1, 0, 0, 1, 0, 1]])
 def test_kernel_variants_compile_and_assemble(tmp_path, variant):
     """[D, kind, heads, BN, stages, (overlap, (pingpong, (lean, (persistent,
-    (param_maps, (staged, (split_maps)))))))]; split_maps the default where not given."""
+    (param_maps, (staged, (split_maps, (prefetch_maps))))))))]; split_maps the default where
+    not given."""
     d, kind, hb, bn, st, *ov = variant
     ptx = _compile(tmp_path, [variant])["-".join(map(str, variant))]
     _check_variant(ptx, d, bn, tmp_path, "v", overlap=bool(ov and ov[0]),
                    pingpong=bool(len(ov) > 1 and ov[1]), param_maps=bool(len(ov) > 4 and ov[4]),
-                   staged=bool(len(ov) > 5 and ov[5]))
+                   staged=bool(len(ov) > 5 and ov[5]), prefetch=bool(len(ov) > 7 and ov[7]))
 
 
 GPU_CASES = [  # seq_q, seq_k, H, Hkv, D, dtype name, window, causal, plan options

@@ -91,11 +91,12 @@ CASES = [  # seq_q, seq_k, H, Hkv, D, dtype, window, causal, options (stages >= 
                   dict(stages=2, persistent=True, blocks=10 ** 6)), marks=_SLOW),
     # the template maps as kernel parameters (param_maps, the tile grid's default: the
     # first case) written by thread 32 and acquired by thread 0 (opt-in split_maps); the
-    # template loaded from global memory (the persistent grid's default); persistent
+    # template loaded from global memory (the persistent grid's default; with the opt-in
+    # prefetch of the maps, a no-op in the model); persistent
     ([20, 0, 9], [20, 3, 0], 4, 1, 64, np.float16, (8, 8), False,
      dict(stages=2, param_maps=True, split_maps=True, overlap=False, staged=False)),
     ([20, 0, 9], [20, 3, 0], 4, 1, 64, np.float16, (8, 8), False,
-     dict(stages=2, param_maps=False)),
+     dict(stages=2, param_maps=False, prefetch_maps=True)),
     pytest.param(([30, 0, 5, 40], [40, 3, 0, 66], 8, 2, 64, np.float16, (20, 20), False,
                   dict(stages=2, persistent=True, blocks=10 ** 6, param_maps=True)),
                  marks=_SLOW),

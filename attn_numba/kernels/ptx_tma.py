@@ -19,7 +19,8 @@ Compile for ``cc=(9, 0, "a")``; the CUDA simulator runs none of this.
   reach past the tensor are zero-filled and still count their full bytes on ``bar``.
 * ``fence_tensormap_acquire(map)``: ``fence.proxy.tensormap::generic.acquire.gpu [map],
   128`` (once per block before the first TMA through ``map``: the PTX memory model asks for
-  it when the map lives in global memory); ``fence_tensormap_release()`` for the writer.
+  it when the map lives in global memory); ``fence_tensormap_release()`` for the writer;
+  ``prefetch_tensormap(map)``: ``prefetch.tensormap [map]``.
 * ``tensormap_copy(n)(dst, src)``: ``n`` 128-byte maps copied in global memory (a template
   into the call's own slot); ``tensormap_store(first)(dst, words)``: one map written from
   16 words of a tuple (a template passed as kernel parameters);
@@ -140,6 +141,9 @@ tma_load_3d = _stmt(
 #: fence_tensormap_acquire(map u64): before the first use of a map in global memory
 fence_tensormap_acquire = _stmt(
     "fence_tensormap_acquire", "fence.proxy.tensormap::generic.acquire.gpu [$0], 128;", (_U64,))
+#: prefetch_tensormap(map u64): fetch a map (generic address) into the TMA unit's descriptor
+#: cache ahead of its first TMA (after its acquire: the acquire invalidates the cached copy)
+prefetch_tensormap = _stmt("prefetch_tensormap", "prefetch.tensormap [$0];", (_U64,))
 #: fence_tensormap_release(): after writing maps that another grid will use
 fence_tensormap_release = _stmt(
     "fence_tensormap_release", "fence.proxy.tensormap::generic.release.gpu;", ())
@@ -251,7 +255,7 @@ from numba import config as _config  # noqa: E402
 if _config.ENABLE_CUDASIM:
     from .v6_ptx_sim import (bar_arrive, bar_sync, bar_sync_data, fence_mbarrier_init,  # noqa: E402,F401,F811
                              fence_proxy_async, fence_tensormap_acquire,
-                             fence_tensormap_release, mbarrier_arrive,
+                             fence_tensormap_release, mbarrier_arrive, prefetch_tensormap,
                              mbarrier_arrive_expect_tx, mbarrier_init, mbarrier_try_wait,
                              ld_shared_v4, st_global_v4, st_shared_u32,
                              mbarrier_wait, mbarrier_wait_bounded, setmaxnreg_dec, setmaxnreg_inc,

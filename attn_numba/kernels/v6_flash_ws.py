@@ -88,6 +88,10 @@ SPLIT_MAPS = False
 #: ``cu_seqlens`` (a runtime scalar: the same kernels serve varlen calls): equal at 512
 #: tokens, up to 1% faster from 1024 up (run 53)
 UNIFORM_LENGTHS = True
+#: each block's maps fetched into the TMA unit's descriptor cache right after their acquire
+#: (``prefetch.tensormap``; the acquire is an invalidate, UTMACCTL.IV in SASS, so the first
+#: TMA would fetch the map): built after run 57, not yet timed, so off
+PREFETCH_MAPS = False
 #: the epilogue through shared memory, 16-byte stores (v6_epilogue.staged): 3-15% faster
 #: than per-thread stores at 8 of the log's 10 configurations, equal at the other two (run 48)
 STAGED = True
@@ -113,13 +117,14 @@ def map_mode(persistent, param_maps=None, split_maps=None):
 
 def build(head_size, kind="f16", heads=4, block_n=None, stages=None, overlap=None,
           debug_waits=False, pingpong=None, lean=None, persistent=None, param_maps=None,
-          staged=None, split_maps=None):
+          staged=None, split_maps=None, prefetch_maps=None):
     """The kernel for ``head_size``, ``kind`` ('f16'/'bf16'), ``heads`` query heads per tile
     (4, 2 or 1 of a GQA group), key tile ``block_n``, ``stages``, the consumer loop
     ``overlap``, the consumers' turns ``pingpong``, the ``lean`` softmax, the
     ``persistent`` grid, the template maps as kernel parameters ``param_maps``, written by a
-    second producer thread ``split_maps`` (:func:`map_mode`), and the ``staged`` epilogue
-    (None = the module defaults; the staged epilogue only where its O tiles fit);
+    second producer thread ``split_maps`` (:func:`map_mode`), prefetched ``prefetch_maps``,
+    and the ``staged`` epilogue (None = the module defaults; the staged epilogue only where
+    its O tiles fit);
     ``debug_waits``: bounded waits that print the one that timed out
     (v6_roles.roles), for diagnosing a hang."""
     bn = BLOCK_N[head_size] if block_n is None else block_n
@@ -131,7 +136,8 @@ def build(head_size, kind="f16", heads=4, block_n=None, stages=None, overlap=Non
     return _build(head_size, kind, heads, bn, st,
                   OVERLAP if overlap is None else bool(overlap), bool(debug_waits),
                   PINGPONG if pingpong is None else bool(pingpong),
-                  LEAN if lean is None else bool(lean), pers, pm, bool(staged), split)
+                  LEAN if lean is None else bool(lean), pers, pm, bool(staged), split,
+                  PREFETCH_MAPS if prefetch_maps is None else bool(prefetch_maps))
 
 
 # --------------------------------------------------------------------------- module contract
@@ -186,7 +192,7 @@ def auto_declines(problem):
 
 def configure(problem, heads=None, block_n=None, stages=None, overlap=None,
               debug_waits=False, pingpong=None, lean=None, persistent=None, blocks=None,
-              param_maps=None, staged=None, split_maps=None):
+              param_maps=None, staged=None, split_maps=None, prefetch_maps=None):
     """(kernel, grid, dynamic shared bytes, heads, block_n, extra scalars) for ``problem``.
     ``persistent``: a grid of ``blocks`` (default: the device's SMs, at most the work
     tiles) taking the work tiles in turn, extra scalars ``(nx, ny, n_work)``; None (the
@@ -211,7 +217,7 @@ def configure(problem, heads=None, block_n=None, stages=None, overlap=None,
                          f"need {lay.shared_bytes(d, bn, st, stg)} bytes of shared memory "
                          f"at head size {d}, more than {MAX_SHARED}")
     kernel = build(d, kind_of(problem.dtype), hb, bn, st, overlap, debug_waits, pingpong,
-                   lean, pers, param_maps, stg, split_maps)
+                   lean, pers, param_maps, stg, split_maps, prefetch_maps)
     extra = ()
     if pers:
         extra = (np.int32(grid[0]), np.int32(grid[1]), np.int32(n_work))
@@ -281,7 +287,8 @@ def plan(problem, **kw):
     scratch (:func:`scratch`), writes the call's q, k, v addresses there
     (``tensormap.replace``) and loads through them. Keyword overrides (``heads``,
     ``block_n``, ``stages``, ``overlap``, ``pingpong``, ``lean``, ``persistent``,
-    ``param_maps``, ``split_maps``, ``staged``, ``blocks``, ``debug_waits``) as in
+    ``param_maps``, ``split_maps``, ``prefetch_maps``, ``staged``, ``blocks``,
+    ``debug_waits``) as in
     :func:`build` and :func:`configure`, and ``uniform_lengths`` (a batched call's lengths
     passed: :func:`uniform_lengths`; None = ``UNIFORM_LENGTHS``); :func:`scratch` takes the
     same."""

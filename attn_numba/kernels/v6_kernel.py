@@ -32,14 +32,16 @@ MAP_WRITER = 32
 
 @functools.lru_cache(maxsize=None)
 def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
-           lean=False, persistent=False, param_maps=False, staged=False, split_maps=False):
+           lean=False, persistent=False, param_maps=False, staged=False, split_maps=False,
+           prefetch_maps=False):
     assert D in HEAD_SIZES and BN in (64, 128) and S >= 2 and HB in (1, 2, 4)
     # split_maps: the one-block-per-tile kernel with the template as parameters only
     assert not split_maps or (param_maps and not persistent)
     assert lay.shared_bytes(D, BN, S, staged) <= MAX_SHARED
     PB = lay.positions_per_tile(HB)
     ROWS = lay.CONSUMERS * PB            # positions per work tile (of HB heads, one sequence)
-    r = v6_roles.roles(D, BN, kind, HB, S, overlap, debug_waits, pingpong, lean, staged)
+    r = v6_roles.roles(D, BN, kind, HB, S, overlap, debug_waits, pingpong, lean, staged,
+                       prefetch_maps)
     init_barriers, produce_tile, consume = r.init_barriers, r.produce_tile, r.consume
     # each block's maps: from the template in global memory (``tmpl`` its address), or from
     # its words passed as parameters (``tmpl`` the tuple), then set up first thing

@@ -35,6 +35,7 @@ def _noop(*args):
 
 
 fence_mbarrier_init = fence_tensormap_release = fence_proxy_async = _noop
+prefetch_tensormap = _noop     # the model has no descriptor cache
 
 
 def fence_tensormap_acquire(m):

@@ -77,7 +77,7 @@ def _wait(debug_waits):
     return wait
 
 
-def _producer(D, BN, HB, S, wait, stage_k):
+def _producer(D, BN, HB, S, wait, stage_k, prefetch=False):
     """(init_barriers, acquire, acquire_words, release_words, acquire_slot, produce) for one
     specialisation."""
     copy3 = pt.tensormap_copy(3)
@@ -124,6 +124,19 @@ def _producer(D, BN, HB, S, wait, stage_k):
         pt.fence_tensormap_acquire(mk)
         pt.fence_tensormap_acquire(mv)
         return mq, mk, mv
+
+    if prefetch:
+        plain_acquire_slot = acquire_slot
+
+        @cuda.jit(device=True, inline=True, cache=True)
+        def acquire_slot(slot):   # noqa: F811
+            """As above, then each map fetched into the TMA unit's descriptor cache (the
+            acquire invalidated it; ``prefetch_maps``), ahead of the first TMA."""
+            mq, mk, mv = plain_acquire_slot(slot)
+            pt.prefetch_tensormap(mq)
+            pt.prefetch_tensormap(mk)
+            pt.prefetch_tensormap(mv)
+            return mq, mk, mv
 
     @cuda.jit(device=True, inline=True, cache=True)
     def acquire(slot, tmpl, q, k, v):
@@ -328,14 +341,14 @@ def _loops(D, BN, S, st, wait, pingpong):
 
 @functools.lru_cache(maxsize=None)
 def roles(D, BN, kind, HB, S, overlap=False, debug_waits=False, pingpong=False, lean=False,
-          staged=False):
+          staged=False, prefetch=False):
     """Device functions for head size ``D``, key tile ``BN``, ``kind`` ('f16'/'bf16'),
     ``HB`` heads per tile, ``S`` K/V stages and the consumer loop (``overlap``: QK^T of tile
     j with PV of tile j-1), ``pingpong`` (the consumers take turns at the tensor cores:
     :mod:`v6_turns`), ``lean`` (the softmax folds the scale into its exponent and masks
     on 32-bit offsets: ``v5_steps.steps``), ``staged`` (O leaves through shared memory in
-    16-byte chunks: ``v6_epilogue``).
-    ``debug_waits``: every mbarrier wait gives up after
+    16-byte chunks: ``v6_epilogue``), ``prefetch`` (the maps fetched into the TMA unit's
+    descriptor cache once acquired). ``debug_waits``: every mbarrier wait gives up after
     ``WAIT_LIMIT`` attempts and prints which one (a hang becomes a wrong result and a line
     on stdout)."""
     PB = lay.positions_per_tile(HB)
@@ -349,7 +362,7 @@ def roles(D, BN, kind, HB, S, overlap=False, debug_waits=False, pingpong=False, 
              v6_epilogue.direct(D, kind))
     wait = _wait(debug_waits)
     (init_barriers, acquire, acquire_words, release_words, acquire_slot,
-     produce_tile) = _producer(D, BN, HB, S, wait, st.stage_k)
+     produce_tile) = _producer(D, BN, HB, S, wait, st.stage_k, prefetch)
     plain, overlapped, sched_init = _loops(D, BN, S, st, wait, pingpong)
     loop = overlapped if overlap else plain
     QE = lay.barrier_offsets(D, BN, S)[5]
