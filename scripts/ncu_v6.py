@@ -17,7 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VARIANTS = (("default", {}),                              # the module's defaults
             ("persistent", dict(persistent=True)),         # one block per SM, always
             ("tiles", dict(persistent=False)),             # one block per work tile
-            ("ov", dict(overlap=True)))                    # the overlapped loop
+            ("ov", dict(overlap=True)),                    # the overlapped loop
+            ("prefetch", dict(prefetch_maps=True)))        # maps prefetched (opt-in)
 
 
 def main():
