@@ -18,7 +18,8 @@ VARIANTS = (("default", {}),                              # the module's default
             ("persistent", dict(persistent=True)),         # one block per SM, always
             ("tiles", dict(persistent=False)),             # one block per work tile
             ("ov", dict(overlap=True)),                    # the overlapped loop
-            ("prefetch", dict(prefetch_maps=True)))        # maps prefetched (opt-in)
+            ("prefetch", dict(prefetch_maps=True)),        # maps prefetched
+            ("run58", dict(tma_out=False, prefetch_maps=False)))   # run 58's defaults
 
 
 def main():

@@ -42,11 +42,27 @@ def executed(row):
     return int(row["Instructions Executed"] or 0)
 
 
-def summary(rows, top=25, chunk=40):
+def samples(row):
+    """Warp-stall samples at this instruction, and their reasons (ncu's ``stall_*``)."""
+    why = collections.Counter()
+    for k, v in row.items():
+        if k.startswith("stall_") and "Not Issued" not in k and v not in ("", "-"):
+            why[k[6:]] += int(v)
+    return int(row.get("Warp Stall Sampling (All Samples)") or 0), why
+
+
+def summary(rows, top=25, chunk=40, stalls=False):
     ops = collections.Counter()
     for r in rows:
         ops[opcode(r)] += executed(r)
     lines = [f"total warp-instructions {sum(ops.values()):,}"]
+    if stalls:
+        n, why = 0, collections.Counter()
+        for r in rows:
+            k, w = samples(r)
+            n += k
+            why.update(w)
+        lines.append(f"stall samples {n}: " + " ".join(f"{k}:{v}" for k, v in why.most_common(8)))
     lines += [f"   {op:10s} {n:10,d}" for op, n in ops.most_common(top)]
     for c in range(0, len(rows), chunk):
         part = rows[c:c + chunk]
@@ -57,7 +73,15 @@ def summary(rows, top=25, chunk=40):
         for r in part:
             cnt[opcode(r)] += executed(r)
         tops = " ".join(f"{o}:{n // 1000}k" for o, n in cnt.most_common(6) if n)
-        lines.append(f"{c:5d} {tot:10,d} max/instr {max(executed(r) for r in part):6d}  {tops}")
+        line = f"{c:5d} {tot:10,d} max/instr {max(executed(r) for r in part):6d}  {tops}"
+        if stalls:
+            n, why = 0, collections.Counter()
+            for r in part:
+                k, w = samples(r)
+                n += k
+                why.update(w)
+            line += f" | samples {n:4d} " + " ".join(f"{k}:{v}" for k, v in why.most_common(3))
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -66,11 +90,13 @@ def main():
     ap.add_argument("path")
     ap.add_argument("--kernel", default="", help="a part of the kernel names to show")
     ap.add_argument("--chunk", type=int, default=40)
+    ap.add_argument("--stalls", action="store_true",
+                    help="warp-stall samples per chunk and their top reasons")
     a = ap.parse_args()
     for name, rows in kernels_of(a.path).items():
         if a.kernel in name:
             print(f"== {name[:100]}")
-            print(summary(rows, chunk=a.chunk))
+            print(summary(rows, chunk=a.chunk, stalls=a.stalls))
 
 
 if __name__ == "__main__":

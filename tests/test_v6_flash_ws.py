@@ -83,7 +83,7 @@ def test_configure_packs_a_gqa_group_into_128_rows():
                  num_heads=32, num_kv_heads=8)
     _, grid, shared, hb, bn, extra = v6.configure(p, persistent=False, block_n=64)
     assert (hb, bn) == (4, 64) and grid == (256, 8, 1)         # 32 positions x 4 heads
-    assert shared == lay.shared_bytes(128, 64, 3, staged=True) and extra == ()
+    assert shared == lay.shared_bytes(128, 64, 3, True, v6.TMA_OUT) and extra == ()
     q, k, v = v6.map_specs(p, hb, bn)
     assert q.box == (64, 1, 16) and k.box == (64, 1, 64) and k == v
     _, grid1, *_ = v6.configure(dataclasses.replace(p, num_kv_heads=32), persistent=False)
@@ -99,7 +99,7 @@ def test_configure_persistent_grid_takes_the_work_tiles_in_turn():
     _, grid, shared, hb, bn, extra = v6.configure(p, blocks=132)
     assert (hb, bn, grid) == (4, 64, (132, 1, 1))
     assert tuple(map(int, extra)) == (256, 8, 2048)
-    assert shared == lay.shared_bytes(128, 64, 3, staged=True)
+    assert shared == lay.shared_bytes(128, 64, 3, True, v6.TMA_OUT)
     small = dataclasses.replace(p, max_seqlen_q=40, total_q=40)
     _, grid, _, _, _, extra = v6.configure(small, blocks=132, persistent=True)
     assert grid == (16, 1, 1) and tuple(map(int, extra)) == (2, 8, 16)
@@ -159,7 +159,8 @@ _COMPILE = textwrap.dedent("""
                      pingpong=bool(len(ov) > 1 and ov[1]), lean=bool(len(ov) > 2 and ov[2]),
                      persistent=pers, param_maps=pm, staged=bool(len(ov) > 5 and ov[5]),
                      split_maps=bool(ov[6]) if len(ov) > 6 else None,
-                     prefetch_maps=bool(len(ov) > 7 and ov[7]))
+                     prefetch_maps=bool(ov[7]) if len(ov) > 7 else None,
+                     tma_out=bool(ov[8]) if len(ov) > 8 else None)
         ptx, _ = cuda.compile_ptx(k.py_func, v6._signature(pers, pm), cc=(9, 0, "a"),
                                   launch_bounds=(v6.THREADS, 1))
         out["-".join(map(str, [d, kind, hb, bn, st, *ov]))] = ptx
@@ -168,7 +169,8 @@ _COMPILE = textwrap.dedent("""
 
 
 def _check_variant(ptx, d, bn, tmp_path, name, overlap=False, pingpong=False,
-                   param_maps=False, staged=False, prefetch=False):
+                   param_maps=False, staged=False, prefetch=False, tma_out=None, heads=4):
+    tma = staged and (v6.TMA_OUT if tma_out is None else bool(tma_out))
     # the overlapped loop peels its first QK^T and last PV: every wgmma appears twice
     assert ptx.count("wgmma.mma_async") == (d // 16 + bn // 16) * (2 if overlap else 1)
     # the consumers' turns (v6_turns.scheduler): the block's one __syncthreads, then the
@@ -181,16 +183,24 @@ def _check_variant(ptx, d, bn, tmp_path, name, overlap=False, pingpong=False,
     assert ptx.count("st.shared.u32") == (d // 4 if staged else 0)
     assert ptx.count("ld.shared.v4.b32") == ptx.count("st.global.v4.b32") == \
         (d // 16 if staged else 0)
-    assert "cp.async.bulk.tensor.3d" in ptx
+    assert "cp.async.bulk.tensor.3d.shared::cluster.global" in ptx
+    # tma_out: whole tiles leave by one TMA store per head and 64 columns, then a wait for
+    # their reads; the others are still copied out (the counts above)
+    assert ptx.count("cp.async.bulk.tensor.3d.global.shared::cta.bulk_group") == \
+        (heads * d // 64 if tma else 0)
+    assert ptx.count("cp.async.bulk.wait_group.read 0") == (1 if tma else 0)
     # the block's own maps: three templates copied (24 x 16 bytes, one asm block; with
     # param_maps stored from the kernel's parameters, no load), the call's addresses
-    # written, one release, three acquires; every wait has the suspend hint
-    assert ptx.count("ld.global.v2.b64") == (0 if param_maps else 24)
-    assert ptx.count("st.global.v2.b64") == 24
-    assert ptx.count("tensormap.replace.tile.global_address.global.b1024.b64") == 3
+    # written, one release, three acquires; with tma_out a fourth map (Q's template, the
+    # output's address), acquired and prefetched by the consumer that stores through it;
+    # every wait has the suspend hint
+    n = 4 if tma else 3
+    assert ptx.count("ld.global.v2.b64") == (0 if param_maps else 8 * n)
+    assert ptx.count("st.global.v2.b64") == 8 * n
+    assert ptx.count("tensormap.replace.tile.global_address.global.b1024.b64") == n
     assert ptx.count("fence.proxy.tensormap::generic.release.gpu") == 1
-    assert ptx.count("fence.proxy.tensormap::generic.acquire.gpu") == 3
-    assert ptx.count("prefetch.tensormap") == (3 if prefetch else 0)   # prefetch_maps
+    assert ptx.count("fence.proxy.tensormap::generic.acquire.gpu") == n
+    assert ptx.count("prefetch.tensormap") == (3 if prefetch else 0) + (n - 3)
     hint = "0x989680"
     waits = ptx.count("mbarrier.try_wait.parity.shared::cta.b64")
     assert waits > 0 and ptx.count(hint) == waits
@@ -224,11 +234,12 @@ def test_kernel_compiles_and_assembles_d128_f16(tmp_path):
     assert (v6.OVERLAP, v6.PINGPONG, v6.LEAN, v6.PERSISTENT, v6.PARAM_MAPS, v6.STAGED) == \
         (True, True, True, True, False, True)
     assert (v6.PARAM_MAPS_TILES, v6.SPLIT_MAPS, v6.UNIFORM_LENGTHS) == (True, False, True)
+    assert (v6.PREFETCH_MAPS, v6.TMA_OUT) == (True, True)
     assert v6.BLOCK_N[128] == 64 and v6.STAGES[128] == 3
     _check_variant(ptxs["128-f16-4-64-3-1-1-1-1-0-1"], 128, 64, tmp_path, "main",
-                   overlap=True, pingpong=True, staged=True)
+                   overlap=True, pingpong=True, staged=True, prefetch=True)
     _check_variant(ptxs["128-f16-4-64-3-1-1-1-0-1-1-0"], 128, 64, tmp_path, "tiles",
-                   overlap=True, pingpong=True, param_maps=True, staged=True)
+                   overlap=True, pingpong=True, param_maps=True, staged=True, prefetch=True)
 
 
 @pytest.mark.slow
@@ -240,16 +251,20 @@ def test_kernel_compiles_and_assembles_d128_f16(tmp_path):
                                      [128, "bf16", 4, 128, 2, 0, 1, 1, 1, 1],
                                      [128, "f16", 4, 128, 2, 0, 1, 1, 1, 0, 1],
                                      [128, "f16", 4, 128, 2, 1, 1, 1, 1, 0, 1],
-                                     [64, "bf16", 2, 128, 2, 0, 1, 1, 0, 0, 1, 0, 1]])
+                                     [64, "bf16", 2, 128, 2, 0, 1, 1, 0, 0, 1, 0, 1],
+                                     [128, "f16", 4, 64, 3, 1, 1, 1, 1, 0, 1, 0, 1, 0],
+                                     [64, "bf16", 1, 64, 2, 1, 1, 1, 0, 1, 1, 0, 0, 1]])
 def test_kernel_variants_compile_and_assemble(tmp_path, variant):
     """[D, kind, heads, BN, stages, (overlap, (pingpong, (lean, (persistent,
-    (param_maps, (staged, (split_maps, (prefetch_maps))))))))]; split_maps the default where
-    not given."""
+    (param_maps, (staged, (split_maps, (prefetch_maps, (tma_out)))))))))]; split_maps,
+    prefetch_maps and tma_out the defaults where not given."""
     d, kind, hb, bn, st, *ov = variant
     ptx = _compile(tmp_path, [variant])["-".join(map(str, variant))]
     _check_variant(ptx, d, bn, tmp_path, "v", overlap=bool(ov and ov[0]),
                    pingpong=bool(len(ov) > 1 and ov[1]), param_maps=bool(len(ov) > 4 and ov[4]),
-                   staged=bool(len(ov) > 5 and ov[5]), prefetch=bool(len(ov) > 7 and ov[7]))
+                   staged=bool(len(ov) > 5 and ov[5]),
+                   prefetch=bool(ov[7]) if len(ov) > 7 else v6.PREFETCH_MAPS,
+                   tma_out=bool(ov[8]) if len(ov) > 8 else None, heads=hb)
 
 
 GPU_CASES = [  # seq_q, seq_k, H, Hkv, D, dtype name, window, causal, plan options
@@ -316,14 +331,15 @@ def test_flash_ws_on_the_gpu_matches_reference(rng, case):
 
 
 def test_scratch_holds_every_blocks_maps():
-    """One 384-byte slot per block of the grid the plan launches (persistent or not)."""
+    """One 512-byte slot per block of the grid the plan launches (persistent or not): Q, K,
+    V and the boxed epilogue's O map."""
     p = _problem(max_seqlen_q=8192, total_q=8192, total_k=8192, max_seqlen_k=8192,
                  num_heads=32, num_kv_heads=8)
     for kw in (dict(blocks=132), dict(persistent=False), dict(blocks=7)):
         (maps,) = v6.scratch(p, **kw)
         _, grid, *_ = v6.configure(p, **kw)
         assert maps.name == "maps" and np.dtype(maps.dtype).itemsize == 8
-        assert maps.shape == (grid[0] * grid[1] * grid[2] * 3 * 128 // 8,)
+        assert maps.shape == (grid[0] * grid[1] * grid[2] * 4 * 128 // 8,)
 
 
 def test_auto_takes_flash_ws_only_with_enough_key_tiles():

@@ -391,3 +391,75 @@ def test_staged_shared_plan_fits_and_follows_the_barriers():
         assert o % 128 == 0 and o >= lay.barrier_offsets(d, bn, s)[5] + 8
         assert lay.shared_bytes(d, bn, s, staged=True) == o + 2 * lay.q_tile_bytes(d) + 1024
         assert lay.shared_bytes(d, bn, s, staged=True) <= 227 * 1024
+
+
+@pytest.mark.parametrize("d,heads", [(128, 4), (128, 2), (128, 1), (64, 4), (64, 1)])
+def test_boxed_o_tile_is_what_a_q_load_would_leave(rng, d, heads):
+    """The boxed epilogue (v6_epilogue.boxed), emulated: every thread's pairs written at
+    ``o_box_word`` make the tile a load of the output's rows through the Q map would leave
+    (the TMA store's source layout: boxes at ``q_box_offset``, ``box_swizzled_offset``
+    inside), each word once; and the copy-out of ``o_box_chunk`` reads every chunk once,
+    at the output column it names."""
+    pb = lay.positions_per_tile(heads)
+    words = rng.integers(0, 2 ** 32, (64, d // 2), dtype=np.uint64).astype(np.uint32)
+    tile = np.zeros(lay.q_tile_bytes(d) // 4, np.uint32)
+    seen = np.zeros_like(tile, dtype=np.int64)
+    for warp in range(4):
+        for lane in range(32):
+            slot, prow = lay.consumer_rows(warp, lane, heads)
+            for row in (slot * pb + prow, slot * pb + prow + 8):
+                for i4 in range(d // 8):
+                    w = 4 * i4 + (lane & 3)
+                    off = lay.o_box_word(row, w, d, heads)
+                    assert off % 4 == 0 and 0 <= off < lay.q_tile_bytes(d)
+                    tile[off // 4] = words[row, w]
+                    seen[off // 4] += 1
+    assert (seen == 1).all()
+    half = tile.view(np.uint16)
+    elems = words.view(np.uint16)            # (64 rows, d): row = head * pb + position
+    for head in range(heads):
+        for cb in range(d // 64):
+            start = lay.q_box_offset(0, head, cb, d, heads)
+            assert start % 1024 == 0
+            for pos in range(pb):
+                for e in range(64):
+                    got = half[(start + lay.box_swizzled_offset(pos, e)) // 2]
+                    assert got == elems[head * pb + pos, 64 * cb + e]
+    read = np.zeros(lay.q_tile_bytes(d) // 16, np.int64)
+    for g in range(64 * d // 8):
+        off, pos, head, col = lay.o_box_chunk(g, d, heads)
+        assert off % 16 == 0
+        read[off // 16] += 1
+        np.testing.assert_array_equal(tile[off // 4:off // 4 + 4],
+                                      words[head * pb + pos, 4 * col:4 * col + 4])
+    assert (read == 1).all()
+
+
+@pytest.mark.parametrize("d,heads", [(128, 4), (128, 1), (64, 2)])
+def test_boxed_o_tile_stores_and_reads_avoid_bank_conflicts(d, heads):
+    """As the staged tile: a quad-row store hits 32 distinct banks, each 8-lane phase of the
+    copy-out's 16-byte reads 8 distinct bank groups, and those 8 lanes write 128 contiguous
+    bytes of one output row."""
+    pb = lay.positions_per_tile(heads)
+    for warp in range(4):
+        for i4 in range(d // 8):
+            for b in (0, 8):
+                banks = {(lay.o_box_word(slot * pb + prow + b, 4 * i4 + (lane & 3), d,
+                                         heads) // 4) % 32
+                         for lane in range(32)
+                         for slot, prow in [lay.consumer_rows(warp, lane, heads)]}
+                assert len(banks) == 32
+    for g0 in range(0, 64 * d // 8, 8):
+        got = [lay.o_box_chunk(g, d, heads) for g in range(g0, g0 + 8)]
+        assert len({(off // 16) % 8 for off, *_ in got}) == 8
+        assert len({(pos, head) for _, pos, head, _ in got}) == 1
+        assert sorted(col for *_, col in got) == list(range(got[0][3] // 8 * 8,
+                                                            got[0][3] // 8 * 8 + 8))
+
+
+def test_boxed_shared_plan_aligns_the_o_tiles_to_the_swizzle_atom():
+    for d, bn, s in ((128, 64, 3), (128, 128, 2), (64, 64, 2)):
+        o = lay.o_stage_offset(d, bn, s, boxed=True)
+        assert o % 1024 == 0 and o >= lay.o_stage_offset(d, bn, s)
+        assert lay.shared_bytes(d, bn, s, True, True) == o + 2 * lay.q_tile_bytes(d) + 1024
+        assert lay.shared_bytes(d, bn, s, True, True) <= 227 * 1024

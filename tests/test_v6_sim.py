@@ -47,7 +47,7 @@ def _run(rng, seq_q, seq_k, h, hkv, d, dtype, window, causal, batched=False, **k
     # slot and writes the call's addresses there), as the call path launches them
     (plan,) = v6.plan(p, **kw)
     (maps,) = v6.scratch(p, **kw)
-    assert maps.shape[0] == plan.griddim[0] * plan.griddim[1] * plan.griddim[2] * 48
+    assert maps.shape[0] == plan.griddim[0] * plan.griddim[1] * plan.griddim[2] * 64
     arrays = dict(q=q16, k=k16, v=v16, out=out, lse=lse, cu_seqlens_q=cu_q,
                   cu_seqlens_k=cu_k, maps=np.full(maps.shape, -1, np.int64))
     launch_plans((plan,), arrays)
@@ -110,6 +110,16 @@ CASES = [  # seq_q, seq_k, H, Hkv, D, dtype, window, causal, options (stages >= 
     # sequences and partial tiles (rows past a sequence never written), 1, 2 and 4 heads per
     # tile, the persistent grid, with the overlapped loop
     ([20, 0, 9], [20, 3, 0], 4, 1, 64, np.float16, (8, 8), False, dict(stages=2, staged=True)),
+    # the staged epilogue without TMA stores (tma_out off: every tile copied out), and with
+    # them (the default): whole tiles of 2 and 1 heads by TMA, partial ones copied out
+    ([20, 0, 9], [20, 3, 0], 4, 1, 64, np.float16, (8, 8), False,
+     dict(stages=2, staged=True, tma_out=False)),
+    pytest.param(([70, 64], [80, 64], 2, 1, 128, BF16, (-1, -1), False,
+                  dict(stages=2, tma_out=True)), marks=_SLOW),
+    pytest.param(([128, 128], [128, 128], 2, 2, 64, np.float16, (16, 16), False,
+                  dict(stages=2, tma_out=True, batched=True)), marks=_SLOW),
+    pytest.param(([40, 33], [50, 40], 4, 1, 64, np.float16, (-1, -1), True,
+                  dict(stages=2, tma_out=True, persistent=True, blocks=10 ** 6)), marks=_SLOW),
     pytest.param(([30, 0, 5], [40, 3, 0], 4, 1, 128, BF16, (20, 20), False,
                   dict(stages=2, staged=True, persistent=True, blocks=10 ** 6)), marks=_SLOW),
     pytest.param(([45], [70], 2, 1, 64, np.float16, (-1, -1), True,

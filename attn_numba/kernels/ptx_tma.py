@@ -17,6 +17,12 @@ Compile for ``cc=(9, 0, "a")``; the CUDA simulator runs none of this.
   ``map`` is the generic address (u64) of a 128-byte ``CUtensorMap`` in global memory
   (:mod:`attn_numba.tensormap`), ``c0`` the innermost coordinate, in elements; boxes that
   reach past the tensor are zero-filled and still count their full bytes on ``bar``.
+* ``tma_store_3d(map, src, c0, c1, c2)``:
+  ``cp.async.bulk.tensor.3d.global.shared::cta.bulk_group``: the box at ``src`` (shared,
+  laid out as a load of the same map would leave it) written to the tensor, rows past it
+  dropped; ``bulk_commit()`` closes the thread's group of such stores, ``bulk_wait_read()``
+  waits until every committed group has read its shared memory (before that memory is
+  written again or the block exits).
 * ``fence_tensormap_acquire(map)``: ``fence.proxy.tensormap::generic.acquire.gpu [map],
   128`` (once per block before the first TMA through ``map``: the PTX memory model asks for
   it when the map lives in global memory); ``fence_tensormap_release()`` for the writer;
@@ -138,6 +144,15 @@ tma_load_3d = _stmt(
     "tma_load_3d",
     "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes "
     "[$0], [$1, {$2, $3, $4}], [$5];", (_U32, _U64, _U32, _U32, _U32, _U32))
+#: tma_store_3d(map u64, src smem u32, c0, c1, c2): one box from shared memory to the tensor
+tma_store_3d = _stmt(
+    "tma_store_3d",
+    "cp.async.bulk.tensor.3d.global.shared::cta.bulk_group [$0, {$2, $3, $4}], [$1];",
+    (_U64, _U32, _U32, _U32, _U32))
+#: bulk_commit(): the thread's bulk stores issued so far form one group
+bulk_commit = _stmt("bulk_commit", "cp.async.bulk.commit_group;", ())
+#: bulk_wait_read(): every committed group has finished reading its shared memory
+bulk_wait_read = _stmt("bulk_wait_read", "cp.async.bulk.wait_group.read 0;", ())
 #: fence_tensormap_acquire(map u64): before the first use of a map in global memory
 fence_tensormap_acquire = _stmt(
     "fence_tensormap_acquire", "fence.proxy.tensormap::generic.acquire.gpu [$0], 128;", (_U64,))
@@ -260,4 +275,5 @@ if _config.ENABLE_CUDASIM:
                              ld_shared_v4, st_global_v4, st_shared_u32,
                              mbarrier_wait, mbarrier_wait_bounded, setmaxnreg_dec, setmaxnreg_inc,
                              tma_load_2d, tma_load_3d, tensormap_copy, tensormap_store,
-                             tensormap_replace_address)
+                             tensormap_replace_address, tma_store_3d, bulk_commit,
+                             bulk_wait_read)

@@ -1,6 +1,7 @@
-"""flash_ws's two epilogues for a consumer warpgroup's 64 rows, built per specialisation,
+"""flash_ws's three epilogues for a consumer warpgroup's 64 rows, built per specialisation,
 with one signature (``store(acc, m_a, m_b, l_a, l_b, out, lse, b, q0, sq, t, lse_batched,
-base, grp, ctid, slot, hbase, prow, pos0)``):
+base, grp, ctid, slot, hbase, prow, pos0, mo)``; ``mo``: the block's O map, used by
+``boxed`` alone):
 
 * ``direct``: flash_wgmma's (``softmax.epilogue``): every thread stores its rows' 32-bit
   pairs straight to the output, ``D / 4`` stores per row and thread, each warp store
@@ -11,6 +12,13 @@ base, grp, ctid, slot, hbase, prow, pos0)``):
   stores per thread), so a warp writes 512 contiguous bytes per store; rows past the
   sequence are never written. A second barrier before the tile is written keeps a
   persistent block's next work tile from overwriting chunks still being copied out.
+* ``boxed``: as ``staged``, but the tile is laid out as the consumer's Q tile (one
+  128B-swizzled box per head and 64 columns: ``v6_layout.o_box_word``), so that when all
+  its positions lie inside the sequence one thread writes it with ``HB * D / 64`` TMA
+  stores through the block's O map (the Q map's geometry, the output's address) and waits
+  only until they have read the tile. A tile that reaches past its sequence is copied out
+  in 16-byte chunks as ``staged`` does (``o_box_chunk``): a TMA store would write its rows
+  past the sequence into the next one.
 
 Both write the lse from lane ``t == 0`` of each quad. Layout maps: ``v6_layout``."""
 import functools
@@ -30,6 +38,9 @@ EPI_THREADS = 128
 
 _word = cuda.jit(device=True, inline=True, cache=True)(lay.o_stage_word)
 _chunk = cuda.jit(device=True, inline=True, cache=True)(lay.o_stage_chunk)
+_box_word = cuda.jit(device=True, inline=True, cache=True)(lay.o_box_word)
+_box_chunk = cuda.jit(device=True, inline=True, cache=True)(lay.o_box_chunk)
+_q_box_offset = cuda.jit(device=True, inline=True, cache=True)(lay.q_box_offset)
 
 
 @functools.lru_cache(maxsize=None)
@@ -39,7 +50,7 @@ def direct(D, kind):
 
     @cuda.jit(device=True, inline=True, cache=True)
     def store(acc, m_a, m_b, l_a, l_b, out, lse, b, q0, sq, t, lse_batched, base, grp, ctid,
-              slot, hbase, prow, pos0):
+              slot, hbase, prow, pos0, mo):
         pos_a = pos0 + prow
         finish(acc, m_a, m_b, l_a, l_b, out, lse, b, hbase + slot, q0, pos_a, pos_a + 8, sq,
                t, lse_batched)
@@ -60,7 +71,7 @@ def staged(D, kind, HB, o_offset):
 
     @cuda.jit(device=True, inline=True, cache=True)
     def store(acc, m_a, m_b, l_a, l_b, out, lse, b, q0, sq, t, lse_batched, base, grp, ctid,
-              slot, hbase, prow, pos0):
+              slot, hbase, prow, pos0, mo):
         inv_a, lse_a, inv_b, lse_b = rows(m_a, m_b, l_a, l_b)
         s_o = base + uint32(o_offset + grp * Q_TILE)
         bar = uint32(EPI_BAR + grp)
@@ -105,4 +116,78 @@ def staged(D, kind, HB, o_offset):
                                       + 16 * (g - r * CH))
                 pt.st_global_v4(addr, words[4 * it], words[4 * it + 1], words[4 * it + 2],
                                 words[4 * it + 3])
+    return store
+
+
+@functools.lru_cache(maxsize=None)
+def boxed(D, kind, HB, o_offset):
+    """The epilogue through a Q-shaped tile and TMA stores: consumer ``grp``'s O tile at
+    ``base + o_offset + grp * q_tile_bytes(D)`` (1024-byte aligned)."""
+    PB = lay.positions_per_tile(HB)
+    CH = D // 8
+    CB = D // lay.BOX_COLS
+    BC = lay.BOX_COLS
+    COPIES = lay.BLOCK_M * CH // EPI_THREADS
+    WORDS = 4 * COPIES
+    Q_TILE = lay.q_tile_bytes(D)
+    pack = px.pack2(kind)
+    rows = finish_rows(px.shfl_xor)
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def store(acc, m_a, m_b, l_a, l_b, out, lse, b, q0, sq, t, lse_batched, base, grp, ctid,
+              slot, hbase, prow, pos0, mo):
+        inv_a, lse_a, inv_b, lse_b = rows(m_a, m_b, l_a, l_b)
+        s_o = base + uint32(o_offset + grp * Q_TILE)
+        bar = uint32(EPI_BAR + grp)
+        ra = slot * PB + prow
+        # 1. the rows into the tile, once the previous work tile's copy-out (or its TMA
+        #    stores: their issuer waited for their reads) is done with it
+        pt.bar_sync_data(bar, uint32(EPI_THREADS))
+        for i4 in range(CH):
+            w = 4 * i4 + t
+            pt.st_shared_u32(s_o + uint32(_box_word(ra, w, D, HB)),
+                             pack(acc[4 * i4] * inv_a, acc[4 * i4 + 1] * inv_a))
+            pt.st_shared_u32(s_o + uint32(_box_word(ra + 8, w, D, HB)),
+                             pack(acc[4 * i4 + 2] * inv_b, acc[4 * i4 + 3] * inv_b))
+        pos_a = pos0 + prow
+        if t == 0:
+            if pos_a < sq:
+                store_lse(lse, lse_batched, b, hbase + slot, q0, pos_a, lse_a)
+            if pos_a + 8 < sq:
+                store_lse(lse, lse_batched, b, hbase + slot, q0, pos_a + 8, lse_b)
+        whole = mo != 0 and pos0 + PB <= sq
+        if whole:   # the tile's stores, visible to the TMA unit (the async proxy)
+            pt.fence_proxy_async()
+        pt.bar_sync_data(bar, uint32(EPI_THREADS))
+        if whole:
+            # 2a. one thread: a TMA store per (head, 64 columns), then a wait until they
+            #     have read the tile (it is written again by the next work tile)
+            if ctid == 0:
+                for hi in range(HB):
+                    for cb in range(CB):
+                        pt.tma_store_3d(mo, s_o + uint32(_q_box_offset(0, hi, cb, D, HB)),
+                                        uint32(cb * BC), uint32(hbase + hi),
+                                        uint32(q0 + pos0))
+                pt.bulk_commit()
+                pt.bulk_wait_read()
+        else:
+            # 2b. the rows inside the sequence in 16-byte chunks: all loads, then the stores
+            words = cuda.local.array(WORDS, uint32)
+            for it in range(COPIES):
+                off, _, _, _ = _box_chunk(it * EPI_THREADS + ctid, D, HB)
+                w0, w1, w2, w3 = pt.ld_shared_v4(s_o + uint32(off))
+                words[4 * it] = w0
+                words[4 * it + 1] = w1
+                words[4 * it + 2] = w2
+                words[4 * it + 3] = w3
+            obase = px.data_ptr(out)
+            s_row = out.strides[0]
+            s_head = out.strides[1]
+            for it in range(COPIES):
+                _, pos, head, col = _box_chunk(it * EPI_THREADS + ctid, D, HB)
+                if pos0 + pos < sq:
+                    addr = obase + uint64((q0 + pos0 + pos) * s_row + (hbase + head) * s_head
+                                          + 16 * col)
+                    pt.st_global_v4(addr, words[4 * it], words[4 * it + 1],
+                                    words[4 * it + 2], words[4 * it + 3])
     return store

@@ -44,7 +44,7 @@ from .config import heads_per_block
 from .occupancy import opt_in_shared
 from .v5_flash_wgmma import kind_of
 # the kernel body, its threads, head sizes, shared-memory limit and signature
-from .v6_kernel import HEAD_SIZES, MAPS_PER_BLOCK, MAX_SHARED, THREADS, _build
+from .v6_kernel import HEAD_SIZES, MAX_SHARED, THREADS, _build, maps_per_block
 from .v6_kernel import signature as _signature
 
 NAME = "flash_ws"
@@ -90,19 +90,25 @@ SPLIT_MAPS = False
 UNIFORM_LENGTHS = True
 #: each block's maps fetched into the TMA unit's descriptor cache right after their acquire
 #: (``prefetch.tensormap``; the acquire is an invalidate, UTMACCTL.IV in SASS, so the first
-#: TMA would fetch the map): built after run 57, not yet timed, so off
-PREFETCH_MAPS = False
+#: TMA would fetch the map): 0.1-0.2 us faster at 512 tokens, within 1% elsewhere (run 58)
+PREFETCH_MAPS = True
 #: the epilogue through shared memory, 16-byte stores (v6_epilogue.staged): 3-15% faster
 #: than per-thread stores at 8 of the log's 10 configurations, equal at the other two (run 48)
 STAGED = True
+#: with the staged epilogue, a tile whose positions all lie inside its sequence leaves by
+#: TMA stores (one thread, ``HB * D / 64`` boxes, through an O map each block writes beside
+#: its Q, K, V maps), the others in 16-byte chunks (v6_epilogue.boxed): built after run 58
+#: (whose SASS put 383 K of the 512-token call's 3.27 M warp instructions in the copy-out)
+TMA_OUT = True
 #: ``auto`` takes flash_ws over flash_wgmma above this many key tiles in the grid (128-key
 #: tiles at D = 128; the log's shape: 704 at 1024 tokens, 1472 at 2048, causal 480 / 992)
 AUTO_MIN_KEY_TILES = 1200
 
 
 def _staged_fits(head_size, block_n, stages):
-    """The default epilogue: ``STAGED`` where its O tiles fit beside the stages asked for."""
-    return STAGED and lay.shared_bytes(head_size, block_n, stages, True) <= MAX_SHARED
+    """The default epilogue: ``STAGED`` where its O tiles fit beside the stages asked for
+    (aligned for the boxed epilogue)."""
+    return STAGED and lay.shared_bytes(head_size, block_n, stages, True, True) <= MAX_SHARED
 
 
 def map_mode(persistent, param_maps=None, split_maps=None):
@@ -115,16 +121,21 @@ def map_mode(persistent, param_maps=None, split_maps=None):
     return pm, split
 
 
+def _tma_out(staged, tma_out):
+    """The boxed epilogue: ``TMA_OUT`` where None, and only with the staged one."""
+    return bool(staged) and (TMA_OUT if tma_out is None else bool(tma_out))
+
+
 def build(head_size, kind="f16", heads=4, block_n=None, stages=None, overlap=None,
           debug_waits=False, pingpong=None, lean=None, persistent=None, param_maps=None,
-          staged=None, split_maps=None, prefetch_maps=None):
+          staged=None, split_maps=None, prefetch_maps=None, tma_out=None):
     """The kernel for ``head_size``, ``kind`` ('f16'/'bf16'), ``heads`` query heads per tile
     (4, 2 or 1 of a GQA group), key tile ``block_n``, ``stages``, the consumer loop
     ``overlap``, the consumers' turns ``pingpong``, the ``lean`` softmax, the
     ``persistent`` grid, the template maps as kernel parameters ``param_maps``, written by a
     second producer thread ``split_maps`` (:func:`map_mode`), prefetched ``prefetch_maps``,
-    and the ``staged`` epilogue (None = the module defaults; the staged epilogue only where
-    its O tiles fit);
+    and the ``staged`` epilogue, its whole tiles by TMA stores ``tma_out`` (None = the
+    module defaults; the staged epilogue only where its O tiles fit);
     ``debug_waits``: bounded waits that print the one that timed out
     (v6_roles.roles), for diagnosing a hang."""
     bn = BLOCK_N[head_size] if block_n is None else block_n
@@ -137,7 +148,8 @@ def build(head_size, kind="f16", heads=4, block_n=None, stages=None, overlap=Non
                   OVERLAP if overlap is None else bool(overlap), bool(debug_waits),
                   PINGPONG if pingpong is None else bool(pingpong),
                   LEAN if lean is None else bool(lean), pers, pm, bool(staged), split,
-                  PREFETCH_MAPS if prefetch_maps is None else bool(prefetch_maps))
+                  PREFETCH_MAPS if prefetch_maps is None else bool(prefetch_maps),
+                  _tma_out(staged, tma_out))
 
 
 # --------------------------------------------------------------------------- module contract
@@ -192,7 +204,7 @@ def auto_declines(problem):
 
 def configure(problem, heads=None, block_n=None, stages=None, overlap=None,
               debug_waits=False, pingpong=None, lean=None, persistent=None, blocks=None,
-              param_maps=None, staged=None, split_maps=None, prefetch_maps=None):
+              param_maps=None, staged=None, split_maps=None, prefetch_maps=None, tma_out=None):
     """(kernel, grid, dynamic shared bytes, heads, block_n, extra scalars) for ``problem``.
     ``persistent``: a grid of ``blocks`` (default: the device's SMs, at most the work
     tiles) taking the work tiles in turn, extra scalars ``(nx, ny, n_work)``; None (the
@@ -212,17 +224,19 @@ def configure(problem, heads=None, block_n=None, stages=None, overlap=None,
     # the persistent grid only pays with more work tiles than blocks
     pers = (PERSISTENT and n_work > blocks) if persistent is None else bool(persistent)
     stg = _staged_fits(d, bn, st) if staged is None else bool(staged)
-    if lay.shared_bytes(d, bn, st, stg) > MAX_SHARED:
+    tma = _tma_out(stg, tma_out)
+    need = lay.shared_bytes(d, bn, st, stg, tma)
+    if need > MAX_SHARED:
         raise ValueError(f"flash_ws: block_n={bn}, stages={st}{', staged' if stg else ''} "
-                         f"need {lay.shared_bytes(d, bn, st, stg)} bytes of shared memory "
+                         f"need {need} bytes of shared memory "
                          f"at head size {d}, more than {MAX_SHARED}")
     kernel = build(d, kind_of(problem.dtype), hb, bn, st, overlap, debug_waits, pingpong,
-                   lean, pers, param_maps, stg, split_maps, prefetch_maps)
+                   lean, pers, param_maps, stg, split_maps, prefetch_maps, tma)
     extra = ()
     if pers:
         extra = (np.int32(grid[0]), np.int32(grid[1]), np.int32(n_work))
         grid = (max(min(int(blocks), n_work), 1), 1, 1)
-    return kernel, grid, lay.shared_bytes(d, bn, st, stg), hb, bn, extra
+    return kernel, grid, need, hb, bn, extra
 
 
 def map_specs(problem, heads, block_n):
@@ -273,13 +287,14 @@ def template(problem, heads, block_n, words=False):
 
 
 def scratch(problem, **kw):
-    """The call's own maps: 384 bytes per block of the grid (``maps``, int64), written by
-    each block from the template before its first TMA, so that calls on any streams never
-    share a map. Keywords as in :func:`plan`."""
+    """The call's own maps: 512 bytes per block of the grid (Q, K, V and, with ``tma_out``,
+    O; ``maps``, int64), written by each block from the template before its first TMA, so that
+    calls on any streams never share a map. Keywords as in :func:`plan`."""
     from . import Scratch
     kw.pop("uniform_lengths", None)
     _, grid, *_ = configure(problem, **kw)
-    return (Scratch("maps", (grid[0] * grid[1] * grid[2] * MAPS_PER_BLOCK * 16,), np.int64),)
+    n = maps_per_block(True)   # room for an O map whether the kernel writes one or not
+    return (Scratch("maps", (grid[0] * grid[1] * grid[2] * n * 16,), np.int64),)
 
 
 def plan(problem, **kw):
@@ -287,7 +302,7 @@ def plan(problem, **kw):
     scratch (:func:`scratch`), writes the call's q, k, v addresses there
     (``tensormap.replace``) and loads through them. Keyword overrides (``heads``,
     ``block_n``, ``stages``, ``overlap``, ``pingpong``, ``lean``, ``persistent``,
-    ``param_maps``, ``split_maps``, ``prefetch_maps``, ``staged``, ``blocks``,
+    ``param_maps``, ``split_maps``, ``prefetch_maps``, ``staged``, ``tma_out``, ``blocks``,
     ``debug_waits``) as in
     :func:`build` and :func:`configure`, and ``uniform_lengths`` (a batched call's lengths
     passed: :func:`uniform_lengths`; None = ``UNIFORM_LENGTHS``); :func:`scratch` takes the

@@ -23,8 +23,14 @@ CONSUMER_REGS = 240
 assert PRODUCER_REGS + lay.CONSUMERS * CONSUMER_REGS == 3 * ((65536 // THREADS) // 8 * 8)
 HEAD_SIZES = (64, 128)
 MAX_SHARED = 227 * 1024
-#: maps per block (Q, K, V), 128 bytes each, in the call's ``maps`` scratch
+#: maps per block (Q, K, V), 128 bytes each, in the call's ``maps`` scratch; with ``tma_out``
+#: an O map follows them (``maps_per_block``)
 MAPS_PER_BLOCK = 3
+
+
+def maps_per_block(tma_out=False):
+    """Maps in each block's slot of the ``maps`` scratch: Q, K, V (and O with ``tma_out``)."""
+    return MAPS_PER_BLOCK + bool(tma_out)
 #: with ``split_maps``: the producer thread that writes and releases the block's maps (warp 1
 #: of the producer warpgroup) while thread 0 loads the work tile; thread 0 acquires them
 MAP_WRITER = 32
@@ -33,15 +39,17 @@ MAP_WRITER = 32
 @functools.lru_cache(maxsize=None)
 def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
            lean=False, persistent=False, param_maps=False, staged=False, split_maps=False,
-           prefetch_maps=False):
+           prefetch_maps=False, tma_out=False):
     assert D in HEAD_SIZES and BN in (64, 128) and S >= 2 and HB in (1, 2, 4)
+    assert staged or not tma_out
     # split_maps: the one-block-per-tile kernel with the template as parameters only
     assert not split_maps or (param_maps and not persistent)
-    assert lay.shared_bytes(D, BN, S, staged) <= MAX_SHARED
+    assert lay.shared_bytes(D, BN, S, staged, tma_out) <= MAX_SHARED
     PB = lay.positions_per_tile(HB)
     ROWS = lay.CONSUMERS * PB            # positions per work tile (of HB heads, one sequence)
     r = v6_roles.roles(D, BN, kind, HB, S, overlap, debug_waits, pingpong, lean, staged,
-                       prefetch_maps)
+                       prefetch_maps, tma_out)
+    SLOT = 128 * maps_per_block(tma_out)
     init_barriers, produce_tile, consume = r.init_barriers, r.produce_tile, r.consume
     # each block's maps: from the template in global memory (``tmpl`` its address), or from
     # its words passed as parameters (``tmpl`` the tuple), then set up first thing
@@ -86,8 +94,9 @@ def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
 
     @cuda.jit(device=True, inline=True, cache=True)
     def slot(maps, blk):
-        """Address of block ``blk``'s three maps in the call's scratch ``maps``."""
-        return px.data_ptr(maps) + uint64(MAPS_PER_BLOCK * 128) * uint64(blk)
+        """Address of block ``blk``'s maps in the call's scratch ``maps`` (its O map, with
+        ``tma_out``, at + 384)."""
+        return px.data_ptr(maps) + uint64(SLOT) * uint64(blk)
 
     @cuda.jit(device=True, inline=True, cache=True)
     def block_base(tid):
@@ -116,9 +125,9 @@ def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
                 mq = mk = mv = uint64(0)
                 if SPLIT:   # written and released by another thread, under those loads
                     if tid == MAP_WRITER:
-                        release_words(slot(maps, block_id(b)), tmpl, q, k, v)
+                        release_words(slot(maps, block_id(b)), tmpl, q, k, v, out)
                 elif tid == 0:
-                    mq, mk, mv = acquire(slot(maps, block_id(b)), tmpl, q, k, v)
+                    mq, mk, mv = acquire(slot(maps, block_id(b)), tmpl, q, k, v, out)
             q0, sq, row0, k0, sk, hbase, hkv, n_lo, ntiles = work_tile(
                 q, k, cu_q, cu_k, left, right, cuda.blockIdx.x, cuda.blockIdx.y, b, uq, uk)
             if row0 >= sq:
@@ -132,7 +141,7 @@ def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
                     # the maps before setmaxnreg.dec: their copy needs more than 24 registers
                     mq = mk = mv = uint64(0)
                     if tid == 0 and ntiles > 0:
-                        mq, mk, mv = acquire(slot(maps, block_id(b)), tmpl, q, k, v)
+                        mq, mk, mv = acquire(slot(maps, block_id(b)), tmpl, q, k, v, out)
                 dec()
                 if tid == 0 and ntiles > 0:
                     produce_tile(base, mq, mk, mv, q0, sq, row0, hbase, k0, hkv, n_lo,
@@ -143,7 +152,8 @@ def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
                 f_lo, f_hi = full_key_tiles(row0, last, sq, sk, left, right, BN)
                 sched_init(wg - 1)
                 consume(base, wg - 1, tid & 127, out, lse, b, q0, sq, sk, row0, hbase, n_lo,
-                        ntiles, f_lo, f_hi, left, right, scale_log2, lse_batched, 0, 0)
+                        ntiles, f_lo, f_hi, left, right, scale_log2, lse_batched, 0, 0,
+                        slot(maps, block_id(b)) + uint64(384))
 
         return flash_ws_kernel
 
@@ -158,14 +168,14 @@ def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
         if EARLY:   # no load to wait for: the maps before the barriers' set-up
             mq = mk = mv = uint64(0)
             if tid == 0:
-                mq, mk, mv = acquire(slot(maps, cuda.blockIdx.x), tmpl, q, k, v)
+                mq, mk, mv = acquire(slot(maps, cuda.blockIdx.x), tmpl, q, k, v, out)
         base = block_base(tid)
         if wg == 0:
             if not EARLY:
                 # the maps before setmaxnreg.dec: their copy needs more than 24 registers
                 mq = mk = mv = uint64(0)
                 if tid == 0:
-                    mq, mk, mv = acquire(slot(maps, cuda.blockIdx.x), tmpl, q, k, v)
+                    mq, mk, mv = acquire(slot(maps, cuda.blockIdx.x), tmpl, q, k, v, out)
             dec()
             if tid == 0:
                 c = 0
@@ -195,7 +205,7 @@ def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
                     f_lo, f_hi = full_key_tiles(row0, last, sq, sk, left, right, BN)
                     consume(base, grp, tid & 127, out, lse, b, q0, sq, sk, row0, hbase,
                             n_lo, ntiles, f_lo, f_hi, left, right, scale_log2, lse_batched,
-                            c, qn)
+                            c, qn, slot(maps, cuda.blockIdx.x) + uint64(384))
                     if ntiles > 0:
                         c += ntiles
                         qn += 1

@@ -65,18 +65,22 @@ def barrier_offsets(head_size, block_n, stages):
     return (base,) + tuple(base + BAR_BYTES * (1 + i * stages) for i in range(5))
 
 
-def o_stage_offset(head_size, block_n, stages):
+def o_stage_offset(head_size, block_n, stages, boxed=False):
     """Byte offset of the staged epilogue's O tiles (consumer ``c``'s at + ``c``
-    q_tile_bytes), 128-byte aligned after the barriers."""
+    q_tile_bytes) after the barriers: 128-byte aligned, or (``boxed``: TMA stores read
+    them with the 128B swizzle) 1024-byte aligned."""
     end = barrier_offsets(head_size, block_n, stages)[5] + BAR_BYTES
-    return (end + 127) // 128 * 128
+    a = ATOM_BYTES if boxed else 128
+    return (end + a - 1) // a * a
 
 
-def shared_bytes(head_size, block_n, stages, staged=False):
+def shared_bytes(head_size, block_n, stages, staged=False, boxed=False):
     """Dynamic shared memory of a block: tiles, barriers, (``staged``) the epilogue's O
-    tiles, and 1024 bytes of slack for the base's alignment to the swizzle atom."""
+    tiles (``boxed``: 1024-byte aligned), and 1024 bytes of slack for the base's alignment
+    to the swizzle atom."""
     if staged:
-        end = o_stage_offset(head_size, block_n, stages) + CONSUMERS * q_tile_bytes(head_size)
+        end = (o_stage_offset(head_size, block_n, stages, boxed)
+               + CONSUMERS * q_tile_bytes(head_size))
     else:
         end = barrier_offsets(head_size, block_n, stages)[5] + BAR_BYTES
     return end + ATOM_BYTES
@@ -103,6 +107,38 @@ def o_stage_chunk(r, c, head_size, heads):
     (= position ``r // heads``, head ``r % heads``): the reading side of
     :func:`o_stage_word`."""
     return r * 2 * head_size + ((c ^ ((r // heads) & 7)) << 4)
+
+
+def o_box_word(row, word, head_size, heads):
+    """Byte offset, inside a consumer's O tile of the boxed epilogue, of 32-bit word
+    ``word`` (columns ``2 word, 2 word + 1``) of accumulator row ``row`` (head ``row //
+    PB``, position ``row % PB``). The tile is laid out as the consumer's Q tile
+    (:func:`q_box_offset`): one 128B-swizzled box per head and 64 columns, position-rows,
+    so that a TMA store through the Q map's geometry writes it out."""
+    pb = 64 // heads
+    pos, head = row % pb, row // pb
+    e = (2 * word) & 63
+    # q_box_offset(0, head, word >> 5, ...), written out: a leaf function for the kernel
+    return ((word >> 5) * 64 * SWIZZLE_BYTES + head * pb * SWIZZLE_BYTES
+            + pos * SWIZZLE_BYTES + (((e >> 3) ^ (pos & 7)) << 4) + (e & 7) * 2)
+
+
+def o_box_chunk(g, head_size, heads):
+    """(byte offset in the boxed O tile, position, head, 16-byte column chunk of the output
+    row) of chunk ``g`` (0 .. 64 D / 8 - 1) of a consumer's boxed O tile, in the copy-out
+    order of a tile that reaches past its sequence: eight consecutive ``g`` read one
+    128-byte box row (conflict-free) and write 128 contiguous bytes of the output; then the
+    row's next 64 columns, then the next head of the same position."""
+    cb_n = head_size // 64
+    c8 = g & 7
+    rest = g >> 3
+    cb = rest % cb_n
+    rr = rest // cb_n
+    pos = rr // heads
+    head = rr - pos * heads
+    off = ((cb * 64 + head * (64 // heads) + pos) * SWIZZLE_BYTES   # q_box_offset(0, ...)
+           + ((c8 ^ (pos & 7)) << 4))
+    return off, pos, head, cb * 8 + c8
 
 
 def box_swizzled_offset(r, e):

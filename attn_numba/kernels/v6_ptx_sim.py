@@ -35,6 +35,7 @@ def _noop(*args):
 
 
 fence_mbarrier_init = fence_tensormap_release = fence_proxy_async = _noop
+bulk_commit = bulk_wait_read = _noop   # a model store is done when it returns
 prefetch_tensormap = _noop     # the model has no descriptor cache
 
 
@@ -177,6 +178,27 @@ def tma_load_3d(dst, m, c0, c1, c2, bar):
     smem = sim._TLS.smem.view(np.uint16)
     smem[(dst + _offsets(*box.shape)) // 2] = box
     _complete_tx(_block(), bar, box.size * 2)
+
+
+def tma_store_3d(m, src, c0, c1, c2):
+    """The box at ``src`` (shared, in the layout a load through the same map leaves) written
+    to the tensor at (c0, c1, c2); elements past the tensor are dropped."""
+    spec, addr = _MAPS[int(m)]
+    assert addr is not None, "tensor map used before its address was written"
+    src = int(src)
+    assert src % 1024 == 0, f"TMA source {src} not 1024-byte aligned"
+    d, heads, rows = spec.dims
+    bc, _, br = spec.box
+    box = sim._TLS.smem.view(np.uint16)[(src + _offsets(br, bc)) // 2]
+    flat = sim._GLOBAL[addr >> sim._ADDR_BITS]
+    x = flat[addr & ((1 << sim._ADDR_BITS) - 1):].view(np.uint16)[:rows * heads * d]
+    x = x.reshape(rows, heads, d)
+    c0, c1, c2 = (int(np.int32(np.uint32(c))) for c in (c0, c1, c2))
+    if 0 <= c1 < heads:
+        r0, r1 = max(c2, 0), min(c2 + br, rows)
+        e0, e1 = max(c0, 0), min(c0 + bc, d)
+        if r0 < r1 and e0 < e1:
+            x[r0:r1, c1, e0:e1] = box[r0 - c2:r1 - c2, e0 - c0:e1 - c0]
 
 
 _OFFSETS = {}

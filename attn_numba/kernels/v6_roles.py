@@ -77,10 +77,12 @@ def _wait(debug_waits):
     return wait
 
 
-def _producer(D, BN, HB, S, wait, stage_k, prefetch=False):
+def _producer(D, BN, HB, S, wait, stage_k, prefetch=False, o_map=False):
     """(init_barriers, acquire, acquire_words, release_words, acquire_slot, produce) for one
-    specialisation."""
+    specialisation; with ``o_map`` each block also gets an O map (the Q map's geometry, the
+    output's address) after its V map, for the boxed epilogue's TMA stores."""
     copy3 = pt.tensormap_copy(3)
+    copy1 = pt.tensormap_copy(1)
     store_q, store_k, store_v = (pt.tensormap_store(16 * i) for i in range(3))
     PB = lay.positions_per_tile(HB)
     CB = D // lay.BOX_COLS
@@ -104,12 +106,15 @@ def _producer(D, BN, HB, S, wait, stage_k, prefetch=False):
         pt.fence_mbarrier_init()
 
     @cuda.jit(device=True, inline=True, cache=True)
-    def release_maps(mq, mk, mv, q, k, v):
-        """The call's q, k, v addresses written into the maps at ``mq``, ``mk``, ``mv`` and
-        released (``fence.proxy.tensormap::generic.release.gpu``)."""
+    def release_maps(mq, mk, mv, q, k, v, out):
+        """The call's q, k, v (``o_map``: and out) addresses written into the maps at
+        ``mq``, ``mk``, ``mv`` (and ``mv + 128``) and released
+        (``fence.proxy.tensormap::generic.release.gpu``)."""
         pt.tensormap_replace_address(mq, px.data_ptr(q))
         pt.tensormap_replace_address(mk, px.data_ptr(k))
         pt.tensormap_replace_address(mv, px.data_ptr(v))
+        if o_map:
+            pt.tensormap_replace_address(mv + uint64(128), px.data_ptr(out))
         pt.fence_tensormap_release()
 
     @cuda.jit(device=True, inline=True, cache=True)
@@ -139,33 +144,38 @@ def _producer(D, BN, HB, S, wait, stage_k, prefetch=False):
             return mq, mk, mv
 
     @cuda.jit(device=True, inline=True, cache=True)
-    def acquire(slot, tmpl, q, k, v):
-        """The block's own Q, K and V maps at ``slot`` (384 bytes of the call's scratch):
-        the specialisation's template maps at ``tmpl`` copied there, the call's addresses
-        written, released and acquired by this thread (once per block, before any TMA)."""
+    def acquire(slot, tmpl, q, k, v, out):
+        """The block's own Q, K and V (and O) maps at ``slot`` (128 bytes each, of the
+        call's scratch): the specialisation's template maps at ``tmpl`` copied there (O:
+        Q's), the call's addresses written, released and acquired by this thread (once per
+        block, before any TMA; the O map's user acquires it itself)."""
         mq = uint64(slot)
         mk = mq + uint64(128)
         mv = mq + uint64(256)
         copy3(mq, uint64(tmpl))
-        release_maps(mq, mk, mv, q, k, v)
+        if o_map:
+            copy1(mq + uint64(384), uint64(tmpl))
+        release_maps(mq, mk, mv, q, k, v, out)
         return acquire_slot(slot)
 
     @cuda.jit(device=True, inline=True, cache=True)
-    def release_words(slot, words, q, k, v):
+    def release_words(slot, words, q, k, v, out):
         """The maps at ``slot`` written from the template's 48 words ``words`` (kernel
-        parameters: stores, no load), the call's addresses in them, released."""
+        parameters: stores, no load; O from Q's), the call's addresses in them, released."""
         mq = uint64(slot)
         mk = mq + uint64(128)
         mv = mq + uint64(256)
         store_q(mq, words)
         store_k(mk, words)
         store_v(mv, words)
-        release_maps(mq, mk, mv, q, k, v)
+        if o_map:
+            store_q(mq + uint64(384), words)
+        release_maps(mq, mk, mv, q, k, v, out)
 
     @cuda.jit(device=True, inline=True, cache=True)
-    def acquire_words(slot, words, q, k, v):
+    def acquire_words(slot, words, q, k, v, out):
         """As :func:`acquire`, from the template's words (:func:`release_words`)."""
-        release_words(slot, words, q, k, v)
+        release_words(slot, words, q, k, v, out)
         return acquire_slot(slot)
 
     @cuda.jit(device=True, inline=True, cache=True)
@@ -341,14 +351,15 @@ def _loops(D, BN, S, st, wait, pingpong):
 
 @functools.lru_cache(maxsize=None)
 def roles(D, BN, kind, HB, S, overlap=False, debug_waits=False, pingpong=False, lean=False,
-          staged=False, prefetch=False):
+          staged=False, prefetch=False, tma_out=False):
     """Device functions for head size ``D``, key tile ``BN``, ``kind`` ('f16'/'bf16'),
     ``HB`` heads per tile, ``S`` K/V stages and the consumer loop (``overlap``: QK^T of tile
     j with PV of tile j-1), ``pingpong`` (the consumers take turns at the tensor cores:
     :mod:`v6_turns`), ``lean`` (the softmax folds the scale into its exponent and masks
     on 32-bit offsets: ``v5_steps.steps``), ``staged`` (O leaves through shared memory in
     16-byte chunks: ``v6_epilogue``), ``prefetch`` (the maps fetched into the TMA unit's
-    descriptor cache once acquired). ``debug_waits``: every mbarrier wait gives up after
+    descriptor cache once acquired), ``tma_out`` (with ``staged``: the boxed epilogue,
+    whole tiles written by TMA stores through each block's O map). ``debug_waits``: every mbarrier wait gives up after
     ``WAIT_LIMIT`` attempts and prints which one (a hang becomes a wrong result and a line
     on stdout)."""
     PB = lay.positions_per_tile(HB)
@@ -358,21 +369,29 @@ def roles(D, BN, kind, HB, S, overlap=False, debug_waits=False, pingpong=False, 
     PA_LEN = 4 * (BN // 16)
     O_LEN = D // 2
     st = v5_steps.steps(D, BN, kind, HB, False, S, lay.CONSUMERS, lean)
-    store = (v6_epilogue.staged(D, kind, HB, lay.o_stage_offset(D, BN, S)) if staged else
-             v6_epilogue.direct(D, kind))
+    assert staged or not tma_out
+    if tma_out:
+        store = v6_epilogue.boxed(D, kind, HB, lay.o_stage_offset(D, BN, S, True))
+    elif staged:
+        store = v6_epilogue.staged(D, kind, HB, lay.o_stage_offset(D, BN, S))
+    else:
+        store = v6_epilogue.direct(D, kind)
+    O_MAP = tma_out
     wait = _wait(debug_waits)
     (init_barriers, acquire, acquire_words, release_words, acquire_slot,
-     produce_tile) = _producer(D, BN, HB, S, wait, st.stage_k, prefetch)
+     produce_tile) = _producer(D, BN, HB, S, wait, st.stage_k, prefetch, tma_out)
     plain, overlapped, sched_init = _loops(D, BN, S, st, wait, pingpong)
     loop = overlapped if overlap else plain
     QE = lay.barrier_offsets(D, BN, S)[5]
 
     @cuda.jit(device=True, inline=True, cache=True)
     def consume(base, grp, ctid, out, lse, b, q0, sq, sk, row0, hbase, n_lo, ntiles,
-                f_lo, f_hi, left, right, scale_log2, lse_batched, c0, qn):
+                f_lo, f_hi, left, right, scale_log2, lse_batched, c0, qn, mo):
         """Consumer warpgroup ``grp`` (thread ``ctid`` 0..127 of it), one work tile: its
         rows, the key loop (key tiles ``c0 ..`` of the block, Q load ``qn``), the release of
-        Q, the epilogue."""
+        Q, the epilogue. ``mo``: the block's O map (``tma_out``); its TMA stores come after
+        a Q load, which orders them after the producer's release of the map: a tile with no
+        key tile copies its rows out instead (``mo`` 0 to the epilogue)."""
         warp = ctid >> 5
         lane = ctid & 31
         t = lane & 3
@@ -392,14 +411,20 @@ def roles(D, BN, kind, HB, S, overlap=False, debug_waits=False, pingpong=False, 
         m_b = NEG_INF
         l_a = ZERO
         l_b = ZERO
+        mo_ok = uint64(0)
         if ntiles > 0:
             wait(base + uint32(QF), uint32(qn & 1), 0, qn)
+            if O_MAP:
+                mo_ok = uint64(mo)
+                if ctid == 0 and qn == 0:   # once per block, fetched under the key loop
+                    pt.fence_tensormap_acquire(mo_ok)
+                    pt.prefetch_tensormap(mo_ok)
             m_a, m_b, l_a, l_b = loop(base, grp, sQw, s, o, pa, n_lo, ntiles, c0, f_lo, f_hi,
                                       t, lane, lo_a, hi_a, lo_b, hi_b, scale_log2)
             if lane == 0:
                 pt.mbarrier_arrive(base + uint32(QE))
         store(o, m_a, m_b, l_a, l_b, out, lse, b, q0, sq, t, lse_batched, base, grp, ctid,
-              slot, hbase, prow, pos0)
+              slot, hbase, prow, pos0, mo_ok)
 
     return Roles(init_barriers, acquire, acquire_words, release_words, acquire_slot,
                  produce_tile, consume, sched_init)
