@@ -19,16 +19,18 @@ against flash_wgmma (v5) at the log's 10 configurations. Needs an sm_90 device.
    grid's defaults since run 53 (the maps from parameters, written by a second producer
    thread: ``split_maps``; and by thread 0 itself) and 22 batched calls (the lengths passed,
    no ``cu_seqlens`` read: ``uniform_lengths``), 30 with the maps prefetched
-   (``prefetch_maps``) and 22 of the staged epilogue without TMA stores (``tma_out`` off;
-   since run 59 every staged case above writes its whole tiles by TMA): 374 in all. One
+   (``prefetch_maps``), 22 of the staged epilogue's whole tiles by TMA stores (``tma_out``;
+   the default in run 59 only) and 36 of the lazy softmax (``lazy_rescale``; 30 of them
+   with keys scaled up along the sequence, so that the running maxima move often): 410 in
+   all. One
    line per case. Cases run in a child process that is restarted after a fault
    or a hang (no progress for ``--stall`` s): the case it was on is recorded as failed and
    the sweep goes on with the next.
 3. timing: 1 sequence, 32/8 heads, D=128, window (128,128), fp16, 512..8192 tokens, causal
    0/1, as a batched call (lse[b, h, i]): CUDA-graph replay (triton's ``do_bench_cudagraph``
    when torch and triton import, else CUDA events over 20 launches queued behind a sleeper
-   kernel, median of 7), the flash_ws variants of ``TIMED`` (the defaults; run 58's
-   defaults; without TMA stores) against v5, and
+   kernel, median of 7), the flash_ws variants of ``TIMED`` (the defaults; whole tiles by
+   TMA stores; the lazy softmax) against v5, and
    FlashAttention-4 where ``flash_attn.cute`` imports (its output compared with ours first).
 
 Everything goes to ``$OUT/v6.json`` (rewritten after every case); a table comes last.
@@ -175,19 +177,37 @@ def cases():
                                 causal=causal, block_n=64, stages=3, persistent=pers,
                                 blocks=blocks, staged=True, overlap=True, param_maps=None,
                                 prefetch_maps=True))
-    # the staged epilogue without TMA stores (tma_out off; every tile copied out in 16-byte
-    # chunks, the default before run 59), on both grids (7 blocks: many work tiles each)
+    # the staged epilogue's whole tiles by TMA stores (tma_out, opt-in since run 60: the
+    # default in run 59 only), on both grids (7 blocks: many work tiles each)
     for pers, blocks in ((False, None), (True, 7)):
         for dt, d, g in (("float16", 128, 4), ("bfloat16", 64, 1)):
             for (window, causal), s in zip(WINDOWS, (1025, 1025, 97, 1025, 1025)):
                 out.append(dict(dtype=dt, d=d, group=g, seq_q=[s], seq_k=[s], window=window,
                                 causal=causal, block_n=64, stages=3, persistent=pers,
                                 blocks=blocks, staged=True, overlap=True, param_maps=None,
-                                tma_out=False))
+                                tma_out=True))
         out.append(dict(dtype="float16", d=128, group=8, seq_q=[130, 0, 7, 513],
                         seq_k=[64, 0, 300, 513], window=(128, 0), causal=False, block_n=64,
                         stages=3, persistent=pers, blocks=blocks, staged=True, overlap=True,
-                        param_maps=None, tma_out=False))
+                        param_maps=None, tma_out=True))
+    # the lazy softmax (lazy_rescale, opt-in): keys scaled up along the sequence (ramp) so
+    # that the running maxima move past the threshold many times, and plain inputs; both
+    # grids and both loops
+    for pers, blocks, ov in ((False, None, True), (True, 7, True), (False, None, False)):
+        for dt, d, g in (("float16", 128, 4), ("bfloat16", 64, 1)):
+            for (window, causal), s in zip(WINDOWS, (1025, 1025, 97, 1025, 1025)):
+                out.append(dict(dtype=dt, d=d, group=g, seq_q=[s], seq_k=[s], window=window,
+                                causal=causal, block_n=64, stages=3, persistent=pers,
+                                blocks=blocks, staged=True, overlap=ov, param_maps=None,
+                                lazy_rescale=True, ramp=6.0))
+        out.append(dict(dtype="float16", d=128, group=8, seq_q=[130, 0, 7, 513],
+                        seq_k=[64, 0, 300, 513], window=(128, 0), causal=False, block_n=64,
+                        stages=3, persistent=pers, blocks=blocks, staged=True, overlap=ov,
+                        param_maps=None, lazy_rescale=True, ramp=6.0))
+        out.append(dict(dtype="float16", d=128, group=4, seq_q=[1025], seq_k=[1025],
+                        window=(-1, -1), causal=True, block_n=64, stages=3, persistent=pers,
+                        blocks=blocks, staged=True, overlap=ov, param_maps=None,
+                        lazy_rescale=True))
     # batched calls (every sequence as long, lse[b, h, i]): the lengths passed as scalars,
     # no cu_seqlens read (uniform_lengths, the default since run 53); the tile grid's and
     # the persistent grid's defaults, sq != sk
@@ -207,7 +227,7 @@ def cases():
 #: plan options of a case (the defaults where a case names none)
 OPTS = dict(overlap=False, pingpong=None, block_n=64, stages=2, lean=None, persistent=False,
             blocks=None, param_maps=False, staged=False, split_maps=None,
-            uniform_lengths=None, prefetch_maps=False, tma_out=None)
+            uniform_lengths=None, prefetch_maps=False, tma_out=None, lazy_rescale=None)
 
 
 def opts_of(c):
@@ -220,6 +240,7 @@ def opts_of(c):
     o["param_maps"], o["split_maps"] = v6.map_mode(o["persistent"], o["param_maps"],
                                                    o["split_maps"])
     o["tma_out"] = v6._tma_out(o["staged"], o["tma_out"])   # only with the staged epilogue
+    o["lazy_rescale"] = v6.LAZY_RESCALE if o["lazy_rescale"] is None else o["lazy_rescale"]
     return o
 
 
@@ -276,7 +297,10 @@ def check(c, rng):
     worst = None
     for _ in range(2 if c.get("twice") else 1):   # new inputs, new buffers, same plan
         q = rng.standard_normal((p.total_q, p.num_heads, c["d"])).astype(dt)
-        k = rng.standard_normal((p.total_k, 2, c["d"])).astype(dt)
+        k = rng.standard_normal((p.total_k, 2, c["d"]))
+        if c.get("ramp"):   # scores that grow along the keys: the running maxima move often
+            k *= 1 + c["ramp"] * np.linspace(0, 1, p.total_k)[:, None, None]
+        k = k.astype(dt)
         v = rng.standard_normal((p.total_k, 2, c["d"])).astype(dt)
         out, lse = run_plans(v6, p, q, k, v, cu_q, cu_k, debug_waits=c.get("debug_waits", False),
                              **opts_of(c))
@@ -387,10 +411,10 @@ def compile_child(spec):
     from attn_numba.kernels.v5_flash_wgmma import opt_in_shared
     if spec == ("v5",):
         return opt_in_shared(v5.build(v5.Config(128, "float16", 4)), v5._signature(), 1024)
-    d, kind, hb, bn, st, ov, pp, lean, pers, pm, sg, sp, pf, tma = spec
+    d, kind, hb, bn, st, ov, pp, lean, pers, pm, sg, sp, pf, tma, lz = spec
     kernel = v6.build(d, kind, hb, bn, st, ov, pingpong=pp, lean=lean, persistent=pers,
                       param_maps=pm, staged=sg, split_maps=sp, prefetch_maps=pf,
-                      tma_out=tma)
+                      tma_out=tma, lazy_rescale=lz)
     opt_in_shared(kernel, v6._signature(pers, pm), 1024)
 
 
@@ -404,7 +428,7 @@ def timed_spec(kw, persistent):
     sg = v6._staged_fits(128, bn, st)
     return (128, "f16", 4, bn, st, kw.get("overlap", v6.OVERLAP), v6.PINGPONG, v6.LEAN,
             bool(persistent), pm, sg, split, kw.get("prefetch_maps", v6.PREFETCH_MAPS),
-            v6._tma_out(sg, kw.get("tma_out")))
+            v6._tma_out(sg, kw.get("tma_out")), kw.get("lazy_rescale", v6.LAZY_RESCALE))
 
 
 def precompile(end, sweep_cases=True):
@@ -413,7 +437,7 @@ def precompile(end, sweep_cases=True):
     def spec(d, kind, hb, o):
         return (d, kind, hb, o["block_n"], o["stages"], o["overlap"], o["pingpong"],
                 o["lean"], o["persistent"], o["param_maps"], o["staged"], o["split_maps"],
-                o["prefetch_maps"], o["tma_out"])
+                o["prefetch_maps"], o["tma_out"], o["lazy_rescale"])
     specs = {spec(c["d"], "f16" if c["dtype"] == "float16" else "bf16",
                   heads_per_block(c["group"]), opts_of(c)) for c in cases()} \
         if sweep_cases else set()
@@ -499,8 +523,8 @@ def _timer():
 #: (name, flash_ws plan options) timed at each configuration; flash_wgmma is v5's default
 TIMED = (("flash_wgmma", None),
          ("flash_ws", {}),                                   # the module's defaults
-         ("flash_ws_run58", dict(tma_out=False, prefetch_maps=False)),   # run 58's
-         ("flash_ws_notma", dict(tma_out=False)),            # every tile copied out
+         ("flash_ws_tma", dict(tma_out=True)),               # whole tiles by TMA stores
+         ("flash_ws_lazy", dict(lazy_rescale=True)),         # the lazy softmax
 )
 
 
@@ -510,7 +534,8 @@ EXPLORE = (("flash_ws_run50", dict(param_maps=False, uniform_lengths=False,
            ("flash_ws_cuseq", dict(uniform_lengths=False)),    # cu_seqlens read
            ("flash_ws_bn128", dict(block_n=128, stages=2)),   # 128-key tiles in 2 stages
            ("flash_ws_s2", dict(stages=2)),
-           ("flash_ws_prefetch", dict(prefetch_maps=True)))    # maps prefetched (opt-in)
+           ("flash_ws_prefetch", dict(prefetch_maps=True)),    # maps prefetched
+           ("flash_ws_noprefetch", dict(prefetch_maps=False)))  # run 58's maps
 
 
 def timed():

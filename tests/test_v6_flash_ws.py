@@ -160,7 +160,8 @@ _COMPILE = textwrap.dedent("""
                      persistent=pers, param_maps=pm, staged=bool(len(ov) > 5 and ov[5]),
                      split_maps=bool(ov[6]) if len(ov) > 6 else None,
                      prefetch_maps=bool(ov[7]) if len(ov) > 7 else None,
-                     tma_out=bool(ov[8]) if len(ov) > 8 else None)
+                     tma_out=bool(ov[8]) if len(ov) > 8 else None,
+                     lazy_rescale=bool(ov[9]) if len(ov) > 9 else None)
         ptx, _ = cuda.compile_ptx(k.py_func, v6._signature(pers, pm), cc=(9, 0, "a"),
                                   launch_bounds=(v6.THREADS, 1))
         out["-".join(map(str, [d, kind, hb, bn, st, *ov]))] = ptx
@@ -169,8 +170,13 @@ _COMPILE = textwrap.dedent("""
 
 
 def _check_variant(ptx, d, bn, tmp_path, name, overlap=False, pingpong=False,
-                   param_maps=False, staged=False, prefetch=False, tma_out=None, heads=4):
+                   param_maps=False, staged=False, prefetch=False, tma_out=None, heads=4,
+                   lazy=None):
     tma = staged and (v6.TMA_OUT if tma_out is None else bool(tma_out))
+    lazy = v6.LAZY_RESCALE if lazy is None else bool(lazy)
+    # the lazy softmax: one warp vote before each rescale of O (the overlapped loop has two
+    # call sites: in the loop and before the last PV)
+    assert ptx.count("vote.sync.any.pred") == ((2 if overlap else 1) if lazy else 0)
     # the overlapped loop peels its first QK^T and last PV: every wgmma appears twice
     assert ptx.count("wgmma.mma_async") == (d // 16 + bn // 16) * (2 if overlap else 1)
     # the consumers' turns (v6_turns.scheduler): the block's one __syncthreads, then the
@@ -234,7 +240,7 @@ def test_kernel_compiles_and_assembles_d128_f16(tmp_path):
     assert (v6.OVERLAP, v6.PINGPONG, v6.LEAN, v6.PERSISTENT, v6.PARAM_MAPS, v6.STAGED) == \
         (True, True, True, True, False, True)
     assert (v6.PARAM_MAPS_TILES, v6.SPLIT_MAPS, v6.UNIFORM_LENGTHS) == (True, False, True)
-    assert (v6.PREFETCH_MAPS, v6.TMA_OUT) == (True, True)
+    assert (v6.PREFETCH_MAPS, v6.TMA_OUT, v6.LAZY_RESCALE) == (True, False, True)
     assert v6.BLOCK_N[128] == 64 and v6.STAGES[128] == 3
     _check_variant(ptxs["128-f16-4-64-3-1-1-1-1-0-1"], 128, 64, tmp_path, "main",
                    overlap=True, pingpong=True, staged=True, prefetch=True)
@@ -253,18 +259,21 @@ def test_kernel_compiles_and_assembles_d128_f16(tmp_path):
                                      [128, "f16", 4, 128, 2, 1, 1, 1, 1, 0, 1],
                                      [64, "bf16", 2, 128, 2, 0, 1, 1, 0, 0, 1, 0, 1],
                                      [128, "f16", 4, 64, 3, 1, 1, 1, 1, 0, 1, 0, 1, 0],
-                                     [64, "bf16", 1, 64, 2, 1, 1, 1, 0, 1, 1, 0, 0, 1]])
+                                     [64, "bf16", 1, 64, 2, 1, 1, 1, 0, 1, 1, 0, 0, 1],
+                                     [128, "f16", 4, 64, 3, 1, 1, 1, 1, 0, 1, 0, 1, 0, 0],
+                                     [64, "bf16", 2, 64, 2, 0, 1, 1, 0, 1, 1, 0, 1, 0, 1]])
 def test_kernel_variants_compile_and_assemble(tmp_path, variant):
     """[D, kind, heads, BN, stages, (overlap, (pingpong, (lean, (persistent,
-    (param_maps, (staged, (split_maps, (prefetch_maps, (tma_out)))))))))]; split_maps,
-    prefetch_maps and tma_out the defaults where not given."""
+    (param_maps, (staged, (split_maps, (prefetch_maps, (tma_out, (lazy_rescale))))))))))];
+    split_maps, prefetch_maps, tma_out and lazy_rescale the defaults where not given."""
     d, kind, hb, bn, st, *ov = variant
     ptx = _compile(tmp_path, [variant])["-".join(map(str, variant))]
     _check_variant(ptx, d, bn, tmp_path, "v", overlap=bool(ov and ov[0]),
                    pingpong=bool(len(ov) > 1 and ov[1]), param_maps=bool(len(ov) > 4 and ov[4]),
                    staged=bool(len(ov) > 5 and ov[5]),
                    prefetch=bool(ov[7]) if len(ov) > 7 else v6.PREFETCH_MAPS,
-                   tma_out=bool(ov[8]) if len(ov) > 8 else None, heads=hb)
+                   tma_out=bool(ov[8]) if len(ov) > 8 else None, heads=hb,
+                   lazy=bool(ov[9]) if len(ov) > 9 else None)
 
 
 GPU_CASES = [  # seq_q, seq_k, H, Hkv, D, dtype name, window, causal, plan options

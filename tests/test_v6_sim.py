@@ -23,13 +23,16 @@ BF16 = np.dtype(ml_dtypes.bfloat16)
 FLOOR = {np.dtype(np.float16): 2e-3, BF16: 1.6e-2}
 
 
-def _run(rng, seq_q, seq_k, h, hkv, d, dtype, window, causal, batched=False, **kw):
+def _run(rng, seq_q, seq_k, h, hkv, d, dtype, window, causal, batched=False, ramp=0.0, **kw):
+    """The kernel's plan on the models against the float64 reference; ``ramp``: keys scaled
+    by up to ``1 + ramp`` along the keys, so that the running maxima grow tile by tile."""
     from attn_numba.kernels import launch_plans
     dtype = np.dtype(dtype)
     cu_q = np.concatenate([[0], np.cumsum(seq_q)]).astype(np.int32)
     cu_k = np.concatenate([[0], np.cumsum(seq_k)]).astype(np.int32)
     q = rng.standard_normal((cu_q[-1], h, d)).astype(dtype)
-    k = rng.standard_normal((cu_k[-1], hkv, d)).astype(dtype)
+    k = rng.standard_normal((cu_k[-1], hkv, d))
+    k = (k * (1 + ramp * np.linspace(0, 1, cu_k[-1])[:, None, None])).astype(dtype)
     v = rng.standard_normal((cu_k[-1], hkv, d)).astype(dtype)
     left, right = window[0], 0 if causal else window[1]
     p = Problem(batch=len(seq_q), total_q=int(cu_q[-1]), total_k=int(cu_k[-1]),
@@ -110,10 +113,10 @@ CASES = [  # seq_q, seq_k, H, Hkv, D, dtype, window, causal, options (stages >= 
     # sequences and partial tiles (rows past a sequence never written), 1, 2 and 4 heads per
     # tile, the persistent grid, with the overlapped loop
     ([20, 0, 9], [20, 3, 0], 4, 1, 64, np.float16, (8, 8), False, dict(stages=2, staged=True)),
-    # the staged epilogue without TMA stores (tma_out off: every tile copied out), and with
-    # them (the default): whole tiles of 2 and 1 heads by TMA, partial ones copied out
+    # the staged epilogue with TMA stores (tma_out, opt-in): whole tiles of 4, 2 and 1
+    # heads by TMA, partial ones copied out
     ([20, 0, 9], [20, 3, 0], 4, 1, 64, np.float16, (8, 8), False,
-     dict(stages=2, staged=True, tma_out=False)),
+     dict(stages=2, staged=True, tma_out=True)),
     pytest.param(([70, 64], [80, 64], 2, 1, 128, BF16, (-1, -1), False,
                   dict(stages=2, tma_out=True)), marks=_SLOW),
     pytest.param(([128, 128], [128, 128], 2, 2, 64, np.float16, (16, 16), False,
@@ -130,6 +133,17 @@ CASES = [  # seq_q, seq_k, H, Hkv, D, dtype, window, causal, options (stages >= 
      dict(stages=2, batched=True)),
     pytest.param(([20, 20], [50, 50], 4, 2, 64, BF16, (8, 8), False,
                   dict(stages=2, batched=True, persistent=True, blocks=10 ** 6)), marks=_SLOW),
+    # the lazy softmax (lazy_rescale, opt-in): keys scaled up along the sequence so that the
+    # maxima move past the threshold tile after tile (ramp), and plain inputs, where they
+    # rarely do; both loops, masked tiles, rows with no key
+    ([150], [150], 4, 1, 64, np.float16, (-1, -1), True,
+     dict(stages=3, lazy_rescale=True, ramp=12.0)),
+    pytest.param(([30, 0, 5, 40], [40, 3, 0, 66], 8, 2, 64, BF16, (20, 20), False,
+                  dict(stages=2, lazy_rescale=True, ramp=12.0)), marks=_SLOW),
+    pytest.param(([70], [190], 2, 2, 128, BF16, (-1, -1), False,
+                  dict(stages=3, lazy_rescale=True, overlap=False, ramp=12.0)), marks=_SLOW),
+    pytest.param(([70], [190], 4, 4, 64, np.float16, (-1, -1), True,
+                  dict(stages=3, lazy_rescale=True)), marks=_SLOW),
     # the module's defaults at D = 128 (BN 64, 3 stages, overlapped loop, staged epilogue)
     pytest.param(([20, 0, 9], [130, 3, 0], 4, 1, 128, np.float16, (-1, -1), True, {}),
                  marks=_SLOW),
@@ -176,22 +190,58 @@ def test_a_wrong_q_box_offset_fails_the_check(rng, monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_staged_epilogue_reading_unswizzled_chunks_fails_the_check(rng, monkeypatch):
-    """The check can fail: the staged epilogue's reads missing the stores' swizzle."""
+def test_a_lazy_softmax_that_never_rescales_fails_the_check(rng, monkeypatch):
+    """The check can fail: with the ramp the maxima move, and O must follow them."""
+    from attn_numba.kernels import softmax, v5_steps, v6_roles
+
+    def never(n_regs, vote_any):
+        return softmax.rescale_if(n_regs, lambda p: False)
+
+    monkeypatch.setattr(v5_steps, "rescale_if", never)
+    caches = (v5_steps.steps, v6_roles.roles, v6._build)
+    for f in caches:
+        f.cache_clear()
+    try:
+        out, _, ref, _, tol = _run(rng, [150], [150], 4, 1, 64, np.float16, (-1, -1), True,
+                                   stages=3, lazy_rescale=True, ramp=12.0)
+        assert not np.abs(out - ref).max(initial=0) <= tol
+    finally:
+        for f in caches:
+            f.cache_clear()
+
+
+def _plain_chunk(r, c, head_size, heads):
+    return r * 2 * head_size + (c << 4)
+
+
+def _plain_box_chunk(g, head_size, heads):
+    """o_box_chunk without the 128-byte swizzle: chunk g % 8 of its box row."""
+    from attn_numba.kernels import v6_layout
+    off, pos, head, col = v6_layout.o_box_chunk(g, head_size, heads)
+    return (off & ~0x70) | ((g & 7) << 4), pos, head, col
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tma_out", [False, True], ids=["chunks", "boxed"])
+def test_a_staged_epilogue_reading_unswizzled_chunks_fails_the_check(rng, monkeypatch, tma_out):
+    """The check can fail: the staged epilogue's reads (16-byte chunks out of the O tile,
+    or, with tma_out, out of the boxed tile of a tile reaching past its sequence) missing the
+    stores' swizzle."""
     from attn_numba.kernels import v6_epilogue, v6_roles
 
-    def plain(r, c, head_size, heads):
-        return r * 2 * head_size + (c << 4)
-
-    monkeypatch.setattr(v6_epilogue, "_chunk", plain)
-    for f in (v6_epilogue.staged, v6_roles.roles, v6._build):
+    if tma_out:
+        monkeypatch.setattr(v6_epilogue, "_box_chunk", _plain_box_chunk)
+    else:
+        monkeypatch.setattr(v6_epilogue, "_chunk", _plain_chunk)
+    caches = (v6_epilogue.staged, v6_epilogue.boxed, v6_roles.roles, v6._build)
+    for f in caches:
         f.cache_clear()
     try:
         out, _, ref, _, tol = _run(rng, [20], [20], 4, 1, 64, np.float16, (-1, -1), False,
-                                   stages=2, staged=True)
+                                   stages=2, staged=True, tma_out=tma_out)
         assert not np.abs(out - ref).max(initial=0) <= tol
     finally:
-        for f in (v6_epilogue.staged, v6_roles.roles, v6._build):
+        for f in caches:
             f.cache_clear()
 
 

@@ -276,6 +276,13 @@ def shfl_xor(x, m):
     return _cuda.shfl_xor_sync(0xFFFFFFFF, x, m)
 
 
+@cuda_device_function
+def vote_any(p):
+    """``vote.sync.any.pred`` over the full warp: whether ``p`` holds in any lane (so that a
+    branch on it is warp-uniform; a model on the simulator)."""
+    return _cuda.any_sync(0xFFFFFFFF, p)
+
+
 # --------------------------------------------------------------------------- simulator
 # Under Numba's CUDA simulator these names are pure-Python models (ptx_sm90_sim), so tests
 # can run flash_wgmma's whole kernel on the CPU.
@@ -287,4 +294,4 @@ if _config.ENABLE_CUDASIM:
                                shl_clamp,
                                mbarrier_arrive, mbarrier_arrive_expect_tx, mbarrier_init,
                                mbarrier_try_wait, pack2, shfl_xor, smem_addr, wgmma_commit,
-                               wgmma_fence, wgmma_rs, wgmma_ss, wgmma_wait)
+                               vote_any, wgmma_fence, wgmma_rs, wgmma_ss, wgmma_wait)

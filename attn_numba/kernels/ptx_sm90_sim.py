@@ -164,6 +164,14 @@ def shfl_xor(x, m):
     return got[threading.current_thread().thread_id ^ int(m)]
 
 
+def vote_any(p):
+    """Whether ``p`` holds in any thread of the caller's warp (every live thread of the
+    block calls it, as with ``shfl_xor``)."""
+    got = _exchange(bool(p))
+    w = threading.current_thread().thread_id // 32
+    return any(v for t, v in got.items() if t // 32 == w)
+
+
 def _unsupported(*args):
     raise NotImplementedError("no simulator model of mbarrier / cp.async.bulk")
 

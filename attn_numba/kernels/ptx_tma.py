@@ -38,7 +38,8 @@ Compile for ``cc=(9, 0, "a")``; the CUDA simulator runs none of this.
 * ``setmaxnreg_dec(n)`` / ``setmaxnreg_inc(n)``: ``setmaxnreg.{dec,inc}.sync.aligned.u32 n``,
   executed by every thread of a warpgroup; honoured only with ``launch_bounds=(threads, 1)``.
 * ``st_shared_u32(addr, word)``, ``ld_shared_v4(addr) -> 4 words``,
-  ``st_global_v4(addr, w0, w1, w2, w3)``: the staged epilogue's stores (16-byte rows of O
+  ``st_global_v4(addr, w0, w1, w2, w3)``, ``st_global_v4_if(..., keep)`` (predicated):
+  the staged epilogue's stores (16-byte rows of O
   out of shared memory).
 * ``bar_sync(id, count)`` / ``bar_arrive(id, count)``: named barriers ``bar.sync`` /
   ``bar.arrive`` (``count`` threads, a multiple of 32; id 0 is ``__syncthreads``'s).
@@ -217,6 +218,12 @@ st_shared_u32 = _stmt("st_shared_u32", "st.shared.u32 [$0], $1;", (_U32, _U32))
 #: st_global_v4(addr u64, w0, w1, w2, w3): one 16-byte store (``addr`` 16-byte aligned)
 st_global_v4 = _stmt("st_global_v4", "st.global.v4.b32 [$0], {$1, $2, $3, $4};",
                      (_U64, _U32, _U32, _U32, _U32))
+#: st_global_v4_if(addr u64, w0, w1, w2, w3, keep u32): the same store, predicated on
+#: ``keep != 0`` (no branch around it)
+st_global_v4_if = _stmt(
+    "st_global_v4_if",
+    "{ .reg .pred p; setp.ne.u32 p, $5, 0; @p st.global.v4.b32 [$0], {$1, $2, $3, $4}; }",
+    (_U64, _U32, _U32, _U32, _U32, _U32))
 
 
 def ld_shared_v4(typingctx, addr):
@@ -272,7 +279,7 @@ if _config.ENABLE_CUDASIM:
                              fence_proxy_async, fence_tensormap_acquire,
                              fence_tensormap_release, mbarrier_arrive, prefetch_tensormap,
                              mbarrier_arrive_expect_tx, mbarrier_init, mbarrier_try_wait,
-                             ld_shared_v4, st_global_v4, st_shared_u32,
+                             ld_shared_v4, st_global_v4, st_global_v4_if, st_shared_u32,
                              mbarrier_wait, mbarrier_wait_bounded, setmaxnreg_dec, setmaxnreg_inc,
                              tma_load_2d, tma_load_3d, tensormap_copy, tensormap_store,
                              tensormap_replace_address, tma_store_3d, bulk_commit,

@@ -10,6 +10,9 @@ C fragment and wgmma's accumulator share: registers ``4k, 4k+1`` belong to row a
 * :func:`online_softmax`: ``update(s, m_a, m_b, l_a, l_b)`` turns a tile of scores into P
   in place and returns the new running maxima and (per-lane partial) row sums and the
   factors ``alpha`` that rescale the output accumulator (:func:`rescale`);
+* :func:`rescale` / :func:`rescale_if`: the accumulator's rows times their ``alpha`` (with
+  ``rescale_if`` only where some row of the warp has ``alpha != 1``: a lazy softmax's
+  maxima rarely move);
 * :func:`epilogue`: full row sums, ``1 / l`` and lse (rows that saw no key: 0 and -inf),
   the normalised 16-bit output pairs and lse, stored from the registers.
 
@@ -22,6 +25,11 @@ from numba import cuda
 from .common import NEG_INF, finish_row, store_lse
 
 ZERO = np.float32(0.0)
+ONE = np.float32(1.0)
+#: the lazy softmax's threshold (base 2): a row's running maximum moves only when a tile's
+#: maximum exceeds it by more than this, so P stays at most 2^8 (fp16 and bf16 hold it; the
+#: sums and O stay in fp32), and the maximum kept is the one the sums and the lse use
+LAZY_THRESHOLD = np.float32(8.0)
 
 
 def check_quad_layout(frag_rc, n_regs):
@@ -56,26 +64,56 @@ def _quad_max(n_regs, shfl):
     return row_max
 
 
-def online_softmax(n_regs, exp2, shfl, fused=False):
+def _keep_or_move(lazy, exp2):
+    """Device functions ``moved(m, cand) -> new maximum`` (``cand`` = max(m, the tile's
+    maximum)) and ``factor(m, new, base) -> alpha``; with ``lazy``, ``m`` stays unless
+    ``cand`` exceeds it by more than ``LAZY_THRESHOLD`` (a row with no key yet, ``m =
+    -inf``, always moves), and a maximum that stays gives ``alpha = 1`` exactly."""
+    if lazy:
+        @cuda.jit(device=True, inline=True, cache=True)
+        def moved(m, cand):
+            return cand if cand > m + LAZY_THRESHOLD else m
+
+        @cuda.jit(device=True, inline=True, cache=True)
+        def factor(m, new, base):
+            return ONE if new == m else exp2(m - base)
+    else:
+        @cuda.jit(device=True, inline=True, cache=True)
+        def moved(m, cand):
+            return cand
+
+        @cuda.jit(device=True, inline=True, cache=True)
+        def factor(m, new, base):
+            return exp2(m - base)
+    return moved, factor
+
+
+def online_softmax(n_regs, exp2, shfl, fused=False, lazy=False):
     """Device function ``update(s, m_a, m_b, l_a, l_b) -> (m_a, m_b, l_a, l_b, alpha_a,
     alpha_b)`` over the ``n_regs`` scores ``s`` (masked scores are -inf), already in base 2.
 
     ``fused``: ``update(s, m_a, m_b, l_a, l_b, scale)`` takes the raw scores and the base-2
     scale (``softmax_scale * log2(e)``, positive): the maxima are taken on the raw scores
     and scaled once per row, and each score's scale folds into the exponent's ``fma``, which
-    saves one multiply per score. The maxima and sums are the same quantities (in base 2)."""
+    saves one multiply per score. The maxima and sums are the same quantities (in base 2).
+
+    ``lazy``: a row's maximum moves only by more than ``LAZY_THRESHOLD`` (FlashAttention-4's
+    conditional rescaling), else its ``alpha`` is exactly 1 and O need not be rescaled
+    (:func:`rescale_if`). The result is the same softmax: P, l and O share the stale
+    maximum, which the epilogue's lse uses too."""
     N4 = n_regs // 4
     row_max = _quad_max(n_regs, shfl)
+    moved, factor = _keep_or_move(lazy, exp2)
 
     @cuda.jit(device=True, inline=True, cache=True)
     def update(s, m_a, m_b, l_a, l_b):
         mx_a, mx_b = row_max(s)
-        new_a = max(m_a, mx_a)
-        new_b = max(m_b, mx_b)
+        new_a = moved(m_a, max(m_a, mx_a))
+        new_b = moved(m_b, max(m_b, mx_b))
         base_a = ZERO if new_a == NEG_INF else new_a   # no key yet: avoid -inf - -inf
         base_b = ZERO if new_b == NEG_INF else new_b
-        alpha_a = exp2(m_a - base_a)
-        alpha_b = exp2(m_b - base_b)
+        alpha_a = factor(m_a, new_a, base_a)
+        alpha_b = factor(m_b, new_b, base_b)
         sum_a = ZERO
         sum_b = ZERO
         for i4 in range(N4):
@@ -91,12 +129,12 @@ def online_softmax(n_regs, exp2, shfl, fused=False):
     @cuda.jit(device=True, inline=True, cache=True)
     def update_fused(s, m_a, m_b, l_a, l_b, scale):
         mx_a, mx_b = row_max(s)
-        new_a = max(m_a, mx_a * scale)                 # -inf stays -inf (scale > 0)
-        new_b = max(m_b, mx_b * scale)
+        new_a = moved(m_a, max(m_a, mx_a * scale))     # -inf stays -inf (scale > 0)
+        new_b = moved(m_b, max(m_b, mx_b * scale))
         base_a = ZERO if new_a == NEG_INF else new_a
         base_b = ZERO if new_b == NEG_INF else new_b
-        alpha_a = exp2(m_a - base_a)
-        alpha_b = exp2(m_b - base_b)
+        alpha_a = factor(m_a, new_a, base_a)
+        alpha_b = factor(m_b, new_b, base_b)
         nb_a = -base_a
         nb_b = -base_b
         sum_a = ZERO
@@ -125,6 +163,20 @@ def rescale(n_regs):
             acc[4 * i4 + 1] *= alpha_a
             acc[4 * i4 + 2] *= alpha_b
             acc[4 * i4 + 3] *= alpha_b
+    return rescale_acc
+
+
+def rescale_if(n_regs, vote_any):
+    """Device function ``rescale(acc, alpha_a, alpha_b)`` as :func:`rescale`'s, skipped
+    unless some lane of the warp has a row with ``alpha != 1`` (``vote_any``: a warp vote,
+    so that the branch is uniform). With the lazy softmax a row's ``alpha`` is exactly 1
+    while its maximum stays."""
+    plain = rescale(n_regs)
+
+    @cuda.jit(device=True, inline=True, cache=True)
+    def rescale_acc(acc, alpha_a, alpha_b):
+        if vote_any(alpha_a != ONE or alpha_b != ONE):
+            plain(acc, alpha_a, alpha_b)
     return rescale_acc
 
 

@@ -12,7 +12,7 @@ from . import ptx_sm90 as px
 from . import wgmma_layout as wl
 from .mask import band_mask, band_mask_bits, wgmma_acc_rc
 from .pipeline import ring
-from .softmax import epilogue, online_softmax, rescale
+from .softmax import epilogue, online_softmax, rescale, rescale_if
 
 THREADS = 128
 BLOCK_M = 64
@@ -33,13 +33,15 @@ def desc_hi(lbo, sbo):
 
 
 @functools.lru_cache(maxsize=None)
-def steps(D, BN, kind, heads, v_swap, S, groups=1, lean=False):
+def steps(D, BN, kind, heads, v_swap, S, groups=1, lean=False, lazy=False):
     """The device functions for head size ``D``, key tile ``BN``, ``kind`` ('f16'/'bf16'),
     ``heads`` per warpgroup, V descriptor variant ``v_swap``, ``S`` K/V stages and
     ``groups`` consumer warpgroups per block (each with its own 64-row Q tile); ``lean``:
     the softmax folds the scale into its exponent (``softmax.online_softmax(fused=True)``)
     and masks through 32-bit keep-masks (``mask.band_mask_bits``), and the wgmma descriptors are
-    built once per tile (``issue_qk_lean``)."""
+    built once per tile (``issue_qk_lean``); ``lazy``: the running maxima move only by
+    more than ``softmax.LAZY_THRESHOLD``, and O is rescaled only where a row of the warp's
+    moved (``softmax.rescale_if``)."""
     PB = BLOCK_M // heads
     NT = THREADS * groups               # threads of the block (all of them copy)
     CH = D // 8                         # 16-byte chunks per row
@@ -64,8 +66,8 @@ def steps(D, BN, kind, heads, v_swap, S, groups=1, lean=False):
     stage, _ = ring(S)
     mask = (band_mask_bits(wgmma_acc_rc, S_LEN, px.shl_clamp) if lean else
             band_mask(wgmma_acc_rc, S_LEN))
-    update = online_softmax(S_LEN, px.ex2, px.shfl_xor, lean)
-    rescale_o = rescale(O_LEN)
+    update = online_softmax(S_LEN, px.ex2, px.shfl_xor, lean, lazy)
+    rescale_o = rescale_if(O_LEN, px.vote_any) if lazy else rescale(O_LEN)
     finish = epilogue(O_LEN, O_LEN, pack, px.shfl_xor)
 
     @cuda.jit(device=True, inline=True, cache=True)

@@ -65,6 +65,9 @@ def staged(D, kind, HB, o_offset):
     CH = D // 8                              # 16-byte chunks per row = word quads
     COPIES = lay.BLOCK_M * CH // EPI_THREADS
     WORDS = 4 * COPIES
+    RSTEP = EPI_THREADS // CH                # stored rows between a thread's chunks
+    PSTEP = RSTEP // HB                      # positions between them
+    assert RSTEP % HB == 0
     Q_TILE = lay.q_tile_bytes(D)
     pack = px.pack2(kind)
     rows = finish_rows(px.shfl_xor)
@@ -93,29 +96,32 @@ def staged(D, kind, HB, o_offset):
             if pos_a + 8 < sq:
                 store_lse(lse, lse_batched, b, hbase + slot, q0, pos_a + 8, lse_b)
         pt.bar_sync_data(bar, uint32(EPI_THREADS))
-        # 2. 16-byte chunks out: chunk g of the tile is chunk g % CH of stored row g // CH
-        #    (position row // HB, head row % HB); all loads first, then the stores
+        # 2. 16-byte chunks out: chunk g = it * EPI_THREADS + ctid of the tile is chunk
+        #    ctid % CH of stored row it * RSTEP + ctid // CH (position row // HB, head
+        #    row % HB), so each thread's chunks lie PSTEP positions apart in one column of
+        #    the output: one address, then a constant step per store, each predicated on
+        #    its position lying inside the sequence; all loads first, then the stores
+        cu = uint32(ctid)
+        r0 = cu // uint32(CH)
+        c = cu - r0 * uint32(CH)
+        pos_t = r0 // uint32(HB)
+        head_t = r0 - pos_t * uint32(HB)
         words = cuda.local.array(WORDS, uint32)
         for it in range(COPIES):
-            g = it * EPI_THREADS + ctid
-            r = g // CH
-            w0, w1, w2, w3 = pt.ld_shared_v4(s_o + uint32(_chunk(r, g - r * CH, D, HB)))
+            w0, w1, w2, w3 = pt.ld_shared_v4(s_o + uint32(_chunk(r0 + uint32(it * RSTEP), c,
+                                                                 D, HB)))
             words[4 * it] = w0
             words[4 * it + 1] = w1
             words[4 * it + 2] = w2
             words[4 * it + 3] = w3
-        obase = px.data_ptr(out)
         s_row = out.strides[0]
-        s_head = out.strides[1]
+        addr = px.data_ptr(out) + uint64((q0 + pos0 + pos_t) * s_row
+                                         + (hbase + head_t) * out.strides[1] + 16 * c)
+        inside = sq - pos0 - pos_t      # this thread's positions inside the sequence
         for it in range(COPIES):
-            g = it * EPI_THREADS + ctid
-            r = g // CH
-            pos = pos0 + r // HB
-            if pos < sq:
-                addr = obase + uint64((q0 + pos) * s_row + (hbase + r % HB) * s_head
-                                      + 16 * (g - r * CH))
-                pt.st_global_v4(addr, words[4 * it], words[4 * it + 1], words[4 * it + 2],
-                                words[4 * it + 3])
+            pt.st_global_v4_if(addr + uint64(it * PSTEP * s_row), words[4 * it],
+                               words[4 * it + 1], words[4 * it + 2], words[4 * it + 3],
+                               uint32(it * PSTEP < inside))
     return store
 
 

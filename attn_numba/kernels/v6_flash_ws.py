@@ -98,8 +98,15 @@ STAGED = True
 #: with the staged epilogue, a tile whose positions all lie inside its sequence leaves by
 #: TMA stores (one thread, ``HB * D / 64`` boxes, through an O map each block writes beside
 #: its Q, K, V maps), the others in 16-byte chunks (v6_epilogue.boxed): built after run 58
-#: (whose SASS put 383 K of the 512-token call's 3.27 M warp instructions in the copy-out)
-TMA_OUT = True
+#: (whose SASS put 383 K of the 512-token call's 3.27 M warp instructions in the copy-out);
+#: 4-8% slower at 512-1024 tokens and 1-3% from 2048 up (run 59: the storing thread waits
+#: for the TMA to read the tile before its warpgroup goes on), so off
+TMA_OUT = False
+#: the lazy softmax (``lazy_rescale``): a row's running maximum moves only by more than
+#: ``softmax.LAZY_THRESHOLD`` (2^8), and a warp whose rows all kept theirs skips O's rescale
+#: (a warp vote): at or under the eager softmax at all 10 of the log's configurations, 1-3%
+#: faster from 1024 tokens up (run 60, notes/v6_flash_ws.md)
+LAZY_RESCALE = True
 #: ``auto`` takes flash_ws over flash_wgmma above this many key tiles in the grid (128-key
 #: tiles at D = 128; the log's shape: 704 at 1024 tokens, 1472 at 2048, causal 480 / 992)
 AUTO_MIN_KEY_TILES = 1200
@@ -128,14 +135,15 @@ def _tma_out(staged, tma_out):
 
 def build(head_size, kind="f16", heads=4, block_n=None, stages=None, overlap=None,
           debug_waits=False, pingpong=None, lean=None, persistent=None, param_maps=None,
-          staged=None, split_maps=None, prefetch_maps=None, tma_out=None):
+          staged=None, split_maps=None, prefetch_maps=None, tma_out=None, lazy_rescale=None):
     """The kernel for ``head_size``, ``kind`` ('f16'/'bf16'), ``heads`` query heads per tile
     (4, 2 or 1 of a GQA group), key tile ``block_n``, ``stages``, the consumer loop
     ``overlap``, the consumers' turns ``pingpong``, the ``lean`` softmax, the
     ``persistent`` grid, the template maps as kernel parameters ``param_maps``, written by a
     second producer thread ``split_maps`` (:func:`map_mode`), prefetched ``prefetch_maps``,
-    and the ``staged`` epilogue, its whole tiles by TMA stores ``tma_out`` (None = the
-    module defaults; the staged epilogue only where its O tiles fit);
+    the ``staged`` epilogue, its whole tiles by TMA stores ``tma_out``, and the lazy softmax
+    ``lazy_rescale`` (None = the module defaults; the staged epilogue only where its O
+    tiles fit);
     ``debug_waits``: bounded waits that print the one that timed out
     (v6_roles.roles), for diagnosing a hang."""
     bn = BLOCK_N[head_size] if block_n is None else block_n
@@ -149,7 +157,8 @@ def build(head_size, kind="f16", heads=4, block_n=None, stages=None, overlap=Non
                   PINGPONG if pingpong is None else bool(pingpong),
                   LEAN if lean is None else bool(lean), pers, pm, bool(staged), split,
                   PREFETCH_MAPS if prefetch_maps is None else bool(prefetch_maps),
-                  _tma_out(staged, tma_out))
+                  _tma_out(staged, tma_out),
+                  LAZY_RESCALE if lazy_rescale is None else bool(lazy_rescale))
 
 
 # --------------------------------------------------------------------------- module contract
@@ -204,7 +213,8 @@ def auto_declines(problem):
 
 def configure(problem, heads=None, block_n=None, stages=None, overlap=None,
               debug_waits=False, pingpong=None, lean=None, persistent=None, blocks=None,
-              param_maps=None, staged=None, split_maps=None, prefetch_maps=None, tma_out=None):
+              param_maps=None, staged=None, split_maps=None, prefetch_maps=None, tma_out=None,
+              lazy_rescale=None):
     """(kernel, grid, dynamic shared bytes, heads, block_n, extra scalars) for ``problem``.
     ``persistent``: a grid of ``blocks`` (default: the device's SMs, at most the work
     tiles) taking the work tiles in turn, extra scalars ``(nx, ny, n_work)``; None (the
@@ -231,7 +241,7 @@ def configure(problem, heads=None, block_n=None, stages=None, overlap=None,
                          f"need {need} bytes of shared memory "
                          f"at head size {d}, more than {MAX_SHARED}")
     kernel = build(d, kind_of(problem.dtype), hb, bn, st, overlap, debug_waits, pingpong,
-                   lean, pers, param_maps, stg, split_maps, prefetch_maps, tma)
+                   lean, pers, param_maps, stg, split_maps, prefetch_maps, tma, lazy_rescale)
     extra = ()
     if pers:
         extra = (np.int32(grid[0]), np.int32(grid[1]), np.int32(n_work))
@@ -302,8 +312,8 @@ def plan(problem, **kw):
     scratch (:func:`scratch`), writes the call's q, k, v addresses there
     (``tensormap.replace``) and loads through them. Keyword overrides (``heads``,
     ``block_n``, ``stages``, ``overlap``, ``pingpong``, ``lean``, ``persistent``,
-    ``param_maps``, ``split_maps``, ``prefetch_maps``, ``staged``, ``tma_out``, ``blocks``,
-    ``debug_waits``) as in
+    ``param_maps``, ``split_maps``, ``prefetch_maps``, ``staged``, ``tma_out``,
+    ``lazy_rescale``, ``blocks``, ``debug_waits``) as in
     :func:`build` and :func:`configure`, and ``uniform_lengths`` (a batched call's lengths
     passed: :func:`uniform_lengths`; None = ``UNIFORM_LENGTHS``); :func:`scratch` takes the
     same."""

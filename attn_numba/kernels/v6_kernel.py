@@ -39,7 +39,7 @@ MAP_WRITER = 32
 @functools.lru_cache(maxsize=None)
 def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
            lean=False, persistent=False, param_maps=False, staged=False, split_maps=False,
-           prefetch_maps=False, tma_out=False):
+           prefetch_maps=False, tma_out=False, lazy=False):
     assert D in HEAD_SIZES and BN in (64, 128) and S >= 2 and HB in (1, 2, 4)
     assert staged or not tma_out
     # split_maps: the one-block-per-tile kernel with the template as parameters only
@@ -48,7 +48,7 @@ def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
     PB = lay.positions_per_tile(HB)
     ROWS = lay.CONSUMERS * PB            # positions per work tile (of HB heads, one sequence)
     r = v6_roles.roles(D, BN, kind, HB, S, overlap, debug_waits, pingpong, lean, staged,
-                       prefetch_maps, tma_out)
+                       prefetch_maps, tma_out, lazy)
     SLOT = 128 * maps_per_block(tma_out)
     init_barriers, produce_tile, consume = r.init_barriers, r.produce_tile, r.consume
     # each block's maps: from the template in global memory (``tmpl`` its address), or from

@@ -246,6 +246,11 @@ def st_global_v4(addr, w0, w1, w2, w3):
     flat[off:off + 16] = np.array([w0, w1, w2, w3], np.uint32).view(np.uint8)
 
 
+def st_global_v4_if(addr, w0, w1, w2, w3, keep):
+    if int(keep):
+        st_global_v4(addr, w0, w1, w2, w3)
+
+
 def bar_sync_data(bar_id, count):
     """A named barrier that publishes data (the staged epilogue's): on the simulator a block
     barrier, which every live thread of the block reaches the same number of times (both

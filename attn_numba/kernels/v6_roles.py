@@ -351,7 +351,7 @@ def _loops(D, BN, S, st, wait, pingpong):
 
 @functools.lru_cache(maxsize=None)
 def roles(D, BN, kind, HB, S, overlap=False, debug_waits=False, pingpong=False, lean=False,
-          staged=False, prefetch=False, tma_out=False):
+          staged=False, prefetch=False, tma_out=False, lazy=False):
     """Device functions for head size ``D``, key tile ``BN``, ``kind`` ('f16'/'bf16'),
     ``HB`` heads per tile, ``S`` K/V stages and the consumer loop (``overlap``: QK^T of tile
     j with PV of tile j-1), ``pingpong`` (the consumers take turns at the tensor cores:
@@ -359,7 +359,9 @@ def roles(D, BN, kind, HB, S, overlap=False, debug_waits=False, pingpong=False, 
     on 32-bit offsets: ``v5_steps.steps``), ``staged`` (O leaves through shared memory in
     16-byte chunks: ``v6_epilogue``), ``prefetch`` (the maps fetched into the TMA unit's
     descriptor cache once acquired), ``tma_out`` (with ``staged``: the boxed epilogue,
-    whole tiles written by TMA stores through each block's O map). ``debug_waits``: every mbarrier wait gives up after
+    whole tiles written by TMA stores through each block's O map), ``lazy`` (the running
+    maxima move only by more than ``softmax.LAZY_THRESHOLD``, and O is rescaled only where
+    a row of the warp's moved: ``v5_steps.steps``). ``debug_waits``: every mbarrier wait gives up after
     ``WAIT_LIMIT`` attempts and prints which one (a hang becomes a wrong result and a line
     on stdout)."""
     PB = lay.positions_per_tile(HB)
@@ -368,7 +370,7 @@ def roles(D, BN, kind, HB, S, overlap=False, debug_waits=False, pingpong=False, 
     S_LEN = BN // 2
     PA_LEN = 4 * (BN // 16)
     O_LEN = D // 2
-    st = v5_steps.steps(D, BN, kind, HB, False, S, lay.CONSUMERS, lean)
+    st = v5_steps.steps(D, BN, kind, HB, False, S, lay.CONSUMERS, lean, lazy)
     assert staged or not tma_out
     if tma_out:
         store = v6_epilogue.boxed(D, kind, HB, lay.o_stage_offset(D, BN, S, True))
