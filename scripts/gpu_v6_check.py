@@ -29,8 +29,8 @@ against flash_wgmma (v5) at the log's 10 configurations. Needs an sm_90 device.
 3. timing: 1 sequence, 32/8 heads, D=128, window (128,128), fp16, 512..8192 tokens, causal
    0/1, as a batched call (lse[b, h, i]): CUDA-graph replay (triton's ``do_bench_cudagraph``
    when torch and triton import, else CUDA events over 20 launches queued behind a sleeper
-   kernel, median of 7), the flash_ws variants of ``TIMED`` (the defaults; whole tiles by
-   TMA stores; the lazy softmax) against v5, and
+   kernel, median of 7), the flash_ws variants of ``TIMED`` (the defaults; the eager
+   softmax; whole tiles by TMA stores) against v5, and
    FlashAttention-4 where ``flash_attn.cute`` imports (its output compared with ours first).
 
 Everything goes to ``$OUT/v6.json`` (rewritten after every case); a table comes last.
@@ -426,7 +426,8 @@ def timed_spec(kw, persistent):
     st = kw.get("stages", v6.STAGES[128])
     pm, split = v6.map_mode(bool(persistent), kw.get("param_maps"), kw.get("split_maps"))
     sg = v6._staged_fits(128, bn, st)
-    return (128, "f16", 4, bn, st, kw.get("overlap", v6.OVERLAP), v6.PINGPONG, v6.LEAN,
+    return (128, "f16", 4, bn, st, v6.loop_mode(bool(persistent), kw.get("overlap")),
+            kw.get("pingpong", v6.PINGPONG), kw.get("lean", v6.LEAN),
             bool(persistent), pm, sg, split, kw.get("prefetch_maps", v6.PREFETCH_MAPS),
             v6._tma_out(sg, kw.get("tma_out")), kw.get("lazy_rescale", v6.LAZY_RESCALE))
 
@@ -523,8 +524,8 @@ def _timer():
 #: (name, flash_ws plan options) timed at each configuration; flash_wgmma is v5's default
 TIMED = (("flash_wgmma", None),
          ("flash_ws", {}),                                   # the module's defaults
+         ("flash_ws_eager", dict(lazy_rescale=False)),       # run 60's defaults
          ("flash_ws_tma", dict(tma_out=True)),               # whole tiles by TMA stores
-         ("flash_ws_lazy", dict(lazy_rescale=True)),         # the lazy softmax
 )
 
 
@@ -535,7 +536,9 @@ EXPLORE = (("flash_ws_run50", dict(param_maps=False, uniform_lengths=False,
            ("flash_ws_bn128", dict(block_n=128, stages=2)),   # 128-key tiles in 2 stages
            ("flash_ws_s2", dict(stages=2)),
            ("flash_ws_prefetch", dict(prefetch_maps=True)),    # maps prefetched
-           ("flash_ws_noprefetch", dict(prefetch_maps=False)))  # run 58's maps
+           ("flash_ws_noprefetch", dict(prefetch_maps=False)),  # run 58's maps
+           ("flash_ws_pp0", dict(pingpong=False)),             # no turns at the tensor cores
+           ("flash_ws_ov0", dict(overlap=False)))              # the plain loop
 
 
 def timed():

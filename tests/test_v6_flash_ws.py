@@ -234,18 +234,20 @@ def _compile(tmp_path, variants):
 
 @pytest.mark.slow
 def test_kernel_compiles_and_assembles_d128_f16(tmp_path):
-    # the defaults: the persistent grid, and one block per tile (the maps from parameters)
+    # the defaults: the persistent grid, and one block per tile (the maps from parameters,
+    # the plain loop)
     ptxs = _compile(tmp_path, [[128, "f16", 4, 64, 3, 1, 1, 1, 1, 0, 1],
-                               [128, "f16", 4, 64, 3, 1, 1, 1, 0, 1, 1, 0]])
+                               [128, "f16", 4, 64, 3, 0, 1, 1, 0, 1, 1, 0]])
     assert (v6.OVERLAP, v6.PINGPONG, v6.LEAN, v6.PERSISTENT, v6.PARAM_MAPS, v6.STAGED) == \
         (True, True, True, True, False, True)
     assert (v6.PARAM_MAPS_TILES, v6.SPLIT_MAPS, v6.UNIFORM_LENGTHS) == (True, False, True)
-    assert (v6.PREFETCH_MAPS, v6.TMA_OUT, v6.LAZY_RESCALE) == (True, False, True)
+    assert (v6.PREFETCH_MAPS, v6.TMA_OUT, v6.LAZY_RESCALE, v6.OVERLAP_TILES) == \
+        (True, False, True, False)
     assert v6.BLOCK_N[128] == 64 and v6.STAGES[128] == 3
     _check_variant(ptxs["128-f16-4-64-3-1-1-1-1-0-1"], 128, 64, tmp_path, "main",
                    overlap=True, pingpong=True, staged=True, prefetch=True)
-    _check_variant(ptxs["128-f16-4-64-3-1-1-1-0-1-1-0"], 128, 64, tmp_path, "tiles",
-                   overlap=True, pingpong=True, param_maps=True, staged=True, prefetch=True)
+    _check_variant(ptxs["128-f16-4-64-3-0-1-1-0-1-1-0"], 128, 64, tmp_path, "tiles",
+                   overlap=False, pingpong=True, param_maps=True, staged=True, prefetch=True)
 
 
 @pytest.mark.slow

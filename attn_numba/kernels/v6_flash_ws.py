@@ -12,10 +12,11 @@ pairs of one GQA group, 64 per consumer warpgroup, packed as flash_wgmma packs t
   can start before V has landed) and empty barriers the consumers arrive on.
 * Warpgroups 1 and 2, the consumers (``setmaxnreg.inc`` to 240), share every K/V tile: per
   tile S = Q K^T (wgmma, both operands in shared memory), the online softmax on the
-  fragments (the element mask only on the band's partial tiles: ``tile_range``), O += P V
-  (P from registers), then release the stage; by default QK^T of the next tile runs during
-  this one's softmax (FlashAttention-3's order), and the epilogue writes O through shared
-  memory in 16-byte stores (``v6_epilogue``), lse from registers.
+  fragments (the element mask only on the band's partial tiles: ``tile_range``; lazy: O
+  rescaled only where a row's maximum moved by more than 2^8), O += P V (P from
+  registers), then release the stage; on the persistent grid QK^T of the next tile runs
+  during this one's softmax (FlashAttention-3's order), and the epilogue writes O through
+  shared memory in 16-byte stores (``v6_epilogue``), lse from registers.
   With ``pingpong`` they take turns issuing wgmma (named barriers, ``v6_roles``).
 * The grid: one block per work tile, or (``persistent``, the default) one block per SM that
   takes work tiles in turn, so that the next tile's Q and K/V loads run under this one's
@@ -64,6 +65,10 @@ AUTO_BLOCK_N = 128
 #: j issued, O rescaled under it, then PV of tile j-1): with the staged epilogue 1-4% faster
 #: than the plain loop from 1024 tokens up (run 48, notes/v6_flash_ws.md)
 OVERLAP = True
+#: the same on the one-block-per-tile grid (one work tile per block: 512 tokens of the log's
+#: shape), where the plain loop is 2-3% faster (run 62: 0.0104 against 0.0106-0.0107 ms
+#: non-causal, 0.0086-0.0087 against 0.0088-0.0089 causal, three rounds each), so off
+OVERLAP_TILES = False
 #: the two consumer warpgroups take turns at the tensor cores (named barriers,
 #: v6_roles._scheduler): 3-6% faster on the H200 (runs 29-31, notes/v6_flash_ws.md)
 PINGPONG = True
@@ -128,6 +133,14 @@ def map_mode(persistent, param_maps=None, split_maps=None):
     return pm, split
 
 
+def loop_mode(persistent, overlap=None):
+    """The consumer loop of a kernel on the ``persistent`` grid or not (``overlap``: the
+    overlapped loop; None = ``OVERLAP`` or ``OVERLAP_TILES`` per grid)."""
+    if overlap is not None:
+        return bool(overlap)
+    return OVERLAP if persistent else OVERLAP_TILES
+
+
 def _tma_out(staged, tma_out):
     """The boxed epilogue: ``TMA_OUT`` where None, and only with the staged one."""
     return bool(staged) and (TMA_OUT if tma_out is None else bool(tma_out))
@@ -138,7 +151,7 @@ def build(head_size, kind="f16", heads=4, block_n=None, stages=None, overlap=Non
           staged=None, split_maps=None, prefetch_maps=None, tma_out=None, lazy_rescale=None):
     """The kernel for ``head_size``, ``kind`` ('f16'/'bf16'), ``heads`` query heads per tile
     (4, 2 or 1 of a GQA group), key tile ``block_n``, ``stages``, the consumer loop
-    ``overlap``, the consumers' turns ``pingpong``, the ``lean`` softmax, the
+    ``overlap`` (:func:`loop_mode`), the consumers' turns ``pingpong``, the ``lean`` softmax, the
     ``persistent`` grid, the template maps as kernel parameters ``param_maps``, written by a
     second producer thread ``split_maps`` (:func:`map_mode`), prefetched ``prefetch_maps``,
     the ``staged`` epilogue, its whole tiles by TMA stores ``tma_out``, and the lazy softmax
@@ -153,7 +166,7 @@ def build(head_size, kind="f16", heads=4, block_n=None, stages=None, overlap=Non
     pers = PERSISTENT if persistent is None else bool(persistent)
     pm, split = map_mode(pers, param_maps, split_maps)
     return _build(head_size, kind, heads, bn, st,
-                  OVERLAP if overlap is None else bool(overlap), bool(debug_waits),
+                  loop_mode(pers, overlap), bool(debug_waits),
                   PINGPONG if pingpong is None else bool(pingpong),
                   LEAN if lean is None else bool(lean), pers, pm, bool(staged), split,
                   PREFETCH_MAPS if prefetch_maps is None else bool(prefetch_maps),
