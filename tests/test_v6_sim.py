@@ -133,9 +133,10 @@ CASES = [  # seq_q, seq_k, H, Hkv, D, dtype, window, causal, options (stages >= 
      dict(stages=2, batched=True)),
     pytest.param(([20, 20], [50, 50], 4, 2, 64, BF16, (8, 8), False,
                   dict(stages=2, batched=True, persistent=True, blocks=10 ** 6)), marks=_SLOW),
-    # the lazy softmax (lazy_rescale, opt-in): keys scaled up along the sequence so that the
-    # maxima move past the threshold tile after tile (ramp), and plain inputs, where they
-    # rarely do; both loops, masked tiles, rows with no key
+    # the lazy softmax (lazy_rescale, the default since run 60, so in every case that does
+    # not turn it off): keys scaled up along the sequence so that the maxima move past the
+    # threshold tile after tile (ramp), and plain inputs, where they rarely do; both loops,
+    # masked tiles, rows with no key
     ([150], [150], 4, 1, 64, np.float16, (-1, -1), True,
      dict(stages=3, lazy_rescale=True, ramp=12.0)),
     pytest.param(([30, 0, 5, 40], [40, 3, 0, 66], 8, 2, 64, BF16, (20, 20), False,
@@ -144,7 +145,8 @@ CASES = [  # seq_q, seq_k, H, Hkv, D, dtype, window, causal, options (stages >= 
                   dict(stages=3, lazy_rescale=True, overlap=False, ramp=12.0)), marks=_SLOW),
     pytest.param(([70], [190], 4, 4, 64, np.float16, (-1, -1), True,
                   dict(stages=3, lazy_rescale=True)), marks=_SLOW),
-    # the module's defaults at D = 128 (BN 64, 3 stages, overlapped loop, staged epilogue)
+    # the module's defaults at D = 128 (BN 64, 3 stages, the tile grid's plain loop, lazy
+    # softmax, staged epilogue)
     pytest.param(([20, 0, 9], [130, 3, 0], 4, 1, 128, np.float16, (-1, -1), True, {}),
                  marks=_SLOW),
 ]
