@@ -361,9 +361,9 @@ def roles(D, BN, kind, HB, S, overlap=False, debug_waits=False, pingpong=False, 
     descriptor cache once acquired), ``tma_out`` (with ``staged``: the boxed epilogue,
     whole tiles written by TMA stores through each block's O map), ``lazy`` (the running
     maxima move only by more than ``softmax.LAZY_THRESHOLD``, and O is rescaled only where
-    a row of the warp's moved: ``v5_steps.steps``). ``debug_waits``: every mbarrier wait gives up after
-    ``WAIT_LIMIT`` attempts and prints which one (a hang becomes a wrong result and a line
-    on stdout)."""
+    a row of the warp's moved: ``v5_steps.steps``). ``debug_waits``: every mbarrier wait
+    gives up after ``WAIT_LIMIT`` attempts and prints which one (a hang becomes a wrong
+    result and a line on stdout)."""
     PB = lay.positions_per_tile(HB)
     Q_TILE = lay.q_tile_bytes(D)
     QF = lay.barrier_offsets(D, BN, S)[0]
