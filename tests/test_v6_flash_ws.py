@@ -278,6 +278,31 @@ def test_kernel_variants_compile_and_assemble(tmp_path, variant):
                    lazy=bool(ov[9]) if len(ov) > 9 else None)
 
 
+@pytest.mark.slow
+def test_maps_ready_acquires_and_writes_no_map():
+    """``maps_ready`` (gpu_v6_check's upper bound for maps written once per pointer set):
+    the tile-grid defaults with no map stored, replaced or released, the three acquired
+    and prefetched; everything else as the defaults'."""
+    got = compile_ptx_of(textwrap.dedent("""
+        import json
+        from numba import cuda
+        from attn_numba.kernels import v6_flash_ws as v6
+        sig = v6._signature(False, True)
+        print(json.dumps([cuda.compile_ptx(v6.build(128, "f16", 4, persistent=False,
+                                                    maps_ready=r).py_func, sig,
+                                           cc=(9, 0, "a"), launch_bounds=(v6.THREADS, 1))[0]
+                          for r in (False, True)]))
+    """))
+    plain, ready = got
+    for ptx, n in ((plain, 1), (ready, 0)):
+        assert ptx.count("st.global.v2.b64") == 24 * n
+        assert ptx.count("tensormap.replace.tile.global_address") == 3 * n
+        assert ptx.count("fence.proxy.tensormap::generic.release.gpu") == n
+        assert ptx.count("fence.proxy.tensormap::generic.acquire.gpu") == 3
+        assert ptx.count("prefetch.tensormap") == 3
+        assert ptx.count("wgmma.mma_async") == 128 // 16 + 64 // 16
+
+
 GPU_CASES = [  # seq_q, seq_k, H, Hkv, D, dtype name, window, causal, plan options
     ([1025], [1025], 8, 2, 128, "float16", (128, 128), False, {}),
     ([97, 0, 300], [97, 5, 77], 8, 1, 64, "bfloat16", (-1, -1), True, {}),

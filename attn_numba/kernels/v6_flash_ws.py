@@ -148,7 +148,8 @@ def _tma_out(staged, tma_out):
 
 def build(head_size, kind="f16", heads=4, block_n=None, stages=None, overlap=None,
           debug_waits=False, pingpong=None, lean=None, persistent=None, param_maps=None,
-          staged=None, split_maps=None, prefetch_maps=None, tma_out=None, lazy_rescale=None):
+          staged=None, split_maps=None, prefetch_maps=None, tma_out=None, lazy_rescale=None,
+          maps_ready=False):
     """The kernel for ``head_size``, ``kind`` ('f16'/'bf16'), ``heads`` query heads per tile
     (4, 2 or 1 of a GQA group), key tile ``block_n``, ``stages``, the consumer loop
     ``overlap`` (:func:`loop_mode`), the consumers' turns ``pingpong``, the ``lean`` softmax, the
@@ -158,7 +159,9 @@ def build(head_size, kind="f16", heads=4, block_n=None, stages=None, overlap=Non
     ``lazy_rescale`` (None = the module defaults; the staged epilogue only where its O
     tiles fit);
     ``debug_waits``: bounded waits that print the one that timed out
-    (v6_roles.roles), for diagnosing a hang."""
+    (v6_roles.roles), for diagnosing a hang; ``maps_ready``: a measurement only, the blocks
+    acquire the maps an earlier call with the same pointers and scratch left in their slots
+    and write none (wrong for any other call)."""
     bn = BLOCK_N[head_size] if block_n is None else block_n
     st = STAGES[head_size] if stages is None else stages
     if staged is None:
@@ -171,7 +174,8 @@ def build(head_size, kind="f16", heads=4, block_n=None, stages=None, overlap=Non
                   LEAN if lean is None else bool(lean), pers, pm, bool(staged), split,
                   PREFETCH_MAPS if prefetch_maps is None else bool(prefetch_maps),
                   _tma_out(staged, tma_out),
-                  LAZY_RESCALE if lazy_rescale is None else bool(lazy_rescale))
+                  LAZY_RESCALE if lazy_rescale is None else bool(lazy_rescale),
+                  bool(maps_ready))
 
 
 # --------------------------------------------------------------------------- module contract
@@ -227,7 +231,7 @@ def auto_declines(problem):
 def configure(problem, heads=None, block_n=None, stages=None, overlap=None,
               debug_waits=False, pingpong=None, lean=None, persistent=None, blocks=None,
               param_maps=None, staged=None, split_maps=None, prefetch_maps=None, tma_out=None,
-              lazy_rescale=None):
+              lazy_rescale=None, maps_ready=False):
     """(kernel, grid, dynamic shared bytes, heads, block_n, extra scalars) for ``problem``.
     ``persistent``: a grid of ``blocks`` (default: the device's SMs, at most the work
     tiles) taking the work tiles in turn, extra scalars ``(nx, ny, n_work)``; None (the
@@ -254,7 +258,8 @@ def configure(problem, heads=None, block_n=None, stages=None, overlap=None,
                          f"need {need} bytes of shared memory "
                          f"at head size {d}, more than {MAX_SHARED}")
     kernel = build(d, kind_of(problem.dtype), hb, bn, st, overlap, debug_waits, pingpong,
-                   lean, pers, param_maps, stg, split_maps, prefetch_maps, tma, lazy_rescale)
+                   lean, pers, param_maps, stg, split_maps, prefetch_maps, tma, lazy_rescale,
+                   maps_ready)
     extra = ()
     if pers:
         extra = (np.int32(grid[0]), np.int32(grid[1]), np.int32(n_work))
@@ -326,7 +331,7 @@ def plan(problem, **kw):
     (``tensormap.replace``) and loads through them. Keyword overrides (``heads``,
     ``block_n``, ``stages``, ``overlap``, ``pingpong``, ``lean``, ``persistent``,
     ``param_maps``, ``split_maps``, ``prefetch_maps``, ``staged``, ``tma_out``,
-    ``lazy_rescale``, ``blocks``, ``debug_waits``) as in
+    ``lazy_rescale``, ``blocks``, ``debug_waits``, ``maps_ready``) as in
     :func:`build` and :func:`configure`, and ``uniform_lengths`` (a batched call's lengths
     passed: :func:`uniform_lengths`; None = ``UNIFORM_LENGTHS``); :func:`scratch` takes the
     same."""
