@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import sys
 
 import numpy as np
 
-from . import arrays, kernels, launcher
+from . import arrays, kernels, launcher, scratch_reuse
 from .arrays import F32, as_numba, kernel_dtype, on_simulator, resolve_stream
 from .kernels import BWD_ARRAYS, BWD_KERNEL_NAMES, FWD_ARRAYS, KERNEL_NAMES
 
@@ -70,14 +71,22 @@ class _Spec:
     names of the call's arrays (the order of the pointers its launches take: the call's
     arguments, then the module's ``scratch``)."""
 
-    __slots__ = ("mod", "problem", "plans", "bounds", "cu", "names", "scratch", "align")
+    __slots__ = ("mod", "problem", "plans", "bounds", "cu", "names", "scratch", "align",
+                 "ready_plans", "ready_bounds", "serial")
 
-    def __init__(self, mod, problem, plans, bounds, cu, names, scratch=()):
+    def __init__(self, mod, problem, plans, bounds, cu, names, scratch=(), ready=(None, None)):
         self.mod, self.problem, self.plans, self.bounds, self.cu = mod, problem, plans, bounds, cu
         self.names, self.scratch = names, scratch
         #: the byte alignment the kernel's vector loads and stores need of q, k, v and out
         #: (the module's ``POINTER_ALIGN``; 0: none)
         self.align = getattr(mod, "POINTER_ALIGN", 0)
+        #: the module's reuse plan and its launchers (None: none; :mod:`.scratch_reuse`)
+        self.ready_plans, self.ready_bounds = ready
+        #: this spec's number in the process: its calls' tags in a scratch record
+        self.serial = next(_SERIALS)
+
+
+_SERIALS = itertools.count()
 
 
 _SPECS = {}
@@ -114,16 +123,20 @@ def _spec(key, kernel, make, device, backward=False):
     scratch = kernels.scratch_of(mod, problem)
     for s in scratch:
         named[s.name] = (np.dtype(s.dtype), tuple(s.shape))
-    bounds, cu = None, None
+    ready = kernels.reuse_plan_of(mod, problem) if scratch else None
+    ready = None if ready is None else tuple(ready)
+    bounds, cu, ready_bounds = None, None, None
     with _device_ctx(device):
         if uniform is not None:
             cu = (_uniform_cu(problem.batch, uniform[0]), _uniform_cu(problem.batch, uniform[1]))
         if not problem.on_simulator and problem.total_q > 0:
             bounds = launcher.bind_plans(plans, named)
+            if ready is not None:
+                ready_bounds = launcher.bind_plans(ready, named)
             if bounds is None:  # dispatcher path: still skip Numba's slow cache load
-                for p in plans:
+                for p in plans + (ready or ()):
                     launcher.load_cached(p.kernel, launcher.argtypes(p, named), False)
-    spec = _Spec(mod, problem, plans, bounds, cu, tuple(named), scratch)
+    spec = _Spec(mod, problem, plans, bounds, cu, tuple(named), scratch, (ready, ready_bounds))
     if len(_SPECS) >= _MAX_SPECS:
         _SPECS.clear()
     _SPECS[key] = spec
@@ -132,29 +145,45 @@ def _spec(key, kernel, make, device, backward=False):
 
 # --------------------------------------------------------------------------- launch
 
-def _run(spec, ptrs, args, ls):
-    """Enqueue ``spec``'s launches on :class:`~attn_numba.arrays.LaunchStream` ``ls``.
+def _run(spec, ptrs, args, ls, ready=False):
+    """Enqueue ``spec``'s launches (``ready``: its reuse plan's) on
+    :class:`~attn_numba.arrays.LaunchStream` ``ls``.
 
     ``ptrs``: the data pointers of the call's arrays in the order of ``spec.names``, for the
     bound launchers; ``args()``: their ``(array, Info, kernel shape)`` in the same order,
     built only for Numba's dispatcher."""
     if spec.problem.total_q == 0:
         return
-    if spec.bounds is not None:
+    bounds = spec.ready_bounds if ready else spec.bounds
+    if bounds is not None:
         bound = None
         try:
-            for bound in spec.bounds:
+            for bound in bounds:
                 bound(ls.handle, ptrs)
             return
         except (TypeError, AttributeError, ctypes.ArgumentError) as exc:
-            if bound is not spec.bounds[0]:  # the bindings refused our arguments before
-                raise                        # anything launched: fall back, once
+            if bound is not bounds[0]:  # the bindings refused our arguments before
+                raise                   # anything launched: fall back, once
             import warnings
             warnings.warn(f"attn_numba: cuLaunchKernel path unavailable ({exc}); "
                           f"using Numba's dispatcher", RuntimeWarning, stacklevel=3)
-            spec.bounds = None
+            spec.bounds = spec.ready_bounds = None
     nargs = {n: as_numba(x, inf, shape) for n, (x, inf, shape) in zip(spec.names, args())}
-    kernels.launch_plans(spec.plans, nargs, arrays.numba_stream(ls))
+    kernels.launch_plans(spec.ready_plans if ready else spec.plans, nargs,
+                         arrays.numba_stream(ls))
+
+
+def _launch(spec, rec, ptrs, args, ls, asks_driver):
+    """:func:`_run`, with the reuse plan where the scratch's :class:`Record` ``rec`` (None:
+    a buffer of this call's own) says the buffer holds what it needs, and the record kept
+    (:mod:`.scratch_reuse`); ``asks_driver``: the stream's capture state is not known."""
+    if rec is None:
+        return _run(spec, ptrs, args, ls)
+    with scratch_reuse.LOCK:
+        ready, tag = scratch_reuse.choose(spec, rec, ptrs, asks_driver, ls.handle)
+        rec.tag = None   # unknown until this launch is enqueued
+        _run(spec, ptrs, args, ls, ready)
+        rec.tag = tag
 
 
 def _new(kind, like, shape, dtype, ls, device):
@@ -198,17 +227,17 @@ def _call(spec, kind, ins, outs, cus, shapes, stream, return_lse):
             il.ptr if il is not None else _ptr(lse, okind), icq.ptr, ick.ptr)
     if spec.align and ptrs[0] is not None and (ptrs[0] | ptrs[1] | ptrs[2] | ptrs[3]) % spec.align:
         check_aligned(spec, ptrs)              # raises (no pointers on the simulator)
-    scratch = ()
+    scratch, rec = (), None
     if spec.scratch:
-        scratch, sptrs = _scratch_and_ptrs(spec, okind, q, ls, device)
+        scratch, sptrs, rec = _scratch_entry(spec, okind, q, ls, device)
         ptrs += sptrs
     sq, sk, sv, slse = shapes[:4]
-    _run(spec, ptrs, lambda: (
+    _launch(spec, rec, ptrs, lambda: (
         (q, iq, sq), (k, ik, sk), (v, iv, sv),
         (out, io if io is not None else arrays.info(out, okind), sq),
         (lse, il if il is not None else arrays.info(lse, okind), slse),
         (cq, icq, None), (ck, ick, None),
-        *((x, arrays.info(x, okind), None) for x in scratch)), ls)
+        *((x, arrays.info(x, okind), None) for x in scratch)), ls, okind != "torch")
     return (out, lse) if return_lse else out
 
 
@@ -254,6 +283,11 @@ def _scratch(spec, kind, like, ls, device):
 
 
 def _scratch_and_ptrs(spec, kind, like, ls, device):
+    """(buffers, their data pointers) of :func:`_scratch_entry`."""
+    return _scratch_entry(spec, kind, like, ls, device)[:2]
+
+
+def _scratch_entry(spec, kind, like, ls, device):
     """The module's scratch buffers for one call on :class:`~arrays.LaunchStream` ``ls``.
 
     Buffers made once per (device, stream) and reused by every call on that stream: stream
@@ -267,11 +301,11 @@ def _scratch_and_ptrs(spec, kind, like, ls, device):
     share one) or with a stream that is not torch's current one (whose capture this does not
     ask), and CuPy callers. What this cannot see: a stream destroyed with such a call still
     running and its handle reused at once by a new stream. Returns (buffers, their data
-    pointers)."""
+    pointers, the reused buffers' :class:`~.scratch_reuse.Record` or None for new ones)."""
     if kind == "cupy" or (kind == "torch" and (ls.explicit or _torch_capturing())):
         bufs = tuple(arrays.empty(kind, like, s.shape, np.dtype(s.dtype), ls, device)
                      for s in spec.scratch)
-        return bufs, tuple(_ptr(x, kind) for x in bufs)
+        return bufs, tuple(_ptr(x, kind) for x in bufs), None
     key = (kind, device, ls.handle, spec.scratch)
     hit = _STREAM_SCRATCH.get(key)
     if hit is None:
@@ -284,7 +318,8 @@ def _scratch_and_ptrs(spec, kind, like, ls, device):
             kind = "numba"
             bufs = tuple(arrays.empty("numba", None, s.shape, np.dtype(s.dtype), ls, None)
                          for s in spec.scratch)
-        hit = _STREAM_SCRATCH[key] = (bufs, tuple(_ptr(x, kind) for x in bufs))
+        hit = _STREAM_SCRATCH[key] = (bufs, tuple(_ptr(x, kind) for x in bufs),
+                                      scratch_reuse.Record())
     return hit
 
 
@@ -307,10 +342,11 @@ def _host_call(spec, ins, outs, cus, shapes, ls, return_lse):
             c = cuda.to_device(c, stream=s)
             inf = arrays.info(c, "numba")
         cu.append((c, inf, None))
-    scratch = _scratch(spec, "numba", None, ls, None) if spec.scratch else ()
+    scratch, _, rec = _scratch_entry(spec, "numba", None, ls, None) if spec.scratch \
+        else ((), (), None)
     args = (*dev, (out_d, io, shapes[0]), (lse_d, il, shapes[3]), *cu,
             *((x, arrays.info(x, "numba"), None) for x in scratch))
-    _run(spec, tuple(a[1].ptr for a in args), lambda: args, ls)
+    _launch(spec, rec, tuple(a[1].ptr for a in args), lambda: args, ls, True)
     (out, _), (lse, _) = outs
     out_shape, lse_shape = shapes[4], shapes[5]
     if out is not None:

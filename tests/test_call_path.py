@@ -458,3 +458,79 @@ def test_a_misaligned_pointer_is_refused_by_the_16_byte_backwards(which):
                                              f"16-byte aligned: kernel '{name}'"):
             callpath.check_aligned(spec, ptrs, names)
     assert getattr(kernels.get_bwd("flash"), "POINTER_ALIGN", 0) == 0
+
+
+def _reuse_spec(ready=True):
+    from attn_numba import callpath
+    from attn_numba.kernels import Scratch
+    spec = callpath._Spec(None, None, ("writer",), None, None, (),
+                          (Scratch("maps", (48,), np.int64),), (("reader",) if ready else None,
+                                                                 None))
+    return spec
+
+
+def test_reuse_plan_only_after_a_writer_with_the_same_spec_and_pointers(monkeypatch):
+    """The reuse plan (flash_ws: maps acquired, not written) runs only when the last launch
+    on the reused scratch was this spec's writer with the same q, k, v; any other launch on
+    the buffer (other pointers, another spec, a module without a reuse plan, a launch that
+    raised) changes or clears the record; a capture poisons the buffer for good."""
+    from attn_numba import callpath, scratch_reuse
+    from attn_numba.arrays import LaunchStream
+
+    ran = []
+
+    def run(spec, ptrs, args, ls, ready=False):
+        if ptrs[0] == "boom":
+            raise RuntimeError("launch failed")
+        ran.append(ready)
+
+    monkeypatch.setattr(callpath, "_run", run)
+    capturing = [False]
+    monkeypatch.setattr(scratch_reuse, "stream_capturing", lambda h: capturing[0])
+    ls = LaunchStream(5, None, False)
+    a, b, plain = _reuse_spec(), _reuse_spec(), _reuse_spec(ready=False)
+    rec = scratch_reuse.Record()
+
+    def call(spec, ptrs, asks=True):
+        callpath._launch(spec, rec, ptrs + (0, 0), None, ls, asks)
+        return ran[-1]
+
+    p, p2 = (1, 2, 3, 4), (1, 2, 9, 4)
+    assert [call(a, p), call(a, p), call(a, p)] == [False, True, True]
+    assert call(a, p2) is False and call(a, p) is False and call(a, p) is True
+    assert call(a, (1, 2, 3, 99)) is True          # out is not in the maps
+    assert call(b, p) is False and call(a, p) is False   # another spec wrote the buffer
+    assert call(plain, p) is False and rec.tag is None and call(a, p) is False
+    with pytest.raises(RuntimeError):
+        callpath._launch(a, rec, ("boom", 2, 3, 4, 0, 0), None, ls, True)
+    assert rec.tag is None and call(a, p) is False and call(a, p) is True
+    assert callpath._launch(a, None, p, None, ls, True) is None and ran[-1] is False
+    capturing[0] = True                             # a graph capture on this stream
+    assert call(a, p) is False and rec.poisoned
+    capturing[0] = False
+    assert [call(a, p), call(a, p)] == [False, False]
+    # torch callers' reused buffers imply their stream is not captured: no driver query
+    rec2 = scratch_reuse.Record()
+    capturing[0] = True
+    for want in (False, True):
+        callpath._launch(a, rec2, p + (0, 0), None, ls, False)
+        assert ran[-1] is want
+
+
+def test_scratch_entry_keeps_a_record_only_for_reused_buffers(monkeypatch):
+    from attn_numba import callpath, scratch_reuse
+    from attn_numba.arrays import LaunchStream
+    monkeypatch.setattr(callpath, "_STREAM_SCRATCH", {})
+    spec = _reuse_spec()
+    s1 = LaunchStream(11, None, True)
+    bufs, ptrs, rec = callpath._scratch_entry(spec, "numba", None, s1, 0)
+    assert isinstance(rec, scratch_reuse.Record) and rec.tag is None and not rec.poisoned
+    assert callpath._scratch_entry(spec, "numba", None, s1, 0)[2] is rec
+    buf = type("Buf", (), {"data": type("Data", (), {"ptr": 64})()})
+    monkeypatch.setattr(callpath.arrays, "empty", lambda *a: buf())
+    assert callpath._scratch_entry(spec, "cupy", "q", s1, 0)[2] is None
+
+
+def test_stream_capturing_is_false_on_the_simulator():
+    from attn_numba import scratch_reuse
+    assert scratch_reuse.stream_capturing(0) is False

@@ -189,6 +189,42 @@ def test_flash_ws_graphs_replayed_at_once_and_eager_calls_keep_their_own_maps(rn
         assert torch.equal(eager, refs[2]), f"round {rnd}: the eager call read other inputs"
 
 
+def test_flash_ws_reuses_its_maps_only_for_the_same_pointers(rng, monkeypatch):
+    """Calls of one specialisation on one stream take the reuse plan (the maps acquired,
+    none written) exactly when the last launch on the stream's scratch had the same q, k
+    and v (callpath._launch, scratch_reuse); alternating inputs stay bit-exact with each
+    input's first call. Numba arrays on a raw stream ask the driver whether it is being
+    captured: not here, so their second call takes the reuse plan too."""
+    torch = pytest.importorskip("torch")
+    if "flash_ws" not in KERNELS or torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("flash_ws needs sm_90")
+    from numba import cuda
+
+    from attn_numba import scratch_reuse
+    seen = []
+    real = scratch_reuse.choose
+
+    def spy(*a):
+        got = real(*a)
+        seen.append(got[0])
+        return got
+    monkeypatch.setattr(scratch_reuse, "choose", spy)
+    sets = [_torch_qkv(torch, rng, 1024) for _ in range(2)]
+    refs = [mha_fwd(*qkv, kernel="flash_ws", **LOG_KW).clone() for qkv in sets]
+    order = [0, 0, 0, 1, 1, 0, 1, 0, 0]
+    outs = [mha_fwd(*sets[i], kernel="flash_ws", **LOG_KW) for i in order]
+    torch.cuda.synchronize()
+    for n, (i, o) in enumerate(zip(order, outs)):
+        assert torch.equal(o, refs[i]), f"call {n} (inputs {i}) differs from their first"
+    assert seen == [False, False] + [False, True, True, False, True, False, False, False, True]
+    del seen[:]
+    nq, nk, nv = (cuda.as_cuda_array(x) for x in sets[0])
+    got = [mha_fwd(nq, nk, nv, kernel="flash_ws", **LOG_KW).copy_to_host() for _ in range(3)]
+    assert seen == [False, True, True]
+    for o in got:
+        assert np.array_equal(o.view(np.uint16), refs[0].cpu().numpy().view(np.uint16))
+
+
 @pytest.mark.parametrize("kernel", FAST + [k for k in ("flash_ws",) if k in KERNELS])
 def test_cuda_graph_capture_and_replay(rng, kernel):
     torch = pytest.importorskip("torch")

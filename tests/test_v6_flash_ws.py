@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from attn_numba import tensormap
+from attn_numba import kernels, tensormap
 from attn_numba.kernels import v6_flash_ws as v6
 from attn_numba.kernels import v6_layout as lay
 from attn_numba.problem import Problem
@@ -376,6 +376,23 @@ def test_scratch_holds_every_blocks_maps():
         _, grid, *_ = v6.configure(p, **kw)
         assert maps.name == "maps" and np.dtype(maps.dtype).itemsize == 8
         assert maps.shape == (grid[0] * grid[1] * grid[2] * 4 * 128 // 8,)
+
+
+def test_reuse_plan_is_the_plan_with_the_maps_acquired_only(monkeypatch):
+    """``reuse_plan`` (the call path's second call with the same pointers on a reused
+    scratch): the same launch as ``plan`` (grid, threads, arrays, scalars, shared memory),
+    through the ``maps_ready`` kernel; none where the kernel maps ``out`` too."""
+    p = _problem(max_seqlen_q=512, total_q=512, total_k=512, max_seqlen_k=512,
+                 num_heads=32, num_kv_heads=8)
+    (w,), (r,) = v6.plan(p), v6.reuse_plan(p)
+    assert (w.griddim, w.blockdim, w.arrays, w.shared, w.views) == \
+        (r.griddim, r.blockdim, r.arrays, r.shared, r.views)
+    assert len(w.scalars) == len(r.scalars)
+    assert r.kernel is v6.build(128, "f16", 4, persistent=False, maps_ready=True)
+    assert w.kernel is not r.kernel
+    assert v6.scratch(p) == tuple(kernels.scratch_of(v6, p))
+    monkeypatch.setattr(v6, "TMA_OUT", True)
+    assert v6.reuse_plan(p) is None
 
 
 def test_auto_takes_flash_ws_only_with_enough_key_tiles():

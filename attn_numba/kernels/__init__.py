@@ -106,7 +106,10 @@ class KernelModule(Protocol):
 
     A backward module also defines ``scratch(problem) -> tuple[Scratch, ...]``; a forward
     module may (flash_ws: each block's own tensor maps). :func:`scratch_of` gives a
-    module's list either way.
+    module's list either way. A module with scratch may define ``reuse_plan(problem) ->
+    tuple[Plan, ...] | None``: launches that take what ``plan``'s launches last wrote into
+    the same scratch for the same q, k and v pointers as already there (flash_ws: the
+    maps), which the call path uses when it knows that (:func:`reuse_plan_of`).
     """
 
     NAME: str
@@ -123,6 +126,12 @@ def scratch_of(mod, problem, **kw):
     ``kw``: the keywords given to its ``plan``."""
     fn = getattr(mod, "scratch", None)
     return () if fn is None else tuple(fn(problem, **kw))
+
+
+def reuse_plan_of(mod, problem):
+    """``mod.reuse_plan(problem)`` where the module defines it, else None."""
+    fn = getattr(mod, "reuse_plan", None)
+    return None if fn is None else fn(problem)
 
 
 def scratch_arrays(mod, problem, stream=0, **kw):

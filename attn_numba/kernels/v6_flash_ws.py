@@ -345,3 +345,17 @@ def plan(problem, **kw):
     return (Plan(kernel, grid, THREADS, views,
                  _scalars(problem, ul) + (tmpl,) + extra, shared,
                  arrays=FWD_ARRAYS + ("maps",)),)
+
+
+def reuse_plan(problem):
+    """The plan of a call whose ``maps`` scratch already holds the maps of its q, k and v:
+    the last :func:`plan` launch on that scratch had the same problem and pointers (the
+    call path keeps that record, ``callpath._maps_reused``). Its blocks acquire and
+    prefetch their slot's maps and write none (``maps_ready``): one store burst and a
+    ``MEMBAR.GPU`` round trip less before the first TMA. None where the kernel also maps
+    ``out`` (``tma_out``), whose pointer changes between calls."""
+    if _tma_out(_staged_fits(problem.head_size, BLOCK_N[problem.head_size],
+                             STAGES[problem.head_size]), None):
+        return None
+    return plan(problem, maps_ready=True)
+
