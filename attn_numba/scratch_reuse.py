@@ -16,10 +16,15 @@ poisons the record for good: its launches run at every replay, after any later e
 so no tag could say what the buffer holds. torch callers never reuse a buffer while their
 stream is captured (they get a new one per call), so only raw-stream callers ask the
 driver. One lock keeps a call's choice, launch and record together across threads.
+``ATTN_NUMBA_SCRATCH_REUSE=0`` in the environment turns reuse off (every call writes).
 """
 from __future__ import annotations
 
+import os
 import threading
+
+#: reuse plans taken at all (``ATTN_NUMBA_SCRATCH_REUSE=0``: never; for A/B timing)
+ENABLED = os.environ.get("ATTN_NUMBA_SCRATCH_REUSE", "1") != "0"
 
 #: held while a call chooses its plans, launches them and records what it wrote
 LOCK = threading.Lock()
@@ -67,7 +72,7 @@ def choose(spec, rec, ptrs, asks_driver, handle):
     what to record once the launch is enqueued (None: nothing known). ``asks_driver``: the
     stream's capture state is not known to the caller (raw streams), so the driver is
     asked; a capture poisons ``rec``."""
-    if rec.poisoned or spec.ready_plans is None:
+    if not ENABLED or rec.poisoned or spec.ready_plans is None:
         return False, None
     if asks_driver and stream_capturing(handle):
         rec.poisoned = True
