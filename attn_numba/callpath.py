@@ -123,7 +123,7 @@ def _spec(key, kernel, make, device, backward=False):
     scratch = kernels.scratch_of(mod, problem)
     for s in scratch:
         named[s.name] = (np.dtype(s.dtype), tuple(s.shape))
-    ready = kernels.reuse_plan_of(mod, problem) if scratch else None
+    ready = kernels.reuse_plan_of(mod, problem) if scratch and scratch_reuse.ENABLED else None
     ready = None if ready is None else tuple(ready)
     bounds, cu, ready_bounds = None, None, None
     with _device_ctx(device):

@@ -5,7 +5,7 @@
 #   bash scripts/device_run.sh STEP[:ARG[:ARG2]] ...
 #
 #   bench:K1,K2          attn-numba bench --kernels K1,K2 --merge --out results/h200 (ceilings too)
-#   bench_noreuse:K1,K2  the same with ATTN_NUMBA_SCRATCH_REUSE=0 (no reuse plans), no ceilings, into $R/noreuse
+#   bench_reuse:K1,K2    the same with ATTN_NUMBA_SCRATCH_REUSE=1 (reuse plans), no ceilings, into $R/reuse
 #   long:K1,K2[:C]       attn-numba bench --long --kernels K1,K2 [--causal C], merged
 #   flex_long:S1,S2      FlexAttention's long sweep, one process and time limit per length
 #   first_call:K1,K2     scripts/first_call.py --runs 2 (cold, then warm disk cache; its JSON
@@ -65,7 +65,7 @@ run() {  # run LOG LIMIT command...: bounded, output to $R/LOG.log (LOG_2.log, .
 }
 sanitizer() { command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1; }
 
-STEPS=" bench bench_noreuse long flex_long first_call gpu_tests gpu_par breakdown breakdown_base fwd_ab sanitize sanitize_fwd sanitize_bwd bwd_tests v6_tests wgmma_check v4_check package notebooks bench_bwd bwd_check v6_check ncu_v6 sass_v6 "
+STEPS=" bench bench_reuse long flex_long first_call gpu_tests gpu_par breakdown breakdown_base fwd_ab sanitize sanitize_fwd sanitize_bwd bwd_tests v6_tests wgmma_check v4_check package notebooks bench_bwd bwd_check v6_check ncu_v6 sass_v6 "
 for spec in "$@"; do  # every step known before any runs
     [[ $STEPS == *" ${spec%%:*} "* ]] || { echo "unknown step ${spec%%:*}; steps:$STEPS"; exit 2; }
 done
@@ -75,8 +75,8 @@ for spec in "$@"; do
     case $step in
         bench) run "bench" 300 python3 -m attn_numba.cli bench --kernels "$a" --merge \
                    --out results/h200 ;;
-        bench_noreuse) ATTN_NUMBA_SCRATCH_REUSE=0 run "bench_noreuse" 300 python3 -m \
-                           attn_numba.cli bench --kernels "$a" --no-ceilings --out "$R/noreuse" ;;
+        bench_reuse) ATTN_NUMBA_SCRATCH_REUSE=1 run "bench_reuse" 300 python3 -m \
+                         attn_numba.cli bench --kernels "$a" --no-ceilings --out "$R/reuse" ;;
         long) run "long_${a//,/-}${b:+_c$b}" 300 python3 -m attn_numba.cli bench --long \
                   --no-ceilings --out results/h200 --kernels "$a" ${b:+--causal "$b"} \
                   ${b:+--tag "c$b"} ;;

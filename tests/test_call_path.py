@@ -485,6 +485,7 @@ def test_reuse_plan_only_after_a_writer_with_the_same_spec_and_pointers(monkeypa
         ran.append(ready)
 
     monkeypatch.setattr(callpath, "_run", run)
+    monkeypatch.setattr(scratch_reuse, "ENABLED", True)    # ATTN_NUMBA_SCRATCH_REUSE=1
     capturing = [False]
     monkeypatch.setattr(scratch_reuse, "stream_capturing", lambda h: capturing[0])
     ls = LaunchStream(5, None, False)
@@ -515,7 +516,7 @@ def test_reuse_plan_only_after_a_writer_with_the_same_spec_and_pointers(monkeypa
     for want in (False, True):
         callpath._launch(a, rec2, p + (0, 0), None, ls, False)
         assert ran[-1] is want
-    monkeypatch.setattr(scratch_reuse, "ENABLED", False)   # ATTN_NUMBA_SCRATCH_REUSE=0
+    monkeypatch.setattr(scratch_reuse, "ENABLED", False)   # the default
     callpath._launch(a, rec2, p + (0, 0), None, ls, False)
     assert ran[-1] is False and rec2.tag is None
 
@@ -532,6 +533,20 @@ def test_scratch_entry_keeps_a_record_only_for_reused_buffers(monkeypatch):
     buf = type("Buf", (), {"data": type("Data", (), {"ptr": 64})()})
     monkeypatch.setattr(callpath.arrays, "empty", lambda *a: buf())
     assert callpath._scratch_entry(spec, "cupy", "q", s1, 0)[2] is None
+
+
+def test_scratch_reuse_is_off_by_default():
+    """Until the GPU suite has run the reuse path (notes/v6_flash_ws.md, session 11)."""
+    import subprocess
+    import sys
+    env = {k: v for k, v in __import__("os").environ.items()
+           if k != "ATTN_NUMBA_SCRATCH_REUSE"}
+    code = "from attn_numba import scratch_reuse as s; print(s.ENABLED)"
+    for val, want in ((None, "False"), ("1", "True"), ("0", "False")):
+        e = dict(env, **({} if val is None else {"ATTN_NUMBA_SCRATCH_REUSE": val}))
+        got = subprocess.run([sys.executable, "-c", code], env=e, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        assert got == want, (val, got)
 
 
 def test_stream_capturing_is_false_on_the_simulator():

@@ -201,6 +201,9 @@ def test_flash_ws_reuses_its_maps_only_for_the_same_pointers(rng, monkeypatch):
     from numba import cuda
 
     from attn_numba import scratch_reuse
+    monkeypatch.setattr(scratch_reuse, "ENABLED", True)   # ATTN_NUMBA_SCRATCH_REUSE=1
+    callpath._SPECS.clear()   # specs made with reuse off have no reuse plan
+    callpath._HOT.clear()
     seen = []
     real = scratch_reuse.choose
 
@@ -223,6 +226,8 @@ def test_flash_ws_reuses_its_maps_only_for_the_same_pointers(rng, monkeypatch):
     assert seen == [False, True, True]
     for o in got:
         assert np.array_equal(o.view(np.uint16), refs[0].cpu().numpy().view(np.uint16))
+    callpath._SPECS.clear()
+    callpath._HOT.clear()
 
 
 @pytest.mark.parametrize("kernel", FAST + [k for k in ("flash_ws",) if k in KERNELS])
