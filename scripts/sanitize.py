@@ -68,13 +68,16 @@ def _repeated(kernels, rng):
     """Three calls on the same device arrays, reuse plans on (``ATTN_NUMBA_SCRATCH_REUSE=1``):
     from the second on, flash_ws takes its reuse plan (the maps the first call left in the
     stream's scratch; callpath._launch). Each output must equal the first bit for bit (a
-    shape of its own, so that its spec is made with reuse on)."""
+    shape of its own, so that its spec is made with reuse on; checked against the
+    reference first)."""
     from numba import cuda
 
     from attn_numba import scratch_reuse
     scratch_reuse.ENABLED = True
-    q, k, v = (cuda.to_device(x) for x in random_qkv(rng, 1, 97, 97, 4, 1, 128, np.float16))
+    host = random_qkv(rng, 1, 97, 97, 4, 1, 128, np.float16)
+    q, k, v = (cuda.to_device(x) for x in host)
     for kernel in kernels:
+        check_mha_fwd(*host, kernel, window_size=(16, 0))   # against the reference
         outs = [attn_numba.mha_fwd(q, k, v, kernel=kernel, window_size=(16, 0)).copy_to_host()
                 for _ in range(3)]
         for i, o in enumerate(outs[1:], 1):
