@@ -177,7 +177,7 @@ def _launch(spec, rec, ptrs, args, ls, asks_driver):
     """:func:`_run`, with the reuse plan where the scratch's :class:`Record` ``rec`` (None:
     a buffer of this call's own) says the buffer holds what it needs, and the record kept
     (:mod:`.scratch_reuse`); ``asks_driver``: the stream's capture state is not known."""
-    if rec is None:
+    if rec is None or not scratch_reuse.ENABLED:   # (off: no record is ever written)
         return _run(spec, ptrs, args, ls)
     with scratch_reuse.LOCK:
         ready, tag = scratch_reuse.choose(spec, rec, ptrs, asks_driver, ls.handle)
