@@ -75,8 +75,8 @@ def choose(spec, rec, ptrs, asks_driver, handle):
     what to record once the launch is enqueued (None: nothing known). ``asks_driver``: the
     stream's capture state is not known to the caller (raw streams), so the driver is
     asked; a capture poisons ``rec``."""
-    if not ENABLED or rec.poisoned or spec.ready_plans is None:
-        return False, None
+    if not ENABLED or rec.poisoned or spec.ready_plans is None or ptrs[0] is None:
+        return False, None   # (no pointers: the simulator's arrays)
     if asks_driver and stream_capturing(handle):
         rec.poisoned = True
         return False, None

@@ -506,6 +506,9 @@ def test_reuse_plan_only_after_a_writer_with_the_same_spec_and_pointers(monkeypa
         callpath._launch(a, rec, ("boom", 2, 3, 4, 0, 0), None, ls, True)
     assert rec.tag is None and call(a, p) is False and call(a, p) is True
     assert callpath._launch(a, None, p, None, ls, True) is None and ran[-1] is False
+    for _ in range(2):   # no pointers (the simulator's arrays): never a reuse
+        callpath._launch(a, rec, (None, None, None, None, 0, 0), None, ls, True)
+        assert ran[-1] is False and rec.tag is None
     capturing[0] = True                             # a graph capture on this stream
     assert call(a, p) is False and rec.poisoned
     capturing[0] = False
