@@ -28,6 +28,8 @@ pairs of one GQA group, 64 per consumer warpgroup, packed as flash_wgmma packs t
   (``fence.proxy.tensormap``), all before its first TMA: one launch per call, and no map
   shared between calls. The 128B-swizzled boxes land in the tile layout of ``wgmma_layout``.
   A batched call passes its sequences' lengths, so that no block reads ``cu_seqlens``.
+  With ``ATTN_NUMBA_SCRATCH_REUSE=1``, a call whose q, k, v and scratch are those of the last
+  call on its stream acquires the maps already there and writes none (:func:`reuse_plan`).
 
 Semantics as every kernel: GQA, windows (bottom-right), causal, varlen, lse; rows without a
 key give 0 and -inf. Not runnable on the simulator; PTX checked with ``compile_ptx(...,
@@ -159,9 +161,9 @@ def build(head_size, kind="f16", heads=4, block_n=None, stages=None, overlap=Non
     ``lazy_rescale`` (None = the module defaults; the staged epilogue only where its O
     tiles fit);
     ``debug_waits``: bounded waits that print the one that timed out
-    (v6_roles.roles), for diagnosing a hang; ``maps_ready``: a measurement only, the blocks
-    acquire the maps an earlier call with the same pointers and scratch left in their slots
-    and write none (wrong for any other call)."""
+    (v6_roles.roles), for diagnosing a hang; ``maps_ready``: the blocks acquire the maps
+    an earlier call with the same problem, pointers and scratch left in their slots and
+    write none (:func:`reuse_plan`; wrong for any other call)."""
     bn = BLOCK_N[head_size] if block_n is None else block_n
     st = STAGES[head_size] if stages is None else stages
     if staged is None:
@@ -350,7 +352,8 @@ def plan(problem, **kw):
 def reuse_plan(problem):
     """The plan of a call whose ``maps`` scratch already holds the maps of its q, k and v:
     the last :func:`plan` launch on that scratch had the same problem and pointers (the
-    call path keeps that record, ``callpath._maps_reused``). Its blocks acquire and
+    call path keeps that record: ``callpath._launch``, :mod:`attn_numba.scratch_reuse`,
+    opt-in). Its blocks acquire and
     prefetch their slot's maps and write none (``maps_ready``): one store burst and a
     ``MEMBAR.GPU`` round trip less before the first TMA. None where the kernel also maps
     ``out`` (``tma_out``), whose pointer changes between calls."""
@@ -358,4 +361,3 @@ def reuse_plan(problem):
                              STAGES[problem.head_size]), None):
         return None
     return plan(problem, maps_ready=True)
-

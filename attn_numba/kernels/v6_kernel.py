@@ -57,9 +57,9 @@ def _build(D, kind, HB, BN, S, overlap=False, debug_waits=False, pingpong=False,
     acquire = r.acquire_words if param_maps else r.acquire
     release_words, acquire_slot = r.release_words, r.acquire_slot
     if maps_ready:
-        # a measurement, never a real call: the slot already holds this call's maps (an
-        # earlier call with the same pointers and the same scratch wrote them), so the
-        # block only acquires them: what maps written once per pointer set would save
+        # the reuse plan's kernel (v6_flash_ws.reuse_plan): the slot already holds this
+        # call's maps (an earlier call with the same problem, pointers and scratch wrote
+        # them), so the block only acquires them
         @cuda.jit(device=True, inline=True, cache=True)
         def acquire(slot, tmpl, q, k, v, out):   # noqa: F811
             return acquire_slot(slot)
