@@ -259,7 +259,7 @@ def check_aligned(spec, ptrs, names=FWD_ALIGNED):
 
 
 #: (kind, device, stream handle, scratch specs) -> scratch arrays, reused by the calls on
-#: that stream (see _scratch_and_ptrs)
+#: that stream, with their reuse Record (see _scratch_entry)
 _STREAM_SCRATCH = {}
 _MAX_STREAM_SCRATCH = 64
 
@@ -278,13 +278,8 @@ def _torch_capturing():
 
 
 def _scratch(spec, kind, like, ls, device):
-    """The module's scratch buffers for one call (:func:`_scratch_and_ptrs`)."""
-    return _scratch_and_ptrs(spec, kind, like, ls, device)[0]
-
-
-def _scratch_and_ptrs(spec, kind, like, ls, device):
-    """(buffers, their data pointers) of :func:`_scratch_entry`."""
-    return _scratch_entry(spec, kind, like, ls, device)[:2]
+    """The module's scratch buffers for one call (:func:`_scratch_entry`)."""
+    return _scratch_entry(spec, kind, like, ls, device)[0]
 
 
 def _scratch_entry(spec, kind, like, ls, device):

@@ -3,8 +3,8 @@
 A module with scratch may give a second plan (``reuse_plan``, :mod:`attn_numba.kernels`)
 that takes what its ``plan`` last wrote into the same scratch for the same q, k and v as
 already there: flash_ws's blocks then acquire the tensor maps in their slots instead of
-writing them (in graph replay on the H200, run 64: 0.3 us less per call at 512 tokens, 0.7-0.8 us at
-1024).
+writing them (the upper bound in graph replay on the H200, run 64: 0.1-0.3 us less per
+call at 512 tokens, 0.7-0.8 us at 1024).
 
 The call path reuses one scratch per (device, stream) (``callpath._scratch_entry``), and
 keeps with it a :class:`Record`: the tag (spec serial, q, k, v pointers) of the last plan

@@ -405,9 +405,9 @@ def test_torch_callers_reuse_scratch_per_stream_outside_graph_capture(monkeypatc
     assert g1[0] is not callpath._scratch(spec, "cupy", "q", cur, 0)[0]
     # the data pointers come with the buffers (cached with them)
     for kind, ls in (("torch", cur), ("torch", side), ("cupy", cur)):
-        bufs, ptrs = callpath._scratch_and_ptrs(spec, kind, "q", ls, 0)
+        bufs, ptrs = callpath._scratch_entry(spec, kind, "q", ls, 0)[:2]
         assert ptrs == tuple(b.n for b in bufs)
-    assert callpath._scratch_and_ptrs(spec, "torch", "q", cur, 0)[0] is a
+    assert callpath._scratch_entry(spec, "torch", "q", cur, 0)[0] is a
 
 
 @pytest.mark.parametrize("which", [0, 1, 2, 3])
